@@ -1,0 +1,225 @@
+"""Command line: ``sweep run | resume | report | select | methods``.
+
+Every user-facing error (a :class:`SweepError`) becomes one line on stderr and exit code 2;
+``--debug`` shows the traceback.  Ctrl-C exits with 130 after saving what finished.
+Heavy libraries are imported inside the commands so that ``sweep --help`` and ``sweep methods`` are quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import SweepError
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _quiet_libraries() -> None:
+    import logging
+    import warnings
+
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by MLflow at import, also in Ray workers
+    for name in ("mlflow", "alembic", "ray", "ray.tune", "optuna", "torch_pruning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
+    warnings.filterwarnings("ignore", message=".*ExperimentalWarning.*")
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    except Exception:
+        pass
+
+
+def _finish(outcome, cfg) -> int:
+    from .report import front_table
+
+    if outcome.interrupted:
+        return 130
+    import pandas as pd
+
+    df = pd.DataFrame(outcome.rows)
+    ok = int((df["status"] == "ok").sum()) - 1
+    failed = int((df["status"] == "failed").sum())
+    _log("")
+    _log(f"sweep {cfg.name}: {ok} ok, {failed} failed trial(s) in {outcome.wall_s:.0f} s")
+    _log("Pareto front (" + ", ".join(cfg.search.objectives) + "):")
+    _log(front_table(df, list(cfg.search.objectives)))
+    _log(f"results: {outcome.sweep_dir / 'trials.parquet'}")
+    _log(f"MLflow:  mlflow ui --backend-store-uri sqlite:///{outcome.sweep_dir / 'mlflow.db'}")
+    if outcome.report_dir is not None:
+        _log(f"report:  {(outcome.report_dir / 'index.html').resolve()}")
+    _log(f"choose:  sweep select {outcome.sweep_dir} --max-latency-ms X | --max-params N | --min-accuracy A")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from dataclasses import replace
+
+    from .config import load_config
+    from .driver import run_sweep
+
+    cfg = load_config(args.space, name=args.name)
+    if args.trials or args.concurrency:
+        cfg = replace(cfg, search=replace(cfg.search, trials=args.trials or cfg.search.trials,
+                                          concurrency=args.concurrency or cfg.search.concurrency))
+        cfg.raw.setdefault("search", {})
+        cfg.raw["search"] = {**(cfg.raw.get("search") or {}), "trials": cfg.search.trials,
+                             "concurrency": cfg.search.concurrency}
+    # fail on the data and model before any process starts
+    _preflight(cfg)
+    sweep_dir = Path(args.out) if args.out else Path("runs") / cfg.name
+    _quiet_libraries()
+    outcome = run_sweep(cfg, sweep_dir, report_root=Path(args.reports), address=args.address,
+                        tracking_uri=args.tracking_uri, log=_log)
+    return _finish(outcome, cfg)
+
+
+def _preflight(cfg) -> None:
+    """Load the data and build the model once, so bad names and missing files fail in one line."""
+    from .models import build_model
+    from .trial import load_splits
+
+    splits = load_splits(cfg)
+    c, h, _ = splits.input_shape
+    build_model(cfg.model.name, num_classes=splits.num_classes, in_channels=c, input_size=h,
+                checkpoint=cfg.baseline.path or cfg.model.checkpoint, where=f"{cfg.source}: model")
+
+
+def cmd_resume(args) -> int:
+    from .driver import load_sweep, run_sweep
+
+    sweep_dir = Path(args.sweep_dir)
+    cfg, state = load_sweep(sweep_dir)
+    _quiet_libraries()
+    outcome = run_sweep(cfg, sweep_dir, report_root=Path(args.reports), address=args.address, resume=True,
+                        log=_log)
+    return _finish(outcome, cfg)
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+    from .results.store import TrialStore
+    from .errors import SweepDirError
+
+    sweep_dir = Path(args.sweep_dir)
+    rows, meta = TrialStore(sweep_dir).read()
+    if not rows:
+        raise SweepDirError(f"not a sweep folder (no trials.parquet): {sweep_dir}")
+    out = Path(args.out) if args.out else Path("reports") / meta.get("name", sweep_dir.name)
+    paths = build_report(sweep_dir, out)
+    _log(f"report: {(out / 'index.html').resolve()} ({len(paths)} files)")
+    return 0
+
+
+def cmd_select(args) -> int:
+    from .select import Budget, select
+
+    budget = Budget(max_latency_ms=args.max_latency_ms, max_params=args.max_params, max_macs=args.max_macs,
+                    min_accuracy=args.min_accuracy)
+    _quiet_libraries()
+    d = select(Path(args.sweep_dir), budget, out=Path(args.out) if args.out else None,
+               export=not args.no_export, register=not args.no_register, log=_log)
+    c = d["chosen"]
+    _log(f"chosen: trial {c['trial_id']} ({c['method']}) accuracy {c['accuracy']:.4f} (val), "
+         f"{c.get('test_accuracy', float('nan')):.4f} (test) · latency {c['latency_ms']:.3f} ms re-measured alone · "
+         f"params {c['params']:,} · MACs {c['macs']:,}")
+    _log(f"exported to {d['out']}: " + ", ".join(str(v) for k, v in d["exports"].items()
+                                                   if not k.endswith("error")) + ", selection.json, selection.md")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .methods import METHODS
+
+    for name, spec in METHODS.items():
+        labels = "" if spec.needs_labels else " (label-free)"
+        _log(f"{name}{labels}: {spec.summary}")
+        for k in spec.knobs:
+            default = "unset" if k.default is None else k.default
+            _log(f"    {k.name:<16} {k.kind:<11} {k.range_text():<22} default {default!s:<8} {k.help}")
+    return 0
+
+
+def _positive(kind):
+    def parse(s: str):
+        try:
+            v = kind(float(s)) if kind is int else kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, but got {s!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, but got {s!r}")
+        return v
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sweep", description="AutoML sweeps for structured pruning: search, "
+                                "measure, choose.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a sweep from a search-space YAML")
+    r.add_argument("space", help="search-space YAML, e.g. search_spaces/quickstart.yaml")
+    r.add_argument("--name", help="sweep name (default: the YAML's name)")
+    r.add_argument("--out", help="sweep folder (default: runs/<name>)")
+    r.add_argument("--reports", default="reports", help="where reports go (default: reports/)")
+    r.add_argument("--address", help="connect to an existing Ray cluster instead of a local one")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the sweep folder)")
+    r.add_argument("--trials", type=_positive(int), help="override search.trials")
+    r.add_argument("--concurrency", type=_positive(int), help="override search.concurrency")
+    r.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("resume", help="continue an interrupted sweep")
+    s.add_argument("sweep_dir")
+    s.add_argument("--reports", default="reports")
+    s.add_argument("--address")
+    s.set_defaults(fn=cmd_resume)
+
+    rep = sub.add_parser("report", help="regenerate a sweep's report from its trials.parquet")
+    rep.add_argument("sweep_dir")
+    rep.add_argument("--out", help="report folder (default: reports/<name>)")
+    rep.set_defaults(fn=cmd_report)
+
+    sel = sub.add_parser("select", help="pick, re-measure and export the best model inside a budget")
+    sel.add_argument("sweep_dir")
+    sel.add_argument("--max-latency-ms", type=_positive(float))
+    sel.add_argument("--max-params", type=_positive(int))
+    sel.add_argument("--max-macs", type=_positive(int))
+    sel.add_argument("--min-accuracy", type=float)
+    sel.add_argument("--out", help="export folder (default: <sweep>/selected)")
+    sel.add_argument("--no-export", action="store_true", help="skip torch.export and ONNX")
+    sel.add_argument("--no-register", action="store_true", help="skip the MLflow model registry")
+    sel.set_defaults(fn=cmd_select)
+
+    m = sub.add_parser("methods", help="list the pruning methods with their knobs and ranges")
+    m.set_defaults(fn=cmd_methods)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except SweepError as e:
+        if args.debug:
+            raise
+        print(f"sweep: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("sweep: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

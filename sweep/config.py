@@ -1,0 +1,326 @@
+"""Frozen sweep configuration read from a search-space YAML file.
+
+Unknown keys are rejected; every error names the constraint, the value and where it came from
+(``file: dotted.key``).  Method knobs are validated against the method registry here, so a bad
+space fails before any Ray process starts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, asdict
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+OBJECTIVES = ("accuracy", "latency_ms", "params", "macs")
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+# --------------------------------------------------------------------------- helpers
+class _Section:
+    """Reads one mapping of the YAML, remembering where each value came from."""
+
+    def __init__(self, data: Any, where: str, allowed: tuple[str, ...]):
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where} must be a mapping, but got {type(data).__name__} {data!r}")
+        unknown = [k for k in data if k not in allowed]
+        if unknown:
+            raise ConfigError(
+                f"unknown key {unknown[0]!r} in {where}; allowed keys: {', '.join(allowed)}"
+            )
+        self.data = dict(data)
+        self.where = where
+
+    def loc(self, key: str) -> str:
+        return f"{self.where}.{key}"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def int(self, key: str, default: int | None, lo: int | None = None, hi: int | None = None,
+            required: bool = False) -> int | None:
+        if key not in self.data or self.data[key] is None:
+            if required:
+                raise ConfigError(f"{key} is required ({self.loc(key)})")
+            return default
+        v = self.data[key]
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{key} must be an integer, but got {key}={v!r} ({self.loc(key)})")
+        _range(key, v, lo, hi, self.loc(key))
+        return v
+
+    def float(self, key: str, default: float | None, lo: float | None = None, hi: float | None = None,
+              lo_open: bool = False) -> float | None:
+        if key not in self.data or self.data[key] is None:
+            return default
+        v = self.data[key]
+        if isinstance(v, str):
+            try:  # YAML reads "5e-4" as a string
+                v = float(v)
+            except ValueError:
+                pass
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"{key} must be a finite number, but got {key}={v!r} ({self.loc(key)})")
+        v = float(v)
+        if lo_open and lo is not None and v <= lo:
+            raise ConfigError(f"{key} must be > {lo}, but got {key}={v!r} ({self.loc(key)})")
+        _range(key, v, None if lo_open else lo, hi, self.loc(key))
+        return v
+
+    def str(self, key: str, default: str | None, choices: tuple[str, ...] | None = None,
+            required: bool = False) -> str | None:
+        if key not in self.data or self.data[key] is None:
+            if required:
+                raise ConfigError(f"{key} is required ({self.loc(key)})")
+            return default
+        v = self.data[key]
+        if not isinstance(v, str) or not v:
+            raise ConfigError(f"{key} must be a non-empty string, but got {key}={v!r} ({self.loc(key)})")
+        if choices is not None and v not in choices:
+            raise ConfigError(
+                f"{key} must be one of {', '.join(choices)}, but got {key}={v!r} ({self.loc(key)})"
+            )
+        return v
+
+    def bool(self, key: str, default: bool) -> bool:
+        if key not in self.data or self.data[key] is None:
+            return default
+        v = self.data[key]
+        if not isinstance(v, bool):
+            raise ConfigError(f"{key} must be true or false, but got {key}={v!r} ({self.loc(key)})")
+        return v
+
+
+def _range(key: str, v: float, lo: float | None, hi: float | None, where: str) -> None:
+    if lo is not None and v < lo:
+        raise ConfigError(f"{key} must be >= {lo}, but got {key}={v!r} ({where})")
+    if hi is not None and v > hi:
+        raise ConfigError(f"{key} must be <= {hi}, but got {key}={v!r} ({where})")
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser settings shared by baseline training and fine-tuning (SGD, cosine schedule)."""
+
+    epochs: int
+    lr: float
+    batch_size: int = 64
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    optimizer: str = "sgd"
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    path: str | None
+    train: TrainConfig
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    trials: int = 12
+    concurrency: int = 2
+    sampler: str = "tpe"
+    objectives: tuple[str, ...] = ("accuracy", "latency_ms")
+    cpus_per_trial: float = 1.0
+    time_budget_s: float | None = None
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    latency_batch: int = 1
+    warmup: int = 10
+    repeats: int = 50
+    device: str = "cpu"
+    threads: int | None = None  # None: the trial's CPU share (whole CPUs, at least 1)
+    remeasure_front: bool = True
+
+
+@dataclass(frozen=True)
+class MethodSpace:
+    """One method's part of the search space: knob name -> fixed value or distribution dict."""
+
+    name: str
+    knobs: dict  # knob -> {"fixed": v} | {"low", "high", "log", "step"} | {"choices": [...]}
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str
+    source: str
+    seed: int
+    model: ModelConfig
+    dataset: DatasetConfig
+    baseline: BaselineConfig
+    finetune: TrainConfig
+    search: SearchConfig
+    measure: MeasureConfig
+    methods: tuple[MethodSpace, ...]
+    raw: dict = field(repr=False, compare=False, default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("raw", None)
+        return d
+
+    def method(self, name: str) -> MethodSpace:
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise ConfigError(f"method {name!r} is not in this sweep's space ({self.source}: methods)")
+
+
+TOP_KEYS = ("name", "seed", "model", "dataset", "baseline", "train", "finetune", "search", "measure",
+            "methods")
+
+
+def load_config(path: str | Path, *, name: str | None = None) -> SweepConfig:
+    """Read and validate a search-space YAML file."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"search space file not found: {str(path)!r}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"malformed YAML in {p}{at}: {problem}") from None
+    cfg = parse_config(data, source=str(p))
+    if name:
+        cfg = _with_name(cfg, name)
+    return cfg
+
+
+def _with_name(cfg: SweepConfig, name: str) -> SweepConfig:
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"sweep name must match {_NAME_RE.pattern}, but got name={name!r} (--name)")
+    from dataclasses import replace
+
+    return replace(cfg, name=name)
+
+
+def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
+    top = _Section(data, source, TOP_KEYS)
+    name = top.str("name", None) or Path(source).stem
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"sweep name must match {_NAME_RE.pattern}, but got name={name!r} ({source}: name)")
+    seed = top.int("seed", 0, lo=0)
+
+    m = _Section(top.get("model"), f"{source}: model", ("name", "checkpoint"))
+    model = ModelConfig(name=m.str("name", None, required=True), checkpoint=m.str("checkpoint", None))
+
+    draw = top.get("dataset")
+    if isinstance(draw, str):
+        draw = {"name": draw}
+    if not isinstance(draw, Mapping) or "name" not in draw:
+        raise ConfigError(f"dataset must be a mapping with a name, but got dataset={draw!r} ({source}: dataset)")
+    dopts = {k: v for k, v in draw.items() if k != "name"}
+    dataset = DatasetConfig(name=str(draw["name"]), options=dopts)
+
+    t = _Section(top.get("train"), f"{source}: train",
+                 ("batch_size", "momentum", "weight_decay", "optimizer"))
+    common = dict(
+        batch_size=t.int("batch_size", 64, lo=1),
+        momentum=t.float("momentum", 0.9, lo=0.0, hi=1.0),
+        weight_decay=t.float("weight_decay", 5e-4, lo=0.0),
+        optimizer=t.str("optimizer", "sgd", choices=("sgd", "adam")),
+    )
+
+    braw = top.get("baseline")
+    if isinstance(braw, str):
+        braw = {"path": braw}
+    b = _Section(braw, f"{source}: baseline", ("path", "epochs", "lr"))
+    bpath = b.str("path", None)
+    if bpath is not None:
+        bp = Path(bpath)
+        if not bp.is_absolute():
+            bp = (Path(source).resolve().parent / bp) if not bp.exists() else bp.resolve()
+        if not bp.is_file():
+            raise ConfigError(f"baseline checkpoint not found: path={bpath!r} ({source}: baseline.path)")
+        bpath = str(bp)
+    baseline = BaselineConfig(
+        path=bpath,
+        train=TrainConfig(epochs=b.int("epochs", 20, lo=0), lr=b.float("lr", 0.05, lo=0.0, lo_open=True),
+                          **common),
+    )
+    f = _Section(top.get("finetune"), f"{source}: finetune", ("epochs", "lr"))
+    finetune = TrainConfig(epochs=f.int("epochs", 3, lo=0), lr=f.float("lr", 0.01, lo=0.0, lo_open=True),
+                           **common)
+
+    s = _Section(top.get("search"), f"{source}: search",
+                 ("trials", "concurrency", "sampler", "objectives", "cpus_per_trial", "time_budget_s"))
+    objectives = s.get("objectives", ["accuracy", "latency_ms"])
+    if not isinstance(objectives, list) or not objectives:
+        raise ConfigError(f"objectives must be a non-empty list, but got objectives={objectives!r} "
+                          f"({s.loc('objectives')})")
+    for o in objectives:
+        if o not in OBJECTIVES:
+            raise ConfigError(f"objectives must be among {', '.join(OBJECTIVES)}, but got {o!r} "
+                              f"({s.loc('objectives')})")
+    if "accuracy" not in objectives or len(objectives) < 2 or len(set(objectives)) != len(objectives):
+        raise ConfigError(f"objectives must hold accuracy and at least one of latency_ms, params, macs, "
+                          f"each once, but got objectives={objectives!r} ({s.loc('objectives')})")
+    search = SearchConfig(
+        trials=s.int("trials", 12, lo=1),
+        concurrency=s.int("concurrency", 2, lo=1),
+        sampler=s.str("sampler", "tpe", choices=SAMPLERS),
+        objectives=tuple(objectives),
+        cpus_per_trial=s.float("cpus_per_trial", 1.0, lo=0.0, lo_open=True),
+        time_budget_s=s.float("time_budget_s", None, lo=0.0, lo_open=True),
+    )
+
+    ms = _Section(top.get("measure"), f"{source}: measure",
+                  ("latency_batch", "warmup", "repeats", "device", "threads", "remeasure_front"))
+    device = ms.str("device", "cpu")
+    if not re.match(r"^(cpu|cuda(:\d+)?|mps)$", device):
+        raise ConfigError(f"device must be cpu, cuda, cuda:N or mps, but got device={device!r} "
+                          f"({ms.loc('device')})")
+    measure = MeasureConfig(
+        latency_batch=ms.int("latency_batch", 1, lo=1),
+        warmup=ms.int("warmup", 10, lo=0),
+        repeats=ms.int("repeats", 50, lo=3),
+        device=device,
+        threads=ms.int("threads", None, lo=1),
+        remeasure_front=ms.bool("remeasure_front", True),
+    )
+
+    methods = parse_methods(top.get("methods"), f"{source}: methods")
+    return SweepConfig(name=name, source=source, seed=seed, model=model, dataset=dataset, baseline=baseline,
+                       finetune=finetune, search=search, measure=measure, methods=methods,
+                       raw=dict(data) if isinstance(data, Mapping) else {})
+
+
+def parse_methods(raw: Any, where: str) -> tuple[MethodSpace, ...]:
+    """Validate the per-method knob spaces against the method registry."""
+    from .methods import get_method
+
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError(f"methods must be a non-empty mapping of method name -> knobs, but got "
+                          f"methods={raw!r} ({where})")
+    out = []
+    for mname, knobs in raw.items():
+        spec = get_method(str(mname), where=f"{where}.{mname}")
+        out.append(MethodSpace(name=spec.name, knobs=spec.parse_space(knobs or {}, f"{where}.{mname}")))
+    return tuple(out)

@@ -1,0 +1,47 @@
+"""Datasets as explicit, seeded train / val / test splits, and the batch loader.
+
+``load_dataset(name, options, seed=..., where=...)`` checks ``options`` (unknown keys and bad values
+raise :class:`~sweep.errors.ConfigError`), builds the splits and applies the common
+``train_subset`` / ``val_subset`` / ``test_subset`` options. In-memory datasets (digits,
+fashion-mnist, synthetic) come as ``TensorDataset``s that :func:`make_loader` slices directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import DATASETS, DataSplits, DatasetSpec, parse_options, rng_for, subset
+from .loaders import EpochLoader, make_loader
+from . import sources as _sources  # noqa: F401  (registers the datasets)
+from .sources import read_idx
+
+__all__ = [
+    "DATASETS",
+    "DataSplits",
+    "DatasetSpec",
+    "EpochLoader",
+    "dataset_names",
+    "load_dataset",
+    "make_loader",
+    "read_idx",
+]
+
+# Subset streams are independent of the split streams (see sources.TAG_*).
+_TAG_SUBSET = {"train": 11, "val": 12, "test": 13}
+
+
+def dataset_names() -> list[str]:
+    """Registered dataset names, sorted."""
+    return DATASETS.names()
+
+
+def load_dataset(name: str, options: dict[str, Any] | None, *, seed: int = 0, where: str = "") -> DataSplits:
+    """Build the splits of dataset ``name``; the same seed gives identical splits."""
+    spec = DATASETS.get(name, where)
+    opts = parse_options(name, options, spec.options, where)
+    splits = spec.build(opts, int(seed), where)
+    parts = {
+        s: subset(getattr(splits, s), opts.get(f"{s}_subset"), rng_for(seed, _TAG_SUBSET[s]))
+        for s in ("train", "val", "test")
+    }
+    return DataSplits(splits.name, parts["train"], parts["val"], parts["test"], splits.num_classes, splits.input_shape)

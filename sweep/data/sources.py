@@ -1,0 +1,322 @@
+"""The registered datasets. Each builder gets checked options, the seed and ``where``."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .base import (
+    COMMON_OPTIONS,
+    DATASETS,
+    DataSplits,
+    DatasetSpec,
+    Opt,
+    fraction,
+    positive_int,
+    rng_for,
+    stratified_split,
+    take,
+    tensor_splits,
+)
+
+# Purpose tags for rng_for: every random choice draws from its own stream.
+TAG_TEST, TAG_VAL, TAG_SYNTH = 1, 2, 4
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Documented per-channel constants of the CIFAR training sets.
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+DEFAULT_DOWNLOAD_ROOT = "~/.cache/sweep/datasets"
+
+
+def _loc(where: str) -> str:
+    return f" ({where})" if where else ""
+
+
+def _register(name: str, options: dict[str, Opt], doc: str, drop: tuple[str, ...] = ()):
+    def deco(fn):
+        merged = {k: v for k, v in {**COMMON_OPTIONS, **options}.items() if k not in drop}
+        DATASETS.add(name, DatasetSpec(build=fn, options=merged, doc=doc))
+        return fn
+
+    return deco
+
+
+def _carve_val(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):
+    train_idx, val_idx = stratified_split(y, val_fraction, rng_for(seed, TAG_VAL))
+    return (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
+
+
+# -------------------------------------------------------------------------------------- digits
+
+
+@_register(
+    "digits",
+    {"val_fraction": fraction(0.2), "test_fraction": fraction(0.2)},
+    "sklearn's 1,797 8x8 digits; seeded stratified test and val splits",
+)
+def _digits(opts: dict[str, Any], seed: int, where: str) -> DataSplits:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None]  # N, 1, 8, 8 in [0, 1]
+    y = bunch.target.astype(np.int64)
+    rest, test = stratified_split(y, opts["test_fraction"], rng_for(seed, TAG_TEST))
+    (xt, yt), (xv, yv) = _carve_val(x[rest], y[rest], opts["val_fraction"], seed)
+    return tensor_splits(
+        "digits", {"train": xt, "val": xv, "test": x[test]}, {"train": yt, "val": yv, "test": y[test]}, 10
+    )
+
+
+# ------------------------------------------------------------------------------- fashion-mnist
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read an IDX file (gzipped when the name ends in ``.gz``) into a numpy array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"IDX file must be readable, but got {path}: {e}") from None
+    # Header: two zero bytes, a type code, the number of dims, then one big-endian int32 per dim.
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"IDX file must start with a valid magic number, but got {raw[:4]!r} in {path}")
+    ndim = raw[3]
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    count = int(np.prod(dims)) if dims else 0
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != count * dtype.itemsize:
+        raise DataError(
+            f"IDX file must hold {count * dtype.itemsize} data bytes for shape {dims}, "
+            f"but got {len(raw) - offset} in {path}"
+        )
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(dims)
+
+
+_FMNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+
+
+def _find_fashion_files(root: str) -> dict[str, str] | None:
+    """The four IDX files under root (Debian layout) or a torchvision root, gzipped or not."""
+    for d in (root, os.path.join(root, "FashionMNIST", "raw"), os.path.join(root, "raw")):
+        found = {}
+        for key, stem in _FMNIST_FILES.items():
+            for name in (stem + ".gz", stem):
+                if os.path.isfile(os.path.join(d, name)):
+                    found[key] = os.path.join(d, name)
+                    break
+        if len(found) == len(_FMNIST_FILES):
+            return found
+    return None
+
+
+@_register(
+    "fashion-mnist",
+    {"root": Opt("path", FASHION_MNIST_ROOT)},
+    "Fashion-MNIST 1x28x28, 10 classes, from IDX files (Debian dataset-fashion-mnist or torchvision root)",
+)
+def _fashion_mnist(opts: dict[str, Any], seed: int, where: str) -> DataSplits:
+    root = opts["root"]
+    files = _find_fashion_files(root)
+    if files is None:
+        raise DataError(
+            f"fashion-mnist root must hold {', '.join(s + '[.gz]' for s in _FMNIST_FILES.values())}, "
+            f"but got none (or not all) in {root}, {root}/FashionMNIST/raw or {root}/raw{_loc(where)}; "
+            f"get them with `apt-get install dataset-fashion-mnist` (installs into {FASHION_MNIST_ROOT}) "
+            f"or, where there is a network, `torchvision.datasets.FashionMNIST(root, download=True)`"
+        )
+    arrays = {k: read_idx(p) for k, p in files.items()}
+    for split in ("train", "test"):
+        xs, ys = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if xs.ndim != 3 or ys.ndim != 1 or len(xs) != len(ys):
+            raise DataError(
+                f"fashion-mnist {split} files must hold N images and N labels, but got shapes "
+                f"{xs.shape} and {ys.shape} in {root}{_loc(where)}"
+            )
+    x = arrays["train_x"].astype(np.float32)[:, None] / 255.0
+    y = arrays["train_y"].astype(np.int64)
+    (xt, yt), (xv, yv) = _carve_val(x, y, opts["val_fraction"], seed)
+    x_test = arrays["test_x"].astype(np.float32)[:, None] / 255.0
+    y_test = arrays["test_y"].astype(np.int64)
+    return tensor_splits(
+        "fashion-mnist", {"train": xt, "val": xv, "test": x_test}, {"train": yt, "val": yv, "test": y_test}, 10
+    )
+
+
+# ------------------------------------------------------------------------------------- cifar
+
+
+def _cifar(name: str, opts: dict[str, Any], seed: int, where: str) -> DataSplits:
+    import torchvision
+    from torchvision import transforms as T
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    if opts["root"] is None and not opts["download"]:
+        raise DataError(
+            f"{name} needs option root (the folder holding {cls.base_folder}/) or download: true, "
+            f"but got neither{_loc(where)}"
+        )
+    root = opts["root"] or os.path.expanduser(DEFAULT_DOWNLOAD_ROOT)
+    mean, std = CIFAR_STATS[name]
+    plain = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+    augmented = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), plain])
+    try:
+        train_full = cls(root, train=True, transform=plain, download=opts["download"])
+        test = cls(root, train=False, transform=plain, download=opts["download"])
+    except Exception as e:  # torchvision raises RuntimeError (missing) or URLError/OSError (no network)
+        hint = (
+            "check the network, or download elsewhere and copy the folder"
+            if opts["download"]
+            else f"set download: true, or put the extracted {cls.base_folder}/ (from {cls.url}) into {root}"
+        )
+        raise DataError(f"{name} must be readable from {root}, but got {type(e).__name__}: {e}{_loc(where)}; {hint}") from None
+    labels = np.asarray(train_full.targets)
+    train_idx, val_idx = stratified_split(labels, opts["val_fraction"], rng_for(seed, TAG_VAL))
+    # Val is carved from the training files but must not see augmentation: a shallow copy shares
+    # the decoded arrays and differs only in its transform.
+    train_aug = copy.copy(train_full)
+    if opts["augment"]:
+        train_aug.transform = augmented
+    return DataSplits(
+        name=name,
+        train=take(train_aug, train_idx),
+        val=take(train_full, val_idx),
+        test=test,
+        num_classes=len(train_full.classes),
+        input_shape=(3, 32, 32),
+    )
+
+
+_CIFAR_OPTIONS = {
+    "root": Opt("path", None),
+    "download": Opt("bool", False),
+    "augment": Opt("bool", True),
+}
+
+
+@_register("cifar10", _CIFAR_OPTIONS, "torchvision CIFAR-10; augment = random crop 32 pad 4 + h-flip (train only)")
+def _cifar10(opts: dict[str, Any], seed: int, where: str) -> DataSplits:
+    return _cifar("cifar10", opts, seed, where)
+
+
+@_register("cifar100", _CIFAR_OPTIONS, "torchvision CIFAR-100; augment = random crop 32 pad 4 + h-flip (train only)")
+def _cifar100(opts: dict[str, Any], seed: int, where: str) -> DataSplits:
+    return _cifar("cifar100", opts, seed, where)
+
+
+# ------------------------------------------------------------------------------- imagefolder
+
+
+@_register(
+    "imagefolder",
+    {
+        "path": Opt("path", None),
+        "image_size": Opt("int", 224, lambda v: v >= 1, ">= 1"),
+        "test_fraction": fraction(0.2),
+    },
+    "torchvision ImageFolder layout; path/{train,val,test} used when present",
+)
+def _imagefolder(opts: dict[str, Any], seed: int, where: str) -> DataSplits:
+    """Splits, by what exists under ``path``:
+
+    * ``train/`` + ``val/`` + ``test/``: used as they are;
+    * ``train/`` + ``test/``: val carved from train (``val_fraction``);
+    * ``train/`` + ``val/`` (ImageNet style): the given val is the held-out test split and val is
+      carved from train, so that choosing never looks at the reported split;
+    * class folders directly under ``path``: test (``test_fraction``) and val carved, stratified.
+    """
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    path = opts["path"]
+    if path is None:
+        raise DataError(f"imagefolder needs option path (a folder of <class>/ image folders), but got none{_loc(where)}")
+    if not os.path.isdir(path):
+        raise DataError(f"imagefolder path must be an existing folder, but got path={path!r}{_loc(where)}")
+    size = opts["image_size"]
+    tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def folder(p: str):
+        try:
+            return datasets.ImageFolder(p, transform=tf)
+        except (FileNotFoundError, OSError) as e:
+            raise DataError(f"imagefolder {p} must hold <class>/<image> files, but got: {e}{_loc(where)}") from None
+
+    sub = {s: os.path.join(path, s) for s in ("train", "val", "test")}
+    has = {s: os.path.isdir(p) for s, p in sub.items()}
+    if has["train"] and (has["val"] or has["test"]):
+        train = folder(sub["train"])
+        classes = len(train.classes)
+        given = {s: folder(sub[s]) for s in ("val", "test") if has[s]}
+        for s, ds in given.items():
+            if ds.classes != train.classes:
+                raise DataError(
+                    f"imagefolder {sub[s]} must have the same class folders as {sub['train']}, "
+                    f"but got {ds.classes} vs {train.classes}{_loc(where)}"
+                )
+        test = given.get("test", given.get("val"))
+        if has["val"] and has["test"]:
+            val = given["val"]
+        else:
+            tr_idx, val_idx = stratified_split(np.asarray(train.targets), opts["val_fraction"], rng_for(seed, TAG_VAL))
+            train, val = take(train, tr_idx), take(train, val_idx)
+    else:
+        full = folder(path)
+        labels = np.asarray(full.targets)
+        rest, test_idx = stratified_split(labels, opts["test_fraction"], rng_for(seed, TAG_TEST))
+        tr, va = stratified_split(labels[rest], opts["val_fraction"], rng_for(seed, TAG_VAL))
+        train, val, test = take(full, rest[tr]), take(full, rest[va]), take(full, test_idx)
+        classes = len(full.classes)
+    return DataSplits("imagefolder", train, val, test, classes, (3, size, size))
+
+
+# --------------------------------------------------------------------------------- synthetic
+
+
+@_register(
+    "synthetic",
+    {
+        "num_classes": Opt("int", 4, lambda v: v >= 2, ">= 2"),
+        "input_shape": Opt("shape", (3, 16, 16)),
+        "n_train": positive_int(256),
+        "n_val": positive_int(64),
+        "n_test": positive_int(64),
+        "noise": Opt("float", 1.0, lambda v: v >= 0, ">= 0"),
+    },
+    "class mean patterns + gaussian noise; learnable by a small CNN, deterministic under the seed",
+    drop=("val_fraction",),  # the val split is drawn on its own (n_val), so a fraction would be ignored
+)
+def _synthetic(opts: dict[str, Any], seed: int, where: str) -> DataSplits:
+    c, h, w = opts["input_shape"]
+    k = opts["num_classes"]
+    rng = rng_for(seed, TAG_SYNTH)
+    # Smooth class patterns (4x4 random grids upsampled) give spatial structure a conv can use.
+    coarse = torch.from_numpy(rng.standard_normal((k, c, 4, 4)).astype(np.float32))
+    patterns = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False).numpy()
+    patterns /= patterns.std(axis=(1, 2, 3), keepdims=True) + 1e-8
+
+    def draw(n: int):
+        y = rng.permutation(np.arange(n) % k).astype(np.int64)  # balanced classes
+        x = patterns[y] + opts["noise"] * rng.standard_normal((n, c, h, w)).astype(np.float32)
+        return x.astype(np.float32), y
+
+    parts = {s: draw(opts[f"n_{s}"]) for s in ("train", "val", "test")}
+    return tensor_splits("synthetic", {s: p[0] for s, p in parts.items()}, {s: p[1] for s, p in parts.items()}, k)

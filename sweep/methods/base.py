@@ -1,0 +1,258 @@
+"""The method contract.
+
+A pruning method is one module with one entry point::
+
+    @register_method("magnitude", knobs=[Knob(...), ...], summary="...")
+    def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneResult: ...
+
+``cfg`` is the method's frozen, validated knob values; ``ctx`` carries data loaders, device, seed and
+callables for methods that train while pruning.  Methods never import Ray, Optuna or MLflow, and
+import heavy libraries (torch, torch_pruning) inside the function so that ``sweep methods`` is fast.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from ..errors import ConfigError
+from ..registry import Registry
+
+KINDS = ("float", "int", "categorical", "bool")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One hyperparameter of a method, with its allowed range (what a space may search over)."""
+
+    name: str
+    kind: str
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple | None = None
+    help: str = ""
+    optional: bool = False  # None is a valid value (e.g. "not set")
+
+    def range_text(self) -> str:
+        if self.kind == "categorical":
+            return "{" + ", ".join(map(str, self.choices or ())) + "}"
+        if self.kind == "bool":
+            return "{true, false}"
+        lo = "(" if self.low_open else "["
+        hi = ")" if self.high_open else "]"
+        low = "-inf" if self.low is None else _fmt(self.low)
+        high = "inf" if self.high is None else _fmt(self.high)
+        return f"{lo}{low}, {high}{hi}"
+
+    def validate(self, value: Any, where: str) -> Any:
+        """Return the value coerced to the knob's kind, or raise a one-line ConfigError."""
+        n = self.name
+        if value is None and self.optional:
+            return None
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{n} must be true or false, but got {n}={value!r} ({where})")
+            return value
+        if self.kind == "categorical":
+            if value not in (self.choices or ()):
+                raise ConfigError(f"{n} must be one of {self.range_text()}, but got {n}={value!r} ({where})")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{n} must be a number in {self.range_text()}, but got {n}={value!r} ({where})")
+        if self.kind == "int":
+            if float(value) != int(value):
+                raise ConfigError(f"{n} must be an integer in {self.range_text()}, but got {n}={value!r} ({where})")
+            value = int(value)
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                raise ConfigError(f"{n} must be finite, but got {n}={value!r} ({where})")
+        bad = (
+            (self.low is not None and (value < self.low or (self.low_open and value == self.low)))
+            or (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+        )
+        if bad:
+            raise ConfigError(f"{n} must be in {self.range_text()}, but got {n}={value!r} ({where})")
+        return value
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+class MethodConfig(Mapping):
+    """Frozen knob values of one method; attribute and mapping access."""
+
+    def __init__(self, method: str, values: Mapping[str, Any]):
+        object.__setattr__(self, "_method", method)
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key, value):
+        raise AttributeError("MethodConfig is frozen")
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"MethodConfig({self._method}, {self._values})"
+
+
+@dataclass
+class PruneContext:
+    """What a method may use besides the model: data, device, seed and training callables.
+
+    ``finetune(model, epochs)`` trains with the sweep's fine-tune settings (labels) and returns the
+    per-epoch losses; ``evaluate(model)`` returns validation top-1 accuracy; ``log_metric(key, value,
+    step)`` records a trajectory in the trial's tracking run.
+    """
+
+    train_loader: Iterable
+    val_loader: Iterable
+    device: str
+    seed: int
+    num_classes: int
+    finetune: Callable[..., list]
+    evaluate: Callable[..., float]
+    log_metric: Callable[[str, float, int], None] = lambda k, v, s: None
+    ignored_layers: list = field(default_factory=list)
+    labels_available: bool = True
+
+
+@dataclass
+class PruneResult:
+    model: Any
+    info: dict = field(default_factory=dict)  # JSON-able details stored with the trial
+    finetuned: bool = False  # True when the method already trained the pruned model itself
+
+
+PruneFn = Callable[[Any, Any, MethodConfig, PruneContext], PruneResult]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    prune: PruneFn
+    knobs: tuple[Knob, ...]
+    summary: str = ""
+    needs_labels: bool = True
+    check: Callable[[MethodConfig, str], None] | None = None  # cross-knob validation
+    exclusive: tuple[tuple[str, ...], ...] = ()  # knobs of which a space may set at most one
+
+    def knob(self, name: str, where: str = "") -> Knob:
+        for k in self.knobs:
+            if k.name == name:
+                return k
+        valid = ", ".join(k.name for k in self.knobs)
+        raise ConfigError(f"unknown knob {name!r} for method {self.name} ({where}); valid knobs: {valid}")
+
+    def make_config(self, values: Mapping[str, Any], where: str = "") -> MethodConfig:
+        out = {}
+        for k in self.knobs:
+            out[k.name] = k.validate(values[k.name], f"{where}.{k.name}") if k.name in values else k.default
+        for name in values:
+            self.knob(name, where)
+        self._check_exclusive([k for k, v in values.items() if v is not None], where)
+        cfg = MethodConfig(self.name, out)
+        if self.check is not None:
+            self.check(cfg, where)
+        return cfg
+
+    def _check_exclusive(self, given, where: str) -> None:
+        for group in self.exclusive:
+            both = [k for k in group if k in given]
+            if len(both) > 1:
+                raise ConfigError(f"give only one of {', '.join(group)} for method {self.name}, but got "
+                                  f"{', '.join(both)} ({where})")
+
+    def parse_space(self, raw: Any, where: str) -> dict:
+        """Validate a space entry: knob -> fixed value | {low, high, log, step} | {choices: [...]}."""
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where} must map knob names to values or ranges, but got {raw!r}")
+        space: dict = {}
+        for name, v in raw.items():
+            knob = self.knob(str(name), where)
+            loc = f"{where}.{name}"
+            if isinstance(v, Mapping):
+                space[knob.name] = _parse_distribution(knob, v, loc)
+            else:
+                space[knob.name] = {"fixed": knob.validate(v, loc)}
+        # cross-knob check on the defaults/fixed values so that contradictions fail early
+        self._check_exclusive(list(space), where)
+        fixed = {k: d["fixed"] for k, d in space.items() if "fixed" in d}
+        self.make_config(fixed, where)
+        return space
+
+
+def _parse_distribution(knob: Knob, d: Mapping, loc: str) -> dict:
+    keys = set(d)
+    if "choices" in keys:
+        if keys - {"choices"}:
+            raise ConfigError(f"a choices entry takes no other keys, but got {sorted(keys)} ({loc})")
+        choices = d["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"choices must be a non-empty list, but got choices={choices!r} ({loc})")
+        return {"choices": [knob.validate(c, loc) for c in choices]}
+    allowed = {"low", "high", "log", "step"}
+    if keys - allowed or not {"low", "high"} <= keys:
+        raise ConfigError(
+            f"a range needs low and high (optional log, step), but got keys {sorted(keys)} ({loc})")
+    if knob.kind not in ("float", "int"):
+        raise ConfigError(f"knob {knob.name} is {knob.kind}: use choices, not a range ({loc})")
+    low = knob.validate(d["low"], f"{loc}.low")
+    high = knob.validate(d["high"], f"{loc}.high")
+    if not low < high:
+        raise ConfigError(f"low must be < high, but got low={low!r}, high={high!r} ({loc})")
+    log = d.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"log must be true or false, but got log={log!r} ({loc})")
+    if log and low <= 0:
+        raise ConfigError(f"a log range needs low > 0, but got low={low!r} ({loc})")
+    step = d.get("step")
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0:
+            raise ConfigError(f"step must be a positive number, but got step={step!r} ({loc})")
+        if log:
+            raise ConfigError(f"step and log cannot be combined, but got step={step!r}, log=true ({loc})")
+        if knob.kind == "int" and float(step) != int(step):
+            raise ConfigError(f"step of an integer knob must be an integer, but got step={step!r} ({loc})")
+    out = {"low": low, "high": high, "log": log}
+    if step is not None:
+        out["step"] = int(step) if knob.kind == "int" else float(step)
+    return out
+
+
+METHODS: Registry[MethodSpec] = Registry("method")
+
+
+def register_method(name: str, *, knobs: list[Knob], summary: str = "", needs_labels: bool = True,
+                    check: Callable[[MethodConfig, str], None] | None = None,
+                    exclusive: list[tuple[str, ...]] = ()):
+    """Register ``prune`` under ``name``; duplicate names raise."""
+
+    names = [k.name for k in knobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate knob names in method {name}: {names}")
+
+    def deco(fn: PruneFn) -> PruneFn:
+        METHODS.add(name, MethodSpec(name=name, prune=fn, knobs=tuple(knobs), summary=summary,
+                                     needs_labels=needs_labels, check=check,
+                                     exclusive=tuple(tuple(g) for g in exclusive)))
+        return fn
+
+    return deco

@@ -1,0 +1,1 @@
+"""Results: the Parquet store (source of truth), its schema, and the MLflow mirror."""

@@ -1,0 +1,244 @@
+"""``sweep select``: the most accurate model inside a budget, re-measured alone, exported, registered.
+
+Reads ``trials.parquet`` only (no tracking server needed to choose); MLflow registration is a last,
+optional step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, asdict
+from pathlib import Path
+
+from .errors import BudgetError, SweepDirError
+from .results.store import TrialStore
+
+# budget flag -> (column, comparison)
+LIMITS = {
+    "max_latency_ms": ("latency_ms", "<="),
+    "max_params": ("params", "<="),
+    "max_macs": ("macs", "<="),
+    "min_accuracy": ("accuracy", ">="),
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_latency_ms: float | None = None
+    max_params: float | None = None
+    max_macs: float | None = None
+    min_accuracy: float | None = None
+
+    def items(self):
+        return [(k, v) for k, v in asdict(self).items() if v is not None]
+
+    def broken(self, row: dict) -> list[str]:
+        """The limits a row breaks, each as text (e.g. ``latency_ms 3.1 > 2.0``)."""
+        out = []
+        for flag, limit in self.items():
+            col, op = LIMITS[flag]
+            v = row.get(col)
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                out.append(f"{col} unknown")
+            elif op == "<=" and v > limit:
+                out.append(f"{col} {_num(v)} > {_num(limit)}")
+            elif op == ">=" and v < limit:
+                out.append(f"{col} {_num(v)} < {_num(limit)}")
+        return out
+
+    def excess(self, row: dict) -> float:
+        """Sum of relative violations: how far outside the budget a row lies (0 inside)."""
+        total = 0.0
+        for flag, limit in self.items():
+            col, op = LIMITS[flag]
+            v = row.get(col)
+            if v is None:
+                return math.inf
+            rel = (v - limit) / abs(limit) if op == "<=" else (limit - v) / abs(limit)
+            total += max(0.0, rel)
+        return total
+
+
+def _num(v) -> str:
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 1000):
+        return f"{int(v):,}"
+    return f"{v:.4g}"
+
+
+def _describe(r: dict) -> str:
+    return (f"trial {r['trial_id']} ({r['method']}): accuracy {r['accuracy']:.4f}, latency "
+            f"{r['latency_ms']:.3f} ms, params {r['params']:,}, MACs {r['macs']:,}")
+
+
+def candidates(rows: list[dict], budget: Budget) -> list[dict]:
+    """``ok`` rows inside the budget, best first: highest accuracy, ties broken by lower latency."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    inside = [r for r in ok if not budget.broken(r)]
+    return sorted(inside, key=lambda r: (-r["accuracy"], r["latency_ms"]))
+
+
+def choose(rows: list[dict], budget: Budget) -> list[dict]:
+    """Candidates in order, or a BudgetError naming the closest point and what it breaks."""
+    cands = candidates(rows, budget)
+    if cands:
+        return cands
+    ok = [r for r in rows if r.get("status") == "ok"]
+    if not ok:
+        raise BudgetError("no finished trial to choose from (the sweep has no `ok` rows)")
+    closest = min(ok, key=budget.excess)
+    raise BudgetError(f"no trial meets the budget ({_budget_text(budget)}); closest: {_describe(closest)} — "
+                      f"breaks {', '.join(budget.broken(closest))}")
+
+
+def _budget_text(b: Budget) -> str:
+    return ", ".join(f"{k.replace('_', '-')} {_num(v)}" for k, v in b.items()) or "no limits"
+
+
+def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: bool = True,
+           register: bool = True, log=print) -> dict:
+    from .driver import load_sweep
+    from .measure import measure_latency
+    from .trial import load_model, load_splits, trial_threads
+
+    sweep_dir = Path(sweep_dir).resolve()
+    store = TrialStore(sweep_dir)
+    if not store.exists():
+        raise SweepDirError(f"not a sweep folder (no trials.parquet): {sweep_dir}")
+    cfg, state = load_sweep(sweep_dir)
+    rows, meta = store.read()
+    ordered = choose(rows, budget)
+    splits = load_splits(cfg)
+    threads = trial_threads(cfg)
+    chosen, rejected_after = None, []
+    for r in ordered:
+        model = load_model(sweep_dir, r["model_path"])
+        lat = measure_latency(model, splits.input_shape, batch=cfg.measure.latency_batch,
+                              warmup=cfg.measure.warmup, repeats=max(cfg.measure.repeats, 100),
+                              threads=threads, device=cfg.measure.device)
+        remeasured = {**r, "latency_ms": lat.median_ms, "latency_iqr_ms": lat.iqr_ms}
+        broken = budget.broken(remeasured)
+        if broken:
+            rejected_after.append({"trial_id": r["trial_id"], "why": "re-measured alone: " + ", ".join(broken)})
+            log(f"trial {r['trial_id']}: re-measured latency {lat.median_ms:.3f} ms breaks the budget; next")
+            continue
+        chosen, chosen_lat, chosen_model = remeasured, lat, model
+        break
+    if chosen is None:
+        raise BudgetError(f"no trial meets the budget ({_budget_text(budget)}) once its latency is re-measured "
+                          f"alone; closest: {_describe(ordered[0])}")
+
+    front_rejects = []
+    for r in rows:
+        if not r.get("on_front") or r["trial_id"] == chosen["trial_id"]:
+            continue
+        why = budget.broken(r)
+        front_rejects.append({"trial_id": r["trial_id"], "method": r["method"], "accuracy": r["accuracy"],
+                              "latency_ms": r["latency_ms"], "params": r["params"], "macs": r["macs"],
+                              "why": ", ".join(why) if why else "inside the budget but less accurate "
+                                                                  "(or as accurate and slower)"})
+    out = Path(out) if out else sweep_dir / "selected"
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    decision = {
+        "sweep": cfg.name, "budget": dict(budget.items()), "chosen": _public(chosen),
+        "latency_remeasured": chosen_lat.to_dict(), "rejected_front_points": front_rejects,
+        "rejected_after_remeasure": rejected_after, "candidates_inside_budget": len(ordered),
+        "selected_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "exports": {},
+    }
+    import torch
+
+    torch.save(chosen_model, tmp / "model.pt")
+    if export:
+        decision["exports"] = _export(chosen_model, splits.example_input(1), tmp, log)
+    (tmp / "selection.json").write_text(json.dumps(decision, indent=2, default=str))
+    (tmp / "selection.md").write_text(_markdown(decision))
+    if out.exists():  # keep the previous selection: no finished result is lost
+        out.rename(out.with_name(f"{out.name}-{int(time.time())}"))
+    os.replace(tmp, out)
+    if register:
+        decision["registry"] = _register(state, cfg.name, chosen, chosen_model, out, log)
+        (out / "selection.json").write_text(json.dumps(decision, indent=2, default=str))
+    decision["out"] = str(out)
+    return decision
+
+
+def _public(r: dict) -> dict:
+    return {k: v for k, v in r.items() if v is not None and k not in ("info",)}
+
+
+def _export(model, example, out: Path, log) -> dict:
+    """torch.export program and ONNX; each failure is recorded, not fatal, and reported."""
+    import torch
+
+    res = {}
+    model = model.eval()
+    try:
+        ep = torch.export.export(model, (example,))
+        torch.export.save(ep, str(out / "model.pt2"))
+        res["torch_export"] = "model.pt2"
+    except Exception as e:
+        res["torch_export_error"] = f"{type(e).__name__}: {e}"[:500]
+        log(f"warning: torch.export failed: {res['torch_export_error']}")
+    try:
+        import contextlib
+        import io
+        import warnings
+
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), str(out / "model.onnx"), dynamo=True,
+                              input_names=["input"], output_names=["logits"])
+        res["onnx"] = "model.onnx"
+    except Exception as e:
+        res["onnx_error"] = f"{type(e).__name__}: {e}"[:500]
+        log(f"warning: ONNX export failed: {res['onnx_error']}")
+    return res
+
+
+def _register(state: dict, name: str, chosen: dict, model, out: Path, log) -> dict:
+    """Log the chosen model to its trial's MLflow run, register it, and point the alias at it."""
+    try:
+        import mlflow
+
+        from .results.mlflow_sink import _client
+
+        uri = state["tracking_uri"]
+        client = _client(uri)
+        mlflow.set_tracking_uri(uri)
+        run_id = chosen.get("mlflow_run_id") or state.get("parent_run_id")
+        reg_name = f"{name}-selected"
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(model, name="selected_model", registered_model_name=reg_name)
+            mlflow.log_artifacts(str(out), artifact_path="selection")
+        versions = client.search_model_versions(f"name = '{reg_name}'")
+        version = max(int(v.version) for v in versions)
+        client.set_registered_model_alias(reg_name, "selected", str(version))
+        # log_model reopened the (finished) run as RUNNING; restore its terminal status
+        client.set_terminated(run_id, status="FINISHED")
+        log(f"registered {reg_name} version {version} with alias 'selected' in MLflow ({uri})")
+        return {"model": reg_name, "version": version, "alias": "selected", "model_uri": info.model_uri}
+    except Exception as e:
+        log(f"warning: MLflow registration failed ({type(e).__name__}: {e}); the export is complete")
+        return {"error": f"{type(e).__name__}: {e}"[:500]}
+
+
+def _markdown(d: dict) -> str:
+    c = d["chosen"]
+    lines = [f"# Selection for sweep `{d['sweep']}`", "",
+             f"Budget: {', '.join(f'{k} = {v}' for k, v in d['budget'].items()) or 'none'}", "",
+             f"Chosen: trial `{c['trial_id']}` ({c['method']}) — validation accuracy {c['accuracy']:.4f}, "
+             f"test accuracy {c.get('test_accuracy', float('nan')):.4f}, latency {c['latency_ms']:.3f} ms "
+             f"(re-measured alone, batch {d['latency_remeasured']['batch']}, "
+             f"{d['latency_remeasured']['threads']} thread(s), {d['latency_remeasured']['device']}), "
+             f"params {c['params']:,}, MACs {c['macs']:,}.", "",
+             "Why: the most accurate `ok` trial inside the budget (ties: lower latency).", "",
+             "| rejected front point | method | accuracy | latency ms | params | why |", "|---|---|---|---|---|---|"]
+    for r in d["rejected_front_points"]:
+        lines.append(f"| {r['trial_id']} | {r['method']} | {r['accuracy']:.4f} | {r['latency_ms']:.3f} | "
+                     f"{r['params']:,} | {r['why']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,85 @@
+"""Search-space translation: a sweep's YAML space -> an Optuna define-by-run function.
+
+Conventions (tested):
+- The method is itself a dimension, ``method`` (categorical); it is not sampled when the space has
+  one method.
+- Each knob is sampled under the name ``<method>.<knob>``, only when that method was drawn
+  (a conditional space), so two methods may share a knob name without sharing a distribution.
+- ``{low, high}`` ranges are inclusive at both ends for integers and floats (Optuna's convention);
+  ``log: true`` samples log-uniformly; ``step`` makes a range discrete.
+- Fixed values are returned as constants: they appear in the trial config but are not searched.
+"""
+
+from __future__ import annotations
+
+
+from .config import SweepConfig
+from .methods import get_method
+
+METHOD_PARAM = "method"
+TRIAL_NUMBER = "trial_number"  # Optuna's trial number: a stable per-sweep index (seeds derive from it)
+
+
+def param_name(method: str, knob: str) -> str:
+    return f"{method}.{knob}"
+
+
+class DefineByRun:
+    """``space(trial) -> constants`` for Ray Tune's ``OptunaSearch(space=...)``.
+
+    A class, not a closure: Ray pickles the searcher (with this function) to save its state.
+    """
+
+    def __init__(self, cfg: SweepConfig):
+        self.methods = [m.name for m in cfg.methods]
+        self.spaces = {m.name: dict(m.knobs) for m in cfg.methods}
+        self.kinds = {m.name: {k.name: k.kind for k in get_method(m.name).knobs} for m in cfg.methods}
+
+    def __call__(self, trial) -> dict:
+        consts: dict = {TRIAL_NUMBER: trial.number}
+        if len(self.methods) > 1:
+            method = trial.suggest_categorical(METHOD_PARAM, self.methods)
+        else:
+            method = self.methods[0]
+            consts[METHOD_PARAM] = method
+        for knob, dist in self.spaces[method].items():
+            name = param_name(method, knob)
+            if "fixed" in dist:
+                consts[name] = dist["fixed"]
+            elif "choices" in dist:
+                trial.suggest_categorical(name, dist["choices"])
+            elif self.kinds[method][knob] == "int":
+                trial.suggest_int(name, dist["low"], dist["high"], step=dist.get("step", 1), log=dist["log"])
+            else:
+                trial.suggest_float(name, dist["low"], dist["high"], step=dist.get("step"), log=dist["log"])
+        return consts
+
+
+def define_by_run(cfg: SweepConfig) -> DefineByRun:
+    return DefineByRun(cfg)
+
+
+def knobs_from_config(config: dict) -> tuple[str, dict]:
+    """Split a flat trial config back into (method, {knob: value})."""
+    method = config[METHOD_PARAM]
+    prefix = method + "."
+    knobs = {k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix)}  # TRIAL_NUMBER has no dot
+    return method, knobs
+
+
+def make_sampler(name: str, *, seed: int, n_trials: int):
+    """The Optuna sampler named in the YAML (``search.sampler``)."""
+    import optuna
+
+    # Random start-up trials before the model-based samplers take over: a third of the budget,
+    # at least 3 and at most Optuna's default of 10, so that short sweeps still get guided trials.
+    startup = min(10, max(3, n_trials // 3))
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, n_trials // 3)))
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}")

@@ -1,0 +1,258 @@
+"""One trial, with no Ray in sight: baseline -> prune -> fine-tune -> measure -> one result row.
+
+Also the baseline itself (trained once per sweep, or loaded from a checkpoint) and the helpers that
+load models saved inside a sweep folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from .config import SweepConfig
+from .errors import SweepDirError, TrialFailure
+from .results.schema import BASELINE_ID, knob_column
+
+BASELINE_DIR = "baseline"
+MODELS_DIR = "models"
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    sweep_dir: str
+    trial_id: str
+    method: str
+    knobs: dict
+    seed: int
+
+
+@dataclass
+class Figures:
+    accuracy: float
+    test_accuracy: float
+    params: int
+    macs: int
+    latency: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------- data + models
+@lru_cache(maxsize=4)
+def _splits(name: str, options_json: str, seed: int):
+    from .data import load_dataset
+
+    return load_dataset(name, json.loads(options_json), seed=seed, where="dataset")
+
+
+def load_splits(cfg: SweepConfig):
+    """The sweep's data, cached per process (Ray workers reuse it across trials)."""
+    return _splits(cfg.dataset.name, json.dumps(cfg.dataset.options, sort_keys=True), cfg.seed)
+
+
+def loaders(cfg: SweepConfig, splits, seed: int):
+    from .data import make_loader
+
+    bs = cfg.finetune.batch_size
+    return (make_loader(splits.train, bs, shuffle=True, seed=seed, drop_last=False),
+            make_loader(splits.val, 256, shuffle=False),
+            make_loader(splits.test, 256, shuffle=False))
+
+
+def save_model(model, sweep_dir: Path, rel: str) -> str:
+    """Whole-module save inside the sweep folder (pruned shapes differ from any builder's)."""
+    import torch
+
+    path = Path(sweep_dir) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(model, tmp)
+    os.replace(tmp, path)
+    return rel
+
+
+def load_model(sweep_dir: Path, rel: str):
+    """Load a model saved by :func:`save_model`; refuses paths outside the sweep folder.
+
+    Whole-module files are pickles, so they are loaded only from the sweep's own folder.
+    """
+    import torch
+
+    root = Path(sweep_dir).resolve()
+    path = (root / rel).resolve()
+    if root not in path.parents:
+        raise SweepDirError(f"model path must lie inside the sweep folder {root}, but got {rel!r}")
+    if not path.is_file():
+        raise SweepDirError(f"saved model not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def measure_all(cfg: SweepConfig, model, splits, val_loader, test_loader, threads: int) -> Figures:
+    from .measure import accuracy, count_macs, count_params, measure_latency
+
+    device = cfg.measure.device
+    model = model.to(device).eval()
+    acc = accuracy(model, val_loader, device)
+    test_acc = accuracy(model, test_loader, device)
+    cpu_model = model.to("cpu")
+    macs = count_macs(cpu_model, splits.example_input(1))
+    params = count_params(cpu_model)
+    lat = measure_latency(model.to(device), splits.input_shape, batch=cfg.measure.latency_batch,
+                          warmup=cfg.measure.warmup, repeats=cfg.measure.repeats, threads=threads,
+                          device=device)
+    return Figures(accuracy=acc, test_accuracy=test_acc, params=params, macs=macs, latency=lat.to_dict())
+
+
+def trial_threads(cfg: SweepConfig) -> int:
+    """Torch threads inside a trial: the explicit setting, else the trial's whole-CPU share."""
+    return cfg.measure.threads or max(1, int(cfg.search.cpus_per_trial))
+
+
+# ------------------------------------------------------------------------------- baseline
+def prepare_baseline(cfg: SweepConfig, sweep_dir: Path, log=print) -> dict:
+    """Train (or load) the dense model once, measure it, save it in ``<sweep>/baseline/``.
+
+    Returns the baseline's row for ``trials.parquet``.
+    """
+    import torch
+
+    from .models import build_model
+    from .train import train
+
+    t0 = time.time()
+    started = time.time()
+    torch.manual_seed(cfg.seed)
+    splits = load_splits(cfg)
+    c, h, _ = splits.input_shape
+    ckpt = cfg.baseline.path or cfg.model.checkpoint
+    model = build_model(cfg.model.name, num_classes=splits.num_classes, in_channels=c, input_size=h,
+                        checkpoint=ckpt, where=f"{cfg.source}: model")
+    train_loader, val_loader, test_loader = loaders(cfg, splits, cfg.seed)
+    epochs = 0
+    if cfg.baseline.path is None and cfg.baseline.train.epochs > 0:
+        b = cfg.baseline.train
+        epochs = b.epochs
+        log(f"training the dense baseline: {cfg.model.name} on {cfg.dataset.name}, {b.epochs} epochs")
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        train(model, train_loader, epochs=b.epochs, lr=b.lr, momentum=b.momentum,
+              weight_decay=b.weight_decay, optimizer=b.optimizer, device=cfg.measure.device)
+    threads = trial_threads(cfg)
+    fig = measure_all(cfg, model, splits, val_loader, test_loader, threads)
+    rel = save_model(model.to("cpu"), sweep_dir, f"{BASELINE_DIR}/model.pt")
+    summary = {"accuracy": fig.accuracy, "test_accuracy": fig.test_accuracy, "params": fig.params,
+               "macs": fig.macs, "latency_ms": fig.latency["median_ms"], "latency": fig.latency,
+               "model": cfg.model.name, "dataset": cfg.dataset.name, "epochs": epochs,
+               "input_shape": list(splits.input_shape), "num_classes": splits.num_classes}
+    (Path(sweep_dir) / BASELINE_DIR / "summary.json").write_text(json.dumps(summary, indent=2))
+    return {
+        "sweep": cfg.name, "trial_id": BASELINE_ID, "status": "ok", "error": "", "method": "baseline",
+        "accuracy": fig.accuracy, "test_accuracy": fig.test_accuracy,
+        "baseline_accuracy": fig.accuracy, "baseline_test_accuracy": fig.test_accuracy,
+        "params": fig.params, "macs": fig.macs, **_latency_cols(fig.latency),
+        "params_ratio": 1.0, "macs_ratio": 1.0, "latency_ratio": 1.0,
+        "model_path": rel, "seed": cfg.seed, "finetune_epochs": epochs, "wall_s": time.time() - t0,
+        "started_at": started, "ended_at": time.time(), "info": json.dumps({"summary": summary}),
+    }
+
+
+def _latency_cols(lat: dict) -> dict:
+    return {"latency_ms": lat["median_ms"], "latency_iqr_ms": lat["iqr_ms"], "latency_batch": lat["batch"],
+            "latency_repeats": lat["repeats"], "threads": lat["threads"], "device": lat["device"],
+            "latency_alone": False}
+
+
+def read_baseline(sweep_dir: Path) -> dict:
+    p = Path(sweep_dir) / BASELINE_DIR / "summary.json"
+    if not p.is_file():
+        raise SweepDirError(f"not a sweep folder (no {BASELINE_DIR}/summary.json): {sweep_dir}")
+    return json.loads(p.read_text())
+
+
+# ------------------------------------------------------------------------------- one trial
+def run_trial(cfg: SweepConfig, spec: TrialSpec, tracker=None) -> dict:
+    """Run one trial and return its row. Never raises for trial-level failures: they are states."""
+    import torch
+
+    started = time.time()
+    base = read_baseline(Path(spec.sweep_dir))
+    row = {
+        "sweep": cfg.name, "trial_id": spec.trial_id, "method": spec.method, "seed": spec.seed,
+        "baseline_accuracy": base["accuracy"], "baseline_test_accuracy": base["test_accuracy"],
+        "finetune_epochs": cfg.finetune.epochs, "started_at": started, "error": "",
+    }
+    for k, v in spec.knobs.items():
+        row[knob_column(spec.method, k)] = v
+    log_metric = tracker.log_metric if tracker is not None else (lambda k, v, s=0: None)
+    try:
+        fig, info, rel, epochs = _prune_and_measure(cfg, spec, base, log_metric)
+        row.update({
+            "status": "ok", "accuracy": fig.accuracy, "test_accuracy": fig.test_accuracy,
+            "params": fig.params, "macs": fig.macs, **_latency_cols(fig.latency),
+            "params_ratio": fig.params / base["params"], "macs_ratio": fig.macs / base["macs"],
+            "latency_ratio": fig.latency["median_ms"] / base["latency_ms"],
+            "model_path": rel, "info": json.dumps(info, default=str), "finetune_epochs": epochs,
+        })
+    except TrialFailure as e:
+        row.update(status="failed", error=str(e))
+    except torch.OutOfMemoryError as e:  # type: ignore[attr-defined]
+        row.update(status="failed", error=f"out of memory: {str(e).splitlines()[0]}")
+    except MemoryError:
+        row.update(status="failed", error="out of memory (host)")
+    except Exception as e:  # any other error of this trial's configuration: recorded, sweep goes on
+        tb = traceback.format_exc(limit=-3)
+        row.update(status="failed", error=f"{type(e).__name__}: {e}\n{tb}"[:4000])
+    row["ended_at"] = time.time()
+    row["wall_s"] = row["ended_at"] - started
+    return row
+
+
+def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, base: dict, log_metric):
+    import torch
+
+    from .methods import PruneContext, get_method
+    from .engine.channels import default_ignored_layers
+    from .train import train
+
+    method = get_method(spec.method)
+    mcfg = method.make_config(spec.knobs, where=f"trial {spec.trial_id}: {spec.method}")
+    threads = trial_threads(cfg)
+    torch.set_num_threads(threads)
+    torch.manual_seed(spec.seed)
+    splits = load_splits(cfg)
+    train_loader, val_loader, test_loader = loaders(cfg, splits, spec.seed)
+    device = cfg.measure.device
+    model = load_model(Path(spec.sweep_dir), f"{BASELINE_DIR}/model.pt").to("cpu").eval()
+    ft = cfg.finetune
+
+    def finetune(m, epochs: int | None = None, step_offset: int = 0, lr: float | None = None):
+        return train(m, train_loader, epochs=ft.epochs if epochs is None else epochs,
+                     lr=lr or ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay,
+                     optimizer=ft.optimizer, device=device,
+                     on_epoch=lambda e, loss: log_metric("train_loss", loss, step_offset + e))
+
+    def evaluate(m) -> float:
+        from .measure import accuracy
+
+        return accuracy(m.to(device), val_loader, device)
+
+    ctx = PruneContext(train_loader=train_loader, val_loader=val_loader, device=device, seed=spec.seed,
+                       num_classes=splits.num_classes, finetune=finetune, evaluate=evaluate,
+                       log_metric=log_metric, ignored_layers=default_ignored_layers(model),
+                       labels_available=True)
+    example = splits.example_input(1)
+    result = method.prune(model, example, mcfg, ctx)
+    model = result.model
+    log_metric("pruned_accuracy", evaluate(model), 0)
+    epochs = 0
+    if not result.finetuned and ft.epochs > 0:
+        finetune(model)
+        epochs = ft.epochs
+    fig = measure_all(cfg, model, splits, val_loader, test_loader, threads)
+    if not math.isfinite(fig.accuracy):
+        raise TrialFailure("accuracy is not finite")
+    rel = save_model(model.to("cpu"), Path(spec.sweep_dir), f"{MODELS_DIR}/{spec.trial_id}.pt")
+    return fig, result.info, rel, epochs

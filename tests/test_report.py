@@ -1,0 +1,209 @@
+"""The static report, built from a synthetic trials.parquet."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sweep import report
+from sweep.errors import SweepDirError
+from sweep.results.schema import COLUMNS
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+KNOBS = {"knob.magnitude.ratio": pa.float64(), "knob.taylor.ratio": pa.float64(), "knob.taylor.steps": pa.int64()}
+BASELINE = {"accuracy": 0.9, "test_accuracy": 0.89, "params": 1_000_000, "macs": 50_000_000, "latency_ms": 4.0}
+ERROR = "CUDA <script>alert('x')</script> out of memory & more"
+
+
+def _row(trial_id: str, method: str, status: str, acc: float, ratio: float, i: int) -> dict:
+    start = datetime(2024, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=i)
+    keep = 1.0 - ratio
+    row = {name: None for name, _, _ in COLUMNS}
+    row.update(
+        sweep="demo",
+        trial_id=trial_id,
+        status=status,
+        error="" if status == "ok" else ERROR,
+        method=method,
+        baseline_accuracy=BASELINE["accuracy"],
+        baseline_test_accuracy=BASELINE["test_accuracy"],
+        seed=i,
+        started_at=start,
+        ended_at=start + timedelta(seconds=30),
+    )
+    if status == "ok":
+        params = int(BASELINE["params"] * keep)
+        macs = int(BASELINE["macs"] * keep)
+        latency = BASELINE["latency_ms"] * (0.3 + 0.7 * keep)
+        row.update(
+            accuracy=acc,
+            test_accuracy=acc - 0.01,
+            params=params,
+            macs=macs,
+            latency_ms=latency,
+            latency_iqr_ms=0.05,
+            params_ratio=params / BASELINE["params"],
+            macs_ratio=macs / BASELINE["macs"],
+            latency_ratio=latency / BASELINE["latency_ms"],
+        )
+    return row
+
+
+def write_trials(sweep_dir: Path, ok_trials: bool = True) -> list[dict]:
+    """A baseline row, ten ok rows over two methods (unless ok_trials=False) and one failed row."""
+    rows = [_row("baseline", "baseline", "ok", BASELINE["accuracy"], 0.0, 0)]
+    rows[0]["test_accuracy"] = BASELINE["test_accuracy"]
+    if ok_trials:
+        rng = np.random.default_rng(0)
+        for i in range(10):
+            method = "magnitude" if i % 2 else "taylor"
+            ratio = 0.1 + 0.08 * i
+            # Noise large enough that some trials fall off the front.
+            acc = 0.9 - 0.25 * ratio**2 - rng.uniform(0, 0.08)
+            row = _row(f"t{i:03d}", method, "ok", acc, ratio, i + 1)
+            row["latency_ms"] *= rng.uniform(0.9, 1.2)
+            row[f"knob.{method}.ratio"] = ratio
+            if method == "taylor":
+                row["knob.taylor.steps"] = 3
+            rows.append(row)
+    failed = _row("tfail", "magnitude", "failed", 0.0, 0.5, 20)
+    failed["knob.magnitude.ratio"] = 0.99
+    rows.append(failed)
+    for row in rows:
+        row.setdefault("knob.magnitude.ratio", None)
+        row.setdefault("knob.taylor.ratio", None)
+        row.setdefault("knob.taylor.steps", None)
+    # The sweep's front on (accuracy, latency_ms), as the engine would flag it.
+    from sweep import pareto
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    F = pareto.to_minimisation(np.array([[r["accuracy"], r["latency_ms"]] for r in ok]), ["max", "min"])
+    for r, on in zip(ok, pareto.non_dominated_mask(F)):
+        r["on_front"] = bool(on)
+    fields = [pa.field(name, typ) for name, typ, _ in COLUMNS] + [pa.field(k, t) for k, t in KNOBS.items()]
+    meta = {"name": "demo", "objectives": ["accuracy", "latency_ms"], "baseline": BASELINE}
+    schema = pa.schema(fields, metadata={"sweep": json.dumps(meta)})
+    table = pa.Table.from_pylist(rows, schema=schema)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, sweep_dir / "trials.parquet")
+    return rows
+
+
+EXPECTED = [
+    "accuracy_vs_latency.png",
+    "accuracy_vs_params.png",
+    "accuracy_vs_macs.png",
+    "hypervolume.png",
+    "index.html",
+    "summary.md",
+]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict], list[Path]]:
+    """One report shared by the read-only checks below (rendering is the slow part)."""
+    root = tmp_path_factory.mktemp("built")
+    rows = write_trials(root / "sweep")
+    written = report.build_report(root / "sweep", root / "sweep" / "report")
+    return root / "sweep", rows, written
+
+
+def test_build_report_writes_every_file(built) -> None:
+    sweep_dir, _, written = built
+    out = sweep_dir / "report"
+    names = {p.name for p in written}
+    assert set(EXPECTED) <= names
+    for path in written:
+        assert path.parent == out and path.is_file() and path.stat().st_size > 0
+    for name in EXPECTED:
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
+    # No temp folder is left beside the report.
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["report", "trials.parquet"]
+    if "interactive.html" in names:
+        text = (out / "interactive.html").read_text(encoding="utf-8")
+        assert "t001" in text and not re.search(r"""<script[^>]*src\s*=\s*["']https?://""", text)
+
+
+def test_index_html_content(built) -> None:
+    sweep_dir, rows, _ = built
+    index = (sweep_dir / "report" / "index.html").read_text(encoding="utf-8")
+    for name in EXPECTED[:4]:
+        assert f'src="{name}"' in index
+    front_ids = [r["trial_id"] for r in rows if r["on_front"]]
+    off_ids = [r["trial_id"] for r in rows if r["on_front"] is False]
+    assert front_ids and off_ids  # the synthetic data exercises both
+    for trial_id in front_ids:
+        assert trial_id in index
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in index
+    assert "<script" not in index
+    assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", index, re.I)
+    assert "http://" not in index and "https://" not in index
+    assert "ratio=" in index  # knob values shown for front rows
+
+
+def test_summary_md_mentions_front_size(built) -> None:
+    sweep_dir, rows, _ = built
+    summary = (sweep_dir / "report" / "summary.md").read_text(encoding="utf-8")
+    assert f"Front size:** {sum(bool(r['on_front']) for r in rows)}" in summary
+    assert "10 ok, 1 failed" in summary
+
+
+def test_report_into_existing_folder_keeps_other_files(tmp_path: Path) -> None:
+    write_trials(tmp_path / "sweep")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    (out / "summary.md").write_text("stale")
+    report.build_report(tmp_path / "sweep", out)
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert "Front size" in (out / "summary.md").read_text()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_report_with_empty_front(tmp_path: Path) -> None:
+    write_trials(tmp_path / "sweep", ok_trials=False)
+    # Only the baseline is ok here; drop it too so nothing at all is ok.
+    table = pq.read_table(tmp_path / "sweep" / "trials.parquet")
+    mask = pa.compute.not_equal(table["trial_id"], "baseline")
+    pq.write_table(table.filter(mask), tmp_path / "sweep" / "trials.parquet")
+    out = tmp_path / "report"
+    written = report.build_report(tmp_path / "sweep", out)
+    assert {p.name for p in written} >= set(EXPECTED)
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert "front is empty" in index
+    assert "Front size:** 0" in (out / "summary.md").read_text(encoding="utf-8")
+
+
+def test_missing_parquet_raises_sweep_dir_error(tmp_path: Path) -> None:
+    with pytest.raises(SweepDirError) as info:
+        report.build_report(tmp_path / "nowhere", tmp_path / "report")
+    message = str(info.value)
+    assert "trials.parquet" in message and str(tmp_path / "nowhere") in message and "\n" not in message
+    assert not (tmp_path / "report").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # temp folder cleaned up
+
+
+def test_unreadable_parquet_raises_sweep_dir_error(tmp_path: Path) -> None:
+    (tmp_path / "trials.parquet").write_bytes(b"not parquet")
+    with pytest.raises(SweepDirError, match="trials.parquet"):
+        report.build_report(tmp_path, tmp_path / "report")
+
+
+def test_front_table_is_fixed_width(tmp_path: Path) -> None:
+    rows = write_trials(tmp_path / "sweep")
+    df = pq.read_table(tmp_path / "sweep" / "trials.parquet").to_pandas()
+    text = report.front_table(df, ["accuracy", "latency_ms"])
+    lines = text.splitlines()
+    assert lines[0].split()[:2] == ["trial", "method"]
+    assert set(lines[1].replace(" ", "")) == {"-"}
+    assert len(lines) == 2 + sum(bool(r["on_front"]) for r in rows)
+    assert "ratio=" in text
+    assert report.front_table(df.iloc[0:0], ["accuracy", "latency_ms"]) == "no trials on the Pareto front"
