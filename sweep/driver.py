@@ -67,7 +67,7 @@ def sweep_trial(config: dict, sweep_dir: str, tracking: dict) -> None:
     seed = _trial_seed(cfg.seed, number, trial_id)
     tracker = TrialTracker.start(tracking["uri"], tracking["experiment"], tracking["parent_run_id"],
                                  f"{method}-{trial_id}", {"method": method, "seed": seed, "trial_id": trial_id,
-                                                          **knobs})
+                                                          **knobs}, trial_id=trial_id)
     row = run_trial(cfg, TrialSpec(sweep_dir, trial_id, method, knobs, seed), tracker)
     row["mlflow_run_id"] = tracker.run_id
     row["trial_number"] = number
@@ -148,31 +148,62 @@ def _hms(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def _make_callback(store: TrialStore, cfg: SweepConfig, meta: dict, progress: _Progress, sink, parent_id):
-    from ray.tune import Callback
+@dataclass
+class _CallbackState:
+    store: TrialStore
+    cfg: SweepConfig
+    meta: dict
+    progress: _Progress
+    sink: object
+    parent_id: str
 
-    objectives = list(cfg.search.objectives)
-    baseline = meta["baseline"]
+
+# The callback object is pickled into Ray's experiment state and unpickled by `Tuner.restore`; it
+# must hold no state of its own, or a resumed sweep would report into the interrupted process's
+# objects.  It looks the live state up here instead.
+_ACTIVE: dict[str, _CallbackState] = {}
+
+
+def _upsert(st: _CallbackState, new_rows: list[dict]) -> list[dict]:
+    rows, _ = st.store.read()
+    by_id = {r["trial_id"]: r for r in rows}
+    for r in new_rows:
+        by_id[r["trial_id"]] = {**by_id.get(r["trial_id"], {}), **r}
+    rows = _front(list(by_id.values()), st.cfg.search.objectives)
+    st.store.write(rows, st.meta)
+    return rows
+
+
+def _live_state() -> _CallbackState:
+    # resolved through the module at call time: a by-value copy of `_ACTIVE` would be stale
+    import sweep.driver as driver
+
+    return driver._ACTIVE["sweep"]
+
+
+def _make_callback():
+    from ray.tune import Callback
 
     class SweepCallback(Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
-            progress.running.add(trial.trial_id)
+            _live_state().progress.running.add(trial.trial_id)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if "row_json" not in result:
                 return
+            st = _live_state()
+            progress = st.progress
             row = json.loads(result["row_json"])
-            rows = _front(store.upsert([row], meta), objectives)
-            store.write(rows, meta)
+            rows = _upsert(st, [row])
             progress.running.discard(trial.trial_id)
             progress.done += 1
             progress.failed += row["status"] != "ok"
             progress.front = sum(1 for r in rows if r.get("on_front"))
-            hv = _hypervolume(rows, objectives, baseline)
-            if sink is not None:
+            hv = _hypervolume(rows, st.cfg.search.objectives, st.meta["baseline"])
+            if st.sink is not None:
                 try:
-                    sink.log_metrics(parent_id, {"hypervolume": hv, "front_size": progress.front,
-                                                 "trials_done": progress.done}, step=progress.done)
+                    st.sink.log_metrics(st.parent_id, {"hypervolume": hv, "front_size": progress.front,
+                                                       "trials_done": progress.done}, step=progress.done)
                 except Exception:
                     pass
             if row["status"] == "ok":
@@ -184,23 +215,24 @@ def _make_callback(store: TrialStore, cfg: SweepConfig, meta: dict, progress: _P
 
         def on_trial_error(self, iteration, trials, trial, **info):
             # the trainable catches trial errors itself; this is a crashed worker (e.g. killed for memory)
-            progress.running.discard(trial.trial_id)
-            rows, _ = store.read()
-            if any(r["trial_id"] == trial.trial_id for r in rows):
+            st = _live_state()
+            st.progress.running.discard(trial.trial_id)
+            rows, _ = st.store.read()
+            if any(r["trial_id"] == trial.trial_id and r["status"] != "stopped" for r in rows):
                 return
             err = "worker crashed"
             try:
                 err = f"worker crashed: {str(trial.get_error())[:2000]}"
             except Exception:
                 pass
-            store.write(_front(store.upsert([{
-                "sweep": cfg.name, "trial_id": trial.trial_id, "status": "failed", "error": err,
-                "method": trial.config.get("method"), "ended_at": time.time()}], meta), objectives), meta)
-            progress.done += 1
-            progress.failed += 1
-            progress.line(f"{trial.trial_id} FAILED: {err[:100]}")
+            _upsert(st, [{"sweep": st.cfg.name, "trial_id": trial.trial_id, "status": "failed", "error": err,
+                          "method": trial.config.get("method"), "ended_at": time.time()}])
+            st.progress.done += 1
+            st.progress.failed += 1
+            st.progress.line(f"{trial.trial_id} FAILED: {err[:100]}")
 
         def on_step_end(self, iteration, trials, **info):
+            progress = _live_state().progress
             if time.time() - progress.last_print > 30:
                 progress.line()
 
@@ -356,7 +388,8 @@ def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = P
         brow["mlflow_run_id"] = parent_id
         base = read_baseline(sweep_dir)
         meta = _meta(cfg, base)
-        store.write(_front(store.upsert([brow], meta), cfg.search.objectives), meta)
+        rows = [r for r in rows if r["trial_id"] != BASELINE_ID] + [brow]
+        store.write(_front(rows, cfg.search.objectives), meta)
         sink.log_metrics(parent_id, {f"baseline_{k}": base[k] for k in
                                      ("accuracy", "test_accuracy", "params", "macs", "latency_ms")})
         log(f"baseline: accuracy {base['accuracy']:.4f} (val) · params {base['params']:,} · "
@@ -370,7 +403,8 @@ def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = P
     interrupted = False
     if done < cfg.search.trials:
         _ray_init(address, sweep_dir, None)
-        callback = _make_callback(store, cfg, meta, progress, sink, parent_id)
+        _ACTIVE["sweep"] = _CallbackState(store, cfg, meta, progress, sink, parent_id)
+        callback = _make_callback()
         tracking = {"uri": uri, "experiment": experiment, "parent_run_id": parent_id}
         tuner = _tuner(cfg, sweep_dir, tracking, callback, restore=resume)
         log(f"running {cfg.search.trials - done} trial(s), {cfg.search.concurrency} at a time "
@@ -412,7 +446,8 @@ def _mark_stopped(store: TrialStore, meta: dict, running: set, cfg: SweepConfig)
     new = [{"sweep": cfg.name, "trial_id": t, "status": "stopped", "error": "interrupted before it finished",
             "ended_at": time.time()} for t in running if t not in have]
     if new:
-        store.write(_front(store.upsert(new, meta), cfg.search.objectives), meta)
+        rows = _front(rows + new, cfg.search.objectives)
+        store.write(rows, meta)
 
 
 def _log_parent_artifacts(sink, parent_id, sweep_dir: Path, rows, cfg, base, report_dir) -> None:

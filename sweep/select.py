@@ -161,7 +161,7 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
         out.rename(out.with_name(f"{out.name}-{int(time.time())}"))
     os.replace(tmp, out)
     if register:
-        decision["registry"] = _register(state, cfg.name, chosen, chosen_model, out, log)
+        decision["registry"] = _register(state, cfg.name, chosen, chosen_model, splits.example_input(1), out, log)
         (out / "selection.json").write_text(json.dumps(decision, indent=2, default=str))
     decision["out"] = str(out)
     return decision
@@ -200,7 +200,7 @@ def _export(model, example, out: Path, log) -> dict:
     return res
 
 
-def _register(state: dict, name: str, chosen: dict, model, out: Path, log) -> dict:
+def _register(state: dict, name: str, chosen: dict, model, example, out: Path, log) -> dict:
     """Log the chosen model to its trial's MLflow run, register it, and point the alias at it."""
     try:
         import mlflow
@@ -213,7 +213,8 @@ def _register(state: dict, name: str, chosen: dict, model, out: Path, log) -> di
         run_id = chosen.get("mlflow_run_id") or state.get("parent_run_id")
         reg_name = f"{name}-selected"
         with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(model, name="selected_model", registered_model_name=reg_name)
+            info = mlflow.pytorch.log_model(model, name="selected_model", registered_model_name=reg_name,
+                                            input_example=example.numpy())
             mlflow.log_artifacts(str(out), artifact_path="selection")
         versions = client.search_model_versions(f"name = '{reg_name}'")
         version = max(int(v.version) for v in versions)

@@ -114,10 +114,20 @@ class TrialTracker:
         self.sink, self.run_id = sink, run_id
 
     @classmethod
-    def start(cls, tracking_uri: str, experiment: str, parent_run_id: str, name: str, params: dict):
+    def start(cls, tracking_uri: str, experiment: str, parent_run_id: str, name: str, params: dict,
+              trial_id: str | None = None):
+        """Create the trial's child run. Earlier runs of the same trial (a trial re-run after an
+        interruption) are marked superseded, so each trial has one current run."""
         try:
             sink = MlflowSink(tracking_uri, experiment)
-            return cls(sink, sink.start_child(parent_run_id, name, params))
+            if trial_id is not None:
+                for r in sink.children(parent_run_id):
+                    if r.data.tags.get("sweep.trial_id") == trial_id:
+                        sink.set_tags(r.info.run_id, {"sweep.superseded": "true"})
+                        if r.info.status != "KILLED":
+                            sink.end(r.info.run_id, "KILLED")
+            tags = {"sweep.trial_id": trial_id} if trial_id is not None else None
+            return cls(sink, sink.start_child(parent_run_id, name, params, tags=tags))
         except Exception as e:  # tracking must never cost a result
             log.warning("MLflow child run not created (%s); results still go to Parquet", e)
             return cls(None, None)

@@ -1,0 +1,177 @@
+"""A real local Ray sweep on digits, end to end: Parquet, MLflow runs, report, select, resume.
+
+Marked ``integration``; kept small (a few trials of a tiny CNN) so that it runs in CI in about a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+SPACE = """
+name: {name}
+model: {{name: small_cnn}}
+dataset: {{name: digits}}
+baseline: {{epochs: 4, lr: 0.05}}
+finetune: {{epochs: {ft}, lr: 0.01}}
+search: {{trials: {trials}, concurrency: 2, sampler: random, objectives: [accuracy, latency_ms, params]}}
+measure: {{repeats: 10, warmup: 2}}
+methods:
+  magnitude:
+    ratio: {{low: 0.2, high: 0.8}}
+"""
+
+
+def _write_space(tmp_path: Path, name: str, trials: int, ft: int = 1) -> Path:
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(SPACE.format(name=name, trials=trials, ft=ft))
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch):
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "WARNING")
+    yield
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:
+        pass
+
+
+def test_sweep_end_to_end(tmp_path, monkeypatch, capsys):
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from sweep.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    space = _write_space(tmp_path, "itest", trials=3)
+    assert main(["run", str(space)]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front" in out and "[  3/3]" in out
+
+    sweep_dir = tmp_path / "runs" / "itest"
+    df = pd.read_parquet(sweep_dir / "trials.parquet")
+    assert len(df) == 4 and df["trial_id"].is_unique
+    assert set(df["status"]) == {"ok"}
+    trials = df[df["trial_id"] != "baseline"]
+    assert trials["knob.magnitude.ratio"].between(0.2, 0.8).all()
+    assert (trials["params"] < df.loc[df["trial_id"] == "baseline", "params"].iloc[0]).all()
+    assert df["on_front"].any()
+    assert df.loc[df["on_front"], "latency_alone"].all()  # front re-measured alone
+    for p in trials["model_path"]:
+        assert (sweep_dir / p).is_file()
+
+    # MLflow: one parent, one nested child per trial holding knobs and metrics
+    client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("itest")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("sweep.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 3
+    pid = parents[0].info.run_id
+    assert all(c.data.tags["mlflow.parentRunId"] == pid for c in children)
+    assert all("magnitude.ratio" in c.data.params or "ratio" in c.data.params for c in children)
+    assert all("accuracy" in c.data.metrics and "latency_ms" in c.data.metrics for c in children)
+    assert set(trials["mlflow_run_id"]) == {c.info.run_id for c in children}
+    hv = client.get_metric_history(pid, "hypervolume")
+    assert len(hv) == 3 and [m.step for m in hv] == [1, 2, 3]
+    arts = {a.path for a in client.list_artifacts(pid, "front")}
+    assert {"front/front.csv", "front/front.parquet"} <= arts
+    assert parents[0].info.status == "FINISHED"
+
+    report = tmp_path / "reports" / "itest"
+    for f in ("index.html", "accuracy_vs_latency.png", "accuracy_vs_params.png", "accuracy_vs_macs.png",
+              "hypervolume.png", "summary.md"):
+        assert (report / f).stat().st_size > 0
+
+    # select: inside a params budget, exported, loads and runs
+    limit = int(trials["params"].max())
+    assert main(["select", str(sweep_dir), "--max-params", str(limit)]) == 0
+    sel = json.loads((sweep_dir / "selected" / "selection.json").read_text())
+    assert sel["chosen"]["params"] <= limit
+    inside = df[(df["status"] == "ok") & (df["params"] <= limit)]
+    assert sel["chosen"]["accuracy"] == inside["accuracy"].max()
+    import torch
+
+    ep = torch.export.load(str(sweep_dir / "selected" / "model.pt2"))
+    x = torch.randn(1, 1, 8, 8)
+    y = ep.module()(x)
+    assert y.shape == (1, 10)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(sweep_dir / "selected" / "model.onnx"))
+    y2 = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert abs(y2 - y.detach().numpy()).max() < 1e-4
+    assert sel["registry"].get("alias") == "selected"
+    mv = client.get_model_version_by_alias("itest-selected", "selected")
+    assert int(mv.version) >= 1
+
+    # an impossible budget: exit 2, one line naming the closest trial
+    capsys.readouterr()
+    assert main(["select", str(sweep_dir), "--max-params", "10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "closest: trial" in err[0]
+
+    # the report regenerates from Parquet alone
+    (report / "index.html").unlink()
+    assert main(["report", str(sweep_dir)]) == 0
+    assert (report / "index.html").is_file()
+
+
+def test_interrupt_then_resume_loses_and_duplicates_nothing(tmp_path):
+    """Ctrl-C mid-sweep, then `sweep resume`: every trial once, none lost, no run left RUNNING."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    space = _write_space(tmp_path, "itresume", trials=6, ft=30)
+    sweep_dir = tmp_path / "runs" / "itresume"
+    env = {**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING"}
+    cmd = [sys.executable, "-m", "sweep.cli", "run", str(space)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    parquet = sweep_dir / "trials.parquet"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # wait for the first finished trial, then interrupt
+        if parquet.is_file() and len(pd.read_parquet(parquet)) >= 2:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "sweep resume" in out
+    before = pd.read_parquet(parquet)
+    finished = set(before.loc[before["status"] == "ok", "trial_id"]) - {"baseline"}
+    assert 1 <= len(finished) < 6
+
+    res = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", str(sweep_dir)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout + res.stderr
+    after = pd.read_parquet(parquet)
+    assert after["trial_id"].is_unique
+    assert (after["status"] == "ok").sum() == 7  # 6 trials + baseline
+    assert finished <= set(after["trial_id"])
+    kept = after.set_index("trial_id").loc[sorted(finished)]
+    old = before.set_index("trial_id").loc[sorted(finished)]
+    assert (kept["ended_at"] == old["ended_at"]).all()  # finished trials were not run again
+    assert sorted(after["trial_number"].dropna().astype(int)) == list(range(6))
+
+    client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("itresume")
+    runs = client.search_runs([exp.experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    current = [r for r in runs if r.data.tags.get("sweep.role") == "trial"
+               and r.data.tags.get("sweep.superseded") != "true"]
+    assert len(current) == 6 and all(r.info.status == "FINISHED" for r in current)

@@ -1,0 +1,188 @@
+"""YAML space -> Optuna define-by-run, driven by a real Optuna study (no Ray)."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import optuna
+import pytest
+
+from sweep.config import parse_config
+from sweep.methods import METHODS, Knob, MethodSpec
+from sweep.space import METHOD_PARAM, TRIAL_NUMBER, DefineByRun, define_by_run, knobs_from_config, \
+    make_sampler, param_name
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def cfg_for(methods: dict, **extra):
+    data = {"name": "s", "model": {"name": "small_cnn"}, "dataset": "digits", "methods": methods, **extra}
+    return parse_config(data, source="space.yaml")
+
+
+def study(sampler=None):
+    return optuna.create_study(directions=["maximize", "minimize"],
+                               sampler=sampler or optuna.samplers.RandomSampler(seed=0))
+
+
+def sample(space: DefineByRun, n: int, sampler=None):
+    """n trials: (consts returned by the space, params Optuna sampled, trial number)."""
+    s = study(sampler)
+    out = []
+    for _ in range(n):
+        t = s.ask()
+        consts = space(t)
+        out.append((consts, dict(t.params), t.number))
+        s.tell(t, [0.5, 1.0])
+    return out
+
+
+def test_float_range_inclusive_bounds():
+    space = define_by_run(cfg_for({"magnitude": {"ratio": {"low": 0.2, "high": 0.4}}}))
+    assert isinstance(space, DefineByRun)
+    values = [p["magnitude.ratio"] for _, p, _ in sample(space, 60)]
+    assert all(0.2 <= v <= 0.4 for v in values)
+    assert len(set(values)) > 10  # actually searched, not a constant
+
+
+def test_float_step_range_hits_grid_points_and_both_ends():
+    space = define_by_run(cfg_for({"magnitude": {"ratio": {"low": 0.2, "high": 0.4, "step": 0.1}}}))
+    values = {round(p["magnitude.ratio"], 9) for _, p, _ in sample(space, 60)}
+    assert values == {0.2, 0.3, 0.4}
+
+
+def test_integer_knob_inclusive_bounds():
+    space = define_by_run(cfg_for({"magnitude": {"round_to": {"low": 1, "high": 2}}}))
+    values = [p["magnitude.round_to"] for _, p, _ in sample(space, 40)]
+    assert set(values) == {1, 2}  # both ends, nothing else
+    assert all(isinstance(v, int) for v in values)
+
+
+def test_log_range():
+    space = define_by_run(cfg_for({"magnitude": {"ratio": {"low": 0.01, "high": 0.9, "log": True}}}))
+    s = study()
+    t = s.ask()
+    space(t)
+    dist = t.distributions["magnitude.ratio"]
+    assert isinstance(dist, optuna.distributions.FloatDistribution)
+    assert dist.log and (dist.low, dist.high) == (0.01, 0.9)
+    values = [p["magnitude.ratio"] for _, p, _ in sample(space, 200)]
+    assert all(0.01 <= v <= 0.9 for v in values)
+    # log-uniform: the median sits near the geometric mean (0.095), far below the arithmetic one (0.455)
+    med = sorted(values)[len(values) // 2]
+    assert med < 0.25, med
+    assert abs(math.log(med) - math.log(math.sqrt(0.01 * 0.9))) < 0.8
+
+
+def test_integer_log_range():
+    space = define_by_run(cfg_for({"magnitude": {"round_to": {"low": 1, "high": 64, "log": True}}}))
+    s = study()
+    t = s.ask()
+    space(t)
+    dist = t.distributions["magnitude.round_to"]
+    assert isinstance(dist, optuna.distributions.IntDistribution) and dist.log
+
+
+def test_choices():
+    space = define_by_run(cfg_for({"magnitude": {"importance": {"choices": ["l1", "l2"]}}}))
+    values = [p["magnitude.importance"] for _, p, _ in sample(space, 30)]
+    assert set(values) == {"l1", "l2"}
+
+
+def test_fixed_values_are_constants_not_sampled():
+    space = define_by_run(cfg_for({"magnitude": {"ratio": 0.3, "global_pruning": False,
+                                                 "importance": {"choices": ["l1"]}}}))
+    for consts, params, number in sample(space, 3):
+        assert consts["magnitude.ratio"] == 0.3
+        assert consts["magnitude.global_pruning"] is False
+        assert "magnitude.ratio" not in params and "magnitude.global_pruning" not in params
+        assert params == {"magnitude.importance": "l1"}
+
+
+def test_trial_number_and_single_method_are_constants():
+    space = define_by_run(cfg_for({"magnitude": {"ratio": {"low": 0.1, "high": 0.9}}}))
+    for i, (consts, params, number) in enumerate(sample(space, 4)):
+        assert consts[TRIAL_NUMBER] == number == i
+        assert consts[METHOD_PARAM] == "magnitude"
+        assert METHOD_PARAM not in params and TRIAL_NUMBER not in params
+
+
+@pytest.fixture
+def two_methods(monkeypatch):
+    """A second method sharing the knob name `ratio` with a different range (removed afterwards)."""
+    spec = MethodSpec(name="toy", prune=lambda *a: None,
+                      knobs=(Knob("ratio", "float", 0.5, low=0.0, high=1.0), Knob("steps", "int", 1, low=1, high=5)))
+    monkeypatch.setitem(METHODS._entries, "toy", spec)
+    return cfg_for({"magnitude": {"ratio": {"low": 0.1, "high": 0.2}},
+                    "toy": {"ratio": {"low": 0.7, "high": 0.9}, "steps": 3}})
+
+
+def test_method_is_a_dimension_and_knobs_are_conditional(two_methods):
+    space = define_by_run(two_methods)
+    seen = set()
+    for consts, params, _ in sample(space, 30):
+        method = params[METHOD_PARAM]
+        assert METHOD_PARAM not in consts
+        seen.add(method)
+        if method == "magnitude":
+            assert set(params) == {METHOD_PARAM, "magnitude.ratio"}
+            assert 0.1 <= params["magnitude.ratio"] <= 0.2
+        else:
+            assert set(params) == {METHOD_PARAM, "toy.ratio"}
+            assert 0.7 <= params["toy.ratio"] <= 0.9
+            assert consts["toy.steps"] == 3
+    assert seen == {"magnitude", "toy"}
+
+
+def test_picklable():
+    space = define_by_run(cfg_for({"magnitude": {"ratio": {"low": 0.1, "high": 0.9}, "round_to": 2}}))
+    clone = pickle.loads(pickle.dumps(space))
+    assert clone.methods == space.methods and clone.spaces == space.spaces and clone.kinds == space.kinds
+    (c1, p1, _), = sample(space, 1, optuna.samplers.RandomSampler(seed=3))
+    (c2, p2, _), = sample(clone, 1, optuna.samplers.RandomSampler(seed=3))
+    assert (c1, p1) == (c2, p2)
+
+
+def test_knobs_from_config_round_trip():
+    space = define_by_run(cfg_for({"magnitude": {"ratio": {"low": 0.1, "high": 0.9}, "round_to": 4,
+                                                 "importance": {"choices": ["l1", "l2"]}}}))
+    (consts, params, _), = sample(space, 1)
+    config = {**params, **consts}  # what Ray Tune hands the trainable
+    method, knobs = knobs_from_config(config)
+    assert method == "magnitude"
+    assert set(knobs) == {"ratio", "round_to", "importance"}
+    assert knobs["ratio"] == params["magnitude.ratio"] and knobs["round_to"] == 4
+    assert TRIAL_NUMBER not in knobs
+    # the knobs make a valid method config again
+    mcfg = METHODS.get("magnitude").make_config(knobs)
+    assert mcfg.ratio == knobs["ratio"] and mcfg.round_to == 4
+
+
+def test_knobs_from_config_ignores_other_methods():
+    config = {METHOD_PARAM: "toy", "toy.ratio": 0.8, "magnitude.ratio": 0.1, TRIAL_NUMBER: 7}
+    assert knobs_from_config(config) == ("toy", {"ratio": 0.8})
+    assert param_name("magnitude", "ratio") == "magnitude.ratio"
+
+
+@pytest.mark.parametrize("name, cls", [
+    ("tpe", optuna.samplers.TPESampler),
+    ("nsga2", optuna.samplers.NSGAIISampler),
+    ("gp", optuna.samplers.GPSampler),
+    ("random", optuna.samplers.RandomSampler),
+])
+def test_make_sampler(name, cls):
+    s = make_sampler(name, seed=0, n_trials=12)
+    assert type(s) is cls
+
+
+def test_make_sampler_unknown():
+    with pytest.raises(ValueError, match="unknown sampler"):
+        make_sampler("cmaes", seed=0, n_trials=5)
+
+
+def test_seeded_sampler_repeats_itself():
+    space = define_by_run(cfg_for({"magnitude": {"ratio": {"low": 0.1, "high": 0.9}}}))
+    a = [p for _, p, _ in sample(space, 5, make_sampler("tpe", seed=1, n_trials=5))]
+    b = [p for _, p, _ in sample(space, 5, make_sampler("tpe", seed=1, n_trials=5))]
+    assert a == b

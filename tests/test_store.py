@@ -1,0 +1,200 @@
+"""trials.parquet: round trip, upsert, metadata, atomic write, corruption."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sweep.errors import SweepDirError
+from sweep.results.schema import BASELINE_ID, COLUMN_NAMES, COLUMNS, knob_column
+from sweep.results.store import FILENAME, META_KEY, TrialStore, rows_to_table
+
+T0 = 1_700_000_000.5  # exactly representable: microsecond-exact after the round trip
+META = {"name": "demo", "objectives": ["accuracy", "latency_ms"], "baseline": {"accuracy": 0.9, "params": 1000}}
+
+K_RATIO = knob_column("magnitude", "ratio")
+K_ROUND = knob_column("magnitude", "round_to")
+K_GLOBAL = knob_column("magnitude", "global_pruning")
+K_IMP = knob_column("magnitude", "importance")
+K_OTHER = knob_column("toy", "steps")
+
+
+def utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def rows():
+    base = {"sweep": "demo", "trial_id": BASELINE_ID, "status": "ok", "error": "", "method": "baseline",
+            "accuracy": 0.9, "test_accuracy": 0.88, "params": 1000, "macs": 50_000, "latency_ms": 1.5,
+            "latency_batch": 1, "latency_alone": False, "started_at": T0, "ended_at": T0 + 10.25,
+            "wall_s": 10.25, "seed": 0}
+    t1 = {"sweep": "demo", "trial_id": "t_0001", "trial_number": 0, "status": "ok", "error": "",
+          "method": "magnitude", "accuracy": 0.85, "params": 600, "macs": 30_000, "latency_ms": 1.0,
+          "on_front": True, "started_at": T0 + 20, "ended_at": T0 + 30.5, "info": '{"channel_ratio": 0.3}',
+          K_RATIO: 0.3, K_ROUND: 4, K_GLOBAL: True, K_IMP: "l2"}
+    t2 = {"sweep": "demo", "trial_id": "t_0002", "trial_number": 1, "status": "failed",
+          "error": "diverged: non-finite loss nan in epoch 1", "method": "magnitude",
+          "started_at": T0 + 40, "ended_at": None,
+          K_RATIO: None, K_ROUND: 8, K_GLOBAL: False, K_IMP: None}
+    return [base, t1, t2]
+
+
+def test_round_trip(tmp_path):
+    store = TrialStore(tmp_path)
+    assert not store.exists() and store.read() == ([], {})
+    store.write(rows(), META)
+    assert store.exists() and store.path == tmp_path / FILENAME
+    back, meta = store.read()
+    assert meta == META
+    assert [r["trial_id"] for r in back] == [BASELINE_ID, "t_0001", "t_0002"]
+    for orig, got in zip(rows(), back):
+        for k, v in orig.items():
+            if k in ("started_at", "ended_at"):
+                assert got[k] == (None if v is None else utc(v)), k
+            else:
+                assert got[k] == v, (k, got[k], v)
+        # columns a row did not set come back as nulls, not missing keys
+        for k in COLUMN_NAMES:
+            if k not in orig:
+                assert got[k] is None, k
+
+
+def test_timestamps_are_utc(tmp_path):
+    store = TrialStore(tmp_path)
+    store.write(rows(), META)
+    table = pq.read_table(store.path)
+    assert table.schema.field("started_at").type == pa.timestamp("us", tz="UTC")
+    started = store.read()[0][0]["started_at"]
+    assert isinstance(started, datetime) and started.utcoffset().total_seconds() == 0
+    assert started.timestamp() == T0
+
+
+def test_knob_column_kinds(tmp_path):
+    store = TrialStore(tmp_path)
+    store.write(rows(), META)
+    schema = pq.read_schema(store.path)
+    assert schema.field(K_RATIO).type == pa.float64()
+    assert schema.field(K_ROUND).type == pa.int64()
+    assert schema.field(K_GLOBAL).type == pa.bool_()
+    assert schema.field(K_IMP).type == pa.string()
+    back = {r["trial_id"]: r for r in store.read()[0]}
+    assert back["t_0001"][K_ROUND] == 4 and isinstance(back["t_0001"][K_ROUND], int)
+    assert back["t_0002"][K_GLOBAL] is False
+    assert back[BASELINE_ID][K_RATIO] is None  # the baseline has no knobs
+
+
+def test_mixed_int_and_float_knob_becomes_float():
+    table = rows_to_table([{"trial_id": "a", K_RATIO: 1}, {"trial_id": "b", K_RATIO: 0.5}], {})
+    assert table.schema.field(K_RATIO).type == pa.float64()
+    assert table.column(K_RATIO).to_pylist() == [1.0, 0.5]
+
+
+def test_every_schema_column_present_in_order(tmp_path):
+    store = TrialStore(tmp_path)
+    store.write(rows(), META)
+    schema = pq.read_schema(store.path)
+    assert schema.names[:len(COLUMNS)] == COLUMN_NAMES
+    for name, typ, _ in COLUMNS:
+        assert schema.field(name).type == typ, name
+    assert sorted(schema.names[len(COLUMNS):]) == sorted([K_RATIO, K_ROUND, K_GLOBAL, K_IMP])
+
+
+def test_schema_metadata_survives(tmp_path):
+    store = TrialStore(tmp_path)
+    store.write(rows(), META)
+    raw = pq.read_schema(store.path).metadata[META_KEY]
+    import json
+
+    assert json.loads(raw) == META
+    # and survives an upsert that passes no metadata
+    store.upsert([{"trial_id": "t_0003", "status": "ok", "method": "magnitude"}])
+    assert store.read()[1] == META
+
+
+def test_upsert_replaces_by_trial_id(tmp_path):
+    store = TrialStore(tmp_path)
+    store.write(rows(), META)
+    out = store.upsert([
+        {"trial_id": "t_0002", "status": "ok", "error": "", "accuracy": 0.8, "ended_at": T0 + 50},
+        {"trial_id": "t_0003", "status": "stopped", "method": "magnitude", K_OTHER: 3},
+    ], {**META, "hypervolume": 0.4})
+    back, meta = store.read()
+    ids = [r["trial_id"] for r in back]
+    assert sorted(ids) == [BASELINE_ID, "t_0001", "t_0002", "t_0003"] and len(ids) == len(set(ids))
+    assert len(out) == 4
+    r2 = {r["trial_id"]: r for r in back}["t_0002"]
+    assert r2["status"] == "ok" and r2["accuracy"] == 0.8 and r2["error"] == ""
+    assert r2["ended_at"] == utc(T0 + 50)
+    # fields the update did not carry are kept (merged, not replaced wholesale)
+    assert r2["method"] == "magnitude" and r2["trial_number"] == 1 and r2[K_ROUND] == 8
+    assert r2["started_at"] == utc(T0 + 40)
+    # the new knob column appears, null for the other rows
+    r3 = {r["trial_id"]: r for r in back}["t_0003"]
+    assert r3[K_OTHER] == 3 and r2[K_OTHER] is None
+    assert meta["hypervolume"] == 0.4
+    # the same update twice changes nothing
+    store.upsert([{"trial_id": "t_0002", "status": "ok", "error": "", "accuracy": 0.8, "ended_at": T0 + 50}])
+    assert store.read()[0] == back
+
+
+def test_upsert_into_a_new_store(tmp_path):
+    store = TrialStore(tmp_path)
+    store.upsert([{"trial_id": "x", "status": "ok"}], META)
+    assert [r["trial_id"] for r in store.read()[0]] == ["x"]
+
+
+def test_duplicate_ids_rejected_and_file_untouched(tmp_path):
+    store = TrialStore(tmp_path)
+    store.write(rows(), META)
+    before = store.path.read_bytes()
+    with pytest.raises(ValueError, match="duplicate trial ids"):
+        store.write([{"trial_id": "a"}, {"trial_id": "a"}], META)
+    assert store.path.read_bytes() == before
+
+
+def test_atomic_write_leaves_no_tmp_file(tmp_path):
+    store = TrialStore(tmp_path)
+    store.write(rows(), META)
+    store.upsert([{"trial_id": "t_0009", "status": "ok"}])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FILENAME]
+
+
+def test_failed_write_keeps_the_previous_table(tmp_path, monkeypatch):
+    store = TrialStore(tmp_path)
+    store.write(rows(), META)
+    before = store.read()
+
+    def boom(table, where, *a, **k):
+        with open(where, "wb") as f:
+            f.write(b"PAR1 half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "write_table", boom)
+    with pytest.raises(OSError):
+        store.write(rows()[:1], META)
+    monkeypatch.undo()
+    assert store.read() == before
+
+
+def test_corrupt_file_raises_sweep_dir_error_with_path(tmp_path):
+    store = TrialStore(tmp_path)
+    store.path.write_bytes(b"this is not parquet at all")
+    with pytest.raises(SweepDirError) as ei:
+        store.read()
+    assert str(store.path) in str(ei.value)
+    assert "\n" not in str(ei.value).strip()
+
+
+def test_pandas_reads_it(tmp_path):
+    store = TrialStore(tmp_path)
+    store.write(rows(), META)
+    df = pd.read_parquet(store.path)
+    assert len(df) == 3
+    assert set(COLUMN_NAMES) <= set(df.columns)
+    assert str(df["started_at"].dt.tz) == "UTC"
+    assert df.loc[df["trial_id"] == "t_0001", "accuracy"].item() == 0.85
+    assert df.loc[df["trial_id"] == "t_0001", K_ROUND].item() == 4
