@@ -52,6 +52,11 @@ def _finish(outcome, cfg) -> int:
     failed = int((df["status"] == "failed").sum())
     _log("")
     _log(f"sweep {cfg.name}: {ok} ok, {failed} failed trial(s) in {outcome.wall_s:.0f} s")
+    if outcome.fit_s and outcome.trials_run:
+        c = outcome.concurrency
+        overhead = (outcome.fit_s * c - outcome.trial_s) / outcome.trials_run
+        _log(f"trials ran {outcome.fit_s:.1f} s ({outcome.trials_run} trials, {c} at a time, "
+             f"{outcome.trial_s:.1f} s of trial compute): {overhead:.2f} s overhead per trial")
     _log("Pareto front (" + ", ".join(cfg.search.objectives) + "):")
     _log(front_table(df, list(cfg.search.objectives)))
     _log(f"results: {outcome.sweep_dir / 'trials.parquet'}")
@@ -89,10 +94,24 @@ def _preflight(cfg) -> None:
     from .models import build_model
     from .trial import load_splits
 
+    import torch
+
+    from .errors import ConfigError
+
     splits = load_splits(cfg)
     c, h, _ = splits.input_shape
-    build_model(cfg.model.name, num_classes=splits.num_classes, in_channels=c, input_size=h,
-                checkpoint=cfg.baseline.path or cfg.model.checkpoint, where=f"{cfg.source}: model")
+    model = build_model(cfg.model.name, num_classes=splits.num_classes, in_channels=c, input_size=h,
+                        checkpoint=cfg.baseline.path or cfg.model.checkpoint, where=f"{cfg.source}: model")
+    try:
+        with torch.no_grad():
+            out = model.eval()(splits.example_input(2))
+    except Exception as e:
+        raise ConfigError(f"model {cfg.model.name} cannot run on {cfg.dataset.name} inputs of shape "
+                          f"{tuple(splits.input_shape)}: {type(e).__name__}: {str(e).splitlines()[0]} "
+                          f"({cfg.source}: model)") from None
+    if tuple(out.shape) != (2, splits.num_classes):
+        raise ConfigError(f"model output must have shape (batch, {splits.num_classes}) for {cfg.dataset.name}, "
+                          f"but got {tuple(out.shape)} ({cfg.source}: model.name={cfg.model.name})")
 
 
 def cmd_resume(args) -> int:

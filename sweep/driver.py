@@ -37,6 +37,10 @@ class SweepOutcome:
     rows: list[dict]
     interrupted: bool
     wall_s: float
+    fit_s: float = 0.0  # wall time of the Ray Tune part
+    trial_s: float = 0.0  # summed wall time of the trials run in this call
+    trials_run: int = 0
+    concurrency: int = 1
 
 
 # ------------------------------------------------------------------------------- trainable (Ray worker)
@@ -401,6 +405,7 @@ def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = P
     done = sum(1 for r in rows if r["trial_id"] != BASELINE_ID and r["status"] in ("ok", "failed"))
     progress = _Progress(cfg.search.trials, done, log)
     interrupted = False
+    timing: dict = {}
     if done < cfg.search.trials:
         _ray_init(address, sweep_dir, None)
         _ACTIVE["sweep"] = _CallbackState(store, cfg, meta, progress, sink, parent_id)
@@ -409,11 +414,17 @@ def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = P
         tuner = _tuner(cfg, sweep_dir, tracking, callback, restore=resume)
         log(f"running {cfg.search.trials - done} trial(s), {cfg.search.concurrency} at a time "
             f"({cfg.search.sampler} sampler; objectives: {', '.join(cfg.search.objectives)})")
+        fit_t0 = time.time()
         try:
             tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
+        fit_s = time.time() - fit_t0
         rows, _ = store.read()
+        this_run = [r for r in rows if r["trial_id"] != BASELINE_ID and r.get("ended_at") is not None
+                    and _epoch(r.get("started_at")) >= fit_t0 and r.get("wall_s")]
+        timing = dict(fit_s=fit_s, trial_s=sum(r["wall_s"] for r in this_run), trials_run=len(this_run),
+                      concurrency=cfg.search.concurrency)
         finished = sum(1 for r in rows if r["trial_id"] != BASELINE_ID and r["status"] in ("ok", "failed"))
         budget_hit = cfg.search.time_budget_s is not None and time.time() - t0 >= cfg.search.time_budget_s
         interrupted = interrupted or (finished < cfg.search.trials and not budget_hit)
@@ -425,7 +436,7 @@ def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = P
         sink.end(parent_id, "KILLED")
         log(f"interrupted: {progress.done} of {cfg.search.trials} trials finished and kept; "
             f"continue with `sweep resume {sweep_dir}`")
-        return SweepOutcome(sweep_dir, None, rows, True, time.time() - t0)
+        return SweepOutcome(sweep_dir, None, rows, True, time.time() - t0, **timing)
 
     rows = _remeasure_front(cfg, sweep_dir, rows, log)
     store.write(rows, meta)
@@ -437,7 +448,13 @@ def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = P
         build_report(sweep_dir, report_dir)
     _log_parent_artifacts(sink, parent_id, sweep_dir, rows, cfg, base, report_dir)
     sink.end(parent_id, "FINISHED")
-    return SweepOutcome(sweep_dir, report_dir, rows, False, time.time() - t0)
+    return SweepOutcome(sweep_dir, report_dir, rows, False, time.time() - t0, **timing)
+
+
+def _epoch(v) -> float:
+    if v is None:
+        return 0.0
+    return v.timestamp() if hasattr(v, "timestamp") else float(v)
 
 
 def _mark_stopped(store: TrialStore, meta: dict, running: set, cfg: SweepConfig) -> None:

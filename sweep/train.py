@@ -44,6 +44,9 @@ def train(model, loader: Iterable, *, epochs: int, lr: float, momentum: float = 
             sched.step()
             total += lv * len(y)
             n += len(y)
+        # the last step of an epoch can blow the weights up after its (finite) loss was computed
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise TrialFailure(f"diverged: non-finite weights after epoch {epoch + 1}")
         losses.append(total / max(n, 1))
         if on_epoch is not None:
             on_epoch(epoch, losses[-1])

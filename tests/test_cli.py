@@ -203,7 +203,7 @@ def test_select_negative_budget_is_an_argparse_error(cwd, capsys, flag, value):
     assert listing(cwd) == []
 
 
-@pytest.mark.xfail(strict=True, reason="sweep/cli.py:156-159 _positive: int('inf') raises OverflowError (not "
+@pytest.mark.xfail(strict=True, reason="sweep/cli.py _positive (lines 175/178 now): int('inf') raises OverflowError (not "
                    "caught, so a traceback) and float 'nan' passes the `v <= 0` check")
 @pytest.mark.parametrize("flag, value", [("--max-params", "inf"), ("--max-latency-ms", "nan")])
 def test_select_non_finite_budget_is_an_argparse_error(cwd, capsys, flag, value):

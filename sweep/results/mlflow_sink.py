@@ -42,7 +42,9 @@ class MlflowSink:
         self.client = _client(tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
-            loc = Path(artifact_dir).resolve().as_uri() if artifact_dir is not None else None
+            # local stores keep artefacts inside the sweep folder; a tracking server keeps its own
+            local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+            loc = Path(artifact_dir).resolve().as_uri() if artifact_dir is not None and local else None
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=loc)
         else:
             self.experiment_id = exp.experiment_id

@@ -1,0 +1,92 @@
+"""A trial without Ray: baseline -> prune -> fine-tune -> measure, and failures as states."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from sweep.config import parse_config
+from sweep.trial import TrialSpec, load_model, prepare_baseline, read_baseline, run_trial
+
+SPACE = {
+    "name": "t",
+    "model": {"name": "small_cnn"},
+    "dataset": {"name": "synthetic", "num_classes": 3, "input_shape": [1, 8, 8], "n_train": 96,
+                "n_val": 48, "n_test": 48},
+    "baseline": {"epochs": 3, "lr": 0.05},
+    "finetune": {"epochs": 1, "lr": 0.01},
+    "search": {"trials": 2, "objectives": ["accuracy", "params"]},
+    "measure": {"repeats": 3, "warmup": 1},
+    "methods": {"magnitude": {"ratio": {"low": 0.2, "high": 0.6}}},
+}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    cfg = parse_config(SPACE, source="t.yaml")
+    d = tmp_path_factory.mktemp("sweep")
+    row = prepare_baseline(cfg, d, log=lambda m: None)
+    return cfg, d, row
+
+
+def test_baseline_row_and_files(swept):
+    cfg, d, row = swept
+    base = read_baseline(d)
+    assert row["trial_id"] == "baseline" and row["status"] == "ok"
+    assert row["params"] == base["params"] > 0 and row["macs"] == base["macs"] > 0
+    assert row["latency_batch"] == 1 and row["threads"] >= 1 and row["device"] == "cpu"
+    assert (d / "baseline" / "model.pt").is_file()
+    assert 0.0 <= row["accuracy"] <= 1.0
+
+
+def test_trial_ok_row_is_smaller_and_saved(swept):
+    cfg, d, _ = swept
+    row = run_trial(cfg, TrialSpec(str(d), "t1", "magnitude", {"ratio": 0.5}, seed=1))
+    assert row["status"] == "ok", row["error"]
+    base = read_baseline(d)
+    assert row["params"] < base["params"] and row["macs"] < base["macs"]
+    assert row["params_ratio"] == pytest.approx(row["params"] / base["params"])
+    assert row["knob.magnitude.ratio"] == 0.5
+    assert row["finetune_epochs"] == 1
+    model = load_model(d, row["model_path"])
+    assert sum(p.numel() for p in model.parameters()) == row["params"]
+    assert "channels" in json.loads(row["info"])
+
+
+def test_diverging_trial_is_a_failed_row(swept):
+    cfg, d, _ = swept
+    bad = replace(cfg, finetune=replace(cfg.finetune, lr=1e30))
+    row = run_trial(bad, TrialSpec(str(d), "t2", "magnitude", {"ratio": 0.3}, seed=2))
+    assert row["status"] == "failed"
+    assert "diverged" in row["error"] or "not finite" in row["error"]
+    assert row.get("accuracy") is None
+
+
+def test_raising_method_is_a_failed_row(swept):
+    cfg, d, _ = swept
+    row = run_trial(cfg, TrialSpec(str(d), "t3", "magnitude", {"ratio": 1.5}, seed=3))
+    assert row["status"] == "failed"
+    assert "ratio must be in (0, 1)" in row["error"]
+
+
+def test_model_outside_sweep_folder_is_refused(swept, tmp_path):
+    from sweep.errors import SweepDirError
+
+    _, d, _ = swept
+    with pytest.raises(SweepDirError, match="inside the sweep folder"):
+        load_model(d, "../elsewhere.pt")
+
+
+def test_train_raises_on_non_finite_loss():
+    import torch
+
+    from sweep.errors import TrialFailure
+    from sweep.train import train
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    x = torch.full((8, 4), float("nan"))
+    y = torch.zeros(8, dtype=torch.long)
+    with pytest.raises(TrialFailure, match="diverged"):
+        train(model, [(x, y)], epochs=1, lr=0.1)
