@@ -8,6 +8,7 @@ Heavy libraries are imported inside the commands so that ``sweep --help`` and ``
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -172,14 +173,25 @@ def cmd_methods(args) -> int:
 def _positive(kind):
     def parse(s: str):
         try:
-            v = kind(float(s)) if kind is int else kind(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, but got {s!r}") from None
-        if v <= 0:
+            f = float(s)
+            v = kind(f) if kind is int else f
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"must be a finite number, but got {s!r}") from None
+        if not math.isfinite(v) or v <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, but got {s!r}")
         return v
 
     return parse
+
+
+def _fraction(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], but got {s!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], but got {s!r}")
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--max-latency-ms", type=_positive(float))
     sel.add_argument("--max-params", type=_positive(int))
     sel.add_argument("--max-macs", type=_positive(int))
-    sel.add_argument("--min-accuracy", type=float)
+    sel.add_argument("--min-accuracy", type=_fraction, help="minimum validation accuracy (0-1); in a "
+                     "label-free sweep: minimum agreement with the teacher")
     sel.add_argument("--out", help="export folder (default: <sweep>/selected)")
     sel.add_argument("--no-export", action="store_true", help="skip torch.export and ONNX")
     sel.add_argument("--no-register", action="store_true", help="skip the MLflow model registry")

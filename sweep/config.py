@@ -15,7 +15,9 @@ from typing import Any, Mapping
 
 from .errors import ConfigError
 
-OBJECTIVES = ("accuracy", "latency_ms", "params", "macs")
+OBJECTIVES = ("accuracy", "agreement", "latency_ms", "params", "macs")
+QUALITY = ("accuracy", "agreement")  # the maximised objective: accuracy, or agreement in label-free sweeps
+LABEL_MODES = ("supervised", "none")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -127,12 +129,16 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     optimizer: str = "sgd"
+    temperature: float = 4.0  # label-free fine-tuning: distillation temperature on the teacher's logits
 
 
 @dataclass(frozen=True)
 class BaselineConfig:
     path: str | None
     train: TrainConfig
+    # label-free demos: the teacher is trained on this labelled "cloud" fraction of the training split,
+    # kept disjoint from the unlabeled device data the trials see
+    cloud_fraction: float | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,7 @@ class SweepConfig:
     name: str
     source: str
     seed: int
+    labels: str
     model: ModelConfig
     dataset: DatasetConfig
     baseline: BaselineConfig
@@ -176,6 +183,15 @@ class SweepConfig:
     measure: MeasureConfig
     methods: tuple[MethodSpace, ...]
     raw: dict = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def label_free(self) -> bool:
+        return self.labels == "none"
+
+    @property
+    def quality(self) -> str:
+        """The maximised objective: ``accuracy``, or ``agreement`` in a label-free sweep."""
+        return "agreement" if self.label_free else "accuracy"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -189,7 +205,7 @@ class SweepConfig:
         raise ConfigError(f"method {name!r} is not in this sweep's space ({self.source}: methods)")
 
 
-TOP_KEYS = ("name", "seed", "model", "dataset", "baseline", "train", "finetune", "search", "measure",
+TOP_KEYS = ("name", "seed", "labels", "model", "dataset", "baseline", "train", "finetune", "search", "measure",
             "methods")
 
 
@@ -227,6 +243,7 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
     if not _NAME_RE.match(name):
         raise ConfigError(f"sweep name must match {_NAME_RE.pattern}, but got name={name!r} ({source}: name)")
     seed = top.int("seed", 0, lo=0)
+    labels = top.str("labels", "supervised", choices=LABEL_MODES)
 
     m = _Section(top.get("model"), f"{source}: model", ("name", "checkpoint"))
     model = ModelConfig(name=m.str("name", None, required=True), checkpoint=m.str("checkpoint", None))
@@ -251,7 +268,7 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
     braw = top.get("baseline")
     if isinstance(braw, str):
         braw = {"path": braw}
-    b = _Section(braw, f"{source}: baseline", ("path", "epochs", "lr"))
+    b = _Section(braw, f"{source}: baseline", ("path", "epochs", "lr", "cloud_fraction"))
     bpath = b.str("path", None)
     if bpath is not None:
         bp = Path(bpath)
@@ -260,18 +277,29 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
         if not bp.is_file():
             raise ConfigError(f"baseline checkpoint not found: path={bpath!r} ({source}: baseline.path)")
         bpath = str(bp)
+    cloud = b.float("cloud_fraction", None, lo=0.0, hi=0.9, lo_open=True)
+    if labels == "none" and bpath is None and cloud is None:
+        raise ConfigError(f"a label-free space (labels: none) needs a teacher: baseline.path (a checkpoint "
+                          f"trained elsewhere) or baseline.cloud_fraction (a labelled split kept apart "
+                          f"from the device data), but got neither ({source}: baseline)")
+    if cloud is not None and (labels != "none" or bpath is not None):
+        raise ConfigError(f"baseline.cloud_fraction is only for label-free spaces without baseline.path, "
+                          f"but got cloud_fraction={cloud} with labels={labels}"
+                          f"{', path=' + repr(bpath) if bpath else ''} ({source}: baseline.cloud_fraction)")
     baseline = BaselineConfig(
         path=bpath,
         train=TrainConfig(epochs=b.int("epochs", 20, lo=0), lr=b.float("lr", 0.05, lo=0.0, lo_open=True),
                           **common),
+        cloud_fraction=cloud,
     )
-    f = _Section(top.get("finetune"), f"{source}: finetune", ("epochs", "lr"))
+    f = _Section(top.get("finetune"), f"{source}: finetune", ("epochs", "lr", "temperature"))
     finetune = TrainConfig(epochs=f.int("epochs", 3, lo=0), lr=f.float("lr", 0.01, lo=0.0, lo_open=True),
-                           **common)
+                           temperature=f.float("temperature", 4.0, lo=0.0, lo_open=True), **common)
 
     s = _Section(top.get("search"), f"{source}: search",
                  ("trials", "concurrency", "sampler", "objectives", "cpus_per_trial", "time_budget_s"))
-    objectives = s.get("objectives", ["accuracy", "latency_ms"])
+    quality = "agreement" if labels == "none" else "accuracy"
+    objectives = s.get("objectives", [quality, "latency_ms"])
     if not isinstance(objectives, list) or not objectives:
         raise ConfigError(f"objectives must be a non-empty list, but got objectives={objectives!r} "
                           f"({s.loc('objectives')})")
@@ -279,8 +307,14 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
         if o not in OBJECTIVES:
             raise ConfigError(f"objectives must be among {', '.join(OBJECTIVES)}, but got {o!r} "
                               f"({s.loc('objectives')})")
-    if "accuracy" not in objectives or len(objectives) < 2 or len(set(objectives)) != len(objectives):
-        raise ConfigError(f"objectives must hold accuracy and at least one of latency_ms, params, macs, "
+    other = "accuracy" if quality == "agreement" else "agreement"
+    if other in objectives:
+        why = ("label-free sweeps choose on agreement with the teacher; accuracy is only reported"
+               if labels == "none" else "agreement is the objective of label-free spaces (labels: none)")
+        raise ConfigError(f"objectives must not hold {other} ({why}), but got objectives={objectives!r} "
+                          f"({s.loc('objectives')})")
+    if quality not in objectives or len(objectives) < 2 or len(set(objectives)) != len(objectives):
+        raise ConfigError(f"objectives must hold {quality} and at least one of latency_ms, params, macs, "
                           f"each once, but got objectives={objectives!r} ({s.loc('objectives')})")
     search = SearchConfig(
         trials=s.int("trials", 12, lo=1),
@@ -306,13 +340,13 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
         remeasure_front=ms.bool("remeasure_front", True),
     )
 
-    methods = parse_methods(top.get("methods"), f"{source}: methods")
-    return SweepConfig(name=name, source=source, seed=seed, model=model, dataset=dataset, baseline=baseline,
+    methods = parse_methods(top.get("methods"), f"{source}: methods", label_free=labels == "none")
+    return SweepConfig(name=name, source=source, seed=seed, labels=labels, model=model, dataset=dataset, baseline=baseline,
                        finetune=finetune, search=search, measure=measure, methods=methods,
                        raw=dict(data) if isinstance(data, Mapping) else {})
 
 
-def parse_methods(raw: Any, where: str) -> tuple[MethodSpace, ...]:
+def parse_methods(raw: Any, where: str, label_free: bool = False) -> tuple[MethodSpace, ...]:
     """Validate the per-method knob spaces against the method registry."""
     from .methods import get_method
 
@@ -322,5 +356,8 @@ def parse_methods(raw: Any, where: str) -> tuple[MethodSpace, ...]:
     out = []
     for mname, knobs in raw.items():
         spec = get_method(str(mname), where=f"{where}.{mname}")
+        if label_free and spec.needs_labels:
+            raise ConfigError(f"method {spec.name} needs training labels and cannot run in a label-free space "
+                              f"(labels: none) ({where}.{mname})")
         out.append(MethodSpace(name=spec.name, knobs=spec.parse_space(knobs or {}, f"{where}.{mname}")))
     return tuple(out)

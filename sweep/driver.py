@@ -27,7 +27,7 @@ CONFIG_FILE = "sweep.yaml"
 STATE_FILE = "state.json"
 RAY_DIR = "ray"
 EXPERIMENT = "tune"
-OBJECTIVE_MODES = {"accuracy": "max", "latency_ms": "min", "params": "min", "macs": "min"}
+OBJECTIVE_MODES = {"accuracy": "max", "agreement": "max", "latency_ms": "min", "params": "min", "macs": "min"}
 
 
 @dataclass
@@ -76,7 +76,8 @@ def sweep_trial(config: dict, sweep_dir: str, tracking: dict) -> None:
     row["mlflow_run_id"] = tracker.run_id
     row["trial_number"] = number
     if row["status"] == "ok":
-        tracker.log_metrics({k: row[k] for k in ("accuracy", "test_accuracy", "params", "macs", "latency_ms",
+        tracker.log_metrics({k: row[k] for k in ("accuracy", "test_accuracy", "agreement", "params", "macs",
+                                                 "latency_ms",
                                                  "latency_iqr_ms", "params_ratio", "macs_ratio",
                                                  "latency_ratio", "wall_s")})
         tracker.end("FINISHED")
@@ -118,7 +119,9 @@ def _hypervolume(rows: list[dict], objectives, baseline: dict) -> float:
 
 def _meta(cfg: SweepConfig, baseline: dict) -> dict:
     return {"name": cfg.name, "objectives": list(cfg.search.objectives),
-            "baseline": {k: baseline[k] for k in ("accuracy", "test_accuracy", "params", "macs", "latency_ms")},
+            "baseline": {k: baseline.get(k, 1.0) for k in ("accuracy", "test_accuracy", "agreement", "params", "macs",
+                                                          "latency_ms")},
+            "labels": cfg.labels, "quality": cfg.quality,
             "model": cfg.model.name, "dataset": cfg.dataset.name, "methods": [m.name for m in cfg.methods],
             "trials": cfg.search.trials}
 
@@ -211,7 +214,8 @@ def _make_callback():
                 except Exception:
                     pass
             if row["status"] == "ok":
-                what = (f"{trial.trial_id} {row['method']} acc {row['accuracy']:.4f} "
+                agree = f" agree {row['agreement']:.4f}" if st.cfg.label_free else ""
+                what = (f"{trial.trial_id} {row['method']} acc {row['accuracy']:.4f}{agree} "
                         f"lat {row['latency_ms']:.3f} ms params {row['params']:,}")
             else:
                 what = f"{trial.trial_id} {row['method']} FAILED: {row['error'].splitlines()[0][:100]}"

@@ -58,6 +58,24 @@ def accuracy(model, loader, device: str = "cpu") -> float:
     return correct / total
 
 
+def agreement(model, teacher, loader, device: str = "cpu") -> float:
+    """Top-1 agreement with the teacher on unlabeled batches (reads ``batch[0]`` only): the
+    label-free quality proxy that label-free sweeps search and select on."""
+    import torch
+
+    model.eval()
+    teacher.eval()
+    same = total = 0
+    with torch.inference_mode():
+        for batch in loader:
+            x = batch[0].to(device)
+            same += int((model(x).argmax(1) == teacher(x).argmax(1)).sum())
+            total += x.shape[0]
+    if total == 0:
+        raise ValueError("cannot measure agreement on an empty split")
+    return same / total
+
+
 def measure_latency(model, input_shape, *, batch: int = 1, warmup: int = 10, repeats: int = 50,
                     threads: int | None = None, device: str = "cpu") -> Latency:
     """Median and IQR of the forward time of ``model`` on a random batch."""

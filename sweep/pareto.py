@@ -21,6 +21,7 @@ import numpy as np
 
 DIRECTIONS: dict[str, str] = {
     "accuracy": "max",
+    "agreement": "max",  # label-free sweeps: top-1 agreement with the teacher on unlabeled validation data
     "test_accuracy": "max",
     "latency_ms": "min",
     "params": "min",

@@ -438,6 +438,68 @@ def _write_interactive(df: pd.DataFrame, styles: dict, path: Path) -> bool:
     return True
 
 
+# --------------------------------------------------------------------------- SR-init block importance
+
+SR_INIT_HEADING = "SR-init block importance"
+
+
+def _sr_init_blocks(row: pd.Series) -> tuple[list[dict], float | None]:
+    """The per-block importances and tau an ``sr_init`` row stored in its ``info`` JSON ([] if none)."""
+    try:
+        info = json.loads(_text(row.get("info")) or "{}")
+    except ValueError:
+        return [], None
+    blocks = info.get("blocks") if isinstance(info, dict) else None
+    if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
+        return [], None
+    tau = _num(info.get("tau"))
+    return blocks, (None if np.isnan(tau) else tau)
+
+
+def _plot_sr_init(blocks: list[dict], tau: float | None, trial_id: str, path: Path) -> None:
+    """Bars of Δ_b per block: removed blocks in red, kept removable ones in blue, non-removable grey."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    fig = Figure(figsize=(max(6.0, 0.28 * len(blocks) + 2), 4), dpi=100)
+    ax = fig.add_subplot()
+    x = np.arange(len(blocks))
+    delta = np.array([_num(b.get("delta")) for b in blocks], dtype=float)
+    colours = [
+        "tab:red" if b.get("removed") else ("tab:blue" if b.get("removable") else "lightgrey") for b in blocks
+    ]
+    ax.bar(x, np.nan_to_num(delta), color=colours, edgecolor="black", linewidth=0.4)
+    handles = [Patch(color="tab:red", label="removed"), Patch(color="tab:blue", label="kept (removable)"),
+               Patch(color="lightgrey", label="not removable")]
+    if tau is not None:
+        handles.append(ax.axhline(tau, color="black", linestyle="--", linewidth=1, label=f"\u03c4 = {tau:g}"))
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(b.get("index", i)) for i, b in enumerate(blocks)], fontsize=7)
+    ax.set_xlabel("residual block (forward order)")
+    ax.set_ylabel("accuracy drop \u0394 = A\u2080 \u2212 A_b")
+    ax.set_title(f"SR-init block importance, trial {trial_id}")
+    ax.legend(handles=handles, fontsize=8, loc="best")
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.13, top=0.9)
+    fig.savefig(path, format="png")
+
+
+def _write_sr_init_plots(front: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
+    """``sr_init_<trial_id>.png`` for each front row of method ``sr_init``; (trial_id, file name) pairs."""
+    import re
+
+    written = []
+    for _, row in front[front["method"] == "sr_init"].iterrows():
+        blocks, tau = _sr_init_blocks(row)
+        if not blocks:
+            continue
+        trial_id = str(row["trial_id"])
+        name = "sr_init_" + re.sub(r"[^A-Za-z0-9_.-]", "_", trial_id) + ".png"
+        _plot_sr_init(blocks, tau, trial_id, out / name)
+        written.append((trial_id, name))
+    return written
+
+
 # --------------------------------------------------------------------------- documents
 
 
@@ -463,7 +525,8 @@ def _html_table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: 
 
 
 def _index_html(
-    s: dict[str, Any], front_cells: list[list[str]], failed: pd.DataFrame, knob_columns: Sequence[str], interactive: bool
+    s: dict[str, Any], front_cells: list[list[str]], failed: pd.DataFrame, knob_columns: Sequence[str], interactive: bool,
+    sr_init_plots: Sequence[tuple[str, str]] = (),
 ) -> str:
     e = html.escape
     title = f"Sweep report: {s['name']}" if s["name"] else "Sweep report"
@@ -485,6 +548,12 @@ def _index_html(
         parts.append(_html_table(FRONT_HEADERS, front_cells, numeric=set(range(3, 11))))
     else:
         parts.append("<p>The front is empty: no ok trials.</p>")
+    if sr_init_plots:
+        parts.append(f"<h2>{SR_INIT_HEADING}</h2>")
+        parts.append("<p>Accuracy drop when each residual block is re-initialised at random (SR-init); blocks "
+                     "at or under the threshold \u03c4 were removed.</p>")
+        for trial_id, name in sr_init_plots:
+            parts.append(f'<p><img src="{e(name)}" alt="SR-init block importance of trial {e(trial_id)}"></p>')
     parts.append(f"<h2>Failed and stopped trials ({len(failed)})</h2>")
     if len(failed):
         rows = [
@@ -538,7 +607,10 @@ def _render(sweep_dir: Path, tmp: Path) -> list[str]:
     interactive = _write_interactive(df, styles, tmp / "interactive.html")
     if interactive:
         names.append("interactive.html")
-    (tmp / "index.html").write_text(_index_html(summary, front_cells, failed, knob_columns, interactive), encoding="utf-8")
+    sr_init_plots = _write_sr_init_plots(front, tmp)
+    names += [name for _, name in sr_init_plots]
+    (tmp / "index.html").write_text(
+        _index_html(summary, front_cells, failed, knob_columns, interactive, sr_init_plots), encoding="utf-8")
     (tmp / "summary.md").write_text(_summary_md(summary, front_cells), encoding="utf-8")
     names += ["index.html", "summary.md"]
     return names

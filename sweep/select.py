@@ -36,11 +36,14 @@ class Budget:
     def items(self):
         return [(k, v) for k, v in asdict(self).items() if v is not None]
 
-    def broken(self, row: dict) -> list[str]:
-        """The limits a row breaks, each as text (e.g. ``latency_ms 3.1 > 2.0``)."""
+    def broken(self, row: dict, quality: str = "accuracy") -> list[str]:
+        """The limits a row breaks, each as text (e.g. ``latency_ms 3.1 > 2.0``).
+
+        ``min_accuracy`` applies to the sweep's quality column (``agreement`` when label-free)."""
         out = []
         for flag, limit in self.items():
             col, op = LIMITS[flag]
+            col = quality if col == "accuracy" else col
             v = row.get(col)
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 out.append(f"{col} unknown")
@@ -50,13 +53,14 @@ class Budget:
                 out.append(f"{col} {_num(v)} < {_num(limit)}")
         return out
 
-    def excess(self, row: dict) -> float:
+    def excess(self, row: dict, quality: str = "accuracy") -> float:
         """Sum of relative violations: how far outside the budget a row lies (0 inside)."""
         total = 0.0
         for flag, limit in self.items():
             col, op = LIMITS[flag]
+            col = quality if col == "accuracy" else col
             v = row.get(col)
-            if v is None:
+            if v is None or v != v:  # unknown (None or NaN) is never inside a budget
                 return math.inf
             rel = (v - limit) / abs(limit) if op == "<=" else (limit - v) / abs(limit)
             total += max(0.0, rel)
@@ -74,24 +78,25 @@ def _describe(r: dict) -> str:
             f"{r['latency_ms']:.3f} ms, params {r['params']:,}, MACs {r['macs']:,}")
 
 
-def candidates(rows: list[dict], budget: Budget) -> list[dict]:
-    """``ok`` rows inside the budget, best first: highest accuracy, ties broken by lower latency."""
+def candidates(rows: list[dict], budget: Budget, quality: str = "accuracy") -> list[dict]:
+    """``ok`` rows inside the budget, best first: highest quality (validation accuracy, or agreement
+    with the teacher in a label-free sweep), ties broken by lower latency."""
     ok = [r for r in rows if r.get("status") == "ok"]
-    inside = [r for r in ok if not budget.broken(r)]
-    return sorted(inside, key=lambda r: (-r["accuracy"], r["latency_ms"]))
+    inside = [r for r in ok if not budget.broken(r, quality)]
+    return sorted(inside, key=lambda r: (-r[quality], r["latency_ms"]))
 
 
-def choose(rows: list[dict], budget: Budget) -> list[dict]:
+def choose(rows: list[dict], budget: Budget, quality: str = "accuracy") -> list[dict]:
     """Candidates in order, or a BudgetError naming the closest point and what it breaks."""
-    cands = candidates(rows, budget)
+    cands = candidates(rows, budget, quality)
     if cands:
         return cands
     ok = [r for r in rows if r.get("status") == "ok"]
     if not ok:
         raise BudgetError("no finished trial to choose from (the sweep has no `ok` rows)")
-    closest = min(ok, key=budget.excess)
+    closest = min(ok, key=lambda r: budget.excess(r, quality))
     raise BudgetError(f"no trial meets the budget ({_budget_text(budget)}); closest: {_describe(closest)} — "
-                      f"breaks {', '.join(budget.broken(closest))}")
+                      f"breaks {', '.join(budget.broken(closest, quality))}")
 
 
 def _budget_text(b: Budget) -> str:
@@ -110,7 +115,8 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
         raise SweepDirError(f"not a sweep folder (no trials.parquet): {sweep_dir}")
     cfg, state = load_sweep(sweep_dir)
     rows, meta = store.read()
-    ordered = choose(rows, budget)
+    quality = cfg.quality
+    ordered = choose(rows, budget, quality)
     splits = load_splits(cfg)
     threads = trial_threads(cfg)
     chosen, rejected_after = None, []
@@ -120,7 +126,7 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
                               warmup=cfg.measure.warmup, repeats=max(cfg.measure.repeats, 100),
                               threads=threads, device=cfg.measure.device)
         remeasured = {**r, "latency_ms": lat.median_ms, "latency_iqr_ms": lat.iqr_ms}
-        broken = budget.broken(remeasured)
+        broken = budget.broken(remeasured, quality)
         if broken:
             rejected_after.append({"trial_id": r["trial_id"], "why": "re-measured alone: " + ", ".join(broken)})
             log(f"trial {r['trial_id']}: re-measured latency {lat.median_ms:.3f} ms breaks the budget; next")
@@ -135,17 +141,18 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
     for r in rows:
         if not r.get("on_front") or r["trial_id"] == chosen["trial_id"]:
             continue
-        why = budget.broken(r)
+        why = budget.broken(r, quality)
         front_rejects.append({"trial_id": r["trial_id"], "method": r["method"], "accuracy": r["accuracy"],
                               "latency_ms": r["latency_ms"], "params": r["params"], "macs": r["macs"],
-                              "why": ", ".join(why) if why else "inside the budget but less accurate "
-                                                                  "(or as accurate and slower)"})
+                              "agreement": r.get("agreement"),
+                              "why": ", ".join(why) if why else f"inside the budget but lower {quality} "
+                                                                  f"(or equal and slower)"})
     out = Path(out) if out else sweep_dir / "selected"
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     decision = {
-        "sweep": cfg.name, "budget": dict(budget.items()), "chosen": _public(chosen),
+        "sweep": cfg.name, "quality": quality, "budget": dict(budget.items()), "chosen": _public(chosen),
         "latency_remeasured": chosen_lat.to_dict(), "rejected_front_points": front_rejects,
         "rejected_after_remeasure": rejected_after, "candidates_inside_budget": len(ordered),
         "selected_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "exports": {},
@@ -237,7 +244,8 @@ def _markdown(d: dict) -> str:
              f"(re-measured alone, batch {d['latency_remeasured']['batch']}, "
              f"{d['latency_remeasured']['threads']} thread(s), {d['latency_remeasured']['device']}), "
              f"params {c['params']:,}, MACs {c['macs']:,}.", "",
-             "Why: the most accurate `ok` trial inside the budget (ties: lower latency).", "",
+             f"Why: the `ok` trial with the highest {d.get('quality', 'accuracy')} inside the budget "
+             "(ties: lower latency).", "",
              "| rejected front point | method | accuracy | latency ms | params | why |", "|---|---|---|---|---|---|"]
     for r in d["rejected_front_points"]:
         lines.append(f"| {r['trial_id']} | {r['method']} | {r['accuracy']:.4f} | {r['latency_ms']:.3f} | "

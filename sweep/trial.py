@@ -39,6 +39,7 @@ class Figures:
     params: int
     macs: int
     latency: dict = field(default_factory=dict)
+    agreement: float = 1.0
 
 
 # ------------------------------------------------------------------------------- data + models
@@ -54,13 +55,40 @@ def load_splits(cfg: SweepConfig):
     return _splits(cfg.dataset.name, json.dumps(cfg.dataset.options, sort_keys=True), cfg.seed)
 
 
-def loaders(cfg: SweepConfig, splits, seed: int):
-    from .data import make_loader
+@dataclass
+class TrialData:
+    """The loaders of one trial.
+
+    ``train`` carries labels only in supervised sweeps; in a label-free sweep it is the unlabeled
+    device data (items ``(x,)``).  ``unlabeled`` / ``unlabeled_val`` never carry labels (what label-free
+    methods and the agreement proxy read); ``val`` / ``test`` carry labels for reporting accuracy.
+    """
+
+    train: object
+    unlabeled: object
+    val: object
+    unlabeled_val: object
+    test: object
+    teacher_train: object  # labelled data the baseline is trained on (the cloud split when label-free)
+
+
+def trial_data(cfg: SweepConfig, splits, seed: int) -> TrialData:
+    from .data import cloud_device_split, make_loader, strip_labels
 
     bs = cfg.finetune.batch_size
-    return (make_loader(splits.train, bs, shuffle=True, seed=seed, drop_last=False),
-            make_loader(splits.val, 256, shuffle=False),
-            make_loader(splits.test, 256, shuffle=False))
+    train_ds = splits.train
+    teacher_ds = splits.train
+    if cfg.baseline.cloud_fraction is not None:
+        teacher_ds, train_ds = cloud_device_split(splits.train, cfg.baseline.cloud_fraction, cfg.seed)
+    unlabeled = strip_labels(train_ds)
+    return TrialData(
+        train=make_loader(unlabeled if cfg.label_free else train_ds, bs, shuffle=True, seed=seed),
+        unlabeled=make_loader(unlabeled, bs, shuffle=True, seed=seed + 1),
+        val=make_loader(splits.val, 256, shuffle=False),
+        unlabeled_val=make_loader(strip_labels(splits.val), 256, shuffle=False),
+        test=make_loader(splits.test, 256, shuffle=False),
+        teacher_train=make_loader(teacher_ds, bs, shuffle=True, seed=seed),
+    )
 
 
 def save_model(model, sweep_dir: Path, rel: str) -> str:
@@ -91,20 +119,23 @@ def load_model(sweep_dir: Path, rel: str):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def measure_all(cfg: SweepConfig, model, splits, val_loader, test_loader, threads: int) -> Figures:
-    from .measure import accuracy, count_macs, count_params, measure_latency
+def measure_all(cfg: SweepConfig, model, splits, data: TrialData, threads: int, teacher=None) -> Figures:
+    """Accuracy (labels read here only, for reporting), agreement with the teacher, params, MACs, latency."""
+    from .measure import accuracy, agreement, count_macs, count_params, measure_latency
 
     device = cfg.measure.device
     model = model.to(device).eval()
-    acc = accuracy(model, val_loader, device)
-    test_acc = accuracy(model, test_loader, device)
+    acc = accuracy(model, data.val, device)
+    test_acc = accuracy(model, data.test, device)
+    agree = 1.0 if teacher is None else agreement(model, teacher.to(device), data.unlabeled_val, device)
     cpu_model = model.to("cpu")
     macs = count_macs(cpu_model, splits.example_input(1))
     params = count_params(cpu_model)
     lat = measure_latency(model.to(device), splits.input_shape, batch=cfg.measure.latency_batch,
                           warmup=cfg.measure.warmup, repeats=cfg.measure.repeats, threads=threads,
                           device=device)
-    return Figures(accuracy=acc, test_accuracy=test_acc, params=params, macs=macs, latency=lat.to_dict())
+    return Figures(accuracy=acc, test_accuracy=test_acc, params=params, macs=macs, latency=lat.to_dict(),
+                   agreement=agree)
 
 
 def trial_threads(cfg: SweepConfig) -> int:
@@ -131,26 +162,28 @@ def prepare_baseline(cfg: SweepConfig, sweep_dir: Path, log=print) -> dict:
     ckpt = cfg.baseline.path or cfg.model.checkpoint
     model = build_model(cfg.model.name, num_classes=splits.num_classes, in_channels=c, input_size=h,
                         checkpoint=ckpt, where=f"{cfg.source}: model")
-    train_loader, val_loader, test_loader = loaders(cfg, splits, cfg.seed)
+    data = trial_data(cfg, splits, cfg.seed)
     epochs = 0
     if cfg.baseline.path is None and cfg.baseline.train.epochs > 0:
         b = cfg.baseline.train
         epochs = b.epochs
-        log(f"training the dense baseline: {cfg.model.name} on {cfg.dataset.name}, {b.epochs} epochs")
+        what = (f"the teacher on a labelled cloud split ({cfg.baseline.cloud_fraction:.0%} of the training data, "
+                f"kept apart from the unlabeled device data)" if cfg.baseline.cloud_fraction else "the dense baseline")
+        log(f"training {what}: {cfg.model.name} on {cfg.dataset.name}, {b.epochs} epochs")
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-        train(model, train_loader, epochs=b.epochs, lr=b.lr, momentum=b.momentum,
+        train(model, data.teacher_train, epochs=b.epochs, lr=b.lr, momentum=b.momentum,
               weight_decay=b.weight_decay, optimizer=b.optimizer, device=cfg.measure.device)
     threads = trial_threads(cfg)
-    fig = measure_all(cfg, model, splits, val_loader, test_loader, threads)
+    fig = measure_all(cfg, model, splits, data, threads)
     rel = save_model(model.to("cpu"), sweep_dir, f"{BASELINE_DIR}/model.pt")
-    summary = {"accuracy": fig.accuracy, "test_accuracy": fig.test_accuracy, "params": fig.params,
+    summary = {"accuracy": fig.accuracy, "test_accuracy": fig.test_accuracy, "agreement": 1.0, "params": fig.params,
                "macs": fig.macs, "latency_ms": fig.latency["median_ms"], "latency": fig.latency,
                "model": cfg.model.name, "dataset": cfg.dataset.name, "epochs": epochs,
                "input_shape": list(splits.input_shape), "num_classes": splits.num_classes}
     (Path(sweep_dir) / BASELINE_DIR / "summary.json").write_text(json.dumps(summary, indent=2))
     return {
         "sweep": cfg.name, "trial_id": BASELINE_ID, "status": "ok", "error": "", "method": "baseline",
-        "accuracy": fig.accuracy, "test_accuracy": fig.test_accuracy,
+        "accuracy": fig.accuracy, "test_accuracy": fig.test_accuracy, "agreement": 1.0,
         "baseline_accuracy": fig.accuracy, "baseline_test_accuracy": fig.test_accuracy,
         "params": fig.params, "macs": fig.macs, **_latency_cols(fig.latency),
         "params_ratio": 1.0, "macs_ratio": 1.0, "latency_ratio": 1.0,
@@ -191,7 +224,7 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, tracker=None) -> dict:
         fig, info, rel, epochs = _prune_and_measure(cfg, spec, base, log_metric)
         row.update({
             "status": "ok", "accuracy": fig.accuracy, "test_accuracy": fig.test_accuracy,
-            "params": fig.params, "macs": fig.macs, **_latency_cols(fig.latency),
+            "agreement": fig.agreement, "params": fig.params, "macs": fig.macs, **_latency_cols(fig.latency),
             "params_ratio": fig.params / base["params"], "macs_ratio": fig.macs / base["macs"],
             "latency_ratio": fig.latency["median_ms"] / base["latency_ms"],
             "model_path": rel, "info": json.dumps(info, default=str), "finetune_epochs": epochs,
@@ -211,11 +244,14 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, tracker=None) -> dict:
 
 
 def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, base: dict, log_metric):
+    import copy
+
     import torch
 
     from .methods import PruneContext, get_method
     from .engine.channels import default_ignored_layers
-    from .train import train
+    from .measure import accuracy, agreement
+    from .train import distill, train
 
     method = get_method(spec.method)
     mcfg = method.make_config(spec.knobs, where=f"trial {spec.trial_id}: {spec.method}")
@@ -223,35 +259,50 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, base: dict, log_metric
     torch.set_num_threads(threads)
     torch.manual_seed(spec.seed)
     splits = load_splits(cfg)
-    train_loader, val_loader, test_loader = loaders(cfg, splits, spec.seed)
+    data = trial_data(cfg, splits, spec.seed)
     device = cfg.measure.device
     model = load_model(Path(spec.sweep_dir), f"{BASELINE_DIR}/model.pt").to("cpu").eval()
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
     ft = cfg.finetune
 
     def finetune(m, epochs: int | None = None, step_offset: int = 0, lr: float | None = None):
-        return train(m, train_loader, epochs=ft.epochs if epochs is None else epochs,
-                     lr=lr or ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay,
-                     optimizer=ft.optimizer, device=device,
-                     on_epoch=lambda e, loss: log_metric("train_loss", loss, step_offset + e))
+        """The sweep's fine-tuning: cross-entropy on labels, or distillation from the teacher when
+        the sweep is label-free."""
+        kw = dict(epochs=ft.epochs if epochs is None else epochs, lr=lr or ft.lr, momentum=ft.momentum,
+                  weight_decay=ft.weight_decay, optimizer=ft.optimizer, device=device,
+                  on_epoch=lambda e, loss: log_metric("train_loss", loss, step_offset + e))
+        if cfg.label_free:
+            return distill(m, teacher, data.train, temperature=ft.temperature, **kw)
+        return train(m, data.train, **kw)
 
     def evaluate(m) -> float:
-        from .measure import accuracy
+        """Validation quality used for choices inside a method: accuracy, or agreement with the
+        teacher when the sweep is label-free."""
+        if cfg.label_free:
+            return agreement(m.to(device), teacher.to(device), data.unlabeled_val, device)
+        return accuracy(m.to(device), data.val, device)
 
-        return accuracy(m.to(device), val_loader, device)
-
-    ctx = PruneContext(train_loader=train_loader, val_loader=val_loader, device=device, seed=spec.seed,
+    ctx = PruneContext(train_loader=data.train, val_loader=data.val, device=device, seed=spec.seed,
                        num_classes=splits.num_classes, finetune=finetune, evaluate=evaluate,
                        log_metric=log_metric, ignored_layers=default_ignored_layers(model),
-                       labels_available=True)
+                       labels_available=not cfg.label_free, teacher=teacher,
+                       unlabeled_loader=data.unlabeled, unlabeled_val_loader=data.unlabeled_val,
+                       finetune_config=ft)
+    if cfg.label_free:
+        ctx.val_loader = data.unlabeled_val  # nothing label-dependent reaches a method
     example = splits.example_input(1)
     result = method.prune(model, example, mcfg, ctx)
     model = result.model
-    log_metric("pruned_accuracy", evaluate(model), 0)
+    log_metric("pruned_quality", evaluate(model), 0)
     epochs = 0
     if not result.finetuned and ft.epochs > 0:
         finetune(model)
         epochs = ft.epochs
-    fig = measure_all(cfg, model, splits, val_loader, test_loader, threads)
+    elif result.finetuned:
+        epochs = int(result.info.get("epochs", 0)) if isinstance(result.info, dict) else 0
+    fig = measure_all(cfg, model, splits, data, threads, teacher=teacher)
     if not math.isfinite(fig.accuracy):
         raise TrialFailure("accuracy is not finite")
     rel = save_model(model.to("cpu"), Path(spec.sweep_dir), f"{MODELS_DIR}/{spec.trial_id}.pt")

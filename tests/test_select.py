@@ -103,8 +103,6 @@ def test_excess():
     assert b.excess({"accuracy": 0.9, "params": 1, "latency_ms": None}) == math.inf
 
 
-@pytest.mark.xfail(strict=True, reason="sweep/select.py:59 Budget.excess treats a NaN metric as inside "
-                   "(max(0.0, nan) == 0.0) while Budget.broken calls it unknown")
 def test_excess_of_nan_metric_is_infinite():
     b = Budget(max_latency_ms=2.0)
     assert b.broken({"latency_ms": float("nan")}) == ["latency_ms unknown"]

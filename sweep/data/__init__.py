@@ -14,6 +14,7 @@ from .base import DATASETS, DataSplits, DatasetSpec, parse_options, rng_for, sub
 from .loaders import EpochLoader, make_loader
 from . import sources as _sources  # noqa: F401  (registers the datasets)
 from .sources import read_idx
+from .unlabeled import Unlabeled, cloud_device_split, strip_labels
 
 __all__ = [
     "DATASETS",
@@ -24,6 +25,9 @@ __all__ = [
     "load_dataset",
     "make_loader",
     "read_idx",
+    "Unlabeled",
+    "cloud_device_split",
+    "strip_labels",
 ]
 
 # Subset streams are independent of the split streams (see sources.TAG_*).

@@ -71,8 +71,12 @@ class EpochLoader:
             num_workers=0,
             generator=g,
         )
-        for x, y in loader:
-            yield x, y.to(torch.int64)
+        for batch in loader:
+            if len(batch) == 1:  # a label-free view: inputs only
+                yield (batch[0],)
+            else:
+                x, y = batch
+                yield x, y.to(torch.int64)
 
 
 def make_loader(

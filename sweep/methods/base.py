@@ -64,7 +64,7 @@ class Knob:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{n} must be a number in {self.range_text()}, but got {n}={value!r} ({where})")
         if self.kind == "int":
-            if float(value) != int(value):
+            if not math.isfinite(value) or float(value) != int(value):
                 raise ConfigError(f"{n} must be an integer in {self.range_text()}, but got {n}={value!r} ({where})")
             value = int(value)
         else:
@@ -117,9 +117,11 @@ class MethodConfig(Mapping):
 class PruneContext:
     """What a method may use besides the model: data, device, seed and training callables.
 
-    ``finetune(model, epochs)`` trains with the sweep's fine-tune settings (labels) and returns the
-    per-epoch losses; ``evaluate(model)`` returns validation top-1 accuracy; ``log_metric(key, value,
-    step)`` records a trajectory in the trial's tracking run.
+    ``finetune(model, epochs)`` trains with the sweep's fine-tune settings (cross-entropy, or
+    distillation from the teacher in a label-free sweep) and returns the per-epoch losses;
+    ``evaluate(model)`` returns the validation quality (top-1 accuracy, or agreement with the teacher
+    in a label-free sweep); ``log_metric(key, value, step)`` records a trajectory in the trial's run.
+    In a label-free sweep ``train_loader`` and ``val_loader`` yield ``(x,)`` only.
     """
 
     train_loader: Iterable
@@ -132,6 +134,10 @@ class PruneContext:
     log_metric: Callable[[str, float, int], None] = lambda k, v, s: None
     ignored_layers: list = field(default_factory=list)
     labels_available: bool = True
+    teacher: Any = None  # the trained dense model (frozen); label-free methods learn from it
+    unlabeled_loader: Iterable | None = None  # training inputs, items (x,): no labels reachable
+    unlabeled_val_loader: Iterable | None = None  # validation inputs, items (x,)
+    finetune_config: Any = None  # the sweep's fine-tune settings (lr, momentum, temperature, ...)
 
 
 @dataclass
@@ -222,7 +228,7 @@ def _parse_distribution(knob: Knob, d: Mapping, loc: str) -> dict:
     if not isinstance(log, bool):
         raise ConfigError(f"log must be true or false, but got log={log!r} ({loc})")
     if log and low <= 0:
-        raise ConfigError(f"a log range needs low > 0, but got low={low!r} ({loc})")
+        raise ConfigError(f"low of a log range must be > 0, but got low={low!r} ({loc})")
     step = d.get("step")
     if step is not None:
         if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0:

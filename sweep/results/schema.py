@@ -24,6 +24,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("method", pa.string(), "pruning method (`baseline` for the dense model)"),
     ("accuracy", pa.float64(), "top-1 accuracy on the validation split (what the search and selection use)"),
     ("test_accuracy", pa.float64(), "top-1 accuracy on the test split (reported, never used to choose)"),
+    ("agreement", pa.float64(), "top-1 agreement with the dense baseline (teacher) on the validation inputs "
+                                "(the quality objective of label-free sweeps; reads no label)"),
     ("baseline_accuracy", pa.float64(), "validation accuracy of the dense baseline"),
     ("baseline_test_accuracy", pa.float64(), "test accuracy of the dense baseline"),
     ("params", pa.int64(), "parameter count"),
