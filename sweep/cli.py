@@ -1,4 +1,4 @@
-"""Command line: ``sweep run | resume | report | select | methods``.
+"""Command line: ``sweep run | resume | report | select | prune | methods``.
 
 Every user-facing error (a :class:`SweepError`) becomes one line on stderr and exit code 2;
 ``--debug`` shows the traceback.  Ctrl-C exits with 130 after saving what finished.
@@ -158,6 +158,59 @@ def cmd_select(args) -> int:
     return 0
 
 
+def _knob_value(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def cmd_prune(args) -> int:
+    from .errors import ConfigError
+    from .oneshot import PruneJob, parse_shape, run_prune
+
+    knobs = {}
+    for item in args.knob or []:
+        if "=" not in item:
+            raise ConfigError(f"a knob must be NAME=VALUE, but got --knob {item!r}")
+        k, v = item.split("=", 1)
+        knobs[k.strip()] = _knob_value(v)
+    if args.ratio is not None:
+        knobs["ratio"] = args.ratio
+    if args.tau is not None:
+        knobs["tau"] = args.tau
+    given = [f for f, v in (("--ratio", args.ratio), ("--target-macs", args.target_macs),
+                            ("--target-params", args.target_params), ("--remove-blocks", args.remove_blocks))
+             if v is not None]
+    if len(given) > 1:
+        raise ConfigError(f"give one pruning target, but got {' and '.join(given)}")
+    blocks = None
+    if args.remove_blocks is not None:
+        try:
+            blocks = tuple(int(b) for b in args.remove_blocks.split(",") if b.strip())
+        except ValueError:
+            raise ConfigError(f"blocks must be comma-separated integers, but got --remove-blocks="
+                              f"{args.remove_blocks!r}") from None
+    dataset_options = {}
+    for item in args.dataset_option or []:
+        if "=" not in item:
+            raise ConfigError(f"a dataset option must be NAME=VALUE, but got --dataset-option {item!r}")
+        k, v = item.split("=", 1)
+        dataset_options[k.strip()] = _knob_value(v)
+    job = PruneJob(model=args.model, out=Path(args.out), method=args.method, knobs=knobs,
+                   checkpoint=args.checkpoint, num_classes=args.num_classes,
+                   input_shape=parse_shape(args.input_shape) if args.input_shape else None,
+                   dataset=args.dataset, dataset_options=dataset_options, target_macs=args.target_macs,
+                   target_params=args.target_params, remove_blocks=blocks, finetune_epochs=args.finetune_epochs,
+                   lr=args.lr, latency_batch=args.latency_batch, threads=args.threads, repeats=args.repeats,
+                   seed=args.seed)
+    _quiet_libraries()
+    run_prune(job, log=_log)
+    return 0
+
+
 def cmd_methods(args) -> int:
     from .methods import METHODS
 
@@ -233,6 +286,29 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--no-export", action="store_true", help="skip torch.export and ONNX")
     sel.add_argument("--no-register", action="store_true", help="skip the MLflow model registry")
     sel.set_defaults(fn=cmd_select)
+
+    pr = sub.add_parser("prune", help="prune one model once (no sweep) and write it with summary.json")
+    pr.add_argument("--model", required=True, help="registry name, torchvision:<name> or package.module:function")
+    pr.add_argument("--checkpoint", help="state dict to load into the model first")
+    pr.add_argument("--num-classes", type=_positive(int), help="classes (default: the dataset's, else 1000)")
+    pr.add_argument("--input-shape", help="C,H,W (default: the dataset's)")
+    pr.add_argument("--method", default="magnitude", help="a registered method (see `sweep methods`)")
+    pr.add_argument("--ratio", type=float, help="channel ratio to remove (magnitude)")
+    pr.add_argument("--target-macs", type=_positive(int), help="MACs to prune down to (absolute)")
+    pr.add_argument("--target-params", type=_positive(int), help="params to prune down to (absolute)")
+    pr.add_argument("--tau", type=float, help="SR-init threshold (accuracy fraction)")
+    pr.add_argument("--remove-blocks", help="remove these residual blocks (0-based over all blocks), e.g. 1,8,17")
+    pr.add_argument("--knob", action="append", metavar="NAME=VALUE", help="any other knob of the method")
+    pr.add_argument("--dataset", help="dataset for accuracy before/after and methods that need data")
+    pr.add_argument("--dataset-option", action="append", metavar="NAME=VALUE", help="dataset option, e.g. train_subset=5000")
+    pr.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune after pruning (needs --dataset)")
+    pr.add_argument("--lr", type=_positive(float), default=0.01)
+    pr.add_argument("--latency-batch", type=_positive(int), default=1)
+    pr.add_argument("--threads", type=_positive(int), help="torch threads for latency (default: torch's)")
+    pr.add_argument("--repeats", type=_positive(int), default=50)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--out", required=True, help="folder for model.pt and summary.json (must be new or empty)")
+    pr.set_defaults(fn=cmd_prune)
 
     m = sub.add_parser("methods", help="list the pruning methods with their knobs and ranges")
     m.set_defaults(fn=cmd_methods)

@@ -1,0 +1,193 @@
+"""``sweep prune``: one-shot pruning of one model with one method, no sweep.
+
+Builds (or loads) the model, prunes it with any registered method, optionally fine-tunes it on a
+dataset, measures before and after on this machine, and writes the pruned model plus a truthful
+``summary.json``.  Everything is written to a temporary folder first and moved into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError, SweepDirError
+
+
+@dataclass
+class PruneJob:
+    model: str
+    out: Path
+    method: str = "magnitude"
+    knobs: dict = field(default_factory=dict)
+    checkpoint: str | None = None
+    num_classes: int | None = None
+    input_shape: tuple[int, int, int] | None = None
+    dataset: str | None = None
+    dataset_options: dict = field(default_factory=dict)
+    target_macs: int | None = None
+    target_params: int | None = None
+    remove_blocks: tuple[int, ...] | None = None
+    finetune_epochs: int = 0
+    lr: float = 0.01
+    batch_size: int = 64
+    latency_batch: int = 1
+    threads: int | None = None
+    repeats: int = 50
+    device: str = "cpu"
+    seed: int = 0
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    try:
+        dims = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise ConfigError(f"input shape must be C,H,W with positive integers, but got --input-shape={text!r}")
+    return dims  # type: ignore[return-value]
+
+
+def run_prune(job: PruneJob, log=print) -> dict:
+    import copy
+
+    import torch
+
+    from .measure import accuracy, count_macs, count_params, measure_latency
+    from .methods import PruneContext, get_method
+    from .models import build_model
+    from .engine.channels import default_ignored_layers
+
+    out = Path(job.out)
+    if out.exists() and any(out.iterdir()):
+        raise SweepDirError(f"output folder is not empty: {out} (choose another --out)")
+    torch.manual_seed(job.seed)
+    splits = None
+    if job.dataset:
+        from .data import load_dataset
+
+        splits = load_dataset(job.dataset, job.dataset_options, seed=job.seed, where="--dataset")
+        shape = tuple(splits.input_shape)
+        if job.input_shape and tuple(job.input_shape) != shape:
+            raise ConfigError(f"input shape must match the dataset's {shape}, but got "
+                              f"--input-shape={','.join(map(str, job.input_shape))}")
+        num_classes = splits.num_classes if job.num_classes is None else job.num_classes
+        if num_classes != splits.num_classes:
+            raise ConfigError(f"num classes must match the dataset's {splits.num_classes}, but got "
+                              f"--num-classes={job.num_classes}")
+    else:
+        if job.input_shape is None:
+            raise ConfigError("an input shape is needed without a dataset: give --input-shape C,H,W")
+        shape = tuple(job.input_shape)
+        num_classes = job.num_classes or 1000
+    model = build_model(job.model, num_classes=num_classes, in_channels=shape[0], input_size=shape[1],
+                        checkpoint=job.checkpoint, where="--model").eval()
+    example = torch.randn(1, *shape)
+    with torch.no_grad():
+        out_before = model(example)
+    threads = job.threads or torch.get_num_threads()
+
+    def lat(m):
+        return measure_latency(m, shape, batch=job.latency_batch, warmup=10, repeats=job.repeats,
+                               threads=threads, device=job.device)
+
+    loaders = None
+    if splits is not None:
+        from .data import make_loader, strip_labels
+
+        loaders = (make_loader(splits.train, job.batch_size, shuffle=True, seed=job.seed),
+                   make_loader(splits.val, 256, shuffle=False), make_loader(splits.test, 256, shuffle=False),
+                   make_loader(strip_labels(splits.train), job.batch_size, shuffle=True, seed=job.seed + 1),
+                   make_loader(strip_labels(splits.val), 256, shuffle=False))
+    params0, macs0 = count_params(model), count_macs(model, example)
+    lat0 = lat(model)
+    acc0 = accuracy(model, loaders[2], job.device) if loaders else None
+    log(f"{job.model}: {params0:,} params, {macs0:,} MACs, {lat0.median_ms:.3f} ms "
+        f"(batch {job.latency_batch}, {lat0.threads} thread(s), {job.device})"
+        + (f", test accuracy {acc0:.4f}" if acc0 is not None else ""))
+
+    knobs = dict(job.knobs)
+    if job.target_macs is not None:
+        if job.target_macs >= macs0:
+            raise ConfigError(f"target MACs must be below the model's {macs0:,}, but got --target-macs={job.target_macs:,}")
+        knobs["macs_fraction"] = job.target_macs / macs0
+    if job.target_params is not None:
+        if job.target_params >= params0:
+            raise ConfigError(f"target params must be below the model's {params0:,}, but got "
+                              f"--target-params={job.target_params:,}")
+        knobs["params_fraction"] = job.target_params / params0
+    t0 = time.time()
+    teacher = copy.deepcopy(model).eval()
+    if job.remove_blocks is not None:
+        from .engine.depth import remove_blocks
+
+        pruned = remove_blocks(model, list(job.remove_blocks))
+        info: dict = {"removed_blocks": list(job.remove_blocks)}
+        method_name = "remove_blocks"
+    else:
+        spec = get_method(job.method, where="--method")
+        mcfg = spec.make_config(knobs, where=f"--method {job.method}")
+
+        def need_data(*a, **k):
+            raise ConfigError(f"method {job.method} trains or evaluates while pruning: give --dataset")
+
+        if loaders:
+            from .train import train
+
+            def finetune(m, epochs=None, step_offset=0, lr=None):
+                return train(m, loaders[0], epochs=job.finetune_epochs if epochs is None else epochs,
+                             lr=lr or job.lr, device=job.device)
+
+            def evaluate(m):
+                return accuracy(m, loaders[1], job.device)
+        ctx = PruneContext(train_loader=loaders[0] if loaders else [], val_loader=loaders[1] if loaders else [],
+                           device=job.device, seed=job.seed, num_classes=num_classes,
+                           finetune=finetune if loaders else need_data, evaluate=evaluate if loaders else need_data,
+                           ignored_layers=default_ignored_layers(model), teacher=teacher,
+                           unlabeled_loader=loaders[3] if loaders else None,
+                           unlabeled_val_loader=loaders[4] if loaders else None)
+        result = spec.prune(model, example, mcfg, ctx)
+        pruned, info, method_name = result.model, dict(result.info or {}), job.method
+        if loaders and job.finetune_epochs > 0 and not result.finetuned:
+            log(f"fine-tuning {job.finetune_epochs} epoch(s) on {job.dataset}")
+            finetune(pruned)
+    prune_s = time.time() - t0
+    pruned.eval()
+    with torch.no_grad():
+        out_after = pruned(example)
+    if out_after.shape != out_before.shape:
+        raise ConfigError(f"pruning changed the output shape from {tuple(out_before.shape)} to "
+                          f"{tuple(out_after.shape)}; keep the classifier head out of pruning")
+    params1, macs1 = count_params(pruned), count_macs(pruned, example)
+    lat1 = lat(pruned)
+    acc1 = accuracy(pruned, loaders[2], job.device) if loaders else None
+    summary = {
+        "model": job.model, "method": method_name, "knobs": knobs, "checkpoint": job.checkpoint,
+        "input_shape": list(shape), "output_shape": list(out_after.shape),
+        "params_before": params0, "params_after": params1, "params_ratio": params1 / params0,
+        "macs_before": macs0, "macs_after": macs1, "macs_ratio": macs1 / macs0,
+        "latency_ms_before": lat0.median_ms, "latency_ms_after": lat1.median_ms,
+        "latency_iqr_ms_before": lat0.iqr_ms, "latency_iqr_ms_after": lat1.iqr_ms,
+        "latency_speedup": lat0.median_ms / lat1.median_ms,
+        "latency_batch": job.latency_batch, "latency_repeats": job.repeats, "threads": lat1.threads,
+        "device": job.device, "prune_seconds": prune_s, "finetune_epochs": job.finetune_epochs if loaders else 0,
+        "target_macs": job.target_macs, "target_params": job.target_params, "info": info,
+    }
+    if loaders:
+        summary.update(dataset=job.dataset, accuracy_before=acc0, accuracy_after=acc1, accuracy_split="test")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(pruned, tmp / "model.pt")
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    os.replace(tmp, out)
+    log(f"pruned: {params1:,} params ({params1 / params0:.1%}), {macs1:,} MACs ({macs1 / macs0:.1%}), "
+        f"{lat1.median_ms:.3f} ms ({lat0.median_ms / lat1.median_ms:.2f}x faster)"
+        + (f", test accuracy {acc1:.4f}" if acc1 is not None else ""))
+    log(f"wrote {out / 'model.pt'} and {out / 'summary.json'}")
+    return summary
