@@ -475,6 +475,8 @@ def _plot_sr_init(blocks: list[dict], tau: float | None, trial_id: str, path: Pa
         handles.append(ax.axhline(tau, color="black", linestyle="--", linewidth=1, label=f"\u03c4 = {tau:g}"))
     ax.set_xticks(x)
     ax.set_xticklabels([str(b.get("index", i)) for i, b in enumerate(blocks)], fontsize=7)
+    for label, colour in zip(ax.get_xticklabels(), colours):  # a removed block with Δ = 0 has no bar to see
+        label.set_color("tab:red" if colour == "tab:red" else "black")
     ax.set_xlabel("residual block (forward order)")
     ax.set_ylabel("accuracy drop \u0394 = A\u2080 \u2212 A_b")
     ax.set_title(f"SR-init block importance, trial {trial_id}")

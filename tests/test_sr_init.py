@@ -257,7 +257,7 @@ def test_real_training_rule_and_determinism():
     assert info["base_accuracy"] == pytest.approx(a0)
     assert info == b.info  # same seed: same importances, same removals
     want = [x["index"] for x in info["blocks"] if x["removable"] and x["delta"] <= 0.15 + 1e-9]
-    assert info["removed"] == want
+    assert info["removed"] == want and 0 < len(want) < 4  # the data make some blocks matter, some not
     x = torch.randn(4, *SHAPE)
     with torch.no_grad():
         assert torch.equal(a.model.eval()(x), b.model.eval()(x))
