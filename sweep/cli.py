@@ -61,7 +61,8 @@ def _finish(outcome, cfg) -> int:
     _log("Pareto front (" + ", ".join(cfg.search.objectives) + "):")
     _log(front_table(df, list(cfg.search.objectives)))
     _log(f"results: {outcome.sweep_dir / 'trials.parquet'}")
-    _log(f"MLflow:  mlflow ui --backend-store-uri sqlite:///{outcome.sweep_dir / 'mlflow.db'}")
+    uri = outcome.tracking_uri
+    _log(f"MLflow:  mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"MLflow:  {uri}")
     if outcome.report_dir is not None:
         _log(f"report:  {(outcome.report_dir / 'index.html').resolve()}")
     _log(f"choose:  sweep select {outcome.sweep_dir} --max-latency-ms X | --max-params N | --min-accuracy A")

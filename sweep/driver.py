@@ -41,6 +41,7 @@ class SweepOutcome:
     trial_s: float = 0.0  # summed wall time of the trials run in this call
     trials_run: int = 0
     concurrency: int = 1
+    tracking_uri: str = ""
 
 
 # ------------------------------------------------------------------------------- trainable (Ray worker)
@@ -440,7 +441,7 @@ def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = P
         sink.end(parent_id, "KILLED")
         log(f"interrupted: {progress.done} of {cfg.search.trials} trials finished and kept; "
             f"continue with `sweep resume {sweep_dir}`")
-        return SweepOutcome(sweep_dir, None, rows, True, time.time() - t0, **timing)
+        return SweepOutcome(sweep_dir, None, rows, True, time.time() - t0, tracking_uri=uri, **timing)
 
     rows = _remeasure_front(cfg, sweep_dir, rows, log)
     store.write(rows, meta)
@@ -452,7 +453,7 @@ def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = P
         build_report(sweep_dir, report_dir)
     _log_parent_artifacts(sink, parent_id, sweep_dir, rows, cfg, base, report_dir)
     sink.end(parent_id, "FINISHED")
-    return SweepOutcome(sweep_dir, report_dir, rows, False, time.time() - t0, **timing)
+    return SweepOutcome(sweep_dir, report_dir, rows, False, time.time() - t0, tracking_uri=uri, **timing)
 
 
 def _epoch(v) -> float:
