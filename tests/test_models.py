@@ -89,7 +89,7 @@ def test_small_cnn_is_small_and_pools_only_when_possible():
 
 SHAPE_CASES = [
     (name, channels, size)
-    for name in ["small_cnn", "cifar_resnet20", "cifar_resnet56", "vgg16_bn"]
+    for name in ["small_cnn", "cifar_resnet20", "cifar_resnet56", "vgg16_bn", "yolo7_cls"]
     for channels in (1, 3)
     for size in (8, 28, 32)
 ]

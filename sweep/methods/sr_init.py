@@ -33,6 +33,7 @@ _EPS = 1e-9  # Δ ≤ τ compared with a tolerance: accuracies are ratios of cou
 
 @register_method(
     "sr_init",
+    needs_labels=False,  # scores through ctx.evaluate: agreement with the teacher in label-free sweeps
     summary="SR-init layer pruning (Tang et al. 2023): remove residual blocks whose random "
             "re-initialisation costs at most tau validation accuracy",
     knobs=[

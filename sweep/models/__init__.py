@@ -24,6 +24,7 @@ from ..registry import Registry
 from .cifar_resnet import cifar_resnet20, cifar_resnet56, cifar_resnet110
 from .small_cnn import small_cnn
 from .vgg import vgg16_bn
+from .yolo_style import yolo7_cls
 
 __all__ = ["MODELS", "build_model", "classifier_head", "model_names"]
 
@@ -35,6 +36,7 @@ MODELS.add("cifar_resnet20", cifar_resnet20)
 MODELS.add("cifar_resnet56", cifar_resnet56)
 MODELS.add("cifar_resnet110", cifar_resnet110)
 MODELS.add("vgg16_bn", vgg16_bn)
+MODELS.add("yolo7_cls", yolo7_cls)
 
 TORCHVISION_PATTERN = "torchvision:<name>"
 USER_PATTERN = "package.module:function"

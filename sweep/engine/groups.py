@@ -1,0 +1,357 @@
+"""Coupled channel groups on Torch-Pruning's dependency graph.
+
+A *channel group* is a set of channels that must be removed together: the output channels of a root
+conv/linear layer plus everything coupled to them (the BN after it, convs added to it by a residual
+shortcut, the input slices of every consumer, through concat, split and depthwise convs).
+Torch-Pruning's ``DependencyGraph`` finds the coupling; this module gives methods a stable view of it:
+
+- :func:`channel_groups` / :class:`ChannelGraph` list the groups, each named after its root layer;
+- :meth:`ChannelGroup.weights` and :meth:`ChannelGroup.score` give per-channel tensors and criteria
+  (one score per channel, one group per gate);
+- :meth:`ChannelGraph.prune` removes chosen channels of many groups in one go on the live model, and
+  :meth:`ChannelGraph.pruned_copy` does the same on a deep copy (what a target search evaluates).
+
+All indices are *root-layer* indices, valid for the model as it was when the groups were listed: the
+pruning operations of all chosen groups are merged per (layer, dimension) before any is applied, so a
+consumer of a concat (whose input slices belong to several groups) is edited once, with every index in
+its unpruned coordinates.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["ChannelGraph", "ChannelGroup", "GroupMember", "channel_groups", "prune_groups", "resolve_layers"]
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """One layer touched by a group: ``kind`` is ``"out"`` (its outputs go) or ``"in"`` (its inputs go).
+
+    ``idxs[i]`` is this layer's channel that goes with root channel ``root_idxs[i]`` (a consumer of a
+    concat sees the root's channels at an offset).
+    """
+
+    name: str
+    module: nn.Module
+    kind: str
+    idxs: tuple
+    root_idxs: tuple
+
+
+def resolve_layers(model: nn.Module, layers: Iterable[Any] | None, what: str = "ignored_layers") -> list[nn.Module]:
+    """Modules given as modules or as module names (``"layer1.0.conv1"``) -> modules of ``model``."""
+    from ..errors import ConfigError
+
+    by_name = dict(model.named_modules())
+    out = []
+    for layer in layers or ():
+        if isinstance(layer, str):
+            if layer not in by_name:
+                some = ", ".join(n for n in list(by_name)[1:6])
+                raise ConfigError(f"{what} must name layers of the model, but got {layer!r} (e.g. {some})")
+            out.append(by_name[layer])
+        elif isinstance(layer, nn.Module):
+            out.append(layer)
+        else:
+            raise ConfigError(f"{what} must hold modules or module names, but got {layer!r}")
+    return out
+
+
+def _eval_mode(model: nn.Module):
+    """Context: trace in eval mode so that the tracing forward does not update BN running statistics."""
+
+    class _Ctx:
+        def __enter__(self):
+            self.was = model.training
+            model.eval()
+
+        def __exit__(self, *exc):
+            model.train(self.was)
+
+    return _Ctx()
+
+
+class ChannelGroup:
+    """A coupled channel group, named after its root layer (the conv/linear whose outputs define it).
+
+    ``size`` counts the prunable units: the root's output channels, divided by the channel grouping of
+    a grouped conv in the group (whose chunks must stay equal; unit ``u`` is channel ``u`` of every
+    chunk). ``prune(idxs)`` removes units on the live model.
+    """
+
+    def __init__(self, graph: "ChannelGraph", root: nn.Module, items, ch_groups: int):
+        self.graph = graph
+        self.root = root
+        self.name = graph.name_of(root)
+        self._items = items
+        self.ch_groups = ch_groups
+
+    def __repr__(self) -> str:
+        return f"ChannelGroup({self.name!r}, {type(self.root).__name__}, size={self.size}, members={len(self._items)})"
+
+    @property
+    def channels(self) -> int:
+        return int(self.graph.DG.get_out_channels(self.root))
+
+    @property
+    def size(self) -> int:
+        return self.channels // self.ch_groups
+
+    @property
+    def members(self) -> list[GroupMember]:
+        """The model layers of the group (graph-internal ops such as concat are left out)."""
+        DG, out = self.graph.DG, []
+        for item in self._items:
+            mod = item.dep.target.module
+            if not isinstance(mod, nn.Module) or mod not in self.graph._names:
+                continue
+            kind = "out" if DG.is_out_channel_pruning_fn(item.dep.handler) else "in"
+            out.append(GroupMember(self.graph.name_of(mod), mod, kind, tuple(item.idxs), tuple(item.root_idxs)))
+        return out
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        seen, out = set(), []
+        for m in self.members:
+            if id(m.module) not in seen:
+                seen.add(id(m.module))
+                out.append(m.module)
+        return out
+
+    def tp_group(self):
+        """Torch-Pruning's full group (all channels), e.g. for a ``tp.importance`` criterion."""
+        return self._items_group
+
+    def weights(self) -> torch.Tensor:
+        """The root layer's weights, one row per output channel: shape ``(channels, -1)``, detached."""
+        w = self.root.weight.detach()
+        if isinstance(self.root, nn.modules.conv._ConvTransposeNd):
+            w = w.transpose(0, 1)  # transposed convs store (in, out/groups, ...)
+        return w.reshape(w.shape[0], -1)
+
+    def score(self, importance: Any = "l2") -> torch.Tensor | None:
+        """One score per unit (higher = keep), or None where the criterion does not apply (no BN for
+        ``bn_scale``). ``importance``: a name of :data:`sweep.engine.channels.IMPORTANCES` or a
+        ``tp.importance`` object."""
+        from .channels import make_importance
+
+        imp = make_importance(importance) if isinstance(importance, str) else importance
+        with torch.no_grad():
+            s = imp(self._items_group)
+        if s is None:
+            return None
+        s = s.detach().float().cpu()
+        if self.ch_groups > 1:  # chunks of a grouped conv are pruned in step: average over them
+            s = s.view(self.ch_groups, -1).mean(0)
+        return s
+
+    def root_indices(self, units: Sequence[int]) -> list[int]:
+        """Unit indices -> root channel indices (repeated over the chunks of a grouped conv)."""
+        units = sorted({int(u) for u in units})
+        size = self.size
+        bad = [u for u in units if not 0 <= u < size]
+        if bad:
+            raise ValueError(f"channel indices of group {self.name!r} must be in [0, {size}), but got {bad[:5]}")
+        if len(units) >= size:
+            raise ValueError(f"pruning must leave at least one channel of group {self.name!r}, "
+                             f"but got all {size} of them")
+        return [u + c * size for c in range(self.ch_groups) for u in units]
+
+    def prune(self, idxs: Sequence[int]) -> None:
+        """Remove units ``idxs`` of this group from the live model."""
+        self.graph.prune({self: idxs})
+
+    @property
+    def _items_group(self):
+        from torch_pruning.dependency.group import Group
+
+        g = Group()
+        g._group = list(self._items)
+        g._DG = self.graph.DG
+        return g
+
+
+class ChannelGraph:
+    """The dependency graph of ``model`` and its prunable channel groups.
+
+    Groups that contain a layer of ``ignored_layers`` (modules or names; their outputs are kept) are left
+    out, as in Torch-Pruning. The caller decides what to ignore: :func:`channel_groups` adds the
+    classifier head.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs, ignored_layers: Iterable[Any] | None = None,
+                 root_module_types: Sequence[type] | None = None):
+        import torch_pruning as tp
+
+        self.model = model
+        self.example_inputs = example_inputs
+        self.root_module_types = tuple(root_module_types or (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR))
+        ignored = []
+        for layer in resolve_layers(model, ignored_layers):
+            ignored.extend(layer.modules())  # a container ignores everything inside it, as in Torch-Pruning
+        self.ignored = ignored
+        with _eval_mode(model), torch.enable_grad():
+            self.DG = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+        self._names = {m: n for n, m in model.named_modules()}
+        self.groups: list[ChannelGroup] = []
+        self._collect()
+
+    # ------------------------------------------------------------------ listing
+    def name_of(self, module) -> str:
+        return self._names.get(module, getattr(module, "name", type(module).__name__))
+
+    def _collect(self) -> None:
+        old = {id(g.root): g for g in self.groups}
+        groups = []
+        for g in self.DG.get_all_groups(ignored_layers=self.ignored, root_module_types=self.root_module_types):
+            root = g[0].dep.target.module
+            items = list(g.items)
+            if id(root) in old:  # refresh in place: a method holding the group sees the new size
+                grp = old[id(root)]
+                grp._items, grp.ch_groups = items, self._channel_grouping(items)
+            else:
+                grp = ChannelGroup(self, root, items, self._channel_grouping(items))
+            groups.append(grp)
+        self.groups = groups
+        self._by_name = {g.name: g for g in groups}
+
+    def _channel_grouping(self, items) -> int:
+        """Chunks that must stay equal: the ``groups`` of a grouped (not depthwise) conv in the group."""
+        DG, n = self.DG, 1
+        for item in items:
+            m = item.dep.target.module
+            if not isinstance(m, nn.Module):
+                continue
+            if isinstance(m, nn.modules.conv._ConvNd) and m.groups == m.out_channels:
+                continue  # depthwise: channels stay one-to-one with its input
+            pruner = DG.get_pruner_of_module(m)
+            if pruner is None:
+                continue
+            if DG.is_out_channel_pruning_fn(item.dep.handler):
+                n = max(n, int(pruner.get_out_channel_groups(m)))
+            else:
+                n = max(n, int(pruner.get_in_channel_groups(m)))
+        return n
+
+    def group(self, name: str) -> ChannelGroup:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"no prunable channel group rooted at {name!r}; groups: "
+                           f"{', '.join(list(self._by_name)[:8])}...") from None
+
+    def __iter__(self):
+        return iter(self.groups)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    # ------------------------------------------------------------------ pruning
+    def _pairs(self, selection) -> list[tuple[ChannelGroup, list[int]]]:
+        items = selection.items() if isinstance(selection, Mapping) else selection
+        out = []
+        for g, idxs in items:
+            grp = self.group(g) if isinstance(g, str) else g
+            if grp.graph is not self:
+                raise ValueError(f"group {grp.name!r} belongs to another graph")
+            if len(idxs):
+                out.append((grp, grp.root_indices(idxs)))
+        return out
+
+    def operations(self, selection) -> list[tuple[Any, Any, list[int]]]:
+        """The merged pruning operations ``(graph node, handler, indices)`` of a selection
+        ``{group or name: unit indices}``; indices are in the current (unpruned) coordinates."""
+        merged: dict = {}
+        for grp, root_idxs in self._pairs(selection):
+            chosen = set(root_idxs)
+            items = grp._items
+            if any(r is None for item in items for r in (item.root_idxs or [None])):
+                # an index mapping without root indices (attention heads): ask the graph instead
+                items = self.DG.get_pruning_group(grp.root, items[0].dep.handler, root_idxs).items
+                chosen = None
+            for item in items:
+                idxs = list(item.idxs) if chosen is None else \
+                    [i for i, r in zip(item.idxs, item.root_idxs) if r in chosen]
+                if not idxs:
+                    continue
+                key = (id(item.dep.target), item.dep.handler)
+                if key not in merged:
+                    merged[key] = (item.dep.target, item.dep.handler, set())
+                merged[key][2].update(int(i) for i in idxs)
+        return [(node, handler, sorted(idxs)) for node, handler, idxs in merged.values()]
+
+    def prune(self, selection) -> None:
+        """Remove the selected channels from the live model (``{group or name: unit indices}``, or pairs)."""
+        ops = self.operations(selection)
+        self._apply(ops, self.model, live=True)
+        self._collect()
+
+    def pruned_copy(self, selection) -> nn.Module:
+        """A deep copy of the model with the selection removed; the live model and graph are untouched."""
+        ops = self.operations(selection)
+        model = copy.deepcopy(self.model)
+        self._apply(ops, model, live=False)
+        return model
+
+    def _apply(self, ops, model: nn.Module, live: bool) -> None:
+        by_name = None if live else dict(model.named_modules())
+        with torch.no_grad():
+            for node, handler, idxs in ops:
+                mod = node.module
+                handler.__self__.pruning_dim = node.pruning_dim  # as tp's Dependency.__call__ does
+                if isinstance(mod, nn.Parameter):
+                    self._prune_parameter(model, node, handler, idxs, live)
+                elif isinstance(mod, nn.Module) and mod in self._names:
+                    handler(mod if live else by_name[self._names[mod]], idxs)
+                elif live:
+                    # a graph-internal op (concat, split, slice, output): keeps the graph's bookkeeping
+                    # of slice sizes in step with the model, for later index mappings
+                    handler(mod, idxs)
+
+    def _prune_parameter(self, model, node, handler, idxs, live: bool) -> None:
+        old = node.module
+        name = self.DG._param_to_name[old]
+        *path, leaf = name.split(".")
+        parent = model
+        for p in path:
+            parent = getattr(parent, p)
+        new = handler(getattr(parent, leaf), idxs)
+        setattr(parent, leaf, new)
+        if live:  # keep the graph pointing at the new parameter, as tp's Group.prune does
+            self.DG._param_to_name.pop(old)
+            self.DG._param_to_name[new] = name
+            self.DG.module2node[new] = self.DG.module2node.pop(old)
+            self.DG.module2node[new].module = new
+
+
+def channel_groups(model: nn.Module, example_inputs, ignored_layers: Iterable[Any] | None = None,
+                   *, graph: bool = False):
+    """The prunable coupled channel groups of ``model`` (list of :class:`ChannelGroup`).
+
+    ``ignored_layers`` (modules or names) keep their output channels; by default the classifier head
+    and the layers the model declares (:func:`sweep.engine.channels.default_ignored_layers`) are kept
+    too. Each group's ``prune(idxs)`` edits the live model; to prune several groups in one go use
+    :func:`prune_groups`. With ``graph=True`` the :class:`ChannelGraph` itself is returned.
+    """
+    from .channels import default_ignored_layers
+
+    ignored = default_ignored_layers(model) + resolve_layers(model, ignored_layers)
+    g = ChannelGraph(model, example_inputs, ignored_layers=ignored)
+    return g if graph else list(g.groups)
+
+
+def prune_groups(pairs: Mapping[ChannelGroup, Sequence[int]] | Iterable[tuple[ChannelGroup, Sequence[int]]]) -> None:
+    """Prune several (group, unit indices) pairs of one graph in one go, on the live model."""
+    items = list(pairs.items() if isinstance(pairs, Mapping) else pairs)
+    if not items:
+        return
+    graphs = {id(g.graph): g.graph for g, _ in items}
+    if len(graphs) != 1:
+        raise ValueError("prune_groups needs groups of one graph (one channel_groups call)")
+    next(iter(graphs.values())).prune(items)

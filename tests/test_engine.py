@@ -1,0 +1,414 @@
+"""The structural pruning engine: coupled channel groups, pruning to a target, the prunability check."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import pytest
+from torch import nn
+
+from sweep.engine import channels as ch
+from sweep.engine.channels import channel_counts, prune_channels, prune_to_macs, prune_to_target
+from sweep.engine.check import PrunabilityError, check_prunable
+from sweep.engine.groups import channel_groups, prune_groups
+from sweep.errors import ConfigError
+from sweep.measure import count_macs, count_params
+from sweep.models import build_model
+
+X8 = torch.zeros(1, 3, 8, 8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny nets gain nothing from intra-op threads, and on a shared 2-core box two threads spin
+    against other processes (100x slower forwards): keep these tests single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def probe(shape=(3, 8, 8), n=4):
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(1))
+
+
+def run(model, x):
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+# ----------------------------------------------------------------------------- tiny nets
+class ResidualNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.conv1, self.bn1 = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = F.relu(self.bn0(self.stem(x)))
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return self.fc(F.adaptive_avg_pool2d(F.relu(out + x), 1).flatten(1))
+
+
+class ConcatNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn_a = nn.Conv2d(3, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12)
+        self.b, self.bn_b = nn.Conv2d(3, 20, 3, padding=1, bias=False), nn.BatchNorm2d(20)
+        self.mix, self.bn_mix = nn.Conv2d(32, 24, 1, bias=False), nn.BatchNorm2d(24)
+        self.fc = nn.Linear(24, 4)
+
+    def forward(self, x):
+        a, b = F.relu(self.bn_a(self.a(x))), F.relu(self.bn_b(self.b(x)))
+        x = F.relu(self.bn_mix(self.mix(torch.cat([a, b], dim=1))))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class GroupedNet(nn.Module):
+    """A grouped conv (2 groups) and a depthwise conv between 1x1 convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.pw = nn.Conv2d(3, 16, 1)
+        self.gc = nn.Conv2d(16, 16, 3, padding=1, groups=2)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.pw2 = nn.Conv2d(16, 24, 1)
+        self.fc = nn.Linear(24, 4)
+
+    def forward(self, x):
+        return self.fc(self.pw2(self.dw(self.gc(self.pw(x)))).mean((2, 3)))
+
+
+class WideNarrowNet(nn.Module):
+    """Widths 20 (narrow), 48 and 64 (wide): to see per-group rounding."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 20, 3, padding=1, bias=False), nn.BatchNorm2d(20)
+        self.c2, self.b2 = nn.Conv2d(20, 48, 3, padding=1, bias=False), nn.BatchNorm2d(48)
+        self.c3, self.b3 = nn.Conv2d(48, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64)
+        self.fc = nn.Linear(64, 4)
+
+    def forward(self, x):
+        x = F.relu(self.b1(self.c1(x)))
+        x = F.relu(self.b2(self.c2(x)))
+        x = F.relu(self.b3(self.c3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def members(group):
+    return {(m.name, m.kind) for m in group.members}
+
+
+# ----------------------------------------------------------------------------- groups
+def test_residual_group_couples_the_shortcut_and_prunes_in_step():
+    torch.manual_seed(0)
+    model = ResidualNet()
+    groups = {g.name: g for g in channel_groups(model, X8)}
+    assert set(groups) == {"stem", "conv1"}  # conv2 joins the stem's group through the add; fc is kept
+    stem = groups["stem"]
+    assert {("stem", "out"), ("bn0", "out"), ("conv2", "out"), ("bn2", "out"), ("conv1", "in"),
+            ("fc", "in")} <= members(stem)
+    assert ("conv2", "in") in members(groups["conv1"])
+    stem.prune([0, 3, 5])
+    assert stem.size == 13  # the group object sees the new width
+    assert model.stem.out_channels == model.conv2.out_channels == model.conv1.in_channels == 13
+    assert model.fc.in_features == 13 and model.conv1.out_channels == 16
+    assert run(model, probe()).shape == (4, 4)
+
+
+def test_concat_groups_map_consumer_slices_in_one_go():
+    torch.manual_seed(0)
+    model = ConcatNet()
+    w_mix = model.mix.weight.detach().clone()
+    graph = channel_groups(model, X8, graph=True)
+    a, b = graph.group("a"), graph.group("b")
+    slice_b = next(m for m in b.members if m.name == "mix")
+    assert slice_b.kind == "in" and slice_b.idxs == tuple(range(12, 32))  # b's channels sit after a's 12
+    assert slice_b.root_idxs == tuple(range(20))
+    prune_groups({a: [0, 1], b: [0, 19]})  # both slices of one consumer, edited once
+    assert (model.a.out_channels, model.b.out_channels, model.mix.in_channels) == (10, 18, 28)
+    kept = list(range(2, 12)) + [12 + i for i in range(1, 19)]
+    assert torch.equal(model.mix.weight, w_mix[:, kept])  # the right input channels survived
+    assert run(model, probe()).shape == (4, 4)
+
+
+def test_pruned_copy_leaves_the_live_model_and_matches_live_pruning():
+    torch.manual_seed(0)
+    model = ConcatNet().eval()
+    graph = channel_groups(model, X8, graph=True)
+    sel = {"a": [2, 4], "b": [1], "mix": [0, 5, 7]}
+    copy = graph.pruned_copy(sel)
+    assert model.mix.in_channels == 32 and model.mix.out_channels == 24
+    graph.prune(sel)
+    x = probe()
+    assert torch.equal(run(copy, x), run(model, x))
+
+
+def test_grouped_and_depthwise_convs_prune_consistently():
+    torch.manual_seed(0)
+    model = GroupedNet()
+    graph = channel_groups(model, X8, graph=True)
+    dw = graph.group("dw")  # the grouped conv feeds the depthwise conv: one group, chunks of 8
+    assert dw.ch_groups == 2 and dw.size == 8 and ("gc", "out") in members(dw)
+    graph.prune({dw: [0], "pw": [3]})  # one unit = one channel of every chunk
+    assert model.gc.out_channels == 14 and model.gc.groups == 2
+    assert model.dw.out_channels == model.dw.groups == 14 and model.pw2.in_channels == 14
+    assert model.pw.out_channels == 14
+    assert run(model, probe()).shape == (4, 4)
+
+
+def test_group_weights_and_scores():
+    torch.manual_seed(0)
+    model = ConcatNet()
+    graph = channel_groups(model, X8, graph=True)
+    b = graph.group("b")
+    assert torch.equal(b.weights(), model.b.weight.detach().reshape(20, -1))
+    with torch.no_grad():  # a dead channel (zero filter, zero BN, zero consumer slice) scores lowest
+        model.b.weight[7] = 0
+        model.bn_b.weight[7] = 0
+        model.bn_b.bias[7] = 0
+        model.mix.weight[:, 12 + 7] = 0
+    for imp in ("l2", "l1", "bn_scale"):
+        s = b.score(imp)
+        assert s.shape == (20,) and int(torch.argmin(s)) == 7
+    assert graph.group("mix").score("l2").shape == (24,)
+    no_bn = channel_groups(GroupedNet(), X8, graph=True)
+    assert no_bn.group("pw").score("bn_scale") is None  # the criterion does not apply without BN
+
+
+def test_group_index_errors():
+    graph = channel_groups(ConcatNet(), X8, graph=True)
+    with pytest.raises(ValueError, match=r"\[0, 12\)"):
+        graph.group("a").prune([12])
+    with pytest.raises(ValueError, match="at least one channel"):
+        graph.group("a").prune(list(range(12)))
+    with pytest.raises(KeyError, match="no prunable channel group"):
+        graph.group("fc")  # the head is kept
+
+
+# ----------------------------------------------------------------------------- targets
+PRECISION = [
+    ("small_cnn", 1, 28, "macs_fraction", 0.5),
+    ("small_cnn", 1, 28, "params_fraction", 0.3),
+    ("yolo7_cls", 1, 28, "macs_fraction", 0.5),
+    ("yolo7_cls", 1, 28, "params_fraction", 0.4),
+    ("cifar_resnet20", 3, 32, "macs_fraction", 0.5),
+    ("cifar_resnet20", 3, 32, "params_fraction", 0.6),
+]
+
+
+@pytest.mark.parametrize("name, c, size, kind, value", PRECISION)
+def test_target_lands_within_3_percent(name, c, size, kind, value):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=c, input_size=size)
+    x = torch.zeros(1, c, size, size)
+    macs0, params0 = count_macs(model, x), count_params(model)
+    out, info = prune_to_target(model, x, **{kind: value})
+    assert out is model  # pruned in place
+    got = {"macs_fraction": count_macs(model, x) / macs0, "params_fraction": count_params(model) / params0}
+    assert abs(got[kind] - value) <= 0.03 * value, (got, info)
+    assert info["target"] == {kind: value} and info[f"target_{kind}"] == value
+    assert info["achieved"][kind] == pytest.approx(got[kind])  # the figures describe the returned model
+    assert info["within_tolerance"] is True
+    assert run(model, torch.randn(2, c, size, size)).shape == (2, 10)
+
+
+def test_ratio_zero_keeps_outputs_even_in_train_mode():
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet20", num_classes=10).train()  # tracing must not touch BN statistics
+    x = probe((3, 32, 32))
+    ref = run(model, x)
+    out, info = prune_to_target(model.train(), x[:1], ratio=0.0)
+    assert torch.equal(run(out, x), ref)
+    assert info["achieved"]["macs_fraction"] == 1.0 and info["groups_pruned"] == 0
+
+
+def test_auto_rounding_is_per_group():
+    kw = dict(ratio=0.3, global_pruning=False)  # the same ratio in every group: counts are predictable
+    auto, _ = prune_to_target(WideNarrowNet(), X8, **kw)
+    counts = channel_counts(auto)
+    # 20 -> 14 (narrow: not rounded), 48 -> 33 -> 32, 64 -> 44 -> 48 (nearest multiples of 8, ties up)
+    assert (counts["c1"], counts["c2"], counts["c3"]) == (14, 32, 48)
+    plain, _ = prune_to_target(WideNarrowNet(), X8, round_to=None, **kw)
+    assert [channel_counts(plain)[k] for k in ("c1", "c2", "c3")] == [14, 33, 44]
+    four, info = prune_to_target(WideNarrowNet(), X8, round_to=4, **kw)
+    assert all(channel_counts(four)[k] % 4 == 0 for k in ("c1", "c2", "c3")) and info["round_to"] == 4
+    assert run(four, probe()).shape == (4, 4)
+
+
+def test_max_layer_ratio_and_last_channel_are_respected():
+    model, _ = prune_to_target(WideNarrowNet(), X8, ratio=0.95, max_layer_ratio=0.5, round_to=None)
+    counts = channel_counts(model)
+    assert counts["c1"] >= 10 and counts["c2"] >= 24 and counts["c3"] >= 32 and counts["fc"] == 4
+
+
+def test_keep_layers_by_name_and_head_always_kept():
+    model, _ = prune_to_target(WideNarrowNet(), X8, ratio=0.5, keep_layers=["c2"], round_to=None)
+    counts = channel_counts(model)
+    assert counts["c2"] == 48 and counts["c1"] < 20 and counts["c3"] < 64 and counts["fc"] == 4
+    with pytest.raises(ConfigError, match="keep_layers must name layers of the model, but got 'nope'"):
+        prune_to_target(WideNarrowNet(), X8, ratio=0.5, keep_layers=["nope"])
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({}, "give exactly one of ratio, macs_fraction, params_fraction, latency_fraction, but got none"),
+    ({"ratio": 0.3, "macs_fraction": 0.5}, "but got ratio=0.3, macs_fraction=0.5"),
+    ({"macs_fraction": 1.5}, "macs_fraction must be in (0, 1], but got macs_fraction=1.5"),
+    ({"ratio": 1.0}, "ratio must be in [0, 1), but got ratio=1.0"),
+])
+def test_target_arguments_are_validated(kw, message):
+    with pytest.raises(ConfigError) as ei:
+        prune_to_target(WideNarrowNet(), X8, **kw)
+    assert message in str(ei.value)
+
+
+def test_latency_target_search_with_a_deterministic_clock(monkeypatch):
+    # A stand-in clock proportional to MACs makes the search testable; the real one is measured below (slow).
+    monkeypatch.setattr(ch, "_latency", lambda m, x, kw: count_macs(m, x) / 1e4)
+    model = build_model("cifar_resnet20", num_classes=10)
+    x = torch.zeros(1, 3, 32, 32)
+    _, info = prune_to_target(model, x, latency_fraction=0.6)
+    assert abs(info["achieved"]["latency_fraction"] - 0.6) <= 0.03 * 0.6
+    assert info["achieved"]["latency_fraction"] == pytest.approx(info["achieved"]["macs_fraction"])
+    assert info["baseline_latency_ms"] > info["latency_ms"] > 0
+
+
+def test_unreachable_target_reports_the_closest_plan():
+    _, info = prune_to_target(WideNarrowNet(), X8, macs_fraction=0.001)
+    assert info["within_tolerance"] is False and info["achieved"]["macs_fraction"] > 0.001
+
+
+def test_legacy_entry_points():
+    # prune_channels: explicit ignored layers add to (never replace) the kept head
+    model = WideNarrowNet()
+    prune_channels(model, X8, ratio=0.5, ignored_layers=[model.c1])
+    assert channel_counts(model)["c1"] == 20 and channel_counts(model)["c2"] < 48
+    assert model.fc.out_features == 4
+    # prune_to_macs: a pruned copy, the input untouched, no rounding by default
+    model = ConcatNet()
+    pruned, info = prune_to_macs(model, X8, macs_fraction=0.5)
+    assert pruned is not model and model.mix.in_channels == 32
+    assert abs(info["achieved_macs_fraction"] - 0.5) <= 0.02 * 0.5 and pruned.fc.out_features == 4
+
+
+# ----------------------------------------------------------------------------- prunability check
+class HardView(nn.Module):
+    """The forward hard-codes 64 channels: pruning conv2 breaks it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 64, 3, padding=1), nn.BatchNorm2d(64)
+        self.fc = nn.Linear(64, 4)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.bn2(self.conv2(x))
+        return self.fc(x.view(x.shape[0], 64, -1).mean(-1))
+
+
+class HardShuffle(nn.Module):
+    """A channel shuffle with a hard-coded 4x4 split: pruning conv1 breaks the reshape."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        n, _, h, w = x.shape
+        x = x.reshape(n, 4, 4, h, w).transpose(1, 2).reshape(n, 16, h, w)
+        return self.fc(self.conv2(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("net, layer, where", [
+    (HardView, "'conv2' (Conv2d)", "in layer 'fc' (Linear)"),
+    (HardShuffle, "'conv1' (Conv2d)", "in the forward of '<model>' (HardShuffle) after layer 'conv1' (Conv2d)"),
+])
+def test_check_names_the_layer_that_breaks(net, layer, where):
+    with pytest.raises(PrunabilityError) as ei:
+        check_prunable(net(), X8)
+    msg = str(ei.value)
+    assert isinstance(ei.value, ConfigError) and "\n" not in msg
+    assert f"pruning layer {layer} breaks it" in msg and where in msg and "RuntimeError" in msg, msg
+
+
+def test_check_passes_prunable_nets_and_honours_ignored_layers():
+    model = ConcatNet()
+    params = count_params(model)
+    assert check_prunable(model, X8) == {"groups": 3, "checked": 3}
+    assert count_params(model) == params  # a copy was pruned
+    model = HardView()
+    assert check_prunable(model, X8, ignored_layers=["conv2"])["groups"] == 1  # kept: nothing breaks
+
+
+# ----------------------------------------------------------------------------- the magnitude method
+def _magnitude(values, model=None, x=X8):
+    from sweep.engine.channels import default_ignored_layers
+    from sweep.methods import PruneContext, get_method
+
+    spec = get_method("magnitude")
+    model = model or WideNarrowNet()
+    ctx = PruneContext(train_loader=[], val_loader=[], device="cpu", seed=0, num_classes=4,
+                       finetune=lambda *a, **k: [], evaluate=lambda m: 0.0,
+                       ignored_layers=default_ignored_layers(model))
+    return spec.prune(model, x, spec.make_config(values, where="test"), ctx)
+
+
+def test_magnitude_targets_are_exclusive_knobs():
+    from sweep.methods import get_method
+
+    spec = get_method("magnitude")
+    for a, b in [("ratio", "params_fraction"), ("macs_fraction", "latency_fraction")]:
+        with pytest.raises(ConfigError, match=f"give only one of ratio, macs_fraction, params_fraction, "
+                                              f"latency_fraction for method magnitude, but got {a}, {b}"):
+            spec.make_config({a: 0.5, b: 0.5}, where="test")
+    assert spec.make_config({}).round_to is None  # unset = the engine's automatic rounding
+
+
+def test_magnitude_params_target_records_target_and_achieved():
+    res = _magnitude({"params_fraction": 0.5})
+    assert res.info["target"] == {"params_fraction": 0.5}
+    assert abs(res.info["achieved"]["params_fraction"] - 0.5) <= 0.03 * 0.5
+    assert res.info["round_to"] == "auto" and res.info["channels"]["fc"] == 4
+
+
+def test_magnitude_round_to_unset_rounds_only_wide_layers():
+    res = _magnitude({"ratio": 0.3, "global_pruning": False})
+    assert [res.info["channels"][k] for k in ("c1", "c2", "c3")] == [14, 32, 48]
+    res = _magnitude({"ratio": 0.3, "global_pruning": False, "round_to": 1})
+    assert [res.info["channels"][k] for k in ("c1", "c2", "c3")] == [14, 33, 44]
+
+
+# ----------------------------------------------------------------------------- slow
+@pytest.mark.slow
+def test_densenet121_half_macs_lands_within_3_percent():
+    torch.manual_seed(0)
+    model = build_model("torchvision:densenet121", num_classes=10, input_size=64)
+    x = torch.zeros(1, 3, 64, 64)
+    macs0 = count_macs(model, x)
+    ref = channel_counts(model)
+    _, info = prune_to_target(model, x, macs_fraction=0.5)
+    achieved = count_macs(model, x) / macs0
+    assert abs(achieved - 0.5) <= 0.03 * 0.5, info["achieved"]  # Torch-Pruning's stepping gave 1/2.58
+    counts = channel_counts(model)
+    pruned_wide = [k for k in counts if counts[k] != ref[k] and ref[k] >= ch.ROUND_MIN_WIDTH]
+    assert pruned_wide and all(counts[k] % 8 == 0 for k in pruned_wide)
+    assert run(model, torch.randn(2, 3, 64, 64)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_latency_target_is_measured_and_lowers_latency():
+    torch.manual_seed(0)
+    model = build_model("vgg16_bn", num_classes=10)
+    x = torch.zeros(1, 3, 32, 32)
+    _, info = prune_to_target(model, x, latency_fraction=0.5, latency_kw={"repeats": 15})
+    # a noisy clock: ask for the direction and a loose band, not the 3 %
+    assert 0.3 < info["achieved"]["latency_fraction"] < 0.75
+    assert info["achieved"]["macs_fraction"] < 0.75

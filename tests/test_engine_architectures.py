@@ -1,0 +1,64 @@
+"""The engine on real architectures: residual adds, concatenations (Inception, DenseNet, ELAN), depthwise
+convs. Each is pruned at a moderate ratio and must still run with the same output shape, smaller."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sweep.engine.channels import prune_to_target
+from sweep.measure import count_macs, count_params
+from sweep.models import build_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Single-threaded: on a shared 2-core box two intra-op threads spin against other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# (model, input channels, input size): inputs as small as each net allows
+FAST = [("yolo7_cls", 1, 28), ("cifar_resnet20", 3, 32)]
+SLOW = [("cifar_resnet56", 3, 32), ("vgg16_bn", 3, 32), ("torchvision:resnet18", 3, 32),
+        ("torchvision:mobilenet_v2", 3, 32), ("torchvision:densenet121", 3, 32),
+        ("torchvision:googlenet", 3, 64)]
+CASES = FAST + [pytest.param(*c, marks=pytest.mark.slow) for c in SLOW]
+
+
+def _build(name, c, size):
+    torch.manual_seed(0)
+    return build_model(name, num_classes=7, in_channels=c, input_size=size).eval()
+
+
+def _run(model, x):
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+@pytest.mark.parametrize("name, c, size", CASES)
+def test_prunes_and_runs(name, c, size):
+    model = _build(name, c, size)
+    x = torch.zeros(1, c, size, size)
+    macs0, params0 = count_macs(model, x), count_params(model)
+    _, info = prune_to_target(model, x, ratio=0.4)
+    out = _run(model, torch.randn(2, c, size, size))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    macs1, params1 = count_macs(model, x), count_params(model)
+    assert macs1 < 0.9 * macs0 and params1 < 0.9 * params0
+    assert info["achieved"]["ratio"] == pytest.approx(0.4, abs=0.05)  # rounding moves it a little
+    assert info["achieved"]["macs_fraction"] == pytest.approx(macs1 / macs0)
+
+
+@pytest.mark.parametrize("name, c, size", CASES)
+def test_ratio_zero_is_the_identity(name, c, size):
+    model = _build(name, c, size)
+    x = torch.randn(2, c, size, size)
+    ref = _run(model, x)
+    params = count_params(model)
+    out, info = prune_to_target(model, x[:1], ratio=0.0)
+    assert info["groups_pruned"] == 0 and count_params(out) == params
+    assert torch.equal(_run(out, x), ref)
