@@ -114,6 +114,20 @@ def _preflight(cfg) -> None:
     if tuple(out.shape) != (2, splits.num_classes):
         raise ConfigError(f"model output must have shape (batch, {splits.num_classes}) for {cfg.dataset.name}, "
                           f"but got {tuple(out.shape)} ({cfg.source}: model.name={cfg.model.name})")
+    # the architecture must survive channel surgery, and every method must apply to it
+    from .engine.check import PrunabilityError, check_prunable
+    from .methods import get_method
+    from .trial import ignored_layers
+
+    example = splits.example_input(1)
+    try:
+        check_prunable(model, example, ignored_layers=ignored_layers(cfg, model))
+    except PrunabilityError as e:
+        raise PrunabilityError(f"{e} (add the layer to model.keep_layers in {cfg.source})") from None
+    for m in cfg.methods:
+        spec = get_method(m.name)
+        if spec.preflight is not None:
+            spec.preflight(model, example)
 
 
 def cmd_resume(args) -> int:
@@ -216,8 +230,8 @@ def cmd_methods(args) -> int:
     from .methods import METHODS
 
     for name, spec in METHODS.items():
-        labels = "" if spec.needs_labels else " (label-free)"
-        _log(f"{name}{labels}: {spec.summary}")
+        labels = " [needs training labels]" if spec.needs_labels else " [usable in label-free sweeps]"
+        _log(f"{name}: {spec.summary}{labels}")
         for k in spec.knobs:
             default = "unset" if k.default is None else k.default
             _log(f"    {k.name:<16} {k.kind:<11} {k.range_text():<22} default {default!s:<8} {k.help}")

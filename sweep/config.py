@@ -111,6 +111,7 @@ def _range(key: str, v: float, lo: float | None, hi: float | None, where: str) -
 class ModelConfig:
     name: str
     checkpoint: str | None = None
+    keep_layers: tuple[str, ...] = ()  # module names whose output channels no method may prune
 
 
 @dataclass(frozen=True)
@@ -245,8 +246,13 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
     seed = top.int("seed", 0, lo=0)
     labels = top.str("labels", "supervised", choices=LABEL_MODES)
 
-    m = _Section(top.get("model"), f"{source}: model", ("name", "checkpoint"))
-    model = ModelConfig(name=m.str("name", None, required=True), checkpoint=m.str("checkpoint", None))
+    m = _Section(top.get("model"), f"{source}: model", ("name", "checkpoint", "keep_layers"))
+    keep = m.get("keep_layers") or []
+    if not isinstance(keep, list) or not all(isinstance(k, str) and k for k in keep):
+        raise ConfigError(f"keep_layers must be a list of module names, but got keep_layers={keep!r} "
+                          f"({m.loc('keep_layers')})")
+    model = ModelConfig(name=m.str("name", None, required=True), checkpoint=m.str("checkpoint", None),
+                        keep_layers=tuple(keep))
 
     draw = top.get("dataset")
     if isinstance(draw, str):

@@ -138,6 +138,15 @@ def measure_all(cfg: SweepConfig, model, splits, data: TrialData, threads: int, 
                    agreement=agree)
 
 
+def ignored_layers(cfg: SweepConfig, model) -> list:
+    """Layers no method prunes: the head, what the model declares, and the YAML's model.keep_layers."""
+    from .engine.channels import default_ignored_layers
+    from .engine.groups import resolve_layers
+
+    extra = resolve_layers(model, cfg.model.keep_layers, "model.keep_layers")
+    return default_ignored_layers(model) + [m for m in extra if m not in default_ignored_layers(model)]
+
+
 def trial_threads(cfg: SweepConfig) -> int:
     """Torch threads inside a trial: the explicit setting, else the trial's whole-CPU share."""
     return cfg.measure.threads or max(1, int(cfg.search.cpus_per_trial))
@@ -286,7 +295,7 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, base: dict, log_metric
 
     ctx = PruneContext(train_loader=data.train, val_loader=data.val, device=device, seed=spec.seed,
                        num_classes=splits.num_classes, finetune=finetune, evaluate=evaluate,
-                       log_metric=log_metric, ignored_layers=default_ignored_layers(model),
+                       log_metric=log_metric, ignored_layers=ignored_layers(cfg, model),
                        labels_available=not cfg.label_free, teacher=teacher,
                        unlabeled_loader=data.unlabeled, unlabeled_val_loader=data.unlabeled_val,
                        finetune_config=ft)

@@ -209,3 +209,48 @@ def test_select_non_finite_budget_is_an_argparse_error(cwd, capsys, flag, value)
         main(["select", str(cwd), flag, value])
     assert ei.value.code == 2
     assert flag in capsys.readouterr().err
+
+
+UNPRUNABLE = """\
+import torch
+from torch import nn
+
+
+class Weird(nn.Module):
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 8 * 8, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv(x))))
+        return self.fc(x.view(x.shape[0], 16 * 8 * 8))  # hard-coded width: breaks after pruning conv2
+
+
+def build(num_classes, in_channels):
+    return Weird(num_classes, in_channels)
+"""
+
+
+def test_run_unprunable_architecture_fails_before_the_sweep_naming_the_layer(cwd, capsys, monkeypatch):
+    (cwd / "weirdnet.py").write_text(UNPRUNABLE)
+    monkeypatch.syspath_prepend(str(cwd))
+    space = write(cwd, GOOD.replace("small_cnn", '"weirdnet:build"'))
+    assert main(["run", str(space)]) == 2
+    msg = assert_one_line_error(capsys, "'conv2'", "model.keep_layers")
+    assert "Conv2d" in msg
+    assert not (cwd / "runs").exists()
+    # keeping that layer makes the same architecture acceptable to the preflight
+    from sweep.cli import _preflight
+    from sweep.config import load_config
+
+    kept = write(cwd, GOOD.replace("small_cnn", '"weirdnet:build"\n  keep_layers: [conv2]'), "kept.yaml")
+    _preflight(load_config(kept))
+
+
+def test_run_depth_method_on_a_net_without_blocks_fails_before_the_sweep(cwd, capsys):
+    space = write(cwd, GOOD.replace("magnitude:\n    ratio: {low: 0.1, high: 0.9}", "sr_init:\n    tau: 0.3"))
+    assert main(["run", str(space)]) == 2
+    assert_one_line_error(capsys, "sr_init", "SmallCNN")
+    assert not (cwd / "runs").exists()

@@ -159,6 +159,8 @@ class MethodSpec:
     needs_labels: bool = True
     check: Callable[[MethodConfig, str], None] | None = None  # cross-knob validation
     exclusive: tuple[tuple[str, ...], ...] = ()  # knobs of which a space may set at most one
+    # run before a sweep starts, on the dense model: raise a ConfigError when the method cannot apply
+    preflight: Callable[[Any, Any], None] | None = None
 
     def knob(self, name: str, where: str = "") -> Knob:
         for k in self.knobs:
@@ -248,7 +250,7 @@ METHODS: Registry[MethodSpec] = Registry("method")
 
 def register_method(name: str, *, knobs: list[Knob], summary: str = "", needs_labels: bool = True,
                     check: Callable[[MethodConfig, str], None] | None = None,
-                    exclusive: list[tuple[str, ...]] = ()):
+                    exclusive: list[tuple[str, ...]] = (), preflight: Callable[[Any, Any], None] | None = None):
     """Register ``prune`` under ``name``; duplicate names raise."""
 
     names = [k.name for k in knobs]
@@ -258,7 +260,7 @@ def register_method(name: str, *, knobs: list[Knob], summary: str = "", needs_la
     def deco(fn: PruneFn) -> PruneFn:
         METHODS.add(name, MethodSpec(name=name, prune=fn, knobs=tuple(knobs), summary=summary,
                                      needs_labels=needs_labels, check=check,
-                                     exclusive=tuple(tuple(g) for g in exclusive)))
+                                     exclusive=tuple(tuple(g) for g in exclusive), preflight=preflight))
         return fn
 
     return deco

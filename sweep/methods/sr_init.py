@@ -31,8 +31,19 @@ PAPER_TAU = {"resnet56-cifar10": 0.60, "resnet56-cifar100": 0.6185, "resnet50-im
 _EPS = 1e-9  # Δ ≤ τ compared with a tolerance: accuracies are ratios of counts
 
 
+def _preflight(model, example_inputs) -> None:
+    """Before a sweep: SR-init needs at least one removable residual block."""
+    from ..engine.depth import removable_blocks
+    from ..errors import ConfigError
+
+    if not removable_blocks(model, example_inputs):
+        raise ConfigError(f"method sr_init needs residual blocks with an identity shortcut, but model "
+                          f"{type(model).__name__} has none; see sweep/engine/depth.py for the rule")
+
+
 @register_method(
     "sr_init",
+    preflight=_preflight,
     needs_labels=False,  # scores through ctx.evaluate: agreement with the teacher in label-free sweeps
     summary="SR-init layer pruning (Tang et al. 2023): remove residual blocks whose random "
             "re-initialisation costs at most tau validation accuracy",
