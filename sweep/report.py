@@ -502,6 +502,119 @@ def _write_sr_init_plots(front: pd.DataFrame, out: Path) -> list[tuple[str, str]
     return written
 
 
+# --------------------------------------------------------------------------- generic method details
+# Methods record details in their ``info`` JSON under two conventional keys, drawn for front trials:
+#   "trajectory":   [{"step": i, <series>: value, ...}, ...]  (per iteration / epoch)
+#   "layer_ratios": {layer or group name: kept fraction}
+
+
+def _info(row: pd.Series) -> dict:
+    try:
+        info = json.loads(_text(row.get("info")) or "{}")
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _safe_name(prefix: str, trial_id: str) -> str:
+    import re
+
+    return prefix + re.sub(r"[^A-Za-z0-9_.-]", "_", trial_id) + ".png"
+
+
+def _plot_trajectory(traj: list[dict], title: str, path: Path) -> bool:
+    from matplotlib.figure import Figure
+
+    steps = [_num(p.get("step", i)) for i, p in enumerate(traj)]
+    keys = sorted({k for p in traj for k, v in p.items() if k != "step" and isinstance(v, (int, float))
+                   and not isinstance(v, bool)})
+    if len(traj) < 2 or not keys:
+        return False
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.add_subplot()
+    for k in keys:
+        y = np.array([_num(p.get(k)) for p in traj], dtype=float)
+        first = next((v for v in y if np.isfinite(v) and v != 0), None)
+        if first is None:
+            continue
+        ax.plot(steps, y / first, marker="o", markersize=3, label=f"{k} (÷ {first:.4g})")
+    ax.set_xlabel("step (iteration or epoch)")
+    ax.set_ylabel("relative to the first value")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.12, top=0.9)
+    fig.savefig(path, format="png")
+    return True
+
+
+def _plot_layer_ratios(ratios: dict, title: str, path: Path) -> bool:
+    from matplotlib.figure import Figure
+
+    items = [(str(k), _num(v)) for k, v in ratios.items() if np.isfinite(_num(v))]
+    if not items:
+        return False
+    fig = Figure(figsize=(7, max(2.5, 0.22 * len(items) + 1.2)), dpi=100)
+    ax = fig.add_subplot()
+    y = np.arange(len(items))
+    ax.barh(y, [v for _, v in items], color="tab:blue")
+    ax.set_yticks(y)
+    ax.set_yticklabels([k for k, _ in items], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("fraction of channels kept")
+    ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.subplots_adjust(left=0.3, right=0.97, bottom=0.1, top=0.92)
+    fig.savefig(path, format="png")
+    return True
+
+
+def _write_detail_plots(front: pd.DataFrame, out: Path) -> list[tuple[str, str, str]]:
+    """Trajectory and per-layer plots of front trials; (trial_id, method, file name) triples."""
+    written = []
+    for _, row in front.iterrows():
+        info = _info(row)
+        trial_id, method = str(row["trial_id"]), str(row["method"])
+        traj = info.get("trajectory")
+        if isinstance(traj, list) and all(isinstance(p, dict) for p in traj):
+            name = _safe_name("trajectory_", trial_id)
+            if _plot_trajectory(traj, f"{method} trajectory, trial {trial_id}", out / name):
+                written.append((trial_id, method, name))
+        ratios = info.get("layer_ratios")
+        if isinstance(ratios, dict) and ratios:
+            name = _safe_name("layers_", trial_id)
+            if _plot_layer_ratios(ratios, f"{method} kept channels per layer, trial {trial_id}", out / name):
+                written.append((trial_id, method, name))
+    return written
+
+
+def _method_comparison(df: pd.DataFrame, meta: dict[str, Any]) -> list[list[str]]:
+    """One row per method: trials, ok, failed, front members, best quality, and the best quality among
+    trials at or under half the baseline's MACs (a like-for-like point of comparison)."""
+    quality = "agreement" if "agreement" in meta.get("objectives", []) else "accuracy"
+    trials = df[~_is_baseline(df)]
+    base_macs = _num(meta.get("baseline", {}).get("macs"))
+    rows = []
+    for method in sorted(trials["method"].dropna().unique()):
+        t = trials[trials["method"] == method]
+        ok = t[t["status"] == "ok"]
+        half = ok[ok["macs"].astype(float) <= 0.5 * base_macs] if np.isfinite(base_macs) else ok.iloc[0:0]
+        best = ok.loc[ok[quality].astype(float).idxmax()] if len(ok) else None
+        rows.append([
+            method, str(len(t)), str(len(ok)), str(int((t["status"] == "failed").sum())),
+            str(int(ok["on_front"].fillna(False).astype(bool).sum())) if "on_front" in ok else "0",
+            _fmt_acc(best[quality]) if best is not None else "-",
+            _fmt_acc(half[quality].astype(float).max()) if len(half) else "-",
+            _fmt_ratio(best, "macs", "macs_ratio", meta.get("baseline", {})) if best is not None else "-",
+        ])
+    return rows
+
+
+METHOD_HEADERS = ["method", "trials", "ok", "failed", "on front", "best quality", "best at <= 1/2 MACs",
+                  "MACs of best"]
+
+
 # --------------------------------------------------------------------------- documents
 
 
@@ -528,7 +641,8 @@ def _html_table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: 
 
 def _index_html(
     s: dict[str, Any], front_cells: list[list[str]], failed: pd.DataFrame, knob_columns: Sequence[str], interactive: bool,
-    sr_init_plots: Sequence[tuple[str, str]] = (),
+    sr_init_plots: Sequence[tuple[str, str]] = (), detail_plots: Sequence[tuple[str, str, str]] = (),
+    methods_rows: Sequence[Sequence[str]] = (),
 ) -> str:
     e = html.escape
     title = f"Sweep report: {s['name']}" if s["name"] else "Sweep report"
@@ -550,6 +664,16 @@ def _index_html(
         parts.append(_html_table(FRONT_HEADERS, front_cells, numeric=set(range(3, 11))))
     else:
         parts.append("<p>The front is empty: no ok trials.</p>")
+    if methods_rows:
+        parts.append("<h2>Methods compared</h2>")
+        parts.append("<p>Quality is validation accuracy (agreement with the teacher in a label-free sweep); "
+                     "the last quality column compares methods at the same cost: the best trial at or under "
+                     "half the baseline's MACs.</p>")
+        parts.append(_html_table(METHOD_HEADERS, methods_rows, numeric=set(range(1, 8))))
+    if detail_plots:
+        parts.append("<h2>Method details of front trials</h2>")
+        for trial_id, method, name in detail_plots:
+            parts.append(f'<p><img src="{e(name)}" alt="{e(method)} details of trial {e(trial_id)}"></p>')
     if sr_init_plots:
         parts.append(f"<h2>{SR_INIT_HEADING}</h2>")
         parts.append("<p>Accuracy drop when each residual block is re-initialised at random (SR-init); blocks "
@@ -611,8 +735,12 @@ def _render(sweep_dir: Path, tmp: Path) -> list[str]:
         names.append("interactive.html")
     sr_init_plots = _write_sr_init_plots(front, tmp)
     names += [name for _, name in sr_init_plots]
+    detail_plots = _write_detail_plots(front, tmp)
+    names += [name for _, _, name in detail_plots]
+    methods_rows = _method_comparison(df, meta)
     (tmp / "index.html").write_text(
-        _index_html(summary, front_cells, failed, knob_columns, interactive, sr_init_plots), encoding="utf-8")
+        _index_html(summary, front_cells, failed, knob_columns, interactive, sr_init_plots, detail_plots,
+                    methods_rows), encoding="utf-8")
     (tmp / "summary.md").write_text(_summary_md(summary, front_cells), encoding="utf-8")
     names += ["index.html", "summary.md"]
     return names

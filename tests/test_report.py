@@ -207,3 +207,34 @@ def test_front_table_is_fixed_width(tmp_path: Path) -> None:
     assert len(lines) == 2 + sum(bool(r["on_front"]) for r in rows)
     assert "ratio=" in text
     assert report.front_table(df.iloc[0:0], ["accuracy", "latency_ms"]) == "no trials on the Pareto front"
+
+
+def test_generic_method_details_and_method_comparison(tmp_path: Path) -> None:
+    """Front rows with `trajectory` / `layer_ratios` in their info get plots; methods get compared."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    write_trials(sweep_dir)
+    table = pq.read_table(sweep_dir / "trials.parquet")
+    rows = table.to_pylist()
+    best = max((r for r in rows if r["status"] == "ok" and r["trial_id"] != "baseline"),
+               key=lambda r: r["accuracy"])
+    best["info"] = json.dumps({"trajectory": [{"step": 0, "params": 100, "quality": 0.9},
+                                              {"step": 1, "params": 60, "quality": 0.88}],
+                               "layer_ratios": {"conv1": 0.5, "conv2": 0.75}})
+    best["on_front"] = True
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), sweep_dir / "trials.parquet")
+    out = tmp_path / "report"
+    report.build_report(sweep_dir, out)
+    tid = best["trial_id"]
+    for prefix in ("trajectory_", "layers_"):
+        png = out / f"{prefix}{tid}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "index.html").read_text()
+    assert f"trajectory_{tid}.png" in page and f"layers_{tid}.png" in page
+    assert "Methods compared" in page
+    for method in ("magnitude", "taylor"):
+        assert f"<td>{method}</td>" in page
