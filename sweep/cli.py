@@ -27,7 +27,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by MLflow at import, also in Ray workers
-    for name in ("mlflow", "alembic", "ray", "ray.tune", "optuna", "torch_pruning"):
+    for name in ("mlflow", "alembic", "ray", "ray.tune", "optuna", "torch_pruning", "torch._export", "torch.export",
+                 "torch.onnx", "onnxscript"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")

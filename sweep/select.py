@@ -219,7 +219,12 @@ def _register(state: dict, name: str, chosen: dict, model, example, out: Path, l
         mlflow.set_tracking_uri(uri)
         run_id = chosen.get("mlflow_run_id") or state.get("parent_run_id")
         reg_name = f"{name}-selected"
-        with mlflow.start_run(run_id=run_id):
+        import contextlib
+        import io
+
+        # MLflow prints its own registration chatter; the one line below says the same
+        with mlflow.start_run(run_id=run_id), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             info = mlflow.pytorch.log_model(model, name="selected_model", registered_model_name=reg_name,
                                             input_example=example.numpy())
             mlflow.log_artifacts(str(out), artifact_path="selection")

@@ -5,6 +5,7 @@ from .base import METHODS, Knob, MethodConfig, MethodSpec, PruneContext, PruneRe
 # built-in methods register themselves on import
 from . import magnitude  # noqa: F401,E402
 from . import sr_init  # noqa: F401,E402
+from . import lnpt  # noqa: F401,E402
 
 
 def get_method(name: str, where: str = "") -> MethodSpec:

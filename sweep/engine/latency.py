@@ -1,0 +1,317 @@
+"""Latency-aware channel ranking: a per-layer latency lookup table measured on this machine.
+
+At batch 1 on a CPU a layer's time is far from proportional to its MACs: small feature maps are bound
+by weight traffic and per-call overheads, depthwise convs and BN by memory, wide convs at high
+resolution by arithmetic. A criterion that ranks channels by magnitude alone (and a search that only
+counts MACs) therefore leaves speed on the table. This module prices every prunable channel group in
+measured milliseconds, so that :class:`sweep.engine.channels.ChannelPlan` can remove first the
+channels whose removal buys the most latency per unit of importance.
+
+What we follow, and where we simplify (a reconstruction, not either paper's code):
+
+- **A per-layer latency lookup table**, measured on the target device, indexed by the layer's shape and
+  channel counts: NetAdapt (Yang et al., "NetAdapt: Platform-Aware Neural Network Adaptation for
+  Mobile Applications", ECCV 2018, §3: empirical measurements through layer-wise look-up tables) and
+  HALP (Shen et al., "Structural Pruning via Latency-Saliency Knapsack", NeurIPS 2022, §3: a latency
+  lookup table over each layer's input/output channel counts). The total is the sum over layers (both
+  papers make this assumption; it ignores fusion and cache effects between layers).
+- **Value per cost.** HALP §3 ranks neurons for a latency budget as a knapsack (importance is the
+  value, the latency a neuron adds is its cost); the greedy solution of a knapsack takes items in order
+  of value / cost. We keep Torch-Pruning's magnitude importance (normalised per group) as the value and
+  divide it by the group's measured cost per channel, relative to the mean cost over groups
+  (``score / cost ** alpha``; ``alpha = 1`` is the knapsack ratio, 0 is plain magnitude). HALP prices
+  the j-th neuron of a layer by the table's step T(j) - T(j - 1) and solves an augmented knapsack; we
+  use one cost per group, the least-squares slope of the group's summed layer latencies over the widths
+  it is likely to be cut to (:data:`PROBE_FRACTIONS`), because single steps are below the timer's
+  noise on a shared CPU. Rounding to multiples of 8 (:mod:`sweep.engine.channels`) captures the steps.
+
+A *group* touches several layers: its root conv's outputs, the BN after it, the inputs of every
+consumer (through residual adds and concatenations; a consumer of a concat loses only its slice) and
+depthwise convs (inputs, outputs and groups together). Each member layer is rebuilt on its own at the
+reduced width (weights set to a constant, so no random state is consumed) and timed on the input
+shape it sees in the model (recorded with forward hooks). Conv, Linear and BatchNorm layers are
+timed; other members (LayerNorm, custom modules) and parameter-free ops between layers (activations,
+adds, concatenations) are not in the table, as in both papers.
+
+Cheap: a table entry is keyed by the rebuilt layer's shape (plus batch and threads) and kept for the
+process, so groups of equal width in a block share entries (DenseNet's growth-rate groups) and later
+calls reuse them; all entries still missing are timed together, in interleaved rounds (every entry
+once per round, the median over rounds), so that drift on a shared machine spreads over all of them.
+Given the measured table the ranking is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["GroupLatency", "LatencyLUT", "LayerShape", "group_latencies", "latency_weighted_scores",
+           "layer_input_shapes"]
+
+# Widths (fractions of a group's units) the cost slope is fitted over: a 2x-4x MACs cut removes
+# about 30-50 % of the channels, so the slope is taken over the upper half of each group's width.
+PROBE_FRACTIONS = (0.75, 0.5)
+# Table timing: each entry gets ``warmup`` + ``repeats`` forwards per round, ``rounds`` rounds interleaved
+# over all entries, median of the round medians. Few repeats, many entries: the slope fit averages more.
+LUT_TIMING = {"warmup": 2, "repeats": 5, "rounds": 3}
+# A group whose fitted slope is not positive (noise, or a member type the table does not time) costs
+# this fraction of the median positive cost, so that every sensitivity is positive and finite.
+COST_FLOOR = 0.05
+# The exponent of the relative cost in ``score / cost ** alpha`` (HALP's value / cost ratio: 1).
+ALPHA = 1.0
+
+_TIMED = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """One table entry: a layer type, its constructor arguments and its input shape (no batch)."""
+
+    cls: type
+    kwargs: tuple  # sorted (name, value) pairs
+    input_shape: tuple
+
+    def build(self) -> nn.Module:
+        m = nn.utils.skip_init(self.cls, **dict(self.kwargs))
+        with torch.no_grad():  # constant weights: no RNG, no denormals from uninitialised memory
+            for p in m.parameters():
+                p.fill_(0.01)
+            for name, b in m.named_buffers():
+                if b.is_floating_point():
+                    b.fill_(1.0 if name == "running_var" else 0.0)
+        return m.eval()
+
+    @property
+    def macs(self) -> int:
+        """MACs per sample (a rough size, used by stand-in clocks in tests and for ordering)."""
+        kw = dict(self.kwargs)
+        if issubclass(self.cls, nn.modules.conv._ConvNd):
+            spatial = math.prod(self.input_shape[1:])
+            k = math.prod(kw["kernel_size"])
+            return kw["in_channels"] // kw["groups"] * kw["out_channels"] * k * spatial
+        if issubclass(self.cls, nn.Linear):
+            return kw["in_features"] * kw["out_features"] * math.prod(self.input_shape[:-1] or (1,))
+        return math.prod(self.input_shape)
+
+
+def _measure(shape: LayerShape, batch: int, threads: int | None, warmup: int, repeats: int) -> float:
+    from ..measure import measure_latency
+
+    return measure_latency(shape.build(), shape.input_shape, batch=batch, warmup=warmup, repeats=repeats,
+                           threads=threads).median_ms
+
+
+_CACHE: dict = {}  # (LayerShape, batch, threads) -> ms, shared by every LatencyLUT with the real clock
+
+
+class LatencyLUT:
+    """Per-layer latency lookup table (ms per forward at ``batch``, ``threads``), filled on demand.
+
+    ``clock(shape, batch) -> ms`` replaces the measurement (deterministic stand-ins in tests); with the
+    real clock entries are cached for the process (:data:`_CACHE`), keyed by shape, batch and threads.
+    """
+
+    def __init__(self, *, batch: int = 1, threads: int | None = None, clock: Callable | None = None,
+                 warmup: int = LUT_TIMING["warmup"], repeats: int = LUT_TIMING["repeats"],
+                 rounds: int = LUT_TIMING["rounds"]):
+        self.batch = int(batch)
+        self.threads = int(threads) if threads else torch.get_num_threads()
+        self.clock = clock
+        self.warmup, self.repeats, self.rounds = int(warmup), int(repeats), max(1, int(rounds))
+        self._table = _CACHE if clock is None else {}
+        self.measured = 0  # entries this instance timed
+
+    def _key(self, shape: LayerShape):
+        return (shape, self.batch, self.threads)
+
+    def fill(self, shapes: Iterable[LayerShape]) -> None:
+        """Time every shape not yet in the table: all of them once per round, median over rounds."""
+        todo = list(dict.fromkeys(s for s in shapes if self._key(s) not in self._table))
+        if not todo:
+            return
+        if self.clock is not None:
+            for s in todo:
+                self._table[self._key(s)] = float(self.clock(s, self.batch))
+            self.measured += len(todo)
+            return
+        runs: dict = {s: [] for s in todo}
+        with torch.random.fork_rng(devices=[]):  # the timing inputs are random: leave the caller's RNG be
+            for _ in range(self.rounds):
+                for s in todo:
+                    runs[s].append(_measure(s, self.batch, self.threads, self.warmup, self.repeats))
+        for s, ms in runs.items():
+            self._table[self._key(s)] = statistics.median(ms)
+        self.measured += len(todo)
+
+    def __getitem__(self, shape: LayerShape) -> float:
+        key = self._key(shape)
+        if key not in self._table:
+            self.fill([shape])
+        return self._table[key]
+
+    def __contains__(self, shape: LayerShape) -> bool:
+        return self._key(shape) in self._table
+
+
+# ------------------------------------------------------------------------------------ layer shapes
+def layer_input_shapes(model: nn.Module, example_inputs, modules: Iterable[nn.Module]) -> dict:
+    """``{module: input shape without batch}`` of ``modules`` on one eval forward (first call of each)."""
+    wanted = {id(m) for m in modules}
+    shapes: dict = {}
+    hooks = []
+
+    def hook(mod, args):
+        if id(mod) not in shapes and args and isinstance(args[0], torch.Tensor):
+            shapes[id(mod)] = tuple(args[0].shape[1:])
+
+    for m in model.modules():
+        if id(m) in wanted:
+            hooks.append(m.register_forward_pre_hook(hook))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*example_inputs) if isinstance(example_inputs, (tuple, list)) else model(example_inputs)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return {m: shapes[id(m)] for m in modules if id(m) in shapes}
+
+
+def _shape_at(mod: nn.Module, input_shape: tuple, kind: str, removed: int) -> LayerShape | None:
+    """The table entry of ``mod`` with ``removed`` of its output (``kind="out"``) or input channels gone."""
+    if isinstance(mod, nn.modules.conv._ConvNd):
+        cin, cout, groups = mod.in_channels, mod.out_channels, mod.groups
+        if groups > 1 and groups == cin == cout:  # depthwise: inputs, outputs and groups go together
+            cin = cout = groups = cin - removed
+        elif kind == "out":
+            cout -= removed
+        else:
+            cin -= removed
+        if min(cin, cout, groups) < 1 or cin % groups or cout % groups:
+            return None
+        kw = {"in_channels": cin, "out_channels": cout, "kernel_size": tuple(mod.kernel_size),
+              "stride": tuple(mod.stride), "padding": mod.padding if isinstance(mod.padding, str) else tuple(mod.padding),
+              "dilation": tuple(mod.dilation), "groups": groups, "bias": mod.bias is not None}
+        return LayerShape(type(mod), tuple(sorted(kw.items())), (cin,) + tuple(input_shape[1:]))
+    if isinstance(mod, nn.Linear):
+        fin, fout = mod.in_features, mod.out_features
+        fout, fin = (fout - removed, fin) if kind == "out" else (fout, fin - removed)
+        if min(fin, fout) < 1:
+            return None
+        kw = {"in_features": fin, "out_features": fout, "bias": mod.bias is not None}
+        return LayerShape(nn.Linear, tuple(sorted(kw.items())), tuple(input_shape[:-1]) + (fin,))
+    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+        c = mod.num_features - removed
+        if c < 1:
+            return None
+        kw = {"num_features": c, "affine": mod.affine, "track_running_stats": mod.track_running_stats}
+        return LayerShape(type(mod), tuple(sorted(kw.items())), (c,) + tuple(input_shape[1:]))
+    return None
+
+
+# ------------------------------------------------------------------------------------ group costs
+@dataclass(frozen=True)
+class GroupLatency:
+    """A group's latency sensitivity: summed member-layer latency (ms) at probe widths (units kept),
+    and the fitted cost of one unit, ``per_unit_ms`` (> 0; ``floored`` if the fit was not positive)."""
+
+    name: str
+    widths: tuple
+    ms: tuple
+    per_unit_ms: float
+    floored: bool = False
+
+    @property
+    def saved_ms(self) -> float:
+        """Latency the narrowest probe saves against the full width (may be <= 0 under noise)."""
+        return self.ms[0] - self.ms[-1]
+
+
+def probe_widths(size: int, unit: int, fractions: Sequence[float] = PROBE_FRACTIONS) -> tuple:
+    """The full width, then on-grid widths at ``fractions`` of it (distinct, >= one unit, < size)."""
+    out = [size]
+    for f in fractions:
+        w = max(unit, int(size * f / unit) * unit) if unit > 1 else max(1, int(round(size * f)))
+        if w < size and w not in out:
+            out.append(w)
+    return tuple(out)
+
+
+def group_latencies(graph, groups: Sequence, units: Sequence[int] | None = None, *,
+                    lut: LatencyLUT | None = None, fractions: Sequence[float] = PROBE_FRACTIONS) -> list[GroupLatency]:
+    """One :class:`GroupLatency` per group of ``graph`` (a :class:`~sweep.engine.groups.ChannelGraph`).
+
+    ``units`` are the groups' rounding units (the probe widths sit on their grid); ``lut`` defaults to a
+    table at the example input's batch and the current thread count.
+    """
+    x = graph.example_inputs
+    first = x[0] if isinstance(x, (tuple, list)) else x
+    lut = lut or LatencyLUT(batch=int(first.shape[0]))
+    units = list(units) if units is not None else [1] * len(groups)
+
+    members = []  # per group: [(module, kind, channels of it in the group)]
+    for g in groups:
+        merged: dict = {}
+        for m in g.members:
+            if isinstance(m.module, _TIMED):
+                key = (id(m.module), m.kind)
+                mod, kind, n = merged.get(key, (m.module, m.kind, 0))
+                merged[key] = (mod, kind, n + len(m.idxs))
+        members.append(list(merged.values()))
+    in_shapes = layer_input_shapes(graph.model, x, {mod for ms in members for mod, _, _ in ms})
+
+    plans = []  # per group: (widths, [[shapes at each width]])
+    for g, unit, ms in zip(groups, units, members):
+        size = g.size
+        widths = probe_widths(size, max(1, min(unit, size)), fractions)
+        at = []
+        for w in widths:
+            shapes = []
+            for mod, kind, n in ms:
+                if mod not in in_shapes:
+                    continue
+                removed = int(round(n * (size - w) / size))
+                s = _shape_at(mod, in_shapes[mod], kind, removed)
+                if s is not None:
+                    shapes.append(s)
+            at.append(shapes)
+        plans.append((widths, at))
+    lut.fill(s for _, at in plans for shapes in at for s in shapes)
+
+    out = []
+    for g, (widths, at) in zip(groups, plans):
+        ms = tuple(sum(lut[s] for s in shapes) for shapes in at)
+        out.append(GroupLatency(g.name, widths, ms, _slope(widths, ms)))
+    positive = [r.per_unit_ms for r in out if r.per_unit_ms > 0]
+    floor = COST_FLOOR * statistics.median(positive) if positive else 1e-6
+    return [r if r.per_unit_ms >= floor else
+            GroupLatency(r.name, r.widths, r.ms, floor, floored=True) for r in out]
+
+
+def _slope(widths: Sequence[int], ms: Sequence[float]) -> float:
+    """Least-squares ms saved per unit removed (x = units removed, y = latency)."""
+    if len(widths) < 2:
+        return 0.0
+    xs = [widths[0] - w for w in widths]
+    mx, my = statistics.fmean(xs), statistics.fmean(ms)
+    var = sum((a - mx) ** 2 for a in xs)
+    return -sum((a - mx) * (b - my) for a, b in zip(xs, ms)) / var if var else 0.0
+
+
+def latency_weighted_scores(scores: Sequence[torch.Tensor], costs: Sequence[GroupLatency],
+                            alpha: float = ALPHA) -> list[torch.Tensor]:
+    """``score / (cost / mean cost) ** alpha`` per group: the order inside a group is unchanged; across
+    groups, channels that are cheap to keep (little latency per unit) rank higher."""
+    if len(scores) != len(costs):
+        raise ValueError(f"need one latency cost per group, but got {len(costs)} costs for {len(scores)} groups")
+    if not costs:
+        return list(scores)
+    mean = statistics.fmean(c.per_unit_ms for c in costs)
+    return [s / (c.per_unit_ms / mean) ** alpha for s, c in zip(scores, costs)]
