@@ -295,7 +295,10 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, base: dict, log_metric
 
     ctx = PruneContext(train_loader=data.train, val_loader=data.val, device=device, seed=spec.seed,
                        num_classes=splits.num_classes, finetune=finetune, evaluate=evaluate,
-                       log_metric=log_metric, ignored_layers=ignored_layers(cfg, model),
+                       # a method's own histories live under "<method>/": they never collide with
+                       # the runner's final figures of the same name (accuracy, agreement, ...)
+                       log_metric=lambda k, v, step=0: log_metric(f"{spec.method}/{k}", v, step),
+                       ignored_layers=ignored_layers(cfg, model),
                        labels_available=not cfg.label_free, teacher=teacher,
                        unlabeled_loader=data.unlabeled, unlabeled_val_loader=data.unlabeled_val,
                        finetune_config=ft)

@@ -40,8 +40,9 @@ Reconstructed here (our design, not the paper's text):
   §2). Where the head's input channels were pruned, the teacher's features are compared on the kept
   channels only.
 - **Learning gap** = mean ‖φ_T(x) − φ_S(x)‖₂ over the held-out unlabeled split
-  (``ctx.unlabeled_val_loader``), logged with the top-1 agreement with the teacher: step 0 right after
-  pruning, step e after retraining epoch e.
+  (``ctx.unlabeled_val_loader``), logged with the top-1 agreement with the teacher (as
+  :func:`sweep.measure.agreement` defines it, computed in the same pass): step 0 right after pruning,
+  step e after retraining epoch e.
 
 Label-freeness is enforced by the data path: every loader is read as ``batch[0]`` only; when a context
 carries no ``unlabeled_loader`` (a supervised context) the train / val loaders are wrapped so that only
@@ -61,6 +62,7 @@ MACS_TOLERANCE = 0.03  # the macs_fraction target is met within 3 % (relative), 
 _RATIO_SEARCH_STEPS = 40  # bisection steps on the global threshold for a channel ratio (no copies: cheap)
 _MACS_SEARCH_STEPS = 16  # ... for a MACs target (one deep copy + MAC count per step)
 _REFINE_MAX_GROUPS = 64  # single-group moves after the MACs search, on nets with at most this many groups
+_REFINE_PAIRS_MAX_GROUPS = 12  # ... and two-group exchanges, on nets with at most this many groups
 _DEFAULT_FT = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "optimizer": "sgd"}
 
 
@@ -123,16 +125,16 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
 
     with torch.random.fork_rng(devices=[]):  # deterministic under ctx.seed, whatever the caller's RNG state
         torch.manual_seed(ctx.seed)
-        model.to("cpu")
+        model.to("cpu")  # graph tracing, MAC counts and surgery on the CPU (example_inputs live there)
         macs0, params0 = count_macs(model, example_inputs), count_params(model)
         if cfg.init == "random":
             reinit(model, ctx.seed)
-        model.to(device)
-
-        # --- criterion: Taylor scores on the penultimate features, one tensor per coupled group
         ignored = default_ignored_layers(model) + list(ctx.ignored_layers or [])
         graph = ChannelGraph(model, example_inputs, ignored_layers=ignored)
+
+        # --- criterion: Taylor scores on the penultimate features, one tensor per coupled group
         criterion = "feature_energy" if cfg.init == "teacher" else "feature_gap"
+        model.to(device)
         raw = feature_taylor_scores(model, teacher, graph.groups, head, t_head,
                                     _take(train_inputs, cfg.cal_batches), criterion=criterion, device=device)
         scores = {name: normalise(s) for name, s in raw.items()}
@@ -143,7 +145,7 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
         before = {g.name: g.channels for g in plan.groups}
         model.to("cpu")
         if cfg.macs_fraction is not None:
-            r, kept, macs_frac = _macs_search(plan, graph, example_inputs, cfg.macs_fraction, macs0)
+            r, kept, _ = _macs_search(plan, graph, example_inputs, cfg.macs_fraction, macs0)
             target = {"macs_fraction": cfg.macs_fraction}
         else:
             r, kept = _ratio_search(plan, cfg.ratio)
@@ -170,8 +172,8 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
                              abs(achieved["macs_fraction"] - cfg.macs_fraction) <= MACS_TOLERANCE * cfg.macs_fraction),
         "layer_ratios": layer_ratios, "prunable_groups": len(plan.groups),
         "group_score_mean": {n: float(s.mean()) for n, s in raw.items()},
-        "head": head_name, "penultimate_features": [len(keep_feat) if keep_feat is not None else None,
-                                                    int(head.in_features)],
+        "head": head_name,
+        "penultimate_features": {"teacher": int(t_head.in_features), "student": int(head.in_features)},
         "macs": [macs0, macs1], "params": [params0, params1],
         "channels": channel_counts(model),
         "feature_weight": cfg.feature_weight, "kd_weight": cfg.kd_weight, "temperature": cfg.temperature,
@@ -358,7 +360,8 @@ def feature_taylor_scores(student, teacher, groups, head, t_head, batches: list,
         total = torch.zeros(g.channels, dtype=torch.float64)
         for k, idxs, root_idxs in parts:
             if acc[k] is not None:
-                total[torch.tensor(root_idxs, dtype=torch.long)] += acc[k][torch.tensor(idxs, dtype=torch.long)]
+                total.index_add_(0, torch.tensor(root_idxs, dtype=torch.long),
+                                 acc[k][torch.tensor(idxs, dtype=torch.long)])
         s = total.abs()
         if g.ch_groups > 1:  # chunks of a grouped conv are pruned in step: one score per unit
             s = s.view(g.ch_groups, -1).sum(0)
@@ -440,10 +443,13 @@ def _macs_search(plan, graph, example_inputs, target: float, macs0: int):
     e, r, kept = best
     if e > MACS_TOLERANCE / 2 and len(plan.groups) <= _REFINE_MAX_GROUPS:
         for _ in range(6):
-            cands = [(err(k), k) for k in plan.neighbours(kept)]
-            if not cands:
-                break
-            e2, k2 = min(cands, key=lambda t: t[0])
+            e2, k2 = e, kept
+            # exchanges between two groups only where single moves do not help (quadratic in groups)
+            for pairs in (False, True) if len(plan.groups) <= _REFINE_PAIRS_MAX_GROUPS else (False,):
+                cands = [(err(k), k) for k in plan.neighbours(kept, pairs=pairs)]
+                e2, k2 = min([(e, kept)] + cands, key=lambda t: t[0])
+                if e2 < e:
+                    break
             if e2 >= e:
                 break
             e, kept = e2, k2
@@ -470,8 +476,6 @@ def retrain(model, teacher, head, t_head, keep_feat, train_inputs, val_inputs, c
     import torch
     import torch.nn.functional as F
 
-    from ..measure import agreement
-
     device = ctx.device
     ft = ctx.finetune_config
     hp = {k: getattr(ft, k, v) if ft is not None else v for k, v in _DEFAULT_FT.items()}
@@ -486,19 +490,23 @@ def retrain(model, teacher, head, t_head, keep_feat, train_inputs, val_inputs, c
     report_acc = bool(ctx.labels_available) and _has_labels(ctx.val_loader)
 
     def evaluate(step: int, log: dict) -> None:
+        # One pass for both figures: the learning gap, and top-1 agreement exactly as
+        # sweep.measure.agreement defines it (tests/test_lnpt.py checks they match) without a second
+        # pair of forwards over the split.
         model.eval()
-        gap, n = 0.0, 0
+        gap, same, n = 0.0, 0, 0
         with torch.no_grad():
             for batch in val_inputs:
                 x = batch[0].to(device)
-                _, f_s = s_pen(x)
-                _, f_t = teacher_out(x)
+                s_logits, f_s = s_pen(x)
+                t_logits, f_t = teacher_out(x)
                 gap += float((f_t - f_s).norm(dim=1).sum())
+                same += int((s_logits.argmax(1) == t_logits.argmax(1)).sum())
                 n += x.shape[0]
         if n == 0:
             raise TrialFailure("lnpt needs held-out unlabeled inputs for the learning gap, but the split is empty")
         gap /= n
-        agree = agreement(model, teacher, val_inputs, device)
+        agree = same / n
         point = {"step": step, "learning_gap": gap, "agreement": agree}
         ctx.log_metric("learning_gap", gap, step)
         ctx.log_metric("agreement", agree, step)

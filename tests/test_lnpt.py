@@ -1,0 +1,307 @@
+"""``lnpt`` (reconstruction of Xiao et al. 2024): criterion, global target, label-free retraining."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import sweep.trial as trial_mod
+from sweep.config import TrainConfig, load_config, parse_config
+from sweep.data import make_loader
+from sweep.engine.channels import default_ignored_layers
+from sweep.engine.groups import ChannelGraph
+from sweep.errors import ConfigError
+from sweep.measure import agreement, count_macs
+from sweep.methods import PruneContext, get_method
+from sweep.methods.lnpt import InputsOnly, feature_taylor_scores
+from sweep.train import train
+from sweep.trial import TrialSpec, prepare_baseline, run_trial
+
+K = 4
+SHAPE = (3, 8, 8)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ThreeConv(nn.Module):
+    """Three conv-BN-ReLU layers narrower than 32 channels (no rounding: one channel per step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 24, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(24)
+        self.conv3 = nn.Conv2d(24, 20, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(20)
+        self.fc = nn.Linear(20, K)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        x = F.relu(self.bn3(self.conv3(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(128) % K
+    x = torch.randn(128, *SHAPE, generator=g) * 0.8 + y.view(-1, 1, 1, 1).float() - 1.5
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def teacher_state():
+    """A teacher trained for a few epochs (real BN statistics, real features)."""
+    x, y = _data()
+    torch.manual_seed(0)
+    t = ThreeConv()
+    train(t, make_loader(TensorDataset(x[:96], y[:96]), 16, shuffle=True, seed=0), epochs=4, lr=0.05)
+    return t.eval().state_dict()
+
+
+def make_ctx(teacher_state, seed=0, labels=False, loaders=None):
+    x, y = _data()
+    teacher = ThreeConv()
+    teacher.load_state_dict(teacher_state)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = copy.deepcopy(teacher)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    unl = make_loader(TensorDataset(x[:96]), 16, shuffle=True, seed=seed + 1)
+    unl_val = make_loader(TensorDataset(x[96:]), 32, shuffle=False)
+    val = make_loader(TensorDataset(x[96:], y[96:]), 32, shuffle=False) if labels else unl_val
+    logged = []
+    ctx = PruneContext(
+        train_loader=unl, val_loader=val, device="cpu", seed=seed, num_classes=K,
+        finetune=lambda *a, **k: [], evaluate=lambda m: 0.0, log_metric=lambda k, v, s: logged.append((k, v, s)),
+        ignored_layers=default_ignored_layers(student), labels_available=labels, teacher=teacher,
+        unlabeled_loader=unl, unlabeled_val_loader=unl_val,
+        finetune_config=TrainConfig(epochs=1, lr=0.01, batch_size=16))
+    if loaders is not None:
+        ctx.train_loader, ctx.val_loader = loaders
+        ctx.unlabeled_loader = ctx.unlabeled_val_loader = None
+    return student, ctx, logged
+
+
+def run(teacher_state, seed=0, labels=False, **values):
+    spec = get_method("lnpt")
+    student, ctx, logged = make_ctx(teacher_state, seed, labels)
+    res = spec.prune(student, torch.zeros(1, *SHAPE), spec.make_config(values), ctx)
+    return res, ctx, logged
+
+
+# ------------------------------------------------------------------------------ criterion
+@pytest.mark.parametrize("criterion", ["feature_energy", "feature_gap"])
+def test_scores_one_per_group_and_finite(teacher_state, criterion):
+    student, ctx, _ = make_ctx(teacher_state)
+    if criterion == "feature_gap":  # a student that differs from the teacher
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    graph = ChannelGraph(student, torch.zeros(1, *SHAPE), ignored_layers=ctx.ignored_layers)
+    batches = [b[0] for b, _ in zip(ctx.unlabeled_loader, range(3))]
+    scores = feature_taylor_scores(student, ctx.teacher, graph.groups, student.fc, ctx.teacher.fc, batches,
+                                   criterion=criterion)
+    assert sorted(scores) == sorted(g.name for g in graph.groups) == ["conv1", "conv2", "conv3"]
+    for g in graph.groups:
+        s = scores[g.name]
+        assert s.shape == (g.size,) and torch.isfinite(s).all() and (s >= 0).all()
+        assert s.sum() > 0
+
+
+def test_gap_criterion_vanishes_when_student_is_teacher(teacher_state):
+    """Why init=teacher scores by feature energy: the gap and its gradient are zero there."""
+    student, ctx, _ = make_ctx(teacher_state)
+    graph = ChannelGraph(student, torch.zeros(1, *SHAPE), ignored_layers=ctx.ignored_layers)
+    batches = [next(iter(ctx.unlabeled_loader))[0]]
+    scores = feature_taylor_scores(student, ctx.teacher, graph.groups, student.fc, ctx.teacher.fc, batches,
+                                   criterion="feature_gap")
+    assert all(float(s.abs().max()) == 0.0 for s in scores.values())
+
+
+# ------------------------------------------------------------------------------ global target
+def test_global_ratio_reached_and_layer_ratios_differ(teacher_state):
+    res, _, _ = run(teacher_state, ratio=0.5, epochs=0)
+    m, info = res.model, res.info
+    sizes = {"conv1": 16, "conv2": 24, "conv3": 20}
+    kept = {n: getattr(m, n).out_channels for n in sizes}
+    removed = 1 - sum(kept.values()) / sum(sizes.values())
+    assert abs(removed - 0.5) <= 1 / sum(sizes.values())  # one rounding unit (no rounding below 32 wide)
+    assert info["achieved_ratio"] == pytest.approx(removed)
+    assert info["layer_ratios"] == pytest.approx({n: kept[n] / sizes[n] for n in sizes})
+    assert len({round(v, 6) for v in info["layer_ratios"].values()}) > 1  # one global ranking, not per layer
+    assert m.fc.out_features == K
+    assert info["penultimate_features"] == {"teacher": 20, "student": kept["conv3"]}
+
+
+@pytest.mark.parametrize("target", [0.5, 0.3])
+def test_macs_fraction_within_five_percent(teacher_state, target):
+    macs0 = count_macs(ThreeConv(), torch.zeros(1, *SHAPE))
+    res, _, _ = run(teacher_state, macs_fraction=target, epochs=0)
+    frac = count_macs(res.model, torch.zeros(1, *SHAPE)) / macs0
+    assert abs(frac - target) <= 0.05 * target
+    assert res.info["achieved_macs_fraction"] == pytest.approx(frac)
+    assert res.info["target"] == {"macs_fraction": target}
+
+
+def test_max_layer_ratio_caps_every_group(teacher_state):
+    res, _, _ = run(teacher_state, ratio=0.8, max_layer_ratio=0.85, epochs=0)
+    assert min(res.info["layer_ratios"].values()) >= 0.15 - 1e-9
+
+
+# ------------------------------------------------------------------------------ retraining
+@pytest.mark.parametrize("values", [{"init": "random", "ratio": 0.3}, {"init": "teacher", "ratio": 0.6}])
+def test_feature_alignment_reduces_the_learning_gap(teacher_state, values):
+    res, _, logged = run(teacher_state, epochs=3, feature_weight=1.0, kd_weight=1.0, **values)
+    gap = res.info["learning_gap"]
+    assert len(gap) == 4  # step 0 right after pruning, then one per epoch
+    assert gap[-1] < gap[0]
+    assert res.info["criterion"] == ("feature_gap" if values["init"] == "random" else "feature_energy")
+    steps = {k: [s for kk, _, s in logged if kk == k] for k in ("learning_gap", "agreement", "val_accuracy")}
+    assert steps["learning_gap"] == steps["agreement"] == [0, 1, 2, 3]
+    assert steps["val_accuracy"] == []  # no labels in this context: nothing reported
+
+
+def test_info_keys_and_finetuned(teacher_state):
+    res, _, _ = run(teacher_state, epochs=2)
+    info = res.info
+    assert res.finetuned is True and info["epochs"] == 2
+    for k in ("layer_ratios", "learning_gap", "trajectory", "agreement", "criterion", "init", "achieved",
+              "macs", "params", "channels", "train_loss"):
+        assert k in info, k
+    assert [p["step"] for p in info["trajectory"]] == [0, 1, 2]
+    assert all({"learning_gap", "agreement"} <= set(p) for p in info["trajectory"])
+    assert [p["learning_gap"] for p in info["trajectory"]] == info["learning_gap"]
+    _, ctx, _ = make_ctx(teacher_state)  # the logged agreement is sweep.measure.agreement's
+    assert info["agreement"][-1] == agreement(res.model, ctx.teacher, ctx.unlabeled_val_loader)
+    json.dumps(info)
+
+
+def test_val_accuracy_reported_only_with_labels(teacher_state):
+    res, _, logged = run(teacher_state, labels=True, epochs=1)
+    assert all("val_accuracy" in p for p in res.info["trajectory"])
+    assert [s for k, _, s in logged if k == "val_accuracy"] == [0, 1]
+    res, _, _ = run(teacher_state, labels=False, epochs=1)
+    assert not any("val_accuracy" in p for p in res.info["trajectory"])
+
+
+def test_deterministic_under_seed(teacher_state):
+    a, _, _ = run(teacher_state, seed=3, init="random", epochs=1)
+    b, _, _ = run(teacher_state, seed=3, init="random", epochs=1)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a.info["learning_gap"] == b.info["learning_gap"]
+    c, _, _ = run(teacher_state, seed=4, init="random", epochs=1)
+    assert not torch.equal(c.model.state_dict()["conv1.weight"].flatten()[:8], sa["conv1.weight"].flatten()[:8])
+
+
+class _NoLabels(tuple):
+    """A batch whose label cannot be read: only ``batch[0]`` works."""
+
+    def __getitem__(self, i):
+        if i != 0:
+            raise AssertionError("lnpt read a label")
+        return tuple.__getitem__(self, 0)
+
+    def __iter__(self):
+        raise AssertionError("lnpt unpacked a labelled batch")
+
+
+def test_reads_only_inputs_of_labelled_loaders(teacher_state):
+    """Without unlabeled loaders in the context, the labelled loaders are read as ``batch[0]`` only."""
+    x, y = _data()
+
+    def trap(lo, hi, bs):
+        return [_NoLabels((x[i:i + bs], y[i:i + bs])) for i in range(lo, hi, bs)]
+
+    spec = get_method("lnpt")
+    student, ctx, _ = make_ctx(teacher_state, loaders=(trap(0, 96, 16), trap(96, 128, 32)))
+    res = spec.prune(student, torch.zeros(1, *SHAPE), spec.make_config({"epochs": 1}), ctx)
+    assert len(res.info["learning_gap"]) == 2
+    assert len(list(InputsOnly(ctx.train_loader))) == 6
+
+
+# ------------------------------------------------------------------------------ knobs
+@pytest.mark.parametrize("values, match", [
+    ({"feature_weight": 0, "kd_weight": 0}, "must not both be 0"),
+    ({"ratio": 0.5, "macs_fraction": 0.5}, "give only one of ratio, macs_fraction"),
+    ({"init": "zeros"}, "init must be one of"),
+    ({"temperature": 0}, "temperature must be in"),
+    ({"epochs": 51}, "epochs must be in"),
+    ({"epochs": 1.5}, "epochs must be an integer"),
+    ({"cal_batches": 0}, "cal_batches must be in"),
+    ({"max_layer_ratio": 1.0}, "max_layer_ratio must be in"),
+    ({"ratio": 1.0}, "ratio must be in"),
+])
+def test_bad_knobs_raise_config_error(values, match):
+    with pytest.raises(ConfigError, match=match):
+        get_method("lnpt").make_config(values, where="x.yaml: methods.lnpt")
+
+
+def test_zero_weights_allowed_without_retraining():
+    cfg = get_method("lnpt").make_config({"feature_weight": 0, "kd_weight": 0, "epochs": 0})
+    assert cfg.epochs == 0 and get_method("lnpt").needs_labels is False
+
+
+# ------------------------------------------------------------------------------ a label-free trial
+LF = {
+    "name": "lnpt-lf",
+    "labels": "none",
+    "model": {"name": "small_cnn"},
+    "dataset": {"name": "synthetic", "num_classes": 3, "input_shape": [1, 8, 8], "n_train": 120,
+                "n_val": 48, "n_test": 48},
+    "baseline": {"epochs": 3, "lr": 0.05, "cloud_fraction": 0.4},
+    "finetune": {"epochs": 1, "lr": 0.01},
+    "search": {"trials": 2, "objectives": ["agreement", "params"]},
+    "measure": {"repeats": 3, "warmup": 1},
+    "methods": {"lnpt": {"ratio": 0.4, "epochs": 2, "init": {"choices": ["teacher", "random"]}}},
+}
+
+
+def _garbage(splits):
+    x, y = splits.train.tensors
+    bad = torch.randint(0, 3, y.shape, generator=torch.Generator().manual_seed(123))
+    assert (bad != y).any()
+    return type(splits)(splits.name, TensorDataset(x, bad), splits.val, splits.test, splits.num_classes,
+                        splits.input_shape)
+
+
+def test_garbage_training_labels_give_the_same_lnpt_trial(tmp_path, monkeypatch):
+    cfg = parse_config(LF, source="lnpt-lf.yaml")
+    prepare_baseline(cfg, tmp_path, log=lambda m: None)
+    knobs = {"ratio": 0.4, "epochs": 2, "init": "teacher"}
+    clean = run_trial(cfg, TrialSpec(str(tmp_path), "t1", "lnpt", knobs, seed=7))
+    assert clean["status"] == "ok", clean["error"]
+    assert clean["finetune_epochs"] == 2 and clean["params_ratio"] < 1
+
+    true_splits = trial_mod.load_splits(cfg)
+    monkeypatch.setattr(trial_mod, "load_splits", lambda c: _garbage(true_splits))
+    dirty = run_trial(cfg, TrialSpec(str(tmp_path), "t2", "lnpt", knobs, seed=7))
+    assert dirty["status"] == "ok", dirty["error"]
+    for k in ("agreement", "accuracy", "test_accuracy", "params", "macs"):
+        assert dirty[k] == clean[k], k
+    assert json.loads(dirty["info"])["learning_gap"] == json.loads(clean["info"])["learning_gap"]
+    a = torch.load(tmp_path / clean["model_path"], weights_only=False).state_dict()
+    b = torch.load(tmp_path / dirty["model_path"], weights_only=False).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------ search spaces
+def test_search_spaces_parse():
+    lf = load_config(ROOT / "search_spaces" / "lnpt.yaml")
+    assert lf.label_free and lf.baseline.cloud_fraction == 0.3
+    assert [m.name for m in lf.methods] == ["lnpt", "magnitude"]
+    assert lf.method("lnpt").knobs["init"] == {"choices": ["teacher", "random"]}
+    assert lf.search.objectives == ("agreement", "latency_ms", "macs")
+    sup = load_config(ROOT / "search_spaces" / "lnpt_vs_magnitude.yaml")
+    assert not sup.label_free
+    assert sup.method("lnpt").knobs["ratio"] == {"fixed": 0.5} == sup.method("magnitude").knobs["ratio"]
