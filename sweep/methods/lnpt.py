@@ -2,8 +2,8 @@
 
 Xiao, Li, Tang & Nie, "LNPT: Label-free Network Pruning and Training", arXiv 2403.12690 (2024).
 
-**This is a RECONSTRUCTION.** Only the paper's abstract was read (its body and code were not; see
-/work/shared/METHODS.md §3). Known from the abstract: a mature network (the teacher, "in the cloud")
+**This is a RECONSTRUCTION.** Only the paper's abstract was read (its body and code were not).
+Known from the abstract: a mature network (the teacher, "in the cloud")
 guides pruning and training of a smaller network on a device that has only unlabeled data; a
 *learning gap* measured on the **penultimate-layer feature maps** tracks generalisation better than
 weight-norm distances; the pruning criterion is computed from feature maps; pruning is done **in one

@@ -2,7 +2,7 @@
 
 Tang, Lu & Xuan, "SR-init: An Interpretable Layer Pruning Method", ICASSP 2023, arXiv 2303.07677.
 
-Known from the authors' public code (see /work/shared/METHODS.md §1): the scored unit is one whole
+Known from the authors' public code: the scored unit is one whole
 residual block.  For each block b the trained model's block b is replaced by a randomly initialised
 copy — Kaiming-normal conv/linear weights, BatchNorm γ=1, β=0, running mean 0, running var 1, a fixed
 seed — and top-1 accuracy A_b is measured in eval mode with no training; the importance is
