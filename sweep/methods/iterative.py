@@ -1,7 +1,7 @@
 """``iterative``: iterative sensitivity-driven filter pruning for concatenation-based CNNs.
 
 Pavlitska, Bagge, Peccia, Mammadov & Zöllner, "Iterative Filter Pruning for Concatenation-based CNN
-Architectures", IJCNN 2024, arXiv 2405.03715 (see /work/shared/METHODS.md §2).
+Architectures", IJCNN 2024, arXiv 2405.03715.
 
 Known from the authors' public code (a patch to YOLOv7):
 
