@@ -6,6 +6,8 @@ from .base import METHODS, Knob, MethodConfig, MethodSpec, PruneContext, PruneRe
 from . import magnitude  # noqa: F401,E402
 from . import sr_init  # noqa: F401,E402
 from . import lnpt  # noqa: F401,E402
+from . import iterative  # noqa: F401,E402
+from . import cat  # noqa: F401,E402
 
 
 def get_method(name: str, where: str = "") -> MethodSpec:
