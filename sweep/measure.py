@@ -103,3 +103,41 @@ def measure_latency(model, input_shape, *, batch: int = 1, warmup: int = 10, rep
                        repeats=repeats, threads=torch.get_num_threads(), device=device)
     finally:
         torch.set_num_threads(prev_threads)
+
+
+def compare_latency(models, input_shape, *, batch: int = 1, warmup: int = 10, repeats: int = 50,
+                    threads: int | None = None, device: str = "cpu", rounds: int = 5) -> list[Latency]:
+    """Latency of several models measured side by side: their timed runs are interleaved in
+    ``rounds`` rounds (A, B, A, B, ...), so drift and load changes on the machine hit all of them
+    alike and their ratio is honest even when each figure alone is noisy."""
+    import torch
+
+    prev_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        x = torch.randn(batch, *input_shape, device=device)
+        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        models = [m.to(device).eval() for m in models]
+        times: list[list[float]] = [[] for _ in models]
+        per_round = max(1, repeats // rounds)
+        with torch.inference_mode():
+            for m in models:
+                for _ in range(warmup):
+                    m(x)
+            sync()
+            for _ in range(rounds):
+                for i, m in enumerate(models):
+                    for _ in range(per_round):
+                        t0 = time.perf_counter()
+                        m(x)
+                        sync()
+                        times[i].append((time.perf_counter() - t0) * 1e3)
+        out = []
+        for t in times:
+            q = statistics.quantiles(t, n=4) if len(t) >= 2 else [t[0], t[0], t[0]]
+            out.append(Latency(median_ms=statistics.median(t), iqr_ms=q[2] - q[0], batch=batch,
+                               repeats=len(t), threads=torch.get_num_threads(), device=device))
+        return out
+    finally:
+        torch.set_num_threads(prev_threads)

@@ -90,3 +90,15 @@ def test_train_raises_on_non_finite_loss():
     y = torch.zeros(8, dtype=torch.long)
     with pytest.raises(TrialFailure, match="diverged"):
         train(model, [(x, y)], epochs=1, lr=0.1)
+
+
+def test_compare_latency_interleaves_and_reports_each_model():
+    import torch
+
+    from sweep.measure import compare_latency
+
+    small = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten())
+    big = torch.nn.Sequential(torch.nn.Conv2d(1, 64, 3), torch.nn.Conv2d(64, 64, 3), torch.nn.Flatten())
+    a, b = compare_latency([small, big], (1, 16, 16), repeats=10, warmup=1, threads=1, rounds=5)
+    assert a.repeats == b.repeats == 10 and a.threads == b.threads == 1
+    assert a.median_ms > 0 and b.median_ms > 0 and a.iqr_ms >= 0
