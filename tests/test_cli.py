@@ -89,7 +89,7 @@ def test_methods_lists_every_method_with_knobs_and_ranges(capsys):
     rt = next(line for line in lines if line.split()[:1] == ["round_to"])
     assert "int" in rt and "[1, 64]" in rt
     imp = next(line for line in lines if line.split()[:1] == ["importance"])
-    assert "{l2, l1, bn_scale, random}" in imp
+    assert "{l2, l1, bn_scale, random, l2_latency, l1_latency}" in imp
 
 
 def test_no_command_is_a_usage_error(capsys):

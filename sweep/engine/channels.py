@@ -20,6 +20,12 @@ latency fraction:
   ``count_params``, ``measure_latency``) and keeps the closest. Stepping the pruner until the target is
   passed overshoots (Torch-Pruning's own loop with ``round_to=8`` turned a 2x MACs target into 2.58x on
   DenseNet-121); this lands within ``tolerance`` wherever channel granularity allows.
+- **Latency-aware ranking** (opt-in, ``importance="l2_latency"`` / ``"l1_latency"``): the magnitude
+  scores are divided by each group's measured latency cost per channel (a per-layer lookup table timed
+  on this machine, :mod:`sweep.engine.latency`, after NetAdapt and HALP), so that channels whose
+  removal buys more latency per unit of importance go first. Any target works with it, a
+  ``latency_fraction`` best (the ratio is the knapsack rule for a latency budget); with
+  ``global_pruning=False`` every group loses the same share and the costs change nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ import math
 from typing import Any, Sequence
 
 IMPORTANCES = ("l2", "l1", "bn_scale", "random")
+# Latency-aware variants: the magnitude criterion weighted by measured latency (sweep.engine.latency).
+LATENCY_IMPORTANCES = ("l2_latency", "l1_latency")
+LATENCY_SUFFIX = "_latency"
 TARGETS = ("ratio", "macs_fraction", "params_fraction", "latency_fraction")
 
 # Kept channel counts of wide layers are multiples of 8: vectorised CPU kernels work on 8 fp32 lanes
@@ -48,6 +57,8 @@ REFINE_PAIRS_MAX_GROUPS = 12  # ... and exchanges between two groups (quadratic 
 def make_importance(name: str):
     import torch_pruning as tp
 
+    if name in LATENCY_IMPORTANCES:  # the value part of a latency-aware criterion
+        name = name[: -len(LATENCY_SUFFIX)]
     if name == "l2":
         return tp.importance.GroupMagnitudeImportance(p=2)
     if name == "l1":
@@ -56,7 +67,7 @@ def make_importance(name: str):
         return tp.importance.BNScaleImportance()
     if name == "random":
         return tp.importance.RandomImportance()
-    raise ValueError(f"importance must be one of {IMPORTANCES}, but got {name!r}")
+    raise ValueError(f"importance must be one of {IMPORTANCES + LATENCY_IMPORTANCES}, but got {name!r}")
 
 
 def default_ignored_layers(model) -> list:
@@ -84,10 +95,14 @@ class ChannelPlan:
 
     Scores are computed once; :meth:`kept` is then cheap, and monotone: a larger ``r`` never keeps
     more channels in any group. Grouped-conv groups are not rounded (their chunks set the grid).
+    With a latency-aware ``importance`` (:data:`LATENCY_IMPORTANCES`) the scores of each group are
+    divided by its relative measured latency cost (``self.latency``: one
+    :class:`~sweep.engine.latency.GroupLatency` per group), timed with ``latency_lut`` (a
+    :class:`~sweep.engine.latency.LatencyLUT`; default: at the example batch, current threads).
     """
 
     def __init__(self, graph, *, importance: Any = "l2", global_pruning: bool = True,
-                 round_to: int | str | None = AUTO, max_layer_ratio: float = 0.9):
+                 round_to: int | str | None = AUTO, max_layer_ratio: float = 0.9, latency_lut: Any = None):
         import torch
 
         self.graph = graph
@@ -103,7 +118,6 @@ class ChannelPlan:
             scores.append(s)
         self.sizes = [g.size for g in self.groups]
         self.total = sum(self.sizes)
-        self.local_order = [torch.argsort(s, stable=True) for s in scores]
         self.units, self.min_keep = [], []
         for g, size in zip(self.groups, self.sizes):
             unit = rounding_unit(g.channels, round_to) if g.ch_groups == 1 else 1
@@ -113,6 +127,13 @@ class ChannelPlan:
             floor_keep = min(size, math.ceil(floor_keep / unit) * unit)
             self.units.append(unit)
             self.min_keep.append(floor_keep)
+        self.latency = None
+        if isinstance(importance, str) and importance in LATENCY_IMPORTANCES:
+            from .latency import group_latencies, latency_weighted_scores
+
+            self.latency = group_latencies(graph, self.groups, self.units, lut=latency_lut)
+            scores = latency_weighted_scores(scores, self.latency)
+        self.local_order = [torch.argsort(s, stable=True) for s in scores]
         if self.total:
             cat = torch.cat(scores)
             gid = torch.cat([torch.full((n,), i, dtype=torch.long) for i, n in enumerate(self.sizes)])
@@ -182,7 +203,7 @@ def prune_to_target(model, example_inputs, *, ratio: float | None = None, macs_f
                     importance: Any = "l2", global_pruning: bool = True, round_to: int | str | None = AUTO,
                     ignored_layers: Sequence = (), keep_layers: Sequence[str] = (),
                     max_layer_ratio: float = 0.9, tolerance: float = 0.03, max_iter: int = 16,
-                    latency_kw: dict | None = None, inplace: bool = True):
+                    latency_kw: dict | None = None, inplace: bool = True, latency_lut: Any = None):
     """Prune ``model`` to exactly one target and return ``(model, info)``.
 
     Targets: ``ratio`` (fraction of prunable channels removed), or the fraction of the model's current
@@ -192,6 +213,10 @@ def prune_to_target(model, example_inputs, *, ratio: float | None = None, macs_f
     of 8 on groups >= 32 channels, none below; an int = that multiple everywhere; ``None``/1 = none.
     ``info`` holds ``target`` and ``achieved`` side by side (also flat: ``target_macs_fraction``,
     ``achieved_macs_fraction``, ...). With ``inplace=False`` the input model is left untouched.
+    ``importance="l2_latency"`` (or ``"l1_latency"``) ranks by magnitude per measured latency cost
+    (see the module docstring); ``latency_lut`` (a :class:`sweep.engine.latency.LatencyLUT`) sets how
+    the table is timed (default: the example batch, ``latency_kw["threads"]`` or the current threads),
+    and ``info["latency_ms_per_channel"]`` holds each group's cost.
     """
     from ..errors import ConfigError
     from ..measure import count_macs, count_params
@@ -209,14 +234,20 @@ def prune_to_target(model, example_inputs, *, ratio: float | None = None, macs_f
         raise ConfigError(f"{kind} must be in (0, 1], but got {kind}={value!r}")
     if not 0 < max_layer_ratio < 1:
         raise ConfigError(f"max_layer_ratio must be in (0, 1), but got max_layer_ratio={max_layer_ratio!r}")
-    if importance not in IMPORTANCES and isinstance(importance, str):
-        raise ConfigError(f"importance must be one of {IMPORTANCES}, but got importance={importance!r}")
+    if importance not in IMPORTANCES + LATENCY_IMPORTANCES and isinstance(importance, str):
+        raise ConfigError(f"importance must be one of {IMPORTANCES + LATENCY_IMPORTANCES}, "
+                          f"but got importance={importance!r}")
 
     ignored = (default_ignored_layers(model) + resolve_layers(model, ignored_layers)
                + resolve_layers(model, keep_layers, "keep_layers"))
     graph = ChannelGraph(model, example_inputs, ignored_layers=ignored)
+    if latency_lut is None and importance in LATENCY_IMPORTANCES:
+        from .latency import LatencyLUT
+
+        x0 = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
+        latency_lut = LatencyLUT(batch=int(x0.shape[0]), threads=(latency_kw or {}).get("threads"))
     plan = ChannelPlan(graph, importance=importance, global_pruning=global_pruning, round_to=round_to,
-                       max_layer_ratio=max_layer_ratio)
+                       max_layer_ratio=max_layer_ratio, latency_lut=latency_lut)
     macs0, params0 = count_macs(model, example_inputs), count_params(model)
 
     cache: dict = {}  # plan (kept counts) -> figures of its pruned copy
@@ -234,6 +265,8 @@ def prune_to_target(model, example_inputs, *, ratio: float | None = None, macs_f
                   type(importance).__name__, "global_pruning": global_pruning,
                   "round_to": AUTO if round_to in (AUTO, 0) else (round_to or 1),
                   "max_layer_ratio": max_layer_ratio, "prunable_groups": len(plan.groups)}
+    if plan.latency is not None:
+        info["latency_ms_per_channel"] = {c.name: c.per_unit_ms for c in plan.latency}
     full = tuple(plan.sizes)
     if kind == "ratio":
         r, kept = value, tuple(plan.kept(value))

@@ -38,6 +38,15 @@ process, so groups of equal width in a block share entries (DenseNet's growth-ra
 calls reuse them; all entries still missing are timed together, in interleaved rounds (every entry
 once per round, the median over rounds), so that drift on a shared machine spreads over all of them.
 Given the measured table the ranking is deterministic.
+
+Which target to pair it with: value / latency cost is the knapsack ratio for a *latency* budget
+(``latency_fraction``); there it reaches the budget removing fewer channels than plain magnitude
+(with the table's sum as the clock, 2x latency on ResNet-18 at 64x64 removed 15 % of channels instead
+of 35 %). At a *MACs* target it removes the channels dearest in latency first, which are often also
+the dearest in MACs: it wins where those layers are slow per MAC (weight-bound late layers at batch 1:
+VGG-16, ResNet-18) and loses where they are compute-bound (DenseNet-121's early dense blocks); see
+``bench/latency_efficiency.py``. On untrained nets the normalised magnitudes of a group are nearly
+flat, so the costs decide how much each group loses and many groups go down to ``max_layer_ratio``.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -184,20 +193,25 @@ def layer_input_shapes(model: nn.Module, example_inputs, modules: Iterable[nn.Mo
     return {m: shapes[id(m)] for m in modules if id(m) in shapes}
 
 
+def _depthwise(mod: nn.Module) -> bool:
+    return isinstance(mod, nn.modules.conv._ConvNd) and 1 < mod.groups == mod.in_channels == mod.out_channels
+
+
 def _shape_at(mod: nn.Module, input_shape: tuple, kind: str, removed: int) -> LayerShape | None:
     """The table entry of ``mod`` with ``removed`` of its output (``kind="out"``) or input channels gone."""
     if isinstance(mod, nn.modules.conv._ConvNd):
         cin, cout, groups = mod.in_channels, mod.out_channels, mod.groups
-        if groups > 1 and groups == cin == cout:  # depthwise: inputs, outputs and groups go together
+        if _depthwise(mod):  # depthwise: inputs, outputs and groups go together
             cin = cout = groups = cin - removed
         elif kind == "out":
-            cout -= removed
+            cout -= removed - removed % groups  # a grouped conv keeps equal chunks
         else:
-            cin -= removed
+            cin -= removed - removed % groups
         if min(cin, cout, groups) < 1 or cin % groups or cout % groups:
             return None
+        padding = mod.padding if isinstance(mod.padding, str) else tuple(mod.padding)
         kw = {"in_channels": cin, "out_channels": cout, "kernel_size": tuple(mod.kernel_size),
-              "stride": tuple(mod.stride), "padding": mod.padding if isinstance(mod.padding, str) else tuple(mod.padding),
+              "stride": tuple(mod.stride), "padding": padding,
               "dilation": tuple(mod.dilation), "groups": groups, "bias": mod.bias is not None}
         return LayerShape(type(mod), tuple(sorted(kw.items())), (cin,) + tuple(input_shape[1:]))
     if isinstance(mod, nn.Linear):
@@ -261,8 +275,12 @@ def group_latencies(graph, groups: Sequence, units: Sequence[int] | None = None,
         merged: dict = {}
         for m in g.members:
             if isinstance(m.module, _TIMED):
-                key = (id(m.module), m.kind)
-                mod, kind, n = merged.get(key, (m.module, m.kind, 0))
+                mod = m.module
+                if _depthwise(mod):  # one layer, whichever side the graph lists it on
+                    merged.setdefault(id(mod), (mod, "out", len(m.idxs)))
+                    continue
+                key = (id(mod), m.kind)
+                _, kind, n = merged.get(key, (mod, m.kind, 0))
                 merged[key] = (mod, kind, n + len(m.idxs))
         members.append(list(merged.values()))
     in_shapes = layer_input_shapes(graph.model, x, {mod for ms in members for mod, _, _ in ms})
@@ -271,18 +289,13 @@ def group_latencies(graph, groups: Sequence, units: Sequence[int] | None = None,
     for g, unit, ms in zip(groups, units, members):
         size = g.size
         widths = probe_widths(size, max(1, min(unit, size)), fractions)
-        at = []
-        for w in widths:
-            shapes = []
-            for mod, kind, n in ms:
-                if mod not in in_shapes:
-                    continue
-                removed = int(round(n * (size - w) / size))
-                s = _shape_at(mod, in_shapes[mod], kind, removed)
-                if s is not None:
-                    shapes.append(s)
-            at.append(shapes)
-        plans.append((widths, at))
+        per_member = []  # a member is priced at every probe width or at none (no step from a gap)
+        for mod, kind, n in ms:
+            if mod in in_shapes:
+                row = [_shape_at(mod, in_shapes[mod], kind, int(round(n * (size - w) / size))) for w in widths]
+                if all(s is not None for s in row):
+                    per_member.append(row)
+        plans.append((widths, [[row[k] for row in per_member] for k in range(len(widths))]))
     lut.fill(s for _, at in plans for shapes in at for s in shapes)
 
     out = []

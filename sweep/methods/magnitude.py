@@ -9,7 +9,7 @@ allows; the latency target is measured on this machine while pruning).
 
 from __future__ import annotations
 
-from ..engine.channels import IMPORTANCES
+from ..engine.channels import IMPORTANCES, LATENCY_IMPORTANCES
 from .base import Knob, MethodConfig, PruneContext, PruneResult, register_method
 
 TARGET_KNOBS = ("ratio", "macs_fraction", "params_fraction", "latency_fraction")
@@ -29,7 +29,8 @@ TARGET_KNOBS = ("ratio", "macs_fraction", "params_fraction", "latency_fraction")
              help="instead of ratio: parameters kept as a fraction of the baseline's (hit within 3 %)"),
         Knob("latency_fraction", "float", None, low=0.0, high=1.0, low_open=True, optional=True,
              help="instead of ratio: latency kept as a fraction of the baseline's, measured on this machine"),
-        Knob("importance", "categorical", "l2", choices=IMPORTANCES, help="channel group criterion"),
+        Knob("importance", "categorical", "l2", choices=IMPORTANCES + LATENCY_IMPORTANCES,
+             help="channel group criterion; *_latency divides by the group's measured latency cost per channel"),
         Knob("global_pruning", "bool", True, help="one ranking across layers (else the same ratio per layer)"),
         Knob("round_to", "int", None, low=1, high=64, optional=True,
              help="keep channel counts a multiple of this; unset = 8 on layers >= 32 channels, none below"),

@@ -1,0 +1,203 @@
+"""Speed-up efficiency of structured pruners at matched MACs reductions, measured side by side.
+
+For each model (freshly built, untrained, seeded) and each MACs target (fraction of the dense MACs
+kept), four pruners prune their own deep copy of the same model:
+
+  a  auto      sweep's prune_to_target(macs_fraction=t), round_to="auto" (x8 on groups >= 32 channels)
+  b  noround   the same, round_to=None
+  c  latency   the same as (a), importance="l2_latency" (per-layer latency table, sweep.engine.latency)
+  d  tp        plain Torch-Pruning: MetaPruner(GroupMagnitudeImportance(p=2), global_pruning=True,
+               pruning_ratio=1.0, max_pruning_ratio=0.9, iterative_steps=--tp-steps, round_to=8,
+               ignored_layers=[head]) stepped until count_macs <= t * dense MACs (the step-until-target
+               loop of Torch-Pruning's benchmarks/main.py, progressive_pruning)
+
+Then every variant of a model (dense + all pruned ones) is timed with sweep.measure.measure_latency at
+each batch size, interleaved: round after round every variant runs one block (1 warm-up + --block
+timed forwards), the order rotating by one each round, until each has >= --repeats timed forwards;
+a variant's latency is the median of its block medians. Ratios divide by the dense model of the same
+run, so machine-wide drift cancels. speed-up efficiency = (dense latency / pruned latency) / (dense
+MACs / pruned MACs): 1.0 means latency fell as much as MACs did.
+
+    python bench/latency_efficiency.py --quick
+    python bench/latency_efficiency.py --threads 2 --batches 1,16 --targets 0.5,0.25
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+# name -> (in_channels, input_size, family). CIFAR-style nets at 32x32; torchvision nets at 64x64 (their
+# ImageNet stems downsample 4x early, so 64x64 still leaves 2x2 maps at the end); yolo7_cls at 1x28x28,
+# the Fashion-MNIST size its docstring is written for.
+MODELS = {
+    "vgg16_bn": (3, 32, "plain"),
+    "cifar_resnet56": (3, 32, "residual"),
+    "torchvision:resnet18": (3, 64, "residual"),
+    "yolo7_cls": (1, 28, "concat"),
+    "torchvision:densenet121": (3, 64, "concat"),
+    "torchvision:googlenet": (3, 64, "concat"),
+    "torchvision:mobilenet_v2": (3, 64, "depthwise"),
+}
+DEFAULT_MODELS = ("vgg16_bn", "cifar_resnet56", "torchvision:resnet18", "yolo7_cls",
+                  "torchvision:densenet121", "torchvision:mobilenet_v2")
+QUICK_MODELS = ("vgg16_bn", "yolo7_cls")
+PRUNERS = ("auto", "noround", "latency", "tp")
+NUM_CLASSES = 10
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build(name: str, seed: int):
+    from sweep.models import build_model
+
+    c, size, _ = MODELS[name]
+    torch.manual_seed(seed)
+    model = build_model(name, num_classes=NUM_CLASSES, in_channels=c, input_size=size).eval()
+    return model, torch.zeros(1, c, size, size)
+
+
+def prune(kind: str, model, x, target: float, tp_steps: int, threads: int):
+    """Prune ``model`` in place to ``target`` MACs fraction with pruner ``kind``."""
+    from sweep.engine.channels import default_ignored_layers, prune_to_target
+    from sweep.measure import count_macs
+
+    if kind == "auto":
+        prune_to_target(model, x, macs_fraction=target, round_to="auto")
+    elif kind == "noround":
+        prune_to_target(model, x, macs_fraction=target, round_to=None)
+    elif kind == "latency":
+        prune_to_target(model, x, macs_fraction=target, round_to="auto", importance="l2_latency",
+                        latency_kw={"threads": threads})
+    elif kind == "tp":
+        import torch_pruning as tp
+
+        base = count_macs(model, x)
+        pruner = tp.pruner.MetaPruner(
+            model, x, importance=tp.importance.GroupMagnitudeImportance(p=2), global_pruning=True,
+            pruning_ratio=1.0, max_pruning_ratio=0.9, iterative_steps=tp_steps, round_to=8,
+            ignored_layers=default_ignored_layers(model))
+        while count_macs(model, x) > target * base and pruner.current_step < tp_steps:
+            pruner.step()
+    else:
+        raise ValueError(f"pruner must be one of {PRUNERS}, but got {kind!r}")
+    return model.eval()
+
+
+def interleaved_latency(models: list, shape: tuple, batch: int, repeats: int, block: int,
+                        threads: int) -> list[float]:
+    """Median-of-block-medians latency (ms) of each model, blocks interleaved with a rotating order."""
+    from sweep.measure import measure_latency
+
+    for m in models:  # warm every variant once before the timed rounds
+        measure_latency(m, shape, batch=batch, warmup=3, repeats=2, threads=threads)
+    rounds = -(-repeats // block)
+    meds: list[list[float]] = [[] for _ in models]
+    n = len(models)
+    for r in range(rounds):
+        for j in range(n):
+            i = (r + j) % n
+            meds[i].append(measure_latency(models[i], shape, batch=batch, warmup=1, repeats=block,
+                                           threads=threads).median_ms)
+    return [statistics.median(v) for v in meds]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma list of {', '.join(MODELS)}")
+    ap.add_argument("--targets", default="0.5,0.25", help="MACs fractions kept (0.5 = 2x, 0.25 = 4x)")
+    ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--repeats", type=int, default=30, help="timed forwards per variant and batch (>= 30)")
+    ap.add_argument("--block", type=int, default=5, help="timed forwards per interleaved block")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (pruning and timing)")
+    ap.add_argument("--pruners", default=",".join(PRUNERS))
+    ap.add_argument("--tp-steps", type=int, default=100, help="Torch-Pruning iterative_steps")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true",
+                    help=f"smoke run: {', '.join(QUICK_MODELS)}, target 0.5, batch 1")
+    args = ap.parse_args(argv)
+    if args.block < 2:
+        ap.error(f"block must be >= 2 (measure_latency needs two timings), but got block={args.block}")
+    if args.quick:
+        args.models, args.targets, args.batches = ",".join(QUICK_MODELS), "0.5", "1"
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    bad = [m for m in models if m not in MODELS]
+    if bad:
+        ap.error(f"models must be among {', '.join(MODELS)}, but got {', '.join(bad)}")
+    targets = [float(t) for t in args.targets.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    pruners = [p.strip() for p in args.pruners.split(",")]
+    if any(p not in PRUNERS for p in pruners):
+        ap.error(f"pruners must be among {', '.join(PRUNERS)}, but got {args.pruners}")
+
+    from importlib.metadata import version
+
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# latency_efficiency  {_dt.datetime.now().isoformat(timespec='seconds')}  torch {torch.__version__}"
+          f"  torch-pruning {version('torch-pruning')}  python {platform.python_version()}")
+    print(f"# CPU: {cpu_name()} ({os.cpu_count()} logical cores), threads={args.threads}, "
+          f"load avg at start {load:.2f}; latency: median of block medians, >= {args.repeats} timed "
+          f"forwards per variant in blocks of {args.block}, variants interleaved; tp iterative_steps={args.tp_steps}")
+    print("# inputs: " + ", ".join(f"{m} {MODELS[m][0]}x{MODELS[m][1]}x{MODELS[m][1]}" for m in models))
+    lat_cols = "".join(f" {'ms b' + str(b):>9} {'lat b' + str(b):>7} {'eff b' + str(b):>7}" for b in batches)
+    head = f"{'model':<26}{'target':>7} {'pruner':<8}{'MACs':>7}{'params':>7}{lat_cols} {'prune s':>8}"
+    print(head)
+    print("-" * len(head))
+    sys.stdout.flush()
+
+    from sweep.measure import count_macs, count_params
+
+    for name in models:
+        dense, x = build(name, args.seed)
+        macs0, params0 = count_macs(dense, x), count_params(dense)
+        variants = []  # (target, pruner, model, macs fraction, params fraction, seconds)
+        for t in targets:
+            for p in pruners:
+                m = copy.deepcopy(dense)
+                t0 = time.perf_counter()
+                try:
+                    prune(p, m, x, t, args.tp_steps, args.threads)
+                except Exception as e:  # a pruner that fails on a model is a row, not a crash
+                    print(f"{name:<26}{t:>7.3f} {p:<8} failed: {type(e).__name__}: {e}")
+                    continue
+                dt = time.perf_counter() - t0
+                variants.append((t, p, m, count_macs(m, x) / macs0, count_params(m) / params0, dt))
+        lat = {}
+        for b in batches:
+            ms = interleaved_latency([dense] + [v[2] for v in variants], tuple(x.shape[1:]), b,
+                                     args.repeats, args.block, args.threads)
+            lat[b] = ms
+        dense_cols = "".join(f" {lat[b][0]:>9.2f} {1:>7.3f} {1:>7.2f}" for b in batches)
+        print(f"{name:<26}{1:>7.3f} {'dense':<8}{1:>7.3f}{1:>7.3f}{dense_cols} {0:>8.1f}")
+        for k, (t, p, _, mf, pf, dt) in enumerate(variants, start=1):
+            cols = ""
+            for b in batches:
+                lf = lat[b][k] / lat[b][0]
+                cols += f" {lat[b][k]:>9.2f} {lf:>7.3f} {mf / lf:>7.2f}"
+            print(f"{name:<26}{t:>7.3f} {p:<8}{mf:>7.3f}{pf:>7.3f}{cols} {dt:>8.1f}")
+        sys.stdout.flush()
+    print(f"# total {time.time() - t_start:.0f} s; load avg at end {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
