@@ -22,13 +22,8 @@ def train(model, loader: Iterable, *, epochs: int, lr: float, momentum: float = 
     if epochs <= 0:
         return []
     model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
-    steps_per_epoch = max(1, _len(loader))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    params, opt, sched = make_optimizer(model, loader, epochs=epochs, lr=lr, momentum=momentum,
+                                        weight_decay=weight_decay, optimizer=optimizer)
     losses = []
     for epoch in range(epochs):
         total, n = 0.0, 0
@@ -52,6 +47,20 @@ def train(model, loader: Iterable, *, epochs: int, lr: float, momentum: float = 
             on_epoch(epoch, losses[-1])
     model.eval()
     return losses
+
+
+def make_optimizer(model, loader, *, epochs: int, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
+                   optimizer: str = "sgd"):
+    """(trainable params, SGD-with-Nesterov or Adam, cosine schedule over every step of ``epochs``)."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * max(1, _len(loader)))
+    return params, opt, sched
 
 
 def _len(loader) -> int:
@@ -78,12 +87,8 @@ def distill(student, teacher, loader: Iterable, *, epochs: int, lr: float, tempe
         return []
     student.to(device).train()
     teacher.to(device).eval()
-    params = [p for p in student.parameters() if p.requires_grad]
-    if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * max(1, _len(loader)))
+    params, opt, sched = make_optimizer(student, loader, epochs=epochs, lr=lr, momentum=momentum,
+                                        weight_decay=weight_decay, optimizer=optimizer)
     t = temperature
     losses = []
     for epoch in range(epochs):
