@@ -277,18 +277,21 @@ def _front_cells(front: pd.DataFrame, baseline: dict[str, Any], knob_columns: Se
 
 
 def front_table(df: pd.DataFrame, objectives: Sequence[str]) -> str:
-    """The sweep's Pareto front as a fixed-width plain-text table (printed by the CLI)."""
+    """The sweep's Pareto front as a fixed-width plain-text table (printed by the CLI).
+
+    A label-free sweep (``agreement`` among the objectives) shows the agreement it chose on first."""
     front = _front_rows(df, objectives)
     if front.empty:
         return "no trials on the Pareto front"
     knob_columns = _knob_columns(df)
-    headers = ["trial", "method", "knobs", "accuracy", "latency_ms", "params", "MACs"]
+    quality = ["agreement", "accuracy"] if "agreement" in objectives else ["accuracy"]
+    headers = ["trial", "method", "knobs", *quality, "latency_ms", "params", "MACs"]
     rows = [
         [
             str(row["trial_id"]),
             str(row["method"]),
             _knobs(row, knob_columns) or "-",
-            _fmt_acc(row["accuracy"]),
+            *(_fmt_acc(row.get(q)) for q in quality),
             _fmt_ms(row["latency_ms"], row.get("latency_iqr_ms")),
             _fmt_count(row["params"]),
             _fmt_count(row["macs"]),
@@ -296,7 +299,7 @@ def front_table(df: pd.DataFrame, objectives: Sequence[str]) -> str:
         for _, row in front.iterrows()
     ]
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    numeric = {3, 4, 5, 6}  # right-align numbers so digits line up
+    numeric = set(range(3, len(headers)))  # right-align numbers so digits line up
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
