@@ -159,7 +159,9 @@ class MeasureConfig:
     repeats: int = 50
     device: str = "cpu"
     threads: int | None = None  # None: the trial's CPU share (whole CPUs, at least 1)
-    remeasure_front: bool = True
+    # after the sweep, latency taken while trials shared the machine is re-measured alone:
+    # "all" ok trials (front members first), only the "front" (repeated while it changes), or "none"
+    remeasure: str = "all"
 
 
 @dataclass(frozen=True)
@@ -332,7 +334,7 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
     )
 
     ms = _Section(top.get("measure"), f"{source}: measure",
-                  ("latency_batch", "warmup", "repeats", "device", "threads", "remeasure_front"))
+                  ("latency_batch", "warmup", "repeats", "device", "threads", "remeasure"))
     device = ms.str("device", "cpu")
     if not re.match(r"^(cpu|cuda(:\d+)?|mps)$", device):
         raise ConfigError(f"device must be cpu, cuda, cuda:N or mps, but got device={device!r} "
@@ -343,7 +345,7 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
         repeats=ms.int("repeats", 50, lo=3),
         device=device,
         threads=ms.int("threads", None, lo=1),
-        remeasure_front=ms.bool("remeasure_front", True),
+        remeasure=ms.str("remeasure", "all", choices=("all", "front", "none")),
     )
 
     methods = parse_methods(top.get("methods"), f"{source}: methods", label_free=labels == "none")

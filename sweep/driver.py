@@ -300,38 +300,41 @@ def _tuner(cfg: SweepConfig, sweep_dir: Path, tracking: dict, callback, restore:
     )
 
 
-def _remeasure_front(cfg: SweepConfig, sweep_dir: Path, rows: list[dict], log) -> list[dict]:
-    """Latency taken while other trials shared the machine is noisy: re-measure front members alone,
-    recompute the front, and repeat for newcomers (at most 3 rounds)."""
-    from .data import load_dataset  # noqa: F401  (ensures data registry import errors surface here)
+def _remeasure(cfg: SweepConfig, sweep_dir: Path, rows: list[dict], log) -> list[dict]:
+    """Latency taken while other trials shared the machine is noisy: re-measure it alone.
+
+    ``measure.remeasure: all`` re-measures every ok trial (a noisy point may look dominated as easily
+    as it may look good); ``front`` re-measures front members, recomputes the front and repeats for
+    newcomers (at most 3 rounds); ``none`` keeps the figures taken during the sweep.
+    """
     from .measure import measure_latency
     from .trial import load_splits
 
     objectives = list(cfg.search.objectives)
-    if "latency_ms" not in objectives or not cfg.measure.remeasure_front:
+    if "latency_ms" not in objectives or cfg.measure.remeasure == "none":
         return _front(rows, objectives)
     splits = load_splits(cfg)
     base = next(r for r in rows if r["trial_id"] == BASELINE_ID)
-    for _ in range(3):
+    rounds = 1 if cfg.measure.remeasure == "all" else 3
+    for _ in range(rounds):
         rows = _front(rows, objectives)
-        todo = [r for r in rows if r.get("on_front") and not r.get("latency_alone") and r.get("model_path")]
+        todo = [r for r in rows if r.get("status") == "ok" and not r.get("latency_alone") and r.get("model_path")
+                and (cfg.measure.remeasure == "all" or r.get("on_front"))]
         if not todo:
             break
-        for r in todo:
+        for r in sorted(todo, key=lambda r: not r.get("on_front")):
             model = load_model(sweep_dir, r["model_path"])
             lat = measure_latency(model, splits.input_shape, batch=cfg.measure.latency_batch,
                                   warmup=cfg.measure.warmup, repeats=cfg.measure.repeats,
                                   threads=trial_threads(cfg), device=cfg.measure.device)
             r.update(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, threads=lat.threads,
                      latency_alone=True)
-            if r is base:
-                base_lat = lat.median_ms
-                for x in rows:
-                    if x.get("latency_ms") is not None:
-                        x["latency_ratio"] = x["latency_ms"] / base_lat
-            elif base.get("latency_ms"):
-                r["latency_ratio"] = lat.median_ms / base["latency_ms"]
-        log(f"re-measured the latency of {len(todo)} front point(s) alone")
+        base_lat = base.get("latency_ms")
+        if base_lat:
+            for x in rows:
+                if x.get("latency_ms") is not None:
+                    x["latency_ratio"] = x["latency_ms"] / base_lat
+        log(f"re-measured the latency of {len(todo)} trial(s) alone")
     return _front(rows, objectives)
 
 
@@ -443,7 +446,7 @@ def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = P
             f"continue with `sweep resume {sweep_dir}`")
         return SweepOutcome(sweep_dir, None, rows, True, time.time() - t0, tracking_uri=uri, **timing)
 
-    rows = _remeasure_front(cfg, sweep_dir, rows, log)
+    rows = _remeasure(cfg, sweep_dir, rows, log)
     store.write(rows, meta)
     report_dir = None
     if report_root is not None:
