@@ -1,6 +1,6 @@
 """Depth surgery (sweep/engine/depth.py): finding residual blocks and removing them physically.
 
-The parameter counts are the published SR-init reductions (Tang et al. 2023, /work/shared/METHODS.md §1),
+The parameter counts are the published SR-init reductions (Tang et al. 2023, ICASSP, arXiv 2303.07677),
 reproduced by counting.
 """
 
