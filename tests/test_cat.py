@@ -1,5 +1,5 @@
-"""``cat`` (complexity-aware training, a reconstruction of Guenter & Sideris 2024): the behaviour that
-METHODS.md §4 asks for, on a CIFAR ResNet-20 (1x8x8 inputs, 4 classes) and the contract suite's tiny
+"""``cat`` (complexity-aware training, a reconstruction of Guenter & Sideris 2024): the behaviour its
+reconstruction promises, on a CIFAR ResNet-20 (1x8x8 inputs, 4 classes) and the contract suite's tiny
 nets, with synthetic data and few steps.
 
 - λ = 0 removes nothing; β = 0 removes no block; β = 1 removes no channel; a larger λ removes more;
