@@ -274,7 +274,7 @@ def _tuner(cfg: SweepConfig, sweep_dir: Path, tracking: dict, callback, restore:
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from .space import define_by_run, make_sampler
+    from .space import define_by_run, first_points, make_sampler
 
     trainable = tune.with_resources(
         tune.with_parameters(sweep_trial, sweep_dir=str(sweep_dir), tracking=tracking),
@@ -290,6 +290,7 @@ def _tuner(cfg: SweepConfig, sweep_dir: Path, tracking: dict, callback, restore:
         space=define_by_run(cfg), metric=list(cfg.search.objectives),
         mode=[OBJECTIVE_MODES[o] for o in cfg.search.objectives],
         sampler=make_sampler(cfg.search.sampler, seed=cfg.seed, n_trials=cfg.search.trials),
+        points_to_evaluate=first_points(cfg) or None,
     )
     return tune.Tuner(
         trainable,

@@ -59,6 +59,16 @@ def define_by_run(cfg: SweepConfig) -> DefineByRun:
     return DefineByRun(cfg)
 
 
+def first_points(cfg: SweepConfig) -> list[dict]:
+    """One enqueued trial per method (its knobs still sampled) when a space holds several methods and
+    the budget allows, so that every method is measured at least once and the report can compare
+    them; samplers' random start-up would otherwise leave some undrawn."""
+    methods = [m.name for m in cfg.methods]
+    if len(methods) < 2 or cfg.search.trials < len(methods):
+        return []
+    return [{METHOD_PARAM: m} for m in methods]
+
+
 def knobs_from_config(config: dict) -> tuple[str, dict]:
     """Split a flat trial config back into (method, {knob: value})."""
     method = config[METHOD_PARAM]

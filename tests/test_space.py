@@ -186,3 +186,34 @@ def test_seeded_sampler_repeats_itself():
     a = [p for _, p, _ in sample(space, 5, make_sampler("tpe", seed=1, n_trials=5))]
     b = [p for _, p, _ in sample(space, 5, make_sampler("tpe", seed=1, n_trials=5))]
     assert a == b
+
+
+def test_every_method_is_drawn_first_when_a_space_holds_several(tmp_path):
+    """The driver enqueues one trial per method: with Ray Tune's OptunaSearch the first trials cover
+    every method, whatever the sampler would have drawn."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from sweep.config import load_config
+    from sweep.space import define_by_run, first_points, make_sampler
+
+    cfg = load_config("search_spaces/all_methods.yaml")
+    names = [m.name for m in cfg.methods]
+    points = first_points(cfg)
+    assert points == [{"method": m} for m in names]
+    s = OptunaSearch(space=define_by_run(cfg), metric=["accuracy", "latency_ms"], mode=["max", "min"],
+                     sampler=make_sampler("random", seed=0, n_trials=20), points_to_evaluate=points)
+    drawn = [s.suggest(f"t{i}") for i in range(len(names))]
+    assert [d["method"] for d in drawn] == names
+    for d in drawn:  # knobs are still sampled for the enqueued method
+        assert any(k.startswith(d["method"] + ".") for k in d) or not cfg.method(d["method"]).knobs
+
+
+def test_no_enqueued_points_for_one_method_or_a_small_budget():
+    from dataclasses import replace
+
+    from sweep.config import load_config
+    from sweep.space import first_points
+
+    assert first_points(load_config("search_spaces/quickstart.yaml")) == []
+    cfg = load_config("search_spaces/all_methods.yaml")
+    assert first_points(replace(cfg, search=replace(cfg.search, trials=2))) == []
