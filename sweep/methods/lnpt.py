@@ -240,31 +240,10 @@ def _out_channels(m) -> int:
 
 
 def reinit(model, seed: int) -> None:
-    """Random re-initialisation in place (seeded, device-independent): Kaiming-normal conv/linear weights
-    (fan-in, ReLU gain), zero biases; BatchNorm γ=1, β=0, running mean 0, running var 1."""
-    import torch
-    from torch import nn
+    """Random re-initialisation in place (seeded, device-independent): see :mod:`sweep.engine.reinit`."""
+    from ..engine.reinit import reinit_
 
-    g = torch.Generator().manual_seed(int(seed) * 7919 + 17)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-                w = m.weight
-                fan_in = w[0].numel()
-                if isinstance(m, nn.modules.conv._ConvTransposeNd):
-                    fan_in = w.shape[0] * w[0][0].numel() // max(1, m.groups)
-                w.copy_(torch.randn(w.shape, generator=g).mul_(math.sqrt(2.0 / max(1, fan_in))).to(w))
-                if m.bias is not None:
-                    m.bias.zero_()
-            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-                if m.weight is not None:
-                    m.weight.fill_(1.0)
-                    m.bias.zero_()
-                if m.running_mean is not None:
-                    m.running_mean.zero_()
-                    m.running_var.fill_(1.0)
-                    if m.num_batches_tracked is not None:
-                        m.num_batches_tracked.zero_()
+    reinit_(model, int(seed) * 7919 + 17)
 
 
 class Penultimate:

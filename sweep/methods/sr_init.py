@@ -137,33 +137,9 @@ def _finite(x: float):
 
 
 def reinit_block(block, seed: int) -> None:
-    """Re-initialise ``block`` in place as SR-init does (seeded, device-independent).
+    """Re-initialise ``block`` in place as SR-init does (seeded, device-independent): Kaiming-normal
+    conv/linear weights, zero biases, BatchNorm γ=1, β=0, mean 0, var 1 (:mod:`sweep.engine.reinit`)."""
+    from ..engine.reinit import reinit_
 
-    Conv / linear weights: Kaiming normal (fan-in, ReLU gain: std = sqrt(2 / fan_in)), biases 0;
-    BatchNorm: γ = 1, β = 0, running mean 0, running var 1; other modules with their own parameters
-    are reset by their ``reset_parameters`` under the same seed.
-    """
-    import torch
-    from torch import nn
+    reinit_(block, seed)
 
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in block.modules():
-            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-                w = m.weight
-                fan_in = w.shape[1] * (w[0][0].numel() if w.dim() > 2 else 1)
-                std = math.sqrt(2.0 / max(1, fan_in))
-                w.copy_(torch.randn(w.shape, generator=g, dtype=torch.float32).mul_(std).to(w))
-                if m.bias is not None:
-                    m.bias.zero_()
-            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-                if m.weight is not None:
-                    m.weight.fill_(1.0)
-                    m.bias.zero_()
-                if m.running_mean is not None:
-                    m.running_mean.zero_()
-                    m.running_var.fill_(1.0)
-            elif any(True for _ in m.parameters(recurse=False)) and hasattr(m, "reset_parameters"):
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    m.reset_parameters()
