@@ -56,7 +56,7 @@ def run_prune(job: PruneJob, log=print) -> dict:
 
     import torch
 
-    from .measure import accuracy, compare_latency, count_macs, count_params, measure_latency
+    from .measure import accuracy, compare_latency, count_macs, count_params
     from .methods import PruneContext, get_method
     from .models import build_model
     from .engine.channels import default_ignored_layers
@@ -90,10 +90,6 @@ def run_prune(job: PruneJob, log=print) -> dict:
         out_before = model(example)
     threads = job.threads or torch.get_num_threads()
 
-    def lat(m):
-        return measure_latency(m, shape, batch=job.latency_batch, warmup=10, repeats=job.repeats,
-                               threads=threads, device=job.device)
-
     loaders = None
     if splits is not None:
         from .data import make_loader, strip_labels
@@ -103,11 +99,9 @@ def run_prune(job: PruneJob, log=print) -> dict:
                    make_loader(strip_labels(splits.train), job.batch_size, shuffle=True, seed=job.seed + 1),
                    make_loader(strip_labels(splits.val), 256, shuffle=False))
     params0, macs0 = count_params(model), count_macs(model, example)
-    original = copy.deepcopy(model).eval()  # measured again side by side with the pruned model
-    lat0 = lat(model)
+    original = copy.deepcopy(model).eval()  # its latency is measured side by side with the pruned model
     acc0 = accuracy(model, loaders[2], job.device) if loaders else None
-    log(f"{job.model}: {params0:,} params, {macs0:,} MACs, {lat0.median_ms:.3f} ms "
-        f"(batch {job.latency_batch}, {lat0.threads} thread(s), {job.device})"
+    log(f"{job.model}: {params0:,} params, {macs0:,} MACs"
         + (f", test accuracy {acc0:.4f}" if acc0 is not None else ""))
 
     knobs = dict(job.knobs)
@@ -191,6 +185,8 @@ def run_prune(job: PruneJob, log=print) -> dict:
     if out.exists():
         out.rmdir()  # empty (checked above)
     os.replace(tmp, out)
+    log(f"latency {lat0.median_ms:.3f} -> {lat1.median_ms:.3f} ms (batch {job.latency_batch}, {lat1.threads} "
+        f"thread(s), {job.device}, measured interleaved)")
     log(f"pruned: {params1:,} params ({params1 / params0:.1%}), {macs1:,} MACs ({macs1 / macs0:.1%}), "
         f"{lat1.median_ms:.3f} ms ({lat0.median_ms / lat1.median_ms:.2f}x faster)"
         + (f", test accuracy {acc1:.4f}" if acc1 is not None else ""))

@@ -257,3 +257,25 @@ def test_run_depth_method_on_a_net_without_blocks_fails_before_the_sweep(cwd, ca
     assert main(["run", str(space)]) == 2
     assert_one_line_error(capsys, "sr_init", "SmallCNN")
     assert not (cwd / "runs").exists()
+
+
+def test_prune_writes_a_truthful_summary(cwd, capsys):
+    import json
+
+    import torch
+
+    out = cwd / "pruned"
+    assert main(["prune", "--model", "small_cnn", "--dataset", "digits", "--ratio", "0.5", "--threads", "1",
+                 "--repeats", "6", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("method", "params_before", "params_after", "macs_before", "macs_after", "latency_ms_before",
+                "latency_ms_after", "latency_batch", "threads", "device", "output_shape", "accuracy_before",
+                "accuracy_after"):
+        assert key in s, key
+    assert s["method"] == "magnitude" and s["output_shape"] == [1, 10]
+    assert s["params_after"] < s["params_before"] and s["macs_after"] < s["macs_before"]
+    model = torch.load(out / "model.pt", weights_only=False)
+    assert sum(p.numel() for p in model.parameters()) == s["params_after"]
+    assert main(["prune", "--model", "small_cnn", "--dataset", "digits", "--ratio", "0.5",
+                 "--out", str(out)]) == 2  # never overwrites a finished result
+    assert_one_line_error(capsys, "not empty")
