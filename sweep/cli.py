@@ -38,8 +38,8 @@ def _quiet_libraries() -> None:
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    except Exception:
-        pass
+    except Exception as e:  # quieter output is a nicety; say why it is missing and go on
+        _log(f"warning: could not quiet Optuna's logging: {type(e).__name__}: {e}")
 
 
 def _finish(outcome, cfg) -> int:
@@ -49,9 +49,9 @@ def _finish(outcome, cfg) -> int:
         return 130
     import pandas as pd
 
-    df = pd.DataFrame(outcome.rows)
-    ok = int((df["status"] == "ok").sum()) - 1
-    failed = int((df["status"] == "failed").sum())
+    df = pd.DataFrame([r.to_row() for r in outcome.records])
+    ok = sum(1 for r in outcome.records if r.status == "ok" and not r.is_baseline)
+    failed = sum(1 for r in outcome.records if r.status == "failed")
     _log("")
     _log(f"sweep {cfg.name}: {ok} ok, {failed} failed trial(s) in {outcome.wall_s:.0f} s")
     if outcome.fit_s and outcome.trials_run:
@@ -60,7 +60,7 @@ def _finish(outcome, cfg) -> int:
         _log(f"trials ran {outcome.fit_s:.1f} s ({outcome.trials_run} trials, {c} at a time, "
              f"{outcome.trial_s:.1f} s of trial compute): {overhead:.2f} s overhead per trial")
     _log("Pareto front (" + ", ".join(cfg.search.objectives) + "):")
-    _log(front_table(df, list(cfg.search.objectives)))
+    _log(front_table(df, list(cfg.search.objectives), quality=cfg.quality))
     _log(f"results: {outcome.sweep_dir / 'trials.parquet'}")
     uri = outcome.tracking_uri
     _log(f"MLflow:  mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"MLflow:  {uri}")
@@ -132,10 +132,11 @@ def _preflight(cfg) -> None:
 
 
 def cmd_resume(args) -> int:
-    from .driver import load_sweep, run_sweep
+    from .driver import run_sweep
+    from .folder import SweepFolder
 
     sweep_dir = Path(args.sweep_dir)
-    cfg, state = load_sweep(sweep_dir)
+    cfg = SweepFolder(sweep_dir).config()
     _quiet_libraries()
     outcome = run_sweep(cfg, sweep_dir, report_root=Path(args.reports), address=args.address, resume=True,
                         log=_log)
@@ -143,15 +144,12 @@ def cmd_resume(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from .folder import SweepFolder, report_dir
     from .report import build_report
-    from .results.store import TrialStore
-    from .errors import SweepDirError
 
     sweep_dir = Path(args.sweep_dir)
-    rows, meta = TrialStore(sweep_dir).read()
-    if not rows:
-        raise SweepDirError(f"not a sweep folder (no trials.parquet): {sweep_dir}")
-    out = Path(args.out) if args.out else Path("reports") / meta.get("name", sweep_dir.name)
+    _, meta = SweepFolder(sweep_dir).results()
+    out = Path(args.out) if args.out else report_dir(meta.get("name", sweep_dir.name))
     paths = build_report(sweep_dir, out)
     _log(f"report: {(out / 'index.html').resolve()} ({len(paths)} files)")
     return 0

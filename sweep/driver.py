@@ -1,13 +1,13 @@
 """The sweep driver: the only module that imports Ray.
 
 ``run_sweep`` = baseline -> Ray Tune with Optuna's multi-objective sampler (one Ray trial per sampled
-configuration) -> rows upserted into ``trials.parquet`` by a callback in this process (the single
+configuration) -> records upserted into ``trials.parquet`` by a callback in this process (the single
 writer) -> front re-measured alone -> Pareto flags -> MLflow parent artefacts -> report.
+The sweep folder's layout belongs to :mod:`sweep.folder`; the front to :func:`sweep.pareto.front_flags`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -17,24 +17,21 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .config import SweepConfig, load_config
-from .errors import SweepDirError
-from .results.schema import BASELINE_ID
-from .results.store import TrialStore
-from .trial import TrialSpec, load_model, prepare_baseline, read_baseline, run_trial, trial_threads
+from .config import SweepConfig
+from .folder import SweepFolder, report_dir, sweep_meta
+from .pareto import DIRECTIONS
+from .results.schema import BASELINE_ID, TrialRecord, with_front
+from .results.store import TrialStore, replace_by_id
+from .trial import TrialSpec, load_splits, prepare_baseline, run_trial, trial_threads
 
-CONFIG_FILE = "sweep.yaml"
-STATE_FILE = "state.json"
-RAY_DIR = "ray"
 EXPERIMENT = "tune"
-OBJECTIVE_MODES = {"accuracy": "max", "agreement": "max", "latency_ms": "min", "params": "min", "macs": "min"}
 
 
 @dataclass
 class SweepOutcome:
     sweep_dir: Path
     report_dir: Path | None
-    rows: list[dict]
+    records: list[TrialRecord]
     interrupted: bool
     wall_s: float
     fit_s: float = 0.0  # wall time of the Ray Tune part
@@ -47,7 +44,7 @@ class SweepOutcome:
 # ------------------------------------------------------------------------------- trainable (Ray worker)
 @lru_cache(maxsize=4)
 def _worker_config(sweep_dir: str) -> SweepConfig:
-    return load_config(Path(sweep_dir) / CONFIG_FILE)
+    return SweepFolder(Path(sweep_dir)).config()
 
 
 def _trial_seed(base_seed: int, number: int | None, trial_id: str) -> int:
@@ -73,58 +70,29 @@ def sweep_trial(config: dict, sweep_dir: str, tracking: dict) -> None:
     tracker = TrialTracker.start(tracking["uri"], tracking["experiment"], tracking["parent_run_id"],
                                  f"{method}-{trial_id}", {"method": method, "seed": seed, "trial_id": trial_id,
                                                           **knobs}, trial_id=trial_id)
-    row = run_trial(cfg, TrialSpec(sweep_dir, trial_id, method, knobs, seed), tracker)
-    row["mlflow_run_id"] = tracker.run_id
-    row["trial_number"] = number
-    if row["status"] == "ok":
-        tracker.log_metrics({k: row[k] for k in ("accuracy", "test_accuracy", "agreement", "params", "macs",
-                                                 "latency_ms",
-                                                 "latency_iqr_ms", "params_ratio", "macs_ratio",
-                                                 "latency_ratio", "wall_s")})
+    rec = run_trial(cfg, TrialSpec(sweep_dir, trial_id, method, knobs, seed), tracker, trial_number=number)
+    if rec.status == "ok":
+        tracker.log_metrics({k: getattr(rec, k) for k in ("accuracy", "test_accuracy", "agreement", "params", "macs",
+                                                          "latency_ms", "latency_iqr_ms", "params_ratio",
+                                                          "macs_ratio", "latency_ratio", "wall_s")})
         tracker.end("FINISHED")
     else:
-        tracker.set_tags({"error": row["error"][:5000]})
+        tracker.set_tags({"error": rec.error[:5000]})
         tracker.end("FAILED")
-    metrics = {o: (float(row[o]) if row["status"] == "ok" else math.nan) for o in cfg.search.objectives}
-    tune.report({**metrics, "row_json": json.dumps(row, default=str)})
+    metrics = {o: (float(getattr(rec, o)) if rec.status == "ok" else math.nan) for o in cfg.search.objectives}
+    tune.report({**metrics, "record_json": rec.to_json()})
 
 
 # ------------------------------------------------------------------------------- driver side
-def _front(rows: list[dict], objectives) -> list[dict]:
-    """Set ``on_front`` on every row (ok rows with finite objectives only)."""
-    import numpy as np
-
-    from .pareto import non_dominated_mask, to_minimisation
-
-    cand = [i for i, r in enumerate(rows) if r.get("status") == "ok"
-            and all(r.get(o) is not None and math.isfinite(float(r[o])) for o in objectives)]
-    for r in rows:
-        r["on_front"] = False
-    if cand:
-        F = np.array([[float(rows[i][o]) for o in objectives] for i in cand])
-        mask = non_dominated_mask(to_minimisation(F, [OBJECTIVE_MODES[o] for o in objectives]))
-        for i, m in zip(cand, mask):
-            rows[i]["on_front"] = bool(m)
-    return rows
-
-
-def _hypervolume(rows: list[dict], objectives, baseline: dict) -> float:
+def _hypervolume(records: list[TrialRecord], objectives, baseline: dict) -> float:
+    """The sweep's hypervolume over every ok record, the dense baseline included (see README: Pareto front)."""
     import numpy as np
 
     from .pareto import sweep_hypervolume
 
-    ok = [r for r in rows if r.get("status") == "ok" and r.get("trial_id") != BASELINE_ID]
-    vals = {o: np.array([float(r[o]) for r in ok]) for o in objectives}
+    ok = [r for r in records if r.status == "ok"]
+    vals = {o: np.array([float(r.get(o, math.nan)) for r in ok]) for o in objectives}
     return float(sweep_hypervolume(vals, list(objectives), baseline)) if ok else 0.0
-
-
-def _meta(cfg: SweepConfig, baseline: dict) -> dict:
-    return {"name": cfg.name, "objectives": list(cfg.search.objectives),
-            "baseline": {k: baseline.get(k, 1.0) for k in ("accuracy", "test_accuracy", "agreement", "params", "macs",
-                                                          "latency_ms")},
-            "labels": cfg.labels, "quality": cfg.quality,
-            "model": cfg.model.name, "dataset": cfg.dataset.name, "methods": [m.name for m in cfg.methods],
-            "trials": cfg.search.trials}
 
 
 class _Progress:
@@ -172,14 +140,11 @@ class _CallbackState:
 _ACTIVE: dict[str, _CallbackState] = {}
 
 
-def _upsert(st: _CallbackState, new_rows: list[dict]) -> list[dict]:
-    rows, _ = st.store.read()
-    by_id = {r["trial_id"]: r for r in rows}
-    for r in new_rows:
-        by_id[r["trial_id"]] = {**by_id.get(r["trial_id"], {}), **r}
-    rows = _front(list(by_id.values()), st.cfg.search.objectives)
-    st.store.write(rows, st.meta)
-    return rows
+def _upsert(st: _CallbackState, new: list[TrialRecord]) -> list[TrialRecord]:
+    records, _ = st.store.records()
+    records = with_front(replace_by_id(records, new), st.cfg.search.objectives)
+    st.store.write(records, st.meta)
+    return records
 
 
 def _live_state() -> _CallbackState:
@@ -197,45 +162,44 @@ def _make_callback():
             _live_state().progress.running.add(trial.trial_id)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            if "row_json" not in result:
+            if "record_json" not in result:
                 return
             st = _live_state()
             progress = st.progress
-            row = json.loads(result["row_json"])
-            rows = _upsert(st, [row])
+            rec = TrialRecord.from_json(result["record_json"])
+            records = _upsert(st, [rec])
             progress.running.discard(trial.trial_id)
             progress.done += 1
-            progress.failed += row["status"] != "ok"
-            progress.front = sum(1 for r in rows if r.get("on_front"))
-            hv = _hypervolume(rows, st.cfg.search.objectives, st.meta["baseline"])
+            progress.failed += rec.status != "ok"
+            progress.front = sum(1 for r in records if r.on_front)
+            hv = _hypervolume(records, st.cfg.search.objectives, st.meta["baseline"])
             if st.sink is not None:
                 try:
                     st.sink.log_metrics(st.parent_id, {"hypervolume": hv, "front_size": progress.front,
                                                        "trials_done": progress.done}, step=progress.done)
-                except Exception:
-                    pass
-            if row["status"] == "ok":
-                agree = f" agree {row['agreement']:.4f}" if st.cfg.label_free else ""
-                what = (f"{trial.trial_id} {row['method']} acc {row['accuracy']:.4f}{agree} "
-                        f"lat {row['latency_ms']:.3f} ms params {row['params']:,}")
+                except Exception as e:  # tracking is a mirror: the Parquet row is already safe
+                    progress.log(f"warning: MLflow logging of the hypervolume failed: {type(e).__name__}: {e}")
+            if rec.status == "ok":
+                agree = f" agree {rec.agreement:.4f}" if st.cfg.label_free else ""
+                what = (f"{trial.trial_id} {rec.method} acc {rec.accuracy:.4f}{agree} "
+                        f"lat {rec.latency_ms:.3f} ms params {rec.params:,}")
             else:
-                what = f"{trial.trial_id} {row['method']} FAILED: {row['error'].splitlines()[0][:100]}"
+                what = f"{trial.trial_id} {rec.method} FAILED: {rec.error.splitlines()[0][:100]}"
             progress.line(what)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             # the trainable catches trial errors itself; this is a crashed worker (e.g. killed for memory)
             st = _live_state()
             st.progress.running.discard(trial.trial_id)
-            rows, _ = st.store.read()
-            if any(r["trial_id"] == trial.trial_id and r["status"] != "stopped" for r in rows):
+            records, _ = st.store.records()
+            if any(r.trial_id == trial.trial_id and r.status != "stopped" for r in records):
                 return
-            err = "worker crashed"
             try:
                 err = f"worker crashed: {str(trial.get_error())[:2000]}"
-            except Exception:
-                pass
-            _upsert(st, [{"sweep": st.cfg.name, "trial_id": trial.trial_id, "status": "failed", "error": err,
-                          "method": trial.config.get("method"), "ended_at": time.time()}])
+            except Exception as e:  # the error itself could not be read back from Ray
+                err = f"worker crashed (its error could not be read: {type(e).__name__})"
+            _upsert(st, [TrialRecord.unfinished(st.cfg.name, trial.trial_id, "failed", err,
+                                                method=trial.config.get("method"), ended_at=time.time())])
             st.progress.done += 1
             st.progress.failed += 1
             st.progress.line(f"{trial.trial_id} FAILED: {err[:100]}")
@@ -270,16 +234,16 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None):
              log_to_driver=False, _temp_dir=tmp, configure_logging=True)
 
 
-def _tuner(cfg: SweepConfig, sweep_dir: Path, tracking: dict, callback, restore: bool):
+def _tuner(cfg: SweepConfig, folder: SweepFolder, tracking: dict, callback, restore: bool):
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
     from .space import define_by_run, first_points, make_sampler
 
     trainable = tune.with_resources(
-        tune.with_parameters(sweep_trial, sweep_dir=str(sweep_dir), tracking=tracking),
+        tune.with_parameters(sweep_trial, sweep_dir=str(folder.path), tracking=tracking),
         {"cpu": cfg.search.cpus_per_trial})
-    storage = str((sweep_dir / RAY_DIR).resolve())
+    storage = str(folder.ray_dir)
     run_config = tune.RunConfig(name=EXPERIMENT, storage_path=storage, verbose=0, callbacks=[callback],
                                 failure_config=tune.FailureConfig(max_failures=0))
     exp_path = Path(storage) / EXPERIMENT
@@ -288,7 +252,7 @@ def _tuner(cfg: SweepConfig, sweep_dir: Path, tracking: dict, callback, restore:
                                   resume_errored=False, restart_errored=False)
     searcher = OptunaSearch(
         space=define_by_run(cfg), metric=list(cfg.search.objectives),
-        mode=[OBJECTIVE_MODES[o] for o in cfg.search.objectives],
+        mode=[DIRECTIONS[o] for o in cfg.search.objectives],
         sampler=make_sampler(cfg.search.sampler, seed=cfg.seed, n_trials=cfg.search.trials),
         points_to_evaluate=first_points(cfg) or None,
     )
@@ -301,7 +265,7 @@ def _tuner(cfg: SweepConfig, sweep_dir: Path, tracking: dict, callback, restore:
     )
 
 
-def _remeasure(cfg: SweepConfig, sweep_dir: Path, rows: list[dict], log) -> list[dict]:
+def _remeasure(cfg: SweepConfig, folder: SweepFolder, records: list[TrialRecord], log) -> list[TrialRecord]:
     """Latency taken while other trials shared the machine is noisy: re-measure it alone.
 
     ``measure.remeasure: all`` re-measures every ok trial (a noisy point may look dominated as easily
@@ -309,75 +273,47 @@ def _remeasure(cfg: SweepConfig, sweep_dir: Path, rows: list[dict], log) -> list
     newcomers (at most 3 rounds); ``none`` keeps the figures taken during the sweep.
     """
     from .measure import measure_latency
-    from .trial import load_splits
 
     objectives = list(cfg.search.objectives)
     if "latency_ms" not in objectives or cfg.measure.remeasure == "none":
-        return _front(rows, objectives)
+        return with_front(records, objectives)
     splits = load_splits(cfg)
-    base = next(r for r in rows if r["trial_id"] == BASELINE_ID)
+    base_lat = next(r for r in records if r.is_baseline).latency_ms
     rounds = 1 if cfg.measure.remeasure == "all" else 3
     for _ in range(rounds):
-        rows = _front(rows, objectives)
-        todo = [r for r in rows if r.get("status") == "ok" and not r.get("latency_alone") and r.get("model_path")
-                and (cfg.measure.remeasure == "all" or r.get("on_front"))]
+        records = with_front(records, objectives)
+        todo = {r.trial_id for r in records if r.status == "ok" and not r.latency_alone and r.model_path
+                and (cfg.measure.remeasure == "all" or r.on_front)}
         if not todo:
             break
-        for r in sorted(todo, key=lambda r: not r.get("on_front")):
-            model = load_model(sweep_dir, r["model_path"])
-            lat = measure_latency(model, splits.input_shape, batch=cfg.measure.latency_batch,
-                                  warmup=cfg.measure.warmup, repeats=cfg.measure.repeats,
-                                  threads=trial_threads(cfg), device=cfg.measure.device)
-            r.update(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, threads=lat.threads,
-                     latency_alone=True)
-        base_lat = base.get("latency_ms")
+        fresh = {}
+        for r in sorted((r for r in records if r.trial_id in todo), key=lambda r: not r.on_front):
+            lat = measure_latency(folder.load_model(r.model_path), splits.input_shape,
+                                  batch=cfg.measure.latency_batch, warmup=cfg.measure.warmup,
+                                  repeats=cfg.measure.repeats, threads=trial_threads(cfg), device=cfg.measure.device)
+            fresh[r.trial_id] = dict(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, threads=lat.threads,
+                                     latency_alone=True)
+        records = [r.replace(**fresh[r.trial_id]) if r.trial_id in fresh else r for r in records]
         if base_lat:
-            for x in rows:
-                if x.get("latency_ms") is not None:
-                    x["latency_ratio"] = x["latency_ms"] / base_lat
+            records = [r.replace(latency_ratio=r.latency_ms / base_lat) if r.latency_ms is not None else r
+                       for r in records]
         log(f"re-measured the latency of {len(todo)} trial(s) alone")
-    return _front(rows, objectives)
-
-
-def init_sweep_dir(cfg: SweepConfig, sweep_dir: Path) -> None:
-    if sweep_dir.exists() and any(sweep_dir.iterdir()):
-        if (sweep_dir / CONFIG_FILE).exists():
-            raise SweepDirError(f"sweep folder already exists: {sweep_dir}; continue it with "
-                                f"`sweep resume {sweep_dir}` or choose another --name/--out")
-        raise SweepDirError(f"output folder is not empty and not a sweep folder: {sweep_dir}")
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    import yaml
-
-    raw = dict(cfg.raw)
-    raw["name"] = cfg.name
-    if cfg.baseline.path:  # resolved, so that the copy works from anywhere
-        b = raw.get("baseline")
-        raw["baseline"] = {**(b if isinstance(b, dict) else {}), "path": cfg.baseline.path}
-    (sweep_dir / CONFIG_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
-def load_sweep(sweep_dir: Path) -> tuple[SweepConfig, dict]:
-    if not (sweep_dir / CONFIG_FILE).is_file():
-        raise SweepDirError(f"not a sweep folder (no {CONFIG_FILE}): {sweep_dir}")
-    cfg = load_config(sweep_dir / CONFIG_FILE)
-    state = json.loads((sweep_dir / STATE_FILE).read_text()) if (sweep_dir / STATE_FILE).is_file() else {}
-    return cfg, state
+    return with_front(records, objectives)
 
 
 def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = Path("reports"),
               address: str | None = None, tracking_uri: str | None = None, resume: bool = False,
               log=print) -> SweepOutcome:
-    from .results.mlflow_sink import MlflowSink, default_tracking_uri
+    from .results.mlflow_sink import MlflowSink
 
     t0 = time.time()
-    sweep_dir = sweep_dir.resolve()
+    folder = SweepFolder(sweep_dir)
     if not resume:
-        init_sweep_dir(cfg, sweep_dir)
-    state_path = sweep_dir / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    uri = tracking_uri or state.get("tracking_uri") or default_tracking_uri(sweep_dir)
+        folder.create(cfg)
+    state = folder.state()
+    uri = tracking_uri or state.get("tracking_uri") or folder.default_tracking_uri
     experiment = state.get("experiment") or cfg.name
-    sink = MlflowSink(uri, experiment, artifact_dir=sweep_dir / "mlartifacts")
+    sink = MlflowSink(uri, experiment, artifact_dir=folder.artifacts_dir)
     parent_id = state.get("parent_run_id")
     if parent_id:
         n = sink.close_stale_children(parent_id)
@@ -390,37 +326,35 @@ def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = P
             "concurrency": cfg.search.concurrency, "sampler": cfg.search.sampler,
             "objectives": ",".join(cfg.search.objectives), "methods": ",".join(m.name for m in cfg.methods),
             "finetune_epochs": cfg.finetune.epochs, "seed": cfg.seed})
-        sink.log_artifact(parent_id, sweep_dir / CONFIG_FILE)
+        sink.log_artifact(parent_id, folder.config_path)
     state.update(tracking_uri=uri, experiment=experiment, parent_run_id=parent_id, name=cfg.name)
-    _write_json(state_path, state)
+    folder.write_state(state)
 
-    store = TrialStore(sweep_dir)
-    rows, _ = store.read()
-    if not any(r["trial_id"] == BASELINE_ID for r in rows) or not (sweep_dir / "baseline" / "model.pt").is_file():
-        brow = prepare_baseline(cfg, sweep_dir, log=log)
-        brow["mlflow_run_id"] = parent_id
-        base = read_baseline(sweep_dir)
-        meta = _meta(cfg, base)
-        rows = [r for r in rows if r["trial_id"] != BASELINE_ID] + [brow]
-        store.write(_front(rows, cfg.search.objectives), meta)
+    store = folder.store
+    records, _ = store.records()
+    if not any(r.is_baseline for r in records) or not folder.has_baseline():
+        brec = prepare_baseline(cfg, folder, log=log).replace(mlflow_run_id=parent_id)
+        base = folder.baseline()
+        records = with_front([r for r in records if not r.is_baseline] + [brec], cfg.search.objectives)
+        store.write(records, sweep_meta(cfg, base))
         sink.log_metrics(parent_id, {f"baseline_{k}": base[k] for k in
                                      ("accuracy", "test_accuracy", "params", "macs", "latency_ms")})
         log(f"baseline: accuracy {base['accuracy']:.4f} (val) · params {base['params']:,} · "
             f"MACs {base['macs']:,} · latency {base['latency_ms']:.3f} ms "
             f"(batch {cfg.measure.latency_batch}, {base['latency']['threads']} thread(s), {cfg.measure.device})")
-    base = read_baseline(sweep_dir)
-    meta = _meta(cfg, base)
-    rows, _ = store.read()
-    done = sum(1 for r in rows if r["trial_id"] != BASELINE_ID and r["status"] in ("ok", "failed"))
+    base = folder.baseline()
+    meta = sweep_meta(cfg, base)
+    records, _ = store.records()
+    done = sum(1 for r in records if not r.is_baseline and r.status in ("ok", "failed"))
     progress = _Progress(cfg.search.trials, done, log)
     interrupted = False
     timing: dict = {}
     if done < cfg.search.trials:
-        _ray_init(address, sweep_dir, None)
+        _ray_init(address, folder.path, None)
         _ACTIVE["sweep"] = _CallbackState(store, cfg, meta, progress, sink, parent_id)
         callback = _make_callback()
         tracking = {"uri": uri, "experiment": experiment, "parent_run_id": parent_id}
-        tuner = _tuner(cfg, sweep_dir, tracking, callback, restore=resume)
+        tuner = _tuner(cfg, folder, tracking, callback, restore=resume)
         log(f"running {cfg.search.trials - done} trial(s), {cfg.search.concurrency} at a time "
             f"({cfg.search.sampler} sampler; objectives: {', '.join(cfg.search.objectives)})")
         fit_t0 = time.time()
@@ -429,75 +363,61 @@ def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = P
         except KeyboardInterrupt:
             interrupted = True
         fit_s = time.time() - fit_t0
-        rows, _ = store.read()
-        this_run = [r for r in rows if r["trial_id"] != BASELINE_ID and r.get("ended_at") is not None
-                    and _epoch(r.get("started_at")) >= fit_t0 and r.get("wall_s")]
-        timing = dict(fit_s=fit_s, trial_s=sum(r["wall_s"] for r in this_run), trials_run=len(this_run),
+        records, _ = store.records()
+        this_run = [r for r in records if not r.is_baseline and r.ended_at is not None and r.wall_s
+                    and r.started_at is not None and r.started_at.timestamp() >= fit_t0]
+        timing = dict(fit_s=fit_s, trial_s=sum(r.wall_s for r in this_run), trials_run=len(this_run),
                       concurrency=cfg.search.concurrency)
-        finished = sum(1 for r in rows if r["trial_id"] != BASELINE_ID and r["status"] in ("ok", "failed"))
+        finished = sum(1 for r in records if not r.is_baseline and r.status in ("ok", "failed"))
         budget_hit = cfg.search.time_budget_s is not None and time.time() - t0 >= cfg.search.time_budget_s
         interrupted = interrupted or (finished < cfg.search.trials and not budget_hit)
         if interrupted:
             _mark_stopped(store, meta, progress.running, cfg)
             sink.close_stale_children(parent_id)
-    rows, _ = store.read()
+    records, _ = store.records()
     if interrupted:
         sink.end(parent_id, "KILLED")
         log(f"interrupted: {progress.done} of {cfg.search.trials} trials finished and kept; "
-            f"continue with `sweep resume {sweep_dir}`")
-        return SweepOutcome(sweep_dir, None, rows, True, time.time() - t0, tracking_uri=uri, **timing)
+            f"continue with `sweep resume {folder.path}`")
+        return SweepOutcome(folder.path, None, records, True, time.time() - t0, tracking_uri=uri, **timing)
 
-    rows = _remeasure(cfg, sweep_dir, rows, log)
-    store.write(rows, meta)
-    report_dir = None
+    records = _remeasure(cfg, folder, records, log)
+    store.write(records, meta)
+    out_dir = None
     if report_root is not None:
         from .report import build_report
 
-        report_dir = Path(report_root) / cfg.name
-        build_report(sweep_dir, report_dir)
-    _log_parent_artifacts(sink, parent_id, sweep_dir, rows, cfg, base, report_dir)
+        out_dir = report_dir(cfg.name, report_root)
+        build_report(folder.path, out_dir)
+    _log_parent_artifacts(sink, parent_id, records, cfg, base, out_dir)
     sink.end(parent_id, "FINISHED")
-    return SweepOutcome(sweep_dir, report_dir, rows, False, time.time() - t0, tracking_uri=uri, **timing)
-
-
-def _epoch(v) -> float:
-    if v is None:
-        return 0.0
-    return v.timestamp() if hasattr(v, "timestamp") else float(v)
+    return SweepOutcome(folder.path, out_dir, records, False, time.time() - t0, tracking_uri=uri, **timing)
 
 
 def _mark_stopped(store: TrialStore, meta: dict, running: set, cfg: SweepConfig) -> None:
-    rows, _ = store.read()
-    have = {r["trial_id"] for r in rows}
-    new = [{"sweep": cfg.name, "trial_id": t, "status": "stopped", "error": "interrupted before it finished",
-            "ended_at": time.time()} for t in running if t not in have]
+    records, _ = store.records()
+    have = {r.trial_id for r in records}
+    new = [TrialRecord.unfinished(cfg.name, t, "stopped", "interrupted before it finished", ended_at=time.time())
+           for t in running if t not in have]
     if new:
-        rows = _front(rows + new, cfg.search.objectives)
-        store.write(rows, meta)
+        store.write(with_front(records + new, cfg.search.objectives), meta)
 
 
-def _log_parent_artifacts(sink, parent_id, sweep_dir: Path, rows, cfg, base, report_dir) -> None:
+def _log_parent_artifacts(sink, parent_id, records: list[TrialRecord], cfg, base, out_dir) -> None:
     import pandas as pd
 
-    front = [r for r in rows if r.get("on_front")]
+    front = pd.DataFrame([r.to_row() for r in records if r.on_front])
     tmp = Path(tempfile.mkdtemp(prefix="sweep-front-"))
     try:
-        df = pd.DataFrame(front)
-        df.to_csv(tmp / "front.csv", index=False)
-        df.to_parquet(tmp / "front.parquet", index=False)
+        front.to_csv(tmp / "front.csv", index=False)
+        front.to_parquet(tmp / "front.parquet", index=False)
         sink.log_artifact(parent_id, tmp / "front.csv", "front")
         sink.log_artifact(parent_id, tmp / "front.parquet", "front")
-        if report_dir is not None:
-            for p in sorted(Path(report_dir).glob("*")):
+        if out_dir is not None:
+            for p in sorted(Path(out_dir).glob("*")):
                 if p.is_file():
                     sink.log_artifact(parent_id, p, "report")
-        hv = _hypervolume(rows, cfg.search.objectives, base)
+        hv = _hypervolume(records, cfg.search.objectives, base)
         sink.log_metrics(parent_id, {"final_hypervolume": hv, "final_front_size": len(front)})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)

@@ -236,3 +236,31 @@ def hypervolume_history(
             current = hypervolume(front, ref)
         history[i] = current
     return history
+
+
+def front_flags(rows: Sequence[Mapping], objectives: Sequence[str]) -> list[bool]:
+    """The one Pareto front of a sweep: for each row, whether it is on the front of ``objectives``.
+
+    ``rows`` are mappings of column names to values (trial records or table rows).  Only rows with
+    ``status == "ok"`` and a finite value for every objective take part; the others are never on the
+    front.  Directions come from :data:`DIRECTIONS`.  The dense baseline row takes part like any trial.
+    """
+    objectives = list(objectives)
+    for name in objectives:
+        if name not in DIRECTIONS:
+            raise ValueError(f"objective must be one of {sorted(DIRECTIONS)}, but got {name!r}")
+    flags = [False] * len(rows)
+    cand = [i for i, r in enumerate(rows) if r.get("status") == "ok" and all(_finite(r.get(o)) for o in objectives)]
+    if cand:
+        F = np.array([[float(rows[i][o]) for o in objectives] for i in cand], dtype=float)
+        mask = non_dominated_mask(to_minimisation(F, [DIRECTIONS[o] for o in objectives]))
+        for i, on in zip(cand, mask):
+            flags[i] = bool(on)
+    return flags
+
+
+def _finite(value) -> bool:
+    try:
+        return value is not None and bool(np.isfinite(float(value)))
+    except (TypeError, ValueError):
+        return False

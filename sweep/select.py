@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
-from .errors import BudgetError, SweepDirError
-from .results.store import TrialStore
+from .errors import BudgetError
+from .folder import SweepFolder
+from .results.schema import TrialRecord
 
 # budget flag -> (column, comparison)
 LIMITS = {
@@ -36,7 +37,7 @@ class Budget:
     def items(self):
         return [(k, v) for k, v in asdict(self).items() if v is not None]
 
-    def broken(self, row: dict, quality: str = "accuracy") -> list[str]:
+    def broken(self, row: TrialRecord, quality: str = "accuracy") -> list[str]:
         """The limits a row breaks, each as text (e.g. ``latency_ms 3.1 > 2.0``).
 
         ``min_accuracy`` applies to the sweep's quality column (``agreement`` when label-free)."""
@@ -53,7 +54,7 @@ class Budget:
                 out.append(f"{col} {_num(v)} < {_num(limit)}")
         return out
 
-    def excess(self, row: dict, quality: str = "accuracy") -> float:
+    def excess(self, row: TrialRecord, quality: str = "accuracy") -> float:
         """Sum of relative violations: how far outside the budget a row lies (0 inside)."""
         total = 0.0
         for flag, limit in self.items():
@@ -73,29 +74,30 @@ def _num(v) -> str:
     return f"{v:.4g}"
 
 
-def _describe(r: dict) -> str:
-    return (f"trial {r['trial_id']} ({r['method']}): accuracy {r['accuracy']:.4f}, latency "
-            f"{r['latency_ms']:.3f} ms, params {r['params']:,}, MACs {r['macs']:,}")
+def _describe(r: TrialRecord, quality: str = "accuracy") -> str:
+    return (f"trial {r.trial_id} ({r.method}): {quality} {r.get(quality, math.nan):.4f}, latency "
+            f"{r.latency_ms:.3f} ms, params {r.params:,}, MACs {r.macs:,}")
 
 
-def candidates(rows: list[dict], budget: Budget, quality: str = "accuracy") -> list[dict]:
-    """``ok`` rows inside the budget, best first: highest quality (validation accuracy, or agreement
-    with the teacher in a label-free sweep), ties broken by lower latency."""
-    ok = [r for r in rows if r.get("status") == "ok"]
+def candidates(records: list[TrialRecord], budget: Budget, quality: str = "accuracy") -> list[TrialRecord]:
+    """``ok`` records inside the budget, best first: highest quality (validation accuracy, or agreement
+    with the teacher in a label-free sweep), ties broken by lower latency.  The dense baseline is a
+    candidate like any trial."""
+    ok = [r for r in records if r.status == "ok"]
     inside = [r for r in ok if not budget.broken(r, quality)]
-    return sorted(inside, key=lambda r: (-r[quality], r["latency_ms"]))
+    return sorted(inside, key=lambda r: (-r.get(quality), r.latency_ms))
 
 
-def choose(rows: list[dict], budget: Budget, quality: str = "accuracy") -> list[dict]:
+def choose(records: list[TrialRecord], budget: Budget, quality: str = "accuracy") -> list[TrialRecord]:
     """Candidates in order, or a BudgetError naming the closest point and what it breaks."""
-    cands = candidates(rows, budget, quality)
+    cands = candidates(records, budget, quality)
     if cands:
         return cands
-    ok = [r for r in rows if r.get("status") == "ok"]
+    ok = [r for r in records if r.status == "ok"]
     if not ok:
         raise BudgetError("no finished trial to choose from (the sweep has no `ok` rows)")
     closest = min(ok, key=lambda r: budget.excess(r, quality))
-    raise BudgetError(f"no trial meets the budget ({_budget_text(budget)}); closest: {_describe(closest)} — "
+    raise BudgetError(f"no trial meets the budget ({_budget_text(budget)}); closest: {_describe(closest, quality)} — "
                       f"breaks {', '.join(budget.broken(closest, quality))}")
 
 
@@ -105,49 +107,45 @@ def _budget_text(b: Budget) -> str:
 
 def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: bool = True,
            register: bool = True, log=print) -> dict:
-    from .driver import load_sweep
     from .measure import measure_latency
-    from .trial import load_model, load_splits, trial_threads
+    from .trial import load_splits, trial_threads
 
-    sweep_dir = Path(sweep_dir).resolve()
-    store = TrialStore(sweep_dir)
-    if not store.exists():
-        raise SweepDirError(f"not a sweep folder (no trials.parquet): {sweep_dir}")
-    cfg, state = load_sweep(sweep_dir)
-    rows, meta = store.read()
-    quality = cfg.quality
-    ordered = choose(rows, budget, quality)
+    folder = SweepFolder(sweep_dir)
+    records, meta = folder.results()
+    cfg, state = folder.config(), folder.state()
+    quality = meta.get("quality", "accuracy")
+    ordered = choose(records, budget, quality)
     splits = load_splits(cfg)
     threads = trial_threads(cfg)
     chosen, rejected_after = None, []
     for r in ordered:
-        model = load_model(sweep_dir, r["model_path"])
+        model = folder.load_model(r.model_path)
         lat = measure_latency(model, splits.input_shape, batch=cfg.measure.latency_batch,
                               warmup=cfg.measure.warmup, repeats=max(cfg.measure.repeats, 100),
                               threads=threads, device=cfg.measure.device)
-        remeasured = {**r, "latency_ms": lat.median_ms, "latency_iqr_ms": lat.iqr_ms}
+        remeasured = r.replace(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms)
         broken = budget.broken(remeasured, quality)
         if broken:
-            rejected_after.append({"trial_id": r["trial_id"], "why": "re-measured alone: " + ", ".join(broken)})
-            log(f"trial {r['trial_id']}: re-measured latency {lat.median_ms:.3f} ms breaks the budget; next")
+            rejected_after.append({"trial_id": r.trial_id, "why": "re-measured alone: " + ", ".join(broken)})
+            log(f"trial {r.trial_id}: re-measured latency {lat.median_ms:.3f} ms breaks the budget; next")
             continue
         chosen, chosen_lat, chosen_model = remeasured, lat, model
         break
     if chosen is None:
         raise BudgetError(f"no trial meets the budget ({_budget_text(budget)}) once its latency is re-measured "
-                          f"alone; closest: {_describe(ordered[0])}")
+                          f"alone; closest: {_describe(ordered[0], quality)}")
 
     front_rejects = []
-    for r in rows:
-        if not r.get("on_front") or r["trial_id"] == chosen["trial_id"]:
+    for r in records:
+        if not r.on_front or r.trial_id == chosen.trial_id:
             continue
         why = budget.broken(r, quality)
-        front_rejects.append({"trial_id": r["trial_id"], "method": r["method"], "accuracy": r["accuracy"],
-                              "latency_ms": r["latency_ms"], "params": r["params"], "macs": r["macs"],
-                              "agreement": r.get("agreement"),
+        front_rejects.append({"trial_id": r.trial_id, "method": r.method, "accuracy": r.accuracy,
+                              "latency_ms": r.latency_ms, "params": r.params, "macs": r.macs,
+                              "agreement": r.agreement,
                               "why": ", ".join(why) if why else f"inside the budget but lower {quality} "
                                                                   f"(or equal and slower)"})
-    out = Path(out) if out else sweep_dir / "selected"
+    out = Path(out) if out else folder.selected_dir
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -174,8 +172,8 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
     return decision
 
 
-def _public(r: dict) -> dict:
-    return {k: v for k, v in r.items() if v is not None and k not in ("info",)}
+def _public(r: TrialRecord) -> dict:
+    return {k: v for k, v in r.to_row().items() if v is not None and k not in ("info",)}
 
 
 def _export(model, example, out: Path, log) -> dict:
@@ -207,7 +205,7 @@ def _export(model, example, out: Path, log) -> dict:
     return res
 
 
-def _register(state: dict, name: str, chosen: dict, model, example, out: Path, log) -> dict:
+def _register(state: dict, name: str, chosen: TrialRecord, model, example, out: Path, log) -> dict:
     """Log the chosen model to its trial's MLflow run, register it, and point the alias at it."""
     try:
         import mlflow
@@ -217,7 +215,7 @@ def _register(state: dict, name: str, chosen: dict, model, example, out: Path, l
         uri = state["tracking_uri"]
         client = _client(uri)
         mlflow.set_tracking_uri(uri)
-        run_id = chosen.get("mlflow_run_id") or state.get("parent_run_id")
+        run_id = chosen.mlflow_run_id or state.get("parent_run_id")
         reg_name = f"{name}-selected"
         import contextlib
         import io

@@ -13,7 +13,8 @@ Conventions (tested):
 from __future__ import annotations
 
 
-from .config import SweepConfig
+from .config import SAMPLERS, SweepConfig
+from .errors import ConfigError
 from .methods import get_method
 
 METHOD_PARAM = "method"
@@ -92,4 +93,4 @@ def make_sampler(name: str, *, seed: int, n_trials: int):
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(f"unknown sampler {name!r}")
+    raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, but got sampler={name!r} (search.sampler)")

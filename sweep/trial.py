@@ -1,7 +1,7 @@
 """One trial, with no Ray in sight: baseline -> prune -> fine-tune -> measure -> one result row.
 
-Also the baseline itself (trained once per sweep, or loaded from a checkpoint) and the helpers that
-load models saved inside a sweep folder.
+Also the baseline itself (trained once per sweep, or loaded from a checkpoint).  Both return a
+:class:`~sweep.results.schema.TrialRecord`, the only place rows are built.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from .config import SweepConfig
-from .errors import SweepDirError, TrialFailure
-from .results.schema import BASELINE_ID, knob_column
-
-BASELINE_DIR = "baseline"
-MODELS_DIR = "models"
+from .errors import TrialFailure
+from .folder import SweepFolder
+from .results.schema import BASELINE_ID, TrialRecord
 
 
 @dataclass(frozen=True)
@@ -91,34 +89,6 @@ def trial_data(cfg: SweepConfig, splits, seed: int) -> TrialData:
     )
 
 
-def save_model(model, sweep_dir: Path, rel: str) -> str:
-    """Whole-module save inside the sweep folder (pruned shapes differ from any builder's)."""
-    import torch
-
-    path = Path(sweep_dir) / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model, tmp)
-    os.replace(tmp, path)
-    return rel
-
-
-def load_model(sweep_dir: Path, rel: str):
-    """Load a model saved by :func:`save_model`; refuses paths outside the sweep folder.
-
-    Whole-module files are pickles, so they are loaded only from the sweep's own folder.
-    """
-    import torch
-
-    root = Path(sweep_dir).resolve()
-    path = (root / rel).resolve()
-    if root not in path.parents:
-        raise SweepDirError(f"model path must lie inside the sweep folder {root}, but got {rel!r}")
-    if not path.is_file():
-        raise SweepDirError(f"saved model not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
 def measure_all(cfg: SweepConfig, model, splits, data: TrialData, threads: int, teacher=None) -> Figures:
     """Accuracy (labels read here only, for reporting), agreement with the teacher, params, MACs, latency."""
     from .measure import accuracy, agreement, count_macs, count_params, measure_latency
@@ -153,17 +123,13 @@ def trial_threads(cfg: SweepConfig) -> int:
 
 
 # ------------------------------------------------------------------------------- baseline
-def prepare_baseline(cfg: SweepConfig, sweep_dir: Path, log=print) -> dict:
-    """Train (or load) the dense model once, measure it, save it in ``<sweep>/baseline/``.
-
-    Returns the baseline's row for ``trials.parquet``.
-    """
+def prepare_baseline(cfg: SweepConfig, folder: SweepFolder, log=print) -> TrialRecord:
+    """Train (or load) the dense model once, measure it, save it in ``<sweep>/baseline/``; its record."""
     import torch
 
     from .models import build_model
     from .train import train
 
-    t0 = time.time()
     started = time.time()
     torch.manual_seed(cfg.seed)
     splits = load_splits(cfg)
@@ -182,77 +148,66 @@ def prepare_baseline(cfg: SweepConfig, sweep_dir: Path, log=print) -> dict:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         train(model, data.teacher_train, epochs=b.epochs, lr=b.lr, momentum=b.momentum,
               weight_decay=b.weight_decay, optimizer=b.optimizer, device=cfg.measure.device)
-    threads = trial_threads(cfg)
-    fig = measure_all(cfg, model, splits, data, threads)
-    rel = save_model(model.to("cpu"), sweep_dir, f"{BASELINE_DIR}/model.pt")
+    fig = measure_all(cfg, model, splits, data, trial_threads(cfg))
     summary = {"accuracy": fig.accuracy, "test_accuracy": fig.test_accuracy, "agreement": 1.0, "params": fig.params,
                "macs": fig.macs, "latency_ms": fig.latency["median_ms"], "latency": fig.latency,
                "model": cfg.model.name, "dataset": cfg.dataset.name, "epochs": epochs,
                "input_shape": list(splits.input_shape), "num_classes": splits.num_classes}
-    (Path(sweep_dir) / BASELINE_DIR / "summary.json").write_text(json.dumps(summary, indent=2))
-    return {
-        "sweep": cfg.name, "trial_id": BASELINE_ID, "status": "ok", "error": "", "method": "baseline",
-        "accuracy": fig.accuracy, "test_accuracy": fig.test_accuracy, "agreement": 1.0,
-        "baseline_accuracy": fig.accuracy, "baseline_test_accuracy": fig.test_accuracy,
-        "params": fig.params, "macs": fig.macs, **_latency_cols(fig.latency),
-        "params_ratio": 1.0, "macs_ratio": 1.0, "latency_ratio": 1.0,
-        "model_path": rel, "seed": cfg.seed, "finetune_epochs": epochs, "wall_s": time.time() - t0,
-        "started_at": started, "ended_at": time.time(), "info": json.dumps({"summary": summary}),
-    }
+    rel = folder.write_baseline(model.to("cpu"), summary)
+    ended = time.time()
+    return TrialRecord(
+        sweep=cfg.name, trial_id=BASELINE_ID, status="ok", method="baseline",
+        accuracy=fig.accuracy, test_accuracy=fig.test_accuracy, agreement=1.0,
+        baseline_accuracy=fig.accuracy, baseline_test_accuracy=fig.test_accuracy,
+        params=fig.params, macs=fig.macs, **_latency_fields(fig.latency),
+        params_ratio=1.0, macs_ratio=1.0, latency_ratio=1.0,
+        model_path=rel, seed=cfg.seed, finetune_epochs=epochs, wall_s=ended - started,
+        started_at=started, ended_at=ended, info=json.dumps({"summary": summary}))
 
 
-def _latency_cols(lat: dict) -> dict:
+def _latency_fields(lat: dict) -> dict:
     return {"latency_ms": lat["median_ms"], "latency_iqr_ms": lat["iqr_ms"], "latency_batch": lat["batch"],
             "latency_repeats": lat["repeats"], "threads": lat["threads"], "device": lat["device"],
             "latency_alone": False}
 
 
-def read_baseline(sweep_dir: Path) -> dict:
-    p = Path(sweep_dir) / BASELINE_DIR / "summary.json"
-    if not p.is_file():
-        raise SweepDirError(f"not a sweep folder (no {BASELINE_DIR}/summary.json): {sweep_dir}")
-    return json.loads(p.read_text())
-
-
 # ------------------------------------------------------------------------------- one trial
-def run_trial(cfg: SweepConfig, spec: TrialSpec, tracker=None) -> dict:
-    """Run one trial and return its row. Never raises for trial-level failures: they are states."""
+def run_trial(cfg: SweepConfig, spec: TrialSpec, tracker=None, trial_number: int | None = None) -> TrialRecord:
+    """Run one trial and return its record. Never raises for trial-level failures: they are states."""
     import torch
 
     started = time.time()
-    base = read_baseline(Path(spec.sweep_dir))
-    row = {
-        "sweep": cfg.name, "trial_id": spec.trial_id, "method": spec.method, "seed": spec.seed,
-        "baseline_accuracy": base["accuracy"], "baseline_test_accuracy": base["test_accuracy"],
-        "finetune_epochs": cfg.finetune.epochs, "started_at": started, "error": "",
-    }
-    for k, v in spec.knobs.items():
-        row[knob_column(spec.method, k)] = v
+    folder = SweepFolder(Path(spec.sweep_dir))
+    base = folder.baseline()
+    common = dict(sweep=cfg.name, trial_id=spec.trial_id, trial_number=trial_number, method=spec.method,
+                  seed=spec.seed, knobs=spec.knobs, baseline_accuracy=base["accuracy"],
+                  baseline_test_accuracy=base["test_accuracy"], started_at=started,
+                  mlflow_run_id=getattr(tracker, "run_id", None))
     log_metric = tracker.log_metric if tracker is not None else (lambda k, v, s=0: None)
     try:
-        fig, info, rel, epochs = _prune_and_measure(cfg, spec, base, log_metric)
-        row.update({
-            "status": "ok", "accuracy": fig.accuracy, "test_accuracy": fig.test_accuracy,
-            "agreement": fig.agreement, "params": fig.params, "macs": fig.macs, **_latency_cols(fig.latency),
-            "params_ratio": fig.params / base["params"], "macs_ratio": fig.macs / base["macs"],
-            "latency_ratio": fig.latency["median_ms"] / base["latency_ms"],
-            "model_path": rel, "info": json.dumps(info, default=str), "finetune_epochs": epochs,
-        })
+        fig, info, rel, epochs = _prune_and_measure(cfg, spec, folder, log_metric)
+        ended = time.time()
+        return TrialRecord(
+            **common, status="ok", accuracy=fig.accuracy, test_accuracy=fig.test_accuracy,
+            agreement=fig.agreement, params=fig.params, macs=fig.macs, **_latency_fields(fig.latency),
+            params_ratio=fig.params / base["params"], macs_ratio=fig.macs / base["macs"],
+            latency_ratio=fig.latency["median_ms"] / base["latency_ms"], model_path=rel,
+            info=json.dumps(info, default=str), finetune_epochs=epochs, ended_at=ended, wall_s=ended - started)
     except TrialFailure as e:
-        row.update(status="failed", error=str(e))
+        error = str(e)
     except torch.OutOfMemoryError as e:  # type: ignore[attr-defined]
-        row.update(status="failed", error=f"out of memory: {str(e).splitlines()[0]}")
+        error = f"out of memory: {str(e).splitlines()[0]}"
     except MemoryError:
-        row.update(status="failed", error="out of memory (host)")
+        error = "out of memory (host)"
     except Exception as e:  # any other error of this trial's configuration: recorded, sweep goes on
         tb = traceback.format_exc(limit=-3)
-        row.update(status="failed", error=f"{type(e).__name__}: {e}\n{tb}"[:4000])
-    row["ended_at"] = time.time()
-    row["wall_s"] = row["ended_at"] - started
-    return row
+        error = f"{type(e).__name__}: {e}\n{tb}"[:4000]
+    ended = time.time()
+    return TrialRecord(**common, status="failed", error=error, finetune_epochs=cfg.finetune.epochs,
+                       ended_at=ended, wall_s=ended - started)
 
 
-def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, base: dict, log_metric):
+def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder: SweepFolder, log_metric):
     import copy
 
     import torch
@@ -270,7 +225,7 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, base: dict, log_metric
     splits = load_splits(cfg)
     data = trial_data(cfg, splits, spec.seed)
     device = cfg.measure.device
-    model = load_model(Path(spec.sweep_dir), f"{BASELINE_DIR}/model.pt").to("cpu").eval()
+    model = folder.load_baseline_model().to("cpu").eval()
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -317,5 +272,5 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, base: dict, log_metric
     fig = measure_all(cfg, model, splits, data, threads, teacher=teacher)
     if not math.isfinite(fig.accuracy):
         raise TrialFailure("accuracy is not finite")
-    rel = save_model(model.to("cpu"), Path(spec.sweep_dir), f"{MODELS_DIR}/{spec.trial_id}.pt")
+    rel = folder.save_model(model.to("cpu"), folder.model_rel(spec.trial_id))
     return fig, result.info, rel, epochs

@@ -181,7 +181,7 @@ def test_report_on_a_corrupt_trials_file(cwd, capsys):
     folder.mkdir()
     (folder / "trials.parquet").write_bytes(b"garbage")
     assert main(["report", str(folder)]) == 2
-    assert_one_line_error(capsys, "cannot read", "trials.parquet")
+    assert_one_line_error(capsys, "must hold a readable trials.parquet, but reading it failed", "broken")
 
 
 # ----------------------------------------------------------------------------- --debug, argparse

@@ -12,6 +12,7 @@ import sweep.trial as trial_mod
 from sweep.config import parse_config
 from sweep.errors import ConfigError
 from sweep.methods import METHODS, Knob, MethodSpec, PruneResult
+from sweep.folder import SweepFolder
 from sweep.trial import TrialSpec, prepare_baseline, run_trial
 
 BASE = {
@@ -86,7 +87,7 @@ def _garbage(splits):
 
 def test_garbage_training_labels_give_the_same_trial(probe, tmp_path, monkeypatch):
     cfg = parse_config(BASE, source="lf.yaml")
-    prepare_baseline(cfg, tmp_path, log=lambda m: None)  # the teacher, from the labelled cloud split
+    prepare_baseline(cfg, SweepFolder(tmp_path), log=lambda m: None)  # the teacher, from the labelled cloud split
     spec = TrialSpec(str(tmp_path), "t1", "lf_probe", {"ratio": 0.4}, seed=7)
     clean = run_trial(cfg, spec)
     assert clean["status"] == "ok", clean["error"]

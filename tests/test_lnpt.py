@@ -22,6 +22,7 @@ from sweep.measure import agreement, count_macs
 from sweep.methods import PruneContext, get_method
 from sweep.methods.lnpt import InputsOnly, feature_taylor_scores
 from sweep.train import train
+from sweep.folder import SweepFolder
 from sweep.trial import TrialSpec, prepare_baseline, run_trial
 
 K = 4
@@ -277,7 +278,7 @@ def _garbage(splits):
 
 def test_garbage_training_labels_give_the_same_lnpt_trial(tmp_path, monkeypatch):
     cfg = parse_config(LF, source="lnpt-lf.yaml")
-    prepare_baseline(cfg, tmp_path, log=lambda m: None)
+    prepare_baseline(cfg, SweepFolder(tmp_path), log=lambda m: None)
     knobs = {"ratio": 0.4, "epochs": 2, "init": "teacher"}
     clean = run_trial(cfg, TrialSpec(str(tmp_path), "t1", "lnpt", knobs, seed=7))
     assert clean["status"] == "ok", clean["error"]

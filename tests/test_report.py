@@ -84,16 +84,18 @@ def write_trials(sweep_dir: Path, ok_trials: bool = True) -> list[dict]:
     from sweep import pareto
 
     ok = [r for r in rows if r["status"] == "ok"]
-    F = pareto.to_minimisation(np.array([[r["accuracy"], r["latency_ms"]] for r in ok]), ["max", "min"])
-    for r, on in zip(ok, pareto.non_dominated_mask(F)):
-        r["on_front"] = bool(on)
-    fields = [pa.field(name, typ) for name, typ, _ in COLUMNS] + [pa.field(k, t) for k, t in KNOBS.items()]
-    meta = {"name": "demo", "objectives": ["accuracy", "latency_ms"], "baseline": BASELINE}
-    schema = pa.schema(fields, metadata={"sweep": json.dumps(meta)})
-    table = pa.Table.from_pylist(rows, schema=schema)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, sweep_dir / "trials.parquet")
+    for r, on in zip(ok, pareto.front_flags(ok, ["accuracy", "latency_ms"]), strict=True):
+        r["on_front"] = on
+    write_table(sweep_dir, rows, {"name": "demo", "objectives": ["accuracy", "latency_ms"], "baseline": BASELINE})
     return rows
+
+
+def write_table(sweep_dir: Path, rows: list[dict], meta: dict) -> None:
+    """``rows`` as ``sweep_dir/trials.parquet`` with the schema's columns, the test knobs and ``meta``."""
+    fields = [pa.field(name, typ) for name, typ, _ in COLUMNS] + [pa.field(k, t) for k, t in KNOBS.items()]
+    schema = pa.schema(fields, metadata={"sweep": json.dumps(meta)})
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), sweep_dir / "trials.parquet")
 
 
 EXPECTED = [
@@ -144,7 +146,7 @@ def test_index_html_content(built) -> None:
         assert trial_id in index
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in index
     assert "<script" not in index
-    assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", index, re.I)
+    assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", index, re.IGNORECASE)
     assert "http://" not in index and "https://" not in index
     assert "ratio=" in index  # knob values shown for front rows
 
@@ -238,3 +240,95 @@ def test_generic_method_details_and_method_comparison(tmp_path: Path) -> None:
     assert "Methods compared" in page
     for method in ("magnitude", "taylor"):
         assert f"<td>{method}</td>" in page
+
+
+def test_hypervolume_counts_the_baseline(tmp_path: Path) -> None:
+    """With only the baseline ok, the hypervolume is the baseline's own box: 1 x (1.1 - 1) = 0.1."""
+    write_trials(tmp_path / "sweep", ok_trials=False)
+    report.build_report(tmp_path / "sweep", tmp_path / "report")
+    assert "Final hypervolume:** 0.1000" in (tmp_path / "report" / "summary.md").read_text(encoding="utf-8")
+
+
+def test_unknown_quality_raises_sweep_dir_error(tmp_path: Path) -> None:
+    meta = {"objectives": ["accuracy", "latency_ms"], "baseline": BASELINE, "quality": "bogus"}
+    write_table(tmp_path / "sweep", [_row("baseline", "baseline", "ok", 0.9, 0.0, 0)], meta)
+    with pytest.raises(SweepDirError, match="quality='bogus'"):
+        report.build_report(tmp_path / "sweep", tmp_path / "report")
+
+
+def write_label_free(sweep_dir: Path) -> None:
+    """A label-free sweep where agreement and accuracy rank trials differently (no stored front flags).
+
+    Front on (agreement, latency): baseline, a, c, d (b is dominated by a); on (accuracy, latency) it
+    would be b and d instead.  Best agreement: a; best accuracy: b."""
+    figures = {  # trial: (agreement, accuracy, latency_ms)
+        "baseline": (1.0, 0.90, 4.0), "a": (0.95, 0.70, 2.0), "b": (0.80, 0.90, 2.0),
+        "c": (0.90, 0.85, 1.0), "d": (0.60, 0.88, 0.5),
+    }  # fmt: skip
+    rows = []
+    for i, (trial_id, (agreement, accuracy, latency)) in enumerate(figures.items()):
+        row = _row(trial_id, "baseline" if i == 0 else "magnitude", "ok", accuracy, 0.1 * i, i)
+        row.update(agreement=agreement, latency_ms=latency, latency_ratio=None, on_front=None)
+        rows.append(row)
+    meta = {"name": "free", "objectives": ["agreement", "latency_ms"], "quality": "agreement",
+            "baseline": {**BASELINE, "agreement": 1.0}}  # fmt: skip
+    write_table(sweep_dir, rows, meta)
+
+
+def test_label_free_report_uses_agreement_as_quality(tmp_path: Path) -> None:
+    from sweep.report import plots
+    from sweep.report.read import read_trials
+
+    write_label_free(tmp_path / "sweep")
+    df, meta = read_trials(tmp_path / "sweep")
+    assert meta["quality"] == "agreement"
+    # The projection's staircase is the front of (agreement, latency), by rising latency.
+    stairs = plots.plot_projection(df, "agreement", "latency_ms", set(), {"magnitude": ("k", "o")},
+                                   tmp_path / "p.png")  # fmt: skip
+    assert list(stairs["trial_id"]) == ["d", "c", "a", "baseline"]
+    # The interactive page plots agreement, not accuracy.
+    traces = plots.interactive_traces(df, "agreement", {"magnitude": ("k", "o")})
+    assert {t["name"]: sorted(t["y"]) for t in traces} == {"magnitude": [0.6, 0.8, 0.9, 0.95], "baseline": [1.0]}
+
+    out = tmp_path / "report"
+    report.build_report(tmp_path / "sweep", out)
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert "Best agreement:** 0.9500 (a, magnitude)" in summary
+    assert "Front size:** 4" in summary
+    # The front table leads with agreement (best first) and keeps accuracy beside it for reference.
+    header, _rule, *lines = [line for line in summary.splitlines() if line.startswith("|")]
+    assert header.startswith("| trial | method | knobs | agreement | accuracy |")
+    assert [line.split("|")[1].strip() for line in lines] == ["baseline", "a", "c", "d"]
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert 'alt="agreement vs latency"' in index and "Interactive agreement vs latency plot" in index
+    if (out / "interactive.html").exists():
+        assert "agreement with the teacher (validation)" in (out / "interactive.html").read_text(encoding="utf-8")
+
+    text = report.front_table(df, meta["objectives"], quality="agreement")
+    assert text.splitlines()[0].split()[:5] == ["trial", "method", "knobs", "agreement", "accuracy"]
+    assert [line.split()[0] for line in text.splitlines()[2:]] == ["baseline", "a", "c", "d"]
+
+
+def test_blocks_in_info_get_a_per_block_figure_whatever_the_method(tmp_path: Path) -> None:
+    """A front row whose info holds ``blocks`` gets ``blocks_<trial>.png``; off-front rows get none."""
+    rows = write_trials(tmp_path / "sweep")
+    blocks = [{"index": i, "delta": d, "removable": i != 0, "removed": i in (1, 3)}
+              for i, d in enumerate([0.5, 0.05, 0.3, 0.1])]  # fmt: skip
+    on = next(r for r in rows if r["on_front"] and r["trial_id"] != "baseline")
+    off = next(r for r in rows if r["on_front"] is False)
+    on["trial_id"] = "t/on"  # made file-safe in the file name
+    on["info"] = json.dumps({"blocks": blocks, "tau": 0.2, "blocks_title": "Depth importance"})
+    off["info"] = json.dumps({"blocks": blocks})
+    meta = {"name": "demo", "objectives": ["accuracy", "latency_ms"], "baseline": BASELINE}
+    write_table(tmp_path / "sweep", rows, meta)
+    names = {p.name for p in report.build_report(tmp_path / "sweep", tmp_path / "out")}
+    assert "blocks_t_on.png" in names and f"blocks_{off['trial_id']}.png" not in names
+    assert (tmp_path / "out" / "blocks_t_on.png").read_bytes()[:8] == PNG_SIGNATURE
+    index = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    assert "<h2>Per-block importance</h2>" in index
+    assert '<img src="blocks_t_on.png" alt="Depth importance, trial t/on">' in index
+
+    on["on_front"] = False
+    write_table(tmp_path / "sweep", rows, meta)
+    report.build_report(tmp_path / "sweep", tmp_path / "out2")
+    assert "Per-block importance" not in (tmp_path / "out2" / "index.html").read_text(encoding="utf-8")

@@ -7,12 +7,13 @@ import math
 import pytest
 
 from sweep.errors import BudgetError
+from sweep.results.schema import TrialRecord
 from sweep.select import Budget, candidates, choose
 
 
 def row(tid, acc, lat, params=100_000, macs=5_000_000, status="ok", method="magnitude"):
-    return {"trial_id": tid, "status": status, "method": method, "accuracy": acc, "latency_ms": lat,
-            "params": params, "macs": macs}
+    return TrialRecord(trial_id=tid, status=status, method=method, accuracy=acc, latency_ms=lat, params=params,
+                       macs=macs)
 
 
 ROWS = [

@@ -177,7 +177,9 @@ def test_make_sampler(name, cls):
 
 
 def test_make_sampler_unknown():
-    with pytest.raises(ValueError, match="unknown sampler"):
+    from sweep.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"sampler must be one of tpe, nsga2, gp, random, but got sampler='cmaes'"):
         make_sampler("cmaes", seed=0, n_trials=5)
 
 

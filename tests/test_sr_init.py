@@ -355,14 +355,14 @@ def test_report_draws_block_importance_for_front_sr_init_rows(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "sweep" / "trials.parquet")
     written = report.build_report(tmp_path / "sweep", tmp_path / "out")
     names = {p.name for p in written}
-    assert "sr_init_sr_1.png" in names  # trial id made file-safe
-    assert not any(n.startswith("sr_init_sr2") or n.startswith("sr_init_mag") for n in names)
-    png = tmp_path / "out" / "sr_init_sr_1.png"
+    assert "blocks_sr_1.png" in names  # trial id made file-safe
+    assert not any(n.startswith("blocks_sr2") or n.startswith("blocks_mag") for n in names)
+    png = tmp_path / "out" / "blocks_sr_1.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     index = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
-    assert "<h2>SR-init block importance</h2>" in index and 'src="sr_init_sr_1.png"' in index
+    assert "<h2>Per-block importance</h2>" in index and 'src="blocks_sr_1.png"' in index
     # without an sr_init row on the front there is no section
     rows[1]["on_front"] = False
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "sweep" / "trials.parquet")
     report.build_report(tmp_path / "sweep", tmp_path / "out2")
-    assert "SR-init block importance" not in (tmp_path / "out2" / "index.html").read_text(encoding="utf-8")
+    assert "Per-block importance" not in (tmp_path / "out2" / "index.html").read_text(encoding="utf-8")

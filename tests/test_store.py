@@ -1,4 +1,5 @@
-"""trials.parquet: round trip, upsert, metadata, atomic write, corruption."""
+"""trials.parquet and the trial record: round trip, replacement by id, metadata, atomic write,
+corruption, validation, and the README's schema table."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sweep.errors import SweepDirError
-from sweep.results.schema import BASELINE_ID, COLUMN_NAMES, COLUMNS, knob_column
-from sweep.results.store import FILENAME, META_KEY, TrialStore, rows_to_table
+from sweep.results.schema import BASELINE_ID, COLUMN_NAMES, COLUMNS, TrialRecord, knob_column
+from sweep.results.store import FILENAME, META_KEY, TrialStore, records_to_table, replace_by_id
 
 T0 = 1_700_000_000.5  # exactly representable: microsecond-exact after the round trip
 META = {"name": "demo", "objectives": ["accuracy", "latency_ms"], "baseline": {"accuracy": 0.9, "params": 1000}}
@@ -28,6 +29,7 @@ def utc(ts: float) -> datetime:
 
 
 def rows():
+    """The rows as the table shows them (knob columns included)."""
     base = {"sweep": "demo", "trial_id": BASELINE_ID, "status": "ok", "error": "", "method": "baseline",
             "accuracy": 0.9, "test_accuracy": 0.88, "params": 1000, "macs": 50_000, "latency_ms": 1.5,
             "latency_batch": 1, "latency_alone": False, "started_at": T0, "ended_at": T0 + 10.25,
@@ -43,10 +45,14 @@ def rows():
     return [base, t1, t2]
 
 
+def records():
+    return [TrialRecord.from_row(r) for r in rows()]
+
+
 def test_round_trip(tmp_path):
     store = TrialStore(tmp_path)
     assert not store.exists() and store.read() == ([], {})
-    store.write(rows(), META)
+    store.write(records(), META)
     assert store.exists() and store.path == tmp_path / FILENAME
     back, meta = store.read()
     assert meta == META
@@ -65,7 +71,7 @@ def test_round_trip(tmp_path):
 
 def test_timestamps_are_utc(tmp_path):
     store = TrialStore(tmp_path)
-    store.write(rows(), META)
+    store.write(records(), META)
     table = pq.read_table(store.path)
     assert table.schema.field("started_at").type == pa.timestamp("us", tz="UTC")
     started = store.read()[0][0]["started_at"]
@@ -75,7 +81,7 @@ def test_timestamps_are_utc(tmp_path):
 
 def test_knob_column_kinds(tmp_path):
     store = TrialStore(tmp_path)
-    store.write(rows(), META)
+    store.write(records(), META)
     schema = pq.read_schema(store.path)
     assert schema.field(K_RATIO).type == pa.float64()
     assert schema.field(K_ROUND).type == pa.int64()
@@ -88,14 +94,15 @@ def test_knob_column_kinds(tmp_path):
 
 
 def test_mixed_int_and_float_knob_becomes_float():
-    table = rows_to_table([{"trial_id": "a", K_RATIO: 1}, {"trial_id": "b", K_RATIO: 0.5}], {})
+    recs = [TrialRecord(trial_id=t, method="magnitude", knobs={"ratio": v}) for t, v in (("a", 1), ("b", 0.5))]
+    table = records_to_table(recs, {})
     assert table.schema.field(K_RATIO).type == pa.float64()
     assert table.column(K_RATIO).to_pylist() == [1.0, 0.5]
 
 
 def test_every_schema_column_present_in_order(tmp_path):
     store = TrialStore(tmp_path)
-    store.write(rows(), META)
+    store.write(records(), META)
     schema = pq.read_schema(store.path)
     assert schema.names[:len(COLUMNS)] == COLUMN_NAMES
     for name, typ, _ in COLUMNS:
@@ -105,67 +112,106 @@ def test_every_schema_column_present_in_order(tmp_path):
 
 def test_schema_metadata_survives(tmp_path):
     store = TrialStore(tmp_path)
-    store.write(rows(), META)
+    store.write(records(), META)
     raw = pq.read_schema(store.path).metadata[META_KEY]
     import json
 
     assert json.loads(raw) == META
-    # and survives an upsert that passes no metadata
-    store.upsert([{"trial_id": "t_0003", "status": "ok", "method": "magnitude"}])
+    # and survives reading records back and writing them again
+    store.write(store.records()[0], store.records()[1])
     assert store.read()[1] == META
 
 
-def test_upsert_replaces_by_trial_id(tmp_path):
+def test_replace_by_id_replaces_whole_records(tmp_path):
     store = TrialStore(tmp_path)
-    store.write(rows(), META)
-    out = store.upsert([
-        {"trial_id": "t_0002", "status": "ok", "error": "", "accuracy": 0.8, "ended_at": T0 + 50},
-        {"trial_id": "t_0003", "status": "stopped", "method": "magnitude", K_OTHER: 3},
-    ], {**META, "hypervolume": 0.4})
+    store.write(records(), META)
+    old, _ = store.records()
+    new2 = old[2].replace(status="ok", error="", accuracy=0.8, params=500, macs=20_000, latency_ms=0.9,
+                          ended_at=T0 + 50)
+    new3 = TrialRecord(sweep="demo", trial_id="t_0003", status="stopped", method="toy", knobs={"steps": 3})
+    out = replace_by_id(old, [new2, new3])
+    store.write(out, {**META, "hypervolume": 0.4})
     back, meta = store.read()
     ids = [r["trial_id"] for r in back]
-    assert sorted(ids) == [BASELINE_ID, "t_0001", "t_0002", "t_0003"] and len(ids) == len(set(ids))
-    assert len(out) == 4
+    assert ids == [BASELINE_ID, "t_0001", "t_0002", "t_0003"]
     r2 = {r["trial_id"]: r for r in back}["t_0002"]
     assert r2["status"] == "ok" and r2["accuracy"] == 0.8 and r2["error"] == ""
     assert r2["ended_at"] == utc(T0 + 50)
-    # fields the update did not carry are kept (merged, not replaced wholesale)
+    # fields of the replaced record that the new one carries over stay
     assert r2["method"] == "magnitude" and r2["trial_number"] == 1 and r2[K_ROUND] == 8
     assert r2["started_at"] == utc(T0 + 40)
     # the new knob column appears, null for the other rows
     r3 = {r["trial_id"]: r for r in back}["t_0003"]
     assert r3[K_OTHER] == 3 and r2[K_OTHER] is None
     assert meta["hypervolume"] == 0.4
-    # the same update twice changes nothing
-    store.upsert([{"trial_id": "t_0002", "status": "ok", "error": "", "accuracy": 0.8, "ended_at": T0 + 50}])
+    # the same replacement twice changes nothing
+    store.write(replace_by_id(store.records()[0], [new2, new3]), meta)
     assert store.read()[0] == back
 
 
-def test_upsert_into_a_new_store(tmp_path):
+def test_records_survive_the_round_trip_exactly(tmp_path):
     store = TrialStore(tmp_path)
-    store.upsert([{"trial_id": "x", "status": "ok"}], META)
-    assert [r["trial_id"] for r in store.read()[0]] == ["x"]
+    store.write(records(), META)
+    assert store.records()[0] == records()
+    for r in records():
+        assert TrialRecord.from_json(r.to_json()) == r
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"trial_id": ""}, "trial_id must be"),
+    ({"trial_id": "a", "status": "done"}, "status must be one of"),
+    ({"trial_id": "a", "status": "ok"}, "an ok record must carry params, macs, latency_ms"),
+    ({"trial_id": "a", "params": 1.5}, "params must be int64"),
+    ({"trial_id": "a", "accuracy": "high"}, "accuracy must be double"),
+    ({"trial_id": "a", "latency_alone": 1}, "latency_alone must be bool"),
+])
+def test_invalid_records_are_refused_when_built(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TrialRecord(**kw)
+
+
+def test_record_get_reads_columns_and_its_own_knobs():
+    r = records()[1]
+    assert r.get("accuracy") == 0.85 and r.get(K_RATIO) == 0.3 and r.get(K_OTHER) is None
+    assert r.get("no_such_column", 7) == 7 and r.info_dict() == {"channel_ratio": 0.3}
+
+
+def test_readme_schema_table_matches_the_record():
+    """The README's table of columns is the record's fields, in order, with their types and meanings."""
+    from pathlib import Path
+
+    lines = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+    start = lines.index("| column | type | meaning |") + 2
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        name, typ, meaning = (c.strip() for c in line.strip("|").split(" | "))
+        table.append((name.strip("`"), typ, meaning))
+    family = [t for t in table if t[0] == "knob.<method>.<knob>"]
+    assert len(family) == 1 and family[0][1] == "per knob"
+    assert [t for t in table if t not in family] == [(n, str(t), doc) for n, t, doc in COLUMNS]
 
 
 def test_duplicate_ids_rejected_and_file_untouched(tmp_path):
     store = TrialStore(tmp_path)
-    store.write(rows(), META)
+    store.write(records(), META)
     before = store.path.read_bytes()
-    with pytest.raises(ValueError, match="duplicate trial ids"):
-        store.write([{"trial_id": "a"}, {"trial_id": "a"}], META)
+    with pytest.raises(ValueError, match="trial ids must be unique"):
+        store.write([TrialRecord(trial_id="a"), TrialRecord(trial_id="a")], META)
     assert store.path.read_bytes() == before
 
 
 def test_atomic_write_leaves_no_tmp_file(tmp_path):
     store = TrialStore(tmp_path)
-    store.write(rows(), META)
-    store.upsert([{"trial_id": "t_0009", "status": "ok"}])
+    store.write(records(), META)
+    store.write(records()[:1], META)
     assert sorted(p.name for p in tmp_path.iterdir()) == [FILENAME]
 
 
 def test_failed_write_keeps_the_previous_table(tmp_path, monkeypatch):
     store = TrialStore(tmp_path)
-    store.write(rows(), META)
+    store.write(records(), META)
     before = store.read()
 
     def boom(table, where, *a, **k):
@@ -175,7 +221,7 @@ def test_failed_write_keeps_the_previous_table(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pq, "write_table", boom)
     with pytest.raises(OSError):
-        store.write(rows()[:1], META)
+        store.write(records()[:1], META)
     monkeypatch.undo()
     assert store.read() == before
 
@@ -191,7 +237,7 @@ def test_corrupt_file_raises_sweep_dir_error_with_path(tmp_path):
 
 def test_pandas_reads_it(tmp_path):
     store = TrialStore(tmp_path)
-    store.write(rows(), META)
+    store.write(records(), META)
     df = pd.read_parquet(store.path)
     assert len(df) == 3
     assert set(COLUMN_NAMES) <= set(df.columns)

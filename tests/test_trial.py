@@ -8,7 +8,8 @@ from dataclasses import replace
 import pytest
 
 from sweep.config import parse_config
-from sweep.trial import TrialSpec, load_model, prepare_baseline, read_baseline, run_trial
+from sweep.folder import SweepFolder
+from sweep.trial import TrialSpec, prepare_baseline, run_trial
 
 SPACE = {
     "name": "t",
@@ -27,13 +28,13 @@ SPACE = {
 def swept(tmp_path_factory):
     cfg = parse_config(SPACE, source="t.yaml")
     d = tmp_path_factory.mktemp("sweep")
-    row = prepare_baseline(cfg, d, log=lambda m: None)
+    row = prepare_baseline(cfg, SweepFolder(d), log=lambda m: None)
     return cfg, d, row
 
 
 def test_baseline_row_and_files(swept):
     cfg, d, row = swept
-    base = read_baseline(d)
+    base = SweepFolder(d).baseline()
     assert row["trial_id"] == "baseline" and row["status"] == "ok"
     assert row["params"] == base["params"] > 0 and row["macs"] == base["macs"] > 0
     assert row["latency_batch"] == 1 and row["threads"] >= 1 and row["device"] == "cpu"
@@ -45,12 +46,12 @@ def test_trial_ok_row_is_smaller_and_saved(swept):
     cfg, d, _ = swept
     row = run_trial(cfg, TrialSpec(str(d), "t1", "magnitude", {"ratio": 0.5}, seed=1))
     assert row["status"] == "ok", row["error"]
-    base = read_baseline(d)
+    base = SweepFolder(d).baseline()
     assert row["params"] < base["params"] and row["macs"] < base["macs"]
     assert row["params_ratio"] == pytest.approx(row["params"] / base["params"])
     assert row["knob.magnitude.ratio"] == 0.5
     assert row["finetune_epochs"] == 1
-    model = load_model(d, row["model_path"])
+    model = SweepFolder(d).load_model(row["model_path"])
     assert sum(p.numel() for p in model.parameters()) == row["params"]
     assert "channels" in json.loads(row["info"])
 
@@ -76,7 +77,7 @@ def test_model_outside_sweep_folder_is_refused(swept, tmp_path):
 
     _, d, _ = swept
     with pytest.raises(SweepDirError, match="inside the sweep folder"):
-        load_model(d, "../elsewhere.pt")
+        SweepFolder(d).load_model("../elsewhere.pt")
 
 
 def test_train_raises_on_non_finite_loss():

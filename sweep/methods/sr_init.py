@@ -114,6 +114,7 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
               for r in refs]
     info = {
         "tau": cfg.tau, "seeds": cfg.seeds, "max_removed": cfg.max_removed,
+        "blocks_title": "SR-init block importance (accuracy drop when the block is re-initialised)",
         "channel_ratio": cfg.channel_ratio, "base_accuracy": _finite(acc0),
         "blocks": blocks, "removed": removed,
         "stage_depths_before": depths0, "stage_depths_after": depths1,

@@ -17,10 +17,6 @@ log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
 
 
-def default_tracking_uri(sweep_dir: Path) -> str:
-    return f"sqlite:///{Path(sweep_dir).resolve() / 'mlflow.db'}"
-
-
 def _client(uri: str):
     import os
 

@@ -1,23 +1,23 @@
 """``trials.parquet``: the source of truth of a sweep.
 
-One writer (the driver process) keeps every row keyed by ``trial_id``; each write replaces the file
-atomically (temporary file + rename), so a crash never leaves a half-written table and a re-run
-trial replaces its row instead of duplicating it.
+One writer (the driver process) keeps every :class:`~sweep.results.schema.TrialRecord` keyed by
+``trial_id``; each write replaces the file atomically (temporary file + rename), so a crash never
+leaves a half-written table and a re-run trial replaces its row instead of duplicating it.  The store
+is the only code that turns records into Parquet and back.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import SweepDirError
-from .schema import COLUMN_NAMES, COLUMN_TYPES, KNOB_PREFIX
+from .schema import COLUMN_NAMES, COLUMN_TYPES, KNOB_PREFIX, TrialRecord
 
 FILENAME = "trials.parquet"
 META_KEY = b"sweep"
@@ -34,32 +34,26 @@ def _knob_array(values: list) -> pa.Array:
     return pa.array([None if v is None else str(v) for v in values], type=pa.string())
 
 
-def _ts(v: Any):
-    if v is None or isinstance(v, datetime):
-        return v
-    return datetime.fromtimestamp(float(v), tz=timezone.utc)
-
-
-def rows_to_table(rows: list[dict], meta: dict) -> pa.Table:
+def records_to_table(records: Iterable[TrialRecord], meta: dict) -> pa.Table:
+    """The Parquet table of ``records``: the record's columns in order, then the knob columns sorted."""
+    rows = [r.to_row() for r in records]
     knob_cols = sorted({k for r in rows for k in r if k.startswith(KNOB_PREFIX)})
-    arrays, fields = [], []
-    for name in COLUMN_NAMES:
-        typ = COLUMN_TYPES[name]
-        vals = [r.get(name) for r in rows]
-        if pa.types.is_timestamp(typ):
-            vals = [_ts(v) for v in vals]
-        elif pa.types.is_integer(typ):
-            vals = [None if v is None else int(v) for v in vals]
-        elif pa.types.is_floating(typ):
-            vals = [None if v is None else float(v) for v in vals]
-        arrays.append(pa.array(vals, type=typ))
-        fields.append(pa.field(name, typ))
+    arrays = [pa.array([r[name] for r in rows], type=COLUMN_TYPES[name]) for name in COLUMN_NAMES]
+    fields = [pa.field(name, COLUMN_TYPES[name]) for name in COLUMN_NAMES]
     for name in knob_cols:
         arr = _knob_array([r.get(name) for r in rows])
         arrays.append(arr)
         fields.append(pa.field(name, arr.type))
     schema = pa.schema(fields, metadata={META_KEY: json.dumps(meta, default=str).encode()})
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def replace_by_id(records: Iterable[TrialRecord], new: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """``records`` with each of ``new`` replacing the record of the same trial id (or appended)."""
+    by_id = {r.trial_id: r for r in records}
+    for r in new:
+        by_id[r.trial_id] = r
+    return list(by_id.values())
 
 
 class TrialStore:
@@ -70,30 +64,32 @@ class TrialStore:
         return self.path.is_file()
 
     def read(self) -> tuple[list[dict], dict]:
-        if not self.path.is_file():
+        """Plain rows (column name -> value) and the sweep metadata: the table view of the file."""
+        table = self._table()
+        if table is None:
             return [], {}
-        try:
-            table = pq.read_table(self.path)
-        except Exception as e:  # a corrupt file is the user's to know about, in one line
-            raise SweepDirError(f"cannot read {self.path}: {e}") from None
-        meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
-        return table.to_pylist(), meta
+        return table.to_pylist(), json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
 
-    def write(self, rows: Iterable[dict], meta: dict) -> None:
-        rows = list(rows)
-        ids = [r["trial_id"] for r in rows]
+    def records(self) -> tuple[list[TrialRecord], dict]:
+        """The typed view: one :class:`TrialRecord` per row, and the sweep metadata."""
+        rows, meta = self.read()
+        return [TrialRecord.from_row(r) for r in rows], meta
+
+    def _table(self) -> pa.Table | None:
+        if not self.path.is_file():
+            return None
+        try:
+            return pq.read_table(self.path)
+        except Exception as e:  # a corrupt file is the user's to know about, in one line
+            raise SweepDirError(f"sweep folder must hold a readable {FILENAME}, but reading it failed: "
+                                f"{' '.join(str(e).split())} ({self.path})") from None
+
+    def write(self, records: Iterable[TrialRecord], meta: dict) -> None:
+        records = list(records)
+        ids = [r.trial_id for r in records]
         if len(set(ids)) != len(ids):
-            raise ValueError(f"duplicate trial ids in results: {sorted(ids)}")
-        table = rows_to_table(rows, meta)
+            raise ValueError(f"trial ids must be unique in results, but got {sorted(ids)}")
+        table = records_to_table(records, meta)
         tmp = self.path.with_suffix(".parquet.tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, self.path)
-
-    def upsert(self, new_rows: Iterable[dict], meta: dict | None = None) -> list[dict]:
-        rows, old_meta = self.read()
-        by_id = {r["trial_id"]: r for r in rows}
-        for r in new_rows:
-            by_id[r["trial_id"]] = {**by_id.get(r["trial_id"], {}), **r}
-        out = list(by_id.values())
-        self.write(out, meta if meta is not None else old_meta)
-        return out

@@ -1,0 +1,32 @@
+"""Static sweep report, built from ``trials.parquet`` alone.
+
+:func:`build_report` writes PNG plots, ``index.html`` (opens from disk, no external URLs),
+``interactive.html`` (plotly inlined, when plotly is installed) and ``summary.md``.
+:func:`front_table` renders the Pareto front as plain text for the CLI.
+
+Conventions:
+
+* **Baseline.** The dense baseline row (``trial_id == "baseline"``) is a candidate like any trial: it
+  can be on the front (``sweep select`` may choose it) and the hypervolume includes it; the hypervolume
+  history starts with it, then adds trials by end time.  "Trials" in counts and per-method tables are
+  the other rows.
+* **One front.** The front is the ``ok`` rows flagged ``on_front`` in the table, or, when no row carries
+  a flag, :func:`sweep.pareto.front_flags` over the sweep's objectives.  A projection's staircase is
+  ``front_flags`` over ``[quality, cost]``.
+* **One quality.** The table's metadata names it (``quality``: ``accuracy``, or ``agreement`` with the
+  teacher in a label-free sweep; ``accuracy`` when absent).  It is read once and is the y axis, hover
+  value and "best" of every figure and table; front tables of label-free sweeps show accuracy beside it.
+* **Method details** come from a front trial's ``info`` JSON, whatever its method:
+
+  - ``"trajectory"``: ``[{"step": i, <series>: value, ...}, ...]`` (per iteration or epoch), drawn as
+    ``trajectory_<trial>.png``;
+  - ``"layer_ratios"``: ``{layer or group name: kept fraction}``, drawn as ``layers_<trial>.png``;
+  - ``"blocks"``: ``[{"index": i, "delta": importance, "removable": bool, "removed": bool}, ...]`` with
+    optional ``"tau"`` (removal threshold) and ``"blocks_title"`` (figure title), drawn as
+    ``blocks_<trial>.png`` in the "Per-block importance" section.
+"""
+
+from .page import build_report
+from .tables import front_table
+
+__all__ = ["build_report", "front_table"]

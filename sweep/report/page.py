@@ -1,0 +1,195 @@
+"""``index.html`` and ``summary.md``, and :func:`build_report`, which writes the whole report folder.
+
+Conventions: ``index.html`` opens from disk and loads nothing from the network (text from the table is
+HTML-escaped); the report is rendered into a temporary folder beside the target and moved into place
+only once every file exists, so a failure leaves no half-written report.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .plots import (
+    BLOCKS_TITLE,
+    COST_WORDS,
+    HV_FILE,
+    INTERACTIVE_FILE,
+    PLOT_FILES,
+    DetailPlot,
+    method_styles,
+    plot_hypervolume,
+    plot_projection,
+    write_block_plots,
+    write_detail_plots,
+    write_interactive,
+)
+from .read import read_trials
+from .rows import front_rows, knob_columns
+from .tables import (
+    FAILED_HEADERS,
+    METHOD_HEADERS,
+    failed_cells,
+    front_cells,
+    front_headers,
+    method_comparison,
+    summary,
+    summary_items,
+)
+
+CSS = """
+body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1200px; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+pre { white-space: pre-wrap; margin: 0; }
+"""
+METHODS_NOTE = (
+    "Quality is validation accuracy (agreement with the teacher in a label-free sweep); the last quality "
+    "column compares methods at the same cost: the best trial at or under half the baseline's MACs."
+)
+BLOCKS_NOTE = (
+    "Importance \u0394 of each block, as the trial stored it: removed blocks in red, kept removable ones in "
+    "blue, non-removable ones grey; the dashed line is the removal threshold \u03c4 where the trial stored one."
+)
+
+
+def _title(s: dict[str, Any]) -> str:
+    return f"Sweep report: {s['name']}" if s["name"] else "Sweep report"
+
+
+def _html_table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: set[int] = frozenset()) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="num">{e(c)}</td>' if i in numeric else f"<td>{e(c)}</td>"
+                         for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )  # fmt: skip
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _images(plots: Sequence[DetailPlot]) -> list[str]:
+    e = html.escape
+    return [f'<p><img src="{e(p.file)}" alt="{e(p.alt)}"></p>' for p in plots]
+
+
+def index_html(
+    s: dict[str, Any], front: tuple[Sequence[str], list[list[str]]], failed: list[list[str]], interactive: bool,
+    detail_plots: Sequence[DetailPlot] = (), block_plots: Sequence[DetailPlot] = (),
+    methods_rows: Sequence[Sequence[str]] = (),
+) -> str:
+    """The report's page; ``front`` is (headers, cells) of the front table."""
+    e = html.escape
+    quality = s["quality"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(_title(s))}</title><style>{CSS}</style></head><body>",
+        f"<h1>{e(_title(s))}</h1>",
+        "<h2>Summary</h2>",
+        _html_table(["", ""], summary_items(s)),
+        "<h2>Plots</h2>",
+    ]
+    for cost, name in PLOT_FILES.items():
+        parts.append(f'<p><img src="{e(name)}" alt="{e(quality)} vs {COST_WORDS[cost]}"></p>')
+    parts.append(f'<p><img src="{HV_FILE}" alt="hypervolume"></p>')
+    if interactive:
+        parts.append(f'<p><a href="{INTERACTIVE_FILE}">Interactive {e(quality)} vs latency plot</a></p>')
+    parts.append(f"<h2>Pareto front ({s['front_size']} trials)</h2>")
+    headers, cells = front
+    if cells:
+        parts.append(_html_table(headers, cells, numeric=set(range(3, len(headers)))))
+    else:
+        parts.append("<p>The front is empty: no ok trials.</p>")
+    if methods_rows:
+        parts += ["<h2>Methods compared</h2>", f"<p>{METHODS_NOTE}</p>",
+                  _html_table(METHOD_HEADERS, methods_rows, numeric=set(range(1, len(METHOD_HEADERS))))]
+    if detail_plots:
+        parts += ["<h2>Method details of front trials</h2>", *_images(detail_plots)]
+    if block_plots:
+        parts += [f"<h2>{BLOCKS_TITLE}</h2>", f"<p>{e(BLOCKS_NOTE)}</p>", *_images(block_plots)]
+    parts.append(f"<h2>Failed and stopped trials ({len(failed)})</h2>")
+    parts.append(_html_table(FAILED_HEADERS, failed) if failed else "<p>None.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def summary_md(s: dict[str, Any], front: tuple[Sequence[str], list[list[str]]]) -> str:
+    """The report's summary and front table as Markdown; ``front`` is (headers, cells)."""
+    headers, cells = front
+    lines = [f"# {_title(s)}", ""]
+    lines += [f"- **{k}:** {_md_cell(v)}" for k, v in summary_items(s)]
+    lines += ["", f"## Pareto front ({s['front_size']} trials)", ""]
+    if cells:
+        lines.append("| " + " | ".join(headers) + " |")
+        lines.append("|" + "|".join("---" if i < 3 else "---:" for i in range(len(headers))) + "|")
+        lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in cells]
+    else:
+        lines.append("The front is empty: no ok trials.")
+    lines += ["", "Plots and the failed-trial table are in `index.html`.", ""]
+    return "\n".join(lines)
+
+
+def _render(sweep_dir: Path, tmp: Path) -> list[str]:
+    """Write every report file into ``tmp``; return their names."""
+    df, meta = read_trials(sweep_dir)
+    quality = meta["quality"]
+    front = front_rows(df, meta["objectives"], quality)
+    front_ids = set(front["trial_id"])
+    s = summary(df, meta, front)
+    knob_cols = knob_columns(df)
+    front_table = (front_headers(quality), front_cells(front, meta, knob_cols))
+    styles = method_styles(s["methods"])
+
+    names = []
+    for cost, name in PLOT_FILES.items():
+        plot_projection(df, quality, cost, front_ids, styles, tmp / name)
+        names.append(name)
+    plot_hypervolume(df, meta, tmp / HV_FILE)
+    names.append(HV_FILE)
+    interactive = write_interactive(df, quality, styles, tmp / INTERACTIVE_FILE)
+    if interactive:
+        names.append(INTERACTIVE_FILE)
+    block_plots = write_block_plots(front, tmp)
+    detail_plots = write_detail_plots(front, tmp)
+    names += [p.file for p in (*block_plots, *detail_plots)]
+    page = index_html(s, front_table, failed_cells(df, knob_cols), interactive, detail_plots, block_plots,
+                      method_comparison(df, meta, front_ids))  # fmt: skip
+    (tmp / "index.html").write_text(page, encoding="utf-8")
+    (tmp / "summary.md").write_text(summary_md(s, front_table), encoding="utf-8")
+    return [*names, "index.html", "summary.md"]
+
+
+def build_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
+    """Write the report of ``sweep_dir/trials.parquet`` into ``out_dir``; return the written paths.
+
+    Files are rendered into a temporary folder beside ``out_dir`` and moved into place only once
+    all of them exist, so a failure leaves no half-written report.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        names = _render(Path(sweep_dir), tmp)
+        if not out_dir.exists():
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; a report folder should be readable
+            tmp.rename(out_dir)  # the whole report appears at once
+        else:
+            # Keep unrelated files already in out_dir; replace ours one by one (each atomic).
+            for name in names:
+                os.replace(tmp / name, out_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [out_dir / name for name in names]

@@ -1,0 +1,334 @@
+"""The report's figures: quality-vs-cost projections, hypervolume history, the interactive page, and
+per-trial detail figures of front trials.
+
+Conventions:
+
+* The y axis of every quality figure is the sweep's quality column (``meta["quality"]``): validation
+  ``accuracy``, or ``agreement`` with the teacher in a label-free sweep.  File names stay
+  ``accuracy_vs_<cost>.png`` whatever the quality, so links to a report keep working.
+* A projection's staircase is the front of its own 2-D view, ``front_flags(rows, [quality, cost])``;
+  the sweep's front (all objectives) is ringed.
+* Detail figures come from conventions in a front trial's ``info`` JSON (see :mod:`sweep.report`),
+  never from its method's name.
+* Each plotting function returns the data it drew, so tests check behaviour rather than pixels.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from sweep import pareto
+
+from .rows import (
+    info,
+    is_baseline,
+    is_ok,
+    knob_columns,
+    knobs_text,
+    num,
+    objective_values,
+    ok_rows_in_order,
+)
+
+COST_WORDS = {"latency_ms": "latency", "params": "params", "macs": "macs"}
+PLOT_FILES = {cost: f"accuracy_vs_{word}.png" for cost, word in COST_WORDS.items()}
+HV_FILE = "hypervolume.png"
+INTERACTIVE_FILE = "interactive.html"
+AXIS_LABELS = {"latency_ms": "latency (ms)", "params": "parameters", "macs": "MACs"}
+QUALITY_LABELS = {"accuracy": "validation accuracy", "agreement": "agreement with the teacher (validation)"}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "<", ">")
+BLOCKS_TITLE = "Per-block importance"
+
+
+class DetailPlot(NamedTuple):
+    """A per-trial figure written into the report folder."""
+
+    trial_id: str
+    file: str
+    alt: str
+
+
+def method_styles(methods: Sequence[str]) -> dict[str, tuple[Any, str]]:
+    """A (colour, marker) per method, in the given order."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {m: (cmap(i % 10), MARKERS[i % len(MARKERS)]) for i, m in enumerate(methods)}
+
+
+def _new_axes(figsize: tuple[float, float]) -> tuple[Any, Any]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=100)
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Any, path: Path, left: float, bottom: float, top: float, right: float = 0.97) -> None:
+    # Fixed margins: tight_layout costs an extra draw per figure.
+    fig.subplots_adjust(left=left, right=right, bottom=bottom, top=top)
+    fig.savefig(path, format="png")
+
+
+def _is_log_scale(x: np.ndarray) -> bool:
+    """Whether positive values ``x`` span more than a factor of 10 (drawn on a log axis then)."""
+    x = x[np.isfinite(x) & (x > 0)]
+    return bool(len(x) and x.max() / x.min() > 10)
+
+
+def _no_data(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
+
+
+def _safe_name(prefix: str, trial_id: str) -> str:
+    return prefix + re.sub(r"[^A-Za-z0-9_.-]", "_", trial_id) + ".png"
+
+
+# --------------------------------------------------------------------------- quality vs cost
+
+
+def projection_points(df: pd.DataFrame, quality: str, cost: str) -> pd.DataFrame:
+    """``ok`` rows (baseline included) with a finite ``quality`` and ``cost``."""
+    ok = df[is_ok(df)]
+    finite = np.isfinite(ok[quality].to_numpy(dtype=float)) & np.isfinite(ok[cost].to_numpy(dtype=float))
+    return ok[finite]
+
+
+def staircase_rows(points: pd.DataFrame, quality: str, cost: str) -> pd.DataFrame:
+    """The front of the 2-D view (max ``quality``, min ``cost``), by rising cost: its attainment staircase."""
+    on = np.array(pareto.front_flags(points.to_dict("records"), [quality, cost]), dtype=bool)
+    return points[on].sort_values([cost, quality], ascending=[True, False], kind="stable",
+                                  key=lambda col: col.astype(float))  # fmt: skip
+
+
+def plot_projection(
+    df: pd.DataFrame, quality: str, cost: str, front_ids: set[str], styles: dict, path: Path
+) -> pd.DataFrame:
+    """Write ``quality`` against ``cost``: trials per method, the view's staircase, the sweep's front
+    ringed, the baseline starred; return the staircase rows."""
+    fig, ax = _new_axes((7.5, 5))
+    points = projection_points(df, quality, cost)
+    y = points[quality].to_numpy(dtype=float)
+    x = points[cost].to_numpy(dtype=float)
+    base = is_baseline(points).to_numpy()
+    stairs = staircase_rows(points, quality, cost)
+    if len(points) == 0:
+        _no_data(ax, f"no ok trials with {quality} and {cost}")
+    for method, (colour, marker) in styles.items():
+        sel = ~base & (points["method"] == method).to_numpy()
+        if sel.any():
+            ax.scatter(x[sel], y[sel], color=colour, marker=marker, s=30, alpha=0.8, label=method)
+    if len(points):
+        ax.step(stairs[cost].to_numpy(dtype=float), stairs[quality].to_numpy(dtype=float), where="post",
+                color="black", lw=1, label="front (this view)")
+        ringed = points["trial_id"].isin(front_ids).to_numpy()
+        if ringed.any():
+            ax.scatter(x[ringed], y[ringed], s=130, facecolors="none", edgecolors="crimson",
+                       linewidths=1.3, label="sweep front")  # fmt: skip
+        if base.any():
+            bx, by = x[base][0], y[base][0]
+            ax.scatter([bx], [by], marker="*", s=260, color="gold", edgecolors="black", zorder=5, label="baseline")
+            # The baseline is usually the top-right point: label it below-left to stay inside.
+            ax.annotate("baseline", (bx, by), textcoords="offset points", xytext=(-10, -14), ha="right", fontsize=9,
+                        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
+        if _is_log_scale(x):
+            ax.set_xscale("log")
+        if cost != "latency_ms":
+            from matplotlib.ticker import EngFormatter
+
+            ax.xaxis.set_major_formatter(EngFormatter())  # 200k, 1M rather than an offset "1e6"
+        ax.legend(fontsize=8, loc="best")
+    ax.set_xlabel(AXIS_LABELS[cost])
+    ax.set_ylabel(QUALITY_LABELS[quality])
+    ax.set_title(f"{quality} vs {AXIS_LABELS[cost]}")
+    ax.grid(True, alpha=0.3)
+    _save(fig, path, left=0.11, bottom=0.12, top=0.92)
+    return stairs
+
+
+def plot_hypervolume(df: pd.DataFrame, meta: dict[str, Any], path: Path) -> np.ndarray:
+    """Write the sweep's hypervolume after each ``ok`` row (baseline first, then trials by end time);
+    return that history."""
+    fig, ax = _new_axes((7.5, 4))
+    objectives = meta["objectives"]
+    values = objective_values(ok_rows_in_order(df), objectives)
+    history = pareto.hypervolume_history(values, objectives, meta["baseline"])
+    if len(history):
+        ax.step(np.arange(1, len(history) + 1), history, where="post", marker=".", color="tab:blue")
+    else:
+        _no_data(ax, "no ok trials")
+    ax.set_xlabel("ok rows completed (baseline first, then trials by end time)")
+    ax.set_ylabel("hypervolume (normalised)")
+    ax.set_title(f"hypervolume of {', '.join(objectives)}")
+    ax.grid(True, alpha=0.3)
+    _save(fig, path, left=0.11, bottom=0.14, top=0.9)
+    return history
+
+
+# --------------------------------------------------------------------------- interactive
+
+
+def interactive_traces(df: pd.DataFrame, quality: str, styles: dict) -> list[dict[str, Any]]:
+    """One trace per method, then the baseline: ``name``, latency ``x``, ``quality`` ``y``, ``hover`` texts."""
+    knob_cols = knob_columns(df)
+    points = projection_points(df, quality, "latency_ms")
+    base = is_baseline(points)
+    traces = []
+    for name, rows in [*((m, points[~base & (points["method"] == m)]) for m in styles), ("baseline", points[base])]:
+        if rows.empty:
+            continue
+        # Plotly renders hover text as HTML, so escape what came from the table.
+        hover = [
+            "<br>".join(html.escape(s) for s in (str(r["trial_id"]), str(r["method"]), knobs_text(r, knob_cols)) if s)
+            for _, r in rows.iterrows()
+        ]
+        traces.append({"name": name, "x": rows["latency_ms"].to_numpy(dtype=float),
+                       "y": rows[quality].to_numpy(dtype=float), "hover": hover})  # fmt: skip
+    return traces
+
+
+def write_interactive(df: pd.DataFrame, quality: str, styles: dict, path: Path) -> bool:
+    """``quality`` vs latency with hover details; False (nothing written) without plotly."""
+    try:
+        import plotly.graph_objects as go
+    except ImportError:
+        return False
+    traces = interactive_traces(df, quality, styles)
+    fig = go.Figure()
+    for t in traces:
+        fig.add_trace(
+            go.Scatter(
+                x=t["x"],
+                y=t["y"],
+                mode="markers",
+                name=t["name"],
+                hovertext=t["hover"],
+                hovertemplate=f"%{{hovertext}}<br>latency %{{x:.3g}} ms<br>{quality} %{{y:.4f}}<extra></extra>",
+                marker={"symbol": "star", "size": 16} if t["name"] == "baseline" else {"size": 9},
+            )
+        )
+    latencies = np.concatenate([t["x"] for t in traces]) if traces else np.zeros(0)
+    fig.update_layout(
+        title=f"{quality} vs latency",
+        xaxis_title="latency (ms)",
+        yaxis_title=QUALITY_LABELS[quality],
+        xaxis_type="log" if _is_log_scale(latencies) else "linear",
+        template="plotly_white",
+    )
+    fig.write_html(path, include_plotlyjs=True, full_html=True)
+    return True
+
+
+# --------------------------------------------------------------------------- details of front trials
+
+
+def _plot_trajectory(traj: list[dict], title: str, path: Path) -> bool:
+    """Every numeric series of ``traj`` relative to its first non-zero value; False when nothing to draw."""
+    steps = [num(p.get("step", i)) for i, p in enumerate(traj)]
+    keys = sorted({k for p in traj for k, v in p.items() if k != "step" and isinstance(v, (int, float))
+                   and not isinstance(v, bool)})  # fmt: skip
+    if len(traj) < 2 or not keys:
+        return False
+    fig, ax = _new_axes((7, 4))
+    for k in keys:
+        y = np.array([num(p.get(k)) for p in traj], dtype=float)
+        first = next((v for v in y if np.isfinite(v) and v != 0), None)
+        if first is None:
+            continue
+        ax.plot(steps, y / first, marker="o", markersize=3, label=f"{k} (÷ {first:.4g})")
+    ax.set_xlabel("step (iteration or epoch)")
+    ax.set_ylabel("relative to the first value")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    _save(fig, path, left=0.1, bottom=0.12, top=0.9, right=0.98)
+    return True
+
+
+def _plot_layer_ratios(ratios: dict, title: str, path: Path) -> bool:
+    """Kept fraction per layer as horizontal bars; False when no ratio is a number."""
+    items = [(str(k), num(v)) for k, v in ratios.items() if np.isfinite(num(v))]
+    if not items:
+        return False
+    fig, ax = _new_axes((7, max(2.5, 0.22 * len(items) + 1.2)))
+    y = np.arange(len(items))
+    ax.barh(y, [v for _, v in items], color="tab:blue")
+    ax.set_yticks(y)
+    ax.set_yticklabels([k for k, _ in items], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("fraction of channels kept")
+    ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.3)
+    _save(fig, path, left=0.3, bottom=0.1, top=0.92)
+    return True
+
+
+def _plot_blocks(blocks: list[dict], tau: float | None, title: str, path: Path) -> None:
+    """Bars of Δ per block: removed blocks in red, kept removable ones in blue, non-removable grey."""
+    from matplotlib.patches import Patch
+
+    fig, ax = _new_axes((max(6.0, 0.28 * len(blocks) + 2), 4))
+    x = np.arange(len(blocks))
+    delta = np.array([num(b.get("delta")) for b in blocks], dtype=float)
+    colours = [
+        "tab:red" if b.get("removed") else ("tab:blue" if b.get("removable") else "lightgrey") for b in blocks
+    ]
+    ax.bar(x, np.nan_to_num(delta), color=colours, edgecolor="black", linewidth=0.4)
+    handles = [Patch(color="tab:red", label="removed"), Patch(color="tab:blue", label="kept (removable)"),
+               Patch(color="lightgrey", label="not removable")]  # fmt: skip
+    if tau is not None:
+        handles.append(ax.axhline(tau, color="black", linestyle="--", linewidth=1, label=f"\u03c4 = {tau:g}"))
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(b.get("index", i)) for i, b in enumerate(blocks)], fontsize=7)
+    for label, colour in zip(ax.get_xticklabels(), colours):  # a removed block with Δ = 0 has no bar to see
+        label.set_color("tab:red" if colour == "tab:red" else "black")
+    ax.set_xlabel("block (forward order)")
+    ax.set_ylabel("importance \u0394")
+    ax.set_title(title)
+    ax.legend(handles=handles, fontsize=8, loc="best")
+    ax.grid(True, axis="y", alpha=0.3)
+    _save(fig, path, left=0.1, bottom=0.13, top=0.9, right=0.98)
+
+
+def write_detail_plots(front: pd.DataFrame, out: Path) -> list[DetailPlot]:
+    """Trajectory (``info["trajectory"]``) and per-layer (``info["layer_ratios"]``) figures of front rows."""
+    written = []
+    for _, row in front.iterrows():
+        details = info(row)
+        trial_id, method = str(row["trial_id"]), str(row["method"])
+        alt = f"{method} details of trial {trial_id}"
+        traj = details.get("trajectory")
+        if isinstance(traj, list) and all(isinstance(p, dict) for p in traj):
+            name = _safe_name("trajectory_", trial_id)
+            if _plot_trajectory(traj, f"{method} trajectory, trial {trial_id}", out / name):
+                written.append(DetailPlot(trial_id, name, alt))
+        ratios = details.get("layer_ratios")
+        if isinstance(ratios, dict) and ratios:
+            name = _safe_name("layers_", trial_id)
+            if _plot_layer_ratios(ratios, f"{method} kept channels per layer, trial {trial_id}", out / name):
+                written.append(DetailPlot(trial_id, name, alt))
+    return written
+
+
+def write_block_plots(front: pd.DataFrame, out: Path) -> list[DetailPlot]:
+    """``blocks_<trial_id>.png`` for each front row whose ``info["blocks"]`` is a list of objects."""
+    written = []
+    for _, row in front.iterrows():
+        details = info(row)
+        blocks = details.get("blocks")
+        if not isinstance(blocks, list) or not blocks or not all(isinstance(b, dict) for b in blocks):
+            continue
+        tau = num(details.get("tau"))
+        trial_id = str(row["trial_id"])
+        title = f"{details.get('blocks_title') or BLOCKS_TITLE}, trial {trial_id}"
+        name = _safe_name("blocks_", trial_id)
+        _plot_blocks(blocks, None if np.isnan(tau) else tau, title, out / name)
+        written.append(DetailPlot(trial_id, name, title))
+    return written

@@ -1,0 +1,109 @@
+"""Rows and cells of the trials table, as the report selects and reads them.
+
+Conventions:
+
+* The baseline row is the one with ``trial_id == "baseline"``; "trials" are the other rows.  The
+  baseline is a candidate like any trial: it may be on the front and counts in the hypervolume.
+* The sweep's front is the ``ok`` rows flagged ``on_front`` when any row carries a flag, else the rows
+  :func:`sweep.pareto.front_flags` puts on the front of the sweep's objectives (one front function).
+* A missing cell is None or NaN; :func:`num` reads any cell as a float (NaN when it is not a number).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sweep import pareto
+from sweep.results.schema import BASELINE_ID, KNOB_PREFIX
+
+
+def is_baseline(df: pd.DataFrame) -> pd.Series:
+    return df["trial_id"] == BASELINE_ID
+
+
+def is_ok(df: pd.DataFrame) -> pd.Series:
+    return df["status"] == "ok"
+
+
+def trials(df: pd.DataFrame) -> pd.DataFrame:
+    """Every row but the baseline's."""
+    return df[~is_baseline(df)]
+
+
+def ok_rows_in_order(df: pd.DataFrame) -> pd.DataFrame:
+    """``ok`` rows in the order the hypervolume grows: the baseline first, then trials by end time."""
+    ok = df[is_ok(df)]
+    done = ok[~is_baseline(ok)].sort_values("ended_at", kind="stable", na_position="last")
+    return pd.concat([ok[is_baseline(ok)], done])
+
+
+def objective_values(rows: pd.DataFrame, objectives: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each objective's column of ``rows`` as floats (the input of the :mod:`sweep.pareto` volumes)."""
+    return {o: rows[o].to_numpy(dtype=float) for o in objectives}
+
+
+def front_rows(df: pd.DataFrame, objectives: Sequence[str], quality: str) -> pd.DataFrame:
+    """``ok`` rows on the sweep's front, best ``quality`` first."""
+    ok = is_ok(df)
+    stored = df["on_front"] if "on_front" in df.columns else pd.Series(None, index=df.index, dtype=object)
+    if stored[ok].notna().any():
+        on = ok & stored.eq(True)
+    else:
+        on = pd.Series(pareto.front_flags(df.to_dict("records"), objectives), index=df.index, dtype=bool)
+    return df[on].sort_values([quality, "trial_id"], ascending=[False, True], kind="stable",
+                              key=lambda col: col.astype(float) if col.name == quality else col)
+
+
+def best_row(rows: pd.DataFrame, quality: str) -> pd.Series | None:
+    """The row of ``rows`` with the highest ``quality`` (None when no row has one)."""
+    values = rows[quality].astype(float)
+    return rows.loc[values.idxmax()] if values.notna().any() else None
+
+
+def knob_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c.startswith(KNOB_PREFIX)]
+
+
+def knobs_text(row: pd.Series, knob_columns: Sequence[str]) -> str:
+    """``name=value`` for the row's non-null knobs; the method prefix is dropped when it matches."""
+    parts = []
+    prefix = f"{KNOB_PREFIX}{row.get('method')}."
+    for column in knob_columns:
+        value = row.get(column)
+        if missing(value):
+            continue
+        name = column[len(prefix) :] if column.startswith(prefix) else column[len(KNOB_PREFIX) :]
+        parts.append(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}")
+    return ", ".join(parts)
+
+
+def info(row: pd.Series) -> dict:
+    """The row's ``info`` JSON object ({} when absent or not an object)."""
+    try:
+        value = json.loads(text(row.get("info")) or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # list-like values are present, whatever they hold
+        return False
+
+
+def text(value: Any) -> str:
+    return "" if missing(value) else str(value)
+
+
+def num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
