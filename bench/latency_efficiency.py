@@ -76,7 +76,8 @@ def build(name: str, seed: int):
 
 def prune(kind: str, model, x, target: float, tp_steps: int, threads: int):
     """Prune ``model`` in place to ``target`` MACs fraction with pruner ``kind``."""
-    from sweep.engine.channels import default_ignored_layers, prune_to_target
+    from sweep.engine.channels import prune_to_target
+    from sweep.engine.skip import skipped_layers
     from sweep.measure import count_macs
 
     if kind == "auto":
@@ -93,7 +94,7 @@ def prune(kind: str, model, x, target: float, tp_steps: int, threads: int):
         pruner = tp.pruner.MetaPruner(
             model, x, importance=tp.importance.GroupMagnitudeImportance(p=2), global_pruning=True,
             pruning_ratio=1.0, max_pruning_ratio=0.9, iterative_steps=tp_steps, round_to=8,
-            ignored_layers=default_ignored_layers(model))
+            ignored_layers=skipped_layers(model, x))
         while count_macs(model, x) > target * base and pruner.current_step < tp_steps:
             pruner.step()
     else:

@@ -94,12 +94,11 @@ def cmd_run(args) -> int:
 
 def _preflight(cfg) -> None:
     """Load the data and build the model once, so bad names and missing files fail in one line."""
-    from .models import build_model
-    from .trial import load_splits
-
     import torch
 
     from .errors import ConfigError
+    from .models import build_model
+    from .trial import load_splits
 
     splits = load_splits(cfg)
     c, h, _ = splits.input_shape
@@ -117,18 +116,28 @@ def _preflight(cfg) -> None:
                           f"but got {tuple(out.shape)} ({cfg.source}: model.name={cfg.model.name})")
     # the architecture must survive channel surgery, and every method must apply to it
     from .engine.check import PrunabilityError, check_prunable
+    from .engine.skip import resolve_layers
     from .methods import get_method
-    from .trial import ignored_layers
 
     example = splits.example_input(1)
+    keep = resolve_layers(model, cfg.model.keep_layers, f"model.keep_layers ({cfg.source})")
     try:
-        check_prunable(model, example, ignored_layers=ignored_layers(cfg, model))
+        found = check_prunable(model, example, keep_layers=keep)
     except PrunabilityError as e:
         raise PrunabilityError(f"{e} (add the layer to model.keep_layers in {cfg.source})") from None
+    _warn_skipped(found["skipped"])
     for m in cfg.methods:
         spec = get_method(m.name)
         if spec.preflight is not None:
             spec.preflight(model, example)
+
+
+def _warn_skipped(skipped: list) -> None:
+    """One line for the channel groups the engine leaves out because they cannot be pruned safely."""
+    if skipped:
+        names = ", ".join(f"'{n}'" for n, _ in skipped[:4]) + (", ..." if len(skipped) > 4 else "")
+        _log(f"warning: {len(skipped)} channel group(s) cannot be pruned safely and are left out ({names}): "
+             f"{skipped[0][1]}")
 
 
 def cmd_resume(args) -> int:
@@ -164,7 +173,8 @@ def cmd_select(args) -> int:
     d = select(Path(args.sweep_dir), budget, out=Path(args.out) if args.out else None,
                export=not args.no_export, register=not args.no_register, log=_log)
     c = d["chosen"]
-    _log(f"chosen: trial {c['trial_id']} ({c['method']}) accuracy {c['accuracy']:.4f} (val), "
+    agree = f"agreement {c['agreement']:.4f} (val), " if d["quality"] == "agreement" else ""
+    _log(f"chosen: trial {c['trial_id']} ({c['method']}) {agree}accuracy {c['accuracy']:.4f} (val), "
          f"{c.get('test_accuracy', float('nan')):.4f} (test) · latency {c['latency_ms']:.3f} ms re-measured alone · "
          f"params {c['params']:,} · MACs {c['macs']:,}")
     _log(f"exported to {d['out']}: " + ", ".join(str(v) for k, v in d["exports"].items()
@@ -181,48 +191,58 @@ def _knob_value(text: str):
         return text
 
 
+def _pairs(items, what: str) -> dict:
+    """``NAME=VALUE`` options -> {name: value (YAML-parsed)}."""
+    from .errors import ConfigError
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"a {what} must be NAME=VALUE, but got --{what.replace(' ', '-')} {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = _knob_value(v)
+    return out
+
+
 def cmd_prune(args) -> int:
     from .errors import ConfigError
     from .oneshot import PruneJob, parse_shape, run_prune
 
-    knobs = {}
-    for item in args.knob or []:
-        if "=" not in item:
-            raise ConfigError(f"a knob must be NAME=VALUE, but got --knob {item!r}")
-        k, v = item.split("=", 1)
-        knobs[k.strip()] = _knob_value(v)
-    if args.ratio is not None:
-        knobs["ratio"] = args.ratio
-    if args.tau is not None:
-        knobs["tau"] = args.tau
-    given = [f for f, v in (("--ratio", args.ratio), ("--target-macs", args.target_macs),
-                            ("--target-params", args.target_params), ("--remove-blocks", args.remove_blocks))
-             if v is not None]
+    knobs = _pairs(args.knob, "knob")
+    # the target options (--ratio, --tau, --remove-blocks, ...) are knobs that methods mark as flags
+    for name in args.flag_knobs:
+        value = getattr(args, f"knob__{name}")
+        if value is None:
+            continue
+        if name in knobs:
+            raise ConfigError(f"give {name} once, but got both --{name.replace('_', '-')} and --knob {name}=...")
+        knobs[name] = _knob_value(value)
+    given = [f for f, v in (("--target-macs", args.target_macs), ("--target-params", args.target_params)) if v]
     if len(given) > 1:
         raise ConfigError(f"give one pruning target, but got {' and '.join(given)}")
-    blocks = None
-    if args.remove_blocks is not None:
-        try:
-            blocks = tuple(int(b) for b in args.remove_blocks.split(",") if b.strip())
-        except ValueError:
-            raise ConfigError(f"blocks must be comma-separated integers, but got --remove-blocks="
-                              f"{args.remove_blocks!r}") from None
-    dataset_options = {}
-    for item in args.dataset_option or []:
-        if "=" not in item:
-            raise ConfigError(f"a dataset option must be NAME=VALUE, but got --dataset-option {item!r}")
-        k, v = item.split("=", 1)
-        dataset_options[k.strip()] = _knob_value(v)
     job = PruneJob(model=args.model, out=Path(args.out), method=args.method, knobs=knobs,
                    checkpoint=args.checkpoint, num_classes=args.num_classes,
                    input_shape=parse_shape(args.input_shape) if args.input_shape else None,
-                   dataset=args.dataset, dataset_options=dataset_options, target_macs=args.target_macs,
-                   target_params=args.target_params, remove_blocks=blocks, finetune_epochs=args.finetune_epochs,
-                   lr=args.lr, latency_batch=args.latency_batch, threads=args.threads, repeats=args.repeats,
-                   seed=args.seed)
+                   dataset=args.dataset, dataset_options=_pairs(args.dataset_option, "dataset option"),
+                   target_macs=args.target_macs, target_params=args.target_params,
+                   finetune_epochs=args.finetune_epochs, lr=args.lr, latency_batch=args.latency_batch,
+                   threads=args.threads, repeats=args.repeats, seed=args.seed)
     _quiet_libraries()
-    run_prune(job, log=_log)
+    summary = run_prune(job, log=_log)
+    _warn_skipped(summary["skipped_groups"])
     return 0
+
+
+def _add_flag_knobs(parser) -> None:
+    """One option per knob that a method marks as a `sweep prune` flag (``Knob.flag``)."""
+    from .methods import flag_knobs
+
+    flags = flag_knobs()
+    for name, owners in flags.items():
+        methods = ", ".join(m for m, _ in owners)
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=f"knob__{name}", metavar="V",
+                            help=f"{owners[0][1].help} (knob {name} of {methods})".replace("%", "%%"))
+    parser.set_defaults(flag_knobs=sorted(flags))
 
 
 def cmd_methods(args) -> int:
@@ -307,14 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--num-classes", type=_positive(int), help="classes (default: the dataset's, else 1000)")
     pr.add_argument("--input-shape", help="C,H,W (default: the dataset's)")
     pr.add_argument("--method", default="magnitude", help="a registered method (see `sweep methods`)")
-    pr.add_argument("--ratio", type=float, help="channel ratio to remove (magnitude)")
-    pr.add_argument("--target-macs", type=_positive(int), help="MACs to prune down to (absolute)")
-    pr.add_argument("--target-params", type=_positive(int), help="params to prune down to (absolute)")
-    pr.add_argument("--tau", type=float, help="SR-init threshold (accuracy fraction)")
-    pr.add_argument("--remove-blocks", help="remove these residual blocks (0-based over all blocks), e.g. 1,8,17")
+    pr.add_argument("--target-macs", type=_positive(int), help="MACs to prune down to (absolute; the method's "
+                    "macs_fraction knob)")
+    pr.add_argument("--target-params", type=_positive(int), help="params to prune down to (absolute; the "
+                    "method's params_fraction knob)")
+    _add_flag_knobs(pr)
     pr.add_argument("--knob", action="append", metavar="NAME=VALUE", help="any other knob of the method")
     pr.add_argument("--dataset", help="dataset for accuracy before/after and methods that need data")
-    pr.add_argument("--dataset-option", action="append", metavar="NAME=VALUE", help="dataset option, e.g. train_subset=5000")
+    pr.add_argument("--dataset-option", action="append", metavar="NAME=VALUE",
+                    help="dataset option, e.g. train_subset=5000")
     pr.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune after pruning (needs --dataset)")
     pr.add_argument("--lr", type=_positive(float), default=0.01)
     pr.add_argument("--latency-batch", type=_positive(int), default=1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -349,7 +349,8 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
     )
 
     methods = parse_methods(top.get("methods"), f"{source}: methods", label_free=labels == "none")
-    return SweepConfig(name=name, source=source, seed=seed, labels=labels, model=model, dataset=dataset, baseline=baseline,
+    return SweepConfig(name=name, source=source, seed=seed, labels=labels, model=model, dataset=dataset,
+                       baseline=baseline,
                        finetune=finetune, search=search, measure=measure, methods=methods,
                        raw=dict(data) if isinstance(data, Mapping) else {})
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from .config import SweepConfig
 from .folder import SweepFolder, report_dir, sweep_meta
 from .pareto import DIRECTIONS
-from .results.schema import BASELINE_ID, TrialRecord, with_front
+from .results.schema import TrialRecord, with_front
 from .results.store import TrialStore, replace_by_id
 from .trial import TrialSpec, load_splits, prepare_baseline, run_trial, trial_threads
 

@@ -3,13 +3,20 @@
 Latency follows the usual protocol: warm-up runs, then many timed repeats under
 ``torch.inference_mode``; the median and the inter-quartile range are reported together with the
 batch size, thread count and device, because a latency figure means nothing without them.
+
+A network whose outputs are not finite (diverged in fine-tuning, or broken by a pruning step) is a
+failed trial: :func:`accuracy` and :func:`agreement` check the logits they compute anyway and raise
+:class:`~sweep.errors.TrialFailure` ("diverged: ..."), with no extra forward pass.  (Accuracy itself is a
+ratio of counts, always finite: a check on it could never fire.)
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
+
+from .errors import TrialFailure
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,16 @@ def count_macs(model, example_inputs) -> int:
     return int(macs)
 
 
+def check_finite(logits, where: str) -> None:
+    """Raise :class:`TrialFailure` ("diverged: ...") when ``logits`` hold a NaN or an infinity."""
+    import torch
+
+    bad = ~torch.isfinite(logits)
+    if bool(bad.any()):
+        raise TrialFailure(f"diverged: the network outputs non-finite values ({int(bad.sum())} of "
+                           f"{bad.numel()} logits in a batch of {logits.shape[0]}, {where})")
+
+
 def accuracy(model, loader, device: str = "cpu") -> float:
     """Top-1 accuracy in eval mode; labels are only read here, for reporting and validation."""
     import torch
@@ -50,7 +67,9 @@ def accuracy(model, loader, device: str = "cpu") -> float:
     correct = total = 0
     with torch.inference_mode():
         for x, y in loader:
-            pred = model(x.to(device)).argmax(dim=1)
+            logits = model(x.to(device))
+            check_finite(logits, "measuring accuracy")
+            pred = logits.argmax(dim=1)
             correct += int((pred.cpu() == y).sum())
             total += int(y.numel())
     if total == 0:
@@ -69,7 +88,9 @@ def agreement(model, teacher, loader, device: str = "cpu") -> float:
     with torch.inference_mode():
         for batch in loader:
             x = batch[0].to(device)
-            same += int((model(x).argmax(1) == teacher(x).argmax(1)).sum())
+            logits = model(x)
+            check_finite(logits, "measuring agreement")
+            same += int((logits.argmax(1) == teacher(x).argmax(1)).sum())
             total += x.shape[0]
     if total == 0:
         raise ValueError("cannot measure agreement on an empty split")

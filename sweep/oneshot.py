@@ -28,9 +28,8 @@ class PruneJob:
     input_shape: tuple[int, int, int] | None = None
     dataset: str | None = None
     dataset_options: dict = field(default_factory=dict)
-    target_macs: int | None = None
-    target_params: int | None = None
-    remove_blocks: tuple[int, ...] | None = None
+    target_macs: int | None = None  # absolute; becomes the method's macs_fraction knob
+    target_params: int | None = None  # absolute; becomes the method's params_fraction knob
     finetune_epochs: int = 0
     lr: float = 0.01
     batch_size: int = 64
@@ -56,14 +55,18 @@ def run_prune(job: PruneJob, log=print) -> dict:
 
     import torch
 
+    from .config import TrainConfig
+    from .engine.check import check_prunable
+    from .engine.skip import skipped_layers
     from .measure import accuracy, compare_latency, count_macs, count_params
-    from .methods import PruneContext, get_method
+    from .methods import get_method
+    from .methods.context import build_context, make_loaders
     from .models import build_model
-    from .engine.channels import default_ignored_layers
 
     out = Path(job.out)
     if out.exists() and any(out.iterdir()):
         raise SweepDirError(f"output folder is not empty: {out} (choose another --out)")
+    spec = get_method(job.method, where="--method")
     torch.manual_seed(job.seed)
     splits = None
     if job.dataset:
@@ -90,80 +93,47 @@ def run_prune(job: PruneJob, log=print) -> dict:
         out_before = model(example)
     threads = job.threads or torch.get_num_threads()
 
-    loaders = None
+    loaders = test = None
     if splits is not None:
-        from .data import make_loader, strip_labels
+        from .data import make_loader
 
-        loaders = (make_loader(splits.train, job.batch_size, shuffle=True, seed=job.seed),
-                   make_loader(splits.val, 256, shuffle=False), make_loader(splits.test, 256, shuffle=False),
-                   make_loader(strip_labels(splits.train), job.batch_size, shuffle=True, seed=job.seed + 1),
-                   make_loader(strip_labels(splits.val), 256, shuffle=False))
+        loaders = make_loaders(splits.train, splits.val, labels=True, batch_size=job.batch_size, seed=job.seed)
+        test = make_loader(splits.test, 256, shuffle=False)
     params0, macs0 = count_params(model), count_macs(model, example)
     original = copy.deepcopy(model).eval()  # its latency is measured side by side with the pruned model
-    acc0 = accuracy(model, loaders[2], job.device) if loaders else None
+    acc0 = accuracy(model, test, job.device) if test else None
     log(f"{job.model}: {params0:,} params, {macs0:,} MACs"
         + (f", test accuracy {acc0:.4f}" if acc0 is not None else ""))
 
-    knobs = dict(job.knobs)
-    if job.target_macs is not None:
-        if job.target_macs >= macs0:
-            raise ConfigError(f"target MACs must be below the model's {macs0:,}, but got --target-macs={job.target_macs:,}")
-        knobs["macs_fraction"] = job.target_macs / macs0
-    if job.target_params is not None:
-        if job.target_params >= params0:
-            raise ConfigError(f"target params must be below the model's {params0:,}, but got "
-                              f"--target-params={job.target_params:,}")
-        knobs["params_fraction"] = job.target_params / params0
+    knobs = dict(job.knobs) | _absolute_targets(job, spec, macs0, params0)
+    mcfg = spec.make_config(knobs, where=f"--method {job.method}")
+    skipped = check_prunable(model, example)["skipped"]  # a model that cannot be pruned fails in one line here
     t0 = time.time()
-    teacher = copy.deepcopy(model).eval()
-    if job.remove_blocks is not None:
-        from .engine.depth import remove_blocks
-
-        pruned = remove_blocks(model, list(job.remove_blocks))
-        info: dict = {"removed_blocks": list(job.remove_blocks)}
-        method_name = "remove_blocks"
-    else:
-        spec = get_method(job.method, where="--method")
-        mcfg = spec.make_config(knobs, where=f"--method {job.method}")
-
-        def need_data(*a, **k):
-            raise ConfigError(f"method {job.method} trains or evaluates while pruning: give --dataset")
-
-        if loaders:
-            from .train import train
-
-            def finetune(m, epochs=None, step_offset=0, lr=None):
-                return train(m, loaders[0], epochs=job.finetune_epochs if epochs is None else epochs,
-                             lr=lr or job.lr, device=job.device)
-
-            def evaluate(m):
-                return accuracy(m, loaders[1], job.device)
-        ctx = PruneContext(train_loader=loaders[0] if loaders else [], val_loader=loaders[1] if loaders else [],
-                           device=job.device, seed=job.seed, num_classes=num_classes,
-                           finetune=finetune if loaders else need_data, evaluate=evaluate if loaders else need_data,
-                           ignored_layers=default_ignored_layers(model), teacher=teacher,
-                           unlabeled_loader=loaders[3] if loaders else None,
-                           unlabeled_val_loader=loaders[4] if loaders else None)
-        result = spec.prune(model, example, mcfg, ctx)
-        pruned, info, method_name = result.model, dict(result.info or {}), job.method
-        if loaders and job.finetune_epochs > 0 and not result.finetuned:
-            log(f"fine-tuning {job.finetune_epochs} epoch(s) on {job.dataset}")
-            finetune(pruned)
+    ctx = build_context(loaders, method=job.method, labels=True, teacher=copy.deepcopy(model).eval(),
+                        finetune_config=TrainConfig(epochs=job.finetune_epochs, lr=job.lr,
+                                                    batch_size=job.batch_size),
+                        device=job.device, seed=job.seed, num_classes=num_classes,
+                        ignored_layers=skipped_layers(model, example), no_data="give --dataset")
+    result = spec.prune(model, example, mcfg, ctx)
+    pruned, info = result.model, dict(result.info or {})
+    if loaders and job.finetune_epochs > 0 and not result.finetuned:
+        log(f"fine-tuning {job.finetune_epochs} epoch(s) on {job.dataset}")
+        ctx.finetune(pruned)
     prune_s = time.time() - t0
     pruned.eval()
     with torch.no_grad():
         out_after = pruned(example)
-    if out_after.shape != out_before.shape:
-        raise ConfigError(f"pruning changed the output shape from {tuple(out_before.shape)} to "
-                          f"{tuple(out_after.shape)}; keep the classifier head out of pruning")
+    if out_after.shape != out_before.shape:  # the engine keeps output layers: this is a method's defect
+        raise ConfigError(f"pruning must keep the output shape {tuple(out_before.shape)}, but method "
+                          f"{job.method} changed it to {tuple(out_after.shape)}")
     params1, macs1 = count_params(pruned), count_macs(pruned, example)
     # before/after latencies interleaved in one measurement: the speed-up is not an artefact of load
     # changing between the two
     lat0, lat1 = compare_latency([original, pruned], shape, batch=job.latency_batch, warmup=10,
                                  repeats=job.repeats, threads=threads, device=job.device)
-    acc1 = accuracy(pruned, loaders[2], job.device) if loaders else None
+    acc1 = accuracy(pruned, test, job.device) if test else None
     summary = {
-        "model": job.model, "method": method_name, "knobs": knobs, "checkpoint": job.checkpoint,
+        "model": job.model, "method": job.method, "knobs": knobs, "checkpoint": job.checkpoint,
         "input_shape": list(shape), "output_shape": list(out_after.shape),
         "params_before": params0, "params_after": params1, "params_ratio": params1 / params0,
         "macs_before": macs0, "macs_after": macs1, "macs_ratio": macs1 / macs0,
@@ -174,6 +144,7 @@ def run_prune(job: PruneJob, log=print) -> dict:
         "latency_protocol": "before and after measured interleaved in 5 rounds after warm-up, median",
         "device": job.device, "prune_seconds": prune_s, "finetune_epochs": job.finetune_epochs if loaders else 0,
         "target_macs": job.target_macs, "target_params": job.target_params, "info": info,
+        "skipped_groups": skipped,
     }
     if loaders:
         summary.update(dataset=job.dataset, accuracy_before=acc0, accuracy_after=acc1, accuracy_split="test")
@@ -192,3 +163,18 @@ def run_prune(job: PruneJob, log=print) -> dict:
         + (f", test accuracy {acc1:.4f}" if acc1 is not None else ""))
     log(f"wrote {out / 'model.pt'} and {out / 'summary.json'}")
     return summary
+
+
+def _absolute_targets(job: PruneJob, spec, macs0: int, params0: int) -> dict:
+    """``--target-macs`` / ``--target-params`` as the method's ``macs_fraction`` / ``params_fraction`` knob."""
+    out = {}
+    for flag, value, total, knob in (("--target-macs", job.target_macs, macs0, "macs_fraction"),
+                                     ("--target-params", job.target_params, params0, "params_fraction")):
+        if value is None:
+            continue
+        spec.knob(knob, where=f"{flag}: method {spec.name}")  # unknown knob: names the method's valid ones
+        if value >= total:
+            raise ConfigError(f"{flag[2:].replace('-', ' ')} must be below the model's {total:,}, but got "
+                              f"{flag}={value:,}")
+        out[knob] = value / total
+    return out

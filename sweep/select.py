@@ -11,7 +11,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import BudgetError
@@ -242,7 +242,9 @@ def _markdown(d: dict) -> str:
     c = d["chosen"]
     lines = [f"# Selection for sweep `{d['sweep']}`", "",
              f"Budget: {', '.join(f'{k} = {v}' for k, v in d['budget'].items()) or 'none'}", "",
-             f"Chosen: trial `{c['trial_id']}` ({c['method']}) — validation accuracy {c['accuracy']:.4f}, "
+             f"Chosen: trial `{c['trial_id']}` ({c['method']}) — "
+             + (f"agreement with the teacher {c['agreement']:.4f}, " if d.get("quality") == "agreement" else "")
+             + f"validation accuracy {c['accuracy']:.4f}, "
              f"test accuracy {c.get('test_accuracy', float('nan')):.4f}, latency {c['latency_ms']:.3f} ms "
              f"(re-measured alone, batch {d['latency_remeasured']['batch']}, "
              f"{d['latency_remeasured']['threads']} thread(s), {d['latency_remeasured']['device']}), "

@@ -12,7 +12,6 @@ Conventions (tested):
 
 from __future__ import annotations
 
-
 from .config import SAMPLERS, SweepConfig
 from .errors import ConfigError
 from .methods import get_method

@@ -1,35 +1,66 @@
-"""Supervised training and fine-tuning (SGD or Adam, cosine schedule); no method-specific branches."""
+"""Training and fine-tuning: one epoch loop, :func:`fit`, shared by every trainer in the package.
+
+Conventions:
+
+- A **loss function** ``loss_fn(model, batch) -> (loss, n)`` maps one batch of the loader to a scalar
+  loss tensor and the number of samples it averages over (``n`` weighs the per-epoch mean).  It moves
+  the batch to the device itself and reads only what it needs: label-free losses read ``batch[0]``.
+- **Optimiser settings** ``hp``: a mapping with ``lr``, ``momentum``, ``weight_decay`` and ``optimizer``
+  (``"sgd"``: SGD, with Nesterov momentum when momentum > 0; ``"adam"``: Adam); :func:`hyper` reads them
+  from a config object.  The learning rate follows one cosine schedule from ``lr`` to 0 over every step
+  of all epochs (``CosineAnnealingLR``, stepped after every batch).
+- **Divergence is a trial failure**, never a model full of NaNs: a non-finite loss raises
+  :class:`TrialFailure` ("diverged: ...") at once, and so do non-finite weights at the end of an epoch.
+- No method-specific branches here: a method brings its loss function and, where it changes the
+  network while training (``cat``), an ``on_step`` hook.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from .errors import TrialFailure
 
+# the sweep's fine-tune defaults (sweep.config.TrainConfig), for contexts that carry no settings
+DEFAULT_HP: Mapping[str, Any] = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "optimizer": "sgd"}
 
-def train(model, loader: Iterable, *, epochs: int, lr: float, momentum: float = 0.9,
-          weight_decay: float = 5e-4, optimizer: str = "sgd", device: str = "cpu",
-          on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
-    """Train ``model`` in place with cross-entropy; return the mean loss of each epoch.
+LossFn = Callable[[Any, Any], "tuple[Any, int]"]
 
-    A non-finite loss raises :class:`TrialFailure` ("diverged") at once, so that a diverging
-    trial becomes a failed row instead of a model full of NaNs.
+
+def hyper(source: Any = None, **overrides) -> dict:
+    """Optimiser settings (see the module docstring) read as attributes of ``source`` (e.g. a
+    ``TrainConfig``; a missing attribute or a None source takes :data:`DEFAULT_HP`), then ``overrides``."""
+    hp = {k: getattr(source, k, v) for k, v in DEFAULT_HP.items()}
+    hp.update(overrides)
+    return hp
+
+
+def fit(model, loader: Iterable, loss_fn: LossFn, *, epochs: int, hp: Mapping[str, Any], device: str = "cpu",
+        on_epoch: Callable[[int, float], None] | None = None,
+        on_step: Callable[[int], bool] | None = None) -> list[float]:
+    """Train ``model`` in place for ``epochs`` epochs on ``loss_fn``; return the mean loss of each epoch.
+
+    ``on_epoch(epoch, mean_loss)`` runs after each epoch (``epoch`` counts from 0), the model in train
+    mode.  ``on_step(step)`` runs after each optimiser step (``step`` counts from 1, over all epochs);
+    returning True says the hook changed the model's parameters (a surgery): the optimiser then follows
+    the model's current trainable parameters, keeping the state (momentum, Adam moments) of those it
+    already had and the position of the learning-rate schedule (:func:`retarget`).  The model is left in
+    eval mode.
     """
     import torch
-    import torch.nn.functional as F
 
     if epochs <= 0:
         return []
-    model.to(device).train()
-    params, opt, sched = make_optimizer(model, loader, epochs=epochs, lr=lr, momentum=momentum,
-                                        weight_decay=weight_decay, optimizer=optimizer)
-    losses = []
+    model.to(device)
+    opt, sched = make_optimizer(trainable(model), hp, total_steps=total_steps(loader, epochs))
+    losses: list[float] = []
+    step = 0
     for epoch in range(epochs):
+        model.train()
         total, n = 0.0, 0
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(model(x), y)
+        for batch in loader:
+            loss, size = loss_fn(model, batch)
             lv = loss.item()
             if not math.isfinite(lv):
                 raise TrialFailure(f"diverged: non-finite loss {lv} in epoch {epoch + 1}")
@@ -37,10 +68,13 @@ def train(model, loader: Iterable, *, epochs: int, lr: float, momentum: float = 
             loss.backward()
             opt.step()
             sched.step()
-            total += lv * len(y)
-            n += len(y)
+            total += lv * size
+            n += size
+            step += 1
+            if on_step is not None and on_step(step):
+                retarget(opt, trainable(model))
         # the last step of an epoch can blow the weights up after its (finite) loss was computed
-        if not all(bool(torch.isfinite(p).all()) for p in params):
+        if not all(bool(torch.isfinite(p).all()) for p in opt.param_groups[0]["params"]):
             raise TrialFailure(f"diverged: non-finite weights after epoch {epoch + 1}")
         losses.append(total / max(n, 1))
         if on_epoch is not None:
@@ -49,78 +83,125 @@ def train(model, loader: Iterable, *, epochs: int, lr: float, momentum: float = 
     return losses
 
 
-def make_optimizer(model, loader, *, epochs: int, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
-                   optimizer: str = "sgd"):
-    """(trainable params, SGD-with-Nesterov or Adam, cosine schedule over every step of ``epochs``)."""
+def trainable(model) -> list:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def total_steps(loader: Iterable, epochs: int) -> int:
+    """Optimiser steps in ``epochs`` epochs (a loader without a length counts as one step an epoch)."""
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        n = 0
+    return epochs * max(1, n)
+
+
+def make_optimizer(params: list, hp: Mapping[str, Any], *, total_steps: int):
+    """(optimiser, schedule): SGD (Nesterov when momentum > 0) or Adam over ``params``, one parameter
+    group, with a cosine schedule from ``hp["lr"]`` to 0 over ``total_steps`` steps."""
     import torch
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    lr, momentum, wd, name = hp["lr"], hp["momentum"], hp["weight_decay"], hp["optimizer"]
+    if name == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    elif name == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd, nesterov=momentum > 0)
     else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * max(1, _len(loader)))
-    return params, opt, sched
+        raise ValueError(f"optimizer must be sgd or adam, but got optimizer={name!r} (make_optimizer)")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
+    return opt, sched
 
 
-def _len(loader) -> int:
-    try:
-        return len(loader)
-    except TypeError:
-        return 0
+def retarget(opt, params: list) -> None:
+    """Point ``opt`` (one parameter group, from :func:`make_optimizer`) at ``params``, the model's
+    parameters after a surgery: the per-parameter state of those it had is kept, that of parameters
+    gone (or replaced by the surgery) dropped, and new ones start fresh.  The group's learning rate is
+    untouched, so the schedule attached to ``opt`` goes on where it was."""
+    if len(opt.param_groups) != 1:
+        raise ValueError(f"retarget needs an optimiser with one parameter group, but got "
+                         f"{len(opt.param_groups)} groups (make_optimizer builds one)")
+    kept = {p: opt.state[p] for p in params if p in opt.state}
+    opt.param_groups[0]["params"] = list(params)
+    opt.state.clear()
+    opt.state.update(kept)
+
+
+# ------------------------------------------------------------------------------------------- losses
+def cross_entropy(device: str = "cpu") -> LossFn:
+    """Supervised loss: cross-entropy on ``(x, y)`` batches."""
+    import torch.nn.functional as F
+
+    def loss_fn(model, batch):
+        x, y = batch
+        x, y = x.to(device), y.to(device)
+        return F.cross_entropy(model(x), y), len(y)
+
+    return loss_fn
+
+
+def soft_kl(s_logits, t_logits, temperature: float):
+    """KL(teacher ‖ student) between the softened outputs at ``temperature``, mean over the batch.
+    Not scaled: callers multiply by T² so that the gradients keep their size whatever T (Hinton,
+    Vinyals & Dean 2015, "Distilling the knowledge in a neural network", §2)."""
+    import torch.nn.functional as F
+
+    t = temperature
+    return F.kl_div(F.log_softmax(s_logits / t, dim=1), F.softmax(t_logits / t, dim=1), reduction="batchmean")
+
+
+def distillation(teacher, *, temperature: float, feature_weight: float = 0.0, features=None,
+                 device: str = "cpu") -> LossFn:
+    """Label-free loss: T²·KL(teacher ‖ student) at ``temperature`` (Hinton et al. 2015, §2) plus, with
+    ``feature_weight`` > 0, ``feature_weight``·MSE between penultimate features given by
+    ``features(model, x) -> (logits, penultimate)``.  Reads ``batch[0]`` only."""
+    import torch
+    import torch.nn.functional as F
+
+    if feature_weight > 0 and features is None:
+        raise ValueError(f"features(model, x) must be given when feature_weight > 0, but got features=None, "
+                         f"feature_weight={feature_weight} (distillation)")
+    t = temperature
+
+    def loss_fn(student, batch):
+        x = batch[0].to(device)
+        with torch.no_grad():
+            if feature_weight > 0:
+                t_logits, t_feat = features(teacher, x)
+            else:
+                t_logits = teacher(x)
+        if feature_weight > 0:
+            s_logits, s_feat = features(student, x)
+        else:
+            s_logits = student(x)
+        loss = soft_kl(s_logits, t_logits, t) * (t * t)
+        if feature_weight > 0:
+            loss = loss + feature_weight * F.mse_loss(s_feat, t_feat)
+        return loss, len(x)
+
+    return loss_fn
+
+
+# ------------------------------------------------------------------------------------------- trainers
+def train(model, loader: Iterable, *, epochs: int, lr: float, momentum: float = 0.9,
+          weight_decay: float = 5e-4, optimizer: str = "sgd", device: str = "cpu",
+          on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+    """Train ``model`` in place with cross-entropy; return the mean loss of each epoch (see :func:`fit`)."""
+    hp = hyper(lr=lr, momentum=momentum, weight_decay=weight_decay, optimizer=optimizer)
+    return fit(model, loader, cross_entropy(device), epochs=epochs, hp=hp, device=device, on_epoch=on_epoch)
 
 
 def distill(student, teacher, loader: Iterable, *, epochs: int, lr: float, temperature: float = 4.0,
             momentum: float = 0.9, weight_decay: float = 5e-4, optimizer: str = "sgd", device: str = "cpu",
             feature_weight: float = 0.0, features=None,
             on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
-    """Label-free training: match the teacher's softened outputs (KL at ``temperature``, scaled by
-    T² as in Hinton et al., 2015, §2) and, with ``feature_weight`` > 0, its penultimate features.
+    """Label-free training of ``student`` on the :func:`distillation` loss from ``teacher``.
 
-    Batches are read as ``batch[0]`` only: the loader may (and in label-free sweeps does) carry no
-    labels.  ``features(model, x) -> (logits, penultimate)`` is needed for the feature term.
+    Batches are read as ``batch[0]`` only: the loader may (and in label-free sweeps does) carry no labels.
     """
-    import torch
-    import torch.nn.functional as F
-
     if epochs <= 0:
         return []
-    student.to(device).train()
     teacher.to(device).eval()
-    params, opt, sched = make_optimizer(student, loader, epochs=epochs, lr=lr, momentum=momentum,
-                                        weight_decay=weight_decay, optimizer=optimizer)
-    t = temperature
-    losses = []
-    for epoch in range(epochs):
-        total, n = 0.0, 0
-        for batch in loader:
-            x = batch[0].to(device)
-            with torch.no_grad():
-                if feature_weight > 0:
-                    t_logits, t_feat = features(teacher, x)
-                else:
-                    t_logits = teacher(x)
-            if feature_weight > 0:
-                s_logits, s_feat = features(student, x)
-            else:
-                s_logits = student(x)
-            loss = F.kl_div(F.log_softmax(s_logits / t, dim=1), F.softmax(t_logits / t, dim=1),
-                            reduction="batchmean") * (t * t)
-            if feature_weight > 0:
-                loss = loss + feature_weight * F.mse_loss(s_feat, t_feat)
-            lv = loss.item()
-            if not math.isfinite(lv):
-                raise TrialFailure(f"diverged: non-finite distillation loss {lv} in epoch {epoch + 1}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += lv * len(x)
-            n += len(x)
-        if not all(bool(torch.isfinite(p).all()) for p in params):
-            raise TrialFailure(f"diverged: non-finite weights after epoch {epoch + 1}")
-        losses.append(total / max(n, 1))
-        if on_epoch is not None:
-            on_epoch(epoch, losses[-1])
-    student.eval()
-    return losses
+    loss_fn = distillation(teacher, temperature=temperature, feature_weight=feature_weight, features=features,
+                           device=device)
+    hp = hyper(lr=lr, momentum=momentum, weight_decay=weight_decay, optimizer=optimizer)
+    return fit(student, loader, loss_fn, epochs=epochs, hp=hp, device=device, on_epoch=on_epoch)

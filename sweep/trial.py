@@ -7,7 +7,6 @@ Also the baseline itself (trained once per sweep, or loaded from a checkpoint). 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import traceback
@@ -18,6 +17,7 @@ from pathlib import Path
 from .config import SweepConfig
 from .errors import TrialFailure
 from .folder import SweepFolder
+from .methods.context import Loaders, build_context, make_loaders
 from .results.schema import BASELINE_ID, TrialRecord
 
 
@@ -55,38 +55,29 @@ def load_splits(cfg: SweepConfig):
 
 @dataclass
 class TrialData:
-    """The loaders of one trial.
+    """The loaders of one trial: what its method may read (``method``, labels stripped in a label-free
+    sweep), and what only the runner reads: labelled ``val`` / ``test`` for reporting accuracy, and the
+    labelled data the baseline is trained on (``teacher_train``: the cloud split when label-free)."""
 
-    ``train`` carries labels only in supervised sweeps; in a label-free sweep it is the unlabeled
-    device data (items ``(x,)``).  ``unlabeled`` / ``unlabeled_val`` never carry labels (what label-free
-    methods and the agreement proxy read); ``val`` / ``test`` carry labels for reporting accuracy.
-    """
-
-    train: object
-    unlabeled: object
+    method: Loaders
     val: object
-    unlabeled_val: object
     test: object
-    teacher_train: object  # labelled data the baseline is trained on (the cloud split when label-free)
+    teacher_train: object
 
 
 def trial_data(cfg: SweepConfig, splits, seed: int) -> TrialData:
-    from .data import cloud_device_split, make_loader, strip_labels
+    from .data import cloud_device_split, make_loader
 
     bs = cfg.finetune.batch_size
-    train_ds = splits.train
-    teacher_ds = splits.train
+    train_ds = teacher_ds = splits.train
     if cfg.baseline.cloud_fraction is not None:
         teacher_ds, train_ds = cloud_device_split(splits.train, cfg.baseline.cloud_fraction, cfg.seed)
-    unlabeled = strip_labels(train_ds)
+    val = make_loader(splits.val, 256, shuffle=False)
     return TrialData(
-        train=make_loader(unlabeled if cfg.label_free else train_ds, bs, shuffle=True, seed=seed),
-        unlabeled=make_loader(unlabeled, bs, shuffle=True, seed=seed + 1),
-        val=make_loader(splits.val, 256, shuffle=False),
-        unlabeled_val=make_loader(strip_labels(splits.val), 256, shuffle=False),
-        test=make_loader(splits.test, 256, shuffle=False),
-        teacher_train=make_loader(teacher_ds, bs, shuffle=True, seed=seed),
-    )
+        method=make_loaders(train_ds, splits.val, labels=not cfg.label_free, batch_size=bs, seed=seed,
+                            val_loader=val),
+        val=val, test=make_loader(splits.test, 256, shuffle=False),
+        teacher_train=make_loader(teacher_ds, bs, shuffle=True, seed=seed))
 
 
 def measure_all(cfg: SweepConfig, model, splits, data: TrialData, threads: int, teacher=None) -> Figures:
@@ -97,7 +88,7 @@ def measure_all(cfg: SweepConfig, model, splits, data: TrialData, threads: int, 
     model = model.to(device).eval()
     acc = accuracy(model, data.val, device)
     test_acc = accuracy(model, data.test, device)
-    agree = 1.0 if teacher is None else agreement(model, teacher.to(device), data.unlabeled_val, device)
+    agree = 1.0 if teacher is None else agreement(model, teacher.to(device), data.method.val_inputs, device)
     cpu_model = model.to("cpu")
     macs = count_macs(cpu_model, splits.example_input(1))
     params = count_params(cpu_model)
@@ -108,13 +99,11 @@ def measure_all(cfg: SweepConfig, model, splits, data: TrialData, threads: int, 
                    agreement=agree)
 
 
-def ignored_layers(cfg: SweepConfig, model) -> list:
-    """Layers no method prunes: the head, what the model declares, and the YAML's model.keep_layers."""
-    from .engine.channels import default_ignored_layers
-    from .engine.groups import resolve_layers
+def skipped_layers(cfg: SweepConfig, model, example) -> list:
+    """Layers no method prunes: the engine's rule plus the YAML's ``model.keep_layers``."""
+    from .engine.skip import skipped_layers as engine_skipped
 
-    extra = resolve_layers(model, cfg.model.keep_layers, "model.keep_layers")
-    return default_ignored_layers(model) + [m for m in extra if m not in default_ignored_layers(model)]
+    return engine_skipped(model, example, cfg.model.keep_layers, what=f"{cfg.source}: model.keep_layers")
 
 
 def trial_threads(cfg: SweepConfig) -> int:
@@ -212,10 +201,7 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder: SweepFolder, l
 
     import torch
 
-    from .methods import PruneContext, get_method
-    from .engine.channels import default_ignored_layers
-    from .measure import accuracy, agreement
-    from .train import distill, train
+    from .methods import get_method
 
     method = get_method(spec.method)
     mcfg = method.make_config(spec.knobs, where=f"trial {spec.trial_id}: {spec.method}")
@@ -224,53 +210,24 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder: SweepFolder, l
     torch.manual_seed(spec.seed)
     splits = load_splits(cfg)
     data = trial_data(cfg, splits, spec.seed)
-    device = cfg.measure.device
     model = folder.load_baseline_model().to("cpu").eval()
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    ft = cfg.finetune
-
-    def finetune(m, epochs: int | None = None, step_offset: int = 0, lr: float | None = None):
-        """The sweep's fine-tuning: cross-entropy on labels, or distillation from the teacher when
-        the sweep is label-free."""
-        kw = dict(epochs=ft.epochs if epochs is None else epochs, lr=lr or ft.lr, momentum=ft.momentum,
-                  weight_decay=ft.weight_decay, optimizer=ft.optimizer, device=device,
-                  on_epoch=lambda e, loss: log_metric("train_loss", loss, step_offset + e))
-        if cfg.label_free:
-            return distill(m, teacher, data.train, temperature=ft.temperature, **kw)
-        return train(m, data.train, **kw)
-
-    def evaluate(m) -> float:
-        """Validation quality used for choices inside a method: accuracy, or agreement with the
-        teacher when the sweep is label-free."""
-        if cfg.label_free:
-            return agreement(m.to(device), teacher.to(device), data.unlabeled_val, device)
-        return accuracy(m.to(device), data.val, device)
-
-    ctx = PruneContext(train_loader=data.train, val_loader=data.val, device=device, seed=spec.seed,
-                       num_classes=splits.num_classes, finetune=finetune, evaluate=evaluate,
-                       # a method's own histories live under "<method>/": they never collide with
-                       # the runner's final figures of the same name (accuracy, agreement, ...)
-                       log_metric=lambda k, v, step=0: log_metric(f"{spec.method}/{k}", v, step),
-                       ignored_layers=ignored_layers(cfg, model),
-                       labels_available=not cfg.label_free, teacher=teacher,
-                       unlabeled_loader=data.unlabeled, unlabeled_val_loader=data.unlabeled_val,
-                       finetune_config=ft)
-    if cfg.label_free:
-        ctx.val_loader = data.unlabeled_val  # nothing label-dependent reaches a method
     example = splits.example_input(1)
+    ctx = build_context(data.method, method=spec.method, labels=not cfg.label_free, teacher=teacher,
+                        finetune_config=cfg.finetune, device=cfg.measure.device, seed=spec.seed,
+                        num_classes=splits.num_classes, ignored_layers=skipped_layers(cfg, model, example),
+                        log_metric=log_metric)
     result = method.prune(model, example, mcfg, ctx)
     model = result.model
-    log_metric("pruned_quality", evaluate(model), 0)
+    log_metric("pruned_quality", ctx.evaluate(model), 0)
     epochs = 0
-    if not result.finetuned and ft.epochs > 0:
-        finetune(model)
-        epochs = ft.epochs
+    if not result.finetuned and cfg.finetune.epochs > 0:
+        ctx.finetune(model)
+        epochs = cfg.finetune.epochs
     elif result.finetuned:
         epochs = int(result.info.get("epochs", 0)) if isinstance(result.info, dict) else 0
     fig = measure_all(cfg, model, splits, data, threads, teacher=teacher)
-    if not math.isfinite(fig.accuracy):
-        raise TrialFailure("accuracy is not finite")
     rel = folder.save_model(model.to("cpu"), folder.model_rel(spec.trial_id))
     return fig, result.info, rel, epochs

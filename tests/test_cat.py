@@ -17,10 +17,13 @@ import math
 
 import pytest
 import torch
+from test_methods_contract import NETS
+from test_methods_contract import example as tiny_example
 from torch.utils.data import TensorDataset
 
 from sweep.data import make_loader
-from sweep.engine.channels import channel_counts, default_ignored_layers
+from sweep.engine.channels import channel_counts
+from sweep.engine.skip import skipped_layers
 from sweep.errors import ConfigError, TrialFailure
 from sweep.measure import count_macs, count_params
 from sweep.methods import PruneContext, get_method
@@ -28,8 +31,6 @@ from sweep.methods.cat import finalise, train_cat
 from sweep.methods.cat_gates import GatedNet
 from sweep.models import build_model
 from sweep.train import train
-
-from test_methods_contract import NETS, example as tiny_example
 
 NUM_CLASSES = 4
 SHAPE = (1, 8, 8)
@@ -59,7 +60,7 @@ def make_ctx(model, seed: int = 0, shape=SHAPE, labels: bool = True) -> PruneCon
     ctx = PruneContext(train_loader=loader, val_loader=val, device="cpu", seed=seed, num_classes=NUM_CLASSES,
                        finetune=lambda m, epochs=1, **kw: train(m, loader, epochs=epochs, lr=0.01),
                        evaluate=lambda m: 0.0, log_metric=lambda k, v, s: logged.append((k, v, s)),
-                       ignored_layers=default_ignored_layers(model))
+                       ignored_layers=skipped_layers(model, torch.zeros(1, *shape)))
     ctx.logged = logged  # type: ignore[attr-defined]
     return ctx
 
@@ -130,7 +131,7 @@ def test_gamma_balances_macs_against_params():
 # ----------------------------------------------------------------------------- the rebuilt network
 def _check_rebuild(model, x, ex, units_p: float, blocks_p: float, seed: int = 0):
     """Random 0/1 gates -> finalise -> gated output == rebuilt output (eval mode)."""
-    gated = GatedNet(model, ex, default_ignored_layers(model), channel_gates=True, block_gates=True, init=1.0)
+    gated = GatedNet(model, ex, skipped_layers(model, ex), channel_gates=True, block_gates=True, init=1.0)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         gated.theta.copy_((torch.rand(gated.theta.shape, generator=g) > units_p).float())
@@ -191,7 +192,7 @@ def test_rebuilt_equals_gated_after_training():
 def test_removal_during_training_carries_the_gates():
     torch.manual_seed(0)
     model = resnet20().eval()
-    gated = GatedNet(model, example(), default_ignored_layers(model), channel_gates=True, block_gates=True,
+    gated = GatedNet(model, example(), skipped_layers(model, example()), channel_gates=True, block_gates=True,
                      init=1.0)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -223,7 +224,7 @@ def test_removal_during_training_carries_the_gates():
 
 def test_expected_cost_of_the_full_net_is_exact():
     model = resnet20()
-    gated = GatedNet(model, example(), default_ignored_layers(model), channel_gates=True, block_gates=True,
+    gated = GatedNet(model, example(), skipped_layers(model, example()), channel_gates=True, block_gates=True,
                      init=1.0)
     assert gated.params0 == count_params(model)
     conv_linear_macs = 0
@@ -273,7 +274,7 @@ def test_last_channel_kept_outside_blocks_and_block_removed_inside():
     with torch.no_grad():
         assert res.model(probe((3, 8, 8))).shape == (6, NUM_CLASSES)
     blocks = NETS["blocks"]()
-    gated = GatedNet(blocks, tiny_example(), default_ignored_layers(blocks), channel_gates=True,
+    gated = GatedNet(blocks, tiny_example(), skipped_layers(blocks, tiny_example()), channel_gates=True,
                      block_gates=True, init=1.0)
     inner = [gi for gi, gg in enumerate(gated.groups) if gg.block >= 0]
     off = torch.zeros(gated.theta.numel(), dtype=torch.bool)
@@ -312,6 +313,27 @@ def test_scratch_start_reinitialises_and_trains():
     assert res.info["start"] == "scratch" and res.info["init_prob"] == 0.9
     assert res.info["trajectory"][0]["expected_macs"] < 1.0  # gates start at 0.9
     assert all(math.isfinite(v) for v in res.info["train_loss"])
+
+
+def test_scratch_initialisation_is_pytorch_default_under_a_seed():
+    """``start: scratch`` re-initialises with reset_parameters_: the numbers of the same layers built
+    afresh under the seed, BatchNorm statistics reset, and the caller's RNG left alone."""
+    from sweep.engine.reinit import reset_parameters_
+
+    def build():
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                   torch.nn.Linear(144, 3))
+
+    torch.manual_seed(123)
+    fresh = build()
+    model = build()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1), model[1].weight.uniform_(0, 2)
+    rng = torch.random.get_rng_state()
+    reset_parameters_(model, 123)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    sf, sm = fresh.state_dict(), model.state_dict()
+    assert all(torch.equal(sf[k], sm[k]) for k in sf)
 
 
 def test_needs_labels():

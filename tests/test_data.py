@@ -290,7 +290,8 @@ def test_loader_covers_each_example_once_and_reshuffles(wrap):
         epochs.append(ids.tolist())
     assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
     # The order depends only on (seed, epoch): a fresh loader replays it.
-    assert [y.tolist() for _, y in make_loader(ds, 5, shuffle=True, seed=3)] == [epochs[0][i : i + 5] for i in range(0, 23, 5)]
+    replay = [y.tolist() for _, y in make_loader(ds, 5, shuffle=True, seed=3)]
+    assert replay == [epochs[0][i : i + 5] for i in range(0, 23, 5)]
     assert torch.cat([y for _, y in make_loader(ds, 5, shuffle=True, seed=4)]).tolist() != epochs[0]
 
 

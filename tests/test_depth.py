@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweep.engine.channels import default_ignored_layers, prune_channels
-from sweep.engine.depth import block_names, remove_blocks, removable_blocks, stage_depths
+from sweep.engine.channels import prune_channels
+from sweep.engine.depth import block_names, removable_blocks, remove_blocks, stage_depths
+from sweep.engine.skip import skipped_layers
 from sweep.errors import ConfigError
 from sweep.measure import count_macs, count_params
 from sweep.models import build_model
@@ -290,18 +291,16 @@ def _resnet20():
 
 @pytest.mark.parametrize("order", ["channels_then_depth", "depth_then_channels"])
 def test_composes_with_channel_pruning(order):
-    base = _resnet20()
     p_depth_only = count_params(remove_blocks(_resnet20(), [1, 4, 7], X32))
-    p_width_only = count_params(prune_channels(_resnet20(), X32, ratio=0.5,
-                                               ignored_layers=default_ignored_layers(base)))
+    p_width_only = count_params(prune_channels(_resnet20(), X32, ratio=0.5))  # None: its skipped_layers
     m = _resnet20()
     if order == "channels_then_depth":
-        prune_channels(m, X32, ratio=0.5, ignored_layers=default_ignored_layers(m))
+        prune_channels(m, X32, ratio=0.5, ignored_layers=skipped_layers(m, X32))
         assert [r.index for r in removable_blocks(m, X32) if r.removable] == [1, 2, 4, 5, 7, 8]
         remove_blocks(m, [1, 4, 7], X32)
     else:
         remove_blocks(m, [1, 4, 7], X32)
-        prune_channels(m, X32, ratio=0.5, ignored_layers=default_ignored_layers(m))
+        prune_channels(m, X32, ratio=0.5, ignored_layers=skipped_layers(m, X32))
     assert stage_depths(m) == [2, 2, 2]
     assert m.layer1[0].conv1.out_channels < 16 and m.layer3[1].conv1.out_channels < 64
     assert m.fc.out_features == 10 and m.layer3[1].conv2.out_channels == 64

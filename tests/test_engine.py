@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
-import pytest
 from torch import nn
 
 from sweep.engine import channels as ch
-from sweep.engine.channels import channel_counts, prune_channels, prune_to_macs, prune_to_target
+from sweep.engine.channels import ChannelPlan, channel_counts, prune_channels, prune_to_target, solve_for_target
 from sweep.engine.check import PrunabilityError, check_prunable
-from sweep.engine.groups import channel_groups, prune_groups
+from sweep.engine.groups import ChannelGraph, channel_groups, prune_groups
+from sweep.engine.skip import skipped_layers
 from sweep.errors import ConfigError
 from sweep.measure import count_macs, count_params
 from sweep.models import build_model
@@ -282,15 +283,27 @@ def test_unreachable_target_reports_the_closest_plan():
     assert info["within_tolerance"] is False and info["achieved"]["macs_fraction"] > 0.001
 
 
-def test_legacy_entry_points():
-    # prune_channels: explicit ignored layers add to (never replace) the kept head
+@pytest.mark.parametrize("given", ["keep_layers", "ignored_layers"])
+def test_prune_channels_keeps_given_layers_and_the_output_layer(given):
+    # keep_layers add to the skipped layers; a given ignored_layers list is final (here: the same list)
     model = WideNarrowNet()
-    prune_channels(model, X8, ratio=0.5, ignored_layers=[model.c1])
+    kw = {"keep_layers": ["c1"]} if given == "keep_layers" else \
+        {"ignored_layers": skipped_layers(model, X8, keep=[model.c1])}
+    prune_channels(model, X8, ratio=0.5, **kw)
     assert channel_counts(model)["c1"] == 20 and channel_counts(model)["c2"] < 48
     assert model.fc.out_features == 4
-    # prune_to_macs: a pruned copy, the input untouched, no rounding by default
+
+
+def test_a_given_ignored_list_is_final():
+    model = WideNarrowNet()
+    prune_channels(model, X8, ratio=0.5, ignored_layers=[model.c2, model.fc])  # c2 kept; the engine adds nothing
+    counts = channel_counts(model)
+    assert counts["c2"] == 48 and counts["c1"] < 20 and counts["c3"] < 64 and counts["fc"] == 4
+
+
+def test_pruned_copy_to_a_macs_target_leaves_the_input():
     model = ConcatNet()
-    pruned, info = prune_to_macs(model, X8, macs_fraction=0.5)
+    pruned, info = prune_to_target(model, X8, macs_fraction=0.5, round_to=None, tolerance=0.02, inplace=False)
     assert pruned is not model and model.mix.in_channels == 32
     assert abs(info["achieved_macs_fraction"] - 0.5) <= 0.02 * 0.5 and pruned.fc.out_features == 4
 
@@ -342,22 +355,163 @@ def test_check_names_the_layer_that_breaks(net, layer, where):
 def test_check_passes_prunable_nets_and_honours_ignored_layers():
     model = ConcatNet()
     params = count_params(model)
-    assert check_prunable(model, X8) == {"groups": 3, "checked": 3}
+    assert check_prunable(model, X8) == {"groups": 3, "checked": 3, "skipped": []}
     assert count_params(model) == params  # a copy was pruned
     model = HardView()
-    assert check_prunable(model, X8, ignored_layers=["conv2"])["groups"] == 1  # kept: nothing breaks
+    kept = skipped_layers(model, X8, keep=["conv2"])  # a given list is final: the head is in it
+    assert check_prunable(model, X8, ignored_layers=kept)["groups"] == 1  # conv2 kept: nothing breaks
+    assert check_prunable(model, X8, keep_layers=["conv2"])["groups"] == 1  # the same, added to the default
+
+
+def test_check_turns_a_failure_of_the_graph_analysis_into_one_line(monkeypatch):
+    import torch_pruning as tp
+
+    model = ConcatNet()
+    build = tp.DependencyGraph._build_dependency
+
+    def fails_at_mix(self, module2node):  # stands in for a Torch-Pruning bug met while handling one layer
+        for module in module2node:
+            if isinstance(module, nn.Conv2d) and module.out_channels == 24:  # mix, in the checked copy
+                raise ZeroDivisionError("integer division or modulo by zero")
+        return build(self, module2node)
+
+    monkeypatch.setattr(tp.DependencyGraph, "_build_dependency", fails_at_mix)
+    with pytest.raises(PrunabilityError) as ei:
+        check_prunable(model, X8)
+    msg = str(ei.value)
+    assert "\n" not in msg and "dependency analysis fails at layer 'mix' (Conv2d)" in msg, msg
+    assert "ZeroDivisionError: integer division or modulo by zero" in msg
+
+
+# ----------------------------------------------------------------------------- what is never pruned
+class ConvClassifier(nn.Module):
+    """A classifier without a Linear (SqueezeNet's shape): the last conv's channels are the classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1),
+                                      nn.BatchNorm2d(24), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(24, 4, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x):
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+class TwoHeads(nn.Module):
+    """Two outputs, one of them a concat of two convs: every layer whose channels reach an output."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a, self.b = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        return self.fc(x.mean((2, 3))), torch.cat([self.a(x), self.b(x)], 1).mean((2, 3))
+
+
+@pytest.mark.parametrize("net, expected", [(ConvClassifier, ["classifier.1"]), (ResidualNet, ["fc"]),
+                                           (TwoHeads, ["a", "b", "fc"])])
+def test_skipped_layers_are_the_layers_whose_channels_reach_an_output(net, expected):
+    model = net()
+    names = {m: n for n, m in model.named_modules()}
+    assert [names[m] for m in skipped_layers(model, X8)] == expected
+
+
+def test_skipped_layers_add_kept_layers_once():
+    model = ResidualNet()
+    names = {m: n for n, m in model.named_modules()}
+    assert [names[m] for m in skipped_layers(model, X8, keep=["conv1", model.fc, "conv1"])] == ["fc", "conv1"]
+
+
+def test_conv_classifier_keeps_its_output_shape():
+    torch.manual_seed(0)
+    model = ConvClassifier()
+    check_prunable(model, X8)  # passes without naming any layer
+    _, info = prune_to_target(model, X8, ratio=0.3)
+    assert run(model, probe()).shape == (4, 4) and model.classifier[1].out_channels == 4
+    assert info["groups_pruned"] >= 1
+
+
+def test_skipped_layers_names_a_bad_keep_layer():
+    with pytest.raises(ConfigError, match="model.keep_layers must name layers of the model, but got 'nope'"):
+        skipped_layers(WideNarrowNet(), X8, keep=["nope"], what="model.keep_layers")
+
+
+# ----------------------------------------------------------------------------- groups that cannot be mapped
+class ShuffleNet(nn.Module):
+    """ShuffleNet-V2 units (channel split, concat, channel shuffle): Torch-Pruning's index mapping of
+    the shuffle's reshape divides by zero."""
+
+    def __init__(self):
+        from torchvision.models.shufflenetv2 import InvertedResidual
+
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.stage = nn.Sequential(InvertedResidual(8, 16, 2), InvertedResidual(16, 16, 1),
+                                   InvertedResidual(16, 16, 1))
+        self.head = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc(self.head(self.stage(self.stem(x))).mean((2, 3)))
+
+
+def test_groups_whose_index_mapping_fails_are_left_out_and_reported():
+    import torch_pruning as tp
+
+    torch.manual_seed(0)
+    model, x = ShuffleNet().eval(), torch.zeros(1, 3, 16, 16)
+    with pytest.raises(ZeroDivisionError):  # what Torch-Pruning alone does with this net
+        tp.DependencyGraph().build_dependency(model, example_inputs=x, verbose=False)
+    graph = ChannelGraph(model, x)
+    assert graph.skipped and all("index mapping fails: ZeroDivisionError" in why for _, why in graph.skipped)
+    assert {n for n, _ in graph.skipped}.isdisjoint(g.name for g in graph.groups) and len(graph.groups) >= 3
+    summary = check_prunable(model, x)
+    assert summary["skipped"] == graph.skipped and summary["groups"] == len(graph.groups)
+    ref = run(model, torch.randn(2, 3, 16, 16))
+    _, info = prune_to_target(model, x, ratio=0.3)
+    assert info["groups_pruned"] >= 1 and run(model, torch.randn(2, 3, 16, 16)).shape == ref.shape
+
+
+# ----------------------------------------------------------------------------- the solver
+def test_solver_ranks_by_given_scores_and_matches_a_ratio():
+    model = WideNarrowNet()
+    graph = ChannelGraph(model, X8)
+    scores = {"c1": torch.arange(20.0), "c2": torch.arange(48.0).flip(0)}  # c3 has none: not pruned
+    sol = solve_for_target(graph, target="ratio", value=0.5, scores=scores, round_to=None, match_ratio=True)
+    assert sorted(g.name for g in sol.plan.groups) == ["c1", "c2"]
+    assert sol.achieved["ratio"] == pytest.approx(0.5, abs=1 / 68)  # closest plan: within one channel
+    sel = {g.name: idx for g, idx in sol.selection.items()}
+    assert sel["c1"] == list(range(len(sel["c1"])))  # lowest scores first
+    assert sel["c2"] == list(range(47, 47 - len(sel["c2"]), -1))
+    cut = solve_for_target(graph, target="ratio", value=0.5, scores=scores, round_to=None, max_layer_ratio=0.2)
+    assert cut.ratio == 0.5 and cut.achieved["ratio"] < 0.25  # a plain cut stops at the per-group cap
+    with pytest.raises(ValueError, match="one value per unit"):
+        ChannelPlan(graph, scores={"c1": torch.zeros(3)})
+
+
+def test_solver_meets_a_macs_target_with_given_scores():
+    model = WideNarrowNet()
+    graph = ChannelGraph(model, X8)
+    scores = {g.name: torch.rand(g.size, generator=torch.Generator().manual_seed(i)) for i, g in enumerate(graph)}
+    sol = solve_for_target(graph, target="macs_fraction", value=0.5, scores=scores)
+    info = sol.info()
+    assert info["within_tolerance"] and abs(info["achieved_macs_fraction"] - 0.5) <= 0.03 * 0.5
+    graph.prune(sol.selection)
+    assert count_macs(model, X8) == info["macs"][1]  # the figures describe the pruned model
 
 
 # ----------------------------------------------------------------------------- the magnitude method
 def _magnitude(values, model=None, x=X8):
-    from sweep.engine.channels import default_ignored_layers
     from sweep.methods import PruneContext, get_method
 
     spec = get_method("magnitude")
     model = model or WideNarrowNet()
     ctx = PruneContext(train_loader=[], val_loader=[], device="cpu", seed=0, num_classes=4,
                        finetune=lambda *a, **k: [], evaluate=lambda m: 0.0,
-                       ignored_layers=default_ignored_layers(model))
+                       ignored_layers=skipped_layers(model, x))
     return spec.prune(model, x, spec.make_config(values, where="test"), ctx)
 
 

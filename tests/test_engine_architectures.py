@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from sweep.engine.channels import prune_to_target
+from sweep.engine.check import check_prunable
+from sweep.engine.skip import skipped_layers
 from sweep.measure import count_macs, count_params
 from sweep.models import build_model
 
@@ -62,3 +64,31 @@ def test_ratio_zero_is_the_identity(name, c, size):
     out, info = prune_to_target(model, x[:1], ratio=0.0)
     assert info["groups_pruned"] == 0 and count_params(out) == params
     assert torch.equal(_run(out, x), ref)
+
+
+def test_squeezenet_conv_classifier_is_found_on_the_graph_and_kept():
+    """SqueezeNet classifies with a conv (conv -> ReLU -> pool -> flatten, no Linear): found on the
+    graph, never pruned, with no keep_layers from the user."""
+    torch.manual_seed(0)
+    model = build_model("torchvision:squeezenet1_1", num_classes=10, input_size=64).eval()
+    x = torch.zeros(1, 3, 64, 64)
+    names = {m: n for n, m in model.named_modules()}
+    assert [names[m] for m in skipped_layers(model, x)] == ["classifier.1"]
+    assert check_prunable(model, x)["skipped"] == []
+    _, info = prune_to_target(model, x, ratio=0.3)
+    assert _run(model, torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    assert info["achieved"]["ratio"] == pytest.approx(0.3, abs=0.05) and model.classifier[1].out_channels == 10
+
+
+@pytest.mark.slow
+def test_shufflenet_prunes_the_groups_it_can_map_and_reports_the_others():
+    """Channel shuffle: Torch-Pruning's index mapping fails (ZeroDivisionError, IndexError) for the
+    groups through the shuffle; those are left out and listed, the others are pruned."""
+    torch.manual_seed(0)
+    model = build_model("torchvision:shufflenet_v2_x0_5", num_classes=10, input_size=64).eval()
+    x = torch.zeros(1, 3, 64, 64)
+    summary = check_prunable(model, x)
+    assert summary["groups"] > 0 and summary["skipped"]
+    assert all("index mapping fails" in why for _, why in summary["skipped"])
+    _, info = prune_to_target(model, x, ratio=0.3)
+    assert info["groups_pruned"] > 0 and _run(model, torch.randn(2, 3, 64, 64)).shape == (2, 10)

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweep.engine import channels as ch
+from sweep.engine import criteria
 from sweep.engine import latency as lat
-from sweep.engine.channels import ChannelPlan, channel_counts, default_ignored_layers, prune_to_target
+from sweep.engine.channels import ChannelPlan, channel_counts, prune_to_target
 from sweep.engine.groups import ChannelGraph
 from sweep.errors import ConfigError
 from sweep.measure import count_macs, count_params
@@ -93,7 +93,7 @@ NETS = [TwoScaleNet, ResConcatNet, MobileNet]
 
 
 def plan_of(model, importance="l2_latency", lut=None, round_to=None):
-    graph = ChannelGraph(model, X16, ignored_layers=default_ignored_layers(model))
+    graph = ChannelGraph(model, X16)  # ignored_layers=None: the engine's skipped_layers
     return ChannelPlan(graph, importance=importance, round_to=round_to, latency_lut=lut or fake_lut())
 
 
@@ -222,5 +222,5 @@ def test_plain_importances_are_untouched_and_unknown_names_rejected():
     assert "latency_ms_per_channel" not in info
     with pytest.raises(ConfigError, match="importance must be one of"):
         prune_to_target(TwoScaleNet(), X16, ratio=0.3, importance="l3_latency")
-    assert "l2_latency" in ch.LATENCY_IMPORTANCES and "l2_latency" not in ch.IMPORTANCES
-    assert type(ch.make_importance("l2_latency")) is type(ch.make_importance("l2"))
+    assert "l2_latency" in criteria.LATENCY_IMPORTANCES and "l2_latency" not in criteria.IMPORTANCES
+    assert type(criteria.make_importance("l2_latency")) is type(criteria.make_importance("l2"))

@@ -18,7 +18,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from sweep.data import make_loader
-from sweep.engine.channels import channel_counts, default_ignored_layers
+from sweep.engine.channels import channel_counts
+from sweep.engine.skip import skipped_layers
 from sweep.errors import ConfigError, TrialFailure
 from sweep.measure import accuracy, agreement, count_macs, count_params
 from sweep.methods import PruneContext, get_method
@@ -118,7 +119,7 @@ def make_ctx(model, *, label_free=False, shape=SHAPE, ignored=None, seed=0):
 
     ctx = PruneContext(train_loader=tl, val_loader=vl, device="cpu", seed=seed, num_classes=NUM_CLASSES,
                        finetune=finetune, evaluate=evaluate, log_metric=lambda k, v, s: logged.append((k, v, s)),
-                       ignored_layers=default_ignored_layers(model) if ignored is None else ignored,
+                       ignored_layers=skipped_layers(model, torch.zeros(1, *shape)) if ignored is None else ignored,
                        labels_available=not label_free, teacher=teacher)
     ctx.calls, ctx.logged = calls, logged  # test-side records
     return ctx
@@ -126,7 +127,7 @@ def make_ctx(model, *, label_free=False, shape=SHAPE, ignored=None, seed=0):
 
 def only(model, *names):
     """Ignored layers that leave only the groups rooted in ``names`` (fewer candidates: faster tests)."""
-    return default_ignored_layers(model) + [m for n, m in model.named_children() if n not in names]
+    return skipped_layers(model, torch.zeros(1, *SHAPE), keep=[n for n, _ in model.named_children() if n not in names])
 
 
 def run(values=None, *, seed=0, net=MiniYolo, label_free=False, groups=None):
@@ -254,7 +255,7 @@ def test_sensitivity_table_covers_every_group_and_rate_on_the_subset():
 
     torch.manual_seed(0)
     model = MiniYolo().eval()
-    graph = ChannelGraph(model, torch.zeros(1, *SHAPE), default_ignored_layers(model))
+    graph = ChannelGraph(model, torch.zeros(1, *SHAPE))  # ignored_layers=None: skipped_layers
     for g, order, steps in _plan(graph, "l2", {}, 0.9):
         exact = [m0 - count_macs(graph.pruned_copy({g: order[:n].tolist()}), torch.zeros(1, *SHAPE))
                  for _, n in steps]
@@ -297,7 +298,7 @@ def test_lowest_criterion_channels_go_first():
     with torch.no_grad():
         model.stem.conv.weight[5].mul_(1e-3)
         model.stem.conv.weight[2].mul_(1e-2)
-    graph = ChannelGraph(model, torch.zeros(1, *SHAPE), default_ignored_layers(model))
+    graph = ChannelGraph(model, torch.zeros(1, *SHAPE))  # ignored_layers=None: skipped_layers
     plan = {g.name: (order, steps) for g, order, steps in _plan(graph, "l2", {}, 0.9)}
     order, steps = plan["stem.conv"]
     assert order[:2].tolist() == [5, 2] and steps == [(0.25, 2), (0.5, 4), (0.75, 6)]
@@ -373,7 +374,7 @@ def test_yolo7_cls_sppcspc_concat_slices_stay_coupled():
     model = build_model("yolo7_cls", num_classes=NUM_CLASSES, in_channels=1, input_size=16).eval()
     keep = {"spp.cv4", "spp.cv2"}
     ignored = [n for n, m in model.named_modules() if isinstance(m, Conv) and n not in keep]
-    ctx = make_ctx(model, shape=(1, 16, 16), ignored=default_ignored_layers(model) + ignored)
+    ctx = make_ctx(model, shape=(1, 16, 16), ignored=skipped_layers(model, torch.zeros(1, 1, 16, 16), keep=ignored))
     spec = get_method("iterative")
     x = torch.zeros(1, 1, 16, 16)
     p0, m0 = count_params(model), count_macs(model, x)
@@ -389,7 +390,7 @@ def test_yolo7_cls_sppcspc_concat_slices_stay_coupled():
     with torch.no_grad():
         assert m(probe((1, 16, 16))).shape == (5, NUM_CLASSES)
     # spp.cv4's channels appear in 4 slices of one concat: its MACs per rate still match exact counts
-    graph = ChannelGraph(model0, x, default_ignored_layers(model0) + ignored)
+    graph = ChannelGraph(model0, x, keep_layers=ignored)
     (g, order, steps), = [p for p in _plan(graph, "l2", {}, 0.9) if p[0].name == "spp.cv4.0"]
     exact = [m0 - count_macs(graph.pruned_copy({g: order[:n].tolist()}), x) for _, n in steps]
     assert [r[4] for r in res.info["iteration_details"][0]["sensitivity"]["spp.cv4.0"]] == exact

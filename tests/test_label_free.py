@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -11,8 +9,8 @@ from torch.utils.data import TensorDataset
 import sweep.trial as trial_mod
 from sweep.config import parse_config
 from sweep.errors import ConfigError
-from sweep.methods import METHODS, Knob, MethodSpec, PruneResult
 from sweep.folder import SweepFolder
+from sweep.methods import METHODS, Knob, MethodSpec, PruneResult
 from sweep.trial import TrialSpec, prepare_baseline, run_trial
 
 BASE = {

@@ -15,14 +15,14 @@ from torch.utils.data import TensorDataset
 import sweep.trial as trial_mod
 from sweep.config import TrainConfig, load_config, parse_config
 from sweep.data import make_loader
-from sweep.engine.channels import default_ignored_layers
 from sweep.engine.groups import ChannelGraph
+from sweep.engine.skip import skipped_layers
 from sweep.errors import ConfigError
+from sweep.folder import SweepFolder
 from sweep.measure import agreement, count_macs
 from sweep.methods import PruneContext, get_method
 from sweep.methods.lnpt import InputsOnly, feature_taylor_scores
 from sweep.train import train
-from sweep.folder import SweepFolder
 from sweep.trial import TrialSpec, prepare_baseline, run_trial
 
 K = 4
@@ -84,7 +84,7 @@ def make_ctx(teacher_state, seed=0, labels=False, loaders=None):
     ctx = PruneContext(
         train_loader=unl, val_loader=val, device="cpu", seed=seed, num_classes=K,
         finetune=lambda *a, **k: [], evaluate=lambda m: 0.0, log_metric=lambda k, v, s: logged.append((k, v, s)),
-        ignored_layers=default_ignored_layers(student), labels_available=labels, teacher=teacher,
+        ignored_layers=skipped_layers(student, torch.zeros(1, *SHAPE)), labels_available=labels, teacher=teacher,
         unlabeled_loader=unl, unlabeled_val_loader=unl_val,
         finetune_config=TrainConfig(epochs=1, lr=0.01, batch_size=16))
     if loaders is not None:
@@ -203,6 +203,40 @@ def test_deterministic_under_seed(teacher_state):
     assert a.info["learning_gap"] == b.info["learning_gap"]
     c, _, _ = run(teacher_state, seed=4, init="random", epochs=1)
     assert not torch.equal(c.model.state_dict()["conv1.weight"].flatten()[:8], sa["conv1.weight"].flatten()[:8])
+
+
+def _retrain(teacher_state, student_edit=None, **ft):
+    from sweep.methods.lnpt import retrain
+
+    student, ctx, logged = make_ctx(teacher_state)
+    ctx.finetune_config = TrainConfig(epochs=1, batch_size=16, **{"lr": 0.01, **ft})
+    if student_edit is not None:
+        with torch.no_grad():
+            student_edit(student)
+    cfg = get_method("lnpt").make_config({"epochs": 1})
+    log = retrain(student, ctx.teacher, student.fc, ctx.teacher.fc, None, ctx.unlabeled_loader,
+                  ctx.unlabeled_val_loader, cfg, ctx)
+    return student, log, logged
+
+
+def test_retraining_follows_the_sweep_finetune_settings(teacher_state):
+    noise = lambda s: s.conv2.weight.add_(0.3)  # noqa: E731  (a student away from its teacher)
+    frozen, log, logged = _retrain(teacher_state, noise, lr=0.0)
+    start = ThreeConv()
+    start.load_state_dict(teacher_state)
+    assert torch.equal(frozen.conv1.weight, start.conv1.weight)  # lr 0: the weights do not move
+    moved, log2, _ = _retrain(teacher_state, noise, lr=0.05, optimizer="adam")
+    assert not torch.equal(moved.conv1.weight, start.conv1.weight)
+    assert log2["learning_gap"][1] < log2["learning_gap"][0]
+    assert [s for k, _, s in logged if k == "train_loss"] == [1] and len(log["train_loss"]) == 1
+
+
+def test_nan_student_fails_as_diverged(teacher_state):
+    """The learning-gap pass checks the student's logits: a NaN student is a failed trial, not NaNs."""
+    from sweep.errors import TrialFailure
+
+    with pytest.raises(TrialFailure, match=r"diverged: the network outputs non-finite values .*lnpt"):
+        _retrain(teacher_state, lambda s: s.fc.weight.fill_(float("nan")))
 
 
 class _NoLabels(tuple):

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from sweep.engine.skip import skipped_layers
 from sweep.errors import ConfigError, RegistryError
-from sweep.models import MODELS, build_model, classifier_head, model_names
+from sweep.models import MODELS, build_model, model_names
 from sweep.models.cifar_resnet import BasicBlock, ShortcutA
 
 
@@ -72,7 +73,7 @@ def test_vgg16_bn_is_cfg_d():
     assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 13
     assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 5
-    assert classifier_head(model).in_features == 512
+    assert model.classifier.in_features == 512
     # An 8x8 input reaches 1x1 after 3 pools; pooling further would fail.
     small = build_model("vgg16_bn", num_classes=10, input_size=8)
     assert sum(isinstance(m, nn.MaxPool2d) for m in small.modules()) == 3
@@ -121,12 +122,27 @@ def test_model_names_lists_registry_and_patterns():
     assert "cifar_resnet56" in names and "torchvision:<name>" in names and "package.module:function" in names
 
 
-def test_classifier_head_is_last_linear():
-    resnet = build_model("cifar_resnet20", num_classes=10)
-    assert classifier_head(resnet) is resnet.fc
+@pytest.mark.parametrize("name, c, size, head", [
+    ("small_cnn", 1, 28, "fc"), ("cifar_resnet20", 3, 32, "fc"), ("cifar_resnet56", 3, 32, "fc"),
+    ("vgg16_bn", 3, 32, "classifier"), ("yolo7_cls", 1, 28, "fc"), ("torchvision:resnet18", 3, 32, "fc"),
+    ("torchvision:mobilenet_v2", 3, 32, "classifier.1"), ("torchvision:densenet121", 3, 32, "classifier"),
+])
+def test_skipped_layers_start_with_the_last_linear_of_ordinary_nets(name, c, size, head):
+    """The layer found on the graph is the last nn.Linear, as the type-based rule had it; then the
+    layers the model declares (the CIFAR ResNets' residual stream)."""
+    model = build_model(name, num_classes=10, in_channels=c, input_size=size)
+    names = {m: n for n, m in model.named_modules()}
+    skipped = [names[m] for m in skipped_layers(model, torch.zeros(1, c, size, size))]
+    assert skipped[0] == head == names[[m for m in model.modules() if isinstance(m, nn.Linear)][-1]]
+    declared = [names[m] for m in getattr(model, "pruning_ignored_layers", list)()]
+    assert skipped == [head] + declared
+
+
+def test_skipped_layers_of_plain_stacks():
     seq = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    assert classifier_head(seq) is seq[2]
-    assert classifier_head(nn.Conv2d(3, 3, 1)) is None
+    assert skipped_layers(seq, torch.zeros(1, 4)) == [seq[2]]
+    conv = nn.Conv2d(3, 3, 1)  # no Linear at all: the layer that produces the output
+    assert skipped_layers(conv, torch.zeros(1, 3, 4, 4)) == [conv]
 
 
 def test_deepcopy_and_pickle_cifar_resnet20(tmp_path):

@@ -10,8 +10,15 @@ import pytest
 
 from sweep.config import parse_config
 from sweep.methods import METHODS, Knob, MethodSpec
-from sweep.space import METHOD_PARAM, TRIAL_NUMBER, DefineByRun, define_by_run, knobs_from_config, \
-    make_sampler, param_name
+from sweep.space import (
+    METHOD_PARAM,
+    TRIAL_NUMBER,
+    DefineByRun,
+    define_by_run,
+    knobs_from_config,
+    make_sampler,
+    param_name,
+)
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

@@ -20,8 +20,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from sweep.data import make_loader
-from sweep.engine.channels import default_ignored_layers
 from sweep.engine.depth import stage_depths
+from sweep.engine.skip import skipped_layers
 from sweep.errors import ConfigError, TrialFailure
 from sweep.measure import accuracy, count_params
 from sweep.methods import PruneContext, get_method, method_names
@@ -108,7 +108,7 @@ def oracle_ctx(model, drops=DROPS, seed=0, calls=None, checks=None):
 
     return PruneContext(train_loader=[], val_loader=[], device="cpu", seed=seed, num_classes=NUM_CLASSES,
                         finetune=lambda *a, **k: [], evaluate=evaluate,
-                        ignored_layers=default_ignored_layers(model))
+                        ignored_layers=skipped_layers(model, torch.zeros(1, *SHAPE)))
 
 
 def run(model, values, ctx, x=None):
@@ -239,7 +239,7 @@ def _real_ctx(model, train_loader, val_loader, seed=0):
 
     return PruneContext(train_loader=train_loader, val_loader=val_loader, device="cpu", seed=seed,
                         num_classes=NUM_CLASSES, finetune=lambda m, epochs=None, **k: train(m, train_loader, epochs=1),
-                        evaluate=evaluate, ignored_layers=default_ignored_layers(model)), calls
+                        evaluate=evaluate, ignored_layers=skipped_layers(model, torch.zeros(1, *SHAPE))), calls
 
 
 def test_real_training_rule_and_determinism():
@@ -284,10 +284,10 @@ def test_channel_ratio_follow_up_on_cifar_resnet20():
     depth_only = fresh()
     ctx = PruneContext(train_loader=[], val_loader=[], device="cpu", seed=0, num_classes=10,
                        finetune=lambda *a, **k: [], evaluate=lambda m: 0.5,
-                       ignored_layers=default_ignored_layers(depth_only))
+                       ignored_layers=skipped_layers(depth_only, x))
     p_depth = count_params(run(depth_only, {"tau": 0.0}, ctx, x).model)  # every Δ = 0 <= 0
     model = fresh()
-    ctx.ignored_layers = default_ignored_layers(model)  # still names the removed blocks' conv2
+    ctx.ignored_layers = skipped_layers(model, x)  # still names the removed blocks' conv2
     res = run(model, {"tau": 0.0, "channel_ratio": 0.5}, ctx, x)
     m = res.model
     assert stage_depths(m) == [1, 1, 1] and res.info["removed"] == [1, 2, 4, 5, 7, 8]
@@ -304,7 +304,8 @@ def test_registered_with_knobs():
     assert "sr_init" in method_names()
     spec = get_method("sr_init")
     cfg = spec.make_config({})
-    assert dict(cfg) == {"tau": 0.60, "seeds": 1, "max_removed": None, "channel_ratio": 0.0}
+    assert dict(cfg) == {"tau": 0.60, "seeds": 1, "max_removed": None, "channel_ratio": 0.0,
+                         "remove_blocks": None}
     assert spec.make_config({"tau": 0.6185, "seeds": 10, "max_removed": 3, "channel_ratio": 0.3}).tau == 0.6185
 
 

@@ -61,8 +61,51 @@ def test_diverging_trial_is_a_failed_row(swept):
     bad = replace(cfg, finetune=replace(cfg.finetune, lr=1e30))
     row = run_trial(bad, TrialSpec(str(d), "t2", "magnitude", {"ratio": 0.3}, seed=2))
     assert row["status"] == "failed"
-    assert "diverged" in row["error"] or "not finite" in row["error"]
+    assert "diverged" in row["error"]
     assert row.get("accuracy") is None
+
+
+def test_measuring_a_nan_network_raises_diverged():
+    """Accuracy is a ratio of counts (always finite): the guard is on the logits it computes."""
+    import torch
+
+    from sweep.errors import TrialFailure
+    from sweep.measure import accuracy, agreement
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    with torch.no_grad():
+        model[1].weight[1, 2] = float("nan")
+    x, y = torch.randn(8, 4), torch.zeros(8, dtype=torch.long)
+    with pytest.raises(TrialFailure, match=r"diverged: the network outputs non-finite values \(8 of 24 "):
+        accuracy(model, [(x, y)])
+    with pytest.raises(TrialFailure, match="diverged: the network outputs non-finite values"):
+        agreement(model, teacher, [(x,)])
+    assert 0.0 <= agreement(teacher, model, [(x,)]) <= 1.0  # the guard is on the network measured
+
+
+def test_nan_network_after_pruning_is_a_failed_row(swept, monkeypatch):
+    """A method that hands back a network full of NaNs (saying it fine-tuned it): a failed row."""
+    import dataclasses
+
+    import torch
+
+    import sweep.methods as methods
+
+    cfg, d, _ = swept
+    spec = methods.get_method("magnitude")
+
+    def nan_prune(model, example, mcfg, ctx):
+        res = spec.prune(model, example, mcfg, ctx)
+        with torch.no_grad():
+            for p in res.model.parameters():
+                p.fill_(float("nan"))
+        return dataclasses.replace(res, finetuned=True)
+
+    monkeypatch.setattr(methods, "get_method", lambda name, **kw: dataclasses.replace(spec, prune=nan_prune))
+    row = run_trial(cfg, TrialSpec(str(d), "t_nan", "magnitude", {"ratio": 0.3}, seed=4))
+    assert row["status"] == "failed"
+    assert "diverged: the network outputs non-finite values" in row["error"]
 
 
 def test_raising_method_is_a_failed_row(swept):

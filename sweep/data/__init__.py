@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import DATASETS, DataSplits, DatasetSpec, parse_options, rng_for, subset
-from .loaders import EpochLoader, make_loader
 from . import sources as _sources  # noqa: F401  (registers the datasets)
+from .base import DATASETS, DatasetSpec, DataSplits, parse_options, rng_for, subset
+from .loaders import EpochLoader, make_loader
 from .sources import read_idx
 from .unlabeled import Unlabeled, cloud_device_split, strip_labels
 

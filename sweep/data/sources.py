@@ -14,8 +14,8 @@ from ..errors import DataError
 from .base import (
     COMMON_OPTIONS,
     DATASETS,
-    DataSplits,
     DatasetSpec,
+    DataSplits,
     Opt,
     fraction,
     positive_int,
@@ -187,7 +187,8 @@ def _cifar(name: str, opts: dict[str, Any], seed: int, where: str) -> DataSplits
             if opts["download"]
             else f"set download: true, or put the extracted {cls.base_folder}/ (from {cls.url}) into {root}"
         )
-        raise DataError(f"{name} must be readable from {root}, but got {type(e).__name__}: {e}{_loc(where)}; {hint}") from None
+        raise DataError(f"{name} must be readable from {root}, but got {type(e).__name__}: {e}{_loc(where)}; "
+                        f"{hint}") from None
     labels = np.asarray(train_full.targets)
     train_idx, val_idx = stratified_split(labels, opts["val_fraction"], rng_for(seed, TAG_VAL))
     # Val is carved from the training files but must not see augmentation: a shallow copy shares
@@ -248,7 +249,8 @@ def _imagefolder(opts: dict[str, Any], seed: int, where: str) -> DataSplits:
 
     path = opts["path"]
     if path is None:
-        raise DataError(f"imagefolder needs option path (a folder of <class>/ image folders), but got none{_loc(where)}")
+        raise DataError(f"imagefolder needs option path (a folder of <class>/ image folders), but got "
+                        f"none{_loc(where)}")
     if not os.path.isdir(path):
         raise DataError(f"imagefolder path must be an existing folder, but got path={path!r}{_loc(where)}")
     size = opts["image_size"]

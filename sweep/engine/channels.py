@@ -2,13 +2,14 @@
 
 Torch-Pruning finds the coupled channel groups (residual adds, concatenations, depthwise convs) and
 does the surgery (:mod:`sweep.engine.groups`); this module decides *how many* channels each group
-keeps, so that one entry point, :func:`prune_to_target`, reaches a channel ratio, a MACs, params or
-latency fraction:
+keeps, so that one solver, :func:`solve_for_target`, reaches a channel ratio, a MACs, params or
+latency fraction with the engine's criteria (:mod:`sweep.engine.criteria`) or with a method's own
+precomputed scores; :func:`prune_to_target` traces, solves and prunes in one call:
 
 - **Ranking.** Each group's channels are scored once (Torch-Pruning's group importance, normalised
-  per group); a global ratio ``r`` removes the ``r`` lowest-ranked channels of all prunable channels
-  (or ``r`` of every group with ``global_pruning=False``), never more than ``max_layer_ratio`` of a
-  group and never its last channel.
+  per group, or the scores a method passes); a global ratio ``r`` removes the ``r`` lowest-ranked
+  channels of all prunable channels (or ``r`` of every group with ``global_pruning=False``), never
+  more than ``max_layer_ratio`` of a group and never its last channel.
 - **Rounding, per group.** Torch-Pruning's ``round_to`` is one global multiple, which forces narrow
   layers (16 channels) onto a grid as coarse as wide ones. Here the kept count of each group is
   rounded on its own: ``round_to="auto"`` rounds groups at least :data:`ROUND_MIN_WIDTH` channels wide
@@ -19,7 +20,10 @@ latency fraction:
   candidate on a fresh deep copy with the real counters (:func:`sweep.measure.count_macs`,
   ``count_params``, ``measure_latency``) and keeps the closest. Stepping the pruner until the target is
   passed overshoots (Torch-Pruning's own loop with ``round_to=8`` turned a 2x MACs target into 2.58x on
-  DenseNet-121); this lands within ``tolerance`` wherever channel granularity allows.
+  DenseNet-121); this lands within ``tolerance`` wherever channel granularity allows. A ``ratio`` is
+  either cut as given (``r = ratio``) or, with ``match_ratio``, searched like the other targets for
+  the plan whose removed fraction is closest to it (rounding and the per-group cap can keep a plain
+  cut short of it).
 - **Latency-aware ranking** (opt-in, ``importance="l2_latency"`` / ``"l1_latency"``): the magnitude
   scores are divided by each group's measured latency cost per channel (a per-layer lookup table timed
   on this machine, :mod:`sweep.engine.latency`, after NetAdapt and HALP), so that channels whose
@@ -31,13 +35,16 @@ latency fraction:
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-IMPORTANCES = ("l2", "l1", "bn_scale", "random")
-# Latency-aware variants: the magnitude criterion weighted by measured latency (sweep.engine.latency).
-LATENCY_IMPORTANCES = ("l2_latency", "l1_latency")
-LATENCY_SUFFIX = "_latency"
+from .criteria import IMPORTANCES, LATENCY_IMPORTANCES
+
+if TYPE_CHECKING:  # torch and the graph load on first use: importing the targets stays fast
+    from .groups import ChannelGraph
+
 TARGETS = ("ratio", "macs_fraction", "params_fraction", "latency_fraction")
+TOLERANCE = 0.03  # relative: a MACs / params / latency target is met within 3 % where granularity allows
 
 # Kept channel counts of wide layers are multiples of 8: vectorised CPU kernels work on 8 fp32 lanes
 # (AVX2) and blocked memory layouts (oneDNN nChw8c/16c), and NVIDIA's performance guide asks for
@@ -52,32 +59,8 @@ SEARCH_LATENCY = {"warmup": 5, "repeats": 20}
 # Nets with at most this many prunable groups get a local search after the ratio search (see below).
 REFINE_MAX_GROUPS = 64
 REFINE_PAIRS_MAX_GROUPS = 12  # ... and exchanges between two groups (quadratic in groups)
-
-
-def make_importance(name: str):
-    import torch_pruning as tp
-
-    if name in LATENCY_IMPORTANCES:  # the value part of a latency-aware criterion
-        name = name[: -len(LATENCY_SUFFIX)]
-    if name == "l2":
-        return tp.importance.GroupMagnitudeImportance(p=2)
-    if name == "l1":
-        return tp.importance.GroupMagnitudeImportance(p=1)
-    if name == "bn_scale":
-        return tp.importance.BNScaleImportance()
-    if name == "random":
-        return tp.importance.RandomImportance()
-    raise ValueError(f"importance must be one of {IMPORTANCES + LATENCY_IMPORTANCES}, but got {name!r}")
-
-
-def default_ignored_layers(model) -> list:
-    """Layers whose outputs are never pruned: the classifier head (the last Linear: its outputs are
-    the classes), plus whatever the model declares through ``pruning_ignored_layers()``."""
-    import torch.nn as nn
-
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    extra = list(model.pruning_ignored_layers()) if hasattr(model, "pruning_ignored_layers") else []
-    return linears[-1:] + extra
+# Search steps on the global ratio for ``match_ratio`` (each step is a plan, no model copy: cheap).
+MATCH_RATIO_STEPS = 40
 
 
 def rounding_unit(channels: int, round_to: int | str | None) -> int:
@@ -89,33 +72,52 @@ def rounding_unit(channels: int, round_to: int | str | None) -> int:
     return max(1, int(round_to))
 
 
+def _given_score(group, scores: Mapping[str, Any]):
+    """A method's precomputed scores of ``group`` (one per unit) as a float CPU tensor, or None."""
+    import torch
+
+    s = scores.get(group.name)
+    if s is None:
+        return None
+    s = torch.as_tensor(s).detach().float().cpu().flatten()
+    if s.numel() != group.size:
+        raise ValueError(f"scores of group {group.name!r} must hold one value per unit ({group.size}), "
+                         f"but got {s.numel()}")
+    return s
+
+
 # ------------------------------------------------------------------------------------ the plan
 class ChannelPlan:
     """How many (and which) channels each prunable group loses at a global ratio ``r``.
 
-    Scores are computed once; :meth:`kept` is then cheap, and monotone: a larger ``r`` never keeps
-    more channels in any group. Grouped-conv groups are not rounded (their chunks set the grid).
+    Scores are computed once, by ``importance`` (a name of :data:`sweep.engine.criteria.IMPORTANCES` or
+    a ``tp.importance`` object), or given: ``scores`` maps group names to one score per unit (length
+    ``group.size``, higher = keep; ``importance`` is then unused), and groups without an entry are not
+    pruned. :meth:`kept` is then
+    cheap, and monotone: a larger ``r`` never keeps more channels in any group. Grouped-conv groups are
+    not rounded (their chunks set the grid).
     With a latency-aware ``importance`` (:data:`LATENCY_IMPORTANCES`) the scores of each group are
     divided by its relative measured latency cost (``self.latency``: one
     :class:`~sweep.engine.latency.GroupLatency` per group), timed with ``latency_lut`` (a
     :class:`~sweep.engine.latency.LatencyLUT`; default: at the example batch, current threads).
     """
 
-    def __init__(self, graph, *, importance: Any = "l2", global_pruning: bool = True,
-                 round_to: int | str | None = AUTO, max_layer_ratio: float = 0.9, latency_lut: Any = None):
+    def __init__(self, graph, *, importance: Any = "l2", scores: Mapping[str, Any] | None = None,
+                 global_pruning: bool = True, round_to: int | str | None = AUTO, max_layer_ratio: float = 0.9,
+                 latency_lut: Any = None):
         import torch
 
         self.graph = graph
         self.global_pruning = global_pruning
-        self.groups, scores = [], []
+        self.groups, ranked = [], []
         for g in graph.groups:
             if g.size < 2:
                 continue
-            s = g.score(importance)
+            s = g.score(importance) if scores is None else _given_score(g, scores)
             if s is None:  # e.g. bn_scale on a group without BN: the criterion cannot rank it
                 continue
             self.groups.append(g)
-            scores.append(s)
+            ranked.append(s)
         self.sizes = [g.size for g in self.groups]
         self.total = sum(self.sizes)
         self.units, self.min_keep = [], []
@@ -128,14 +130,14 @@ class ChannelPlan:
             self.units.append(unit)
             self.min_keep.append(floor_keep)
         self.latency = None
-        if isinstance(importance, str) and importance in LATENCY_IMPORTANCES:
+        if scores is None and isinstance(importance, str) and importance in LATENCY_IMPORTANCES:
             from .latency import group_latencies, latency_weighted_scores
 
             self.latency = group_latencies(graph, self.groups, self.units, lut=latency_lut)
-            scores = latency_weighted_scores(scores, self.latency)
-        self.local_order = [torch.argsort(s, stable=True) for s in scores]
+            ranked = latency_weighted_scores(ranked, self.latency)
+        self.local_order = [torch.argsort(s, stable=True) for s in ranked]
         if self.total:
-            cat = torch.cat(scores)
+            cat = torch.cat(ranked)
             gid = torch.cat([torch.full((n,), i, dtype=torch.long) for i, n in enumerate(self.sizes)])
             self._gid_sorted = gid[torch.argsort(cat, stable=True)]
 
@@ -197,58 +199,111 @@ class ChannelPlan:
         return out
 
 
-# ------------------------------------------------------------------------------------ entry points
-def prune_to_target(model, example_inputs, *, ratio: float | None = None, macs_fraction: float | None = None,
-                    params_fraction: float | None = None, latency_fraction: float | None = None,
-                    importance: Any = "l2", global_pruning: bool = True, round_to: int | str | None = AUTO,
-                    ignored_layers: Sequence = (), keep_layers: Sequence[str] = (),
-                    max_layer_ratio: float = 0.9, tolerance: float = 0.03, max_iter: int = 16,
-                    latency_kw: dict | None = None, inplace: bool = True, latency_lut: Any = None):
-    """Prune ``model`` to exactly one target and return ``(model, info)``.
-
-    Targets: ``ratio`` (fraction of prunable channels removed), or the fraction of the model's current
-    MACs, params or latency (measured here, on this machine) that the pruned model keeps.
-    ``ignored_layers`` (modules or names) and ``keep_layers`` (names) keep their output channels, as do
-    the classifier head and the layers the model declares. ``round_to``: ``"auto"`` (or 0) = multiples
-    of 8 on groups >= 32 channels, none below; an int = that multiple everywhere; ``None``/1 = none.
-    ``info`` holds ``target`` and ``achieved`` side by side (also flat: ``target_macs_fraction``,
-    ``achieved_macs_fraction``, ...). With ``inplace=False`` the input model is left untouched.
-    ``importance="l2_latency"`` (or ``"l1_latency"``) ranks by magnitude per measured latency cost
-    (see the module docstring); ``latency_lut`` (a :class:`sweep.engine.latency.LatencyLUT`) sets how
-    the table is timed (default: the example batch, ``latency_kw["threads"]`` or the current threads),
-    and ``info["latency_ms_per_channel"]`` holds each group's cost.
-    """
+# ------------------------------------------------------------------------------------ the solver
+def check_target(target: str, value: float, *, max_layer_ratio: float = 0.9, importance: Any = "l2") -> None:
+    """Raise a one-line ConfigError unless ``target`` = ``value`` is a target the solver can aim at."""
     from ..errors import ConfigError
-    from ..measure import count_macs, count_params
-    from .groups import ChannelGraph, resolve_layers
 
-    given = {k: v for k, v in zip(TARGETS, (ratio, macs_fraction, params_fraction, latency_fraction))
-             if v is not None}
-    if len(given) != 1:
-        raise ConfigError(f"give exactly one of {', '.join(TARGETS)}, but got "
-                          f"{', '.join(f'{k}={v}' for k, v in given.items()) or 'none'}")
-    (kind, value), = given.items()
-    if kind == "ratio" and not 0 <= value < 1:
+    if target not in TARGETS:
+        raise ConfigError(f"target must be one of {', '.join(TARGETS)}, but got target={target!r}")
+    if target == "ratio" and not 0 <= value < 1:
         raise ConfigError(f"ratio must be in [0, 1), but got ratio={value!r}")
-    if kind != "ratio" and not 0 < value <= 1:
-        raise ConfigError(f"{kind} must be in (0, 1], but got {kind}={value!r}")
+    if target != "ratio" and not 0 < value <= 1:
+        raise ConfigError(f"{target} must be in (0, 1], but got {target}={value!r}")
     if not 0 < max_layer_ratio < 1:
         raise ConfigError(f"max_layer_ratio must be in (0, 1), but got max_layer_ratio={max_layer_ratio!r}")
-    if importance not in IMPORTANCES + LATENCY_IMPORTANCES and isinstance(importance, str):
+    if isinstance(importance, str) and importance not in IMPORTANCES + LATENCY_IMPORTANCES:
         raise ConfigError(f"importance must be one of {IMPORTANCES + LATENCY_IMPORTANCES}, "
                           f"but got importance={importance!r}")
 
-    ignored = (default_ignored_layers(model) + resolve_layers(model, ignored_layers)
-               + resolve_layers(model, keep_layers, "keep_layers"))
-    graph = ChannelGraph(model, example_inputs, ignored_layers=ignored)
-    if latency_lut is None and importance in LATENCY_IMPORTANCES:
+
+@dataclass
+class Solution:
+    """The plan that meets a target: ``kept`` units per group of ``plan``, cut at global ratio ``ratio``.
+
+    ``figures`` (``macs``, ``params``, and ``latency_ms`` for a latency target) describe the model
+    pruned by :attr:`selection`, ``baseline`` the model as given; both are measured on copies, before
+    the live model is pruned.
+    """
+
+    plan: ChannelPlan
+    kept: tuple
+    ratio: float
+    target: str
+    value: float
+    tolerance: float
+    figures: dict
+    baseline: dict
+    evaluations: int | None = None  # pruned copies the search measured (None where it needed none)
+    extra: dict = field(default_factory=dict)  # latency details for ``info``
+
+    @property
+    def selection(self) -> dict:
+        """``{group: unit indices to remove}``, in the graph's current (unpruned) coordinates."""
+        return self.plan.selection(self.kept)
+
+    @property
+    def achieved(self) -> dict:
+        out = {"ratio": self.plan.removed_fraction(self.kept),
+               "macs_fraction": self.figures["macs"] / self.baseline["macs"],
+               "params_fraction": self.figures["params"] / self.baseline["params"]}
+        if "latency_ms" in self.figures:
+            out["latency_fraction"] = self.figures["latency_ms"] / self.baseline["latency_ms"]
+        return out
+
+    @property
+    def within_tolerance(self) -> bool:
+        """A ratio is met by construction; a measured target within ``tolerance`` (relative)."""
+        got = self.achieved[self.target]
+        err = abs(got - self.value) / self.value if self.value else abs(got)
+        return self.target == "ratio" or err <= self.tolerance
+
+    def info(self) -> dict:
+        """JSON-able record: target and achieved side by side (also flat: ``target_macs_fraction``,
+        ``achieved_macs_fraction``, ...), MACs and params before/after, groups found and pruned."""
+        achieved = self.achieved
+        info = {"target": {self.target: self.value}, "prunable_groups": len(self.plan.groups), **self.extra,
+                "achieved": achieved, "channel_ratio": float(self.ratio), "within_tolerance": self.within_tolerance,
+                "tolerance": self.tolerance, "macs": [self.baseline["macs"], self.figures["macs"]],
+                "params": [self.baseline["params"], self.figures["params"]],
+                "groups_pruned": len(self.selection), f"target_{self.target}": self.value}
+        if self.evaluations is not None:
+            info["evaluations"] = self.evaluations
+        if "latency_ms" in self.figures:
+            info["latency_ms"] = self.figures["latency_ms"]
+        info.update({f"achieved_{k}": v for k, v in achieved.items()})
+        return info
+
+
+def solve_for_target(graph: ChannelGraph, *, target: str, value: float, importance: Any = "l2",
+                     scores: Mapping[str, Any] | None = None, global_pruning: bool = True,
+                     round_to: int | str | None = AUTO, max_layer_ratio: float = 0.9, tolerance: float = TOLERANCE,
+                     max_iter: int = 16, match_ratio: bool = False, latency_kw: dict | None = None,
+                     latency_lut: Any = None) -> Solution:
+    """The plan of ``graph``'s groups that meets one target (``target`` in :data:`TARGETS`, = ``value``).
+
+    Channels are ranked by ``importance`` or by a method's precomputed ``scores`` (``{group name: one
+    score per unit}``, see :class:`ChannelPlan`). A ``ratio`` is cut as given, or with ``match_ratio``
+    searched for the plan whose removed fraction is closest to it; a MACs / params / latency fraction
+    is searched on pruned copies and met within ``tolerance`` where channel granularity allows (see the
+    module docstring). Nothing is pruned: apply :attr:`Solution.selection` with ``graph.prune`` or
+    ``graph.pruned_copy``.
+    """
+    from ..measure import count_macs, count_params
+
+    check_target(target, value, max_layer_ratio=max_layer_ratio, importance=importance)
+    model, example_inputs = graph.model, graph.example_inputs
+    if latency_lut is None and scores is None and importance in LATENCY_IMPORTANCES:
         from .latency import LatencyLUT
 
         x0 = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
         latency_lut = LatencyLUT(batch=int(x0.shape[0]), threads=(latency_kw or {}).get("threads"))
-    plan = ChannelPlan(graph, importance=importance, global_pruning=global_pruning, round_to=round_to,
-                       max_layer_ratio=max_layer_ratio, latency_lut=latency_lut)
-    macs0, params0 = count_macs(model, example_inputs), count_params(model)
+    plan = ChannelPlan(graph, importance=importance, scores=scores, global_pruning=global_pruning,
+                       round_to=round_to, max_layer_ratio=max_layer_ratio, latency_lut=latency_lut)
+    baseline = {"macs": count_macs(model, example_inputs), "params": count_params(model)}
+    extra: dict = {}
+    if plan.latency is not None:
+        extra["latency_ms_per_channel"] = {c.name: c.per_unit_ms for c in plan.latency}
 
     cache: dict = {}  # plan (kept counts) -> figures of its pruned copy
 
@@ -256,26 +311,23 @@ def prune_to_target(model, example_inputs, *, ratio: float | None = None, macs_f
         if kept not in cache:
             cand = graph.pruned_copy(plan.selection(kept))
             fig = {"macs": count_macs(cand, example_inputs), "params": count_params(cand)}
-            if kind == "latency_fraction":
+            if target == "latency_fraction":
                 fig["latency_ms"] = _latency(cand, example_inputs, latency_kw)
             cache[kept] = fig
         return cache[kept]
 
-    info: dict = {"target": {kind: value}, "importance": importance if isinstance(importance, str) else
-                  type(importance).__name__, "global_pruning": global_pruning,
-                  "round_to": AUTO if round_to in (AUTO, 0) else (round_to or 1),
-                  "max_layer_ratio": max_layer_ratio, "prunable_groups": len(plan.groups)}
-    if plan.latency is not None:
-        info["latency_ms_per_channel"] = {c.name: c.per_unit_ms for c in plan.latency}
     full = tuple(plan.sizes)
-    if kind == "ratio":
+    evaluations = None
+    if target == "ratio" and not match_ratio:
         r, kept = value, tuple(plan.kept(value))
+    elif target == "ratio":  # the kept share of prunable channels falls with r as a measured fraction does
+        r, kept = _search(plan, lambda k: 1.0 - plan.removed_fraction(k), 1.0 - value, 0.0, MATCH_RATIO_STEPS)
     else:
-        cache[full] = {"macs": macs0, "params": params0}
-        if kind == "latency_fraction":
-            cache[full]["latency_ms"] = _latency(model, example_inputs, latency_kw)
-            info["baseline_latency_ms"] = cache[full]["latency_ms"]
-        metric = {"macs_fraction": "macs", "params_fraction": "params", "latency_fraction": "latency_ms"}[kind]
+        cache[full] = dict(baseline)
+        if target == "latency_fraction":
+            baseline["latency_ms"] = cache[full]["latency_ms"] = _latency(model, example_inputs, latency_kw)
+            extra["baseline_latency_ms"] = baseline["latency_ms"]
+        metric = {"macs_fraction": "macs", "params_fraction": "params", "latency_fraction": "latency_ms"}[target]
 
         def fraction(k: tuple) -> float:
             return figures(k)[metric] / cache[full][metric]
@@ -285,36 +337,58 @@ def prune_to_target(model, example_inputs, *, ratio: float | None = None, macs_f
         # in a net of few groups one step can jump over the target. Moving single groups by one unit
         # around the best plan then reaches combinations the ranking alone does not. Skipped for latency
         # (each measurement is slow and noisy) and for many groups (where r's steps are fine already).
-        if (kind != "latency_fraction" and len(plan.groups) <= REFINE_MAX_GROUPS
+        if (target != "latency_fraction" and len(plan.groups) <= REFINE_MAX_GROUPS
                 and abs(fraction(kept) - value) > value * tolerance / 2):
             kept = _refine(plan, fraction, value, kept, tolerance / 4)
-        info["evaluations"] = len(cache) - 1
+        evaluations = len(cache) - 1
+    fig = figures(kept) if plan.selection(kept) else dict(baseline)
+    return Solution(plan=plan, kept=kept, ratio=r, target=target, value=value, tolerance=tolerance, figures=fig,
+                    baseline=baseline, evaluations=evaluations, extra=extra)
 
-    sel = plan.selection(kept)
-    fig = figures(kept) if sel else {"macs": macs0, "params": params0, **(
-        {"latency_ms": info["baseline_latency_ms"]} if kind == "latency_fraction" else {})}
+
+# ------------------------------------------------------------------------------------ entry points
+def prune_to_target(model, example_inputs, *, ratio: float | None = None, macs_fraction: float | None = None,
+                    params_fraction: float | None = None, latency_fraction: float | None = None,
+                    importance: Any = "l2", global_pruning: bool = True, round_to: int | str | None = AUTO,
+                    ignored_layers: Sequence | None = None, keep_layers: Sequence = (),
+                    max_layer_ratio: float = 0.9, tolerance: float = TOLERANCE, max_iter: int = 16,
+                    latency_kw: dict | None = None, inplace: bool = True, latency_lut: Any = None):
+    """Prune ``model`` to exactly one target and return ``(model, info)``.
+
+    Targets: ``ratio`` (fraction of prunable channels removed), or the fraction of the model's current
+    MACs, params or latency (measured here, on this machine) that the pruned model keeps.
+    ``ignored_layers`` (modules or names) keep their output channels: ``None`` =
+    :func:`sweep.engine.skip.skipped_layers` (the output layers and the layers the model declares), a
+    given list is final; ``keep_layers`` (names or modules) are kept in either case. ``round_to``:
+    ``"auto"`` (or 0) = multiples of 8 on groups >= 32 channels, none below; an int = that multiple
+    everywhere; ``None``/1 = none. ``info`` holds ``target`` and ``achieved`` side by side (see
+    :meth:`Solution.info`). With ``inplace=False`` the input model is left untouched.
+    ``importance="l2_latency"`` (or ``"l1_latency"``) ranks by magnitude per measured latency cost
+    (see the module docstring); ``latency_lut`` (a :class:`sweep.engine.latency.LatencyLUT`) sets how
+    the table is timed (default: the example batch, ``latency_kw["threads"]`` or the current threads),
+    and ``info["latency_ms_per_channel"]`` holds each group's cost.
+    """
+    from ..errors import ConfigError
+    from .groups import ChannelGraph
+
+    given = {k: v for k, v in zip(TARGETS, (ratio, macs_fraction, params_fraction, latency_fraction))
+             if v is not None}
+    if len(given) != 1:
+        raise ConfigError(f"give exactly one of {', '.join(TARGETS)}, but got "
+                          f"{', '.join(f'{k}={v}' for k, v in given.items()) or 'none'}")
+    (kind, value), = given.items()
+    check_target(kind, value, max_layer_ratio=max_layer_ratio, importance=importance)  # before the trace
+    graph = ChannelGraph(model, example_inputs, ignored_layers=ignored_layers, keep_layers=keep_layers)
+    sol = solve_for_target(graph, target=kind, value=value, importance=importance, global_pruning=global_pruning,
+                           round_to=round_to, max_layer_ratio=max_layer_ratio, tolerance=tolerance,
+                           max_iter=max_iter, latency_kw=latency_kw, latency_lut=latency_lut)
+    info = {"importance": importance if isinstance(importance, str) else type(importance).__name__,
+            "global_pruning": global_pruning, "round_to": AUTO if round_to in (AUTO, 0) else (round_to or 1),
+            "max_layer_ratio": max_layer_ratio, **sol.info()}
     if inplace:
-        graph.prune(sel)
-        out = model
-    else:
-        out = graph.pruned_copy(sel)
-
-    achieved = {"ratio": plan.removed_fraction(kept), "macs_fraction": fig["macs"] / macs0,
-                "params_fraction": fig["params"] / params0}
-    if kind == "latency_fraction":
-        achieved["latency_fraction"] = fig["latency_ms"] / info["baseline_latency_ms"]
-        info["latency_ms"] = fig["latency_ms"]
-    err = abs(achieved[kind] - value) / value if value else abs(achieved[kind])
-    info.update({
-        "achieved": achieved, "channel_ratio": float(r),
-        "within_tolerance": kind == "ratio" or err <= tolerance, "tolerance": tolerance,
-        "macs": [macs0, fig["macs"]], "params": [params0, fig["params"]],
-        "groups_pruned": len(sel),
-    })
-    info[f"target_{kind}"] = value
-    for k, v in achieved.items():
-        info[f"achieved_{k}"] = v
-    return out, info
+        graph.prune(sol.selection)
+        return model, info
+    return graph.pruned_copy(sol.selection), info
 
 
 def _latency(model, example_inputs, latency_kw: dict | None) -> float:
@@ -395,31 +469,19 @@ def _refine(plan: ChannelPlan, fraction, target: float, kept: tuple, aim: float,
 
 
 def prune_channels(model, example_inputs, *, ratio: float, importance: str = "l2",
-                   global_pruning: bool = True, ignored_layers: Sequence = (), round_to: int | str | None = None,
-                   max_layer_ratio: float = 0.9):
+                   global_pruning: bool = True, ignored_layers: Sequence | None = None, keep_layers: Sequence = (),
+                   round_to: int | str | None = None, max_layer_ratio: float = 0.9):
     """Remove ``ratio`` of the prunable channels in place and return the model.
 
     ``max_layer_ratio`` stops global pruning from emptying a layer (a zero-width layer breaks the net).
-    ``round_to=None`` does not round (see :func:`prune_to_target` for ``"auto"``).
+    ``round_to=None`` does not round; ``ignored_layers`` / ``keep_layers`` as for :func:`prune_to_target`.
     """
     if ratio <= 0:
         return model
     model, _ = prune_to_target(model, example_inputs, ratio=ratio, importance=importance,
                                global_pruning=global_pruning, ignored_layers=ignored_layers,
-                               round_to=round_to, max_layer_ratio=max_layer_ratio)
+                               keep_layers=keep_layers, round_to=round_to, max_layer_ratio=max_layer_ratio)
     return model
-
-
-def prune_to_macs(model, example_inputs, *, macs_fraction: float, tolerance: float = 0.02,
-                  max_iter: int = 16, **kw):
-    """Prune a copy so that MACs land at ``macs_fraction`` of the model's current MACs.
-
-    Returns ``(pruned_copy, info)`` with target and achieved fractions side by side; ``model`` itself
-    is left as it is. ``kw`` as for :func:`prune_to_target` (``round_to`` defaults to no rounding).
-    """
-    kw.setdefault("round_to", None)
-    return prune_to_target(model, example_inputs, macs_fraction=macs_fraction, tolerance=tolerance,
-                           max_iter=max_iter, inplace=False, **kw)
 
 
 def channel_counts(model) -> dict:

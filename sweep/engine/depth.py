@@ -38,7 +38,7 @@ types; a generic block with neither attribute needs ``example_inputs`` to be jud
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from ..errors import ConfigError
@@ -59,12 +59,6 @@ class BlockRef:
     reason: str = ""  # why not removable ("" when removable)
     in_shape: tuple | None = None
     out_shape: tuple | None = None
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["in_shape"] = list(self.in_shape) if self.in_shape is not None else None
-        d["out_shape"] = list(self.out_shape) if self.out_shape is not None else None
-        return d
 
 
 # ----------------------------------------------------------------------------- recognising blocks
@@ -300,7 +294,3 @@ def _drop_children(stage, keys: set[str]) -> None:
         kept = [(str(i), m) for i, (_, m) in enumerate(kept)]
     stage._modules = OrderedDict(kept)
 
-
-def block_summary(model, example_inputs=None) -> list[dict]:
-    """JSON-able list of :class:`BlockRef` dicts (for trial info)."""
-    return [r.to_dict() for r in removable_blocks(model, example_inputs)]

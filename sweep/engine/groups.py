@@ -6,6 +6,9 @@ shortcut, the input slices of every consumer, through concat, split and depthwis
 Torch-Pruning's ``DependencyGraph`` finds the coupling; this module gives methods a stable view of it:
 
 - :func:`channel_groups` / :class:`ChannelGraph` list the groups, each named after its root layer;
+  the layers of ``ignored_layers`` keep their outputs (``None``: :func:`sweep.engine.skip.skipped_layers`),
+  and a group Torch-Pruning cannot map safely (its index mapping fails, e.g. through a channel
+  shuffle) is left out and recorded in :attr:`ChannelGraph.skipped` as ``(root layer name, reason)``;
 - :meth:`ChannelGroup.weights` and :meth:`ChannelGroup.score` give per-channel tensors and criteria
   (one score per channel, one group per gate);
 - :meth:`ChannelGraph.prune` removes chosen channels of many groups in one go on the live model, and
@@ -26,6 +29,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .criteria import make_importance
+from .skip import resolve_layers, skipped_layers
+from .trace import first_line, trace
+
 __all__ = ["ChannelGraph", "ChannelGroup", "GroupMember", "channel_groups", "prune_groups", "resolve_layers"]
 
 
@@ -42,39 +49,6 @@ class GroupMember:
     kind: str
     idxs: tuple
     root_idxs: tuple
-
-
-def resolve_layers(model: nn.Module, layers: Iterable[Any] | None, what: str = "ignored_layers") -> list[nn.Module]:
-    """Modules given as modules or as module names (``"layer1.0.conv1"``) -> modules of ``model``."""
-    from ..errors import ConfigError
-
-    by_name = dict(model.named_modules())
-    out = []
-    for layer in layers or ():
-        if isinstance(layer, str):
-            if layer not in by_name:
-                some = ", ".join(n for n in list(by_name)[1:6])
-                raise ConfigError(f"{what} must name layers of the model, but got {layer!r} (e.g. {some})")
-            out.append(by_name[layer])
-        elif isinstance(layer, nn.Module):
-            out.append(layer)
-        else:
-            raise ConfigError(f"{what} must hold modules or module names, but got {layer!r}")
-    return out
-
-
-def _eval_mode(model: nn.Module):
-    """Context: trace in eval mode so that the tracing forward does not update BN running statistics."""
-
-    class _Ctx:
-        def __enter__(self):
-            self.was = model.training
-            model.eval()
-
-        def __exit__(self, *exc):
-            model.train(self.was)
-
-    return _Ctx()
 
 
 class ChannelGroup:
@@ -124,10 +98,6 @@ class ChannelGroup:
                 out.append(m.module)
         return out
 
-    def tp_group(self):
-        """Torch-Pruning's full group (all channels), e.g. for a ``tp.importance`` criterion."""
-        return self._items_group
-
     def weights(self) -> torch.Tensor:
         """The root layer's weights, one row per output channel: shape ``(channels, -1)``, detached."""
         w = self.root.weight.detach()
@@ -137,10 +107,8 @@ class ChannelGroup:
 
     def score(self, importance: Any = "l2") -> torch.Tensor | None:
         """One score per unit (higher = keep), or None where the criterion does not apply (no BN for
-        ``bn_scale``). ``importance``: a name of :data:`sweep.engine.channels.IMPORTANCES` or a
+        ``bn_scale``). ``importance``: a name of :data:`sweep.engine.criteria.IMPORTANCES` or a
         ``tp.importance`` object."""
-        from .channels import make_importance
-
         imp = make_importance(importance) if isinstance(importance, str) else importance
         with torch.no_grad():
             s = imp(self._items_group)
@@ -181,25 +149,33 @@ class ChannelGraph:
     """The dependency graph of ``model`` and its prunable channel groups.
 
     Groups that contain a layer of ``ignored_layers`` (modules or names; their outputs are kept) are left
-    out, as in Torch-Pruning. The caller decides what to ignore: :func:`channel_groups` adds the
-    classifier head.
+    out, as in Torch-Pruning. ``ignored_layers=None``: :func:`sweep.engine.skip.skipped_layers` (the
+    output layers and the model's declared layers); a given list is final. ``keep_layers`` (names or
+    modules) are kept in either case. Groups that cannot be mapped safely are left out and listed in
+    ``skipped`` (see the module docstring).
     """
 
     def __init__(self, model: nn.Module, example_inputs, ignored_layers: Iterable[Any] | None = None,
-                 root_module_types: Sequence[type] | None = None):
+                 root_module_types: Sequence[type] | None = None, *, keep_layers: Iterable[Any] = ()):
         import torch_pruning as tp
 
         self.model = model
         self.example_inputs = example_inputs
         self.root_module_types = tuple(root_module_types or (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR))
+        keep = resolve_layers(model, keep_layers, "keep_layers")
+        listed = None if ignored_layers is None else resolve_layers(model, ignored_layers)
+        traced = trace(model, example_inputs)
+        self.DG, self.broken = traced.DG, traced.broken
+        if listed is None:
+            listed = skipped_layers(model, example_inputs, traced=traced)
         ignored = []
-        for layer in resolve_layers(model, ignored_layers):
+        for layer in listed + keep:
             ignored.extend(layer.modules())  # a container ignores everything inside it, as in Torch-Pruning
         self.ignored = ignored
-        with _eval_mode(model), torch.enable_grad():
-            self.DG = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
         self._names = {m: n for n, m in model.named_modules()}
         self.groups: list[ChannelGroup] = []
+        self.skipped: list[tuple[str, str]] = []  # (root layer name, why its group is left out)
+        self._unmappable: dict[int, str] = {}  # id(root) -> why Torch-Pruning cannot build its group
         self._collect()
 
     # ------------------------------------------------------------------ listing
@@ -209,8 +185,8 @@ class ChannelGraph:
     def _collect(self) -> None:
         old = {id(g.root): g for g in self.groups}
         groups = []
-        for g in self.DG.get_all_groups(ignored_layers=self.ignored, root_module_types=self.root_module_types):
-            root = g[0].dep.target.module
+        self.skipped = []
+        for root, g in self._tp_groups():
             items = list(g.items)
             if id(root) in old:  # refresh in place: a method holding the group sees the new size
                 grp = old[id(root)]
@@ -220,6 +196,40 @@ class ChannelGraph:
             groups.append(grp)
         self.groups = groups
         self._by_name = {g.name: g for g in groups}
+
+    def _tp_groups(self):
+        """``(root layer, Torch-Pruning group)`` of every prunable group, as ``DG.get_all_groups`` lists
+        them, but built one at a time: a group whose index mapping raises, or whose channels pass a node
+        whose index mapping failed at tracing, is left out and recorded in ``self.skipped``."""
+        DG = self.DG
+        ignored = {id(m) for m in list(self.ignored) + list(DG.IGNORED_LAYERS_IN_TRACING)}
+        visited: set[int] = set()
+        for m in list(DG.module2node):
+            if id(m) in ignored or id(m) in visited or not isinstance(m, self.root_module_types):
+                continue
+            pruner = DG.get_pruner_of_module(m)
+            if pruner is None or pruner.get_out_channels(m) is None:
+                continue
+            if id(m) not in self._unmappable:
+                try:
+                    group = DG.get_pruning_group(m, pruner.prune_out_channels,
+                                                 list(range(pruner.get_out_channels(m))))
+                except Exception as e:  # Torch-Pruning cannot follow this layer's channels through the graph
+                    # (structural: remembered, so that refreshing after a prune does not pay for it again)
+                    self._unmappable[id(m)] = f"its channel index mapping fails: {first_line(e)}"
+            if id(m) in self._unmappable:
+                self.skipped.append((self.name_of(m), self._unmappable[id(m)]))
+                continue
+            outs = [dep.target.module for dep, _ in group if DG.is_out_channel_pruning_fn(dep.handler)]
+            visited.update(id(o) for o in outs)
+            if any(id(o) in ignored for o in outs):
+                continue
+            broken = next((dep.target for dep, _ in group if dep.target in self.broken), None)
+            if broken is not None:
+                self.skipped.append((self.name_of(m), f"its channels pass {broken.name}, whose index mapping "
+                                                      f"fails: {self.broken[broken]}"))
+                continue
+            yield m, group
 
     def _channel_grouping(self, items) -> int:
         """Chunks that must stay equal: the ``groups`` of a grouped (not depthwise) conv in the group."""
@@ -334,15 +344,12 @@ def channel_groups(model: nn.Module, example_inputs, ignored_layers: Iterable[An
                    *, graph: bool = False):
     """The prunable coupled channel groups of ``model`` (list of :class:`ChannelGroup`).
 
-    ``ignored_layers`` (modules or names) keep their output channels; by default the classifier head
-    and the layers the model declares (:func:`sweep.engine.channels.default_ignored_layers`) are kept
-    too. Each group's ``prune(idxs)`` edits the live model; to prune several groups in one go use
-    :func:`prune_groups`. With ``graph=True`` the :class:`ChannelGraph` itself is returned.
+    ``ignored_layers`` (modules or names) keep their output channels: ``None`` =
+    :func:`sweep.engine.skip.skipped_layers` (the output layers and the layers the model declares), a
+    given list is final. Each group's ``prune(idxs)`` edits the live model; to prune several groups in
+    one go use :func:`prune_groups`. With ``graph=True`` the :class:`ChannelGraph` itself is returned.
     """
-    from .channels import default_ignored_layers
-
-    ignored = default_ignored_layers(model) + resolve_layers(model, ignored_layers)
-    g = ChannelGraph(model, example_inputs, ignored_layers=ignored)
+    g = ChannelGraph(model, example_inputs, ignored_layers=ignored_layers)
     return g if graph else list(g.groups)
 
 

@@ -242,11 +242,6 @@ class GroupLatency:
     per_unit_ms: float
     floored: bool = False
 
-    @property
-    def saved_ms(self) -> float:
-        """Latency the narrowest probe saves against the full width (may be <= 0 under noise)."""
-        return self.ms[0] - self.ms[-1]
-
 
 def probe_widths(size: int, unit: int, fractions: Sequence[float] = PROBE_FRACTIONS) -> tuple:
     """The full width, then on-grid widths at ``fractions`` of it (distinct, >= one unit, < size)."""

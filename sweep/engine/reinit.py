@@ -1,10 +1,15 @@
-"""Seeded random re-initialisation of a module tree (shared by SR-init's block scoring and LNPT's
-``init: random`` student).
+"""Seeded re-initialisation of a module tree, in place: two schemes, one home.
 
-Conv / linear weights: Kaiming normal (fan-in, ReLU gain: std = sqrt(2 / fan_in)), biases 0;
-BatchNorm: γ = 1, β = 0, running mean 0, running var 1; other modules with their own parameters are
-reset by their ``reset_parameters`` under the same seed. Device-independent: numbers are drawn on
-the CPU from a private generator.
+- :func:`reinit_` — **Kaiming**, one explicit scheme whatever the layers' own defaults, for SR-init's
+  block scoring and LNPT's ``init: random`` student.  Conv / linear weights: Kaiming normal (fan-in,
+  ReLU gain: std = sqrt(2 / fan_in)), biases 0; BatchNorm: γ = 1, β = 0, running mean 0, running var 1;
+  other modules with their own parameters are reset by their ``reset_parameters`` under the same seed.
+  Device-independent: numbers are drawn on the CPU from a private generator.
+- :func:`reset_parameters_` — **PyTorch's defaults**, where a method trains "from scratch" and the
+  network should start as a freshly built one would (``cat``'s ``start: scratch``): every module's own
+  ``reset_parameters`` (BatchNorm running statistics too), in module order, under the global RNG seeded
+  with ``seed`` inside a fork (the caller's CPU RNG state is left as it was).  Draws on the parameters'
+  device: call it on a CPU module for device-independent numbers.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import math
 
 
 def reinit_(module, seed: int) -> None:
-    """Re-initialise every submodule of ``module`` in place, deterministically under ``seed``."""
+    """Kaiming re-initialisation of every submodule of ``module`` in place, deterministic under ``seed``."""
     import torch
     from torch import nn
 
@@ -42,3 +47,20 @@ def reinit_(module, seed: int) -> None:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(int(seed))
                     m.reset_parameters()
+
+
+def reset_parameters_(module, seed: int) -> None:
+    """PyTorch's default initialisation of every submodule of ``module`` in place, under ``seed``.
+
+    On a CPU module built from standard layers, the same numbers as building it afresh after
+    ``torch.manual_seed(seed)``; a model whose constructor applies its own scheme (e.g. Kaiming in the
+    CIFAR ResNets) gets the layers' defaults instead, not that scheme."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        for m in module.modules():
+            if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False)):
+                m.reset_parameters()
+            elif hasattr(m, "reset_running_stats"):
+                m.reset_running_stats()

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping
 from ..errors import ConfigError
 from ..registry import Registry
 
-KINDS = ("float", "int", "categorical", "bool")
+KINDS = ("float", "int", "categorical", "bool", "ints")  # ints: a list of non-negative integers (fixed only)
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,15 @@ class Knob:
     choices: tuple | None = None
     help: str = ""
     optional: bool = False  # None is a valid value (e.g. "not set")
+    flag: bool = False  # also an option of `sweep prune`: --<name> (a pruning target, e.g. ratio, tau)
 
     def range_text(self) -> str:
         if self.kind == "categorical":
             return "{" + ", ".join(map(str, self.choices or ())) + "}"
         if self.kind == "bool":
             return "{true, false}"
+        if self.kind == "ints":
+            return "[i, j, ...]"
         lo = "(" if self.low_open else "["
         hi = ")" if self.high_open else "]"
         low = "-inf" if self.low is None else _fmt(self.low)
@@ -57,6 +60,8 @@ class Knob:
             if not isinstance(value, bool):
                 raise ConfigError(f"{n} must be true or false, but got {n}={value!r} ({where})")
             return value
+        if self.kind == "ints":
+            return self._ints(value, where)
         if self.kind == "categorical":
             if value not in (self.choices or ()):
                 raise ConfigError(f"{n} must be one of {self.range_text()}, but got {n}={value!r} ({where})")
@@ -78,6 +83,21 @@ class Knob:
         if bad:
             raise ConfigError(f"{n} must be in {self.range_text()}, but got {n}={value!r} ({where})")
         return value
+
+
+    def _ints(self, value: Any, where: str) -> tuple:
+        """A list of non-negative integers, given as a list or as ``"1,8,17"`` (a command-line value)."""
+        n = self.name
+        items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, int) else value
+        try:
+            out = tuple(int(str(v).strip()) for v in items if str(v).strip())
+        except (TypeError, ValueError):
+            out = None
+        if (out is None or not out or any(v < 0 for v in out) or isinstance(value, bool)
+                or (not isinstance(value, str) and any(isinstance(v, (bool, float)) for v in items))):
+            raise ConfigError(f"{n} must be a non-empty list of non-negative integers (e.g. 1,8,17), but got "
+                              f"{n}={value!r} ({where})")
+        return out
 
 
 def _fmt(x: float) -> str:
@@ -209,6 +229,9 @@ class MethodSpec:
 
 def _parse_distribution(knob: Knob, d: Mapping, loc: str) -> dict:
     keys = set(d)
+    if knob.kind == "ints":
+        raise ConfigError(f"knob {knob.name} is a list of integers: give it a fixed value, not a distribution, "
+                          f"but got {dict(d)!r} ({loc})")
     if "choices" in keys:
         if keys - {"choices"}:
             raise ConfigError(f"a choices entry takes no other keys, but got {sorted(keys)} ({loc})")

@@ -50,8 +50,9 @@ design ("ours" where it is not in an abstract); each piece names what it rests o
   gates.  ``init_prob`` defaults to 1.0 from the baseline (the trained network intact), 0.9 from
   scratch.
 
-Step sizes (our choice): the weights use the sweep's fine-tune optimiser settings (lr, momentum,
-weight decay, SGD or Adam; cosine schedule over all steps, settle phase included).  The gates take
+Step sizes (our choice): the weights are trained by :func:`sweep.train.fit` with the sweep's fine-tune
+optimiser settings (lr, momentum, weight decay, SGD or Adam; cosine schedule over all steps, settle phase
+included; a removal keeps the optimiser state of the parameters it leaves untouched).  The gates take
 projected SGD steps θ ← Π[0,1](θ − gate_lr·v), v an exponential moving average (0.9, unit gain) of
 (∂L/∂z + w)/κ, with κ the mean marginal cost ∂C/∂θ of that kind of structure in the full network (a
 constant unit conversion, computed once): ``gate_lr`` is then the probability a structure of average
@@ -188,37 +189,6 @@ def finalise(gated) -> tuple[dict, list]:
     return units, blocks
 
 
-def _reinit(model, seed: int) -> None:
-    """``start: scratch``: every module's own ``reset_parameters`` (PyTorch's default initialisation;
-    BatchNorm running statistics too), under a seed derived from the trial's."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed((int(seed) * 7919 + 17) % (2**63 - 1))
-        for m in model.modules():
-            if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False)):
-                m.reset_parameters()
-            elif hasattr(m, "reset_running_stats"):
-                m.reset_running_stats()
-
-
-def _optimizer(params, ft, state=None):
-    import torch
-
-    lr = getattr(ft, "lr", 0.01)
-    momentum = getattr(ft, "momentum", 0.9)
-    wd = getattr(ft, "weight_decay", 5e-4)
-    if getattr(ft, "optimizer", "sgd") == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd, nesterov=momentum > 0)
-    if state is not None:  # keep the momentum of parameters a surgery left untouched
-        for p in params:
-            if p in state:
-                opt.state[p] = state[p]
-    return opt, lr
-
-
 def train_cat(model, example_inputs, cfg: MethodConfig, ctx: PruneContext, on_final=None):
     """Train weights and gates jointly, removing structures on the way; round the gates after
     ``1 − settle`` of the steps, rebuild the network without the structures at 0 and train it plainly
@@ -226,19 +196,19 @@ def train_cat(model, example_inputs, cfg: MethodConfig, ctx: PruneContext, on_fi
     final 0/1 values, just before the rebuild (tests compare the two networks there).
     Returns the rebuilt model (hooks removed) and a record of the run."""
     import torch
-    import torch.nn.functional as F
 
-    from ..engine.channels import default_ignored_layers
     from ..engine.depth import block_names
-    from ..engine.groups import resolve_layers
+    from ..engine.reinit import reset_parameters_
+    from ..engine.skip import resolve_layers, skipped_layers
+    from ..train import cross_entropy, fit, hyper, total_steps
     from .cat_gates import CONV, LINEAR, GatedNet
 
     device = ctx.device
-    if cfg.start == "scratch":
-        _reinit(model, ctx.seed)
+    if cfg.start == "scratch":  # PyTorch's default initialisation, under a seed derived from the trial's
+        reset_parameters_(model, (int(ctx.seed) * 7919 + 17) % (2**63 - 1))
     model.to(device)
-    ignored = resolve_layers(model, ctx.ignored_layers)  # modules or names
-    ignored += [m for m in default_ignored_layers(model) if not any(m is i for i in ignored)]
+    # the context's final list (modules or names); unset: the engine's skipped_layers
+    ignored = resolve_layers(model, ctx.ignored_layers) or skipped_layers(model, example_inputs)
     channel_pressure = cfg.lam * 2 * (1 - cfg.beta)
     block_pressure = cfg.lam * 2 * cfg.beta
     gated = GatedNet(model, example_inputs, ignored, channel_gates=channel_pressure > 0,
@@ -253,29 +223,20 @@ def train_cat(model, example_inputs, cfg: MethodConfig, ctx: PruneContext, on_fi
     kappa_c = float(d_theta.mean()) if d_theta.numel() and float(d_theta.mean()) > 0 else 1.0
     kappa_b = float(d_phi.mean()) if d_phi.numel() and float(d_phi.mean()) > 0 else 1.0
 
-    try:
-        steps_per_epoch = len(ctx.train_loader)
-    except TypeError:
-        steps_per_epoch = 0
-    total = max(1, cfg.epochs * steps_per_epoch)
+    total = total_steps(ctx.train_loader, cfg.epochs)  # also the length of fit's cosine schedule
     warmup_steps = int(math.floor(cfg.warmup * total))
     round_at = max(1, total - int(math.floor(cfg.settle * total)))
     gen = torch.Generator().manual_seed((int(ctx.seed) * 1_000_003 + 4242) % (2**63 - 1))
-    ft = ctx.finetune_config
-    opt, lr0 = _optimizer([p for p in model.parameters() if p.requires_grad], ft)
+    ce = cross_entropy(device)
     run = {"steps": 0, "warmup_steps": warmup_steps, "rounded_at": None, "events": [], "losses": [],
            "trajectory": [], "all_blocks": all_blocks, "groups0": groups0, "final_removed": None,
            "channel_gates": gated.channel_gates, "block_gates": gated.block_gates,
            "units0": int(gated.theta.numel()), "blocks0": int(gated.phi.numel()), "ungated": list(gated.ungated)}
-    state = {"gated": gated, "opt": opt, "w": (None, None)}
+    state = {"gated": gated, "w": (None, None), "step": 0}
 
     def refresh():
         dt, dp = state["gated"].marginal_costs(cfg.gamma)
         state["w"] = (channel_pressure * dt, block_pressure * dp)
-
-    def rebuild_optimizer():
-        old = dict(state["opt"].state)
-        state["opt"], _ = _optimizer([p for p in model.parameters() if p.requires_grad], ft, old)
 
     def round_now(step: int):
         g = state["gated"]
@@ -286,7 +247,6 @@ def train_cat(model, example_inputs, cfg: MethodConfig, ctx: PruneContext, on_fi
             on_final(g, units, blocks)
             model.train(was)
         g.remove(units, blocks, rebuild=False)
-        rebuild_optimizer()
         # the plain network: the same cost model with no gates, normalised by the full network's cost
         state["gated"] = GatedNet(model, example_inputs, [], channel_gates=False, block_gates=False, init=1.0,
                                   device=device, norm=(g.macs0, g.params0))
@@ -306,74 +266,65 @@ def train_cat(model, example_inputs, cfg: MethodConfig, ctx: PruneContext, on_fi
             ctx.log_metric("train_loss", loss, step)
         return point
 
-    run["trajectory"].append(snapshot(0, None))
-    refresh()
-    step = 0
-    for epoch in range(cfg.epochs):
-        model.train()
-        total_loss, n_seen = 0.0, 0
-        for batch in ctx.train_loader:
-            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                raise TrialFailure("cat trains with labels (cross-entropy), but the training batches carry "
-                                   "none: it cannot run in a label-free sweep")
-            g = state["gated"]
-            gating = run["rounded_at"] is None
-            x, y = batch[0].to(device), batch[1].to(device)
-            lr = lr0 * 0.5 * (1 + math.cos(math.pi * step / total))
-            for group in state["opt"].param_groups:
-                group["lr"] = lr
-            if gating:
-                g.sample(gen)
-            loss = F.cross_entropy(model(x), y)
-            lv = float(loss.detach())
-            if not math.isfinite(lv):
-                raise TrialFailure(f"diverged: non-finite loss {lv} in epoch {epoch + 1}")
-            state["opt"].zero_grad(set_to_none=True)
-            g.theta.grad = g.phi.grad = None
-            loss.backward()
-            state["opt"].step()
-            total_loss += lv * len(y)
-            n_seen += len(y)
-            step += 1
-            if not gating:
-                continue
-            w_c, w_b = state["w"]
-            with torch.no_grad():  # projected SGD on the gates; the penalty is linear in each gate
-                for t, v, w, kappa in ((g.theta, g.vel, w_c, kappa_c), (g.phi, g.velb, w_b, kappa_b)):
-                    if t.numel():
-                        grad = (t.grad if t.grad is not None else torch.zeros_like(t)) + w
-                        v.mul_(GATE_MOMENTUM).add_(grad / kappa, alpha=1 - GATE_MOMENTUM)
-                        t.sub_(cfg.gate_lr * v).clamp_(0.0, 1.0)
-                        t.grad = None
-                g.low = torch.where(g.theta.detach().cpu() < cfg.threshold, g.low + 1, 0)
-                g.lowb = torch.where(g.phi.detach().cpu() < cfg.threshold, g.lowb + 1, 0)
-            g.clear_gates()
-            if step >= round_at:
-                round_now(step)
-                continue
-            if step >= warmup_steps:
-                units, blocks = g.decide(g.low >= cfg.patience, g.lowb >= cfg.patience)
-                if units or blocks:
-                    names = [names0[id(g.blocks[i])] for i in blocks]
-                    g.remove(units, blocks)  # physical removal during training; gates carried over
-                    rebuild_optimizer()
-                    model.train()
-                    run["events"].append({"step": step, "units": sum(len(v) for v in units.values()),
-                                          "blocks": names})
-                    refresh()
-                    continue
-            if step % REFRESH_STEPS == 0:
+    def loss_fn(m, batch):
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise TrialFailure("cat trains with labels (cross-entropy), but the training batches carry "
+                               "none: it cannot run in a label-free sweep")
+        g = state["gated"]
+        if run["rounded_at"] is None:
+            g.sample(gen)
+        g.theta.grad = g.phi.grad = None  # this batch's gate gradients, read by gate_step
+        return ce(m, batch)
+
+    def gate_step(step: int) -> bool:
+        """After the weights' step: the gates' step, then rounding or removals; True when the network's
+        parameters changed (fit then points its optimiser at the survivors)."""
+        state["step"] = step
+        if run["rounded_at"] is not None:
+            return False
+        g = state["gated"]
+        w_c, w_b = state["w"]
+        with torch.no_grad():  # projected SGD on the gates; the penalty is linear in each gate
+            for t, v, w, kappa in ((g.theta, g.vel, w_c, kappa_c), (g.phi, g.velb, w_b, kappa_b)):
+                if t.numel():
+                    grad = (t.grad if t.grad is not None else torch.zeros_like(t)) + w
+                    v.mul_(GATE_MOMENTUM).add_(grad / kappa, alpha=1 - GATE_MOMENTUM)
+                    t.sub_(cfg.gate_lr * v).clamp_(0.0, 1.0)
+                    t.grad = None
+            g.low = torch.where(g.theta.detach().cpu() < cfg.threshold, g.low + 1, 0)
+            g.lowb = torch.where(g.phi.detach().cpu() < cfg.threshold, g.lowb + 1, 0)
+        g.clear_gates()
+        if step >= round_at:
+            round_now(step)
+            return True
+        if step >= warmup_steps:
+            units, blocks = g.decide(g.low >= cfg.patience, g.lowb >= cfg.patience)
+            if units or blocks:
+                names = [names0[id(g.blocks[i])] for i in blocks]
+                g.remove(units, blocks)  # physical removal during training; gates carried over
+                model.train()
+                run["events"].append({"step": step, "units": sum(len(v) for v in units.values()),
+                                      "blocks": names})
                 refresh()
-        if n_seen == 0:
+                return True
+        if step % REFRESH_STEPS == 0:
+            refresh()
+        return False
+
+    def after_epoch(epoch: int, loss: float) -> None:
+        if state["step"] == 0:
             raise TrialFailure("cat needs training batches, but the training loader is empty")
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise TrialFailure(f"diverged: non-finite weights after epoch {epoch + 1}")
-        run["losses"].append(total_loss / n_seen)
-        run["trajectory"].append(snapshot(epoch + 1, total_loss / n_seen))
+        run["losses"].append(loss)
+        run["trajectory"].append(snapshot(epoch + 1, loss))
         if run["rounded_at"] is None:
             refresh()
+
+    run["trajectory"].append(snapshot(0, None))
+    refresh()
+    fit(model, ctx.train_loader, loss_fn, epochs=cfg.epochs, hp=hyper(ctx.finetune_config), device=device,
+        on_epoch=after_epoch, on_step=gate_step)
     if run["rounded_at"] is None:
-        round_now(step)
-    run["steps"] = step
+        round_now(state["step"])
+    run["steps"] = state["step"]
     model.eval()
     return model, run

@@ -144,7 +144,8 @@ class GatedNet:
                 if id(b) in state.blocks:
                     phi[i], lowb[i], velb[i] = state.blocks[id(b)]
         # -- channel gates: one per unit of each coupled group
-        self.graph = ChannelGraph(model, self.example_inputs, self._present(self._ignored)) \
+        # the given layers still in the model; none given: the engine's skipped_layers
+        self.graph = ChannelGraph(model, self.example_inputs, self._present(self._ignored) or None) \
             if self.channel_gates else None
         self.groups: list[GroupGate] = []
         self.ungated: list[tuple[str, str]] = []

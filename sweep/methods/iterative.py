@@ -21,7 +21,8 @@ Our design (a reconstruction where the paper's body could not be read; not the a
 - The unit is a **coupled channel group** of Torch-Pruning's dependency graph
   (:class:`sweep.engine.groups.ChannelGraph`), which plays the role of the authors' connectivity
   graph: one group = one root conv/linear's filters plus every coupled BN and consumer slice
-  (concat, split, residual adds). The classifier head and ``ctx.ignored_layers`` are never pruned.
+  (concat, split, residual adds). The layers of ``ctx.ignored_layers`` (the trial's final list: output
+  layers, declared and kept layers; unset: :func:`sweep.engine.skip.skipped_layers`) are never pruned.
 - The filter criterion is Torch-Pruning's *group* criterion (``l2``/``l1`` norms summed over the
   group's coupled layers, or BN γ), as in ``magnitude``; groups the criterion cannot rank (BN γ
   without a BN) are not analysed.
@@ -105,18 +106,17 @@ EVAL_CHUNK = 256  # samples per forward when scoring candidates on the cached su
     ],
 )
 def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneResult:
-    from ..engine.channels import default_ignored_layers
     from ..engine.groups import ChannelGraph
     from ..measure import count_macs, count_params
 
     home = example_inputs.device
     name = type(model).__name__
-    ignored = default_ignored_layers(model) + list(ctx.ignored_layers or ())
+    ignored = ctx.ignored_layers or None  # unset: the engine's skipped_layers, on every rebuild
 
     graph = ChannelGraph(model, example_inputs, ignored_layers=ignored)
     if not len(graph):
         raise TrialFailure(
-            f"iterative needs prunable channel groups (conv/linear layers outside the classifier head "
+            f"iterative needs prunable channel groups (conv/linear layers outside the output layers "
             f"and the ignored layers), but model {name} has none")
     floors = {g.name: _floor(g.size, cfg.max_layer_ratio) for g in graph}
     plan = _plan(graph, cfg.criterion, floors, cfg.max_layer_ratio)

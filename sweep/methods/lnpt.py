@@ -30,10 +30,12 @@ Reconstructed here (our design, not the paper's text):
   to their layer*, independently of the layer's activation scale and of its width (an L2-norm
   normaliser would shrink per-channel scores of wide layers by √width and prune them harder).
 - **One shot to one global target**: the lowest-ranked channels of all prunable groups go until the
-  global ``ratio`` of prunable channels is removed, or until the kept MACs hit ``macs_fraction``
-  (within 3 %, found by searching the global threshold on fresh copies, as
-  :func:`sweep.engine.channels.prune_to_target` does), never more than ``max_layer_ratio`` of a group,
-  with the engine's width-aware rounding (:class:`sweep.engine.channels.ChannelPlan`, ``round_to="auto"``).
+  global ``ratio`` of prunable channels is removed (the plan whose removed fraction is closest to it),
+  or until the kept MACs hit ``macs_fraction`` (within 3 %, searched on fresh copies), never more than
+  ``max_layer_ratio`` of a group, with the engine's width-aware rounding: the engine's solver on these
+  scores (:func:`sweep.engine.channels.solve_for_target`, ``round_to="auto"``, ``match_ratio=True``).
+  The layers of ``ctx.ignored_layers`` (the trial's final list; unset:
+  :func:`sweep.engine.skip.skipped_layers`) keep their channels.
 - **Label-free retraining** for ``epochs`` epochs on ``ctx.unlabeled_loader`` only:
   ``feature_weight``·mean‖φ_T − φ_S‖²/d (MSE over the d feature dimensions, so the weight does not
   depend on width) + ``kd_weight``·T²·KL(teacher ‖ student) at ``temperature`` T (Hinton et al. 2015,
@@ -58,13 +60,6 @@ from typing import Any, Iterable, Iterator
 from ..errors import ConfigError, TrialFailure
 from .base import Knob, MethodConfig, PruneContext, PruneResult, register_method
 
-MACS_TOLERANCE = 0.03  # the macs_fraction target is met within 3 % (relative), as prune_to_target's default
-_RATIO_SEARCH_STEPS = 40  # bisection steps on the global threshold for a channel ratio (no copies: cheap)
-_MACS_SEARCH_STEPS = 16  # ... for a MACs target (one deep copy + MAC count per step)
-_REFINE_MAX_GROUPS = 64  # single-group moves after the MACs search, on nets with at most this many groups
-_REFINE_PAIRS_MAX_GROUPS = 12  # ... and two-group exchanges, on nets with at most this many groups
-_DEFAULT_FT = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "optimizer": "sgd"}
-
 
 def _check(cfg: MethodConfig, where: str) -> None:
     if cfg.epochs > 0 and cfg.feature_weight == 0 and cfg.kd_weight == 0:
@@ -81,8 +76,10 @@ def _check(cfg: MethodConfig, where: str) -> None:
     exclusive=[("ratio", "macs_fraction")],
     knobs=[
         Knob("ratio", "float", 0.5, low=0.0, high=1.0, low_open=True, high_open=True,
+             flag=True,
              help="fraction of prunable channels removed (one global ranking across layers)"),
         Knob("macs_fraction", "float", None, low=0.0, high=1.0, low_open=True, high_open=True, optional=True,
+             flag=True,
              help="instead of ratio: MACs kept as a fraction of the dense model's (hit within 3 %)"),
         Knob("init", "categorical", "teacher", choices=("teacher", "random"),
              help="student initialised from the teacher, or randomly (prune before training, as the paper)"),
@@ -103,9 +100,8 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
 
     import torch
 
-    from ..engine.channels import AUTO, ChannelPlan, channel_counts, default_ignored_layers
+    from ..engine.channels import AUTO, channel_counts, solve_for_target
     from ..engine.groups import ChannelGraph
-    from ..measure import count_macs, count_params
 
     device = ctx.device
     teacher = ctx.teacher
@@ -126,11 +122,10 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
     with torch.random.fork_rng(devices=[]):  # deterministic under ctx.seed, whatever the caller's RNG state
         torch.manual_seed(ctx.seed)
         model.to("cpu")  # graph tracing, MAC counts and surgery on the CPU (example_inputs live there)
-        macs0, params0 = count_macs(model, example_inputs), count_params(model)
         if cfg.init == "random":
             reinit(model, ctx.seed)
-        ignored = default_ignored_layers(model) + list(ctx.ignored_layers or [])
-        graph = ChannelGraph(model, example_inputs, ignored_layers=ignored)
+        # the context's final list of layers kept (unset: the engine's skipped_layers)
+        graph = ChannelGraph(model, example_inputs, ignored_layers=ctx.ignored_layers or None)
 
         # --- criterion: Taylor scores on the penultimate features, one tensor per coupled group
         criterion = "feature_energy" if cfg.init == "teacher" else "feature_gap"
@@ -139,21 +134,15 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
                                     _take(train_inputs, cfg.cal_batches), criterion=criterion, device=device)
         scores = {name: normalise(s) for name, s in raw.items()}
 
-        # --- one global ranking, one global target
-        plan = ChannelPlan(graph, importance=_Fixed(graph, scores), global_pruning=True, round_to=AUTO,
-                           max_layer_ratio=cfg.max_layer_ratio)
-        before = {g.name: g.channels for g in plan.groups}
+        # --- one global ranking, one global target: the engine's solver on these scores
         model.to("cpu")
-        if cfg.macs_fraction is not None:
-            r, kept, _ = _macs_search(plan, graph, example_inputs, cfg.macs_fraction, macs0)
-            target = {"macs_fraction": cfg.macs_fraction}
-        else:
-            r, kept = _ratio_search(plan, cfg.ratio)
-            target = {"ratio": cfg.ratio}
-        sel = plan.selection(kept)
-        keep_feat = head_input_kept(plan.groups, sel, head)
+        kind, value = ("macs_fraction", cfg.macs_fraction) if cfg.macs_fraction is not None else ("ratio", cfg.ratio)
+        sol = solve_for_target(graph, target=kind, value=value, scores=scores, global_pruning=True, round_to=AUTO,
+                               max_layer_ratio=cfg.max_layer_ratio, match_ratio=True)
+        before = {g.name: g.channels for g in sol.plan.groups}
+        sel = sol.selection
+        keep_feat = head_input_kept(sol.plan.groups, sel, head)
         graph.prune(sel)
-        macs1, params1 = count_macs(model, example_inputs), count_params(model)
         modules = dict(model.named_modules())
         layer_ratios = {name: _out_channels(modules[name]) / c for name, c in before.items()}
         model.to(device)
@@ -161,20 +150,14 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
         # --- label-free retraining, the learning gap logged per epoch
         log = retrain(model, teacher, head, t_head, keep_feat, train_inputs, val_inputs, cfg, ctx)
 
-    achieved = {"ratio": plan.removed_fraction(kept), "macs_fraction": macs1 / macs0,
-                "params_fraction": params1 / params0}
     info = {
         "reconstruction": "Xiao et al. 2024 (arXiv 2403.12690), abstract only; see sweep/methods/lnpt.py",
         "init": cfg.init, "criterion": criterion, "normalisation": "mean", "cal_batches": cfg.cal_batches,
-        "target": target, "achieved": achieved, "channel_ratio": float(r),
-        **{f"achieved_{k}": v for k, v in achieved.items()},
-        "within_tolerance": ("ratio" in target or
-                             abs(achieved["macs_fraction"] - cfg.macs_fraction) <= MACS_TOLERANCE * cfg.macs_fraction),
-        "layer_ratios": layer_ratios, "prunable_groups": len(plan.groups),
+        **sol.info(),  # target and achieved (also flat), channel_ratio, within_tolerance, MACs and params
+        "layer_ratios": layer_ratios,
         "group_score_mean": {n: float(s.mean()) for n, s in raw.items()},
         "head": head_name,
         "penultimate_features": {"teacher": int(t_head.in_features), "student": int(head.in_features)},
-        "macs": [macs0, macs1], "params": [params0, params1],
         "channels": channel_counts(model),
         "feature_weight": cfg.feature_weight, "kd_weight": cfg.kd_weight, "temperature": cfg.temperature,
         **log,
@@ -354,87 +337,6 @@ def normalise(s):
     return s / m if m > 0 and math.isfinite(m) else s * 0.0
 
 
-class _Fixed:
-    """A Torch-Pruning-style importance that returns the precomputed scores of a group (by its root),
-    one per root channel (repeated over the chunks of a grouped conv, which the plan averages back)."""
-
-    def __init__(self, graph, scores: dict):
-        self.by_root = {}
-        for g in graph.groups:
-            if g.name in scores:
-                s = scores[g.name]
-                self.by_root[id(g.root)] = s.repeat(g.ch_groups) if g.ch_groups > 1 else s
-
-    def __call__(self, tp_group):
-        return self.by_root.get(id(tp_group[0].dep.target.module))
-
-
-# ----------------------------------------------------------------------------------- the global target
-def _ratio_search(plan, ratio: float):
-    """The global threshold whose plan removes the fraction of prunable channels closest to ``ratio``
-    (rounding and the per-group cap can keep a plain cut at ``ratio`` short of it): ``(r, kept)``."""
-    best = (abs(plan.removed_fraction(plan.kept(ratio)) - ratio), ratio, tuple(plan.kept(ratio)))
-    lo, hi = 0.0, 1.0
-    for _ in range(_RATIO_SEARCH_STEPS):
-        r = (lo + hi) / 2
-        kept = tuple(plan.kept(r))
-        f = plan.removed_fraction(kept)
-        err = abs(f - ratio)
-        if err < best[0] - 1e-12 or (abs(err - best[0]) <= 1e-12 and r < best[1]):
-            best = (err, r, kept)
-        if f < ratio:
-            lo = r
-        else:
-            hi = r
-    return best[1], best[2]
-
-
-def _macs_search(plan, graph, example_inputs, target: float, macs0: int):
-    """Bisection on the global threshold, each candidate measured on a fresh pruned copy; then single-group
-    moves of one unit while they bring the MACs closer (small nets, where one step jumps far)."""
-    from ..measure import count_macs
-
-    cache: dict = {}
-
-    def frac(kept: tuple) -> float:
-        if kept not in cache:
-            sel = plan.selection(kept)
-            cache[kept] = count_macs(graph.pruned_copy(sel), example_inputs) / macs0 if sel else 1.0
-        return cache[kept]
-
-    def err(kept: tuple) -> float:
-        return abs(frac(kept) - target) / target
-
-    best = (err(tuple(plan.sizes)), 0.0, tuple(plan.sizes))
-    lo, hi = 0.0, 1.0
-    for _ in range(_MACS_SEARCH_STEPS):
-        r = (lo + hi) / 2
-        kept = tuple(plan.kept(r))
-        e = err(kept)
-        if e < best[0]:
-            best = (e, r, kept)
-        if e <= MACS_TOLERANCE / 4:
-            break
-        if frac(kept) > target:
-            lo = r
-        else:
-            hi = r
-    e, r, kept = best
-    if e > MACS_TOLERANCE / 2 and len(plan.groups) <= _REFINE_MAX_GROUPS:
-        for _ in range(6):
-            e2, k2 = e, kept
-            # exchanges between two groups only where single moves do not help (quadratic in groups)
-            for pairs in (False, True) if len(plan.groups) <= _REFINE_PAIRS_MAX_GROUPS else (False,):
-                cands = [(err(k), k) for k in plan.neighbours(kept, pairs=pairs)]
-                e2, k2 = min([(e, kept)] + cands, key=lambda t: t[0])
-                if e2 < e:
-                    break
-            if e2 >= e:
-                break
-            e, kept = e2, k2
-    return r, kept, frac(kept)
-
-
 def head_input_kept(groups, sel: dict, head) -> list[int] | None:
     """Indices of the head's input features that survive ``sel`` (None: all of them)."""
     removed: set[int] = set()
@@ -451,13 +353,15 @@ def head_input_kept(groups, sel: dict, head) -> list[int] | None:
 # ----------------------------------------------------------------------------------- retraining
 def retrain(model, teacher, head, t_head, keep_feat, train_inputs, val_inputs, cfg: MethodConfig,
             ctx: PruneContext) -> dict:
-    """Label-free retraining (feature alignment + KD); returns the per-epoch logs for ``info``."""
+    """Label-free retraining (feature alignment + KD) with the sweep's fine-tune optimiser settings
+    (:func:`sweep.train.fit`); returns the per-epoch logs for ``info``."""
     import torch
     import torch.nn.functional as F
 
+    from ..measure import check_finite
+    from ..train import fit, hyper, soft_kl
+
     device = ctx.device
-    ft = ctx.finetune_config
-    hp = {k: getattr(ft, k, v) if ft is not None else v for k, v in _DEFAULT_FT.items()}
     keep = None if keep_feat is None else torch.tensor(keep_feat, dtype=torch.long, device=device)
     s_pen, t_pen = Penultimate(model, head), Penultimate(teacher, t_head)
 
@@ -478,6 +382,7 @@ def retrain(model, teacher, head, t_head, keep_feat, train_inputs, val_inputs, c
             for batch in val_inputs:
                 x = batch[0].to(device)
                 s_logits, f_s = s_pen(x)
+                check_finite(s_logits, "lnpt's learning gap")
                 t_logits, f_t = teacher_out(x)
                 gap += float((f_t - f_s).norm(dim=1).sum())
                 same += int((s_logits.argmax(1) == t_logits.argmax(1)).sum())
@@ -498,47 +403,29 @@ def retrain(model, teacher, head, t_head, keep_feat, train_inputs, val_inputs, c
         log["learning_gap"].append(gap)
         log["agreement"].append(agree)
 
+    t = cfg.temperature
+
+    def loss_fn(_model, batch):  # s_pen runs the model and keeps its penultimate features
+        x = batch[0].to(device)  # inputs only: the loader carries no labels
+        t_logits, t_f = teacher_out(x)
+        s_logits, s_f = s_pen(x)
+        loss = s_logits.new_zeros(())
+        if cfg.feature_weight > 0:
+            loss = loss + cfg.feature_weight * F.mse_loss(s_f, t_f)
+        if cfg.kd_weight > 0:  # T² as in Hinton et al. 2015, §2
+            loss = loss + cfg.kd_weight * t * t * soft_kl(s_logits, t_logits, t)
+        return loss, x.shape[0]
+
+    def after_epoch(epoch: int, loss: float) -> None:  # epoch e (from 0) is logged as step e + 1
+        log["train_loss"].append(loss)
+        ctx.log_metric("train_loss", loss, epoch + 1)
+        evaluate(epoch + 1, log)
+
     log: dict = {"epochs": cfg.epochs, "learning_gap": [], "agreement": [], "train_loss": [], "trajectory": []}
     try:
         evaluate(0, log)
-        if cfg.epochs > 0:
-            params = [p for p in model.parameters() if p.requires_grad]
-            if hp["optimizer"] == "adam":
-                opt = torch.optim.Adam(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
-            else:
-                opt = torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"],
-                                      weight_decay=hp["weight_decay"], nesterov=hp["momentum"] > 0)
-            steps = max(1, _len(train_inputs))
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
-            t = cfg.temperature
-            for epoch in range(1, cfg.epochs + 1):
-                model.train()
-                total, n = 0.0, 0
-                for batch in train_inputs:
-                    x = batch[0].to(device)  # inputs only: the loader carries no labels
-                    t_logits, t_f = teacher_out(x)
-                    s_logits, s_f = s_pen(x)
-                    loss = s_logits.new_zeros(())
-                    if cfg.feature_weight > 0:
-                        loss = loss + cfg.feature_weight * F.mse_loss(s_f, t_f)
-                    if cfg.kd_weight > 0:
-                        kl = F.kl_div(F.log_softmax(s_logits / t, dim=1), F.softmax(t_logits / t, dim=1),
-                                      reduction="batchmean")
-                        loss = loss + cfg.kd_weight * t * t * kl
-                    lv = float(loss.item())
-                    if not math.isfinite(lv):
-                        raise TrialFailure(f"diverged: non-finite lnpt loss {lv} in epoch {epoch}")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    total += lv * x.shape[0]
-                    n += x.shape[0]
-                if not all(bool(torch.isfinite(p).all()) for p in params):
-                    raise TrialFailure(f"diverged: non-finite weights after lnpt epoch {epoch}")
-                log["train_loss"].append(total / max(n, 1))
-                ctx.log_metric("train_loss", log["train_loss"][-1], epoch)
-                evaluate(epoch, log)
+        fit(model, train_inputs, loss_fn, epochs=cfg.epochs, hp=hyper(ctx.finetune_config), device=device,
+            on_epoch=after_epoch)
     finally:
         s_pen.close()
         t_pen.close()
@@ -552,10 +439,3 @@ def _has_labels(loader) -> bool:
     for batch in loader:
         return isinstance(batch, (tuple, list)) and len(batch) >= 2
     return False
-
-
-def _len(loader) -> int:
-    try:
-        return len(loader)
-    except TypeError:
-        return 0

@@ -9,25 +9,28 @@ allows; the latency target is measured on this machine while pruning).
 
 from __future__ import annotations
 
-from ..engine.channels import IMPORTANCES, LATENCY_IMPORTANCES
+from ..engine.channels import TARGETS
+from ..engine.criteria import IMPORTANCES, LATENCY_IMPORTANCES
 from .base import Knob, MethodConfig, PruneContext, PruneResult, register_method
-
-TARGET_KNOBS = ("ratio", "macs_fraction", "params_fraction", "latency_fraction")
 
 
 @register_method(
     "magnitude",
     summary="global magnitude (L2/L1/BN-scale) channel pruning to a channel ratio or a MACs/params/latency target",
-    exclusive=[TARGET_KNOBS],
+    exclusive=[TARGETS],
     needs_labels=False,  # weight magnitudes: no data at all; the runner fine-tunes
     knobs=[
         Knob("ratio", "float", 0.5, low=0.0, high=1.0, low_open=True, high_open=True,
+             flag=True,
              help="fraction of prunable channels removed (global ranking)"),
         Knob("macs_fraction", "float", None, low=0.0, high=1.0, low_open=True, optional=True,
+             flag=True,
              help="instead of ratio: MACs kept as a fraction of the baseline's (hit within 3 %)"),
         Knob("params_fraction", "float", None, low=0.0, high=1.0, low_open=True, optional=True,
+             flag=True,
              help="instead of ratio: parameters kept as a fraction of the baseline's (hit within 3 %)"),
         Knob("latency_fraction", "float", None, low=0.0, high=1.0, low_open=True, optional=True,
+             flag=True,
              help="instead of ratio: latency kept as a fraction of the baseline's, measured on this machine"),
         Knob("importance", "categorical", "l2", choices=IMPORTANCES + LATENCY_IMPORTANCES,
              help="channel group criterion; *_latency divides by the group's measured latency cost per channel"),
@@ -41,10 +44,11 @@ TARGET_KNOBS = ("ratio", "macs_fraction", "params_fraction", "latency_fraction")
 def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneResult:
     from ..engine.channels import AUTO, channel_counts, prune_to_target
 
-    target = {k: cfg[k] for k in TARGET_KNOBS[1:] if cfg[k] is not None} or {"ratio": cfg.ratio}
+    target = {k: cfg[k] for k in TARGETS[1:] if cfg[k] is not None} or {"ratio": cfg.ratio}
     model, info = prune_to_target(
         model, example_inputs, **target, importance=cfg.importance, global_pruning=cfg.global_pruning,
-        round_to=AUTO if cfg.round_to is None else cfg.round_to, ignored_layers=ctx.ignored_layers,
+        round_to=AUTO if cfg.round_to is None else cfg.round_to,
+        ignored_layers=ctx.ignored_layers or None,  # unset: the engine's skipped_layers
         max_layer_ratio=cfg.max_layer_ratio)
     info["channels"] = channel_counts(model)
     return PruneResult(model=model, info=info)

@@ -48,7 +48,7 @@ def _preflight(model, example_inputs) -> None:
     summary="SR-init layer pruning (Tang et al. 2023): remove residual blocks whose random "
             "re-initialisation costs at most tau validation accuracy",
     knobs=[
-        Knob("tau", "float", PAPER_TAU["resnet56-cifar10"], low=0.0, high=1.0,
+        Knob("tau", "float", PAPER_TAU["resnet56-cifar10"], low=0.0, high=1.0, flag=True,
              help="remove blocks with accuracy drop <= tau (fraction); paper: 0.60 ResNet-56/CIFAR-10, "
                   "0.6185 ResNet-56/CIFAR-100, 0.50 ResNet-50/ImageNet"),
         Knob("seeds", "int", 1, low=1, high=10, help="random re-initialisations averaged per block"),
@@ -56,11 +56,14 @@ def _preflight(model, example_inputs) -> None:
              help="remove at most this many blocks (lowest accuracy drop first)"),
         Knob("channel_ratio", "float", 0.0, low=0.0, high=1.0, high_open=True,
              help="after the depth surgery, prune this fraction of channels (magnitude L2); 0 = depth only"),
+        Knob("remove_blocks", "ints", None, optional=True, flag=True,
+             help="remove exactly these residual blocks (0-based over all blocks, e.g. 1,8,17) instead of "
+                  "scoring them: tau and seeds are not used, no data is read"),
     ],
 )
 def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneResult:
     from ..engine.channels import prune_channels
-    from ..engine.depth import remove_blocks, removable_blocks, stage_depths
+    from ..engine.depth import removable_blocks, remove_blocks, stage_depths
     from ..measure import count_macs, count_params
 
     refs = removable_blocks(model, example_inputs)
@@ -73,39 +76,24 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
 
     params0, macs0 = count_params(model), count_macs(model, example_inputs)
     depths0 = stage_depths(model)
-    was_training = model.training
-    acc0 = float(ctx.evaluate(model))
-    modules = dict(model.named_modules())
-    deltas: dict[int, float] = {}
-    accs: dict[int, list[float]] = {}
-    for r in refs:
-        block = modules[r.name]
-        saved = {k: v.detach().clone() for k, v in block.state_dict().items()}
-        accs[r.index] = []
-        try:
-            for s in range(cfg.seeds):
-                reinit_block(block, _seed(ctx.seed, r.index, s))
-                a = float(ctx.evaluate(model))
-                accs[r.index].append(a)
-                ctx.log_metric(f"sr_init/accuracy_block_{r.index}", a, s)
-        finally:
-            block.load_state_dict(saved)
-        deltas[r.index] = acc0 - sum(accs[r.index]) / len(accs[r.index])
-        ctx.log_metric("sr_init/delta", deltas[r.index], r.index)
-    model.train(was_training)
-
-    chosen = sorted((r for r in refs if r.removable and deltas[r.index] <= cfg.tau + _EPS),
-                    key=lambda r: (deltas[r.index], r.index))
-    if cfg.max_removed is not None:
-        chosen = chosen[: cfg.max_removed]
-    removed = sorted(r.index for r in chosen)
+    if cfg.remove_blocks is not None:  # the user chose the blocks: nothing to score
+        acc0, deltas, accs = math.nan, {r.index: math.nan for r in refs}, {r.index: [] for r in refs}
+        removed = sorted(cfg.remove_blocks)
+    else:
+        acc0, deltas, accs = _score_blocks(model, refs, cfg, ctx)
+        chosen = sorted((r for r in refs if r.removable and deltas[r.index] <= cfg.tau + _EPS),
+                        key=lambda r: (deltas[r.index], r.index))
+        if cfg.max_removed is not None:
+            chosen = chosen[: cfg.max_removed]
+        removed = sorted(r.index for r in chosen)
     remove_blocks(model, removed, example_inputs)
     params1, macs1 = count_params(model), count_macs(model, example_inputs)
     depths1 = stage_depths(model)
 
     if cfg.channel_ratio > 0:
         present = {id(m) for m in model.modules()}
-        ignored = [m for m in ctx.ignored_layers if id(m) in present]  # drop removed blocks' layers
+        # the context's final list, less the layers of removed blocks (unset: the engine's skipped_layers)
+        ignored = [m for m in ctx.ignored_layers or () if id(m) in present] or None
         prune_channels(model, example_inputs, ratio=cfg.channel_ratio, ignored_layers=ignored)
 
     blocks = [{"index": r.index, "name": r.name, "stage": r.stage, "removable": r.removable,
@@ -126,6 +114,31 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
     else:
         info["macs_after"] = macs1
     return PruneResult(model=model, info=info, finetuned=False)
+
+
+def _score_blocks(model, refs, cfg: MethodConfig, ctx: PruneContext):
+    """(A_0, {block: Δ_b}, {block: [A_b per seed]}): each block re-initialised in turn, then restored."""
+    was_training = model.training
+    acc0 = float(ctx.evaluate(model))
+    modules = dict(model.named_modules())
+    deltas: dict[int, float] = {}
+    accs: dict[int, list[float]] = {}
+    for r in refs:
+        block = modules[r.name]
+        saved = {k: v.detach().clone() for k, v in block.state_dict().items()}
+        accs[r.index] = []
+        try:
+            for s in range(cfg.seeds):
+                reinit_block(block, _seed(ctx.seed, r.index, s))
+                a = float(ctx.evaluate(model))
+                accs[r.index].append(a)
+                ctx.log_metric(f"sr_init/accuracy_block_{r.index}", a, s)
+        finally:
+            block.load_state_dict(saved)
+        deltas[r.index] = acc0 - sum(accs[r.index]) / len(accs[r.index])
+        ctx.log_metric("sr_init/delta", deltas[r.index], r.index)
+    model.train(was_training)
+    return acc0, deltas, accs
 
 
 def _seed(seed: int, block: int, rep: int) -> int:

@@ -26,7 +26,7 @@ from .small_cnn import small_cnn
 from .vgg import vgg16_bn
 from .yolo_style import yolo7_cls
 
-__all__ = ["MODELS", "build_model", "classifier_head", "model_names"]
+__all__ = ["MODELS", "build_model", "model_names"]
 
 Builder = Callable[[int, int, int], nn.Module]
 
@@ -93,15 +93,6 @@ def build_model(
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, where=where)
     return model
-
-
-def classifier_head(model: nn.Module) -> nn.Module | None:
-    """The last ``nn.Linear`` in ``model.modules()`` order (kept out of pruning), or None."""
-    head = None
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            head = m
-    return head
 
 
 # --- torchvision ---------------------------------------------------------------------------------------------

@@ -1,0 +1,181 @@
+"""``sweep.train``: the one training loop (:func:`fit`), its optimiser and schedule, its divergence
+checks, the surgery hook (``on_step`` -> True) and the two trainers built on it (``train``, ``distill``)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sweep.config import TrainConfig
+from sweep.errors import TrialFailure
+from sweep.train import DEFAULT_HP, cross_entropy, distill, fit, hyper, make_optimizer, retarget, total_steps, train
+
+
+def net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+
+
+def batches(n: int = 4, bs: int = 5, labels: bool = True) -> list:
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(n):
+        x = torch.randn(bs, 8, generator=g)
+        out.append((x, torch.randint(0, 3, (bs,), generator=g)) if labels else (x,))
+    return out
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ----------------------------------------------------------------------------- numerics
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_train_is_the_plain_loop(optimizer):
+    """``train`` = cross-entropy, SGD (Nesterov) or Adam, cosine over every step: bit for bit."""
+    data = batches()
+    ours, ref = net(), net()
+    losses = train(ours, data, epochs=3, lr=0.05, weight_decay=1e-4, optimizer=optimizer)
+    params = list(ref.parameters())
+    opt = (torch.optim.Adam(params, lr=0.05, weight_decay=1e-4) if optimizer == "adam" else
+           torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4, nesterov=True))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=3 * len(data))
+    ref_losses = []
+    for _ in range(3):
+        total = 0.0
+        for x, y in data:
+            loss = F.cross_entropy(ref(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(y)
+        ref_losses.append(total / sum(len(y) for _, y in data))
+    assert same_weights(ours, ref)
+    assert losses == pytest.approx(ref_losses, rel=1e-12)
+    assert not ours.training  # left in eval mode
+
+
+def test_cosine_schedule_spans_every_step():
+    p = nn.Parameter(torch.zeros(1))
+    opt, sched = make_optimizer([p], hyper(lr=0.1), total_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.05 * (1 + math.cos(math.pi * k / 10)) for k in range(10)], abs=1e-12)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert total_steps(batches(4), 3) == 12 and total_steps(iter(batches(4)), 3) == 3  # no len: 1 an epoch
+
+
+def test_hyper_reads_a_config_with_defaults():
+    assert hyper() == dict(DEFAULT_HP)
+    hp = hyper(TrainConfig(epochs=1, lr=0.2, optimizer="adam"), momentum=0.5)
+    assert hp == {"lr": 0.2, "momentum": 0.5, "weight_decay": 5e-4, "optimizer": "adam"}
+    with pytest.raises(ValueError, match="optimizer must be sgd or adam, but got optimizer='lion'"):
+        make_optimizer([nn.Parameter(torch.zeros(1))], hyper(optimizer="lion"), total_steps=1)
+
+
+# ----------------------------------------------------------------------------- divergence
+def test_non_finite_loss_fails_before_any_step():
+    model, before = net(), net()
+
+    def nan_loss(m, batch):
+        return m(batch[0]).sum() * float("nan"), len(batch[0])
+
+    with pytest.raises(TrialFailure, match=r"diverged: non-finite loss nan in epoch 1"):
+        fit(model, batches(), nan_loss, epochs=2, hp=hyper())
+    assert same_weights(model, before)
+
+
+def test_non_finite_weights_after_an_epoch_fail():
+    model = net()
+
+    def poison(step: int) -> bool:  # the weights blow up after the last (finite) loss of the epoch
+        with torch.no_grad():
+            model[3].weight[0, 0] = float("inf")
+        return False
+
+    with pytest.raises(TrialFailure, match="diverged: non-finite weights after epoch 1"):
+        fit(model, batches(1), cross_entropy(), epochs=2, hp=hyper(), on_step=poison)
+
+
+# ----------------------------------------------------------------------------- hooks
+def test_on_epoch_sees_train_mode_and_epochs_from_zero():
+    model, seen = net(), []
+    losses = fit(model, batches(), cross_entropy(), epochs=3, hp=hyper(),
+                 on_epoch=lambda e, loss: seen.append((e, loss, model.training)))
+    assert seen == [(e, losses[e], True) for e in range(3)]
+    assert fit(model, batches(), cross_entropy(), epochs=0, hp=hyper()) == []
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_rebuilding_without_a_change_is_invisible(optimizer):
+    """on_step -> True re-targets the optimiser: momentum / Adam moments and the schedule carry over,
+    so doing it at every step with nothing changed gives the very same weights."""
+    a, b = net(), net()
+    steps = []
+    fit(a, batches(), cross_entropy(), epochs=2, hp=hyper(lr=0.05, optimizer=optimizer))
+    fit(b, batches(), cross_entropy(), epochs=2, hp=hyper(lr=0.05, optimizer=optimizer),
+        on_step=lambda s: steps.append(s) or True)
+    assert steps == list(range(1, 9))
+    assert same_weights(a, b)
+
+
+def test_surgery_trains_the_new_parameters_and_drops_the_old():
+    model = net()
+    old = {}
+
+    def surgery(step: int) -> bool:
+        if step != 2:
+            return False
+        old["w"] = model[3].weight
+        model[3].weight = nn.Parameter(old["w"].detach().clone())  # what a pruning surgery does
+        old["at_swap"] = old["w"].detach().clone()
+        return True
+
+    fit(model, batches(), cross_entropy(), epochs=2, hp=hyper(lr=0.1), on_step=surgery)
+    assert torch.equal(old["w"], old["at_swap"])  # no longer stepped
+    assert not torch.equal(model[3].weight, old["at_swap"])  # its replacement is
+
+
+def test_retarget_keeps_state_of_survivors_and_the_lr():
+    keep, gone = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))
+    opt, sched = make_optimizer([keep, gone], hyper(lr=0.1), total_steps=10)
+    for _ in range(3):
+        (keep.sum() + gone.sum()).backward()
+        opt.step()
+        sched.step()
+    lr, buf = opt.param_groups[0]["lr"], opt.state[keep]["momentum_buffer"]
+    new = nn.Parameter(torch.ones(2))
+    retarget(opt, [keep, new])
+    assert opt.param_groups[0]["params"] == [keep, new]
+    assert opt.state[keep]["momentum_buffer"] is buf and gone not in opt.state and new not in opt.state
+    assert opt.param_groups[0]["lr"] == lr
+    opt.step()
+    sched.step()  # the schedule goes on from step 3 to step 4
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * 4 / 10)), abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- distillation
+def test_distill_reads_inputs_only_and_moves_toward_the_teacher():
+    teacher, student = net(1).eval(), net(2)
+    data = batches(labels=False)  # (x,) items: no label to read
+    x = torch.cat([b[0] for b in data])
+
+    def gap():
+        with torch.no_grad():
+            return float(F.mse_loss(student(x).softmax(1), teacher(x).softmax(1)))
+
+    g0 = gap()
+    losses = distill(student, teacher, data, epochs=5, lr=0.1, temperature=2.0)
+    assert len(losses) == 5 and losses[-1] < losses[0]
+    assert gap() < g0
+    with pytest.raises(ValueError, match="features.*must be given when feature_weight > 0"):
+        distill(student, teacher, data, epochs=1, lr=0.1, feature_weight=1.0)
