@@ -177,8 +177,8 @@ def cmd_select(args) -> int:
     _log(f"chosen: trial {c['trial_id']} ({c['method']}) {agree}accuracy {c['accuracy']:.4f} (val), "
          f"{c.get('test_accuracy', float('nan')):.4f} (test) · latency {c['latency_ms']:.3f} ms re-measured alone · "
          f"params {c['params']:,} · MACs {c['macs']:,}")
-    _log(f"exported to {d['out']}: " + ", ".join(str(v) for k, v in d["exports"].items()
-                                                   if not k.endswith("error")) + ", selection.json, selection.md")
+    files = [str(v) for k, v in d["exports"].items() if not k.endswith("error")] + ["selection.json", "selection.md"]
+    _log(f"exported to {d['out']}: " + ", ".join(files))
     return 0
 
 
