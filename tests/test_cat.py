@@ -1,6 +1,6 @@
 """``cat`` (complexity-aware training, a reconstruction of Guenter & Sideris 2024): the behaviour its
-reconstruction promises, on a CIFAR ResNet-20 (1x8x8 inputs, 4 classes) and the contract suite's tiny
-nets, with synthetic data and few steps.
+reconstruction promises, on a CIFAR ResNet-20 (1x8x8 inputs, 4 classes) and the tiny nets of
+``nets.py``, with synthetic data and few steps (contexts from the runner's factory).
 
 - λ = 0 removes nothing; β = 0 removes no block; β = 1 removes no channel; a larger λ removes more;
 - γ = 1 cuts MACs by a larger fraction than params (high-resolution channels go first), γ = 0 the
@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import math
 
+import nets
 import pytest
 import torch
-from test_methods_contract import NETS
-from test_methods_contract import example as tiny_example
-from torch.utils.data import TensorDataset
+from nets import NETS
+from nets import example as tiny_example
 
-from sweep.data import make_loader
 from sweep.engine.channels import channel_counts
 from sweep.engine.skip import skipped_layers
 from sweep.errors import ConfigError, TrialFailure
@@ -30,7 +29,6 @@ from sweep.methods import PruneContext, get_method
 from sweep.methods.cat import finalise, train_cat
 from sweep.methods.cat_gates import GatedNet
 from sweep.models import build_model
-from sweep.train import train
 
 NUM_CLASSES = 4
 SHAPE = (1, 8, 8)
@@ -50,19 +48,7 @@ def probe(shape=SHAPE):
 
 
 def make_ctx(model, seed: int = 0, shape=SHAPE, labels: bool = True) -> PruneContext:
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(96) % NUM_CLASSES
-    x = torch.randn(96, *shape, generator=g) + y.view(-1, 1, 1, 1).float()
-    train_ds = TensorDataset(x[:64], y[:64]) if labels else TensorDataset(x[:64])
-    loader = make_loader(train_ds, 16, shuffle=True, seed=seed)
-    val = make_loader(TensorDataset(x[64:], y[64:]), 32, shuffle=False)
-    logged: list = []
-    ctx = PruneContext(train_loader=loader, val_loader=val, device="cpu", seed=seed, num_classes=NUM_CLASSES,
-                       finetune=lambda m, epochs=1, **kw: train(m, loader, epochs=epochs, lr=0.01),
-                       evaluate=lambda m: 0.0, log_metric=lambda k, v, s: logged.append((k, v, s)),
-                       ignored_layers=skipped_layers(model, torch.zeros(1, *shape)))
-    ctx.logged = logged  # type: ignore[attr-defined]
-    return ctx
+    return nets.make_ctx(model, method="cat", seed=seed, shape=shape, labels=labels)
 
 
 _CACHE: dict = {}
@@ -337,11 +323,16 @@ def test_scratch_initialisation_is_pytorch_default_under_a_seed():
 
 
 def test_needs_labels():
+    """A context without labels fails at once (ctx.labels_available), before any training or gating."""
     spec = get_method("cat")
     assert spec.needs_labels
     model = resnet20()
-    with pytest.raises(TrialFailure, match="labels"):
-        spec.prune(model, example(), spec.make_config({"epochs": 1}), make_ctx(model, labels=False))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TrialFailure, match="cannot run in a label-free sweep"):
+        spec.prune(model, example(), spec.make_config({"epochs": 1, "start": "scratch"}),
+                   make_ctx(model, labels=False))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 def test_info_trajectory_and_logged_metrics():
@@ -361,8 +352,9 @@ def test_info_trajectory_and_logged_metrics():
     assert set(info["layer_ratios"]) == {f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)}
     assert all(0.0 <= v <= 1.0 for v in info["layer_ratios"].values())
     keys = {k for k, _, _ in ctx.logged}
-    assert {"expected_macs", "expected_params", "live_channels", "live_blocks", "train_loss"} <= keys
-    assert sorted(s for k, _, s in ctx.logged if k == "train_loss") == list(range(1, FAST["epochs"] + 1))
+    assert {f"cat/{k}" for k in ("expected_macs", "expected_params", "live_channels", "live_blocks",
+                                 "train_loss")} <= keys
+    assert sorted(nets.steps(ctx, "cat/train_loss")) == list(range(1, FAST["epochs"] + 1))
     import json
 
     json.dumps(info)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import ConcatNet, ResidualNet, make_ctx
 from torch import nn
 
 from sweep.engine import channels as ch
@@ -39,35 +40,7 @@ def run(model, x):
         return model(x)
 
 
-# ----------------------------------------------------------------------------- tiny nets
-class ResidualNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem, self.bn0 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
-        self.conv1, self.bn1 = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
-        self.conv2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
-        self.fc = nn.Linear(16, 4)
-
-    def forward(self, x):
-        x = F.relu(self.bn0(self.stem(x)))
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return self.fc(F.adaptive_avg_pool2d(F.relu(out + x), 1).flatten(1))
-
-
-class ConcatNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a, self.bn_a = nn.Conv2d(3, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12)
-        self.b, self.bn_b = nn.Conv2d(3, 20, 3, padding=1, bias=False), nn.BatchNorm2d(20)
-        self.mix, self.bn_mix = nn.Conv2d(32, 24, 1, bias=False), nn.BatchNorm2d(24)
-        self.fc = nn.Linear(24, 4)
-
-    def forward(self, x):
-        a, b = F.relu(self.bn_a(self.a(x))), F.relu(self.bn_b(self.b(x)))
-        x = F.relu(self.bn_mix(self.mix(torch.cat([a, b], dim=1))))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
-
-
+# ----------------------------------------------------------------------------- tiny nets (more in nets.py)
 class GroupedNet(nn.Module):
     """A grouped conv (2 groups) and a depthwise conv between 1x1 convs."""
 
@@ -505,13 +478,11 @@ def test_solver_meets_a_macs_target_with_given_scores():
 
 # ----------------------------------------------------------------------------- the magnitude method
 def _magnitude(values, model=None, x=X8):
-    from sweep.methods import PruneContext, get_method
+    from sweep.methods import get_method
 
     spec = get_method("magnitude")
     model = model or WideNarrowNet()
-    ctx = PruneContext(train_loader=[], val_loader=[], device="cpu", seed=0, num_classes=4,
-                       finetune=lambda *a, **k: [], evaluate=lambda m: 0.0,
-                       ignored_layers=skipped_layers(model, x))
+    ctx = make_ctx(model, method="magnitude", shape=tuple(x.shape[1:]))
     return spec.prune(model, x, spec.make_config(values, where="test"), ctx)
 
 

@@ -11,24 +11,23 @@ import copy
 import json
 import math
 
+import nets
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import TensorDataset
 
-from sweep.data import make_loader
 from sweep.engine.channels import channel_counts
 from sweep.engine.skip import skipped_layers
 from sweep.errors import ConfigError, TrialFailure
-from sweep.measure import accuracy, agreement, count_macs, count_params
+from sweep.measure import count_macs, count_params
 from sweep.methods import PruneContext, get_method
 from sweep.methods.iterative import RATES, Candidate, choose, log_score
-from sweep.train import distill, train
+from sweep.train import train
 
 NUM_CLASSES = 4
 SHAPE = (1, 8, 8)
-KEYS = ("iter_params", "iter_macs", "iter_latency_ms", "iter_quality")
+KEYS = ("iterative/iter_params", "iterative/iter_macs", "iterative/iter_latency_ms", "iterative/iter_quality")
 
 
 class CBS(nn.Module):
@@ -84,45 +83,10 @@ class LinearOnly(nn.Module):
         return self.fc(x.flatten(1))
 
 
-def data(shape=SHAPE, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(128) % NUM_CLASSES
-    x = torch.randn(128, *shape, generator=g) + y.view(-1, 1, 1, 1).float()  # class shifts the mean
-    return TensorDataset(x[:64], y[:64]), TensorDataset(x[64:], y[64:])
-
-
-def make_ctx(model, *, label_free=False, shape=SHAPE, ignored=None, seed=0):
-    train_ds, val_ds = data(shape, seed)
-    calls = []
-    logged = []
-    teacher = copy.deepcopy(model).eval()
-    if label_free:
-        tl = make_loader(TensorDataset(train_ds.tensors[0]), 16, shuffle=True, seed=seed)
-        vl = make_loader(TensorDataset(val_ds.tensors[0]), 32, shuffle=False)
-
-        def finetune(m, epochs=1, step_offset=0):
-            calls.append((epochs, step_offset))
-            return distill(m, teacher, tl, epochs=epochs, lr=0.01)
-
-        def evaluate(m):
-            return agreement(m, teacher, vl)
-    else:
-        tl = make_loader(train_ds, 16, shuffle=True, seed=seed)
-        vl = make_loader(val_ds, 32, shuffle=False)
-
-        def finetune(m, epochs=1, step_offset=0):
-            calls.append((epochs, step_offset))
-            return train(m, tl, epochs=epochs, lr=0.01)
-
-        def evaluate(m):
-            return accuracy(m, vl)
-
-    ctx = PruneContext(train_loader=tl, val_loader=vl, device="cpu", seed=seed, num_classes=NUM_CLASSES,
-                       finetune=finetune, evaluate=evaluate, log_metric=lambda k, v, s: logged.append((k, v, s)),
-                       ignored_layers=skipped_layers(model, torch.zeros(1, *shape)) if ignored is None else ignored,
-                       labels_available=not label_free, teacher=teacher)
-    ctx.calls, ctx.logged = calls, logged  # test-side records
-    return ctx
+def make_ctx(model, *, label_free=False, shape=SHAPE, ignored=None, seed=0) -> PruneContext:
+    """The runner's context on 64 + 64 synthetic samples; the teacher is a frozen copy of ``model``."""
+    return nets.make_ctx(model, method="iterative", labels=not label_free, seed=seed, shape=shape,
+                         data=nets.synthetic(64, 64, shape=shape, seed=seed), ignored=ignored)
 
 
 def only(model, *names):
@@ -174,8 +138,9 @@ def test_k_iterations_give_k_plus_one_points_shrinking(k3):
     # fine-tuned here, one loss history: offsets 0, 1, 2; the runner reads info["epochs"]
     assert res.finetuned and res.info["epochs"] == 3 and ctx.calls == [(1, 0), (1, 1), (1, 2)]
     for key in KEYS:
-        assert [s for k, v, s in ctx.logged if k == key] == [0, 1, 2, 3]
-    assert [v for k, v, s in ctx.logged if k == "iter_params"] == params
+        assert nets.steps(ctx, key) == [0, 1, 2, 3]
+    assert [v for k, v, s in ctx.logged if k == "iterative/iter_params"] == params
+    assert nets.steps(ctx, "train_loss") == [0, 1, 2]  # the runner's fine-tuning figure, not the method's
     json.dumps(res.info, allow_nan=False)
 
 

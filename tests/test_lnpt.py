@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
+import nets
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,12 +18,11 @@ import sweep.trial as trial_mod
 from sweep.config import TrainConfig, load_config, parse_config
 from sweep.data import make_loader
 from sweep.engine.groups import ChannelGraph
-from sweep.engine.skip import skipped_layers
 from sweep.errors import ConfigError
 from sweep.folder import SweepFolder
 from sweep.measure import agreement, count_macs
-from sweep.methods import PruneContext, get_method
-from sweep.methods.lnpt import InputsOnly, feature_taylor_scores
+from sweep.methods import get_method
+from sweep.methods.lnpt import feature_taylor_scores
 from sweep.train import train
 from sweep.trial import TrialSpec, prepare_baseline, run_trial
 
@@ -67,8 +68,13 @@ def teacher_state():
     return t.eval().state_dict()
 
 
-def make_ctx(teacher_state, seed=0, labels=False, loaders=None):
+def _split():
     x, y = _data()
+    return TensorDataset(x[:96], y[:96]), TensorDataset(x[96:], y[96:])
+
+
+def make_ctx(teacher_state, seed=0, labels=False, **kw):
+    """The runner's context (label-free by default) with the trained teacher, and a student copy of it."""
     teacher = ThreeConv()
     teacher.load_state_dict(teacher_state)
     teacher.eval()
@@ -77,20 +83,9 @@ def make_ctx(teacher_state, seed=0, labels=False, loaders=None):
     student = copy.deepcopy(teacher)
     for p in student.parameters():
         p.requires_grad_(True)
-    unl = make_loader(TensorDataset(x[:96]), 16, shuffle=True, seed=seed + 1)
-    unl_val = make_loader(TensorDataset(x[96:]), 32, shuffle=False)
-    val = make_loader(TensorDataset(x[96:], y[96:]), 32, shuffle=False) if labels else unl_val
-    logged = []
-    ctx = PruneContext(
-        train_loader=unl, val_loader=val, device="cpu", seed=seed, num_classes=K,
-        finetune=lambda *a, **k: [], evaluate=lambda m: 0.0, log_metric=lambda k, v, s: logged.append((k, v, s)),
-        ignored_layers=skipped_layers(student, torch.zeros(1, *SHAPE)), labels_available=labels, teacher=teacher,
-        unlabeled_loader=unl, unlabeled_val_loader=unl_val,
-        finetune_config=TrainConfig(epochs=1, lr=0.01, batch_size=16))
-    if loaders is not None:
-        ctx.train_loader, ctx.val_loader = loaders
-        ctx.unlabeled_loader = ctx.unlabeled_val_loader = None
-    return student, ctx, logged
+    ctx = nets.make_ctx(student, method="lnpt", labels=labels, seed=seed, shape=SHAPE, data=_split(),
+                        teacher=teacher, num_classes=K, **kw)
+    return student, ctx, ctx.logged
 
 
 def run(teacher_state, seed=0, labels=False, **values):
@@ -167,7 +162,8 @@ def test_feature_alignment_reduces_the_learning_gap(teacher_state, values):
     assert len(gap) == 4  # step 0 right after pruning, then one per epoch
     assert gap[-1] < gap[0]
     assert res.info["criterion"] == ("feature_gap" if values["init"] == "random" else "feature_energy")
-    steps = {k: [s for kk, _, s in logged if kk == k] for k in ("learning_gap", "agreement", "val_accuracy")}
+    steps = {k: [s for kk, _, s in logged if kk == f"lnpt/{k}"] for k in ("learning_gap", "agreement",
+                                                                            "val_accuracy")}
     assert steps["learning_gap"] == steps["agreement"] == [0, 1, 2, 3]
     assert steps["val_accuracy"] == []  # no labels in this context: nothing reported
 
@@ -190,7 +186,7 @@ def test_info_keys_and_finetuned(teacher_state):
 def test_val_accuracy_reported_only_with_labels(teacher_state):
     res, _, logged = run(teacher_state, labels=True, epochs=1)
     assert all("val_accuracy" in p for p in res.info["trajectory"])
-    assert [s for k, _, s in logged if k == "val_accuracy"] == [0, 1]
+    assert [s for k, _, s in logged if k == "lnpt/val_accuracy"] == [0, 1]
     res, _, _ = run(teacher_state, labels=False, epochs=1)
     assert not any("val_accuracy" in p for p in res.info["trajectory"])
 
@@ -208,8 +204,8 @@ def test_deterministic_under_seed(teacher_state):
 def _retrain(teacher_state, student_edit=None, **ft):
     from sweep.methods.lnpt import retrain
 
-    student, ctx, logged = make_ctx(teacher_state)
-    ctx.finetune_config = TrainConfig(epochs=1, batch_size=16, **{"lr": 0.01, **ft})
+    student, ctx, logged = make_ctx(teacher_state,
+                                    finetune_config=TrainConfig(epochs=1, batch_size=16, **{"lr": 0.01, **ft}))
     if student_edit is not None:
         with torch.no_grad():
             student_edit(student)
@@ -228,7 +224,7 @@ def test_retraining_follows_the_sweep_finetune_settings(teacher_state):
     moved, log2, _ = _retrain(teacher_state, noise, lr=0.05, optimizer="adam")
     assert not torch.equal(moved.conv1.weight, start.conv1.weight)
     assert log2["learning_gap"][1] < log2["learning_gap"][0]
-    assert [s for k, _, s in logged if k == "train_loss"] == [1] and len(log["train_loss"]) == 1
+    assert [s for k, _, s in logged if k == "lnpt/train_loss"] == [1] and len(log["train_loss"]) == 1
 
 
 def test_nan_student_fails_as_diverged(teacher_state):
@@ -251,18 +247,24 @@ class _NoLabels(tuple):
         raise AssertionError("lnpt unpacked a labelled batch")
 
 
-def test_reads_only_inputs_of_labelled_loaders(teacher_state):
-    """Without unlabeled loaders in the context, the labelled loaders are read as ``batch[0]`` only."""
+@pytest.mark.parametrize("labels", [False, True])
+def test_reads_no_training_label_where_labelled_loaders_are_reachable(teacher_state, labels):
+    """lnpt reads ``ctx.unlabeled_loader`` / ``ctx.unlabeled_val_loader`` only: training batches whose
+    labels cannot be read are never touched, and validation labels only to report ``val_accuracy``
+    where ``ctx.labels_available``."""
     x, y = _data()
 
     def trap(lo, hi, bs):
         return [_NoLabels((x[i:i + bs], y[i:i + bs])) for i in range(lo, hi, bs)]
 
+    lo = nets.synthetic_loaders(labels=labels, data=_split())
+    lo = dataclasses.replace(lo, train=trap(0, 96, 16), val=lo.val if labels else trap(96, 128, 32))
     spec = get_method("lnpt")
-    student, ctx, _ = make_ctx(teacher_state, loaders=(trap(0, 96, 16), trap(96, 128, 32)))
+    student, ctx, _ = make_ctx(teacher_state, labels=labels, loaders=lo)
+    assert ctx.train_loader is lo.train  # the trap is what the method sees
     res = spec.prune(student, torch.zeros(1, *SHAPE), spec.make_config({"epochs": 1}), ctx)
     assert len(res.info["learning_gap"]) == 2
-    assert len(list(InputsOnly(ctx.train_loader))) == 6
+    assert all(("val_accuracy" in p) == labels for p in res.info["trajectory"])
 
 
 # ------------------------------------------------------------------------------ knobs

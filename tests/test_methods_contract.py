@@ -1,8 +1,9 @@
-"""The method contract, run against every registered method on three tiny nets.
+"""The method contract, run against every registered method on the tiny nets of ``nets.py``.
 
-Plain CNN, residual net (identity-shortcut add) and concatenation net (two conv branches joined by
-torch.cat, then a 1x1 conv): each method must keep the net runnable with the same output shape,
-never grow it, be deterministic under a seed and reject out-of-range knobs with a ConfigError.
+Plain CNN, residual net (identity-shortcut add), concatenation net (two conv branches joined by
+torch.cat, then a 1x1 conv) and a stage of residual blocks: each method must keep the net runnable with
+the same output shape, never grow it, be deterministic under a seed and reject out-of-range knobs with
+a ConfigError.  Contexts come from the runner's factory (``nets.make_ctx``).
 """
 
 from __future__ import annotations
@@ -11,143 +12,13 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import TensorDataset
+from nets import NETS, NUM_CLASSES, PlainCNN, example, make_ctx, probe
 
-from sweep.data import make_loader
 from sweep.engine.channels import channel_counts
 from sweep.engine.skip import skipped_layers
 from sweep.errors import ConfigError, RegistryError, TrialFailure
-from sweep.measure import accuracy, count_macs, count_params
-from sweep.methods import METHODS, PruneContext, PruneResult, get_method, register_method
-from sweep.train import train
-
-NUM_CLASSES = 4
-SHAPE = (3, 8, 8)
-
-
-# ----------------------------------------------------------------------------- tiny nets
-class PlainCNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(32)
-        self.fc = nn.Linear(32, NUM_CLASSES)
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.max_pool2d(x, 2)
-        x = F.relu(self.bn2(self.conv2(x)))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
-
-
-class ResidualNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        self.bn0 = nn.BatchNorm2d(16)
-        self.conv1 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.conv2 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(16)
-        self.fc = nn.Linear(16, NUM_CLASSES)
-
-    def forward(self, x):
-        x = F.relu(self.bn0(self.stem(x)))
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        x = F.relu(out + x)  # identity shortcut: stem and conv2 channels are coupled
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
-
-
-class ConcatNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Conv2d(3, 12, 3, padding=1, bias=False)
-        self.bn_a = nn.BatchNorm2d(12)
-        self.b = nn.Conv2d(3, 20, 3, padding=1, bias=False)
-        self.bn_b = nn.BatchNorm2d(20)
-        self.mix = nn.Conv2d(32, 24, 1, bias=False)
-        self.bn_mix = nn.BatchNorm2d(24)
-        self.fc = nn.Linear(24, NUM_CLASSES)
-
-    def forward(self, x):
-        a = F.relu(self.bn_a(self.a(x)))
-        b = F.relu(self.bn_b(self.b(x)))
-        x = F.relu(self.bn_mix(self.mix(torch.cat([a, b], dim=1))))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
-
-
-class Block(nn.Module):
-    """A residual block with an identity shortcut (what depth methods remove)."""
-
-    residual_block = True
-
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(x + self.bn2(self.conv2(out)))
-
-
-class BlockNet(nn.Module):
-    """Stem, then a stage of three identity-shortcut blocks in an nn.Sequential."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        self.bn0 = nn.BatchNorm2d(16)
-        self.layer1 = nn.Sequential(Block(16), Block(16), Block(16))
-        self.fc = nn.Linear(16, NUM_CLASSES)
-
-    def forward(self, x):
-        x = self.layer1(F.relu(self.bn0(self.stem(x))))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
-
-
-NETS = {"plain": PlainCNN, "residual": ResidualNet, "concat": ConcatNet, "blocks": BlockNet}
-
-
-# ----------------------------------------------------------------------------- context
-def synthetic_loaders(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(96) % NUM_CLASSES
-    x = torch.randn(96, *SHAPE, generator=g) + y.view(-1, 1, 1, 1).float()  # learnable: class shifts the mean
-    train_ds = TensorDataset(x[:64], y[:64])
-    val_ds = TensorDataset(x[64:], y[64:])
-    return (make_loader(train_ds, 16, shuffle=True, seed=seed), make_loader(val_ds, 32, shuffle=False))
-
-
-def make_ctx(model, seed: int = 0, ignored=None) -> PruneContext:
-    train_loader, val_loader = synthetic_loaders(seed)
-    logged = []
-
-    def finetune(m, epochs: int | None = None, **kw):
-        return train(m, train_loader, epochs=1 if epochs is None else epochs, lr=0.01)
-
-    def evaluate(m) -> float:
-        return accuracy(m, val_loader)
-
-    return PruneContext(train_loader=train_loader, val_loader=val_loader, device="cpu", seed=seed,
-                        num_classes=NUM_CLASSES, finetune=finetune, evaluate=evaluate,
-                        log_metric=lambda k, v, s: logged.append((k, v, s)),
-                        ignored_layers=skipped_layers(model, example()) if ignored is None else ignored)
-
-
-def example():
-    return torch.zeros(1, *SHAPE)
-
-
-def probe():
-    return torch.randn(5, *SHAPE, generator=torch.Generator().manual_seed(123))
+from sweep.measure import count_macs, count_params
+from sweep.methods import METHODS, PruneResult, get_method, register_method
 
 
 class NotApplicable(Exception):
@@ -165,7 +36,7 @@ def run_method(method: str, net: str, seed: int = 0, values: dict | None = None)
     torch.manual_seed(seed)
     model = NETS[net]().eval()
     before = (count_params(model), count_macs(model, example()))
-    ctx = make_ctx(model, seed)
+    ctx = make_ctx(model, method=method, seed=seed)
     torch.manual_seed(seed)
     try:
         res = spec.prune(model, example(), spec.make_config(values or {}), ctx)
@@ -196,7 +67,7 @@ def _warm_up():
     """Pay the one-off imports (torch_pruning, the optimiser) outside the timed tests."""
     model = PlainCNN()
     count_macs(model, example())
-    make_ctx(model).finetune(model, 1)
+    make_ctx(model, method="magnitude").finetune(model, 1)
 
 
 # ----------------------------------------------------------------------------- the contract
@@ -335,7 +206,7 @@ def test_magnitude_explicit_ignored_layer_keeps_its_channels():
     spec = get_method("magnitude")
     torch.manual_seed(0)
     model = PlainCNN()
-    ctx = make_ctx(model, ignored=[model.conv1, model.fc])
+    ctx = make_ctx(model, method="magnitude", ignored=[model.conv1, model.fc])
     res = spec.prune(model, example(), spec.make_config({"ratio": 0.5}), ctx)
     assert res.model.conv1.out_channels == 16
     assert res.model.conv2.out_channels < 32
@@ -360,8 +231,7 @@ def test_skipped_layers_of_cifar_resnet20_and_pruning():
     assert any(m is model.fc for m in ignored)
     params0 = count_params(model)
     spec = get_method("magnitude")
-    ctx = PruneContext(train_loader=[], val_loader=[], device="cpu", seed=0, num_classes=10,
-                       finetune=lambda *a, **k: [], evaluate=lambda m: 0.0, ignored_layers=ignored)
+    ctx = make_ctx(model, method="magnitude", shape=(1, 16, 16), num_classes=10, ignored=ignored)
     res = spec.prune(model, x, spec.make_config({"ratio": 0.5}), ctx)
     m = res.model.eval()
     with torch.no_grad():

@@ -13,18 +13,19 @@ import math
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import nets
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import Block
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from sweep.data import make_loader
 from sweep.engine.depth import stage_depths
 from sweep.engine.skip import skipped_layers
 from sweep.errors import ConfigError, TrialFailure
 from sweep.measure import accuracy, count_params
-from sweep.methods import PruneContext, get_method, method_names
+from sweep.methods import get_method, method_names
 from sweep.methods.sr_init import reinit_block
 from sweep.train import train
 
@@ -43,24 +44,14 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-class TinyBlock(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c)
-
-    def forward(self, x):
-        return F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
-
-
 class TinyResNet(nn.Module):
+    """Stem, then one stage of ``n_blocks`` identity-shortcut blocks (``nets.Block``) of width ``c``."""
+
     def __init__(self, n_blocks=5, c=8):
         super().__init__()
         self.stem = nn.Conv2d(3, c, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(c)
-        self.blocks = nn.Sequential(*[TinyBlock(c) for _ in range(n_blocks)])
+        self.blocks = nn.Sequential(*[Block(c) for _ in range(n_blocks)])
         self.fc = nn.Linear(c, NUM_CLASSES)
 
     def forward(self, x):
@@ -106,9 +97,8 @@ def oracle_ctx(model, drops=DROPS, seed=0, calls=None, checks=None):
             checks(blocks[hit[0]])
         return A0 - drops[hit[0]] if hit else A0
 
-    return PruneContext(train_loader=[], val_loader=[], device="cpu", seed=seed, num_classes=NUM_CLASSES,
-                        finetune=lambda *a, **k: [], evaluate=evaluate,
-                        ignored_layers=skipped_layers(model, torch.zeros(1, *SHAPE)))
+    return nets.make_ctx(model, method="sr_init", seed=seed, shape=SHAPE, num_classes=NUM_CLASSES,
+                         evaluate=evaluate)
 
 
 def run(model, values, ctx, x=None):
@@ -181,7 +171,7 @@ def test_reinitialisation_follows_the_paper_and_is_seeded():
     model2 = trained_stats(TinyResNet())
     run(model2, {"tau": 0.0, "seeds": 3}, oracle_ctx(model2, checks=lambda b: again.append(b.conv1.weight.clone())))
     assert all(torch.equal(a, b) for a, b in zip(seen, again))
-    blk = TinyBlock(8)
+    blk = Block(8)
     reinit_block(blk, 1)
     w1 = blk.conv1.weight.clone()
     reinit_block(blk, 2)
@@ -203,8 +193,7 @@ def test_seeds_average_the_accuracy_drop():
         got.setdefault(hit[0], []).append(a)
         return a
 
-    ctx = PruneContext(train_loader=[], val_loader=[], device="cpu", seed=0, num_classes=NUM_CLASSES,
-                       finetune=lambda *a, **k: [], evaluate=evaluate)
+    ctx = nets.make_ctx(model, method="sr_init", shape=SHAPE, num_classes=NUM_CLASSES, evaluate=evaluate)
     info = run(model, {"tau": 0.0, "seeds": 4}, ctx).info
     for b in info["blocks"]:
         accs = got[b["index"]]
@@ -218,37 +207,37 @@ def _data(seed=0):
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(128) % NUM_CLASSES
     x = torch.randn(128, *SHAPE, generator=g) * 0.5 + y.view(-1, 1, 1, 1).float()
-    return (make_loader(TensorDataset(x[:96], y[:96]), 16, shuffle=True, seed=seed),
-            make_loader(TensorDataset(x[96:], y[96:]), 32, shuffle=False))
+    return TensorDataset(x[:96], y[:96]), TensorDataset(x[96:], y[96:])
 
 
 def _trained_tiny(seed=0):
     torch.manual_seed(seed)
     model = TinyResNet()
-    train_loader, val_loader = _data(seed)
-    train(model, train_loader, epochs=2, lr=0.05)
-    return model.eval(), train_loader, val_loader
+    loaders = nets.synthetic_loaders(data=_data(seed), seed=seed)
+    train(model, loaders.train, epochs=2, lr=0.05)
+    return model.eval(), loaders.val
 
 
-def _real_ctx(model, train_loader, val_loader, seed=0):
-    calls = []
+def _real_ctx(model, seed=0):
+    """The runner's context on ``_data()``: ``ctx.evaluate`` is the validation accuracy; calls counted."""
+    ctx = nets.make_ctx(model, method="sr_init", seed=seed, shape=SHAPE, num_classes=NUM_CLASSES, data=_data())
+    calls, evaluate = [], ctx.evaluate
 
-    def evaluate(m):
+    def counted(m):
         calls.append(1)
-        return accuracy(m, val_loader)
+        return evaluate(m)
 
-    return PruneContext(train_loader=train_loader, val_loader=val_loader, device="cpu", seed=seed,
-                        num_classes=NUM_CLASSES, finetune=lambda m, epochs=None, **k: train(m, train_loader, epochs=1),
-                        evaluate=evaluate, ignored_layers=skipped_layers(model, torch.zeros(1, *SHAPE))), calls
+    ctx.evaluate = counted
+    return ctx, calls
 
 
 def test_real_training_rule_and_determinism():
-    trained, train_loader, val_loader = _trained_tiny()
+    trained, val_loader = _trained_tiny()
     a0 = accuracy(trained, val_loader)
     results = []
     for _ in range(2):
         model = copy.deepcopy(trained)
-        ctx, calls = _real_ctx(model, train_loader, val_loader, seed=3)
+        ctx, calls = _real_ctx(model, seed=3)
         res = run(model, {"tau": 0.15, "seeds": 2}, ctx)
         assert len(calls) == 1 + 5 * 2
         results.append(res)
@@ -282,9 +271,7 @@ def test_channel_ratio_follow_up_on_cifar_resnet20():
 
     x = torch.zeros(1, 1, 16, 16)
     depth_only = fresh()
-    ctx = PruneContext(train_loader=[], val_loader=[], device="cpu", seed=0, num_classes=10,
-                       finetune=lambda *a, **k: [], evaluate=lambda m: 0.5,
-                       ignored_layers=skipped_layers(depth_only, x))
+    ctx = nets.make_ctx(depth_only, method="sr_init", shape=(1, 16, 16), num_classes=10, evaluate=lambda m: 0.5)
     p_depth = count_params(run(depth_only, {"tau": 0.0}, ctx, x).model)  # every Δ = 0 <= 0
     model = fresh()
     ctx.ignored_layers = skipped_layers(model, x)  # still names the removed blocks' conv2

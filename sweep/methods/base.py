@@ -137,15 +137,26 @@ class MethodConfig(Mapping):
 class PruneContext:
     """What a method may use besides the model: data, device, seed and training callables.
 
-    ``finetune(model, epochs)`` trains with the sweep's fine-tune settings (cross-entropy, or
-    distillation from the teacher in a label-free sweep) and returns the per-epoch losses;
-    ``evaluate(model)`` returns the validation quality (top-1 accuracy, or agreement with the teacher
-    in a label-free sweep); ``log_metric(key, value, step)`` records a trajectory in the trial's run.
-    In a label-free sweep ``train_loader`` and ``val_loader`` yield ``(x,)`` only.
+    Built by :func:`sweep.methods.context.build_context` (for ``sweep run`` and ``sweep prune`` alike).
+    Conventions:
+
+    * ``labels_available`` is THE one switch saying whether training labels exist; a method reads it,
+      never the length of a batch.  With labels, ``train_loader`` / ``val_loader`` yield ``(x, y)``;
+      without, they yield ``(x,)`` only.
+    * ``unlabeled_loader`` / ``unlabeled_val_loader`` (training / validation inputs, items ``(x,)``)
+      always exist, labels or not: what a label-free method reads, with no fallback.
+    * ``ignored_layers`` is the final list of layers no method prunes; methods use it as given.
+    * ``finetune(model, epochs)`` trains with the sweep's fine-tune settings (cross-entropy, or
+      distillation from ``teacher`` without labels) and returns the per-epoch losses;
+      ``evaluate(model)`` returns the validation quality (top-1 accuracy, or agreement with the teacher
+      without labels); ``log_metric(key, value, step)`` records a trajectory in the trial's run.
     """
 
     train_loader: Iterable
     val_loader: Iterable
+    unlabeled_loader: Iterable  # training inputs, items (x,): no labels reachable
+    unlabeled_val_loader: Iterable  # validation inputs, items (x,)
+    labels_available: bool
     device: str
     seed: int
     num_classes: int
@@ -153,10 +164,7 @@ class PruneContext:
     evaluate: Callable[..., float]
     log_metric: Callable[[str, float, int], None] = lambda k, v, s: None
     ignored_layers: list = field(default_factory=list)
-    labels_available: bool = True
     teacher: Any = None  # the trained dense model (frozen); label-free methods learn from it
-    unlabeled_loader: Iterable | None = None  # training inputs, items (x,): no labels reachable
-    unlabeled_val_loader: Iterable | None = None  # validation inputs, items (x,)
     finetune_config: Any = None  # the sweep's fine-tune settings (lr, momentum, temperature, ...)
 
 

@@ -203,6 +203,9 @@ def train_cat(model, example_inputs, cfg: MethodConfig, ctx: PruneContext, on_fi
     from ..train import cross_entropy, fit, hyper, total_steps
     from .cat_gates import CONV, LINEAR, GatedNet
 
+    if not ctx.labels_available:
+        raise TrialFailure("cat trains with labels (cross-entropy), but the training batches carry "
+                           "none: it cannot run in a label-free sweep")
     device = ctx.device
     if cfg.start == "scratch":  # PyTorch's default initialisation, under a seed derived from the trial's
         reset_parameters_(model, (int(ctx.seed) * 7919 + 17) % (2**63 - 1))
@@ -267,9 +270,6 @@ def train_cat(model, example_inputs, cfg: MethodConfig, ctx: PruneContext, on_fi
         return point
 
     def loss_fn(m, batch):
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise TrialFailure("cat trains with labels (cross-entropy), but the training batches carry "
-                               "none: it cannot run in a label-free sweep")
         g = state["gated"]
         if run["rounded_at"] is None:
             g.sample(gen)

@@ -85,8 +85,8 @@ def build_context(loaders: Loaders | None, *, method: str, labels: bool, teacher
         train_loader=loaders.train if loaders else [], val_loader=loaders.val if loaders else [], device=device,
         seed=seed, num_classes=num_classes, finetune=finetune, evaluate=evaluate,
         log_metric=lambda k, v, step=0: log(f"{method}/{k}", v, step), ignored_layers=list(ignored_layers),
-        labels_available=labels, teacher=teacher, unlabeled_loader=loaders.train_inputs if loaders else None,
-        unlabeled_val_loader=loaders.val_inputs if loaders else None, finetune_config=ft)
+        labels_available=labels, teacher=teacher, unlabeled_loader=loaders.train_inputs if loaders else [],
+        unlabeled_val_loader=loaders.val_inputs if loaders else [], finetune_config=ft)
 
 
 def _need(loaders: Any, method: str, no_data: str) -> None:

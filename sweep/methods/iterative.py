@@ -29,9 +29,9 @@ Our design (a reconstruction where the paper's body could not be read; not the a
 - Rate r removes ⌊r · width⌋ channels of the group's *current* width, capped so that no group ever
   loses more than ``max_layer_ratio`` of its width at the start of the trial; rates that collapse to
   the same count on narrow groups are analysed once.
-- Quality is measured on a validation **subset** (``val_samples``, from ``ctx.val_loader``):
-  top-1 accuracy where the batches carry labels, else top-1 agreement with ``ctx.teacher`` — the
-  same quantity ``ctx.evaluate`` measures on the whole split (label-free sweeps yield ``(x,)`` only).
+- Quality is measured on a validation **subset** (``val_samples``): top-1 accuracy on
+  ``ctx.val_loader`` where ``ctx.labels_available``, else top-1 agreement with ``ctx.teacher`` on
+  ``ctx.unlabeled_val_loader`` — the same quantity ``ctx.evaluate`` measures on the whole split.
   Without a teacher and labels, the input model stands in as the teacher. The subset is read once
   per iteration and every candidate is evaluated on the same cached batches; params are counted on
   each candidate, MACs once per group (at its largest rate) where they fall linearly with the
@@ -81,7 +81,7 @@ EVAL_CHUNK = 256  # samples per forward when scoring candidates on the cached su
 
 @register_method(
     "iterative",
-    needs_labels=False,  # quality through labels where the val batches have them, else teacher agreement
+    needs_labels=False,  # quality through labels where the sweep has them, else teacher agreement
     summary="iterative filter pruning for concat CNNs (Pavlitska et al. 2024): per-group sensitivity at "
             "rates 0.25/0.5/0.75, scores dP*acc^alpha and dMACs*acc^alpha, prune the top groups, "
             "fine-tune, repeat",
@@ -128,7 +128,7 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
 
     params0, macs0 = count_params(model), count_macs(model, example_inputs)
     teacher = ctx.teacher
-    if teacher is None and not _labelled(ctx.val_loader):  # unlabeled and no teacher: the input model
+    if teacher is None and not ctx.labels_available:  # unlabeled and no teacher: the input model
         teacher = copy.deepcopy(model).eval()
     trajectory = [_point(model, example_inputs, ctx, 0, [], None, params0, macs0)]
     details: list[dict] = []
@@ -258,22 +258,15 @@ def _plan(graph, criterion: str, floors: dict, max_layer_ratio: float):
     return out
 
 
-def _labelled(loader) -> bool:
-    for batch in loader:
-        return len(batch) >= 2
-    return False
-
-
 def _eval_data(ctx: PruneContext, n_samples: int, teacher) -> list:
-    """The first ``n_samples`` validation inputs with their targets, in chunks: labels where the
-    batches carry them, else the teacher's top-1 (what ``ctx.evaluate`` compares against)."""
+    """The first ``n_samples`` validation inputs with their targets, in chunks: the labels where
+    ``ctx.labels_available``, else the teacher's top-1 (what ``ctx.evaluate`` compares against)."""
     import torch
 
-    xs, ys, have, labelled = [], [], 0, None
-    for batch in ctx.val_loader:
+    labelled = ctx.labels_available
+    xs, ys, have = [], [], 0
+    for batch in ctx.val_loader if labelled else ctx.unlabeled_val_loader:
         x = batch[0]
-        if labelled is None:
-            labelled = len(batch) >= 2
         take = min(int(x.shape[0]), n_samples - have)
         xs.append(x[:take])
         if labelled:
@@ -282,7 +275,7 @@ def _eval_data(ctx: PruneContext, n_samples: int, teacher) -> list:
         if have >= n_samples:
             break
     if not have:
-        raise TrialFailure("iterative needs validation batches, but ctx.val_loader is empty")
+        raise TrialFailure("iterative needs validation batches, but the validation loader is empty")
     x_all = torch.cat(xs).to(ctx.device)
     if labelled:
         t_all = torch.cat(ys).to(ctx.device)

@@ -46,16 +46,16 @@ Reconstructed here (our design, not the paper's text):
   :func:`sweep.measure.agreement` defines it, computed in the same pass): step 0 right after pruning,
   step e after retraining epoch e.
 
-Label-freeness is enforced by the data path: every loader is read as ``batch[0]`` only; when a context
-carries no ``unlabeled_loader`` (a supervised context) the train / val loaders are wrapped so that only
-their inputs are ever reached. Labels are read only to *report* ``val_accuracy``, and only when
-``ctx.labels_available`` and the validation batches carry them.
+Label-freeness is enforced by the data path: criterion, retraining and learning gap read only
+``ctx.unlabeled_loader`` and ``ctx.unlabeled_val_loader`` (items ``(x,)``, in every context, supervised
+or not). Labels are read only to *report* ``val_accuracy`` (from ``ctx.val_loader``), and only when
+``ctx.labels_available``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from ..errors import ConfigError, TrialFailure
 from .base import Knob, MethodConfig, PruneContext, PruneResult, register_method
@@ -110,8 +110,7 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
     teacher = teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    train_inputs = ctx.unlabeled_loader if ctx.unlabeled_loader is not None else InputsOnly(ctx.train_loader)
-    val_inputs = ctx.unlabeled_val_loader if ctx.unlabeled_val_loader is not None else InputsOnly(ctx.val_loader)
+    train_inputs, val_inputs = ctx.unlabeled_loader, ctx.unlabeled_val_loader
 
     head = find_head(model, ctx.ignored_layers)
     head_name = _name_of(model, head)
@@ -166,20 +165,6 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
 
 
 # ----------------------------------------------------------------------------------- data, label-free
-class InputsOnly:
-    """A view of a loader that yields ``(batch[0],)``: the targets are never indexed."""
-
-    def __init__(self, loader: Iterable):
-        self.loader = loader
-
-    def __iter__(self) -> Iterator[tuple]:
-        for batch in self.loader:
-            yield (batch[0],)
-
-    def __len__(self) -> int:
-        return len(self.loader)  # type: ignore[arg-type]
-
-
 def _take(loader: Iterable, n: int) -> list:
     out = []
     for batch in loader:
@@ -370,7 +355,7 @@ def retrain(model, teacher, head, t_head, keep_feat, train_inputs, val_inputs, c
             logits, f = t_pen(x)
         return logits, (f if keep is None else f.index_select(1, keep))
 
-    report_acc = bool(ctx.labels_available) and _has_labels(ctx.val_loader)
+    report_acc = ctx.labels_available
 
     def evaluate(step: int, log: dict) -> None:
         # One pass for both figures: the learning gap, and top-1 agreement exactly as
@@ -431,11 +416,3 @@ def retrain(model, teacher, head, t_head, keep_feat, train_inputs, val_inputs, c
         t_pen.close()
         model.eval()
     return log
-
-
-def _has_labels(loader) -> bool:
-    if loader is None:
-        return False
-    for batch in loader:
-        return isinstance(batch, (tuple, list)) and len(batch) >= 2
-    return False

@@ -132,11 +132,11 @@ def _score_blocks(model, refs, cfg: MethodConfig, ctx: PruneContext):
                 reinit_block(block, _seed(ctx.seed, r.index, s))
                 a = float(ctx.evaluate(model))
                 accs[r.index].append(a)
-                ctx.log_metric(f"sr_init/accuracy_block_{r.index}", a, s)
+                ctx.log_metric(f"accuracy_block_{r.index}", a, s)
         finally:
             block.load_state_dict(saved)
         deltas[r.index] = acc0 - sum(accs[r.index]) / len(accs[r.index])
-        ctx.log_metric("sr_init/delta", deltas[r.index], r.index)
+        ctx.log_metric("delta", deltas[r.index], r.index)
     model.train(was_training)
     return acc0, deltas, accs
 

@@ -1,9 +1,18 @@
-"""``trials.parquet``: the source of truth of a sweep.
+"""``trials.parquet`` and its journal: the source of truth of a sweep.
 
-One writer (the driver process) keeps every :class:`~sweep.results.schema.TrialRecord` keyed by
-``trial_id``; each write replaces the file atomically (temporary file + rename), so a crash never
-leaves a half-written table and a re-run trial replaces its row instead of duplicating it.  The store
-is the only code that turns records into Parquet and back.
+Conventions:
+
+* One writer (the driver process) keeps every :class:`~sweep.results.schema.TrialRecord` keyed by
+  ``trial_id``; the store is the only code that turns records into Parquet and back.
+* A finished trial is **appended** as one small Parquet part in ``trials.journal/`` (numbered in
+  order): the driver's cost per trial does not grow with the sweep.  :meth:`TrialStore.write`
+  **compacts**: it writes the whole table to ``trials.parquet`` and records in its metadata the last
+  journal part it includes, then deletes those parts; a crash between the two leaves parts that
+  readers skip, so nothing is applied twice.
+* Reading merges the table and the journal parts after it, in order; the newest record of a trial id
+  wins (a re-run trial replaces its ``stopped`` row instead of duplicating it).
+* Every file is written durably: temporary file, fsync, rename, fsync of the folder.  A crash never
+  leaves a half-written table and a finished trial, once appended, survives a power cut.
 """
 
 from __future__ import annotations
@@ -20,7 +29,9 @@ from ..errors import SweepDirError
 from .schema import COLUMN_NAMES, COLUMN_TYPES, KNOB_PREFIX, TrialRecord
 
 FILENAME = "trials.parquet"
+JOURNAL = "trials.journal"
 META_KEY = b"sweep"
+JOURNAL_KEY = "journal_upto"  # in the table's metadata: the last journal part it includes
 
 
 def _knob_array(values: list) -> pa.Array:
@@ -59,37 +70,97 @@ def replace_by_id(records: Iterable[TrialRecord], new: Iterable[TrialRecord]) ->
 class TrialStore:
     def __init__(self, sweep_dir: str | Path):
         self.path = Path(sweep_dir) / FILENAME
+        self.journal = Path(sweep_dir) / JOURNAL
+        self._next: int | None = None  # number of the next journal part (parts only grow)
 
     def exists(self) -> bool:
         return self.path.is_file()
 
     def read(self) -> tuple[list[dict], dict]:
-        """Plain rows (column name -> value) and the sweep metadata: the table view of the file."""
-        table = self._table()
-        if table is None:
-            return [], {}
-        return table.to_pylist(), json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+        """Plain rows (column name -> value) and the sweep metadata: the table view, journal merged."""
+        records, meta = self.records()
+        if not self._parts_after(meta):
+            table = self._table()
+            return (table.to_pylist() if table is not None else []), meta
+        return records_to_table(records, meta).to_pylist(), meta
 
     def records(self) -> tuple[list[TrialRecord], dict]:
-        """The typed view: one :class:`TrialRecord` per row, and the sweep metadata."""
-        rows, meta = self.read()
-        return [TrialRecord.from_row(r) for r in rows], meta
+        """The typed view: one :class:`TrialRecord` per trial (journal merged), and the sweep metadata."""
+        table = self._table()
+        meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}")) if table is not None else {}
+        records = [TrialRecord.from_row(r) for r in table.to_pylist()] if table is not None else []
+        for _, part in self._parts_after(meta):
+            records = replace_by_id(records, [TrialRecord.from_row(r) for r in self._read(part).to_pylist()])
+        meta.pop(JOURNAL_KEY, None)
+        return records, meta
 
-    def _table(self) -> pa.Table | None:
-        if not self.path.is_file():
-            return None
-        try:
-            return pq.read_table(self.path)
-        except Exception as e:  # a corrupt file is the user's to know about, in one line
-            raise SweepDirError(f"sweep folder must hold a readable {FILENAME}, but reading it failed: "
-                                f"{' '.join(str(e).split())} ({self.path})") from None
+    def append(self, record: TrialRecord) -> None:
+        """Add or replace one trial's record in O(1): one small durable part in the journal."""
+        self.journal.mkdir(exist_ok=True)
+        if self._next is None:  # once per store: after that, appending reads nothing
+            parts = self._parts()
+            self._next = max(parts[-1][0] if parts else 0, self._upto()) + 1
+        _write_durably(records_to_table([record], {}), self.journal / f"{self._next:08d}.parquet")
+        self._next += 1
 
     def write(self, records: Iterable[TrialRecord], meta: dict) -> None:
+        """Compact: the whole table, durably, then the journal parts it now includes are deleted."""
         records = list(records)
         ids = [r.trial_id for r in records]
         if len(set(ids)) != len(ids):
             raise ValueError(f"trial ids must be unique in results, but got {sorted(ids)}")
-        table = records_to_table(records, meta)
-        tmp = self.path.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.path)
+        parts = self._parts()
+        upto = max(parts[-1][0] if parts else 0, self._upto())
+        _write_durably(records_to_table(records, {**meta, JOURNAL_KEY: upto}), self.path)
+        for _, part in parts:
+            part.unlink(missing_ok=True)
+        self._next = upto + 1
+
+    def _upto(self) -> int:
+        """The last journal part the table includes (0 without a table)."""
+        if not self.path.is_file():
+            return 0
+        try:
+            meta = pq.read_schema(self.path).metadata or {}
+        except Exception:  # unreadable: reading the table says so in one line
+            self._read(self.path)
+            raise
+        return int(json.loads(meta.get(META_KEY, b"{}")).get(JOURNAL_KEY, 0) or 0)
+
+    def _table(self) -> pa.Table | None:
+        return self._read(self.path) if self.path.is_file() else None
+
+    def _read(self, path: Path) -> pa.Table:
+        try:
+            return pq.read_table(path)
+        except Exception as e:  # a corrupt file is the user's to know about, in one line
+            what = FILENAME if path == self.path else f"{FILENAME} journal part {path.name}"
+            raise SweepDirError(f"sweep folder must hold a readable {what}, but reading it failed: "
+                                f"{' '.join(str(e).split())} ({path}); restore it from a copy of the sweep "
+                                f"folder: the rows cannot be rebuilt from elsewhere") from None
+
+    def _parts(self) -> list[tuple[int, Path]]:
+        if not self.journal.is_dir():
+            return []
+        return sorted((int(p.stem), p) for p in self.journal.glob("*.parquet") if p.stem.isdigit())
+
+    def _parts_after(self, meta: dict) -> list[tuple[int, Path]]:
+        upto = int(meta.get(JOURNAL_KEY, 0) or 0)
+        return [(n, p) for n, p in self._parts() if n > upto]
+
+
+def _write_durably(table: pa.Table, path: Path) -> None:
+    """Temporary file, fsync, rename over ``path``, fsync of the folder: all or nothing, and it lasts."""
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
