@@ -1,7 +1,8 @@
-"""Command line: ``sweep run | resume | report | select | prune | methods``.
+"""Command line: ``sweep run | resume | status | report | select | prune | methods``.
 
 Every user-facing error (a :class:`SweepError`) becomes one line on stderr and exit code 2;
-``--debug`` shows the traceback.  Ctrl-C exits with 130 after saving what finished.
+``--debug`` shows the traceback.  Ctrl-C exits with 130 after saving what finished; SIGTERM (what a
+cluster scheduler sends) takes the same path during ``run`` / ``resume`` and exits with 143.
 Heavy libraries are imported inside the commands so that ``sweep --help`` and ``sweep methods`` are quick.
 """
 
@@ -11,6 +12,7 @@ import argparse
 import math
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import SweepError
@@ -43,10 +45,11 @@ def _quiet_libraries() -> None:
 
 
 def _finish(outcome, cfg) -> int:
+    from .driver import SIGTERM
     from .report import front_table
 
     if outcome.interrupted:
-        return 130
+        return 143 if outcome.stop_reason == SIGTERM else 130
     import pandas as pd
 
     df = pd.DataFrame([r.to_row() for r in outcome.records])
@@ -54,6 +57,9 @@ def _finish(outcome, cfg) -> int:
     failed = sum(1 for r in outcome.records if r.status == "failed")
     _log("")
     _log(f"sweep {cfg.name}: {ok} ok, {failed} failed trial(s) in {outcome.wall_s:.0f} s")
+    if outcome.stop_reason:  # the time budget: a normal end, with the trials it has
+        _log(f"{outcome.stop_reason}: {ok + failed} of {cfg.search.trials} trials finished; continue with "
+             f"`sweep resume {outcome.sweep_dir}`")
     if outcome.fit_s and outcome.trials_run:
         c = outcome.concurrency
         overhead = (outcome.fit_s * c - outcome.trial_s) / outcome.trials_run
@@ -87,9 +93,46 @@ def cmd_run(args) -> int:
     _preflight(cfg)
     sweep_dir = Path(args.out) if args.out else Path("runs") / cfg.name
     _quiet_libraries()
-    outcome = run_sweep(cfg, sweep_dir, report_root=Path(args.reports), address=args.address,
-                        tracking_uri=args.tracking_uri, log=_log)
+    return _run_until_done(cfg, run_sweep, sweep_dir, report_root=Path(args.reports), address=args.address,
+                           tracking_uri=args.tracking_uri)
+
+
+def _run_until_done(cfg, run_sweep, sweep_dir: Path, **kwargs) -> int:
+    """``run_sweep`` with SIGTERM turned into the Ctrl-C path (see :func:`_sigterm_as_ctrl_c`)."""
+    with _sigterm_as_ctrl_c() as terminated:
+        try:
+            outcome = run_sweep(cfg, sweep_dir, log=_log, **kwargs)
+        except KeyboardInterrupt:
+            if not terminated:
+                raise
+            print("sweep: terminated", file=sys.stderr)
+            return 143
     return _finish(outcome, cfg)
+
+
+@contextmanager
+def _sigterm_as_ctrl_c():
+    """While a sweep runs, SIGTERM stops it the way Ctrl-C does: finished trials kept, running ones
+    recorded as stopped, MLflow runs closed; yields a list that is non-empty once SIGTERM came."""
+    import signal
+    import threading
+
+    from .driver import SIGTERM, interrupt
+
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield seen
+        return
+
+    def handler(signum, frame):
+        seen.append(signum)
+        interrupt(SIGTERM, frame)
+
+    prev = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGTERM, prev)
 
 
 def _preflight(cfg) -> None:
@@ -147,9 +190,16 @@ def cmd_resume(args) -> int:
     sweep_dir = Path(args.sweep_dir)
     cfg = SweepFolder(sweep_dir).config()
     _quiet_libraries()
-    outcome = run_sweep(cfg, sweep_dir, report_root=Path(args.reports), address=args.address, resume=True,
-                        log=_log)
-    return _finish(outcome, cfg)
+    return _run_until_done(cfg, run_sweep, sweep_dir, report_root=Path(args.reports), address=args.address,
+                           resume=True)
+
+
+def cmd_status(args) -> int:
+    from .status import status_lines
+
+    for line in status_lines(Path(args.sweep_dir)):
+        _log(line)
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -165,13 +215,19 @@ def cmd_report(args) -> int:
 
 
 def cmd_select(args) -> int:
+    from contextlib import nullcontext
+
+    from .folder import SweepFolder
     from .select import Budget, select
 
     budget = Budget(max_latency_ms=args.max_latency_ms, max_params=args.max_params, max_macs=args.max_macs,
                     min_accuracy=args.min_accuracy)
     _quiet_libraries()
-    d = select(Path(args.sweep_dir), budget, out=Path(args.out) if args.out else None,
-               export=not args.no_export, register=not args.no_register, log=_log)
+    folder = SweepFolder(Path(args.sweep_dir))
+    # one writer: no selection while a sweep writes the folder (a folder that is no sweep: select says so)
+    with folder.lock("sweep select") if folder.is_sweep() else nullcontext():
+        d = select(Path(args.sweep_dir), budget, out=Path(args.out) if args.out else None,
+                   export=not args.no_export, register=not args.no_register, log=_log)
     c = d["chosen"]
     agree = f"agreement {c['agreement']:.4f} (val), " if d["quality"] == "agreement" else ""
     _log(f"chosen: trial {c['trial_id']} ({c['method']}) {agree}accuracy {c['accuracy']:.4f} (val), "
@@ -303,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reports", default="reports")
     s.add_argument("--address")
     s.set_defaults(fn=cmd_resume)
+
+    st = sub.add_parser("status", help="what a sweep has done and is doing (starts no Ray)")
+    st.add_argument("sweep_dir")
+    st.set_defaults(fn=cmd_status)
 
     rep = sub.add_parser("report", help="regenerate a sweep's report from its trials.parquet")
     rep.add_argument("sweep_dir")

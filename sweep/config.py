@@ -212,20 +212,81 @@ TOP_KEYS = ("name", "seed", "labels", "model", "dataset", "baseline", "train", "
             "methods")
 
 
-def load_config(path: str | Path, *, name: str | None = None) -> SweepConfig:
-    """Read and validate a search-space YAML file."""
+def yaml_loader():
+    """A ``yaml.SafeLoader`` that rejects a key given twice in one mapping (PyYAML keeps the last).
+
+    Every YAML file the project reads goes through it (:func:`read_yaml`); a duplicate raises
+    :class:`DuplicateKeyError` with the key and both line numbers.  Keys brought in by a merge (``<<:``)
+    may still be overridden, as YAML allows."""
+    global _LOADER
+    if _LOADER is None:
+        import yaml
+
+        class DuplicateKeyError(yaml.constructor.ConstructorError):
+            def __init__(self, key, first, again):
+                super().__init__("while constructing a mapping", first,
+                                 f"found duplicate key {key!r} (first at line {first.line + 1})", again)
+                self.key, self.first_line, self.line = key, first.line + 1, again.line + 1
+
+        class UniqueKeyLoader(yaml.SafeLoader):
+            def construct_mapping(self, node, deep=False):
+                if isinstance(node, yaml.MappingNode):
+                    seen: dict = {}
+                    for key_node, _ in node.value:
+                        if key_node.tag == "tag:yaml.org,2002:merge":
+                            continue
+                        key = self.construct_object(key_node, deep=True)
+                        try:
+                            first = seen.setdefault(key, key_node.start_mark)
+                        except TypeError:  # an unhashable key: SafeLoader says so itself
+                            continue
+                        if first is not key_node.start_mark:
+                            raise DuplicateKeyError(key, first, key_node.start_mark)
+                return super().construct_mapping(node, deep=deep)
+
+        UniqueKeyLoader.DuplicateKeyError = DuplicateKeyError
+        _LOADER = UniqueKeyLoader
+    return _LOADER
+
+
+_LOADER = None
+
+
+def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
+    """Parse a YAML file as UTF-8 with :func:`yaml_loader`; every failure is one :class:`ConfigError`
+    naming the file (and the line, the key or the byte offset)."""
     import yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"search space file not found: {str(path)!r}")
     try:
-        data = yaml.safe_load(p.read_text())
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{what} must be readable, but got {type(e).__name__}: {e.strerror or e} ({p})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{what} must be UTF-8 text, but got byte 0x{raw[e.start]:02x} at byte offset {e.start} "
+                          f"(line {line}) ({p}); save it as UTF-8") from None
+    loader = yaml_loader()
+    try:
+        return yaml.load(text, Loader=loader)  # a SafeLoader subclass: no arbitrary objects
+    except loader.DuplicateKeyError as e:
+        raise ConfigError(f"keys must be unique in each YAML mapping, but got key {e.key!r} twice, at lines "
+                          f"{e.first_line} and {e.line} ({p})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"malformed YAML in {p}{at}: {problem}") from None
+
+
+def load_config(path: str | Path, *, name: str | None = None) -> SweepConfig:
+    """Read and validate a search-space YAML file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"search space file not found: {str(path)!r}")
+    data = read_yaml(p, "search space file")
     cfg = parse_config(data, source=str(p))
     if name:
         cfg = _with_name(cfg, name)

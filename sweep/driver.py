@@ -2,8 +2,16 @@
 
 ``run_sweep`` = baseline -> Ray Tune with Optuna's multi-objective sampler (one Ray trial per sampled
 configuration) -> records upserted into ``trials.parquet`` by a callback in this process (the single
-writer) -> front re-measured alone -> Pareto flags -> MLflow parent artefacts -> report.
-The sweep folder's layout belongs to :mod:`sweep.folder`; the front to :func:`sweep.pareto.front_flags`.
+writer, holding the folder's lock) -> front re-measured alone -> Pareto flags -> MLflow parent
+artefacts -> report.  The sweep folder's layout belongs to :mod:`sweep.folder`; the front to
+:func:`sweep.pareto.front_flags`.
+
+Every way out closes the books: the trials in flight become ``stopped`` rows naming why, their MLflow
+runs are closed as KILLED, and the parent run ends KILLED (Ctrl-C, SIGTERM through :func:`interrupt`),
+FINISHED (the time budget ran out: a normal end, re-measured and reported with the trials it has) or
+FAILED (the driver's own exception, re-raised).  Ctrl-C, SIGTERM and the time budget all stop Ray Tune
+the same way (its SIGINT handler: it saves its state with the running trials still to run, which is
+what ``sweep resume`` restores).
 """
 
 from __future__ import annotations
@@ -11,20 +19,32 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from .config import SweepConfig
-from .folder import SweepFolder, report_dir, sweep_meta
+from .errors import SweepError
+from .folder import HEARTBEAT_EVERY_S, SweepFolder, report_dir, sweep_meta
 from .pareto import DIRECTIONS
 from .results.schema import TrialRecord, with_front
 from .results.store import TrialStore, replace_by_id
 from .trial import TrialSpec, load_splits, prepare_baseline, run_trial, trial_threads
 
 EXPERIMENT = "tune"
+
+# why a sweep stopped early: the ``error`` of its stopped rows, the parent run's ``sweep.ended`` tag
+CTRL_C = "interrupted (Ctrl-C)"
+SIGTERM = "terminated (SIGTERM)"
+
+
+def budget_reason(seconds: float) -> str:
+    return f"time budget of {seconds:g} s ran out"
 
 
 @dataclass
@@ -39,6 +59,7 @@ class SweepOutcome:
     trials_run: int = 0
     concurrency: int = 1
     tracking_uri: str = ""
+    stop_reason: str | None = None  # why the sweep ended before its trials were all done (None: it did not)
 
 
 # ------------------------------------------------------------------------------- trainable (Ray worker)
@@ -103,7 +124,7 @@ class _Progress:
         self.t0 = time.time()
         self.done = already_done
         self.failed = 0
-        self.running: set[str] = set()
+        self.running: dict[str, tuple] = {}  # trial id -> (method, trial number), in flight now
         self.front = 0
         self.last_print = 0.0
 
@@ -132,18 +153,74 @@ class _CallbackState:
     progress: _Progress
     sink: object
     parent_id: str
+    folder: SweepFolder | None = None
+    fit_t0: float | None = None  # when Ray Tune started in this call (the time budget counts from here)
+    budget_reason: str | None = None  # set once the time budget ran out
+    last_beat: float = 0.0
+    beat_warned: bool = False
 
 
-# The callback object is pickled into Ray's experiment state and unpickled by `Tuner.restore`; it
-# must hold no state of its own, or a resumed sweep would report into the interrupted process's
-# objects.  It looks the live state up here instead.
+# Why this process was asked to stop (SIGTERM), set by :func:`interrupt`; cleared by each run_sweep.
+_STOP: dict[str, str] = {}
+
+
+def interrupt(reason: str, frame=None) -> None:
+    """Stop the running sweep the way Ctrl-C does, recording ``reason`` (call it from a signal handler).
+
+    Inside ``tuner.fit()`` this calls Ray Tune's SIGINT handler: Tune stops, saves its state (the running
+    trials stay to be re-run by ``sweep resume``) and returns; elsewhere Python's raises KeyboardInterrupt.
+    Either way ``run_sweep`` closes the books with ``reason``."""
+    _STOP.setdefault("reason", reason)
+    _stop_tune(frame)
+
+
+def _stop_tune(frame=None) -> None:
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:  # SIGINT ignored or default: nothing would stop Tune gracefully
+        raise KeyboardInterrupt
+
+
+def _beat(st: _CallbackState, **fields) -> None:
+    """The heartbeat `sweep status` reads: now, and the trials in flight. Never costs the sweep."""
+    st.last_beat = time.time()
+    if st.folder is None:
+        return
+    try:
+        st.folder.write_heartbeat(list(st.progress.running), **fields)
+    except Exception as e:
+        if not st.beat_warned:
+            st.beat_warned = True
+            st.progress.log(f"warning: the heartbeat in state.json could not be written: {type(e).__name__}: {e}")
+
+
+# The callback object is pickled into Ray's experiment state and unpickled by `Tuner.restore` (as a call
+# to `_make_callback`); it must hold no state of its own, or a resumed sweep would report into the
+# interrupted process's objects.  It looks the live state up here instead.
 _ACTIVE: dict[str, _CallbackState] = {}
 
 
 def _upsert(st: _CallbackState, new: list[TrialRecord]) -> list[TrialRecord]:
+    """Write ``new`` into the table, replacing rows of the same trial id.
+
+    A ``stopped`` row of another trial id with the same trial number is dropped too: that trial was
+    lost to Ray Tune (it started after Tune's last saved state, e.g. before a driver error), and the
+    restored searcher proposed the same number -- the same configuration and seed -- again."""
     records, _ = st.store.records()
-    records = with_front(replace_by_id(records, new), st.cfg.search.objectives)
+    numbers = {r.trial_number for r in new if r.trial_number is not None}
+    ids = {r.trial_id for r in new}
+    stale = {r.trial_id for r in records
+             if r.status == "stopped" and r.trial_number in numbers and r.trial_id not in ids}
+    records = with_front(replace_by_id([r for r in records if r.trial_id not in stale], new),
+                         st.cfg.search.objectives)
     st.store.write(records, st.meta)
+    if stale and st.sink is not None:
+        try:
+            st.sink.supersede_trial_runs(st.parent_id, stale)
+        except Exception as e:  # tracking is a mirror: the Parquet row is already safe
+            st.progress.log(f"warning: MLflow runs of {', '.join(sorted(stale))} could not be tagged superseded: "
+                            f"{type(e).__name__}: {e}")
     return records
 
 
@@ -157,9 +234,19 @@ def _live_state() -> _CallbackState:
 def _make_callback():
     from ray.tune import Callback
 
+    from .space import METHOD_PARAM, TRIAL_NUMBER
+
     class SweepCallback(Callback):
+        def __reduce__(self):
+            # Ray Tune pickles its callbacks into the experiment state; a class defined here would be
+            # pickled by value (its code frozen at the first run). Rebuilt by name, `sweep resume` runs
+            # the callback of the code installed now.
+            return (_make_callback, ())
+
         def on_trial_start(self, iteration, trials, trial, **info):
-            _live_state().progress.running.add(trial.trial_id)
+            st = _live_state()
+            st.progress.running[trial.trial_id] = (trial.config.get(METHOD_PARAM), trial.config.get(TRIAL_NUMBER))
+            _beat(st)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if "record_json" not in result:
@@ -168,7 +255,8 @@ def _make_callback():
             progress = st.progress
             rec = TrialRecord.from_json(result["record_json"])
             records = _upsert(st, [rec])
-            progress.running.discard(trial.trial_id)
+            progress.running.pop(trial.trial_id, None)
+            _beat(st)
             progress.done += 1
             progress.failed += rec.status != "ok"
             progress.front = sum(1 for r in records if r.on_front)
@@ -190,7 +278,9 @@ def _make_callback():
         def on_trial_error(self, iteration, trials, trial, **info):
             # the trainable catches trial errors itself; this is a crashed worker (e.g. killed for memory)
             st = _live_state()
-            st.progress.running.discard(trial.trial_id)
+            method, number = st.progress.running.pop(
+                trial.trial_id, (trial.config.get(METHOD_PARAM), trial.config.get(TRIAL_NUMBER)))
+            _beat(st)
             records, _ = st.store.records()
             if any(r.trial_id == trial.trial_id and r.status != "stopped" for r in records):
                 return
@@ -198,21 +288,34 @@ def _make_callback():
                 err = f"worker crashed: {str(trial.get_error())[:2000]}"
             except Exception as e:  # the error itself could not be read back from Ray
                 err = f"worker crashed (its error could not be read: {type(e).__name__})"
-            _upsert(st, [TrialRecord.unfinished(st.cfg.name, trial.trial_id, "failed", err,
-                                                method=trial.config.get("method"), ended_at=time.time())])
+            _upsert(st, [TrialRecord.unfinished(st.cfg.name, trial.trial_id, "failed", err, method=method,
+                                                ended_at=time.time()).replace(trial_number=number)])
             st.progress.done += 1
             st.progress.failed += 1
             st.progress.line(f"{trial.trial_id} FAILED: {err[:100]}")
 
         def on_step_end(self, iteration, trials, **info):
-            progress = _live_state().progress
-            if time.time() - progress.last_print > 30:
-                progress.line()
+            st = _live_state()
+            now = time.time()
+            budget = st.cfg.search.time_budget_s
+            if (budget is not None and st.budget_reason is None and st.fit_t0 is not None
+                    and now - st.fit_t0 >= budget):
+                st.budget_reason = budget_reason(budget)
+                st.progress.log(f"{st.budget_reason}: stopping the {len(st.progress.running)} running trial(s)")
+                _stop_tune()
+            if now - st.last_beat >= HEARTBEAT_EVERY_S:
+                _beat(st)
+            if now - st.progress.last_print > 30:
+                st.progress.line()
 
     return SweepCallback()
 
 
-def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None):
+def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None) -> bool:
+    """Start (or connect to) Ray; True when this call did, False when Ray was already up.
+
+    ``ray.init`` installs its own SIGTERM handler (exit at once); a handler the caller installed (the
+    CLI's: stop the sweep like Ctrl-C) is put back."""
     import logging
 
     import ray
@@ -222,16 +325,48 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None):
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if ray.is_initialized():
+        return False
+    main = threading.current_thread() is threading.main_thread()
+    caller_sigterm = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        else:
+            # embedded local Ray: no token auth, and session files in a short private temp folder
+            # (unix socket paths are limited to ~107 characters, too short for most sweep folders)
+            os.environ["RAY_AUTH_MODE"] = "disabled"
+            tmp = tempfile.mkdtemp(prefix="sweep-ray-")
+            ray.init(num_cpus=cpus or os.cpu_count() or 1, include_dashboard=False, logging_level=logging.ERROR,
+                     log_to_driver=False, _temp_dir=tmp, configure_logging=True)
+    finally:
+        if main and caller_sigterm not in (None, signal.SIG_DFL):
+            signal.signal(signal.SIGTERM, caller_sigterm)
+    return True
+
+
+def _ray_shutdown(started: bool, log) -> None:
+    """Stop the trials' workers for good (a stopped trial must not finish its MLflow run after we closed
+    it, nor share the machine with the re-measurement); only a Ray this sweep started."""
+    if not started:
         return
-    if address:
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
-        return
-    # embedded local Ray: no token auth, and session files in a short private temp folder
-    # (unix socket paths are limited to ~107 characters, too short for most sweep folders)
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    tmp = tempfile.mkdtemp(prefix="sweep-ray-")
-    ray.init(num_cpus=cpus or os.cpu_count() or 1, include_dashboard=False, logging_level=logging.ERROR,
-             log_to_driver=False, _temp_dir=tmp, configure_logging=True)
+    try:
+        import ray
+
+        ray.shutdown()
+    except Exception as e:
+        log(f"warning: Ray did not shut down cleanly: {type(e).__name__}: {e}")
+
+
+@contextmanager
+def _sigint_kept():
+    """Ray Tune installs its SIGINT handler for ``fit()`` and leaves it there: put the previous one back."""
+    main = threading.current_thread() is threading.main_thread()
+    prev = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if prev is not None:
+            signal.signal(signal.SIGINT, prev)
 
 
 def _tuner(cfg: SweepConfig, folder: SweepFolder, tracking: dict, callback, restore: bool):
@@ -244,6 +379,8 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, tracking: dict, callback, rest
         tune.with_parameters(sweep_trial, sweep_dir=str(folder.path), tracking=tracking),
         {"cpu": cfg.search.cpus_per_trial})
     storage = str(folder.ray_dir)
+    # no `time_budget_s` for Ray: its stopper would end the cut trials and the searcher for good, so that
+    # `resume` could not re-run them; the callback stops Tune the way Ctrl-C does instead (on_step_end)
     run_config = tune.RunConfig(name=EXPERIMENT, storage_path=storage, verbose=0, callbacks=[callback],
                                 failure_config=tune.FailureConfig(max_failures=0))
     exp_path = Path(storage) / EXPERIMENT
@@ -259,8 +396,7 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, tracking: dict, callback, rest
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=cfg.search.trials,
-                                    max_concurrent_trials=cfg.search.concurrency, reuse_actors=True,
-                                    time_budget_s=cfg.search.time_budget_s),
+                                    max_concurrent_trials=cfg.search.concurrency, reuse_actors=True),
         run_config=run_config,
     )
 
@@ -304,10 +440,23 @@ def _remeasure(cfg: SweepConfig, folder: SweepFolder, records: list[TrialRecord]
 def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = Path("reports"),
               address: str | None = None, tracking_uri: str | None = None, resume: bool = False,
               log=print) -> SweepOutcome:
+    """Run (or, with ``resume``, continue) the sweep in ``sweep_dir``, holding the folder's lock throughout."""
+    folder = SweepFolder(sweep_dir)
+    with folder.lock("sweep resume" if resume else "sweep run", new=not resume) as lock:
+        prev = lock.previous
+        if prev is not None and prev["pid"] != os.getpid():
+            log(f"note: took over the sweep folder's lock from pid {prev['pid']} on {prev.get('host', '?')} "
+                f"(`{prev.get('command', '?')}`), which no longer holds it")
+        return _run_locked(cfg, folder, report_root=report_root, address=address, tracking_uri=tracking_uri,
+                           resume=resume, log=log)
+
+
+def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | None, address: str | None,
+                tracking_uri: str | None, resume: bool, log) -> SweepOutcome:
     from .results.mlflow_sink import MlflowSink
 
     t0 = time.time()
-    folder = SweepFolder(sweep_dir)
+    _STOP.clear()
     if not resume:
         folder.create(cfg)
     state = folder.state()
@@ -331,76 +480,171 @@ def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = P
     folder.write_state(state)
 
     store = folder.store
-    records, _ = store.records()
-    if not any(r.is_baseline for r in records) or not folder.has_baseline():
-        brec = prepare_baseline(cfg, folder, log=log).replace(mlflow_run_id=parent_id)
-        base = folder.baseline()
-        records = with_front([r for r in records if not r.is_baseline] + [brec], cfg.search.objectives)
-        store.write(records, sweep_meta(cfg, base))
-        sink.log_metrics(parent_id, {f"baseline_{k}": base[k] for k in
-                                     ("accuracy", "test_accuracy", "params", "macs", "latency_ms")})
-        log(f"baseline: accuracy {base['accuracy']:.4f} (val) · params {base['params']:,} · "
-            f"MACs {base['macs']:,} · latency {base['latency_ms']:.3f} ms "
-            f"(batch {cfg.measure.latency_batch}, {base['latency']['threads']} thread(s), {cfg.measure.device})")
-    base = folder.baseline()
-    meta = sweep_meta(cfg, base)
-    records, _ = store.records()
-    done = sum(1 for r in records if not r.is_baseline and r.status in ("ok", "failed"))
-    progress = _Progress(cfg.search.trials, done, log)
-    interrupted = False
+    progress = _Progress(cfg.search.trials, 0, log)
+    st = _CallbackState(store, cfg, {}, progress, sink, parent_id, folder)
+    _beat(st, phase="baseline", outcome=None)
+    ray_started = False
     timing: dict = {}
-    if done < cfg.search.trials:
-        _ray_init(address, folder.path, None)
-        _ACTIVE["sweep"] = _CallbackState(store, cfg, meta, progress, sink, parent_id)
-        callback = _make_callback()
-        tracking = {"uri": uri, "experiment": experiment, "parent_run_id": parent_id}
-        tuner = _tuner(cfg, folder, tracking, callback, restore=resume)
-        log(f"running {cfg.search.trials - done} trial(s), {cfg.search.concurrency} at a time "
-            f"({cfg.search.sampler} sampler; objectives: {', '.join(cfg.search.objectives)})")
-        fit_t0 = time.time()
-        try:
-            tuner.fit()
-        except KeyboardInterrupt:
-            interrupted = True
-        fit_s = time.time() - fit_t0
+    try:
         records, _ = store.records()
-        this_run = [r for r in records if not r.is_baseline and r.ended_at is not None and r.wall_s
-                    and r.started_at is not None and r.started_at.timestamp() >= fit_t0]
-        timing = dict(fit_s=fit_s, trial_s=sum(r.wall_s for r in this_run), trials_run=len(this_run),
-                      concurrency=cfg.search.concurrency)
-        finished = sum(1 for r in records if not r.is_baseline and r.status in ("ok", "failed"))
-        budget_hit = cfg.search.time_budget_s is not None and time.time() - t0 >= cfg.search.time_budget_s
-        interrupted = interrupted or (finished < cfg.search.trials and not budget_hit)
-        if interrupted:
-            _mark_stopped(store, meta, progress.running, cfg)
-            sink.close_stale_children(parent_id)
+        if not any(r.is_baseline for r in records) or not folder.has_baseline():
+            brec = prepare_baseline(cfg, folder, log=log).replace(mlflow_run_id=parent_id)
+            base = folder.baseline()
+            records = with_front([r for r in records if not r.is_baseline] + [brec], cfg.search.objectives)
+            store.write(records, sweep_meta(cfg, base))
+            sink.log_metrics(parent_id, {f"baseline_{k}": base[k] for k in
+                                         ("accuracy", "test_accuracy", "params", "macs", "latency_ms")})
+            log(f"baseline: accuracy {base['accuracy']:.4f} (val) · params {base['params']:,} · "
+                f"MACs {base['macs']:,} · latency {base['latency_ms']:.3f} ms "
+                f"(batch {cfg.measure.latency_batch}, {base['latency']['threads']} thread(s), {cfg.measure.device})")
+        base = folder.baseline()
+        meta = st.meta = sweep_meta(cfg, base)
+        records, _ = store.records()
+        progress.done = progress.done0 = _finished(records)
+        reason = None
+        if progress.done < cfg.search.trials:
+            ray_started = _ray_init(address, folder.path, None)
+            _ACTIVE["sweep"] = st
+            callback = _make_callback()
+            tracking = {"uri": uri, "experiment": experiment, "parent_run_id": parent_id}
+            tuner = _tuner(cfg, folder, tracking, callback, restore=resume)
+            log(f"running {cfg.search.trials - progress.done} trial(s), {cfg.search.concurrency} at a time "
+                f"({cfg.search.sampler} sampler; objectives: {', '.join(cfg.search.objectives)})")
+            st.fit_t0 = progress.t0 = time.time()
+            _beat(st, phase="trials")
+            interrupted = False
+            try:
+                with _sigint_kept():
+                    tuner.fit()
+            except KeyboardInterrupt:  # a second Ctrl-C, or no Tune handler to stop gracefully
+                interrupted = True
+            timing = _timing(store, cfg, st.fit_t0)
+            finished = _finished(store.records()[0])
+            # Tune returned: all trials done, or stopped by SIGTERM, the time budget or Ctrl-C (which
+            # reaches Ray Tune's handler directly, so it is what remains when trials are left)
+            reason = _STOP.get("reason") or st.budget_reason or (
+                CTRL_C if interrupted or finished < cfg.search.trials else None)
+            if reason is not None:
+                _ray_shutdown(ray_started, log)
+                ray_started = False
+                _close_books(st, reason)
+            if reason is not None and reason != st.budget_reason:
+                return _interrupted(st, reason, t0, uri, timing)
+        _beat(st, phase="remeasure")
+        records, _ = store.records()
+        records = _remeasure(cfg, folder, records, log)
+        store.write(records, meta)
+        out_dir = None
+        if report_root is not None:
+            from .report import build_report
+
+            out_dir = report_dir(cfg.name, report_root)
+            build_report(folder.path, out_dir)
+        _log_parent_artifacts(sink, parent_id, records, cfg, base, out_dir)
+        _end_parent(st, "FINISHED", reason or "finished")
+        _beat(st, phase="done", outcome=reason or "finished")
+        return SweepOutcome(folder.path, out_dir, records, False, time.time() - t0, tracking_uri=uri,
+                            stop_reason=reason, **timing)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside Ray Tune (baseline, re-measurement, report)
+        _ray_shutdown(ray_started, log)
+        reason = _STOP.get("reason") or CTRL_C
+        _close_books(st, reason)
+        return _interrupted(st, reason, t0, uri, timing)
+    except BaseException as e:  # the driver's own error (in Tune, the callback, or around them): re-raised
+        _ray_shutdown(ray_started, log)
+        reason = f"driver error: {_error_text(e)}"
+        _close_books(st, reason)
+        _end_parent(st, "FAILED", reason)
+        _beat(st, phase="done", outcome=reason)
+        if not isinstance(e, SweepError):  # a SweepError's own line says what to do
+            log(f"{reason}; {progress.done} of {cfg.search.trials} trials finished and kept; "
+                f"continue with `sweep resume {folder.path}` once fixed")
+        raise
+    finally:
+        _ACTIVE.pop("sweep", None)
+
+
+def _error_text(e: BaseException) -> str:
+    """One line for an exception (Ray Tune wraps a callback's error in a TuneError whose message is the
+    whole traceback: its last line names the error)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Traceback (most recent call last)"):
+        return lines[-1][:300]
+    return f"{type(e).__name__}: {' '.join(lines)[:300]}"
+
+
+def _finished(records: list[TrialRecord]) -> int:
+    """Trials that are done for good: ok or failed (stopped ones are run again by `sweep resume`)."""
+    return sum(1 for r in records if not r.is_baseline and r.status in ("ok", "failed"))
+
+
+def _timing(store: TrialStore, cfg: SweepConfig, fit_t0: float) -> dict:
+    fit_s = time.time() - fit_t0
     records, _ = store.records()
-    if interrupted:
-        sink.end(parent_id, "KILLED")
-        log(f"interrupted: {progress.done} of {cfg.search.trials} trials finished and kept; "
-            f"continue with `sweep resume {folder.path}`")
-        return SweepOutcome(folder.path, None, records, True, time.time() - t0, tracking_uri=uri, **timing)
-
-    records = _remeasure(cfg, folder, records, log)
-    store.write(records, meta)
-    out_dir = None
-    if report_root is not None:
-        from .report import build_report
-
-        out_dir = report_dir(cfg.name, report_root)
-        build_report(folder.path, out_dir)
-    _log_parent_artifacts(sink, parent_id, records, cfg, base, out_dir)
-    sink.end(parent_id, "FINISHED")
-    return SweepOutcome(folder.path, out_dir, records, False, time.time() - t0, tracking_uri=uri, **timing)
+    this_run = [r for r in records if not r.is_baseline and r.ended_at is not None and r.wall_s
+                and r.started_at is not None and r.started_at.timestamp() >= fit_t0]
+    return dict(fit_s=fit_s, trial_s=sum(r.wall_s for r in this_run), trials_run=len(this_run),
+                concurrency=cfg.search.concurrency)
 
 
-def _mark_stopped(store: TrialStore, meta: dict, running: set, cfg: SweepConfig) -> None:
-    records, _ = store.records()
-    have = {r.trial_id for r in records}
-    new = [TrialRecord.unfinished(cfg.name, t, "stopped", "interrupted before it finished", ended_at=time.time())
-           for t in running if t not in have]
+def _interrupted(st: _CallbackState, reason: str, t0: float, uri: str, timing: dict) -> SweepOutcome:
+    """The end of an interrupted sweep (Ctrl-C, SIGTERM): parent KILLED, one line on how to continue."""
+    _end_parent(st, "KILLED", reason)
+    _beat(st, phase="done", outcome=reason)
+    records, _ = st.store.records()
+    st.progress.log(f"{reason}: {_finished(records)} of {st.cfg.search.trials} trials finished and kept; "
+                    f"continue with `sweep resume {st.folder.path}`")
+    return SweepOutcome(st.folder.path, None, records, True, time.time() - t0, tracking_uri=uri,
+                        stop_reason=reason, **timing)
+
+
+def _close_books(st: _CallbackState, reason: str) -> None:
+    """The trials in flight become ``stopped`` rows naming ``reason``; MLflow runs left RUNNING are KILLED.
+
+    Each step on its own: a failure is one warning line, never a mask over what stopped the sweep."""
+    log = st.progress.log
+    stopped = list(st.progress.running)
+    try:
+        _mark_stopped(st, reason)
+    except Exception as e:
+        log(f"warning: the stopped trials could not be recorded: {type(e).__name__}: {e}")
+    st.progress.running.clear()
+    if st.sink is None:
+        return
+    try:
+        # the stopped trials' runs (a trial may have ended its run during Tune's graceful stop, but its
+        # result never reached the table), then any run still RUNNING (a trial Tune had just started)
+        n = st.sink.kill_trial_runs(st.parent_id, stopped, reason) + st.sink.close_stale_children(st.parent_id)
+        if n:
+            log(f"closed {n} MLflow run(s) of stopped trials as KILLED")
+    except Exception as e:
+        log(f"warning: MLflow runs of the stopped trials could not be closed: {type(e).__name__}: {e}")
+
+
+def _end_parent(st: _CallbackState, status: str, ended: str) -> None:
+    """Close the parent run with ``status``; its ``sweep.ended`` tag says how the sweep ended."""
+    if st.sink is None:
+        return
+    try:
+        st.sink.set_tags(st.parent_id, {"sweep.ended": ended})
+        st.sink.end(st.parent_id, status)
+    except Exception as e:
+        st.progress.log(f"warning: the MLflow parent run could not be closed as {status}: {type(e).__name__}: {e}")
+
+
+def _mark_stopped(st: _CallbackState, reason: str) -> None:
+    """A ``stopped`` row for each trial in flight (one that already finished keeps its row)."""
+    if not st.progress.running:
+        return
+    records, _ = st.store.records()
+    have = {r.trial_id: r for r in records}
+    now = time.time()
+    new = [TrialRecord.unfinished(st.cfg.name, tid, "stopped", reason, method=method, ended_at=now)
+           .replace(trial_number=number)
+           for tid, (method, number) in st.progress.running.items()
+           if tid not in have or have[tid].status == "stopped"]
     if new:
-        store.write(with_front(records + new, cfg.search.objectives), meta)
+        st.store.write(with_front(replace_by_id(records, new), st.cfg.search.objectives), st.meta)
 
 
 def _log_parent_artifacts(sink, parent_id, records: list[TrialRecord], cfg, base, out_dir) -> None:

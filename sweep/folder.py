@@ -3,7 +3,8 @@
 Layout (the README's "Where things go" table)::
 
     sweep.yaml            the search space the sweep runs (what ``resume`` reloads)
-    state.json            tracking URI, MLflow experiment and parent run id
+    state.json            tracking URI, MLflow experiment and parent run id; the driver's heartbeat
+    .lock                 the writer's lock (flock) and who holds it: pid, host, command
     trials.parquet        the source of truth (:mod:`sweep.results.store`)
     baseline/model.pt     the trained dense model; baseline/summary.json its figures
     models/<trial>.pt     each trial's pruned model
@@ -14,13 +15,15 @@ Layout (the README's "Where things go" table)::
 Conventions: every JSON file is written atomically (temporary file + rename); saved models are
 whole-module pickles, so they are loaded only from inside the folder that wrote them; the report goes
 to ``reports/<name>/`` outside the folder (:func:`report_dir`).  ``select``, ``report`` and ``cli``
-reach a sweep through this module, never through the Ray driver.
+reach a sweep through this module, never through the Ray driver.  One process writes a sweep folder
+at a time: ``sweep run`` / ``resume`` / ``select`` hold :meth:`SweepFolder.lock` while they write.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,8 @@ RAY_DIR = "ray"
 SELECTED_DIR = "selected"
 MLFLOW_DB = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
+LOCK_FILE = ".lock"
+HEARTBEAT_EVERY_S = 30.0  # the driver rewrites state.json's heartbeat at least this often while trials run
 REPORTS_ROOT = Path("reports")
 
 
@@ -74,6 +79,10 @@ class SweepFolder:
         return self.path / ARTIFACTS_DIR
 
     @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    @property
     def default_tracking_uri(self) -> str:
         """The embedded MLflow store: sqlite in the folder (absolute, so it works from any cwd)."""
         return f"sqlite:///{self.path / MLFLOW_DB}"
@@ -98,7 +107,7 @@ class SweepFolder:
         """Make the folder for a new sweep and write ``sweep.yaml``; refuse a folder in use."""
         import yaml
 
-        if self.path.exists() and any(self.path.iterdir()):
+        if self.path.exists() and any(p.name != LOCK_FILE for p in self.path.iterdir()):
             if self.is_sweep():
                 raise SweepDirError(f"sweep folder already exists: {self.path}; continue it with "
                                     f"`sweep resume {self.path}` or choose another --name/--out")
@@ -114,24 +123,73 @@ class SweepFolder:
     def config(self):
         """The sweep's configuration, from ``sweep.yaml``."""
         from .config import load_config
+        from .errors import ConfigError
 
         if not self.is_sweep():
             raise SweepDirError(f"not a sweep folder (no {CONFIG_FILE}): {self.path}")
-        return load_config(self.config_path)
+        try:
+            return load_config(self.config_path)
+        except ConfigError as e:
+            raise SweepDirError(f"{e}; {CONFIG_FILE} is the search space this sweep runs (`sweep run` wrote it): "
+                                f"restore it, or fix what is named") from None
 
     def state(self) -> dict:
-        return json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
+        """``state.json`` ({} when absent); an unreadable one is a one-line :class:`SweepDirError`."""
+        if not self.state_path.is_file():
+            return {}
+        state = _read_json(self.state_path, f"{STATE_FILE} (MLflow tracking URI, experiment, parent run)", _STATE_HINT)
+        if not isinstance(state, dict):
+            raise SweepDirError(f"{STATE_FILE} must hold a JSON object, but got {type(state).__name__} "
+                                f"({self.state_path}); {_STATE_HINT}")
+        return state
 
     def write_state(self, state: dict) -> None:
         _write_atomic(self.state_path, json.dumps(state, indent=2, default=str))
 
+    def write_heartbeat(self, running, **fields) -> None:
+        """The driver is alive: ``state.json``'s ``heartbeat`` (epoch seconds) and the trials running now
+        (``running``: trial ids), plus any ``fields`` (e.g. ``outcome`` when the driver ends)."""
+        state = self.state()
+        state.update(heartbeat=time.time(), running=sorted(running), driver_pid=os.getpid(), **fields)
+        self.write_state(state)
+
+    # ------------------------------------------------------------------ the writer's lock
+    def lock(self, command: str, *, new: bool = False) -> "FolderLock":
+        """The exclusive writer's lock of this folder, as a context manager (see :class:`FolderLock`).
+
+        ``new``: the folder may not exist yet or be empty (``sweep run``); otherwise it must be a sweep.
+        Nothing is created in a folder that is not a sweep folder."""
+        if new:
+            if self.path.exists() and not self.is_sweep() and any(p.name != LOCK_FILE for p in self.path.iterdir()):
+                raise SweepDirError(f"output folder is not empty and not a sweep folder: {self.path}")
+            self.path.mkdir(parents=True, exist_ok=True)
+        elif not self.is_sweep():
+            raise SweepDirError(f"not a sweep folder (no {CONFIG_FILE}): {self.path}")
+        return FolderLock(self.lock_path, command)
+
+    def lock_holder(self) -> dict | None:
+        """Who holds (or last held, if it died without releasing) the lock: pid, host, command, since."""
+        return read_lock_holder(self.lock_path)
+
     # ------------------------------------------------------------------ baseline
     def baseline(self) -> dict:
-        """The dense baseline's figures (``baseline/summary.json``)."""
+        """The dense baseline's figures (``baseline/summary.json``).
+
+        Both baseline files are checked here, before anything starts from them: an unreadable summary
+        or a truncated ``baseline/model.pt`` is a one-line :class:`SweepDirError` naming the file."""
         p = self.path / BASELINE_SUMMARY
         if not p.is_file():
             raise SweepDirError(f"not a sweep folder (no {BASELINE_SUMMARY}): {self.path}")
-        return json.loads(p.read_text())
+        summary = _read_json(p, f"{BASELINE_SUMMARY} (the dense baseline's figures)", _BASELINE_HINT)
+        missing = [k for k in BASELINE_FIGURES if not isinstance(summary, dict) or not _is_number(summary.get(k))]
+        if missing:
+            got = (f"{missing[0]}={summary.get(missing[0])!r}" if isinstance(summary, dict)
+                   else f"a JSON {type(summary).__name__}")
+            raise SweepDirError(f"{BASELINE_SUMMARY} must hold the baseline's figures "
+                                f"({', '.join(BASELINE_FIGURES)}) as numbers, but got {got} ({p}); "
+                                f"{_BASELINE_HINT}")
+        self._check_model_file(BASELINE_MODEL)
+        return summary
 
     def write_baseline(self, model, summary: dict) -> str:
         """Save the dense model and its figures; return the model's path relative to the folder."""
@@ -163,7 +221,25 @@ class SweepFolder:
             raise SweepDirError(f"model path must lie inside the sweep folder {self.path}, but got {rel!r}")
         if not path.is_file():
             raise SweepDirError(f"saved model not found: {path}")
-        return torch.load(path, map_location="cpu", weights_only=False)
+        self._check_model_file(rel)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # truncated, overwritten, or pickled from code that is gone
+            raise SweepDirError(_unreadable_model(rel, path, e)) from None
+
+    def _check_model_file(self, rel: str) -> None:
+        """A cheap check that a saved model is a whole torch archive (a truncated one has no zip directory)."""
+        import zipfile
+
+        path = (self.path / rel).resolve()
+        if not path.is_file():
+            raise SweepDirError(f"saved model not found: {path}")
+        try:
+            with zipfile.ZipFile(path) as z:
+                if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist()):
+                    raise zipfile.BadZipFile("no data.pkl in the archive")
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise SweepDirError(_unreadable_model(rel, path, e)) from None
 
     # ------------------------------------------------------------------ results
     def results(self) -> tuple[list, dict]:
@@ -184,6 +260,126 @@ def sweep_meta(cfg, baseline: dict) -> dict:
     return {"name": cfg.name, "objectives": list(cfg.search.objectives), "baseline": figures,
             "labels": cfg.labels, "quality": cfg.quality, "model": cfg.model.name, "dataset": cfg.dataset.name,
             "methods": [m.name for m in cfg.methods], "trials": cfg.search.trials}
+
+
+BASELINE_FIGURES = ("accuracy", "test_accuracy", "params", "macs", "latency_ms")
+_BASELINE_HINT = ("the dense baseline every trial starts from cannot be rebuilt in place: restore baseline/ "
+                  "from a copy of the sweep folder, or run the sweep again into a new folder")
+_STATE_HINT = ("it only records where the sweep logs to MLflow: restore it, or delete it (`sweep resume` then "
+               "logs to a new MLflow parent run)")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or "no details"
+    return f"{type(e).__name__}: {text[:200]}"
+
+
+def _read_json(path: Path, what: str, hint: str):
+    """Parse one JSON file of the folder; an unreadable one is a one-line error naming it and what to do."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise SweepDirError(f"{what} must be readable JSON, but reading it failed: {_reason(e)} ({path}); "
+                            f"{hint}") from None
+
+
+def _unreadable_model(rel: str, path: Path, e: BaseException) -> str:
+    if rel == BASELINE_MODEL:
+        hint = _BASELINE_HINT
+    else:
+        hint = ("restore it from a copy of the sweep folder (one trial's model cannot be re-created alone); "
+                "an unreadable model is never skipped silently")
+    return f"saved model {rel} must be a readable torch file, but it is not ({_reason(e)}) ({path}); {hint}"
+
+
+class FolderLock:
+    """One writer per sweep folder: an exclusive ``fcntl.flock`` on ``<folder>/.lock``.
+
+    The file records the holder (pid, host, command, since) so that a second writer's error can name
+    it.  The kernel releases a ``flock`` when its process dies, so a lock that can be acquired is not
+    held: a stale one (its holder was killed) is simply taken over, and ``previous`` keeps what it
+    recorded.  A clean release empties the file.  (On NFS, ``flock`` is as reliable as the server's lock
+    manager.)"""
+
+    def __init__(self, path: Path, command: str):
+        self.path, self.command = Path(path), command
+        self.fd: int | None = None
+        self.previous: dict | None = None
+        self.holder: dict | None = None
+
+    def acquire(self) -> "FolderLock":
+        import fcntl
+        import socket
+        import sys
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SweepDirError(_in_use(self.path, read_lock_holder(self.path))) from None
+        except OSError as e:
+            os.close(fd)
+            raise SweepDirError(f"sweep folder lock must be lockable, but flock failed: {e} ({self.path})") from None
+        self.previous = read_lock_holder(self.path)
+        self.holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+                       "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "argv": list(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(self.holder).encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        import fcntl
+
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            os.ftruncate(fd, 0)  # released cleanly: nobody holds it
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def read_lock_holder(path: Path) -> dict | None:
+    """The holder a lock file records (None when empty or unreadable: nobody, or a holder mid-write)."""
+    try:
+        holder = json.loads(Path(path).read_text() or "null")
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def _in_use(lock_path: Path, holder: dict | None) -> str:
+    if holder is None:
+        return (f"sweep folder must have one writer at a time, but another process holds it (it has not "
+                f"recorded its pid yet) ({lock_path}); wait for it to end")
+    pid = holder["pid"]
+    return (f"sweep folder must have one writer at a time, but pid {pid} on {holder.get('host', '?')} holds it "
+            f"(`{holder.get('command', '?')}` since {holder.get('since', '?')}) ({lock_path}); wait for it to "
+            f"end, or stop it first (`kill {pid}`: a stopped sweep continues with `sweep resume`)")
 
 
 def _write_atomic(path: Path, text: str) -> None:

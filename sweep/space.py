@@ -93,3 +93,55 @@ def make_sampler(name: str, *, seed: int, n_trials: int):
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, but got sampler={name!r} (search.sampler)")
+
+
+def distributions(cfg: SweepConfig, method: str) -> dict:
+    """Optuna distributions of the parameters a trial of ``method`` samples (what :class:`DefineByRun`
+    suggests for it): the method itself when the space has several, and its non-fixed knobs."""
+    import optuna.distributions as od
+
+    out: dict = {}
+    methods = [m.name for m in cfg.methods]
+    if len(methods) > 1:
+        out[METHOD_PARAM] = od.CategoricalDistribution(methods)
+    kinds = {k.name: k.kind for k in get_method(method).knobs}
+    for knob, dist in next(m.knobs for m in cfg.methods if m.name == method).items():
+        name = param_name(method, knob)
+        if "choices" in dist:
+            out[name] = od.CategoricalDistribution(dist["choices"])
+        elif "low" in dist and kinds[knob] == "int":
+            out[name] = od.IntDistribution(dist["low"], dist["high"], step=dist.get("step", 1), log=dist["log"])
+        elif "low" in dist:
+            out[name] = od.FloatDistribution(dist["low"], dist["high"], step=dist.get("step"), log=dist["log"])
+    return out
+
+
+def study_with_history(cfg: SweepConfig, told: list, rerun: list, sampler, name: str = "sweep"):
+    """An Optuna study (in memory) that already knows the sweep's finished trials, for a resumed sweep.
+
+    ``told``: ``(method, knobs, values or None)`` of every finished trial, in order (None: it failed);
+    ``rerun``: ``(method, knobs)`` of trials that were cut short, enqueued to run again first.  Trial
+    numbers, and so seeds, continue after the told trials: nothing repeats.  Returns
+    ``(storage, study name)`` for ``OptunaSearch(storage=..., study_name=...)``, which loads it.
+    """
+    import optuna
+
+    from .pareto import DIRECTIONS
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
+                                directions=["maximize" if DIRECTIONS[o] == "max" else "minimize"
+                                            for o in cfg.search.objectives])
+    for method, knobs, values in told:
+        dists = distributions(cfg, method)
+        params = {n: _param_value(method, n, knobs) for n in dists}
+        state = optuna.trial.TrialState.COMPLETE if values is not None else optuna.trial.TrialState.FAIL
+        study.add_trial(optuna.trial.create_trial(state=state, values=values, params=params, distributions=dists))
+    for method, knobs in rerun:
+        dists = distributions(cfg, method)
+        study.enqueue_trial({n: _param_value(method, n, knobs) for n in dists})
+    return storage, name
+
+
+def _param_value(method: str, name: str, knobs: dict):
+    return method if name == METHOD_PARAM else knobs[name[len(method) + 1:]]

@@ -15,8 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from .config import SweepConfig
-from .errors import TrialFailure
-from .folder import SweepFolder
+from .errors import ConfigError, TrialFailure
+from .folder import CONFIG_FILE, SweepFolder
 from .methods.context import Loaders, build_context, make_loaders
 from .results.schema import BASELINE_ID, TrialRecord
 
@@ -42,15 +42,19 @@ class Figures:
 
 # ------------------------------------------------------------------------------- data + models
 @lru_cache(maxsize=4)
-def _splits(name: str, options_json: str, seed: int):
+def _splits(name: str, options_json: str, seed: int, stratify: bool = True):
     from .data import load_dataset
 
-    return load_dataset(name, json.loads(options_json), seed=seed, where="dataset")
+    return load_dataset(name, json.loads(options_json), seed=seed, where="dataset", stratify=stratify)
 
 
 def load_splits(cfg: SweepConfig):
-    """The sweep's data, cached per process (Ray workers reuse it across trials)."""
-    return _splits(cfg.dataset.name, json.dumps(cfg.dataset.options, sort_keys=True), cfg.seed)
+    """The sweep's data, cached per process (Ray workers reuse it across trials).
+
+    In a label-free sweep every split and subset is drawn without reading a label (no stratification),
+    so labels never decide which items the device side sees."""
+    return _splits(cfg.dataset.name, json.dumps(cfg.dataset.options, sort_keys=True), cfg.seed,
+                   not cfg.label_free)
 
 
 @dataclass
@@ -127,17 +131,21 @@ def prepare_baseline(cfg: SweepConfig, folder: SweepFolder, log=print) -> TrialR
     model = build_model(cfg.model.name, num_classes=splits.num_classes, in_channels=c, input_size=h,
                         checkpoint=ckpt, where=f"{cfg.source}: model")
     data = trial_data(cfg, splits, cfg.seed)
-    epochs = 0
-    if cfg.baseline.path is None and cfg.baseline.train.epochs > 0:
-        b = cfg.baseline.train
+    b, epochs = cfg.baseline.train, 0
+    if cfg.baseline.path is None and b.epochs > 0:
         epochs = b.epochs
         what = (f"the teacher on a labelled cloud split ({cfg.baseline.cloud_fraction:.0%} of the training data, "
                 f"kept apart from the unlabeled device data)" if cfg.baseline.cloud_fraction else "the dense baseline")
         log(f"training {what}: {cfg.model.name} on {cfg.dataset.name}, {b.epochs} epochs")
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-        train(model, data.teacher_train, epochs=b.epochs, lr=b.lr, momentum=b.momentum,
-              weight_decay=b.weight_decay, optimizer=b.optimizer, device=cfg.measure.device)
-    fig = measure_all(cfg, model, splits, data, trial_threads(cfg))
+    # nothing is written before the model is trained and measured: a failure leaves no baseline behind
+    try:
+        if epochs:
+            train(model, data.teacher_train, epochs=b.epochs, lr=b.lr, momentum=b.momentum,
+                  weight_decay=b.weight_decay, optimizer=b.optimizer, device=cfg.measure.device)
+        fig = measure_all(cfg, model, splits, data, trial_threads(cfg))
+    except TrialFailure as e:
+        raise _baseline_failure(cfg, folder, str(e), trained=bool(epochs)) from None
     summary = {"accuracy": fig.accuracy, "test_accuracy": fig.test_accuracy, "agreement": 1.0, "params": fig.params,
                "macs": fig.macs, "latency_ms": fig.latency["median_ms"], "latency": fig.latency,
                "model": cfg.model.name, "dataset": cfg.dataset.name, "epochs": epochs,
@@ -152,6 +160,24 @@ def prepare_baseline(cfg: SweepConfig, folder: SweepFolder, log=print) -> TrialR
         params_ratio=1.0, macs_ratio=1.0, latency_ratio=1.0,
         model_path=rel, seed=cfg.seed, finetune_epochs=epochs, wall_s=ended - started,
         started_at=started, ended_at=ended, info=json.dumps({"summary": summary}))
+
+
+def _baseline_failure(cfg: SweepConfig, folder: SweepFolder, error: str, trained: bool) -> ConfigError:
+    """The one-line error of a baseline that diverged in training (or a given model with non-finite outputs)."""
+    detail = error.removeprefix("diverged: ")
+    if not trained:
+        key = "baseline.path" if cfg.baseline.path else "model.checkpoint" if cfg.model.checkpoint else "model.name"
+        value = cfg.baseline.path or cfg.model.checkpoint or cfg.model.name
+        hint = "; check the checkpoint" if key != "model.name" else ""
+        return ConfigError(f"the baseline model must give finite outputs, but {key}={value!r} gives {detail} "
+                           f"({cfg.source}: {key}){hint}")
+    raw = cfg.raw.get("baseline")
+    given = raw.get("lr") if isinstance(raw, dict) else None
+    lr = given if isinstance(given, str) else f"{cfg.baseline.train.lr:g}"
+    where = f"{cfg.source}: baseline.lr" + ("" if given is not None else ", the default")
+    return ConfigError(f"baseline training must converge, but it diverged at baseline.lr={lr} ({where}): {detail}; "
+                       f"try a smaller baseline.lr (the sweep folder {folder.path} holds no baseline yet: fix "
+                       f"baseline.lr in its {CONFIG_FILE} and `sweep resume` it, or remove it and run again)")
 
 
 def _latency_fields(lat: dict) -> dict:

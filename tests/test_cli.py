@@ -114,6 +114,23 @@ def test_run_missing_yaml(cwd, capsys):
     assert listing(cwd) == []
 
 
+def test_run_non_utf8_space_names_the_file_and_the_byte(cwd, capsys):
+    space = cwd / "space.yaml"
+    space.write_bytes(GOOD.encode().replace(b"name: clitest", b"name: clitest # \xe9t\xe9", 1))
+    assert main(["run", str(space), "--out", str(cwd / "out")]) == 2
+    assert_one_line_error(capsys, f"sweep: error: search space file must be UTF-8 text, but got byte 0xe9 at byte "
+                          f"offset 16 (line 1) ({space}); save it as UTF-8")
+    assert listing(cwd) == ["space.yaml"]
+
+
+def test_run_duplicate_key_names_the_key_the_lines_and_the_file(cwd, capsys):
+    space = write(cwd, GOOD.replace("name: digits", "name: digits\n  name: synthetic"))
+    assert main(["run", str(space), "--out", str(cwd / "out")]) == 2
+    assert_one_line_error(capsys, "sweep: error: keys must be unique in each YAML mapping, but got key 'name' twice, "
+                          f"at lines 5 and 6 ({space})")
+    assert listing(cwd) == ["space.yaml"]
+
+
 def test_run_unknown_dataset_lists_valid_names(cwd, capsys):
     from sweep.data import dataset_names
 

@@ -114,6 +114,52 @@ def test_malformed_yaml_gives_the_line(tmp_path):
     assert int(m.group(1)) in (4, 5)  # the line of the broken flow sequence (or where the parser noticed)
 
 
+def test_duplicate_key_names_the_key_its_lines_and_the_file(tmp_path):
+    p = write(tmp_path, BASE + "baseline:\n  epochs: 2\n  lr: 0.1\n  lr: 0.2\n")
+    assert error_of(p) == f"keys must be unique in each YAML mapping, but got key 'lr' twice, at lines 11 and 12 ({p})"
+
+
+def test_duplicate_top_level_key_is_rejected_too(tmp_path):
+    p = write(tmp_path, BASE + "name: u\n")
+    assert error_of(p) == f"keys must be unique in each YAML mapping, but got key 'name' twice, at lines 1 and 9 ({p})"
+
+
+def test_duplicate_key_in_a_flow_mapping(tmp_path):
+    p = write(tmp_path, BASE.replace("{low: 0.1, high: 0.9}", "{low: 0.1, low: 0.2, high: 0.9}"))
+    assert error_of(p) == f"keys must be unique in each YAML mapping, but got key 'low' twice, at lines 8 and 8 ({p})"
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path):
+    from sweep.config import read_yaml
+
+    p = write(tmp_path, "a: &x {b: 1, c: 2}\nd:\n  <<: *x\n  b: 3\n")
+    assert read_yaml(p) == {"a": {"b": 1, "c": 2}, "d": {"b": 3, "c": 2}}
+
+
+def test_same_key_in_different_mappings_is_fine(tmp_path):
+    p = write(tmp_path, BASE + "baseline: {epochs: 2, lr: 0.1}\nfinetune: {epochs: 2, lr: 0.1}\n")
+    assert load_config(p).finetune.lr == 0.1
+
+
+def test_non_utf8_file_names_the_byte_offset(tmp_path):
+    p = tmp_path / "space.yaml"
+    p.write_bytes(BASE.encode().replace(b"name: t", b"name: t  # caf\xe9", 1))
+    assert error_of(p) == (f"search space file must be UTF-8 text, but got byte 0xe9 at byte offset 14 (line 1) "
+                           f"({p}); save it as UTF-8")
+
+
+def test_utf16_file_fails_at_offset_0(tmp_path):
+    p = tmp_path / "space.yaml"
+    p.write_bytes(BASE.encode("utf-16"))
+    assert error_of(p).startswith("search space file must be UTF-8 text, but got byte 0xff at byte offset 0 (line 1)")
+
+
+def test_utf8_with_bom_and_non_ascii_comments_is_read(tmp_path):
+    p = tmp_path / "space.yaml"
+    p.write_bytes(b"\xef\xbb\xbf" + BASE.replace("name: t", "name: t  # caf\u00e9").encode())
+    assert load_config(p).name == "t"
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="search space file not found"):
         load_config(tmp_path / "nope.yaml")

@@ -318,3 +318,134 @@ def test_digits_epoch_is_fast():
         best = min(best, time.perf_counter() - t)
     assert n == len(s.train)
     assert best < 0.05, f"a digits epoch took {best * 1e3:.1f} ms"
+
+
+# ------------------------------------------------------------------ label-free splits and subsets
+# Indices computed by the code before label-free splitting existed (same seeds): supervised sweeps
+# must keep drawing exactly these.
+def test_supervised_subsets_and_splits_are_unchanged():
+    from sweep.data.base import rng_for, split_indices, subset
+
+    labels = np.arange(40) % 4
+    ds = TensorDataset(torch.arange(40).float()[:, None], torch.as_tensor(labels))
+    assert subset(ds, 10, rng_for(0, 11)).tensors[0][:, 0].long().tolist() == [2, 3, 4, 11, 21, 22, 26, 29, 35, 36]
+
+    opts = {"num_classes": 3, "input_shape": [1, 4, 4], "n_train": 60}
+    full = load_dataset("synthetic", opts, seed=3).train.tensors[0].flatten(1)
+    sub = load_dataset("synthetic", {**opts, "train_subset": 12}, seed=3).train.tensors[0].flatten(1)
+    assert [int((full == r).all(1).nonzero()[0]) for r in sub] == [7, 8, 9, 13, 14, 17, 23, 28, 31, 36, 38, 39]
+
+    from sklearn.datasets import load_digits
+
+    y = load_digits().target
+    rest, test = split_indices(y, 0.2, rng_for(0, 1))
+    tr, va = split_indices(y[rest], 0.2, rng_for(0, 2))
+    assert test[:10].tolist() == [1, 8, 19, 31, 33, 44, 47, 49, 56, 58]
+    assert rest[va][:10].tolist() == [3, 9, 18, 28, 32, 35, 38, 40, 41, 51]
+    assert rest[tr][:10].tolist() == [0, 2, 4, 5, 6, 7, 10, 11, 12, 13]
+
+    s = load_dataset("digits", {}, seed=0)
+    assert (len(s.train), len(s.val), len(s.test)) == (1150, 288, 359)
+    assert s.train.tensors[1][:20].tolist() == [0, 2, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5]
+    assert s.val.tensors[1][:20].tolist() == [3, 9, 8, 8, 5, 5, 8, 8, 4, 2, 7, 8, 2, 3, 3, 6, 5, 1, 3, 1]
+    assert s.test.tensors[1][:20].tolist() == [1, 8, 9, 9, 5, 7, 1, 0, 1, 6, 3, 0, 2, 0, 1, 7, 3, 0, 6, 9]
+    subx = load_dataset("digits", {"train_subset": 50}, seed=0).train.tensors[0].flatten(1)
+    fx = s.train.tensors[0].flatten(1)
+    pos = [int((fx == r).all(1).nonzero()[0][0]) for r in subx]
+    assert pos[:15] == [11, 20, 29, 70, 126, 134, 140, 194, 195, 247, 249, 252, 269, 272, 292]
+
+
+def _random_labels(y: np.ndarray, seed: int = 99) -> np.ndarray:
+    bad = np.random.default_rng(seed).integers(0, int(y.max()) + 1, size=len(y))
+    assert (bad != y).mean() > 0.5
+    return bad
+
+
+def test_label_free_subset_reads_no_label():
+    from sweep.data.base import rng_for, subset
+
+    x = torch.arange(200).float()[:, None]
+    y = torch.as_tensor(np.arange(200) % 5)
+    true = subset(TensorDataset(x, y), 30, rng_for(4, 11), stratify=False)
+    shuffled = y[torch.randperm(200, generator=torch.Generator().manual_seed(1))]
+    for bad in (torch.as_tensor(_random_labels(y.numpy())), shuffled):
+        garbage = subset(TensorDataset(x, bad), 30, rng_for(4, 11), stratify=False)
+        assert torch.equal(garbage.tensors[0], true.tensors[0])
+    # a Subset (non-tensor datasets) takes the same label-blind path
+    wrapped = subset(Subset(TensorDataset(x, y), list(range(200))), 30, rng_for(4, 11), stratify=False)
+    assert torch.equal(torch.stack([wrapped[i][0] for i in range(30)]), true.tensors[0])
+
+
+@pytest.fixture
+def garbage_digits(monkeypatch):
+    """A function that makes scikit-learn's digits come with random targets (same images) from then on."""
+    import sklearn.datasets
+    from sklearn.utils import Bunch
+
+    real = sklearn.datasets.load_digits()
+    fake = Bunch(images=real.images.copy(), target=_random_labels(real.target))
+
+    def use_garbage():
+        monkeypatch.setattr(sklearn.datasets, "load_digits", lambda *a, **k: fake)
+
+    return use_garbage
+
+
+def test_label_free_digits_splits_and_subsets_choose_the_same_images_whatever_the_labels(garbage_digits):
+    opts = {"train_subset": 300, "val_subset": 100, "test_subset": 90}
+    true = load_dataset("digits", opts, seed=2, stratify=False)
+    true_sup = load_dataset("digits", opts, seed=2)
+    garbage_digits()
+    dirty = load_dataset("digits", opts, seed=2, stratify=False)
+    for part in SPLITS:
+        assert torch.equal(tensors(dirty, part)[0], tensors(true, part)[0]), part
+        assert not torch.equal(tensors(dirty, part)[1], tensors(true, part)[1]), part  # the labels did change
+    # the stratified (supervised) path does read the labels: garbage ones choose other images
+    dirty_sup = load_dataset("digits", opts, seed=2)
+    assert not torch.equal(tensors(dirty_sup, "train")[0], tensors(true_sup, "train")[0])
+
+
+def test_label_free_imagefolder_split_reads_no_label(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b", "c"):
+        (tmp_path / c).mkdir()
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+    opts = {"path": str(tmp_path), "image_size": 6}
+    a = load_dataset("imagefolder", opts, seed=1, stratify=False)
+    b = load_dataset("imagefolder", opts, seed=1)
+    assert sorted(a.train.indices + a.val.indices + a.test.indices) == list(range(24))
+    assert (a.train.indices, a.val.indices) != (b.train.indices, b.val.indices)
+
+
+def test_the_trial_data_of_a_label_free_sweep_is_drawn_label_blind(garbage_digits):
+    from sweep.config import parse_config
+    from sweep.data import cloud_device_split
+    from sweep.trial import _splits, load_splits
+
+    space = {"name": "lf", "model": {"name": "small_cnn"}, "dataset": {"name": "digits", "train_subset": 400},
+             "methods": {"magnitude": {"ratio": 0.5}}}
+    sup = parse_config(space, source="s.yaml")
+    lf = parse_config({**space, "labels": "none", "baseline": {"cloud_fraction": 0.3},
+                       "search": {"objectives": ["agreement", "params"]}}, source="s.yaml")
+    _splits.cache_clear()
+    try:
+        assert torch.equal(tensors(load_splits(sup), "train")[0],
+                           tensors(load_dataset("digits", {"train_subset": 400}, seed=0), "train")[0])
+        clean = load_splits(lf)
+        assert torch.equal(tensors(clean, "train")[0],
+                           tensors(load_dataset("digits", {"train_subset": 400}, seed=0, stratify=False), "train")[0])
+        _splits.cache_clear()
+        garbage_digits()
+        dirty = load_splits(lf)
+        assert dirty is not clean
+        for part in SPLITS:
+            assert torch.equal(tensors(dirty, part)[0], tensors(clean, part)[0]), part
+        # the device part of the cloud/device split is the same images too
+        dev_clean = cloud_device_split(clean.train, 0.3, lf.seed)[1]
+        dev_dirty = cloud_device_split(dirty.train, 0.3, lf.seed)[1]
+        assert torch.equal(dev_clean.tensors[0], dev_dirty.tensors[0])
+    finally:
+        _splits.cache_clear()

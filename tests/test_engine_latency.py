@@ -213,7 +213,11 @@ def test_default_table_is_measured_at_the_example_batch_and_l1_variant_runs():
     model = TwoScaleNet()
     _, info = prune_to_target(model, X16, ratio=0.3, importance="l1_latency", latency_kw={"threads": 1})
     assert len(info["latency_ms_per_channel"]) == info["prunable_groups"] == 2
-    assert channel_counts(model)["c1"] < 32
+    assert all(ms >= 0 for ms in info["latency_ms_per_channel"].values())
+    # which layer loses channels follows timings of a few microseconds (noise on a busy machine);
+    # the ranking itself is tested with fixed costs above: here only that the l1 variant prunes
+    counts = channel_counts(model)
+    assert counts["c1"] + counts["c2"] < 64
 
 
 def test_plain_importances_are_untouched_and_unknown_names_rejected():

@@ -1,4 +1,5 @@
-"""A real local Ray sweep on digits, end to end: Parquet, MLflow runs, report, select, resume.
+"""A real local Ray sweep on digits, end to end: Parquet, MLflow runs, report, select, resume; the ways a
+sweep stops early (Ctrl-C, SIGTERM, the time budget) and how each closes the books.
 
 Marked ``integration``; kept small (a few trials of a tiny CNN) so that it runs in CI in about a minute.
 """
@@ -23,7 +24,7 @@ model: {{name: small_cnn}}
 dataset: {{name: digits}}
 baseline: {{epochs: 4, lr: 0.05}}
 finetune: {{epochs: {ft}, lr: 0.01}}
-search: {{trials: {trials}, concurrency: 2, sampler: random, objectives: [accuracy, latency_ms, params]}}
+search: {{trials: {trials}, concurrency: 2, sampler: random, objectives: [accuracy, latency_ms, params]{extra}}}
 measure: {{repeats: 10, warmup: 2}}
 methods:
   magnitude:
@@ -31,10 +32,21 @@ methods:
 """
 
 
-def _write_space(tmp_path: Path, name: str, trials: int, ft: int = 1) -> Path:
+def _write_space(tmp_path: Path, name: str, trials: int, ft: int = 1, extra: str = "") -> Path:
     p = tmp_path / f"{name}.yaml"
-    p.write_text(SPACE.format(name=name, trials=trials, ft=ft))
+    p.write_text(SPACE.format(name=name, trials=trials, ft=ft, extra=extra))
     return p
+
+
+def _runs(sweep_dir: Path, name: str):
+    """(parent run, trial runs) of a sweep's embedded MLflow store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    assert len(parents) == 1
+    return parents[0], [r for r in runs if r.data.tags.get("sweep.role") == "trial"]
 
 
 @pytest.fixture(autouse=True)
@@ -131,47 +143,93 @@ def test_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     assert (report / "index.html").is_file()
 
 
-def test_interrupt_then_resume_loses_and_duplicates_nothing(tmp_path):
-    """Ctrl-C mid-sweep, then `sweep resume`: every trial once, none lost, no run left RUNNING."""
+@pytest.mark.parametrize("sig, code, reason", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
+                                               (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+                         ids=["ctrl-c", "sigterm"])
+def test_interrupt_then_resume_loses_and_duplicates_nothing(tmp_path, sig, code, reason):
+    """Ctrl-C or SIGTERM mid-sweep, then `sweep resume`: every trial once, none lost, no run left RUNNING."""
     import pandas as pd
-    from mlflow.tracking import MlflowClient
 
-    space = _write_space(tmp_path, "itresume", trials=6, ft=30)
+    trials = 4
+    space = _write_space(tmp_path, "itresume", trials=trials, ft=30)
     sweep_dir = tmp_path / "runs" / "itresume"
     env = {**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING"}
     cmd = [sys.executable, "-m", "sweep.cli", "run", str(space)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
-    parquet = sweep_dir / "trials.parquet"
-    deadline = time.time() + 240
-    while time.time() < deadline:  # wait for the first finished trial, then interrupt
-        if parquet.is_file() and len(pd.read_parquet(parquet)) >= 2:
-            break
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out
-    assert "sweep resume" in out
+    parquet, state = sweep_dir / "trials.parquet", sweep_dir / "state.json"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:  # a trial finished and another one runs (the heartbeat says so)
+            if (parquet.is_file() and len(pd.read_parquet(parquet)) >= 2
+                    and json.loads(state.read_text()).get("running")):
+                break
+            time.sleep(0.5)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == code, out
+    assert f"continue with `sweep resume {sweep_dir.resolve()}`" in out
     before = pd.read_parquet(parquet)
     finished = set(before.loc[before["status"] == "ok", "trial_id"]) - {"baseline"}
-    assert 1 <= len(finished) < 6
+    assert 1 <= len(finished) < trials
+    stopped = before[before["status"] == "stopped"]
+    assert len(stopped) >= 1 and set(stopped["error"]) == {reason}
+    parent, children = _runs(sweep_dir, "itresume")
+    assert parent.info.status == "KILLED" and parent.data.tags["sweep.ended"] == reason
+    assert not [r for r in children if r.info.status == "RUNNING"]
+    by_trial = {r.data.tags["sweep.trial_id"]: r for r in children}
+    assert all(by_trial[t].info.status == "KILLED" and by_trial[t].data.tags["sweep.stopped"] == reason
+               for t in stopped["trial_id"] if t in by_trial)
 
     res = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", str(sweep_dir)], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout + res.stderr
     after = pd.read_parquet(parquet)
     assert after["trial_id"].is_unique
-    assert (after["status"] == "ok").sum() == 7  # 6 trials + baseline
+    assert (after["status"] == "ok").sum() == trials + 1  # and the baseline; no stopped row left
     assert finished <= set(after["trial_id"])
     kept = after.set_index("trial_id").loc[sorted(finished)]
     old = before.set_index("trial_id").loc[sorted(finished)]
     assert (kept["ended_at"] == old["ended_at"]).all()  # finished trials were not run again
-    assert sorted(after["trial_number"].dropna().astype(int)) == list(range(6))
+    assert sorted(after["trial_number"].dropna().astype(int)) == list(range(trials))
 
-    client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("itresume")
-    runs = client.search_runs([exp.experiment_id])
-    assert not [r for r in runs if r.info.status == "RUNNING"]
-    current = [r for r in runs if r.data.tags.get("sweep.role") == "trial"
-               and r.data.tags.get("sweep.superseded") != "true"]
-    assert len(current) == 6 and all(r.info.status == "FINISHED" for r in current)
+    parent, children = _runs(sweep_dir, "itresume")
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.ended"] == "finished"
+    assert not [r for r in children if r.info.status == "RUNNING"]
+    current = [r for r in children if r.data.tags.get("sweep.superseded") != "true"]
+    assert len(current) == trials and all(r.info.status == "FINISHED" for r in current)
+
+
+def test_time_budget_ends_the_sweep_normally_with_the_trials_it_has(tmp_path, monkeypatch, capsys):
+    """Trials far longer than the budget: cut when it runs out, recorded as stopped, runs KILLED; the sweep
+    still re-measures, reports and finishes its parent run; exit code 0."""
+    import pandas as pd
+
+    from sweep.cli import main
+    from sweep.status import status_lines
+
+    monkeypatch.chdir(tmp_path)
+    space = _write_space(tmp_path, "itbudget", trials=4, ft=5000, extra=", time_budget_s: 30")
+    t0 = time.time()
+    assert main(["run", str(space)]) == 0
+    assert time.time() - t0 < 180
+    sweep_dir = tmp_path / "runs" / "itbudget"
+    out = capsys.readouterr().out
+    df = pd.read_parquet(sweep_dir / "trials.parquet")
+    trials = df[df["trial_id"] != "baseline"]  # those running when the budget ran out (concurrency 2)
+    assert f"time budget of 30 s ran out: stopping the {len(trials)} running trial(s)" in out
+    assert f"time budget of 30 s ran out: 0 of 4 trials finished; continue with `sweep resume {sweep_dir}`" in out
+    assert 1 <= len(trials) <= 2 and set(trials["status"]) == {"stopped"}
+    assert set(trials["error"]) == {"time budget of 30 s ran out"}
+    assert set(trials["trial_number"].astype(int)) <= {0, 1}
+    parent, children = _runs(sweep_dir, "itbudget")
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.ended"] == "time budget of 30 s ran out"
+    assert {r.info.status for r in children} == {"KILLED"}
+    assert (tmp_path / "reports" / "itbudget" / "index.html").is_file()
+    facts = dict(line.split(": ", 1) for line in status_lines(sweep_dir))
+    assert facts["remaining"] == "4 of 4 trials" and facts["running"] == "0"
+    assert facts["last run ended"] == "time budget of 30 s ran out"

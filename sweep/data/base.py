@@ -1,5 +1,6 @@
 """Shared pieces of the data layer: the splits record, the dataset registry, option checking and
-seeded stratified splitting."""
+seeded splitting: stratified by class in supervised sweeps, label-blind (a seeded permutation) in
+label-free ones, so that no label decides which items the device side sees."""
 
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def positive_int(default: int | None) -> Opt:
 
 COMMON_OPTIONS: dict[str, Opt] = {
     "val_fraction": fraction(0.1),
-    # Subsets keep the first N of a seeded, stratified order (N larger than the split keeps all).
+    # Subsets keep the first N of a seeded order, stratified unless label-free (N larger than the split keeps all).
     "train_subset": positive_int(None),
     "val_subset": positive_int(None),
     "test_subset": positive_int(None),
@@ -135,9 +136,12 @@ COMMON_OPTIONS: dict[str, Opt] = {
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A registered dataset: its own options (merged over the common ones) and its builder."""
+    """A registered dataset: its own options (merged over the common ones) and its builder.
 
-    build: Callable[[dict[str, Any], int, str], DataSplits]
+    The builder is called as ``build(opts, seed, where, stratify)``; with ``stratify=False`` every split
+    it carves is drawn without reading a label (:func:`split_indices`)."""
+
+    build: Callable[[dict[str, Any], int, str, bool], DataSplits]
     options: dict[str, Opt]
     doc: str = ""
 
@@ -176,6 +180,23 @@ def stratified_split(labels: np.ndarray, fraction_: float, rng: np.random.Genera
     return np.sort(order[n_out:]), np.sort(order[:n_out])
 
 
+def random_split(n: int, fraction_: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``range(n)`` into (rest, held_out) by a seeded permutation that reads no label."""
+    order = rng.permutation(n)
+    n_out = int(round(fraction_ * n))
+    n_out = min(max(n_out, 1), n - 1) if n > 1 else 0
+    return np.sort(order[n_out:]), np.sort(order[:n_out])
+
+
+def split_indices(labels: np.ndarray, fraction_: float, rng: np.random.Generator,
+                  stratify: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, held_out): :func:`stratified_split` on ``labels``, or with ``stratify=False`` a
+    :func:`random_split` that uses only their count (label-free sweeps)."""
+    if stratify:
+        return stratified_split(labels, fraction_, rng)
+    return random_split(len(labels), fraction_, rng)
+
+
 def labels_of(ds: Dataset) -> np.ndarray | None:
     """Class labels of a dataset without loading its inputs (None when unknown)."""
     if isinstance(ds, TensorDataset):
@@ -195,11 +216,12 @@ def take(ds: Dataset, indices: np.ndarray) -> Dataset:
     return Subset(ds, [int(i) for i in indices])
 
 
-def subset(ds: Dataset, n: int | None, rng: np.random.Generator) -> Dataset:
-    """The first ``n`` items of a seeded (stratified when labels are known) order of ``ds``."""
+def subset(ds: Dataset, n: int | None, rng: np.random.Generator, stratify: bool = True) -> Dataset:
+    """The first ``n`` items of a seeded order of ``ds``: stratified when labels are known and
+    ``stratify`` is true, else a permutation that reads no label (label-free sweeps)."""
     if n is None or n >= len(ds):
         return ds
-    labels = labels_of(ds)
+    labels = labels_of(ds) if stratify else None
     order = stratified_order(labels, rng) if labels is not None else rng.permutation(len(ds))
     return take(ds, np.sort(order[:n]))
 

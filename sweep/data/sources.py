@@ -1,4 +1,5 @@
-"""The registered datasets. Each builder gets checked options, the seed and ``where``."""
+"""The registered datasets. Each builder gets checked options, the seed, ``where`` and ``stratify``
+(false in label-free sweeps: every split is then carved by a permutation that reads no label)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from .base import (
     fraction,
     positive_int,
     rng_for,
-    stratified_split,
+    split_indices,
     take,
     tensor_splits,
 )
@@ -51,8 +52,8 @@ def _register(name: str, options: dict[str, Opt], doc: str, drop: tuple[str, ...
     return deco
 
 
-def _carve_val(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):
-    train_idx, val_idx = stratified_split(y, val_fraction, rng_for(seed, TAG_VAL))
+def _carve_val(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int, stratify: bool):
+    train_idx, val_idx = split_indices(y, val_fraction, rng_for(seed, TAG_VAL), stratify)
     return (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
 
 
@@ -64,14 +65,14 @@ def _carve_val(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):
     {"val_fraction": fraction(0.2), "test_fraction": fraction(0.2)},
     "sklearn's 1,797 8x8 digits; seeded stratified test and val splits",
 )
-def _digits(opts: dict[str, Any], seed: int, where: str) -> DataSplits:
+def _digits(opts: dict[str, Any], seed: int, where: str, stratify: bool = True) -> DataSplits:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = (bunch.images.astype(np.float32) / 16.0)[:, None]  # N, 1, 8, 8 in [0, 1]
     y = bunch.target.astype(np.int64)
-    rest, test = stratified_split(y, opts["test_fraction"], rng_for(seed, TAG_TEST))
-    (xt, yt), (xv, yv) = _carve_val(x[rest], y[rest], opts["val_fraction"], seed)
+    rest, test = split_indices(y, opts["test_fraction"], rng_for(seed, TAG_TEST), stratify)
+    (xt, yt), (xv, yv) = _carve_val(x[rest], y[rest], opts["val_fraction"], seed, stratify)
     return tensor_splits(
         "digits", {"train": xt, "val": xv, "test": x[test]}, {"train": yt, "val": yv, "test": y[test]}, 10
     )
@@ -133,7 +134,7 @@ def _find_fashion_files(root: str) -> dict[str, str] | None:
     {"root": Opt("path", FASHION_MNIST_ROOT)},
     "Fashion-MNIST 1x28x28, 10 classes, from IDX files (Debian dataset-fashion-mnist or torchvision root)",
 )
-def _fashion_mnist(opts: dict[str, Any], seed: int, where: str) -> DataSplits:
+def _fashion_mnist(opts: dict[str, Any], seed: int, where: str, stratify: bool = True) -> DataSplits:
     root = opts["root"]
     files = _find_fashion_files(root)
     if files is None:
@@ -153,7 +154,7 @@ def _fashion_mnist(opts: dict[str, Any], seed: int, where: str) -> DataSplits:
             )
     x = arrays["train_x"].astype(np.float32)[:, None] / 255.0
     y = arrays["train_y"].astype(np.int64)
-    (xt, yt), (xv, yv) = _carve_val(x, y, opts["val_fraction"], seed)
+    (xt, yt), (xv, yv) = _carve_val(x, y, opts["val_fraction"], seed, stratify)
     x_test = arrays["test_x"].astype(np.float32)[:, None] / 255.0
     y_test = arrays["test_y"].astype(np.int64)
     return tensor_splits(
@@ -164,7 +165,7 @@ def _fashion_mnist(opts: dict[str, Any], seed: int, where: str) -> DataSplits:
 # ------------------------------------------------------------------------------------- cifar
 
 
-def _cifar(name: str, opts: dict[str, Any], seed: int, where: str) -> DataSplits:
+def _cifar(name: str, opts: dict[str, Any], seed: int, where: str, stratify: bool) -> DataSplits:
     import torchvision
     from torchvision import transforms as T
 
@@ -190,7 +191,7 @@ def _cifar(name: str, opts: dict[str, Any], seed: int, where: str) -> DataSplits
         raise DataError(f"{name} must be readable from {root}, but got {type(e).__name__}: {e}{_loc(where)}; "
                         f"{hint}") from None
     labels = np.asarray(train_full.targets)
-    train_idx, val_idx = stratified_split(labels, opts["val_fraction"], rng_for(seed, TAG_VAL))
+    train_idx, val_idx = split_indices(labels, opts["val_fraction"], rng_for(seed, TAG_VAL), stratify)
     # Val is carved from the training files but must not see augmentation: a shallow copy shares
     # the decoded arrays and differs only in its transform.
     train_aug = copy.copy(train_full)
@@ -214,13 +215,13 @@ _CIFAR_OPTIONS = {
 
 
 @_register("cifar10", _CIFAR_OPTIONS, "torchvision CIFAR-10; augment = random crop 32 pad 4 + h-flip (train only)")
-def _cifar10(opts: dict[str, Any], seed: int, where: str) -> DataSplits:
-    return _cifar("cifar10", opts, seed, where)
+def _cifar10(opts: dict[str, Any], seed: int, where: str, stratify: bool = True) -> DataSplits:
+    return _cifar("cifar10", opts, seed, where, stratify)
 
 
 @_register("cifar100", _CIFAR_OPTIONS, "torchvision CIFAR-100; augment = random crop 32 pad 4 + h-flip (train only)")
-def _cifar100(opts: dict[str, Any], seed: int, where: str) -> DataSplits:
-    return _cifar("cifar100", opts, seed, where)
+def _cifar100(opts: dict[str, Any], seed: int, where: str, stratify: bool = True) -> DataSplits:
+    return _cifar("cifar100", opts, seed, where, stratify)
 
 
 # ------------------------------------------------------------------------------- imagefolder
@@ -235,14 +236,15 @@ def _cifar100(opts: dict[str, Any], seed: int, where: str) -> DataSplits:
     },
     "torchvision ImageFolder layout; path/{train,val,test} used when present",
 )
-def _imagefolder(opts: dict[str, Any], seed: int, where: str) -> DataSplits:
+def _imagefolder(opts: dict[str, Any], seed: int, where: str, stratify: bool = True) -> DataSplits:
     """Splits, by what exists under ``path``:
 
     * ``train/`` + ``val/`` + ``test/``: used as they are;
     * ``train/`` + ``test/``: val carved from train (``val_fraction``);
     * ``train/`` + ``val/`` (ImageNet style): the given val is the held-out test split and val is
       carved from train, so that choosing never looks at the reported split;
-    * class folders directly under ``path``: test (``test_fraction``) and val carved, stratified.
+    * class folders directly under ``path``: test (``test_fraction``) and val carved, stratified
+      (label-blind with ``stratify=False``).
     """
     from torchvision import datasets
     from torchvision import transforms as T
@@ -278,13 +280,14 @@ def _imagefolder(opts: dict[str, Any], seed: int, where: str) -> DataSplits:
         if has["val"] and has["test"]:
             val = given["val"]
         else:
-            tr_idx, val_idx = stratified_split(np.asarray(train.targets), opts["val_fraction"], rng_for(seed, TAG_VAL))
+            tr_idx, val_idx = split_indices(np.asarray(train.targets), opts["val_fraction"], rng_for(seed, TAG_VAL),
+                                            stratify)
             train, val = take(train, tr_idx), take(train, val_idx)
     else:
         full = folder(path)
         labels = np.asarray(full.targets)
-        rest, test_idx = stratified_split(labels, opts["test_fraction"], rng_for(seed, TAG_TEST))
-        tr, va = stratified_split(labels[rest], opts["val_fraction"], rng_for(seed, TAG_VAL))
+        rest, test_idx = split_indices(labels, opts["test_fraction"], rng_for(seed, TAG_TEST), stratify)
+        tr, va = split_indices(labels[rest], opts["val_fraction"], rng_for(seed, TAG_VAL), stratify)
         train, val, test = take(full, rest[tr]), take(full, rest[va]), take(full, test_idx)
         classes = len(full.classes)
     return DataSplits("imagefolder", train, val, test, classes, (3, size, size))
@@ -306,7 +309,8 @@ def _imagefolder(opts: dict[str, Any], seed: int, where: str) -> DataSplits:
     "class mean patterns + gaussian noise; learnable by a small CNN, deterministic under the seed",
     drop=("val_fraction",),  # the val split is drawn on its own (n_val), so a fraction would be ignored
 )
-def _synthetic(opts: dict[str, Any], seed: int, where: str) -> DataSplits:
+def _synthetic(opts: dict[str, Any], seed: int, where: str, stratify: bool = True) -> DataSplits:
+    # each split is drawn on its own: no split of one pool, so nothing to stratify
     c, h, w = opts["input_shape"]
     k = opts["num_classes"]
     rng = rng_for(seed, TAG_SYNTH)

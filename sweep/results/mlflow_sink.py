@@ -71,6 +71,30 @@ class MlflowSink:
             self.client.set_terminated(r.info.run_id, status="KILLED")
         return len(runs)
 
+    def kill_trial_runs(self, parent_run_id: str, trial_ids, reason: str) -> int:
+        """Close the current runs of ``trial_ids`` (trials the driver stopped) as KILLED, tagged with
+        ``reason``, whatever status the trial itself set: a trial that finished after the driver stopped
+        listening has no recorded result, and ``sweep resume`` runs it again.  Returns how many."""
+        ids = set(trial_ids)
+        if not ids:
+            return 0
+        n = 0
+        for r in self.children(parent_run_id):
+            if r.data.tags.get("sweep.trial_id") in ids and r.data.tags.get("sweep.superseded") != "true":
+                self.set_tags(r.info.run_id, {"sweep.stopped": reason})
+                if r.info.status != "KILLED":
+                    self.end(r.info.run_id, "KILLED")
+                n += 1
+        return n
+
+    def supersede_trial_runs(self, parent_run_id: str, trial_ids) -> int:
+        """Tag the runs of ``trial_ids`` ``sweep.superseded`` (another trial re-ran their configuration)."""
+        ids = set(trial_ids)
+        runs = [r for r in self.children(parent_run_id) if r.data.tags.get("sweep.trial_id") in ids] if ids else []
+        for r in runs:
+            self.set_tags(r.info.run_id, {"sweep.superseded": "true"})
+        return len(runs)
+
     def children(self, parent_run_id: str) -> list:
         return self.client.search_runs([self.experiment_id],
                                        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'")

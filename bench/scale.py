@@ -1,0 +1,426 @@
+"""Throughput at scale on a real local multi-node Ray cluster: `sweep` vs raw Ray Tune + OptunaSearch.
+
+1. A cluster of ``--nodes`` Ray nodes on 127.0.0.1, one CPU each: ``ray start --head`` (a free port, a short
+   private ``--temp-dir``, no dashboard, no usage stats), then ``ray start --address`` for the others, each
+   in its own session (``start_new_session``), so that each ``ray start`` and every daemon it leaves behind
+   share one process group whose id is that ``ray start``'s pid.  The script waits until ``ray.nodes()``
+   shows every node alive.  Token authentication is off (``RAY_AUTH_MODE=disabled``) for the cluster and
+   both drivers.
+2. ours: ``sweep run SPACE --address 127.0.0.1:PORT --trials N --concurrency 4`` in a subprocess, on a
+   trivial space: a tiny synthetic dataset (1x8x8, 4 classes, 64/32/32 images), ``small_cnn``,
+   ``magnitude`` over the ratio, ``baseline.epochs: 1``, ``finetune.epochs: 0``, ``measure.repeats: 3``,
+   ``measure.remeasure: none``, ``search.sampler: random``.  Its progress lines (``[ k/N] ...``, one per
+   finished trial, flushed) are stamped as they arrive; at each one the driver's CPU time
+   (``/proc/PID/stat`` utime+stime: all its threads) and RSS (psutil, else ``/proc/PID/status`` VmRSS) are
+   read from outside, so the measuring costs the driver nothing.
+3. raw: this process connects to the same cluster and runs plain ``tune.Tuner`` + ``OptunaSearch``
+   (``RandomSampler``) with the same trial count, concurrency and Tune settings; trial i sleeps our trial
+   i's ``wall_s`` (same mean duration; a no-op that leaves the CPUs free).  A Tune ``Callback`` samples
+   this driver's CPU and RSS at each completed trial, for the same figures.
+
+Figures: trials/s = trials finished / (last trial finished - Tune started) for both, and their ratio;
+driver RSS when Tune starts and at the last trial; driver CPU seconds per trial in the window of ``--mark``
+trials centred on trial ``--mark`` (trials mark/2 .. 3 mark/2) and in the last ``--mark`` trials
+(N - mark .. N), and their ratio; trials lost = trials asked - finished rows (ok or failed) in the sweep's
+results (``trials.parquet`` and its journal, merged).  At the end every process group recorded at
+``ray start`` is sent SIGTERM, then SIGKILL after a grace period; any process still carrying the
+cluster's private temp dir on its command line (a worker one of our raylets spawned) is killed by pid.
+Nothing else is touched (no ``ray stop``).
+
+    python bench/scale.py                          # 1000 trials, mark 100
+    python bench/scale.py --trials 200 --mark 20   # a reduced run for a small machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from overhead import OBJECTIVES_DIR, TUNE_ENV, load, optuna_sampler, quiet, store_records
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+SPACE = """\
+name: bench-scale
+seed: 0
+model: {{name: small_cnn}}
+dataset: {{name: synthetic, num_classes: 4, input_shape: [1, 8, 8], n_train: 64, n_val: 32, n_test: 32}}
+baseline: {{epochs: 1, lr: 0.05}}
+finetune: {{epochs: 0, lr: 0.01}}
+search:
+  trials: {trials}
+  concurrency: {concurrency}
+  sampler: random
+  objectives: [accuracy, latency_ms, params]
+  cpus_per_trial: 1
+measure: {{latency_batch: 1, warmup: 1, repeats: 3, remeasure: none}}
+methods:
+  magnitude:
+    ratio: {{low: 0.1, high: 0.9}}
+"""
+OBJECTIVES = ["accuracy", "latency_ms", "params"]
+PROGRESS = re.compile(r"^\[\s*(\d+)/(\d+)\]")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------------------------------------ process probes
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss / 2**20
+    except ImportError:
+        pass
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def pids_with(text: str) -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and text in cmdline(int(p))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------ the cluster
+class Cluster:
+    """``nodes`` Ray nodes on 127.0.0.1; remembers the pid (= process group) of every ``ray start``."""
+
+    def __init__(self, nodes: int, object_store_mb: int):
+        self.nodes, self.store = nodes, object_store_mb * 2**20
+        self.tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: unix socket paths are limited
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.groups: list[int] = []
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+
+    def _start(self, args: list[str]) -> None:
+        cmd = [str(VENV_BIN / "ray"), "start", *args, "--node-ip-address=127.0.0.1", "--num-cpus=1",
+               "--disable-usage-stats", f"--object-store-memory={self.store}"]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
+                             start_new_session=True, cwd=ROOT)
+        self.groups.append(p.pid)  # its session and process group: every daemon it starts inherits it
+        out, _ = p.communicate(timeout=180)
+        if p.returncode != 0:
+            raise RuntimeError(f"`{' '.join(cmd)}` failed with exit code {p.returncode}:\n{out[-3000:]}")
+
+    def start(self) -> float:
+        t0 = time.time()
+        self._start(["--head", f"--port={self.port}", f"--temp-dir={self.tmp}", "--include-dashboard=false"])
+        for _ in range(self.nodes - 1):
+            self._start([f"--address={self.address}"])
+        return time.time() - t0
+
+    def alive_nodes(self, timeout: float = 120.0) -> int:
+        """Wait until ``ray.nodes()`` shows every node alive (a short-lived driver in a subprocess)."""
+        code = ("import ray,logging;ray.init(address=%r,logging_level=logging.ERROR,log_to_driver=False);"
+                "print(sum(1 for n in ray.nodes() if n['Alive']))" % self.address)
+        deadline = time.time() + timeout
+        n = 0
+        while time.time() < deadline:
+            p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=self.env)
+            lines = p.stdout.strip().splitlines()
+            n = int(lines[-1]) if p.returncode == 0 and lines and lines[-1].isdigit() else 0
+            if n >= self.nodes:
+                return n
+            time.sleep(2)
+        return n
+
+    def stop(self) -> str:
+        """SIGTERM to every recorded process group, SIGKILL after 10 s; then leftovers by pid (ours: they
+        carry this cluster's private temp dir).  Returns what it did, in words."""
+        def alive(pgid: int) -> bool:
+            try:
+                os.killpg(pgid, 0)
+                return True
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for g in self.groups:
+                if alive(g):
+                    try:
+                        os.killpg(g, sig)
+                    except ProcessLookupError:
+                        pass
+            deadline = time.time() + 10
+            while time.time() < deadline and any(alive(g) for g in self.groups):
+                time.sleep(0.5)
+            if not any(alive(g) for g in self.groups):
+                break
+        left = [p for p in pids_with(self.tmp) if p != os.getpid()]
+        for p in left:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        groups = ",".join(map(str, self.groups))
+        return (f"stopped process groups {groups}" + (f"; killed {len(left)} leftover process(es) carrying "
+                                                      f"{self.tmp}: {left}" if left else "; no leftovers"))
+
+
+# ------------------------------------------------------------------------------------------ ours
+def run_ours(space: Path, folder: Path, address: str, trials: int, conc: int, timeout: float) -> dict:
+    """`sweep run` in a subprocess; its progress lines stamped with its CPU and RSS read from outside."""
+    exe = VENV_BIN / "sweep"
+    cmd = [str(exe), "run", str(space), "--out", str(folder), "--reports", str(folder.parent / "reports"),
+           "--address", address, "--trials", str(trials), "--concurrency", str(conc)]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=folder.parent)
+    samples: list[tuple[int, float, float, float]] = []  # (done, wall, cpu s, rss MB) at each new count
+    start: dict = {}
+    tail: list[str] = []
+    seen: set[int] = set()
+
+    def read() -> None:
+        for line in p.stdout:
+            now = time.time()
+            try:
+                cpu, rss = cpu_s(p.pid), rss_mb(p.pid)
+            except OSError:
+                cpu = rss = float("nan")
+            line = line.rstrip("\n")
+            tail.append(line)
+            del tail[:-40]
+            if not start and re.match(r"running \d+ trial", line):
+                start.update(t=now, cpu=cpu, rss=rss)
+            m = PROGRESS.match(line)
+            if m and int(m[1]) not in seen:
+                seen.add(int(m[1]))
+                samples.append((int(m[1]), now, cpu, rss))
+                if int(m[1]) % max(1, trials // 10) == 0:
+                    print(f"  | {line[:110]}", file=sys.stderr, flush=True)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        rc = p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"# ours ran past --timeout {timeout:g} s: SIGTERM (the sweep keeps what finished)", flush=True)
+        p.send_signal(signal.SIGTERM)
+        try:
+            rc = p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait()
+    reader.join(timeout=10)
+    fit = next((ln for ln in tail if ln.startswith("trials ran ")), "")
+    return dict(rc=rc, samples=samples, start=start, tail=tail, fit_line=fit)
+
+
+# ------------------------------------------------------------------------------------------ raw
+class RawSpace:
+    def __call__(self, trial) -> dict:
+        trial.suggest_float("ratio", 0.1, 0.9)
+        return {"n": trial.number}
+
+
+def raw_trainable(config: dict, durations: list) -> None:
+    from ray import tune
+
+    t0 = time.time()
+    time.sleep(durations[config["n"] % len(durations)])
+    tune.report({"accuracy": 0.5, "latency_ms": 1.0, "params": 1.0, "work_s": time.time() - t0})
+
+
+def run_raw(address: str, work: Path, durations: list[float], trials: int, conc: int, seed: int) -> dict:
+    import logging
+
+    import ray
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    samples: list[tuple[int, float, float, float]] = []
+    me = os.getpid()
+
+    class Sampler(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            samples.append((len(samples) + 1, time.time(), cpu_s(me), rss_mb(me)))
+
+    os.environ.update(TUNE_ENV)
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+    try:
+        searcher = OptunaSearch(space=RawSpace(), metric=OBJECTIVES, mode=[OBJECTIVES_DIR[o] for o in OBJECTIVES],
+                                sampler=optuna_sampler("random", seed, trials))
+        trainable = tune.with_resources(tune.with_parameters(raw_trainable, durations=list(durations)), {"cpu": 1})
+        tuner = tune.Tuner(trainable,
+                           tune_config=tune.TuneConfig(search_alg=searcher, num_samples=trials,
+                                                       max_concurrent_trials=conc, reuse_actors=True),
+                           run_config=tune.RunConfig(name="raw", storage_path=str(work / "raw"), verbose=0,
+                                                     callbacks=[Sampler()]))
+        start = dict(t=time.time(), cpu=cpu_s(me), rss=rss_mb(me))
+        results = tuner.fit()
+        fit_s = time.time() - start["t"]
+        done = sum(1 for r in results if r.error is None)
+    finally:
+        ray.shutdown()
+    return dict(samples=samples, start=start, fit_s=fit_s, done=done)
+
+
+# ------------------------------------------------------------------------------------------ figures
+def figures(samples: list, start: dict, mark: int, n: int) -> dict:
+    """Throughput, RSS at start/end, CPU per trial around ``mark`` and at the end, from (done, t, cpu, rss)."""
+    by = {d: (t, c, r) for d, t, c, r in samples}
+    last = max(by) if by else 0
+    out = dict(done=last, tput=float("nan"), rss0=start.get("rss", float("nan")),
+               rss1=by[last][2] if last else float("nan"), cpu_mark=float("nan"), cpu_end=float("nan"))
+    if last and start:
+        out["tput"] = last / (by[last][0] - start["t"])
+
+    def per_trial(a: int, b: int) -> float:
+        a, b = max(a, 1), min(b, last)
+        if b <= a or a not in by or b not in by:
+            return float("nan")
+        return (by[b][1] - by[a][1]) / (b - a)
+
+    out["cpu_mark"] = per_trial(mark - mark // 2, mark + mark // 2)
+    out["cpu_end"] = per_trial(last - mark, last) if last >= n else float("nan")
+    out["curve"] = by
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--trials", type=int, default=1000)
+    ap.add_argument("--mark", type=int, default=100, help="the early window: CPU per trial in trials "
+                    "mark/2 .. 3 mark/2, compared with the last `mark` trials (default 100)")
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--nodes", type=int, default=4)
+    ap.add_argument("--object-store-mb", type=int, default=150, help="object store per node (default 150 MB)")
+    ap.add_argument("--timeout", type=float, default=7200, help="seconds each side may run (default 7200)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary sweep folder (printed)")
+    args = ap.parse_args(argv)
+    if args.trials < 2 or not 2 <= args.mark <= args.trials or args.concurrency < 1 or args.nodes < 1:
+        ap.error("need --trials >= 2, 2 <= --mark <= --trials, --concurrency >= 1, --nodes >= 1")
+
+    sys.path.insert(0, str(ROOT))
+    quiet()
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    space = work / "space.yaml"
+    space.write_text(SPACE.format(trials=args.trials, concurrency=args.concurrency))
+    folder = work / "ours"
+
+    import ray
+
+    print(f"# scale  {_dt.datetime.now().isoformat(timespec='seconds')}  ray {ray.__version__}  python "
+          f"{sys.version.split()[0]}  {os.cpu_count()} cores; {args.nodes} Ray nodes x 1 CPU on 127.0.0.1; "
+          f"{args.trials} trials, {args.concurrency} at a time, mark {args.mark}")
+    print("# ours: sweep run --address (synthetic 1x8x8, small_cnn, magnitude, baseline 1 epoch, finetune 0, "
+          "repeats 3, remeasure none, random sampler); raw: Tune + OptunaSearch(RandomSampler), trial i sleeps "
+          "ours' wall_s[i]")
+    print(f"# load avg (1/5/15 min) at start {load()}", flush=True)
+
+    cluster = Cluster(args.nodes, args.object_store_mb)
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    prev_term = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        up_s = cluster.start()
+        alive = cluster.alive_nodes()
+        print(f"# cluster {cluster.address} (temp dir {cluster.tmp}): {alive} of {args.nodes} nodes alive after "
+              f"{up_s:.1f} s of `ray start`; process groups {cluster.groups}", flush=True)
+        if alive < args.nodes:
+            raise SystemExit(f"only {alive} of {args.nodes} Ray nodes came up")
+
+        ours = run_ours(space, folder, cluster.address, args.trials, args.concurrency, args.timeout)
+        load_mid = load()
+        if ours["rc"] != 0:
+            print("\n".join("  | " + ln for ln in ours["tail"][-25:]))
+        recs = store_records(folder) if (folder / "trials.parquet").exists() else []
+        finished = [r for r in recs if r.status in ("ok", "failed")]
+        failed = sum(1 for r in recs if r.status == "failed")
+        lost = args.trials - len(finished)
+        recs.sort(key=lambda r: (r.trial_number is None, r.trial_number or 0))
+        durations = [float(r.wall_s) for r in recs if r.wall_s] or [0.1]
+        mean_wall = sum(durations) / len(durations)
+        print(f"# ours: exit {ours['rc']}; {len(finished)} finished rows ({failed} failed), lost {lost}; mean trial "
+              f"wall_s {mean_wall:.3f} s; {ours['fit_line'] or 'no `trials ran` line'}; load avg {load_mid}",
+              flush=True)
+
+        alive = cluster.alive_nodes(timeout=30)
+        raw = run_raw(cluster.address, work, durations, args.trials, args.concurrency, 0)
+        load_end = load()
+        print(f"# raw: {raw['done']} of {args.trials} trials finished, {alive} nodes alive before it; fit "
+              f"{raw['fit_s']:.1f} s; load avg at end {load_end}")
+    finally:
+        signal.signal(signal.SIGTERM, prev_term)
+        print(f"# cluster: {cluster.stop()}", flush=True)
+
+    fo = figures(ours["samples"], ours["start"], args.mark, args.trials)
+    fr = figures(raw["samples"], raw["start"], args.mark, args.trials)
+    ratio = fo["tput"] / fr["tput"] if fr["tput"] else float("nan")
+    m, n = args.mark, args.trials
+    head = (f"{'run':<22}{'trials':>7}{'trials/s':>10}{'RSS start MB':>13}{'RSS end MB':>11}"
+            f"{f'CPU s/trial @{m}':>17}{f'CPU s/trial @{n}':>17}{'ratio':>7}")
+    print(head)
+    print("-" * len(head))
+    for name, f in (("ours (sweep)", fo), ("raw Ray Tune + Optuna", fr)):
+        print(f"{name:<22}{f['done']:>7}{f['tput']:>10.3f}{f['rss0']:>13.0f}{f['rss1']:>11.0f}"
+              f"{f['cpu_mark']:>17.4f}{f['cpu_end']:>17.4f}{f['cpu_end'] / f['cpu_mark']:>7.2f}")
+    print(f"# throughput ratio ours/raw {ratio:.3f}; CPU windows: trials {max(1, m - m // 2)}..{m + m // 2} and "
+          f"{n - m}..{n}")
+    # the curve: per tenth of the run, our driver's CPU per trial, RSS and throughput in that stretch
+    by = fo["curve"]
+    if by:
+        step = max(1, n // 10)
+        print(f"# ours by stretch: {'trials':>11} {'trials/s':>9} {'CPU s/trial':>12} {'RSS MB':>8}")
+        prev = (0, ours["start"].get("t"), ours["start"].get("cpu"))
+        for k in range(step, max(by) + 1, step):
+            if k not in by:
+                continue
+            t, c, r = by[k]
+            if prev[1] is not None:
+                print(f"# {'':<16}{prev[0]:>5}..{k:<5} {(k - prev[0]) / (t - prev[1]):>9.3f} "
+                      f"{(c - prev[2]) / (k - prev[0]):>12.4f} {r:>8.0f}")
+            prev = (k, t, c)
+    if args.keep:
+        print(f"# kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    growth = fo["rss1"] - fo["rss0"]
+    print(f"scale: throughput_ratio={ratio:.3f} rss_growth_mb={growth:.0f} "
+          f"cpu_per_trial_ratio={fo['cpu_end'] / fo['cpu_mark']:.2f} lost={lost}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

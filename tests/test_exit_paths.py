@@ -1,0 +1,349 @@
+"""One writer per sweep folder, every exit path closing the books, and `sweep status` -- without Ray.
+
+Ray Tune is replaced by a stand-in tuner that drives the driver's real callback (trial start, step end)
+and then stops the way the real one would: returning, raising, or receiving SIGTERM.  A real Ray sweep
+with a time budget and a SIGTERM is in tests/test_integration.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from sweep.errors import SweepDirError
+from sweep.folder import SweepFolder
+
+SPACE = """
+name: exitpaths
+model: {name: small_cnn}
+dataset: {name: digits}
+baseline: {epochs: 1, lr: 0.05}
+finetune: {epochs: 1, lr: 0.01}
+search: {trials: 3, concurrency: 1, sampler: random, objectives: [accuracy, latency_ms, params]}
+measure: {repeats: 5, warmup: 1}
+methods:
+  magnitude:
+    ratio: {low: 0.2, high: 0.8}
+"""
+
+# holds a sweep folder's lock until killed, as a running `sweep run` would
+HOLDER = ("import sys, time; from sweep.folder import SweepFolder; "
+          "SweepFolder(sys.argv[1]).lock('sweep run').acquire(); print('locked', flush=True); time.sleep(600)")
+
+
+class FakeTuner:
+    """Stands in for Ray Tune: ``fit`` runs ``script(callback)``."""
+
+    def __init__(self, callback, script):
+        self.callback, self.script = callback, script
+
+    def fit(self):
+        self.script(self.callback)
+
+
+def start_trial(callback, trial_id: str, number: int):
+    """What Tune does when a trial starts: the callback hears of it, the trial opens its MLflow run."""
+    import sweep.driver as driver
+
+    callback.on_trial_start(iteration=0, trials=[], trial=SimpleNamespace(
+        trial_id=trial_id, config={"method": "magnitude", "trial_number": number}))
+    st = driver._ACTIVE["sweep"]
+    return st.sink.start_child(st.parent_id, f"magnitude-{trial_id}", {"trial_id": trial_id},
+                               tags={"sweep.trial_id": trial_id})
+
+
+def run_with(monkeypatch, script, cfg, sweep_dir: Path, tmp_path: Path, resume: bool = True):
+    import sweep.driver as driver
+
+    monkeypatch.setattr(driver, "_ray_init", lambda *a, **k: False)
+    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, tracking, callback, restore: FakeTuner(callback, script))
+    return driver.run_sweep(cfg, sweep_dir, report_root=tmp_path / "reports", resume=resume, log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    from sweep.config import load_config
+
+    p = tmp_path_factory.mktemp("space") / "exitpaths.yaml"
+    p.write_text(SPACE)
+    return load_config(p)
+
+
+@pytest.fixture(scope="module")
+def built(cfg, tmp_path_factory):
+    """A sweep with its baseline and MLflow store (built once), after a Tune that returned with all trials
+    left: what Ray Tune does on Ctrl-C (its own SIGINT handler stops it; it then returns normally)."""
+    root = tmp_path_factory.mktemp("built")
+    with pytest.MonkeyPatch.context() as mp:
+        outcome = run_with(mp, lambda cb: None, cfg, root / "s", root, resume=False)
+    return root / "s", outcome
+
+
+@pytest.fixture
+def sweep_dir(built, tmp_path):
+    d = tmp_path / "s"
+    shutil.copytree(built[0], d)
+    folder = SweepFolder(d)
+    folder.write_state({**folder.state(), "tracking_uri": folder.default_tracking_uri})  # the copy's own store
+    return d
+
+
+def mlflow_runs(sweep_dir: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("exitpaths").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("sweep.role") == "parent")
+    return parent, {r.data.tags.get("sweep.trial_id"): r for r in runs if r.data.tags.get("sweep.role") == "trial"}
+
+
+def rows(sweep_dir: Path) -> dict:
+    records, _ = SweepFolder(sweep_dir).store.records()
+    return {r.trial_id: r for r in records}
+
+
+@pytest.fixture
+def holder(sweep_dir):
+    """A process holding the folder's lock; killed by pid (SIGKILL) at the end if still alive."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(sweep_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+
+
+# ----------------------------------------------------------------------------- one writer per folder
+def test_a_second_writer_is_refused_naming_the_holder_until_it_dies(cfg, sweep_dir, holder, capsys):
+    from sweep.cli import main
+    from sweep.driver import run_sweep
+
+    before = sorted(p.name for p in sweep_dir.iterdir())
+    assert main(["resume", str(sweep_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sweep: error: sweep folder must have one writer at a time")
+    assert f"pid {holder.pid} on {socket.gethostname()}" in err[0] and "`sweep run`" in err[0]
+    with pytest.raises(SweepDirError, match=f"pid {holder.pid} "):
+        run_sweep(cfg, sweep_dir, report_root=None, log=lambda m: None)  # a new run into the folder
+    assert main(["select", str(sweep_dir), "--max-params", "1000"]) == 2
+    assert f"pid {holder.pid} " in capsys.readouterr().err
+    assert sorted(p.name for p in sweep_dir.iterdir()) == before  # nothing touched
+
+    holder.kill()  # SIGKILL: the kernel releases the flock, the lock file still names the dead holder
+    holder.wait(timeout=30)
+    folder = SweepFolder(sweep_dir)
+    assert folder.lock_holder()["pid"] == holder.pid
+    with folder.lock("sweep resume") as lock:
+        assert lock.previous["pid"] == holder.pid
+        assert folder.lock_holder()["pid"] == os.getpid()
+        assert folder.lock_holder()["command"] == "sweep resume"
+    assert folder.lock_holder() is None  # released cleanly
+
+
+def test_the_lock_creates_nothing_in_a_folder_that_is_not_a_sweep(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("hello")
+    with pytest.raises(SweepDirError, match="not empty and not a sweep folder"):
+        SweepFolder(plain).lock("sweep run", new=True)
+    with pytest.raises(SweepDirError, match="not a sweep folder"):
+        SweepFolder(plain).lock("sweep resume")
+    assert [p.name for p in plain.iterdir()] == ["notes.txt"]
+
+
+# ----------------------------------------------------------------------------- every exit path closes the books
+def test_tune_returning_with_trials_left_is_an_interruption(built):
+    sweep_dir, outcome = built
+    assert outcome.interrupted and outcome.stop_reason == "interrupted (Ctrl-C)"
+    parent, _ = mlflow_runs(sweep_dir)
+    assert parent.info.status == "KILLED" and parent.data.tags["sweep.ended"] == "interrupted (Ctrl-C)"
+    state = json.loads((sweep_dir / "state.json").read_text())
+    assert state["outcome"] == "interrupted (Ctrl-C)" and state["running"] == []
+    assert SweepFolder(sweep_dir).lock_holder() is None
+
+
+def test_a_driver_error_in_tune_stops_the_running_trials_and_fails_the_parent(cfg, sweep_dir, tmp_path, monkeypatch):
+    def script(cb):
+        start_trial(cb, "t1", 0)
+        raise RuntimeError("boom in a callback")
+
+    with pytest.raises(RuntimeError, match="boom in a callback"):
+        run_with(monkeypatch, script, cfg, sweep_dir, tmp_path)
+    reason = "driver error: RuntimeError: boom in a callback"
+    r = rows(sweep_dir)["t1"]
+    assert (r.status, r.error, r.method, r.trial_number) == ("stopped", reason, "magnitude", 0)
+    parent, children = mlflow_runs(sweep_dir)
+    assert children["t1"].info.status == "KILLED"
+    assert parent.info.status == "FAILED" and parent.data.tags["sweep.ended"] == reason
+    assert SweepFolder(sweep_dir).lock_holder() is None
+
+
+def test_sigterm_stops_the_sweep_like_ctrl_c_with_exit_code_143(sweep_dir, tmp_path, monkeypatch, capsys):
+    """Through the CLI: its SIGTERM handler turns the signal into the Ctrl-C path."""
+    import sweep.driver as driver
+    from sweep.cli import main
+
+    def script(cb):
+        run_id = start_trial(cb, "t1", 0)
+        driver._ACTIVE["sweep"].sink.end(run_id, "FINISHED")  # the trial ended its run; its result never came
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler interrupts this
+        raise AssertionError("SIGTERM did not stop the sweep")
+
+    monkeypatch.setattr(driver, "_ray_init", lambda *a, **k: False)
+    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, tracking, callback, restore: FakeTuner(callback, script))
+    before = signal.getsignal(signal.SIGTERM)
+    t0 = time.time()
+    assert main(["resume", str(sweep_dir), "--reports", str(tmp_path / "reports")]) == 143
+    assert time.time() - t0 < 25
+    assert signal.getsignal(signal.SIGTERM) is before  # the CLI's handler lives only while the sweep runs
+    out = capsys.readouterr().out
+    assert f"terminated (SIGTERM): 0 of 3 trials finished and kept; continue with `sweep resume {sweep_dir}`" in out
+    r = rows(sweep_dir)["t1"]
+    assert (r.status, r.error) == ("stopped", "terminated (SIGTERM)")
+    parent, children = mlflow_runs(sweep_dir)
+    assert children["t1"].info.status == "KILLED" and children["t1"].data.tags["sweep.stopped"] == r.error
+    assert parent.info.status == "KILLED" and parent.data.tags["sweep.ended"] == "terminated (SIGTERM)"
+
+
+def test_the_time_budget_is_a_normal_end(cfg, sweep_dir, tmp_path, monkeypatch):
+    """The callback enforces search.time_budget_s: running trials become stopped rows, the sweep goes on to
+    re-measurement and the report, and the parent run is FINISHED."""
+    from sweep.status import status_lines
+
+    seen = {}
+
+    def script(cb):
+        start_trial(cb, "t1", 0)
+        start_trial(cb, "t2", 1)
+        seen["status"] = status_lines(sweep_dir)  # a live driver, as `sweep status` sees it
+        cb.on_step_end(iteration=1, trials=[])  # within the budget: nothing happens
+        time.sleep(0.6)
+        cb.on_step_end(iteration=2, trials=[])  # past it: Tune is stopped like Ctrl-C
+        raise AssertionError("the time budget did not stop Tune")
+
+    budgeted = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, time_budget_s=0.5))
+    outcome = run_with(monkeypatch, script, budgeted, sweep_dir, tmp_path)
+    assert not outcome.interrupted and outcome.stop_reason == "time budget of 0.5 s ran out"
+    assert (tmp_path / "reports" / "exitpaths" / "index.html").is_file()
+    got = rows(sweep_dir)
+    assert {t: (got[t].status, got[t].error) for t in ("t1", "t2")} == {
+        t: ("stopped", "time budget of 0.5 s ran out") for t in ("t1", "t2")}
+    parent, children = mlflow_runs(sweep_dir)
+    assert {children[t].info.status for t in ("t1", "t2")} == {"KILLED"}
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.ended"] == "time budget of 0.5 s ran out"
+    live = dict(line.split(": ", 1) for line in seen["status"])
+    assert live["running"].startswith("2 (t1, t2; heartbeat ")
+    assert live["driver"].startswith(f"pid {os.getpid()} on {socket.gethostname()} (`sweep resume` since ")
+    assert ": alive, trials; heartbeat" in live["driver"]
+
+
+def test_a_re_proposed_trial_number_replaces_the_stale_stopped_row(cfg, sweep_dir, tmp_path, monkeypatch):
+    """A trial Ray Tune lost (it started after Tune's last saved state) keeps its stopped row only until the
+    restored searcher proposes its number again: then the new trial's row replaces it."""
+    from sweep.results.schema import TrialRecord
+
+    folder = SweepFolder(sweep_dir)
+    records, meta = folder.store.records()
+    folder.store.write(records + [TrialRecord.unfinished("exitpaths", "lost", "stopped", "driver error: X",
+                                                         method="magnitude").replace(trial_number=0)], meta)
+
+    def script(cb):
+        import sweep.driver as driver
+
+        st = driver._ACTIVE["sweep"]  # the lost trial's MLflow run, closed when it was stopped
+        st.sink.end(st.sink.start_child(st.parent_id, "magnitude-lost", {}, tags={"sweep.trial_id": "lost"}), "KILLED")
+        start_trial(cb, "again", 0)
+        rec = TrialRecord(sweep="exitpaths", trial_id="again", trial_number=0, status="ok", method="magnitude",
+                          accuracy=0.9, params=1000, macs=2000, latency_ms=0.1, knobs={"ratio": 0.5})
+        cb.on_trial_result(iteration=1, trials=[], trial=SimpleNamespace(trial_id="again"),
+                           result={"record_json": rec.to_json()})
+
+    outcome = run_with(monkeypatch, script, cfg, sweep_dir, tmp_path)
+    assert outcome.stop_reason == "interrupted (Ctrl-C)"  # Tune returned with 2 of 3 trials left
+    got = rows(sweep_dir)
+    assert "lost" not in got and got["again"].status == "ok"
+    _, children = mlflow_runs(sweep_dir)
+    assert children["lost"].data.tags["sweep.superseded"] == "true"
+
+
+# ----------------------------------------------------------------------------- sweep status
+def write_results(sweep_dir: Path, cfg) -> None:
+    """A folder as a sweep leaves it, written without Ray: 2 ok, 1 failed, 1 stopped of 6 trials."""
+    from sweep.results.schema import TrialRecord
+
+    def ok(tid, n):
+        return TrialRecord(sweep="exitpaths", trial_id=tid, trial_number=n, status="ok", method="magnitude",
+                           accuracy=0.9, params=1000, macs=2000, latency_ms=0.1)
+
+    records = [ok("baseline", None).replace(method="baseline", params=5000), ok("a", 0), ok("b", 1),
+               TrialRecord.unfinished("exitpaths", "c", "failed", "diverged", method="magnitude"),
+               TrialRecord.unfinished("exitpaths", "d", "stopped", "terminated (SIGTERM)", method="magnitude")]
+    SweepFolder(sweep_dir).store.write(records, {"name": "exitpaths", "trials": cfg.search.trials})
+
+
+def status(sweep_dir: Path) -> tuple[int, dict]:
+    """`sweep status` in a fresh interpreter: its exit code and facts, and it must not import Ray."""
+    code = ("import sys; from sweep.cli import main; rc = main(['status', sys.argv[1]]); "
+            "assert 'ray' not in sys.modules, 'sweep status imported Ray'; sys.exit(rc)")
+    res = subprocess.run([sys.executable, "-c", code, str(sweep_dir)], capture_output=True, text=True, timeout=120)
+    assert res.stderr == "" or res.returncode != 0, res.stderr
+    return res.returncode, dict(line.split(": ", 1) for line in res.stdout.strip().splitlines())
+
+
+def test_status_of_a_running_then_killed_sweep(tmp_path, cfg):
+    from sweep.config import load_config
+
+    space = tmp_path / "six.yaml"
+    space.write_text(SPACE.replace("trials: 3", "trials: 6"))
+    sweep_dir = tmp_path / "s"
+    folder = SweepFolder(sweep_dir)
+    folder.create(load_config(space))
+    write_results(sweep_dir, cfg)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(sweep_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        folder.write_heartbeat(["e"], phase="trials", outcome=None)
+        rc, facts = status(sweep_dir)
+        assert rc == 0
+        assert facts["sweep"] == f"exitpaths ({sweep_dir.resolve()})"
+        assert facts["done"] == "3 of 6 trials (2 ok, 1 failed)"
+        assert facts["stopped"] == "1 (run again by `sweep resume`): terminated (SIGTERM)"
+        assert facts["running"].startswith("1 (e; heartbeat ")
+        assert facts["remaining"] == "3 of 6 trials"
+        assert facts["driver"].startswith(f"pid {proc.pid} on {socket.gethostname()} (`sweep run` since ")
+        assert facts["driver"].endswith("s ago") and ": alive, trials; heartbeat " in facts["driver"]
+    finally:
+        proc.kill()  # SIGKILL, by pid: no books closed, the lock file still names it
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    rc, facts = status(sweep_dir)
+    assert rc == 0
+    assert facts["running"].startswith("0 (the last heartbeat, ") and "listed 1: its driver is not running" in \
+        facts["running"]
+    assert facts["driver"].startswith(f"none: pid {proc.pid} on {socket.gethostname()} (`sweep run` since ")
+    assert facts["driver"].endswith("is not running (its lock is stale; the next writer takes it over)")
+    assert facts["remaining"] == "3 of 6 trials"
+
+
+def test_status_of_a_folder_that_is_not_a_sweep(tmp_path, capsys):
+    from sweep.cli import main
+
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["status", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sweep: error: not a sweep folder") and str(tmp_path) in err[0]
