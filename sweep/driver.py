@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -33,10 +33,13 @@ from .errors import SweepError
 from .folder import HEARTBEAT_EVERY_S, SweepFolder, report_dir, sweep_meta
 from .pareto import DIRECTIONS
 from .results.schema import TrialRecord, with_front
-from .results.store import TrialStore, replace_by_id
+from .results.store import TrialStore
 from .trial import TrialSpec, load_splits, prepare_baseline, run_trial, trial_threads
 
 EXPERIMENT = "tune"
+# trials.parquet is rewritten (the journal folded in) at most this often while trials run; every finished
+# trial is durable in the journal at once (see sweep.results.store)
+COMPACT_EVERY_S = 10.0
 
 # why a sweep stopped early: the ``error`` of its stopped rows, the parent run's ``sweep.ended`` tag
 CTRL_C = "interrupted (Ctrl-C)"
@@ -158,6 +161,10 @@ class _CallbackState:
     budget_reason: str | None = None  # set once the time budget ran out
     last_beat: float = 0.0
     beat_warned: bool = False
+    records: dict = field(default_factory=dict)  # trial id -> TrialRecord: the table, kept in memory
+    front: list = field(default_factory=list)  # the records on the front now (maintained incrementally)
+    pending: int = 0  # records appended to the journal since the last compaction
+    compacted_at: float = 0.0
 
 
 # Why this process was asked to stop (SIGTERM), set by :func:`interrupt`; cleared by each run_sweep.
@@ -201,27 +208,63 @@ def _beat(st: _CallbackState, **fields) -> None:
 _ACTIVE: dict[str, _CallbackState] = {}
 
 
-def _upsert(st: _CallbackState, new: list[TrialRecord]) -> list[TrialRecord]:
-    """Write ``new`` into the table, replacing rows of the same trial id.
+def _upsert(st: _CallbackState, new: list[TrialRecord]) -> None:
+    """Record ``new`` in O(1): one journal part each, the in-memory table, and the front updated.
 
-    A ``stopped`` row of another trial id with the same trial number is dropped too: that trial was
-    lost to Ray Tune (it started after Tune's last saved state, e.g. before a driver error), and the
-    restored searcher proposed the same number -- the same configuration and seed -- again."""
-    records, _ = st.store.records()
-    numbers = {r.trial_number for r in new if r.trial_number is not None}
+    A ``stopped`` record of another trial whose configuration a new record ran again (a trial cut short,
+    re-run by ``sweep resume``) is dropped: the table then needs one compaction, which happens at most
+    once per re-run trial."""
+    stale = _reruns(st.records.values(), new)
+    for r in new:
+        st.records[r.trial_id] = r
+        st.store.append(r)
+        st.pending += 1
+    for tid in stale:
+        del st.records[tid]
+    _update_front(st, {r.trial_id for r in new} | stale)
+    if stale or time.time() - st.compacted_at >= COMPACT_EVERY_S:
+        _compact(st)
+    if stale:
+        if st.sink is not None:
+            try:
+                st.sink.supersede_trial_runs(st.parent_id, stale)
+            except Exception as e:  # tracking is a mirror: the Parquet row is already safe
+                st.progress.log(f"warning: MLflow runs of {', '.join(sorted(stale))} could not be tagged "
+                                f"superseded: {type(e).__name__}: {e}")
+
+
+def _compact(st: _CallbackState) -> None:
+    """Fold the journal into ``trials.parquet`` (front flags included), so that a plain
+    ``pandas.read_parquet`` of it lags the sweep by at most :data:`COMPACT_EVERY_S`; O(table), so it runs
+    on a clock, not per trial."""
+    front = {r.trial_id for r in st.front}
+    st.store.write([r.replace(on_front=r.trial_id in front) for r in st.records.values()], st.meta)
+    st.pending, st.compacted_at = 0, time.time()
+
+
+def _config_key(r: TrialRecord) -> tuple:
+    return (r.method, tuple(sorted((k, repr(v)) for k, v in r.knobs.items())))
+
+
+def _reruns(records, new: list[TrialRecord]) -> set[str]:
+    """Ids of ``stopped`` records (not among ``new``) that a record of ``new`` ran again, by configuration."""
+    done = {_config_key(r) for r in new if r.status != "stopped" and r.knobs}
     ids = {r.trial_id for r in new}
-    stale = {r.trial_id for r in records
-             if r.status == "stopped" and r.trial_number in numbers and r.trial_id not in ids}
-    records = with_front(replace_by_id([r for r in records if r.trial_id not in stale], new),
-                         st.cfg.search.objectives)
-    st.store.write(records, st.meta)
-    if stale and st.sink is not None:
-        try:
-            st.sink.supersede_trial_runs(st.parent_id, stale)
-        except Exception as e:  # tracking is a mirror: the Parquet row is already safe
-            st.progress.log(f"warning: MLflow runs of {', '.join(sorted(stale))} could not be tagged superseded: "
-                            f"{type(e).__name__}: {e}")
-    return records
+    return {r.trial_id for r in records if r.status == "stopped" and r.trial_id not in ids and r.knobs
+            and _config_key(r) in done}
+
+
+def _update_front(st: _CallbackState, changed: set[str]) -> None:
+    """The front after records ``changed`` (new, replaced or dropped): O(front) unless a member changed."""
+    from .pareto import front_flags
+
+    objectives = st.cfg.search.objectives
+    if any(r.trial_id in changed for r in st.front):  # a member replaced or gone: dominated ones may return
+        pool = list(st.records.values())
+    else:
+        pool = st.front + [st.records[t] for t in changed if t in st.records]
+    st.front = [r for r, on in zip(pool, front_flags(pool, objectives)) if on]
+    st.progress.front = len(st.front)
 
 
 def _live_state() -> _CallbackState:
@@ -234,7 +277,7 @@ def _live_state() -> _CallbackState:
 def _make_callback():
     from ray.tune import Callback
 
-    from .space import METHOD_PARAM, TRIAL_NUMBER
+    from .space import TRIAL_NUMBER, knobs_from_config
 
     class SweepCallback(Callback):
         def __reduce__(self):
@@ -245,7 +288,8 @@ def _make_callback():
 
         def on_trial_start(self, iteration, trials, trial, **info):
             st = _live_state()
-            st.progress.running[trial.trial_id] = (trial.config.get(METHOD_PARAM), trial.config.get(TRIAL_NUMBER))
+            method, knobs = knobs_from_config(trial.config)
+            st.progress.running[trial.trial_id] = (method, trial.config.get(TRIAL_NUMBER), knobs)
             _beat(st)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -254,13 +298,12 @@ def _make_callback():
             st = _live_state()
             progress = st.progress
             rec = TrialRecord.from_json(result["record_json"])
-            records = _upsert(st, [rec])
+            _upsert(st, [rec])
             progress.running.pop(trial.trial_id, None)
             _beat(st)
             progress.done += 1
             progress.failed += rec.status != "ok"
-            progress.front = sum(1 for r in records if r.on_front)
-            hv = _hypervolume(records, st.cfg.search.objectives, st.meta["baseline"])
+            hv = _hypervolume(st.front, st.cfg.search.objectives, st.meta["baseline"])  # dominated add nothing
             if st.sink is not None:
                 try:
                     st.sink.log_metrics(st.parent_id, {"hypervolume": hv, "front_size": progress.front,
@@ -278,18 +321,18 @@ def _make_callback():
         def on_trial_error(self, iteration, trials, trial, **info):
             # the trainable catches trial errors itself; this is a crashed worker (e.g. killed for memory)
             st = _live_state()
-            method, number = st.progress.running.pop(
-                trial.trial_id, (trial.config.get(METHOD_PARAM), trial.config.get(TRIAL_NUMBER)))
+            m, k = knobs_from_config(trial.config)
+            method, number, knobs = st.progress.running.pop(trial.trial_id, (m, trial.config.get(TRIAL_NUMBER), k))
             _beat(st)
-            records, _ = st.store.records()
-            if any(r.trial_id == trial.trial_id and r.status != "stopped" for r in records):
+            old = st.records.get(trial.trial_id)
+            if old is not None and old.status != "stopped":
                 return
             try:
                 err = f"worker crashed: {str(trial.get_error())[:2000]}"
             except Exception as e:  # the error itself could not be read back from Ray
                 err = f"worker crashed (its error could not be read: {type(e).__name__})"
             _upsert(st, [TrialRecord.unfinished(st.cfg.name, trial.trial_id, "failed", err, method=method,
-                                                ended_at=time.time()).replace(trial_number=number)])
+                                                ended_at=time.time()).replace(trial_number=number, knobs=knobs)])
             st.progress.done += 1
             st.progress.failed += 1
             st.progress.line(f"{trial.trial_id} FAILED: {err[:100]}")
@@ -305,6 +348,8 @@ def _make_callback():
                 _stop_tune()
             if now - st.last_beat >= HEARTBEAT_EVERY_S:
                 _beat(st)
+            if st.pending and now - st.compacted_at >= COMPACT_EVERY_S:
+                _compact(st)
             if now - st.progress.last_print > 30:
                 st.progress.line()
 
@@ -369,33 +414,47 @@ def _sigint_kept():
             signal.signal(signal.SIGINT, prev)
 
 
-def _tuner(cfg: SweepConfig, folder: SweepFolder, tracking: dict, callback, restore: bool):
+def _tuner(cfg: SweepConfig, folder: SweepFolder, tracking: dict, callback, records: list[TrialRecord]):
+    """A fresh tuner for the trials still missing; the searcher knows every finished trial.
+
+    Resuming never restores Ray Tune's own experiment state (saved only now and then, so stale after a
+    hard kill): the table is the truth.  Finished trials (ok or failed) are told to the sampler, trials
+    that were cut short (``stopped``) are enqueued to run again first, and only ``trials − finished``
+    trials are asked for.  Trial numbers, and so seeds, continue after the told ones, and the sampler is
+    seeded from the sweep seed and the number told: no configuration or seed repeats."""
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from .space import define_by_run, first_points, make_sampler
+    from .space import define_by_run, first_points, make_sampler, study_with_history
 
     trainable = tune.with_resources(
         tune.with_parameters(sweep_trial, sweep_dir=str(folder.path), tracking=tracking),
         {"cpu": cfg.search.cpus_per_trial})
-    storage = str(folder.ray_dir)
-    # no `time_budget_s` for Ray: its stopper would end the cut trials and the searcher for good, so that
-    # `resume` could not re-run them; the callback stops Tune the way Ctrl-C does instead (on_step_end)
-    run_config = tune.RunConfig(name=EXPERIMENT, storage_path=storage, verbose=0, callbacks=[callback],
+    # no `time_budget_s` for Ray: its stopper would end the cut trials and the searcher for good; the
+    # callback stops Tune the way Ctrl-C does instead (on_step_end)
+    run_config = tune.RunConfig(name=EXPERIMENT, storage_path=str(folder.ray_dir), verbose=0, callbacks=[callback],
                                 failure_config=tune.FailureConfig(max_failures=0))
-    exp_path = Path(storage) / EXPERIMENT
-    if restore and tune.Tuner.can_restore(str(exp_path)):
-        return tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=False, restart_errored=False)
-    searcher = OptunaSearch(
-        space=define_by_run(cfg), metric=list(cfg.search.objectives),
-        mode=[DIRECTIONS[o] for o in cfg.search.objectives],
-        sampler=make_sampler(cfg.search.sampler, seed=cfg.seed, n_trials=cfg.search.trials),
-        points_to_evaluate=first_points(cfg) or None,
-    )
+    trials = sorted((r for r in records if not r.is_baseline), key=lambda r: (r.trial_number is None,
+                                                                               r.trial_number or 0))
+    told = [(r.method, r.knobs, [float(r.get(o)) for o in cfg.search.objectives] if r.status == "ok" else None)
+            for r in trials if r.status in ("ok", "failed") and r.method and r.knobs]
+    rerun = [(r.method, r.knobs) for r in trials if r.status == "stopped" and r.method and r.knobs]
+    measured = {r.method for r in trials if r.status in ("ok", "failed")} | {m for m, _ in rerun}
+    first = [p for p in first_points(cfg) if p.get("method") not in measured]
+    todo = cfg.search.trials - _finished(records)
+    kw: dict = dict(space=define_by_run(cfg), metric=list(cfg.search.objectives),
+                    mode=[DIRECTIONS[o] for o in cfg.search.objectives])
+    if told or rerun:
+        sampler = make_sampler(cfg.search.sampler, seed=(cfg.seed * 1_000_003 + len(told)) % 2**31,
+                               n_trials=cfg.search.trials)
+        storage, name = study_with_history(cfg, told, rerun + [(p["method"], None) for p in first], sampler)
+        kw.update(sampler=sampler, storage=storage, study_name=name)
+    else:  # a new sweep: exactly the searcher of a first run
+        kw.update(sampler=make_sampler(cfg.search.sampler, seed=cfg.seed, n_trials=cfg.search.trials),
+                  points_to_evaluate=first or None)
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=cfg.search.trials,
+        tune_config=tune.TuneConfig(search_alg=OptunaSearch(**kw), num_samples=todo,
                                     max_concurrent_trials=cfg.search.concurrency, reuse_actors=True),
         run_config=run_config,
     )
@@ -499,7 +558,7 @@ def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | No
                 f"(batch {cfg.measure.latency_batch}, {base['latency']['threads']} thread(s), {cfg.measure.device})")
         base = folder.baseline()
         meta = st.meta = sweep_meta(cfg, base)
-        records, _ = store.records()
+        records = _reconciled(st, store.records()[0])
         progress.done = progress.done0 = _finished(records)
         reason = None
         if progress.done < cfg.search.trials:
@@ -507,7 +566,7 @@ def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | No
             _ACTIVE["sweep"] = st
             callback = _make_callback()
             tracking = {"uri": uri, "experiment": experiment, "parent_run_id": parent_id}
-            tuner = _tuner(cfg, folder, tracking, callback, restore=resume)
+            tuner = _tuner(cfg, folder, tracking, callback, records)
             log(f"running {cfg.search.trials - progress.done} trial(s), {cfg.search.concurrency} at a time "
                 f"({cfg.search.sampler} sampler; objectives: {', '.join(cfg.search.objectives)})")
             st.fit_t0 = progress.t0 = time.time()
@@ -564,6 +623,16 @@ def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | No
         _ACTIVE.pop("sweep", None)
 
 
+def _reconciled(st: _CallbackState, records: list[TrialRecord]) -> list[TrialRecord]:
+    """The table at the start of a run, compacted (the journal folded in), in memory with its front;
+    ``stopped`` records whose configuration already finished (re-run before a hard kill) are dropped."""
+    stale = _reruns(records, [r for r in records if r.status != "stopped"])
+    st.records = {r.trial_id: r for r in records if r.trial_id not in stale}
+    _update_front(st, set(st.records))
+    _compact(st)
+    return list(st.records.values())
+
+
 def _error_text(e: BaseException) -> str:
     """One line for an exception (Ray Tune wraps a callback's error in a TuneError whose message is the
     whole traceback: its last line names the error)."""
@@ -591,6 +660,8 @@ def _interrupted(st: _CallbackState, reason: str, t0: float, uri: str, timing: d
     """The end of an interrupted sweep (Ctrl-C, SIGTERM): parent KILLED, one line on how to continue."""
     _end_parent(st, "KILLED", reason)
     _beat(st, phase="done", outcome=reason)
+    if st.pending and st.meta:  # the table a user opens with pandas holds everything kept
+        _compact(st)
     records, _ = st.store.records()
     st.progress.log(f"{reason}: {_finished(records)} of {st.cfg.search.trials} trials finished and kept; "
                     f"continue with `sweep resume {st.folder.path}`")
@@ -633,18 +704,17 @@ def _end_parent(st: _CallbackState, status: str, ended: str) -> None:
 
 
 def _mark_stopped(st: _CallbackState, reason: str) -> None:
-    """A ``stopped`` row for each trial in flight (one that already finished keeps its row)."""
+    """A ``stopped`` record for each trial in flight (one that already finished keeps its record); each
+    carries its configuration, so that ``sweep resume`` runs it again first."""
     if not st.progress.running:
         return
-    records, _ = st.store.records()
-    have = {r.trial_id: r for r in records}
     now = time.time()
     new = [TrialRecord.unfinished(st.cfg.name, tid, "stopped", reason, method=method, ended_at=now)
-           .replace(trial_number=number)
-           for tid, (method, number) in st.progress.running.items()
-           if tid not in have or have[tid].status == "stopped"]
+           .replace(trial_number=number, knobs=knobs)
+           for tid, (method, number, knobs) in st.progress.running.items()
+           if tid not in st.records or st.records[tid].status == "stopped"]
     if new:
-        st.store.write(with_front(replace_by_id(records, new), st.cfg.search.objectives), st.meta)
+        _upsert(st, new)
 
 
 def _log_parent_artifacts(sink, parent_id, records: list[TrialRecord], cfg, base, out_dir) -> None:

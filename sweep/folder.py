@@ -6,10 +6,11 @@ Layout (the README's "Where things go" table)::
     state.json            tracking URI, MLflow experiment and parent run id; the driver's heartbeat
     .lock                 the writer's lock (flock) and who holds it: pid, host, command
     trials.parquet        the source of truth (:mod:`sweep.results.store`)
+    trials.journal/       finished trials not yet folded into trials.parquet (same module)
     baseline/model.pt     the trained dense model; baseline/summary.json its figures
     models/<trial>.pt     each trial's pruned model
     mlflow.db, mlartifacts/   the embedded MLflow store (default tracking URI) and its artefacts
-    ray/                  Ray Tune's experiment state
+    ray/                  Ray Tune's working folder (resume reads the table, not this)
     selected/             what ``sweep select`` chose
 
 Conventions: every JSON file is written atomically (temporary file + rename); saved models are

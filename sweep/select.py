@@ -135,9 +135,11 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
         raise BudgetError(f"no trial meets the budget ({_budget_text(budget)}) once its latency is re-measured "
                           f"alone; closest: {_describe(ordered[0], quality)}")
 
+    from .pareto import front_flags
+
     front_rejects = []
-    for r in records:
-        if not r.on_front or r.trial_id == chosen.trial_id:
+    for r, on in zip(records, front_flags(records, meta.get("objectives") or [quality, "latency_ms"])):
+        if not on or r.trial_id == chosen.trial_id:
             continue
         why = budget.broken(r, quality)
         front_rejects.append({"trial_id": r.trial_id, "method": r.method, "accuracy": r.accuracy,

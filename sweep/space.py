@@ -120,7 +120,8 @@ def study_with_history(cfg: SweepConfig, told: list, rerun: list, sampler, name:
     """An Optuna study (in memory) that already knows the sweep's finished trials, for a resumed sweep.
 
     ``told``: ``(method, knobs, values or None)`` of every finished trial, in order (None: it failed);
-    ``rerun``: ``(method, knobs)`` of trials that were cut short, enqueued to run again first.  Trial
+    ``rerun``: ``(method, knobs)`` of trials that were cut short, enqueued to run again first (knobs None:
+    only the method is fixed, its knobs sampled -- a multi-method space's first trial of that method).  Trial
     numbers, and so seeds, continue after the told trials: nothing repeats.  Returns
     ``(storage, study name)`` for ``OptunaSearch(storage=..., study_name=...)``, which loads it.
     """
@@ -139,7 +140,8 @@ def study_with_history(cfg: SweepConfig, told: list, rerun: list, sampler, name:
         study.add_trial(optuna.trial.create_trial(state=state, values=values, params=params, distributions=dists))
     for method, knobs in rerun:
         dists = distributions(cfg, method)
-        study.enqueue_trial({n: _param_value(method, n, knobs) for n in dists})
+        study.enqueue_trial({n: _param_value(method, n, knobs) for n in dists} if knobs is not None
+                            else {METHOD_PARAM: method}, skip_if_exists=False)
     return storage, name
 
 

@@ -252,15 +252,16 @@ def test_the_time_budget_is_a_normal_end(cfg, sweep_dir, tmp_path, monkeypatch):
     assert ": alive, trials; heartbeat" in live["driver"]
 
 
-def test_a_re_proposed_trial_number_replaces_the_stale_stopped_row(cfg, sweep_dir, tmp_path, monkeypatch):
-    """A trial Ray Tune lost (it started after Tune's last saved state) keeps its stopped row only until the
-    restored searcher proposes its number again: then the new trial's row replaces it."""
+def test_a_re_run_configuration_replaces_the_stale_stopped_row(cfg, sweep_dir, tmp_path, monkeypatch):
+    """A trial cut short keeps its stopped row (with its configuration) only until ``resume`` has run that
+    configuration again: then the new trial's row replaces it and its MLflow run is marked superseded."""
     from sweep.results.schema import TrialRecord
 
     folder = SweepFolder(sweep_dir)
     records, meta = folder.store.records()
     folder.store.write(records + [TrialRecord.unfinished("exitpaths", "lost", "stopped", "driver error: X",
-                                                         method="magnitude").replace(trial_number=0)], meta)
+                                                         method="magnitude").replace(trial_number=0,
+                                                                                     knobs={"ratio": 0.5})], meta)
 
     def script(cb):
         import sweep.driver as driver

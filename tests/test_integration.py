@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -233,3 +235,79 @@ def test_time_budget_ends_the_sweep_normally_with_the_trials_it_has(tmp_path, mo
     facts = dict(line.split(": ", 1) for line in status_lines(sweep_dir))
     assert facts["remaining"] == "4 of 4 trials" and facts["running"] == "0"
     assert facts["last run ended"] == "time budget of 30 s ran out"
+
+
+def _kill_sweep(proc: subprocess.Popen, tmp_root: Path) -> None:
+    """SIGKILL the driver's process group, then every Ray process of this test's embedded cluster (found by
+    its private temp folder), by pid: what a lost machine does to a sweep, and nothing else is touched."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        pids = []
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                try:
+                    if str(tmp_root).encode() in (p / "cmdline").read_bytes():
+                        pids.append(int(p.name))
+                except OSError:
+                    continue
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+
+
+def _finished_trials(sweep_dir: Path) -> list:
+    from sweep.results.store import TrialStore
+
+    if not (sweep_dir / "trials.parquet").is_file():
+        return []
+    return [r for r in TrialStore(sweep_dir).records()[0] if not r.is_baseline and r.status in ("ok", "failed")]
+
+
+def test_sigkill_twice_then_resume_gives_exactly_the_trials_asked(tmp_path):
+    """The driver and its Ray processes SIGKILLed mid-trial, resumed, killed again, resumed: exactly
+    `trials` finished rows, no seed, trial number or configuration twice, no MLflow run left RUNNING."""
+    trials = 5
+    space = _write_space(tmp_path, "itkill", trials=trials, ft=25)
+    sweep_dir = tmp_path / "runs" / "itkill"
+    # the embedded Ray's temp folder lands here (TMPDIR), so its processes are known to be ours; short,
+    # because Ray's unix socket paths must stay under ~107 characters
+    ray_tmp = Path(tempfile.mkdtemp(prefix="swk", dir="/tmp"))
+    env = {**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING", "TMPDIR": str(ray_tmp)}
+    try:
+        for i, cmd in enumerate((["run", str(space)], ["resume", str(sweep_dir)])):
+            before = len(_finished_trials(sweep_dir))
+            with open(tmp_path / f"out{i}.txt", "w") as out:
+                proc = subprocess.Popen([sys.executable, "-m", "sweep.cli", *cmd], cwd=tmp_path, env=env,
+                                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                deadline = time.time() + 300
+                while (time.time() < deadline and proc.poll() is None
+                       and len(_finished_trials(sweep_dir)) < before + 1):
+                    time.sleep(0.3)
+                assert len(_finished_trials(sweep_dir)) >= before + 1, (tmp_path / f"out{i}.txt").read_text()
+            finally:
+                _kill_sweep(proc, ray_tmp)
+        res = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", str(sweep_dir)], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    done = _finished_trials(sweep_dir)
+    assert len(done) == trials
+    from sweep.results.store import TrialStore
+
+    records = TrialStore(sweep_dir).records()[0]
+    assert not [r for r in records if r.status == "stopped"]
+    assert len({r.seed for r in done}) == trials and len({r.trial_number for r in done}) == trials
+    assert len({(r.method, tuple(sorted(r.knobs.items()))) for r in done}) == trials
+    assert f"[  {trials + 1}/" not in res.stdout  # the progress never shows more done than asked
+    parent, children = _runs(sweep_dir, "itkill")
+    assert parent.info.status == "FINISHED"
+    assert not [r for r in children if r.info.status == "RUNNING"]

@@ -328,7 +328,7 @@ def test_blocks_in_info_get_a_per_block_figure_whatever_the_method(tmp_path: Pat
     assert "<h2>Per-block importance</h2>" in index
     assert '<img src="blocks_t_on.png" alt="Depth importance, trial t/on">' in index
 
-    on["on_front"] = False
+    on["info"] = json.dumps({})  # only the off-front row has blocks now
     write_table(tmp_path / "sweep", rows, meta)
     report.build_report(tmp_path / "sweep", tmp_path / "out2")
     assert "Per-block importance" not in (tmp_path / "out2" / "index.html").read_text(encoding="utf-8")

@@ -4,8 +4,9 @@ Conventions:
 
 * The baseline row is the one with ``trial_id == "baseline"``; "trials" are the other rows.  The
   baseline is a candidate like any trial: it may be on the front and counts in the hypervolume.
-* The sweep's front is the ``ok`` rows flagged ``on_front`` when any row carries a flag, else the rows
-  :func:`sweep.pareto.front_flags` puts on the front of the sweep's objectives (one front function).
+* The sweep's front is the rows :func:`sweep.pareto.front_flags` puts on the front of the sweep's
+  objectives, computed from the figures (one front function; the stored ``on_front`` column is the same
+  function's cache, and a running sweep's newest rows do not carry it yet).
 * A missing cell is None or NaN; :func:`num` reads any cell as a float (NaN when it is not a number).
 """
 
@@ -49,12 +50,7 @@ def objective_values(rows: pd.DataFrame, objectives: Sequence[str]) -> dict[str,
 
 def front_rows(df: pd.DataFrame, objectives: Sequence[str], quality: str) -> pd.DataFrame:
     """``ok`` rows on the sweep's front, best ``quality`` first."""
-    ok = is_ok(df)
-    stored = df["on_front"] if "on_front" in df.columns else pd.Series(None, index=df.index, dtype=object)
-    if stored[ok].notna().any():
-        on = ok & stored.eq(True)
-    else:
-        on = pd.Series(pareto.front_flags(df.to_dict("records"), objectives), index=df.index, dtype=bool)
+    on = pd.Series(pareto.front_flags(df.to_dict("records"), objectives), index=df.index, dtype=bool)
     return df[on].sort_values([quality, "trial_id"], ascending=[False, True], kind="stable",
                               key=lambda col: col.astype(float) if col.name == quality else col)
 
