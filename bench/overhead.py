@@ -83,17 +83,10 @@ def quiet() -> None:
 
 
 def optuna_sampler(name: str, seed: int, n_trials: int):
-    """The Optuna sampler a space names, built the way sweep builds it (sweep/space.py::make_sampler)."""
-    import optuna
+    """The Optuna sampler a space names, built by sweep's own function (the raw run uses the same one)."""
+    from sweep.space import make_sampler
 
-    startup = min(10, max(3, n_trials // 3))
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, n_trials // 3)))
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
-    return optuna.samplers.RandomSampler(seed=seed)
+    return make_sampler(name, seed=seed, n_trials=n_trials)
 
 
 def overhead(fit_s: float, trial_s: float, n: int, c: int) -> tuple[float, float]:
