@@ -389,6 +389,24 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None) -> bool:
     return True
 
 
+def _check_schedulable(cfg: SweepConfig, address: str | None) -> None:
+    """A trial must fit on one node, or Ray Tune would wait for it for ever: checked against this machine
+    before anything runs (the embedded Ray gets all its CPUs), against the cluster once connected."""
+    from .errors import ConfigError
+
+    if address is None:
+        most, nodes = float(os.cpu_count() or 1), [None]
+    else:
+        import ray
+
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        most = max((float(n.get("Resources", {}).get("CPU", 0)) for n in nodes), default=0.0)
+    if cfg.search.cpus_per_trial > most:
+        raise ConfigError(f"search.cpus_per_trial must fit on one Ray node (the largest has {most:g} CPUs, "
+                          f"{len(nodes)} node(s) in all), but got cpus_per_trial={cfg.search.cpus_per_trial:g} "
+                          f"({cfg.source}: search.cpus_per_trial); lower it there and run again")
+
+
 def _ray_shutdown(started: bool, log) -> None:
     """Stop the trials' workers for good (a stopped trial must not finish its MLflow run after we closed
     it, nor share the machine with the re-measurement); only a Ray this sweep started."""
@@ -516,6 +534,8 @@ def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | No
 
     t0 = time.time()
     _STOP.clear()
+    if address is None:
+        _check_schedulable(cfg, None)  # before anything is written
     if not resume:
         folder.create(cfg)
     state = folder.state()
@@ -563,6 +583,7 @@ def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | No
         reason = None
         if progress.done < cfg.search.trials:
             ray_started = _ray_init(address, folder.path, None)
+            _check_schedulable(cfg, address)
             _ACTIVE["sweep"] = st
             callback = _make_callback()
             tracking = {"uri": uri, "experiment": experiment, "parent_run_id": parent_id}
