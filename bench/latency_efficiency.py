@@ -167,6 +167,7 @@ def main(argv=None) -> int:
 
     from sweep.measure import count_macs, count_params
 
+    summary: dict = {}  # pruner -> [(|achieved MACs fraction - target|, latency ratio at the first batch)]
     for name in models:
         dense, x = build(name, args.seed)
         macs0, params0 = count_macs(dense, x), count_params(dense)
@@ -195,9 +196,24 @@ def main(argv=None) -> int:
                 lf = lat[b][k] / lat[b][0]
                 cols += f" {lat[b][k]:>9.2f} {lf:>7.3f} {mf / lf:>7.2f}"
             print(f"{name:<26}{t:>7.3f} {p:<8}{mf:>7.3f}{pf:>7.3f}{cols} {dt:>8.1f}")
+            summary.setdefault(p, []).append((abs(mf - t), lat[batches[0]][k] / lat[batches[0]][0]))
         sys.stdout.flush()
     print(f"# total {time.time() - t_start:.0f} s; load avg at end {os.getloadavg()[0]:.2f}")
+    print(summary_line(summary, batches[0]))
     return 0
+
+
+def summary_line(summary: dict, batch: int) -> str:
+    """The one figure line: per pruner, the mean MACs-target error and the geometric-mean latency ratio
+    (pruned / dense, at the first batch size) over every model and target it pruned, measured side by side."""
+    import math
+
+    parts = []
+    for p, rows in summary.items():
+        err = sum(e for e, _ in rows) / len(rows)
+        gm = math.exp(sum(math.log(r) for _, r in rows) / len(rows))
+        parts.append(f"macs_err_{p}={err:.3f} lat_ratio_b{batch}_{p}={gm:.3f}")
+    return "latency_efficiency: " + " ".join(parts)
 
 
 if __name__ == "__main__":
