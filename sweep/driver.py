@@ -16,6 +16,7 @@ what ``sweep resume`` restores).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -79,32 +80,27 @@ def _trial_seed(base_seed: int, number: int | None, trial_id: str) -> int:
     return base_seed * 100_003 + int(index)
 
 
-def sweep_trial(config: dict, sweep_dir: str, tracking: dict) -> None:
-    """The Ray Tune trainable: one trial, reported once."""
+def sweep_trial(config: dict, sweep_dir: str) -> None:
+    """The Ray Tune trainable: one trial, reported once, with the trajectory its method logged.
+
+    It never touches MLflow: the driver mirrors the record (see :class:`~sweep.results.mlflow_sink.TrialMirror`)."""
     from ray import tune
 
-    from .results.mlflow_sink import TrialTracker
     from .space import TRIAL_NUMBER, knobs_from_config
 
     cfg = _worker_config(sweep_dir)
     trial_id = tune.get_context().get_trial_id()
     method, knobs = knobs_from_config(config)
     number = config.get(TRIAL_NUMBER)
-    seed = _trial_seed(cfg.seed, number, trial_id)
-    tracker = TrialTracker.start(tracking["uri"], tracking["experiment"], tracking["parent_run_id"],
-                                 f"{method}-{trial_id}", {"method": method, "seed": seed, "trial_id": trial_id,
-                                                          **knobs}, trial_id=trial_id)
-    rec = run_trial(cfg, TrialSpec(sweep_dir, trial_id, method, knobs, seed), tracker, trial_number=number)
-    if rec.status == "ok":
-        tracker.log_metrics({k: getattr(rec, k) for k in ("accuracy", "test_accuracy", "agreement", "params", "macs",
-                                                          "latency_ms", "latency_iqr_ms", "params_ratio",
-                                                          "macs_ratio", "latency_ratio", "wall_s")})
-        tracker.end("FINISHED")
-    else:
-        tracker.set_tags({"error": rec.error[:5000]})
-        tracker.end("FAILED")
+    history: list[tuple] = []
+
+    def log_metric(key: str, value: float, step: int = 0) -> None:
+        history.append((key, float(value), int(step), int(time.time() * 1000)))
+
+    rec = run_trial(cfg, TrialSpec(sweep_dir, trial_id, method, knobs, _trial_seed(cfg.seed, number, trial_id)),
+                    log_metric, trial_number=number)
     metrics = {o: (float(getattr(rec, o)) if rec.status == "ok" else math.nan) for o in cfg.search.objectives}
-    tune.report({**metrics, "record_json": rec.to_json()})
+    tune.report({**metrics, "record_json": rec.to_json(), "history_json": json.dumps(history)})
 
 
 # ------------------------------------------------------------------------------- driver side
@@ -157,6 +153,7 @@ class _CallbackState:
     sink: object
     parent_id: str
     folder: SweepFolder | None = None
+    mirror: object = None  # the trials' MLflow runs, written on the mirror's own thread (None: no tracking)
     fit_t0: float | None = None  # when Ray Tune started in this call (the time budget counts from here)
     budget_reason: str | None = None  # set once the time budget ran out
     last_beat: float = 0.0
@@ -224,13 +221,8 @@ def _upsert(st: _CallbackState, new: list[TrialRecord]) -> None:
     _update_front(st, {r.trial_id for r in new} | stale)
     if stale or time.time() - st.compacted_at >= COMPACT_EVERY_S:
         _compact(st)
-    if stale:
-        if st.sink is not None:
-            try:
-                st.sink.supersede_trial_runs(st.parent_id, stale)
-            except Exception as e:  # tracking is a mirror: the Parquet row is already safe
-                st.progress.log(f"warning: MLflow runs of {', '.join(sorted(stale))} could not be tagged "
-                                f"superseded: {type(e).__name__}: {e}")
+    if stale and st.mirror is not None:
+        st.mirror.superseded(stale)
 
 
 def _compact(st: _CallbackState) -> None:
@@ -238,6 +230,10 @@ def _compact(st: _CallbackState) -> None:
     ``pandas.read_parquet`` of it lags the sweep by at most :data:`COMPACT_EVERY_S`; O(table), so it runs
     on a clock, not per trial."""
     front = {r.trial_id for r in st.front}
+    run_ids = st.mirror.run_ids if st.mirror is not None else {}
+    for tid, r in st.records.items():  # the MLflow runs the mirror has opened since the last compaction
+        if r.mlflow_run_id is None and tid in run_ids:
+            st.records[tid] = r.replace(mlflow_run_id=run_ids[tid])
     st.store.write([r.replace(on_front=r.trial_id in front) for r in st.records.values()], st.meta)
     st.pending, st.compacted_at = 0, time.time()
 
@@ -289,7 +285,12 @@ def _make_callback():
         def on_trial_start(self, iteration, trials, trial, **info):
             st = _live_state()
             method, knobs = knobs_from_config(trial.config)
-            st.progress.running[trial.trial_id] = (method, trial.config.get(TRIAL_NUMBER), knobs)
+            number = trial.config.get(TRIAL_NUMBER)
+            st.progress.running[trial.trial_id] = (method, number, knobs)
+            if st.mirror is not None:
+                st.mirror.started(trial.trial_id, f"{method}-{trial.trial_id}",
+                                  {"method": method, "seed": _trial_seed(st.cfg.seed, number, trial.trial_id),
+                                   "trial_id": trial.trial_id, **knobs})
             _beat(st)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -299,17 +300,16 @@ def _make_callback():
             progress = st.progress
             rec = TrialRecord.from_json(result["record_json"])
             _upsert(st, [rec])
+            if st.mirror is not None:
+                st.mirror.finished(rec, json.loads(result.get("history_json") or "[]"))
             progress.running.pop(trial.trial_id, None)
             _beat(st)
             progress.done += 1
             progress.failed += rec.status != "ok"
-            hv = _hypervolume(st.front, st.cfg.search.objectives, st.meta["baseline"])  # dominated add nothing
-            if st.sink is not None:
-                try:
-                    st.sink.log_metrics(st.parent_id, {"hypervolume": hv, "front_size": progress.front,
-                                                       "trials_done": progress.done}, step=progress.done)
-                except Exception as e:  # tracking is a mirror: the Parquet row is already safe
-                    progress.log(f"warning: MLflow logging of the hypervolume failed: {type(e).__name__}: {e}")
+            if st.mirror is not None:
+                hv = _hypervolume(st.front, st.cfg.search.objectives, st.meta["baseline"])  # dominated add nothing
+                st.mirror.parent_metrics({"hypervolume": hv, "front_size": progress.front,
+                                          "trials_done": progress.done}, step=progress.done)
             if rec.status == "ok":
                 agree = f" agree {rec.agreement:.4f}" if st.cfg.label_free else ""
                 what = (f"{trial.trial_id} {rec.method} acc {rec.accuracy:.4f}{agree} "
@@ -331,8 +331,11 @@ def _make_callback():
                 err = f"worker crashed: {str(trial.get_error())[:2000]}"
             except Exception as e:  # the error itself could not be read back from Ray
                 err = f"worker crashed (its error could not be read: {type(e).__name__})"
-            _upsert(st, [TrialRecord.unfinished(st.cfg.name, trial.trial_id, "failed", err, method=method,
-                                                ended_at=time.time()).replace(trial_number=number, knobs=knobs)])
+            rec = TrialRecord.unfinished(st.cfg.name, trial.trial_id, "failed", err, method=method,
+                                         ended_at=time.time()).replace(trial_number=number, knobs=knobs)
+            _upsert(st, [rec])
+            if st.mirror is not None:
+                st.mirror.finished(rec)
             st.progress.done += 1
             st.progress.failed += 1
             st.progress.line(f"{trial.trial_id} FAILED: {err[:100]}")
@@ -432,7 +435,7 @@ def _sigint_kept():
             signal.signal(signal.SIGINT, prev)
 
 
-def _tuner(cfg: SweepConfig, folder: SweepFolder, tracking: dict, callback, records: list[TrialRecord]):
+def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialRecord]):
     """A fresh tuner for the trials still missing; the searcher knows every finished trial.
 
     Resuming never restores Ray Tune's own experiment state (saved only now and then, so stale after a
@@ -446,7 +449,7 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, tracking: dict, callback, reco
     from .space import define_by_run, first_points, make_sampler, study_with_history
 
     trainable = tune.with_resources(
-        tune.with_parameters(sweep_trial, sweep_dir=str(folder.path), tracking=tracking),
+        tune.with_parameters(sweep_trial, sweep_dir=str(folder.path)),
         {"cpu": cfg.search.cpus_per_trial})
     # no `time_budget_s` for Ray: its stopper would end the cut trials and the searcher for good; the
     # callback stops Tune the way Ctrl-C does instead (on_step_end)
@@ -530,14 +533,32 @@ def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = P
 
 def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | None, address: str | None,
                 tracking_uri: str | None, resume: bool, log) -> SweepOutcome:
-    from .results.mlflow_sink import MlflowSink
-
     t0 = time.time()
     _STOP.clear()
     if address is None:
         _check_schedulable(cfg, None)  # before anything is written
     if not resume:
         folder.create(cfg)
+    ray_started = False
+    if _finished(folder.store.records()[0]) < cfg.search.trials:
+        # Ray first: it starts its processes while the driver sets up MLflow and trains or loads the
+        # baseline.  (Pre-importing torch in Ray's idle workers, `preload_python_modules`, was measured
+        # slower on 2 cores: it competes with the baseline's training and the first trial waits anyway.)
+        ray_started = _ray_init(address, folder.path, None)
+    try:
+        if ray_started or address is not None:
+            _check_schedulable(cfg, address)
+        return _run_with_ray(cfg, folder, report_root=report_root, address=address, tracking_uri=tracking_uri,
+                             log=log, ray_started=ray_started, t0=t0)
+    except BaseException:
+        _ray_shutdown(ray_started, log)  # a no-op when the sweep already shut it down
+        raise
+
+
+def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | None, address: str | None,
+                  tracking_uri: str | None, log, ray_started: bool, t0: float) -> SweepOutcome:
+    from .results.mlflow_sink import MlflowSink, TrialMirror
+
     state = folder.state()
     uri = tracking_uri or state.get("tracking_uri") or folder.default_tracking_uri
     experiment = state.get("experiment") or cfg.name
@@ -560,9 +581,8 @@ def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | No
 
     store = folder.store
     progress = _Progress(cfg.search.trials, 0, log)
-    st = _CallbackState(store, cfg, {}, progress, sink, parent_id, folder)
+    st = _CallbackState(store, cfg, {}, progress, sink, parent_id, folder, mirror=TrialMirror(sink, parent_id, log))
     _beat(st, phase="baseline", outcome=None)
-    ray_started = False
     timing: dict = {}
     try:
         records, _ = store.records()
@@ -582,12 +602,11 @@ def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | No
         progress.done = progress.done0 = _finished(records)
         reason = None
         if progress.done < cfg.search.trials:
-            ray_started = _ray_init(address, folder.path, None)
-            _check_schedulable(cfg, address)
+            if not ray_started and address is None:  # e.g. a trial row went missing since the start
+                ray_started = _ray_init(None, folder.path, None)
             _ACTIVE["sweep"] = st
             callback = _make_callback()
-            tracking = {"uri": uri, "experiment": experiment, "parent_run_id": parent_id}
-            tuner = _tuner(cfg, folder, tracking, callback, records)
+            tuner = _tuner(cfg, folder, callback, records)
             log(f"running {cfg.search.trials - progress.done} trial(s), {cfg.search.concurrency} at a time "
                 f"({cfg.search.sampler} sampler; objectives: {', '.join(cfg.search.objectives)})")
             st.fit_t0 = progress.t0 = time.time()
@@ -599,6 +618,7 @@ def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | No
             except KeyboardInterrupt:  # a second Ctrl-C, or no Tune handler to stop gracefully
                 interrupted = True
             timing = _timing(store, cfg, st.fit_t0)
+            _settle(st)
             finished = _finished(store.records()[0])
             # Tune returned: all trials done, or stopped by SIGTERM, the time budget or Ctrl-C (which
             # reaches Ray Tune's handler directly, so it is what remains when trials are left)
@@ -611,6 +631,8 @@ def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | No
             if reason is not None and reason != st.budget_reason:
                 return _interrupted(st, reason, t0, uri, timing)
         _beat(st, phase="remeasure")
+        _ray_shutdown(ray_started, log)  # the re-measurement has the machine to itself
+        ray_started = False
         records, _ = store.records()
         records = _remeasure(cfg, folder, records, log)
         store.write(records, meta)
@@ -642,6 +664,7 @@ def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | No
         raise
     finally:
         _ACTIVE.pop("sweep", None)
+        st.mirror.close()
 
 
 def _reconciled(st: _CallbackState, records: list[TrialRecord]) -> list[TrialRecord]:
@@ -649,9 +672,22 @@ def _reconciled(st: _CallbackState, records: list[TrialRecord]) -> list[TrialRec
     ``stopped`` records whose configuration already finished (re-run before a hard kill) are dropped."""
     stale = _reruns(records, [r for r in records if r.status != "stopped"])
     st.records = {r.trial_id: r for r in records if r.trial_id not in stale}
+    if st.mirror is not None:  # finished trials an earlier driver died before mirroring get their runs now
+        for r in st.records.values():
+            if not r.is_baseline and r.status in ("ok", "failed") and r.mlflow_run_id is None:
+                st.mirror.finished(r)
+        _settle(st)
     _update_front(st, set(st.records))
     _compact(st)
     return list(st.records.values())
+
+
+def _settle(st: _CallbackState) -> None:
+    """Wait for the MLflow mirror, then fold the journal (and the run ids it opened) into the table."""
+    if st.mirror is not None:
+        st.mirror.flush()
+    if st.meta:
+        _compact(st)
 
 
 def _error_text(e: BaseException) -> str:
@@ -701,14 +737,14 @@ def _close_books(st: _CallbackState, reason: str) -> None:
     except Exception as e:
         log(f"warning: the stopped trials could not be recorded: {type(e).__name__}: {e}")
     st.progress.running.clear()
-    if st.sink is None:
+    if st.mirror is None:
         return
-    try:
-        # the stopped trials' runs (a trial may have ended its run during Tune's graceful stop, but its
-        # result never reached the table), then any run still RUNNING (a trial Tune had just started)
-        n = st.sink.kill_trial_runs(st.parent_id, stopped, reason) + st.sink.close_stale_children(st.parent_id)
+    st.mirror.stopped(stopped, reason)
+    st.mirror.flush()
+    try:  # any run still RUNNING that the mirror does not know of (opened by an earlier driver)
+        n = st.sink.close_stale_children(st.parent_id)
         if n:
-            log(f"closed {n} MLflow run(s) of stopped trials as KILLED")
+            log(f"closed {n} more MLflow run(s) left RUNNING as KILLED")
     except Exception as e:
         log(f"warning: MLflow runs of the stopped trials could not be closed: {type(e).__name__}: {e}")
 

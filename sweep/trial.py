@@ -187,8 +187,11 @@ def _latency_fields(lat: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------- one trial
-def run_trial(cfg: SweepConfig, spec: TrialSpec, tracker=None, trial_number: int | None = None) -> TrialRecord:
-    """Run one trial and return its record. Never raises for trial-level failures: they are states."""
+def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: int | None = None) -> TrialRecord:
+    """Run one trial and return its record. Never raises for trial-level failures: they are states.
+
+    ``log_metric(key, value, step)`` receives the trajectory the method logs (the driver's trainable
+    buffers it and sends it with the record; the driver writes it to MLflow)."""
     import torch
 
     started = time.time()
@@ -196,9 +199,8 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, tracker=None, trial_number: int
     base = folder.baseline()
     common = dict(sweep=cfg.name, trial_id=spec.trial_id, trial_number=trial_number, method=spec.method,
                   seed=spec.seed, knobs=spec.knobs, baseline_accuracy=base["accuracy"],
-                  baseline_test_accuracy=base["test_accuracy"], started_at=started,
-                  mlflow_run_id=getattr(tracker, "run_id", None))
-    log_metric = tracker.log_metric if tracker is not None else (lambda k, v, s=0: None)
+                  baseline_test_accuracy=base["test_accuracy"], started_at=started)
+    log_metric = log_metric or (lambda k, v, s=0: None)
     try:
         fig, info, rel, epochs = _prune_and_measure(cfg, spec, folder, log_metric)
         ended = time.time()

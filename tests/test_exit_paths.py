@@ -53,21 +53,21 @@ class FakeTuner:
 
 
 def start_trial(callback, trial_id: str, number: int):
-    """What Tune does when a trial starts: the callback hears of it, the trial opens its MLflow run."""
+    """What Tune does when a trial starts: the callback hears of it (and the driver opens its MLflow run)."""
     import sweep.driver as driver
 
     callback.on_trial_start(iteration=0, trials=[], trial=SimpleNamespace(
         trial_id=trial_id, config={"method": "magnitude", "trial_number": number}))
     st = driver._ACTIVE["sweep"]
-    return st.sink.start_child(st.parent_id, f"magnitude-{trial_id}", {"trial_id": trial_id},
-                               tags={"sweep.trial_id": trial_id})
+    assert st.mirror.flush()
+    return st.mirror.run_ids[trial_id]
 
 
 def run_with(monkeypatch, script, cfg, sweep_dir: Path, tmp_path: Path, resume: bool = True):
     import sweep.driver as driver
 
     monkeypatch.setattr(driver, "_ray_init", lambda *a, **k: False)
-    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, tracking, callback, restore: FakeTuner(callback, script))
+    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records: FakeTuner(callback, script))
     return driver.run_sweep(cfg, sweep_dir, report_root=tmp_path / "reports", resume=resume, log=lambda m: None)
 
 
@@ -198,14 +198,13 @@ def test_sigterm_stops_the_sweep_like_ctrl_c_with_exit_code_143(sweep_dir, tmp_p
     from sweep.cli import main
 
     def script(cb):
-        run_id = start_trial(cb, "t1", 0)
-        driver._ACTIVE["sweep"].sink.end(run_id, "FINISHED")  # the trial ended its run; its result never came
+        start_trial(cb, "t1", 0)  # its result never comes
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(30)  # the handler interrupts this
         raise AssertionError("SIGTERM did not stop the sweep")
 
     monkeypatch.setattr(driver, "_ray_init", lambda *a, **k: False)
-    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, tracking, callback, restore: FakeTuner(callback, script))
+    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records: FakeTuner(callback, script))
     before = signal.getsignal(signal.SIGTERM)
     t0 = time.time()
     assert main(["resume", str(sweep_dir), "--reports", str(tmp_path / "reports")]) == 143

@@ -1,5 +1,5 @@
-"""The MLflow mirror against a temporary sqlite store: parent + nested children, stale runs, a tracker
-that never raises."""
+"""The MLflow mirror against a temporary sqlite store: parent + nested children, stale runs, and the
+driver's trial mirror (a background writer that never raises)."""
 
 from __future__ import annotations
 
@@ -117,54 +117,74 @@ def test_existing_experiment_is_reused(sink, uri):
     assert again.experiment_id == sink.experiment_id
 
 
-def test_trial_tracker_logs_to_a_child(sink, uri):
-    from sweep.results.mlflow_sink import PARENT_TAG, TrialTracker
+def _record(tid: str, status: str = "ok", **kw):
+    from sweep.results.schema import TrialRecord
 
-    parent = sink.start_parent("tracked", {})
-    tr = TrialTracker.start(uri, EXPERIMENT, parent, "magnitude-t9", {"method": "magnitude", "ratio": 0.5})
-    assert tr.sink is not None and tr.run_id is not None
-    tr.log_metric("train_loss", 1.0, 0)
-    tr.log_metric("train_loss", 0.5, 1)
-    tr.log_metrics({"accuracy": 0.7})
-    tr.set_tags({"note": "hi"})
-    tr.end("FINISHED")
-    run = sink.client.get_run(tr.run_id)
-    assert run.data.tags[PARENT_TAG] == parent and run.data.tags["note"] == "hi"
-    assert run.data.params == {"method": "magnitude", "ratio": "0.5"}
-    assert run.data.metrics["accuracy"] == 0.7
-    assert len(sink.client.get_metric_history(tr.run_id, "train_loss")) == 2
-    assert run.info.status == "FINISHED"
-    assert [r.info.run_id for r in sink.children(parent)] == [tr.run_id]
+    if status != "ok":
+        return TrialRecord.unfinished("s", tid, status, kw.pop("error", "boom"), method="magnitude").replace(**kw)
+    return TrialRecord(sweep="s", trial_id=tid, status="ok", method="magnitude", accuracy=0.7, params=1000,
+                       macs=2000, latency_ms=0.5, seed=3, knobs={"ratio": 0.5}, **kw)
 
 
-def test_trial_tracker_survives_logging_errors(sink, caplog):
-    from sweep.results.mlflow_sink import TrialTracker
+def test_trial_mirror_writes_each_trial_in_order_off_the_callers_thread(sink):
+    import threading
 
-    tr = TrialTracker(sink, "0" * 32)  # a run id that does not exist
-    with caplog.at_level(logging.WARNING, logger="sweep.results.mlflow_sink"):
-        tr.log_metric("x", 1.0, 0)
-        tr.set_tags({"a": "b"})
-        tr.end("FINISHED")
-    assert sum("MLflow logging failed" in r.getMessage() for r in caplog.records) == 3
+    from sweep.results.mlflow_sink import PARENT_TAG, TrialMirror
+
+    parent = sink.start_parent("mirrored", {})
+    mirror = TrialMirror(sink, parent)
+    callers = {threading.get_ident()}
+    mirror.started("t1", "magnitude-t1", {"method": "magnitude", "ratio": 0.5})
+    mirror.started("t2", "magnitude-t2", {"method": "magnitude", "ratio": 0.25})
+    mirror.finished(_record("t1"), [("magnitude/train_loss", 1.0, 0, 1000), ("magnitude/train_loss", 0.5, 1, 2000)])
+    mirror.finished(_record("t2", "failed", error="diverged: loss nan"))
+    mirror.parent_metrics({"hypervolume": 0.25}, step=2)
+    assert mirror.flush()
+    assert mirror._thread.ident not in callers
+    r1, r2 = (sink.client.get_run(mirror.run_ids[t]) for t in ("t1", "t2"))
+    assert r1.data.tags[PARENT_TAG] == parent and r1.data.tags["sweep.trial_id"] == "t1"
+    assert r1.data.params == {"method": "magnitude", "ratio": "0.5"}
+    assert r1.info.status == "FINISHED" and r1.data.metrics["accuracy"] == 0.7 and r1.data.metrics["params"] == 1000
+    assert [(m.step, m.value) for m in sink.client.get_metric_history(r1.info.run_id, "magnitude/train_loss")] == [
+        (0, 1.0), (1, 0.5)]
+    assert r2.info.status == "FAILED" and r2.data.tags["error"] == "diverged: loss nan"
+    assert sink.client.get_run(parent).data.metrics["hypervolume"] == 0.25
+    mirror.close()
 
 
-@pytest.mark.parametrize("kind", ["sqlite-under-a-file", "path-under-a-file"])
-def test_trial_tracker_never_raises_on_a_broken_uri(tmp_path, caplog, kind):
-    from sweep.results.mlflow_sink import TrialTracker
+def test_trial_mirror_stops_and_catches_up(sink):
+    """Stopped trials' runs end KILLED with the reason; a finished record with no run (its driver died before
+    mirroring it) gets one, and the run an earlier driver left for it is tagged superseded."""
+    from sweep.results.mlflow_sink import TrialMirror
 
-    blocker = tmp_path / "afile"
-    blocker.write_text("not a folder")
-    uri = f"sqlite:///{blocker}/sub/mlflow.db" if kind == "sqlite-under-a-file" else str(blocker / "sub" / "mlruns")
-    with caplog.at_level(logging.WARNING, logger="sweep.results.mlflow_sink"):
-        tr = TrialTracker.start(uri, EXPERIMENT, "0" * 32, "t", {"a": 1})
-        assert tr.sink is None and tr.run_id is None
-        # every call is a silent no-op: nothing raised, nothing more logged
-        n = len(caplog.records)
-        tr.log_metric("x", 1.0, 0)
-        tr.log_metrics({"x": 1.0}, 2)
-        tr.set_tags({"a": "b"})
-        tr.end("FAILED")
-        assert len(caplog.records) == n
-    assert any("MLflow child run not created" in r.getMessage() for r in caplog.records)
-    assert blocker.read_text() == "not a folder"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing was written anywhere
+    parent = sink.start_parent("caught-up", {})
+    old = sink.start_child(parent, "magnitude-t9", {}, tags={"sweep.trial_id": "t9"})
+    sink.end(old, "KILLED")
+    mirror = TrialMirror(sink, parent)
+    mirror.started("t8", "magnitude-t8", {})
+    mirror.stopped(["t8", "never-started"], "terminated (SIGTERM)")
+    mirror.finished(_record("t9"))
+    assert mirror.flush()
+    stopped = sink.client.get_run(mirror.run_ids["t8"])
+    assert stopped.info.status == "KILLED" and stopped.data.tags["sweep.stopped"] == "terminated (SIGTERM)"
+    fresh = sink.client.get_run(mirror.run_ids["t9"])
+    assert fresh.info.run_id != old and fresh.info.status == "FINISHED" and fresh.data.params["seed"] == "3"
+    assert sink.client.get_run(old).data.tags["sweep.superseded"] == "true"
+    assert "sweep.superseded" not in fresh.data.tags
+    mirror.close()
+
+
+def test_trial_mirror_never_raises_and_warns_once_per_kind(sink):
+    from sweep.results.mlflow_sink import TrialMirror
+
+    warnings = []
+    mirror = TrialMirror(sink, "0" * 32, warn=warnings.append)  # a parent run that does not exist
+    for i in range(3):
+        mirror.run_ids[f"x{i}"] = "f" * 32  # nor do these trials' runs
+        mirror.finished(_record(f"x{i}"))
+        mirror.parent_metrics({"hypervolume": 1.0})
+    assert mirror.flush()
+    assert len(warnings) == 2 and all("trials.parquet holds every trial" in w for w in warnings)
+    assert {w.split()[2] for w in warnings} == {"finish", "log_metrics"}
+    mirror.close()
+    assert not mirror._thread.is_alive()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -140,46 +141,124 @@ class MlflowSink:
         self.client.set_terminated(run_id, status=status)
 
 
-class TrialTracker:
-    """What a trial (and the method inside it) logs to: one child run. Never raises."""
+class TrialMirror:
+    """The trials' child runs, written by one background thread of the driver.
 
-    def __init__(self, sink: MlflowSink | None, run_id: str | None):
-        self.sink, self.run_id = sink, run_id
+    Trials never talk to MLflow: the driver hears of a trial's start and end from Ray Tune and queues
+    what to write here (open the run; its metric trajectory, final metrics and status; KILLED for a
+    stopped trial; parent metrics while the sweep runs), so a worker needs no MLflow client, no tracking
+    server connection and no access to the sweep folder, and a slow tracking server never slows the
+    sweep.  One thread is the only writer while trials run (the embedded sqlite store then never sees two
+    writers).  Never raises: a failed write is one warning line, and Parquet already holds the trial.
+    ``run_ids`` maps trial ids to their current run, filled as runs are created."""
 
-    @classmethod
-    def start(cls, tracking_uri: str, experiment: str, parent_run_id: str, name: str, params: dict,
-              trial_id: str | None = None):
-        """Create the trial's child run. Earlier runs of the same trial (a trial re-run after an
-        interruption) are marked superseded, so each trial has one current run."""
-        try:
-            sink = MlflowSink(tracking_uri, experiment)
-            if trial_id is not None:
-                for r in sink.children(parent_run_id, trial_id=trial_id):
-                    sink.set_tags(r.info.run_id, {"sweep.superseded": "true"})
-                    if r.info.status != "KILLED":
-                        sink.end(r.info.run_id, "KILLED")
-            tags = {"sweep.trial_id": trial_id} if trial_id is not None else None
-            return cls(sink, sink.start_child(parent_run_id, name, params, tags=tags))
-        except Exception as e:  # tracking must never cost a result
-            log.warning("MLflow child run not created (%s); results still go to Parquet", e)
-            return cls(None, None)
+    def __init__(self, sink: MlflowSink, parent_run_id: str, warn=None):
+        import queue
+        import threading
 
-    def _safe(self, fn, *a) -> None:
-        if self.sink is None:
-            return
-        try:
-            fn(*a)
-        except Exception as e:
-            log.warning("MLflow logging failed: %s", e)
+        self.sink, self.parent_id = sink, parent_run_id
+        self.run_ids: dict[str, str] = {}
+        self._warn = warn or log.warning
+        self._warned: set[str] = set()
+        self._q: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="sweep-mlflow-mirror", daemon=True)
+        self._thread.start()
 
-    def log_metric(self, key: str, value: float, step: int = 0) -> None:
-        self._safe(self.sink and self.sink.log_metrics, self.run_id, {key: value}, step)
+    # ---------------------------------------------------------------- queued (O(1) for the caller)
+    def started(self, trial_id: str, name: str, params: dict) -> None:
+        """Open the trial's child run (tagged ``sweep.trial_id``), with its parameters."""
+        self._q.put((self._start, (trial_id, name, params)))
 
-    def log_metrics(self, metrics: dict, step: int = 0) -> None:
-        self._safe(self.sink and self.sink.log_metrics, self.run_id, metrics, step)
+    def finished(self, record, history: list | tuple = ()) -> None:
+        """Close the trial's run with its record: ``history`` is ``(key, value, step, timestamp_ms)``
+        tuples (the trajectory the method logged), then the final metrics; FINISHED, or FAILED with the
+        error as a tag.  A record whose run was never opened (a sweep resumed after the driver died
+        before writing it) gets one, and runs an earlier driver left for it are tagged superseded."""
+        self._q.put((self._finish, (record, list(history))))
 
-    def set_tags(self, tags: dict) -> None:
-        self._safe(self.sink and self.sink.set_tags, self.run_id, tags)
+    def stopped(self, trial_ids, reason: str) -> None:
+        """Close the runs of trials the driver stopped as KILLED, tagged ``sweep.stopped``."""
+        self._q.put((self._stop, (list(trial_ids), reason)))
 
-    def end(self, status: str) -> None:
-        self._safe(self.sink and self.sink.end, self.run_id, status)
+    def superseded(self, trial_ids) -> None:
+        """Tag the runs of ``trial_ids`` ``sweep.superseded`` (another trial re-ran their configuration)."""
+        self._q.put((self.sink.supersede_trial_runs, (self.parent_id, list(trial_ids))))
+
+    def parent_metrics(self, metrics: dict, step: int = 0) -> None:
+        self._q.put((self.sink.log_metrics, (self.parent_id, metrics, step)))
+
+    # ---------------------------------------------------------------- waiting
+    def flush(self, timeout_s: float = 120.0) -> bool:
+        """Wait until every queued write is done (at most ``timeout_s``); False if some are still left."""
+        deadline = time.monotonic() + timeout_s
+        with self._q.all_tasks_done:
+            while self._q.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._warn(f"warning: {self._q.unfinished_tasks} MLflow write(s) still queued after "
+                               f"{timeout_s:g} s; trials.parquet holds every trial regardless")
+                    return False
+                self._q.all_tasks_done.wait(left)
+        return True
+
+    def close(self, timeout_s: float = 120.0) -> None:
+        self.flush(timeout_s)
+        self._q.put(None)
+        self._thread.join(timeout=5)
+
+    # ---------------------------------------------------------------- the writer thread
+    def _loop(self) -> None:
+        while True:
+            item = self._q.get()
+            try:
+                if item is None:
+                    return
+                fn, args = item
+                try:
+                    fn(*args)
+                except Exception as e:  # tracking is a mirror: the Parquet row is already safe
+                    what = getattr(fn, "__name__", "write").strip("_")
+                    if what not in self._warned:  # one line per kind of write, not one per trial
+                        self._warned.add(what)
+                        self._warn(f"warning: MLflow {what} failed (trials.parquet holds every trial; "
+                                   f"further failures of this kind are not shown): {type(e).__name__}: {e}")
+            finally:
+                self._q.task_done()
+
+    def _start(self, trial_id: str, name: str, params: dict) -> None:
+        self.run_ids[trial_id] = self.sink.start_child(self.parent_id, name, params,
+                                                       tags={"sweep.trial_id": trial_id})
+
+    def _finish(self, rec, history: list) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self.run_ids.get(rec.trial_id)
+        if run_id is None:
+            for r in self.sink.children(self.parent_id, trial_id=rec.trial_id):
+                self.sink.set_tags(r.info.run_id, {"sweep.superseded": "true"})
+            run_id = self.run_ids[rec.trial_id] = self.sink.start_child(
+                self.parent_id, f"{rec.method}-{rec.trial_id}",
+                {"method": rec.method, "seed": rec.seed, "trial_id": rec.trial_id, **rec.knobs},
+                tags={"sweep.trial_id": rec.trial_id})
+        ms = [Metric(str(k), float(v), int(t), int(s)) for k, v, s, t in history
+              if isinstance(v, (int, float)) and math.isfinite(float(v))]
+        for i in range(0, len(ms), 500):
+            self.sink.client.log_batch(run_id, metrics=ms[i:i + 500])
+        if rec.status == "ok":
+            self.sink.log_metrics(run_id, {k: rec.get(k) for k in FINAL_METRICS})
+            self.sink.end(run_id, "FINISHED")
+        else:
+            self.sink.set_tags(run_id, {"error": (rec.error or "")[:5000]})
+            self.sink.end(run_id, "KILLED" if rec.status == "stopped" else "FAILED")
+
+    def _stop(self, trial_ids: list, reason: str) -> None:
+        for tid in trial_ids:
+            run_id = self.run_ids.get(tid)
+            if run_id is not None:
+                self.sink.set_tags(run_id, {"sweep.stopped": reason})
+                self.sink.end(run_id, "KILLED")
+
+
+# what a finished trial's run holds as metrics (its row holds these and more)
+FINAL_METRICS = ("accuracy", "test_accuracy", "agreement", "params", "macs", "latency_ms", "latency_iqr_ms",
+                 "params_ratio", "macs_ratio", "latency_ratio", "wall_s")
