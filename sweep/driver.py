@@ -47,6 +47,10 @@ CTRL_C = "interrupted (Ctrl-C)"
 SIGTERM = "terminated (SIGTERM)"
 
 
+# state.json's count of seconds spent running trials, over every run of the sweep (search.time_budget_s)
+BUDGET_USED = "trials_s_used"
+
+
 def budget_reason(seconds: float) -> str:
     return f"time budget of {seconds:g} s ran out"
 
@@ -156,6 +160,7 @@ class _CallbackState:
     mirror: object = None  # the trials' MLflow runs, written on the mirror's own thread (None: no tracking)
     fit_t0: float | None = None  # when Ray Tune started in this call (the time budget counts from here)
     budget_reason: str | None = None  # set once the time budget ran out
+    budget_used0: float = 0.0  # seconds of trials that earlier runs of this sweep spent (the budget counts them)
     last_beat: float = 0.0
     beat_warned: bool = False
     records: dict = field(default_factory=dict)  # trial id -> TrialRecord: the table, kept in memory
@@ -191,6 +196,8 @@ def _beat(st: _CallbackState, **fields) -> None:
     st.last_beat = time.time()
     if st.folder is None:
         return
+    # the time budget's count survives a killed driver (up to its last heartbeat)
+    fields.setdefault(BUDGET_USED, round(st.budget_used0 + (st.last_beat - st.fit_t0 if st.fit_t0 else 0.0), 3))
     try:
         st.folder.write_heartbeat(list(st.progress.running), **fields)
     except Exception as e:
@@ -345,7 +352,7 @@ def _make_callback():
             now = time.time()
             budget = st.cfg.search.time_budget_s
             if (budget is not None and st.budget_reason is None and st.fit_t0 is not None
-                    and now - st.fit_t0 >= budget):
+                    and st.budget_used0 + now - st.fit_t0 >= budget):
                 st.budget_reason = budget_reason(budget)
                 st.progress.log(f"{st.budget_reason}: stopping the {len(st.progress.running)} running trial(s)")
                 _stop_tune()
@@ -581,7 +588,8 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
 
     store = folder.store
     progress = _Progress(cfg.search.trials, 0, log)
-    st = _CallbackState(store, cfg, {}, progress, sink, parent_id, folder, mirror=TrialMirror(sink, parent_id, log))
+    st = _CallbackState(store, cfg, {}, progress, sink, parent_id, folder, mirror=TrialMirror(sink, parent_id, log),
+                        budget_used0=float(state.get(BUDGET_USED) or 0.0))
     _beat(st, phase="baseline", outcome=None)
     timing: dict = {}
     try:
@@ -601,7 +609,13 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
         records = _reconciled(st, store.records()[0])
         progress.done = progress.done0 = _finished(records)
         reason = None
-        if progress.done < cfg.search.trials:
+        budget = cfg.search.time_budget_s
+        if progress.done < cfg.search.trials and budget is not None and st.budget_used0 >= budget:
+            reason = st.budget_reason = budget_reason(budget)
+            log(f"{reason}: earlier runs of this sweep spent {st.budget_used0:.0f} s on trials; to run the "
+                f"{cfg.search.trials - progress.done} trial(s) left, raise search.time_budget_s in "
+                f"{folder.config_path} and resume")
+        elif progress.done < cfg.search.trials:
             if not ray_started and address is None:  # e.g. a trial row went missing since the start
                 ray_started = _ray_init(None, folder.path, None)
             _ACTIVE["sweep"] = st
@@ -618,6 +632,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
             except KeyboardInterrupt:  # a second Ctrl-C, or no Tune handler to stop gracefully
                 interrupted = True
             timing = _timing(store, cfg, st.fit_t0)
+            st.budget_used0, st.fit_t0 = st.budget_used0 + time.time() - st.fit_t0, None
             _settle(st)
             finished = _finished(store.records()[0])
             # Tune returned: all trials done, or stopped by SIGTERM, the time budget or Ctrl-C (which
@@ -636,6 +651,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
         records, _ = store.records()
         records = _remeasure(cfg, folder, records, log)
         store.write(records, meta)
+        st.mirror.remeasured([r for r in records if r.latency_alone and not r.is_baseline])
         out_dir = None
         if report_root is not None:
             from .report import build_report

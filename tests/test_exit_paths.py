@@ -251,6 +251,37 @@ def test_the_time_budget_is_a_normal_end(cfg, sweep_dir, tmp_path, monkeypatch):
     assert ": alive, trials; heartbeat" in live["driver"]
 
 
+def test_the_time_budget_counts_every_run_of_the_sweep(cfg, sweep_dir, tmp_path, monkeypatch):
+    """Seconds spent on trials add up over runs (state.json): a resume gets what is left of the budget, and
+    none once it is spent (no trial starts; the sweep ends normally and says how to go on)."""
+    import sweep.driver as driver
+
+    folder = SweepFolder(sweep_dir)
+    folder.write_state({**folder.state(), driver.BUDGET_USED: 0.4})  # an earlier run spent 0.4 s
+    budgeted = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, time_budget_s=0.5))
+
+    def script(cb):
+        start_trial(cb, "t1", 0)
+        cb.on_step_end(iteration=1, trials=[])  # 0.4 s + a moment: within the budget
+        time.sleep(0.15)
+        cb.on_step_end(iteration=2, trials=[])  # 0.4 + 0.15 s: past it
+        raise AssertionError("the time budget did not stop Tune")
+
+    outcome = run_with(monkeypatch, script, budgeted, sweep_dir, tmp_path)
+    assert outcome.stop_reason == "time budget of 0.5 s ran out"
+    assert 0.55 <= folder.state()[driver.BUDGET_USED] < 5
+
+    lines = []
+    monkeypatch.setattr(driver, "_tuner", lambda *a: pytest.fail("a sweep with its budget spent started Tune"))
+    again = driver.run_sweep(budgeted, sweep_dir, report_root=tmp_path / "reports", resume=True, log=lines.append)
+    assert not again.interrupted and again.stop_reason == "time budget of 0.5 s ran out"
+    assert any("earlier runs of this sweep spent 1 s on trials; to run the 3 trial(s) left, raise "
+               "search.time_budget_s in" in line for line in lines)
+    assert rows(sweep_dir)["t1"].status == "stopped"  # kept, to run first once the budget allows
+    parent, _ = mlflow_runs(sweep_dir)
+    assert parent.info.status == "FINISHED"
+
+
 def test_a_re_run_configuration_replaces_the_stale_stopped_row(cfg, sweep_dir, tmp_path, monkeypatch):
     """A trial cut short keeps its stopped row (with its configuration) only until ``resume`` has run that
     configuration again: then the new trial's row replaces it and its MLflow run is marked superseded."""

@@ -100,6 +100,10 @@ def test_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     assert all("magnitude.ratio" in c.data.params or "ratio" in c.data.params for c in children)
     assert all("accuracy" in c.data.metrics and "latency_ms" in c.data.metrics for c in children)
     assert set(trials["mlflow_run_id"]) == {c.info.run_id for c in children}
+    # MLflow shows the latency the table holds: re-measured alone, and tagged so
+    table_lat = dict(zip(trials["mlflow_run_id"], trials["latency_ms"]))
+    assert all(c.data.metrics["latency_ms"] == pytest.approx(table_lat[c.info.run_id]) for c in children)
+    assert all(c.data.tags["sweep.latency"] == "re-measured alone" for c in children)
     hv = client.get_metric_history(pid, "hypervolume")
     assert len(hv) == 3 and [m.step for m in hv] == [1, 2, 3]
     arts = {a.path for a in client.list_artifacts(pid, "front")}

@@ -149,6 +149,11 @@ def test_trial_mirror_writes_each_trial_in_order_off_the_callers_thread(sink):
         (0, 1.0), (1, 0.5)]
     assert r2.info.status == "FAILED" and r2.data.tags["error"] == "diverged: loss nan"
     assert sink.client.get_run(parent).data.metrics["hypervolume"] == 0.25
+    mirror.remeasured([_record("t1", latency_alone=True).replace(latency_ms=0.25)])
+    assert mirror.flush()
+    r1 = sink.client.get_run(mirror.run_ids["t1"])
+    assert r1.data.metrics["latency_ms"] == 0.25 and r1.data.tags["sweep.latency"] == "re-measured alone"
+    assert [m.value for m in sink.client.get_metric_history(r1.info.run_id, "latency_ms")] == [0.5, 0.25]
     mirror.close()
 
 

@@ -184,6 +184,11 @@ class TrialMirror:
         """Tag the runs of ``trial_ids`` ``sweep.superseded`` (another trial re-ran their configuration)."""
         self._q.put((self.sink.supersede_trial_runs, (self.parent_id, list(trial_ids))))
 
+    def remeasured(self, records) -> None:
+        """Overwrite the latency metrics of these trials' runs with their figures re-measured alone (the
+        ones the table, the front and the report use), tagged ``sweep.latency: re-measured alone``."""
+        self._q.put((self._remeasured, (list(records),)))
+
     def parent_metrics(self, metrics: dict, step: int = 0) -> None:
         self._q.put((self.sink.log_metrics, (self.parent_id, metrics, step)))
 
@@ -250,6 +255,15 @@ class TrialMirror:
         else:
             self.sink.set_tags(run_id, {"error": (rec.error or "")[:5000]})
             self.sink.end(run_id, "KILLED" if rec.status == "stopped" else "FAILED")
+
+    def _remeasured(self, records: list) -> None:
+        for r in records:
+            run_id = r.mlflow_run_id or self.run_ids.get(r.trial_id)
+            if run_id is None:
+                continue
+            self.sink.log_metrics(run_id, {k: r.get(k) for k in ("latency_ms", "latency_iqr_ms", "latency_ratio")},
+                                  step=1)
+            self.sink.set_tags(run_id, {"sweep.latency": "re-measured alone"})
 
     def _stop(self, trial_ids: list, reason: str) -> None:
         for tid in trial_ids:
