@@ -3,8 +3,6 @@ driver's trial mirror (a background writer that never raises)."""
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
 EXPERIMENT = "sweep-test"
@@ -149,6 +147,11 @@ def test_trial_mirror_writes_each_trial_in_order_off_the_callers_thread(sink):
         (0, 1.0), (1, 0.5)]
     assert r2.info.status == "FAILED" and r2.data.tags["error"] == "diverged: loss nan"
     assert sink.client.get_run(parent).data.metrics["hypervolume"] == 0.25
+    for step in (3, 4, 5):  # however the writes batch up, every step is kept
+        mirror.parent_metrics({"hypervolume": step / 10}, step=step)
+    assert mirror.flush()
+    assert [(m.step, m.value) for m in sink.client.get_metric_history(parent, "hypervolume")] == [
+        (2, 0.25), (3, 0.3), (4, 0.4), (5, 0.5)]
     mirror.remeasured([_record("t1", latency_alone=True).replace(latency_ms=0.25)])
     assert mirror.flush()
     r1 = sink.client.get_run(mirror.run_ids["t1"])
@@ -190,6 +193,6 @@ def test_trial_mirror_never_raises_and_warns_once_per_kind(sink):
         mirror.parent_metrics({"hypervolume": 1.0})
     assert mirror.flush()
     assert len(warnings) == 2 and all("trials.parquet holds every trial" in w for w in warnings)
-    assert {w.split()[2] for w in warnings} == {"finish", "log_metrics"}
+    assert {w.split()[2] for w in warnings} == {"finish", "parent_metrics"}
     mirror.close()
     assert not mirror._thread.is_alive()

@@ -161,6 +161,9 @@ class TrialMirror:
         self._warn = warn or log.warning
         self._warned: set[str] = set()
         self._q: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._parent: list = []  # parent metrics not written yet (see parent_metrics)
+        self._parent_queued = False
         self._thread = threading.Thread(target=self._loop, name="sweep-mlflow-mirror", daemon=True)
         self._thread.start()
 
@@ -190,7 +193,17 @@ class TrialMirror:
         self._q.put((self._remeasured, (list(records),)))
 
     def parent_metrics(self, metrics: dict, step: int = 0) -> None:
-        self._q.put((self.sink.log_metrics, (self.parent_id, metrics, step)))
+        """Log the parent's metrics at ``step``; steps queued while the writer is behind go in one batch."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        with self._lock:
+            self._parent.extend(Metric(str(k), float(v), now, step) for k, v in metrics.items()
+                                if isinstance(v, (int, float)) and math.isfinite(float(v)))
+            if self._parent_queued:
+                return
+            self._parent_queued = True
+        self._q.put((self._parent_metrics, ()))
 
     # ---------------------------------------------------------------- waiting
     def flush(self, timeout_s: float = 120.0) -> bool:
@@ -229,6 +242,12 @@ class TrialMirror:
                                    f"further failures of this kind are not shown): {type(e).__name__}: {e}")
             finally:
                 self._q.task_done()
+
+    def _parent_metrics(self) -> None:
+        with self._lock:
+            batch, self._parent, self._parent_queued = self._parent, [], False
+        for i in range(0, len(batch), 500):
+            self.sink.client.log_batch(self.parent_id, metrics=batch[i:i + 500])
 
     def _start(self, trial_id: str, name: str, params: dict) -> None:
         self.run_ids[trial_id] = self.sink.start_child(self.parent_id, name, params,
