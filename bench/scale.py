@@ -39,7 +39,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,8 @@ import time
 from pathlib import Path
 
 from overhead import OBJECTIVES_DIR, TUNE_ENV, load, optuna_sampler, quiet, store_records
+
+from sweep.localcluster import LocalCluster  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -97,102 +98,22 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def pids_with(text: str) -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit() and text in cmdline(int(p))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# ------------------------------------------------------------------------------------------ the cluster
-class Cluster:
-    """``nodes`` Ray nodes on 127.0.0.1; remembers the pid (= process group) of every ``ray start``."""
+class Cluster(LocalCluster):
+    """``nodes`` Ray nodes of one CPU each (see :mod:`sweep.localcluster`)."""
 
     def __init__(self, nodes: int, object_store_mb: int):
-        self.nodes, self.store = nodes, object_store_mb * 2**20
-        self.tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: unix socket paths are limited
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.groups: list[int] = []
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-
-    def _start(self, args: list[str]) -> None:
-        cmd = [str(VENV_BIN / "ray"), "start", *args, "--node-ip-address=127.0.0.1", "--num-cpus=1",
-               "--disable-usage-stats", f"--object-store-memory={self.store}"]
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
-                             start_new_session=True, cwd=ROOT)
-        self.groups.append(p.pid)  # its session and process group: every daemon it starts inherits it
-        out, _ = p.communicate(timeout=180)
-        if p.returncode != 0:
-            raise RuntimeError(f"`{' '.join(cmd)}` failed with exit code {p.returncode}:\n{out[-3000:]}")
+        super().__init__(head_cpus=1, object_store_mb=object_store_mb, ray_bin=str(VENV_BIN / "ray"))
+        self.n = nodes
 
     def start(self) -> float:
         t0 = time.time()
-        self._start(["--head", f"--port={self.port}", f"--temp-dir={self.tmp}", "--include-dashboard=false"])
-        for _ in range(self.nodes - 1):
-            self._start([f"--address={self.address}"])
+        self.start_head()
+        for _ in range(self.n - 1):
+            self.add_worker(cpus=1)
         return time.time() - t0
 
-    def alive_nodes(self, timeout: float = 120.0) -> int:
-        """Wait until ``ray.nodes()`` shows every node alive (a short-lived driver in a subprocess)."""
-        code = ("import ray,logging;ray.init(address=%r,logging_level=logging.ERROR,log_to_driver=False);"
-                "print(sum(1 for n in ray.nodes() if n['Alive']))" % self.address)
-        deadline = time.time() + timeout
-        n = 0
-        while time.time() < deadline:
-            p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=self.env)
-            lines = p.stdout.strip().splitlines()
-            n = int(lines[-1]) if p.returncode == 0 and lines and lines[-1].isdigit() else 0
-            if n >= self.nodes:
-                return n
-            time.sleep(2)
-        return n
-
-    def stop(self) -> str:
-        """SIGTERM to every recorded process group, SIGKILL after 10 s; then leftovers by pid (ours: they
-        carry this cluster's private temp dir).  Returns what it did, in words."""
-        def alive(pgid: int) -> bool:
-            try:
-                os.killpg(pgid, 0)
-                return True
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True
-
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for g in self.groups:
-                if alive(g):
-                    try:
-                        os.killpg(g, sig)
-                    except ProcessLookupError:
-                        pass
-            deadline = time.time() + 10
-            while time.time() < deadline and any(alive(g) for g in self.groups):
-                time.sleep(0.5)
-            if not any(alive(g) for g in self.groups):
-                break
-        left = [p for p in pids_with(self.tmp) if p != os.getpid()]
-        for p in left:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        groups = ",".join(map(str, self.groups))
-        return (f"stopped process groups {groups}" + (f"; killed {len(left)} leftover process(es) carrying "
-                                                      f"{self.tmp}: {left}" if left else "; no leftovers"))
+    def alive_nodes(self, timeout: float = 120.0) -> int:  # type: ignore[override]
+        return super().alive_nodes(self.n, timeout)
 
 
 # ------------------------------------------------------------------------------------------ ours

@@ -26,12 +26,11 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 from .config import SweepConfig
 from .errors import SweepError
-from .folder import HEARTBEAT_EVERY_S, SweepFolder, report_dir, sweep_meta
+from .folder import BASELINE_MODEL, HEARTBEAT_EVERY_S, SweepFolder, report_dir, sweep_meta
 from .pareto import DIRECTIONS
 from .results.schema import TrialRecord, with_front
 from .results.store import TrialStore
@@ -41,6 +40,8 @@ EXPERIMENT = "tune"
 # trials.parquet is rewritten (the journal folded in) at most this often while trials run; every finished
 # trial is durable in the journal at once (see sweep.results.store)
 COMPACT_EVERY_S = 10.0
+# how long the driver waits for a finished trial's model from the inbox (it is normally there already)
+MODEL_FETCH_TIMEOUT_S = 120.0
 
 # why a sweep stopped early: the ``error`` of its stopped rows, the parent run's ``sweep.ended`` tag
 CTRL_C = "interrupted (Ctrl-C)"
@@ -71,9 +72,43 @@ class SweepOutcome:
 
 
 # ------------------------------------------------------------------------------- trainable (Ray worker)
-@lru_cache(maxsize=4)
-def _worker_config(sweep_dir: str) -> SweepConfig:
-    return SweepFolder(Path(sweep_dir)).config()
+@dataclass(frozen=True)
+class TrialInputs:
+    """What every trial needs from the driver, put once in Ray's object store (``tune.with_parameters``):
+    the configuration, the baseline's figures and model bytes, and the inbox its pruned model goes to.
+    A worker therefore never reads or writes the sweep folder, which need not exist on its node."""
+
+    sweep_dir: str  # the driver's folder: named in messages, never opened by a worker
+    cfg: SweepConfig
+    baseline: dict
+    baseline_model: bytes
+    inbox: object  # the :func:`_model_inbox` actor
+
+
+class _ShippedIO:
+    """The sweep folder as a trial on any node sees it (see ``trial.run_trial``'s ``io``): the baseline from
+    :class:`TrialInputs`, and its pruned model sent to the driver's inbox instead of written to disk."""
+
+    model_rel = staticmethod(SweepFolder.model_rel)
+
+    def __init__(self, inputs: TrialInputs):
+        self.inputs = inputs
+
+    def baseline(self) -> dict:
+        return self.inputs.baseline
+
+    def load_baseline_model(self):
+        from .folder import load_model_bytes
+
+        return load_model_bytes(self.inputs.baseline_model)  # bytes the driver read from its own folder
+
+    def save_model(self, model, rel: str) -> str:
+        import ray
+
+        from .folder import model_bytes
+
+        ray.get(self.inputs.inbox.put.remote(rel, model_bytes(model)))
+        return rel
 
 
 def _trial_seed(base_seed: int, number: int | None, trial_id: str) -> int:
@@ -84,15 +119,26 @@ def _trial_seed(base_seed: int, number: int | None, trial_id: str) -> int:
     return base_seed * 100_003 + int(index)
 
 
-def sweep_trial(config: dict, sweep_dir: str) -> None:
+def _node() -> dict:
+    """Where this trial runs: the Ray node's id and the machine's host name and IP address."""
+    import socket
+
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(),
+            "host": f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"}
+
+
+def sweep_trial(config: dict, inputs: TrialInputs) -> None:
     """The Ray Tune trainable: one trial, reported once, with the trajectory its method logged.
 
-    It never touches MLflow: the driver mirrors the record (see :class:`~sweep.results.mlflow_sink.TrialMirror`)."""
+    It touches neither MLflow (the driver mirrors the record, see
+    :class:`~sweep.results.mlflow_sink.TrialMirror`) nor the sweep folder (see :class:`TrialInputs`)."""
     from ray import tune
 
     from .space import TRIAL_NUMBER, knobs_from_config
 
-    cfg = _worker_config(sweep_dir)
+    cfg = inputs.cfg
     trial_id = tune.get_context().get_trial_id()
     method, knobs = knobs_from_config(config)
     number = config.get(TRIAL_NUMBER)
@@ -101,10 +147,51 @@ def sweep_trial(config: dict, sweep_dir: str) -> None:
     def log_metric(key: str, value: float, step: int = 0) -> None:
         history.append((key, float(value), int(step), int(time.time() * 1000)))
 
-    rec = run_trial(cfg, TrialSpec(sweep_dir, trial_id, method, knobs, _trial_seed(cfg.seed, number, trial_id)),
-                    log_metric, trial_number=number)
+    spec = TrialSpec(inputs.sweep_dir, trial_id, method, knobs, _trial_seed(cfg.seed, number, trial_id))
+    rec = run_trial(cfg, spec, log_metric, trial_number=number, io=_ShippedIO(inputs)).replace(**_node())
     metrics = {o: (float(getattr(rec, o)) if rec.status == "ok" else math.nan) for o in cfg.search.objectives}
     tune.report({**metrics, "record_json": rec.to_json(), "history_json": json.dumps(history)})
+
+
+def _model_inbox():
+    """An actor on the driver's node that holds each trial's pruned model (bytes) until the driver takes it
+    and writes it into the sweep folder; no CPU reserved.  Models travel through Ray, not a shared disk."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0, max_restarts=0)
+    class ModelInbox:
+        def __init__(self):
+            self.models: dict[str, bytes] = {}
+
+        def put(self, rel: str, data: bytes) -> None:
+            self.models[rel] = data
+
+        def take(self, rel: str) -> bytes | None:
+            return self.models.pop(rel, None)
+
+    here = ray.get_runtime_context().get_node_id()
+    return ModelInbox.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+
+
+def _received(st, rec: TrialRecord) -> TrialRecord:
+    """``rec`` once its model is in the sweep folder (taken from the inbox); a model that never arrived makes
+    the trial ``failed`` (a row must not name a model the folder lacks)."""
+    if rec.status != "ok" or not rec.model_path or st.inbox is None:
+        return rec
+    import ray
+
+    try:
+        data = ray.get(st.inbox.take.remote(rec.model_path), timeout=MODEL_FETCH_TIMEOUT_S)
+    except Exception as e:  # the inbox actor is gone (its node died) or Ray timed out
+        data, why = None, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    else:
+        why = "it was not in the driver's inbox"
+    if data is None:
+        return rec.replace(status="failed", model_path=None,
+                           error=f"the trial's pruned model never reached the driver ({why})")
+    st.folder.write_model_bytes(rec.model_path, data)
+    return rec
 
 
 # ------------------------------------------------------------------------------- driver side
@@ -158,6 +245,8 @@ class _CallbackState:
     parent_id: str
     folder: SweepFolder | None = None
     mirror: object = None  # the trials' MLflow runs, written on the mirror's own thread (None: no tracking)
+    inbox: object = None  # the actor trials send their pruned models to (see _model_inbox)
+    retried: dict = field(default_factory=dict)  # trial id -> times Tune ran it again after its worker died
     fit_t0: float | None = None  # when Ray Tune started in this call (the time budget counts from here)
     budget_reason: str | None = None  # set once the time budget ran out
     budget_used0: float = 0.0  # seconds of trials that earlier runs of this sweep spent (the budget counts them)
@@ -270,6 +359,14 @@ def _update_front(st: _CallbackState, changed: set[str]) -> None:
     st.progress.front = len(st.front)
 
 
+def _error_line(trial, limit: int = 200) -> str:
+    """What killed a trial's worker, as Ray Tune has it."""
+    try:
+        return str(trial.get_error())[:limit]
+    except Exception as e:  # the error itself could not be read back from Ray
+        return f"its error could not be read: {type(e).__name__}"
+
+
 def _live_state() -> _CallbackState:
     # resolved through the module at call time: a by-value copy of `_ACTIVE` would be stale
     import sweep.driver as driver
@@ -305,7 +402,8 @@ def _make_callback():
                 return
             st = _live_state()
             progress = st.progress
-            rec = TrialRecord.from_json(result["record_json"])
+            rec = _received(st, TrialRecord.from_json(result["record_json"]).replace(
+                retried=st.retried.get(trial.trial_id, 0)))
             _upsert(st, [rec])
             if st.mirror is not None:
                 st.mirror.finished(rec, json.loads(result.get("history_json") or "[]"))
@@ -325,6 +423,14 @@ def _make_callback():
                 what = f"{trial.trial_id} {rec.method} FAILED: {rec.error.splitlines()[0][:100]}"
             progress.line(what)
 
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            # its worker died (node lost, killed for memory): Tune runs it again, from the start
+            st = _live_state()
+            n = st.retried[trial.trial_id] = st.retried.get(trial.trial_id, 0) + 1
+            st.progress.running.pop(trial.trial_id, None)
+            st.progress.line(f"{trial.trial_id} lost its worker ({_error_line(trial)}); running it again "
+                             f"({n} of search.retries={st.cfg.search.retries})")
+
         def on_trial_error(self, iteration, trials, trial, **info):
             # the trainable catches trial errors itself; this is a crashed worker (e.g. killed for memory)
             st = _live_state()
@@ -334,10 +440,8 @@ def _make_callback():
             old = st.records.get(trial.trial_id)
             if old is not None and old.status != "stopped":
                 return
-            try:
-                err = f"worker crashed: {str(trial.get_error())[:2000]}"
-            except Exception as e:  # the error itself could not be read back from Ray
-                err = f"worker crashed (its error could not be read: {type(e).__name__})"
+            tries = st.retried.get(trial.trial_id, 0)
+            err = f"worker crashed{f' {tries + 1} times' if tries else ''}: {_error_line(trial, 2000)}"
             rec = TrialRecord.unfinished(st.cfg.name, trial.trial_id, "failed", err, method=method,
                                          ended_at=time.time()).replace(trial_number=number, knobs=knobs)
             _upsert(st, [rec])
@@ -417,6 +521,17 @@ def _check_schedulable(cfg: SweepConfig, address: str | None) -> None:
                           f"({cfg.source}: search.cpus_per_trial); lower it there and run again")
 
 
+def _cluster_line(address: str) -> str:
+    """The cluster a sweep runs on, in one line: its nodes, CPUs and GPUs, and the node of this driver."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    total = {k: sum(float(n.get("Resources", {}).get(k, 0)) for n in nodes) for k in ("CPU", "GPU")}
+    here = ray.get_runtime_context().get_node_id()
+    return (f"Ray cluster {address}: {len(nodes)} node(s) alive, {total['CPU']:g} CPU(s), {total['GPU']:g} GPU(s); "
+            f"the driver is on node {here}")
+
+
 def _ray_shutdown(started: bool, log) -> None:
     """Stop the trials' workers for good (a stopped trial must not finish its MLflow run after we closed
     it, nor share the machine with the re-measurement); only a Ray this sweep started."""
@@ -442,7 +557,7 @@ def _sigint_kept():
             signal.signal(signal.SIGINT, prev)
 
 
-def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialRecord]):
+def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialRecord], inbox=None):
     """A fresh tuner for the trials still missing; the searcher knows every finished trial.
 
     Resuming never restores Ray Tune's own experiment state (saved only now and then, so stale after a
@@ -455,13 +570,14 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
 
     from .space import define_by_run, first_points, make_sampler, study_with_history
 
+    inputs = TrialInputs(str(folder.path), cfg, folder.baseline(), folder.read_model_bytes(BASELINE_MODEL), inbox)
     trainable = tune.with_resources(
-        tune.with_parameters(sweep_trial, sweep_dir=str(folder.path)),
+        tune.with_parameters(sweep_trial, inputs=inputs),
         {"cpu": cfg.search.cpus_per_trial})
     # no `time_budget_s` for Ray: its stopper would end the cut trials and the searcher for good; the
     # callback stops Tune the way Ctrl-C does instead (on_step_end)
     run_config = tune.RunConfig(name=EXPERIMENT, storage_path=str(folder.ray_dir), verbose=0, callbacks=[callback],
-                                failure_config=tune.FailureConfig(max_failures=0))
+                                failure_config=tune.FailureConfig(max_failures=cfg.search.retries))
     trials = sorted((r for r in records if not r.is_baseline), key=lambda r: (r.trial_number is None,
                                                                                r.trial_number or 0))
     told = [(r.method, r.knobs, [float(r.get(o)) for o in cfg.search.objectives] if r.status == "ok" else None)
@@ -555,6 +671,8 @@ def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | No
     try:
         if ray_started or address is not None:
             _check_schedulable(cfg, address)
+        if address is not None:
+            log(_cluster_line(address))
         return _run_with_ray(cfg, folder, report_root=report_root, address=address, tracking_uri=tracking_uri,
                              log=log, ray_started=ray_started, t0=t0)
     except BaseException:
@@ -620,7 +738,8 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
                 ray_started = _ray_init(None, folder.path, None)
             _ACTIVE["sweep"] = st
             callback = _make_callback()
-            tuner = _tuner(cfg, folder, callback, records)
+            st.inbox = _model_inbox()
+            tuner = _tuner(cfg, folder, callback, records, st.inbox)
             log(f"running {cfg.search.trials - progress.done} trial(s), {cfg.search.concurrency} at a time "
                 f"({cfg.search.sampler} sampler; objectives: {', '.join(cfg.search.objectives)})")
             st.fit_t0 = progress.t0 = time.time()

@@ -204,14 +204,27 @@ class SweepFolder:
     # ------------------------------------------------------------------ models
     def save_model(self, model, rel: str) -> str:
         """Whole-module save inside the folder (pruned shapes differ from any builder's), atomically."""
-        import torch
+        return self.write_model_bytes(rel, model_bytes(model))
 
-        path = self.path / rel
+    def write_model_bytes(self, rel: str, data: bytes) -> str:
+        """Write a model saved by :func:`model_bytes` (e.g. sent by a trial on another node) at ``rel``,
+        atomically and durably (the row that names it is written after)."""
+        from .results.store import durable_write
+
+        path = (self.path / rel).resolve()
+        if self.path.resolve() not in path.parents:
+            raise SweepDirError(f"model path must lie inside the sweep folder {self.path}, but got {rel!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(model, tmp)
-        os.replace(tmp, path)
+        durable_write(path, data)
         return rel
+
+    def read_model_bytes(self, rel: str) -> bytes:
+        """The bytes of a saved model, checked to be a whole torch archive (to ship to Ray workers)."""
+        path = (self.path / rel).resolve()
+        if self.path.resolve() not in path.parents:
+            raise SweepDirError(f"model path must lie inside the sweep folder {self.path}, but got {rel!r}")
+        self._check_model_file(rel)
+        return path.read_bytes()
 
     def load_model(self, rel: str):
         """Load a model saved by :meth:`save_model`; refuses paths outside the folder (they are pickles)."""
@@ -381,6 +394,26 @@ def _in_use(lock_path: Path, holder: dict | None) -> str:
     return (f"sweep folder must have one writer at a time, but pid {pid} on {holder.get('host', '?')} holds it "
             f"(`{holder.get('command', '?')}` since {holder.get('since', '?')}) ({lock_path}); wait for it to "
             f"end, or stop it first (`kill {pid}`: a stopped sweep continues with `sweep resume`)")
+
+
+def model_bytes(model) -> bytes:
+    """A whole module as ``torch.save`` writes it (what :meth:`SweepFolder.load_model` reads)."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    return buf.getvalue()
+
+
+def load_model_bytes(data: bytes):
+    """The inverse of :func:`model_bytes`: only for bytes this sweep wrote (they are pickles)."""
+    import io
+
+    import torch
+
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -187,15 +187,20 @@ def _latency_fields(lat: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------- one trial
-def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: int | None = None) -> TrialRecord:
+def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: int | None = None,
+              io=None) -> TrialRecord:
     """Run one trial and return its record. Never raises for trial-level failures: they are states.
 
     ``log_metric(key, value, step)`` receives the trajectory the method logs (the driver's trainable
-    buffers it and sends it with the record; the driver writes it to MLflow)."""
+    buffers it and sends it with the record; the driver writes it to MLflow).  ``io`` gives the baseline
+    and keeps the pruned model: ``baseline()`` (the summary), ``load_baseline_model()``,
+    ``model_rel(trial_id)`` and ``save_model(model, rel)``, as :class:`~sweep.folder.SweepFolder` has them
+    (the default: the folder ``spec.sweep_dir``).  A Ray worker gets them from the driver instead, so it
+    needs no access to the sweep folder."""
     import torch
 
     started = time.time()
-    folder = SweepFolder(Path(spec.sweep_dir))
+    folder = io if io is not None else SweepFolder(Path(spec.sweep_dir))
     base = folder.baseline()
     common = dict(sweep=cfg.name, trial_id=spec.trial_id, trial_number=trial_number, method=spec.method,
                   seed=spec.seed, knobs=spec.knobs, baseline_accuracy=base["accuracy"],
@@ -224,7 +229,7 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: 
                        ended_at=ended, wall_s=ended - started)
 
 
-def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder: SweepFolder, log_metric):
+def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder, log_metric):
     import copy
 
     import torch

@@ -67,7 +67,7 @@ def run_with(monkeypatch, script, cfg, sweep_dir: Path, tmp_path: Path, resume: 
     import sweep.driver as driver
 
     monkeypatch.setattr(driver, "_ray_init", lambda *a, **k: False)
-    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records: FakeTuner(callback, script))
+    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None: FakeTuner(callback, script))
     return driver.run_sweep(cfg, sweep_dir, report_root=tmp_path / "reports", resume=resume, log=lambda m: None)
 
 
@@ -204,7 +204,7 @@ def test_sigterm_stops_the_sweep_like_ctrl_c_with_exit_code_143(sweep_dir, tmp_p
         raise AssertionError("SIGTERM did not stop the sweep")
 
     monkeypatch.setattr(driver, "_ray_init", lambda *a, **k: False)
-    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records: FakeTuner(callback, script))
+    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None: FakeTuner(callback, script))
     before = signal.getsignal(signal.SIGTERM)
     t0 = time.time()
     assert main(["resume", str(sweep_dir), "--reports", str(tmp_path / "reports")]) == 143
@@ -378,3 +378,24 @@ def test_status_of_a_folder_that_is_not_a_sweep(tmp_path, capsys):
     assert main(["status", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sweep: error: not a sweep folder") and str(tmp_path) in err[0]
+
+
+# ----------------------------------------------------------------------------- models travel through Ray
+def test_a_model_that_never_reaches_the_driver_fails_its_trial(tmp_path):
+    """A trial's model comes from the driver's inbox actor; if that is gone (its node died), the trial is
+    failed with the reason, and no row names a model the folder lacks."""
+    from sweep.driver import _received
+    from sweep.results.schema import TrialRecord
+
+    def gone(rel):
+        raise RuntimeError("ActorDiedError: the actor died unexpectedly\nmore detail")
+
+    st = SimpleNamespace(inbox=SimpleNamespace(take=SimpleNamespace(remote=gone)), folder=SweepFolder(tmp_path))
+    rec = TrialRecord(sweep="s", trial_id="t1", status="ok", method="magnitude", accuracy=0.9, params=10, macs=20,
+                      latency_ms=0.1, model_path="models/t1.pt")
+    got = _received(st, rec)
+    assert (got.status, got.model_path) == ("failed", None)
+    assert got.error == ("the trial's pruned model never reached the driver (RuntimeError: ActorDiedError: the "
+                         "actor died unexpectedly)")
+    assert not (tmp_path / "models").exists()
+    assert _received(st, rec.replace(status="failed", error="x", model_path=None)).status == "failed"

@@ -51,9 +51,28 @@ def assert_one_line_error(capsys, expected: str | None = None, *needles: str) ->
 
 def fingerprint(folder: Path) -> dict[str, str]:
     """Every file of the folder and its content hash (what a failed command must leave as it was), but the
-    folder's lock file, which `select` and `resume` take (and leave, empty) before they read anything."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+    folder's lock file, which `select` and `resume` take (and leave, empty) before they read anything.
+    ``trials.parquet`` counts by its rows less their MLflow run ids: a resume gives the finished trials an
+    earlier driver had not mirrored their MLflow run, and records its id."""
+    return {str(p.relative_to(folder)): _digest(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def _digest(p: Path) -> str:
+    if p.name == "trials.parquet":
+        import json
+
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(p).to_pylist()
+        except Exception:  # a corrupted table: its bytes
+            pass
+        else:
+            rows = sorted(({k: v for k, v in r.items() if k != "mlflow_run_id"} for r in rows),
+                          key=lambda r: str(r.get("trial_id")))
+            return hashlib.sha256(json.dumps(rows, default=str, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
 def assert_kept_on_resume(before: dict, after: dict, rewritten: tuple[str, ...] = ("state.json",)) -> None:

@@ -250,6 +250,9 @@ class TrialMirror:
             self.sink.client.log_batch(self.parent_id, metrics=batch[i:i + 500])
 
     def _start(self, trial_id: str, name: str, params: dict) -> None:
+        if trial_id in self.run_ids:  # started again after its worker died: one run per trial, tagged
+            self.sink.set_tags(self.run_ids[trial_id], {"sweep.restarted": "true"})
+            return
         self.run_ids[trial_id] = self.sink.start_child(self.parent_id, name, params,
                                                        tags={"sweep.trial_id": trial_id})
 
@@ -268,6 +271,8 @@ class TrialMirror:
               if isinstance(v, (int, float)) and math.isfinite(float(v))]
         for i in range(0, len(ms), 500):
             self.sink.client.log_batch(run_id, metrics=ms[i:i + 500])
+        if rec.node_id:
+            self.sink.set_tags(run_id, {"sweep.node_id": rec.node_id, "sweep.host": rec.host or ""})
         if rec.status == "ok":
             self.sink.log_metrics(run_id, {k: rec.get(k) for k in FINAL_METRICS})
             self.sink.end(run_id, "FINISHED")

@@ -68,6 +68,10 @@ class TrialRecord:
                                              "dense baseline included)")
     model_path: str | None = _col(pa.string(), "saved model, relative to the sweep folder")
     mlflow_run_id: str | None = _col(pa.string(), "MLflow run id (nested child run; the parent's for the baseline)")
+    node_id: str | None = _col(pa.string(), "Ray node id of the node the trial ran on")
+    host: str | None = _col(pa.string(), "host name and IP address of the node the trial ran on")
+    retried: int | None = _col(pa.int64(), "times the trial ran again after its worker died (node lost, killed "
+                                           "for memory; search.retries)")
     seed: int | None = _col(pa.int64(), "random seed of the trial")
     finetune_epochs: int | None = _col(pa.int64(), "fine-tuning epochs after pruning")
     wall_s: float | None = _col(pa.float64(), "wall-clock seconds of the trial")

@@ -150,9 +150,19 @@ class TrialStore:
 
 
 def _write_durably(table: pa.Table, path: Path) -> None:
-    """Temporary file, fsync, rename over ``path``, fsync of the folder: all or nothing, and it lasts."""
+    """A Parquet table at ``path``, all or nothing (see :func:`durable_write`)."""
+    _durably(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def durable_write(path: Path, data: bytes) -> None:
+    """``data`` at ``path``: temporary file, fsync, rename over ``path``, fsync of the folder -- all or
+    nothing, and it lasts."""
+    _durably(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
+def _durably(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
+    write(tmp)
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)

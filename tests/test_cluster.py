@@ -1,0 +1,166 @@
+"""A sweep on a real multi-node Ray cluster on this machine, with no shared filesystem.
+
+Three ``ray start`` nodes on 127.0.0.1 (:mod:`sweep.localcluster`): a head with no CPU (so every trial runs
+on a worker node) and two one-CPU worker nodes, each started in its own mount namespace with an empty
+tmpfs over the folder that holds the sweep: a worker that opened the sweep folder would find nothing.
+``sweep run --address`` then runs trials on both workers; their models and records reach the driver
+through Ray.  Marked ``cluster`` (and ``integration``); needs root for ``unshare -m``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweep.localcluster import LocalCluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.integration,
+              pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                                 reason="worker nodes without the driver's disk need `unshare -m` as root")]
+
+SPACE = """
+name: clustered
+model: {name: small_cnn}
+dataset: {name: digits}
+baseline: {epochs: 2, lr: 0.05}
+finetune: {epochs: 1, lr: 0.01}
+search: {trials: 4, concurrency: 2, sampler: random, objectives: [accuracy, latency_ms, params]}
+measure: {repeats: 5, warmup: 1}
+methods:
+  magnitude:
+    ratio: {low: 0.2, high: 0.8}
+"""
+
+# what each worker node sees of a folder, and the node's process group (its raylet's, the worker's parent)
+PROBE = """
+import json, os, sys, ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+ray.init(address=sys.argv[1], log_to_driver=False)
+@ray.remote(num_cpus=1)
+def look(path):
+    return ray.get_runtime_context().get_node_id(), sorted(os.listdir(path)), os.getpgid(os.getppid())
+workers = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
+refs = [look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(w, soft=False)).remote(sys.argv[2])
+        for w in workers]
+print(json.dumps(ray.get(refs)))
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """(cluster, the folder worker nodes cannot see, {worker node id: its process group}); every node is
+    stopped by its process group at the end."""
+    hidden = tmp_path_factory.mktemp("cluster") / "runs"
+    hidden.mkdir()
+    (hidden / "on-the-drivers-disk").write_text("only the driver's node has this")
+    c = LocalCluster(head_cpus=0)
+    try:
+        c.start_head()
+        for _ in range(2):
+            c.add_worker(cpus=1, private=(hidden,))
+        assert c.alive_nodes(3) == 3
+        probe = subprocess.run([sys.executable, "-c", PROBE, c.address, str(hidden)], env=c.env,
+                               capture_output=True, text=True, timeout=180)
+        assert probe.returncode == 0, probe.stderr[-3000:]
+        seen = json.loads(probe.stdout.strip().splitlines()[-1])
+        assert len(seen) == 2 and all(files == [] for _, files, _ in seen)  # an empty tmpfs on each worker
+        assert os.listdir(hidden) == ["on-the-drivers-disk"]  # while the driver sees its disk
+        groups = {node: group for node, _, group in seen}
+        assert sorted(groups.values()) == sorted(c.groups[1:])
+        yield c, hidden, groups
+    finally:
+        c.stop()
+        assert not [p for p in c.groups if _alive(p)]
+
+
+def _alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _sweep(c, hidden: Path, tmp_path: Path, name: str, finetune_epochs: int) -> tuple[list, Path]:
+    space = tmp_path / f"{name}.yaml"
+    space.write_text(SPACE.replace("name: clustered", f"name: {name}").replace(
+        "finetune: {epochs: 1", f"finetune: {{epochs: {finetune_epochs}"))
+    sweep_dir = hidden / name
+    cmd = [sys.executable, "-m", "sweep.cli", "run", str(space), "--out", str(sweep_dir), "--address", c.address,
+           "--reports", str(tmp_path / "reports")]
+    return cmd, sweep_dir
+
+
+def _trials_and_runs(sweep_dir: Path, name: str):
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    df = pd.read_parquet(sweep_dir / "trials.parquet")
+    client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    return df[df["trial_id"] != "baseline"], {r.data.tags["sweep.trial_id"]: r for r in runs
+                                              if r.data.tags.get("sweep.role") == "trial"}
+
+
+def test_a_sweep_runs_on_two_nodes_that_cannot_see_its_folder(cluster, tmp_path):
+    c, hidden, groups = cluster
+    cmd, sweep_dir = _sweep(c, hidden, tmp_path, "clustered", 1)
+    run = subprocess.run(cmd, cwd=tmp_path, env={**c.env, "MLFLOW_LOGGING_LEVEL": "WARNING"}, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    assert "Ray cluster 127.0.0.1:" in run.stdout and "3 node(s) alive, 2 CPU(s), 0 GPU(s)" in run.stdout
+
+    trials, runs = _trials_and_runs(sweep_dir, "clustered")
+    assert len(trials) == 4 and (trials["status"] == "ok").all(), trials[["trial_id", "status", "error"]]
+    assert set(trials["node_id"]) == set(groups)  # both worker nodes ran trials, and only they
+    assert trials["host"].str.startswith(f"{socket.gethostname()} (").all()
+    assert (trials["retried"] == 0).all()
+    for p in trials["model_path"]:  # sent through Ray, written by the driver
+        assert (sweep_dir / p).stat().st_size > 0
+    assert {t: r.data.tags.get("sweep.node_id") for t, r in runs.items()} == dict(zip(trials["trial_id"],
+                                                                                      trials["node_id"]))
+    assert (tmp_path / "reports" / "clustered" / "index.html").is_file()
+
+
+def test_a_node_lost_mid_trial_runs_that_trial_again_elsewhere(cluster, tmp_path):
+    """Both worker nodes busy, one is killed (raylet, daemons, workers): the trial it ran is run again on the
+    other node (``retried`` 1), the sweep finishes, and no row is lost or doubled.  Runs after the test
+    above (the cluster keeps one worker node)."""
+    c, hidden, groups = cluster
+    cmd, sweep_dir = _sweep(c, hidden, tmp_path, "nodelost", 40)  # trials of several seconds
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**c.env, "MLFLOW_LOGGING_LEVEL": "WARNING"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:  # both nodes run a trial: the driver's heartbeat lists two
+            state = sweep_dir / "state.json"
+            if state.is_file() and len(json.loads(state.read_text() or "{}").get("running", [])) == 2:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the sweep never ran two trials at once")
+        lost, kept = sorted(groups, key=lambda n: groups[n])
+        assert c.kill_node(groups[lost])
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out[-4000:]
+    assert "lost its worker" in out and "running it again (1 of search.retries=1)" in out
+
+    trials, runs = _trials_and_runs(sweep_dir, "nodelost")
+    assert len(trials) == 4 and trials["trial_id"].is_unique and (trials["status"] == "ok").all(), out[-3000:]
+    again = trials[trials["retried"] == 1]
+    assert len(again) == 1 and set(again["node_id"]) == {kept}
+    assert (trials["retried"] <= 1).all()
+    assert len(runs) == 4 and {r.info.status for r in runs.values()} == {"FINISHED"}
+    assert runs[again["trial_id"].iloc[0]].data.tags["sweep.restarted"] == "true"
