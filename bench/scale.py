@@ -4,7 +4,7 @@
    private ``--temp-dir``, no dashboard, no usage stats), then ``ray start --address`` for the others, each
    in its own session (``start_new_session``), so that each ``ray start`` and every daemon it leaves behind
    share one process group whose id is that ``ray start``'s pid.  The script waits until ``ray.nodes()``
-   shows every node alive.  Token authentication is off (``RAY_AUTH_MODE=disabled``) for the cluster and
+   shows every node alive.  Token authentication is on (a fresh token, in ``RAY_AUTH_TOKEN``) for the cluster and
    both drivers.
 2. ours: ``sweep run SPACE --address 127.0.0.1:PORT --trials N --concurrency 4`` in a subprocess, on a
    trivial space: a tiny synthetic dataset (1x8x8, 4 classes, 64/32/32 images), ``small_cnn``,
@@ -122,7 +122,7 @@ def run_ours(space: Path, folder: Path, address: str, trials: int, conc: int, ti
     exe = VENV_BIN / "sweep"
     cmd = [str(exe), "run", str(space), "--out", str(folder), "--reports", str(folder.parent / "reports"),
            "--address", address, "--trials", str(trials), "--concurrency", str(conc)]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=folder.parent)
     samples: list[tuple[int, float, float, float]] = []  # (done, wall, cpu s, rss MB) at each new count
     start: dict = {}
@@ -195,7 +195,6 @@ def run_raw(address: str, work: Path, durations: list[float], trials: int, conc:
             samples.append((len(samples) + 1, time.time(), cpu_s(me), rss_mb(me)))
 
     os.environ.update(TUNE_ENV)
-    os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     try:
         searcher = OptunaSearch(space=RawSpace(), metric=OBJECTIVES, mode=[OBJECTIVES_DIR[o] for o in OBJECTIVES],
@@ -269,6 +268,7 @@ def main(argv=None) -> int:
     print(f"# load avg (1/5/15 min) at start {load()}", flush=True)
 
     cluster = Cluster(args.nodes, args.object_store_mb)
+    os.environ.update(cluster.auth)  # both drivers present the cluster's token
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt

@@ -208,7 +208,8 @@ def cmd_report(args) -> int:
 
     sweep_dir = Path(args.sweep_dir)
     _, meta = SweepFolder(sweep_dir).results()
-    out = Path(args.out) if args.out else report_dir(meta.get("name", sweep_dir.name))
+    out = Path(args.out) if args.out else report_dir(meta.get("name", sweep_dir.name),
+                                                     where=f"the name in {sweep_dir}'s trials.parquet")
     paths = build_report(sweep_dir, out)
     _log(f"report: {(out / 'index.html').resolve()} ({len(paths)} files)")
     return 0

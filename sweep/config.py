@@ -19,7 +19,7 @@ OBJECTIVES = ("accuracy", "agreement", "latency_ms", "params", "macs")
 QUALITY = ("accuracy", "agreement")  # the maximised objective: accuracy, or agreement in label-free sweeps
 LABEL_MODES = ("supervised", "none")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -297,8 +297,8 @@ def load_config(path: str | Path, *, name: str | None = None) -> SweepConfig:
 
 
 def _with_name(cfg: SweepConfig, name: str) -> SweepConfig:
-    if not _NAME_RE.match(name):
-        raise ConfigError(f"sweep name must match {_NAME_RE.pattern}, but got name={name!r} (--name)")
+    if not NAME_RE.match(name):
+        raise ConfigError(f"sweep name must match {NAME_RE.pattern}, but got name={name!r} (--name)")
     from dataclasses import replace
 
     return replace(cfg, name=name)
@@ -307,8 +307,8 @@ def _with_name(cfg: SweepConfig, name: str) -> SweepConfig:
 def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
     top = _Section(data, source, TOP_KEYS)
     name = top.str("name", None) or Path(source).stem
-    if not _NAME_RE.match(name):
-        raise ConfigError(f"sweep name must match {_NAME_RE.pattern}, but got name={name!r} ({source}: name)")
+    if not NAME_RE.match(name):
+        raise ConfigError(f"sweep name must match {NAME_RE.pattern}, but got name={name!r} ({source}: name)")
     seed = top.int("seed", 0, lo=0)
     labels = top.str("labels", "supervised", choices=LABEL_MODES)
 

@@ -470,6 +470,10 @@ def _make_callback():
     return SweepCallback()
 
 
+# environment variables _ray_init set for the embedded Ray (and _ray_shutdown removes)
+_ENV_SET: dict[str, str] = {}
+
+
 def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None) -> bool:
     """Start (or connect to) Ray; True when this call did, False when Ray was already up.
 
@@ -491,9 +495,15 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None) -> bool:
         if address:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         else:
-            # embedded local Ray: no token auth, and session files in a short private temp folder
-            # (unix socket paths are limited to ~107 characters, too short for most sweep folders)
-            os.environ["RAY_AUTH_MODE"] = "disabled"
+            # embedded local Ray: Ray binds its servers to this machine's address, so unless the user chose
+            # an auth mode, token authentication with a fresh random token that only this process and the
+            # Ray processes it starts know; session files in a short private temp folder (unix socket paths
+            # are limited to ~107 characters, too short for most sweep folders)
+            if "RAY_AUTH_MODE" not in os.environ:
+                import secrets
+
+                _ENV_SET.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+                os.environ.update(_ENV_SET)
             tmp = tempfile.mkdtemp(prefix="sweep-ray-")
             ray.init(num_cpus=cpus or os.cpu_count() or 1, include_dashboard=False, logging_level=logging.ERROR,
                      log_to_driver=False, _temp_dir=tmp, configure_logging=True)
@@ -543,6 +553,9 @@ def _ray_shutdown(started: bool, log) -> None:
         ray.shutdown()
     except Exception as e:
         log(f"warning: Ray did not shut down cleanly: {type(e).__name__}: {e}")
+    for k in _ENV_SET:  # the embedded Ray's token dies with it
+        os.environ.pop(k, None)
+    _ENV_SET.clear()
 
 
 @contextmanager

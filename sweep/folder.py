@@ -46,8 +46,16 @@ HEARTBEAT_EVERY_S = 30.0  # the driver rewrites state.json's heartbeat at least 
 REPORTS_ROOT = Path("reports")
 
 
-def report_dir(name: str, root: Path | str | None = None) -> Path:
-    """Where the report of sweep ``name`` goes: ``reports/<name>`` (or ``<root>/<name>``)."""
+def report_dir(name: str, root: Path | str | None = None, where: str = "the sweep's name") -> Path:
+    """Where the report of sweep ``name`` goes: ``reports/<name>`` (or ``<root>/<name>``).
+
+    ``name`` may come from a folder someone else sent (the table's metadata): it must be a plain name, so
+    the report never lands outside ``root``."""
+    from .config import NAME_RE
+
+    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
+        raise SweepDirError(f"sweep name must match {NAME_RE.pattern} (a plain folder name), but got "
+                            f"name={name!r} ({where}); pass --out to choose the report folder")
     return Path(REPORTS_ROOT if root is None else root) / name
 
 

@@ -4,8 +4,9 @@ For the cluster tests, the scale benchmark, and anyone who wants to try ``sweep 
 a real cluster.  Every node is one ``ray start`` in its own session, so the daemons it leaves behind
 share one process group whose id is that ``ray start``'s pid; :meth:`LocalCluster.stop` signals exactly
 those groups (then, by pid, any leftover process carrying the cluster's private temp folder) -- never
-``ray stop``, which would stop every Ray on the machine.  Token authentication is off
-(``RAY_AUTH_MODE=disabled``): the cluster listens on 127.0.0.1 only.
+``ray stop``, which would stop every Ray on the machine.  Token authentication is on, with a fresh random
+token: :attr:`LocalCluster.env` holds it (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN``) for every node and
+for drivers that connect; a process without it is refused.
 
 ``private`` worker nodes start inside their own mount namespace (``unshare -m``, root only) with an empty
 tmpfs over each of the given folders: a process of such a node that opens a file there finds nothing, as
@@ -15,6 +16,7 @@ a node without the driver's disk would.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -83,7 +85,8 @@ class LocalCluster:
         self.address = f"127.0.0.1:{self.port}"
         self.groups: list[int] = []
         self.nodes: list[dict] = []  # per node: group, role, cpus, private folders
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        self.env = {**os.environ, **self.auth}  # for nodes and drivers: never printed
 
     def _start(self, args: list[str], cpus: int, role: str, private: tuple = ()) -> int:
         cmd = [self.ray, "start", *args, *_START, f"--num-cpus={cpus}", f"--object-store-memory={self.store}"]

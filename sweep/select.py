@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -148,25 +149,30 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
                               "why": ", ".join(why) if why else f"inside the budget but lower {quality} "
                                                                   f"(or equal and slower)"})
     out = Path(out) if out else folder.selected_dir
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    decision = {
-        "sweep": cfg.name, "quality": quality, "budget": dict(budget.items()), "chosen": _public(chosen),
-        "latency_remeasured": chosen_lat.to_dict(), "rejected_front_points": front_rejects,
-        "rejected_after_remeasure": rejected_after, "candidates_inside_budget": len(ordered),
-        "selected_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "exports": {},
-    }
-    import torch
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh private folder beside `out` (never a fixed name: a folder we did not create is never removed)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would become the selection's own mode
+    try:
+        decision = {
+            "sweep": cfg.name, "quality": quality, "budget": dict(budget.items()), "chosen": _public(chosen),
+            "latency_remeasured": chosen_lat.to_dict(), "rejected_front_points": front_rejects,
+            "rejected_after_remeasure": rejected_after, "candidates_inside_budget": len(ordered),
+            "selected_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "exports": {},
+        }
+        import torch
 
-    torch.save(chosen_model, tmp / "model.pt")
-    if export:
-        decision["exports"] = _export(chosen_model, splits.example_input(1), tmp, log)
-    (tmp / "selection.json").write_text(json.dumps(decision, indent=2, default=str))
-    (tmp / "selection.md").write_text(_markdown(decision))
-    if out.exists():  # keep the previous selection: no finished result is lost
-        out.rename(out.with_name(f"{out.name}-{int(time.time())}"))
-    os.replace(tmp, out)
+        torch.save(chosen_model, tmp / "model.pt")
+        if export:
+            decision["exports"] = _export(chosen_model, splits.example_input(1), tmp, log)
+        (tmp / "selection.json").write_text(json.dumps(decision, indent=2, default=str))
+        (tmp / "selection.md").write_text(_markdown(decision))
+        if out.exists():  # keep the previous selection: no finished result is lost
+            out.rename(out.with_name(f"{out.name}-{int(time.time())}"))
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours: made above
+        raise
     if register:
         decision["registry"] = _register(state, cfg.name, chosen, chosen_model, splits.example_input(1), out, log)
         (out / "selection.json").write_text(json.dumps(decision, indent=2, default=str))
@@ -225,8 +231,9 @@ def _register(state: dict, name: str, chosen: TrialRecord, model, example, out: 
         # MLflow prints its own registration chatter; the one line below says the same
         with mlflow.start_run(run_id=run_id), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
+            # pt2 (torch.export): the registered model loads without unpickling code
             info = mlflow.pytorch.log_model(model, name="selected_model", registered_model_name=reg_name,
-                                            input_example=example.numpy())
+                                            input_example=example.numpy(), serialization_format="pt2")
             mlflow.log_artifacts(str(out), artifact_path="selection")
         versions = client.search_model_versions(f"name = '{reg_name}'")
         version = max(int(v.version) for v in versions)

@@ -1,10 +1,10 @@
 """A sweep on a real multi-node Ray cluster on this machine, with no shared filesystem.
 
-Three ``ray start`` nodes on 127.0.0.1 (:mod:`sweep.localcluster`): a head with no CPU (so every trial runs
-on a worker node) and two one-CPU worker nodes, each started in its own mount namespace with an empty
-tmpfs over the folder that holds the sweep: a worker that opened the sweep folder would find nothing.
-``sweep run --address`` then runs trials on both workers; their models and records reach the driver
-through Ray.  Marked ``cluster`` (and ``integration``); needs root for ``unshare -m``.
+Three ``ray start`` nodes on 127.0.0.1 (:mod:`sweep.localcluster`, token authentication on): a head with no
+CPU (so every trial runs on a worker node) and two one-CPU worker nodes, each started in its own mount
+namespace with an empty tmpfs over the folder that holds the sweep: a worker that opened the sweep folder
+would find nothing.  ``sweep run --address`` then runs trials on both workers; their models and records
+reach the driver through Ray.  Marked ``cluster`` (and ``integration``); needs root for ``unshare -m``.
 """
 
 from __future__ import annotations
@@ -128,6 +128,13 @@ def test_a_sweep_runs_on_two_nodes_that_cannot_see_its_folder(cluster, tmp_path)
     assert {t: r.data.tags.get("sweep.node_id") for t, r in runs.items()} == dict(zip(trials["trial_id"],
                                                                                       trials["node_id"]))
     assert (tmp_path / "reports" / "clustered" / "index.html").is_file()
+
+    # the cluster keeps token authentication on: a driver with a wrong token is refused
+    wrong = {**c.env, "RAY_AUTH_TOKEN": "0" * 64}
+    code = "import ray, sys; ray.init(address=sys.argv[1]); print(ray.nodes())"
+    refused = subprocess.run([sys.executable, "-c", code, c.address], env=wrong, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode != 0 and "NodeID" not in refused.stdout
 
 
 def test_a_node_lost_mid_trial_runs_that_trial_again_elsewhere(cluster, tmp_path):

@@ -339,3 +339,28 @@ def test_a_checkpoint_with_non_finite_outputs_is_named(tmp_path):
                           "the network outputs non-finite values (")
     assert msg.endswith(f"({space}: baseline.path); check the checkpoint")
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- a folder from someone else
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/abs", "..", "a/b"])
+def test_a_name_in_the_table_never_puts_the_report_outside_reports(sweep_dir, tmp_path, capsys, name):
+    folder = SweepFolder(sweep_dir)
+    records, meta = folder.store.records()
+    folder.store.write(records, {**meta, "name": name})
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert main(["report", str(sweep_dir)]) == 2
+    assert_one_line_error(capsys, None, "sweep name must match", f"name={name!r}",
+                          f"(the name in {sweep_dir}'s trials.parquet)", "pass --out")
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+    assert main(["report", str(sweep_dir), "--out", str(tmp_path / "mine")]) == 0  # the way out it names
+    assert (tmp_path / "mine" / "index.html").is_file()
+
+
+def test_select_never_removes_a_folder_it_did_not_create(sweep_dir, capsys):
+    theirs = sweep_dir / "selected.tmp"  # a neighbour with the name a temporary folder could have
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("keep me")
+    assert main(select_argv(sweep_dir, "--max-params", "10000000")) == 0
+    assert (theirs / "notes.txt").read_text() == "keep me"
+    assert (sweep_dir / "selected" / "selection.json").is_file()
+    assert not [p for p in sweep_dir.iterdir() if p.name.startswith(".selected.")]  # ours is gone
