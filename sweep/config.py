@@ -153,6 +153,7 @@ class SearchConfig:
     # a trial whose worker died (its node lost, killed for memory) runs again this many times; a trial's own
     # error is a failed row, never retried (it would fail again)
     retries: int = 1
+    gpus_per_trial: float = 0.0  # Ray GPUs per trial; fractions pack several trials on one GPU (0.25: four)
 
 
 @dataclass(frozen=True)
@@ -369,7 +370,8 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
                            temperature=f.float("temperature", 4.0, lo=0.0, lo_open=True), **common)
 
     s = _Section(top.get("search"), f"{source}: search",
-                 ("trials", "concurrency", "sampler", "objectives", "cpus_per_trial", "time_budget_s", "retries"))
+                 ("trials", "concurrency", "sampler", "objectives", "cpus_per_trial", "time_budget_s", "retries",
+                  "gpus_per_trial"))
     quality = "agreement" if labels == "none" else "accuracy"
     objectives = s.get("objectives", [quality, "latency_ms"])
     if not isinstance(objectives, list) or not objectives:
@@ -396,6 +398,7 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
         cpus_per_trial=s.float("cpus_per_trial", 1.0, lo=0.0, lo_open=True),
         time_budget_s=s.float("time_budget_s", None, lo=0.0, lo_open=True),
         retries=s.int("retries", 1, lo=0),
+        gpus_per_trial=s.float("gpus_per_trial", 0.0, lo=0.0),
     )
 
     ms = _Section(top.get("measure"), f"{source}: measure",

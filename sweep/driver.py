@@ -470,17 +470,39 @@ def _make_callback():
     return SweepCallback()
 
 
-# environment variables _ray_init set for the embedded Ray (and _ray_shutdown removes)
-_ENV_SET: dict[str, str] = {}
+def _embedded_auth() -> str | None:
+    """Token authentication for the embedded Ray, unless the user chose a mode (``RAY_AUTH_MODE``).
+
+    Ray binds its servers to this machine's network address, so an embedded Ray without authentication
+    would take jobs from anyone who reaches the machine.  A random token, made once per process and kept
+    in this process's environment (the Ray processes it starts inherit it), lets in only them.  Ray
+    reads its auth mode when it is first imported: if that already happened here, the embedded Ray runs
+    without a token and a note says so."""
+    import sys
+
+    if "RAY_AUTH_MODE" in os.environ:
+        return None
+    if "ray" in sys.modules:
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        return ("note: Ray was imported before the sweep started Ray, so its embedded Ray runs without token "
+                "authentication; set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN before importing ray to have it")
+    import secrets
+
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    return None
 
 
-def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None) -> bool:
+def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None, log=print) -> bool:
     """Start (or connect to) Ray; True when this call did, False when Ray was already up.
 
     ``ray.init`` installs its own SIGTERM handler (exit at once); a handler the caller installed (the
     CLI's: stop the sweep like Ctrl-C) is put back."""
     import logging
 
+    if address is None:
+        note = _embedded_auth()  # before Ray is imported: it reads its auth mode once, then
+        if note:
+            log(note)
     import ray
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -495,15 +517,8 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None) -> bool:
         if address:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         else:
-            # embedded local Ray: Ray binds its servers to this machine's address, so unless the user chose
-            # an auth mode, token authentication with a fresh random token that only this process and the
-            # Ray processes it starts know; session files in a short private temp folder (unix socket paths
-            # are limited to ~107 characters, too short for most sweep folders)
-            if "RAY_AUTH_MODE" not in os.environ:
-                import secrets
-
-                _ENV_SET.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-                os.environ.update(_ENV_SET)
+            # embedded local Ray: session files in a short private temp folder (unix socket paths are
+            # limited to ~107 characters, too short for most sweep folders); authentication: _embedded_auth
             tmp = tempfile.mkdtemp(prefix="sweep-ray-")
             ray.init(num_cpus=cpus or os.cpu_count() or 1, include_dashboard=False, logging_level=logging.ERROR,
                      log_to_driver=False, _temp_dir=tmp, configure_logging=True)
@@ -515,20 +530,25 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None) -> bool:
 
 def _check_schedulable(cfg: SweepConfig, address: str | None) -> None:
     """A trial must fit on one node, or Ray Tune would wait for it for ever: checked against this machine
-    before anything runs (the embedded Ray gets all its CPUs), against the cluster once connected."""
+    before anything runs (the embedded Ray gets all its CPUs and GPUs), against the cluster once connected."""
     from .errors import ConfigError
 
     if address is None:
-        most, nodes = float(os.cpu_count() or 1), [None]
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        nodes = [{"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}]
     else:
         import ray
 
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        most = max((float(n.get("Resources", {}).get("CPU", 0)) for n in nodes), default=0.0)
-    if cfg.search.cpus_per_trial > most:
-        raise ConfigError(f"search.cpus_per_trial must fit on one Ray node (the largest has {most:g} CPUs, "
-                          f"{len(nodes)} node(s) in all), but got cpus_per_trial={cfg.search.cpus_per_trial:g} "
-                          f"({cfg.source}: search.cpus_per_trial); lower it there and run again")
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for key, what, asked in (("CPU", "cpus_per_trial", cfg.search.cpus_per_trial),
+                             ("GPU", "gpus_per_trial", cfg.search.gpus_per_trial)):
+        most = max((float(n.get(key, 0)) for n in nodes), default=0.0)
+        if asked > most:
+            raise ConfigError(f"search.{what} must fit on one Ray node (the largest has {most:g} {key}s, "
+                              f"{len(nodes)} node(s) in all), but got {what}={asked:g} "
+                              f"({cfg.source}: search.{what}); lower it there and run again")
 
 
 def _cluster_line(address: str) -> str:
@@ -553,9 +573,6 @@ def _ray_shutdown(started: bool, log) -> None:
         ray.shutdown()
     except Exception as e:
         log(f"warning: Ray did not shut down cleanly: {type(e).__name__}: {e}")
-    for k in _ENV_SET:  # the embedded Ray's token dies with it
-        os.environ.pop(k, None)
-    _ENV_SET.clear()
 
 
 @contextmanager
@@ -586,7 +603,7 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
     inputs = TrialInputs(str(folder.path), cfg, folder.baseline(), folder.read_model_bytes(BASELINE_MODEL), inbox)
     trainable = tune.with_resources(
         tune.with_parameters(sweep_trial, inputs=inputs),
-        {"cpu": cfg.search.cpus_per_trial})
+        {"cpu": cfg.search.cpus_per_trial, **({"gpu": cfg.search.gpus_per_trial} if cfg.search.gpus_per_trial else {})})
     # no `time_budget_s` for Ray: its stopper would end the cut trials and the searcher for good; the
     # callback stops Tune the way Ctrl-C does instead (on_step_end)
     run_config = tune.RunConfig(name=EXPERIMENT, storage_path=str(folder.ray_dir), verbose=0, callbacks=[callback],
@@ -680,7 +697,7 @@ def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | No
         # Ray first: it starts its processes while the driver sets up MLflow and trains or loads the
         # baseline.  (Pre-importing torch in Ray's idle workers, `preload_python_modules`, was measured
         # slower on 2 cores: it competes with the baseline's training and the first trial waits anyway.)
-        ray_started = _ray_init(address, folder.path, None)
+        ray_started = _ray_init(address, folder.path, None, log)
     try:
         if ray_started or address is not None:
             _check_schedulable(cfg, address)
@@ -748,7 +765,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
                 f"{folder.config_path} and resume")
         elif progress.done < cfg.search.trials:
             if not ray_started and address is None:  # e.g. a trial row went missing since the start
-                ray_started = _ray_init(None, folder.path, None)
+                ray_started = _ray_init(None, folder.path, None, log)
             _ACTIVE["sweep"] = st
             callback = _make_callback()
             st.inbox = _model_inbox()

@@ -298,9 +298,10 @@ def test_prune_writes_a_truthful_summary(cwd, capsys):
     assert_one_line_error(capsys, "not empty")
 
 
-def test_run_with_a_trial_no_node_can_hold_fails_before_anything_runs(cwd, capsys):
-    space = write(cwd, GOOD + "search:\n  cpus_per_trial: 1e12\n")
+@pytest.mark.parametrize("key, value", [("cpus_per_trial", "1e12"), ("gpus_per_trial", "1e6")])
+def test_run_with_a_trial_no_node_can_hold_fails_before_anything_runs(cwd, capsys, key, value):
+    space = write(cwd, GOOD + f"search:\n  {key}: {value}\n")
     assert main(["run", str(space)]) == 2
-    assert_one_line_error(capsys, "search.cpus_per_trial must fit on one Ray node", "cpus_per_trial=1e+12",
-                          "search.cpus_per_trial); lower it there")
+    assert_one_line_error(capsys, f"search.{key} must fit on one Ray node", f"{key}={float(value):g}",
+                          f"search.{key}); lower it there")
     assert not (cwd / "runs" / "clitest" / "sweep.yaml").exists()  # nothing of a sweep was written

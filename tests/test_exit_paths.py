@@ -67,7 +67,8 @@ def run_with(monkeypatch, script, cfg, sweep_dir: Path, tmp_path: Path, resume: 
     import sweep.driver as driver
 
     monkeypatch.setattr(driver, "_ray_init", lambda *a, **k: False)
-    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None: FakeTuner(callback, script))
+    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None:
+                        FakeTuner(callback, script))
     return driver.run_sweep(cfg, sweep_dir, report_root=tmp_path / "reports", resume=resume, log=lambda m: None)
 
 
@@ -204,7 +205,8 @@ def test_sigterm_stops_the_sweep_like_ctrl_c_with_exit_code_143(sweep_dir, tmp_p
         raise AssertionError("SIGTERM did not stop the sweep")
 
     monkeypatch.setattr(driver, "_ray_init", lambda *a, **k: False)
-    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None: FakeTuner(callback, script))
+    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None:
+                        FakeTuner(callback, script))
     before = signal.getsignal(signal.SIGTERM)
     t0 = time.time()
     assert main(["resume", str(sweep_dir), "--reports", str(tmp_path / "reports")]) == 143
