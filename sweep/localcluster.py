@@ -73,6 +73,20 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
+def kill_node(group: int) -> list[int]:
+    """SIGKILL every process of one node -- the daemons of its ``ray start`` (process group ``group``) and
+    the worker processes its raylet started (they have groups of their own) -- as a machine that is
+    switched off.  Returns the pids killed."""
+    daemons = [p for p in _all_pids() if _stat(p)[1] == group]
+    workers = [p for p in _all_pids() if _stat(p)[0] in daemons]
+    for p in daemons + workers:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return daemons + workers
+
+
 class LocalCluster:
     """A head node and worker nodes on 127.0.0.1; remembers the process group of every node."""
 
@@ -126,18 +140,7 @@ class LocalCluster:
             time.sleep(2)
         return n
 
-    def kill_node(self, group: int) -> list[int]:
-        """SIGKILL every process of one node -- the daemons of its ``ray start`` (process group ``group``) and
-        the worker processes its raylet started (they have groups of their own) -- as a machine that is
-        switched off.  Returns the pids killed."""
-        daemons = [p for p in _all_pids() if _stat(p)[1] == group]
-        workers = [p for p in _all_pids() if _stat(p)[0] in daemons]
-        for p in daemons + workers:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return daemons + workers
+    kill_node = staticmethod(kill_node)  # one node switched off (the module function)
 
     def stop(self) -> str:
         """SIGTERM to every recorded process group, SIGKILL after 10 s; then leftovers by pid (ours: they
@@ -170,3 +173,49 @@ def shlex_quote(s: str) -> str:
     import shlex
 
     return shlex.quote(s)
+
+
+def main(argv=None) -> int:
+    """``python -m sweep.localcluster``: start a head and worker nodes here, print how to use and break
+    them, and stop them all on Ctrl-C; or ``--kill GROUP``: switch one worker node off."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m sweep.localcluster", description=main.__doc__)
+    ap.add_argument("--workers", type=int, default=2, help="worker nodes (default 2)")
+    ap.add_argument("--cpus-per-worker", type=int, default=1)
+    ap.add_argument("--head-cpus", type=int, default=0, help="CPUs of the head (default 0: trials run on workers)")
+    ap.add_argument("--kill", type=int, metavar="GROUP", help="kill the worker node of this process group")
+    args = ap.parse_args(argv)
+    if args.kill is not None:
+        pids = kill_node(args.kill)
+        print(f"killed {len(pids)} process(es) of the node with process group {args.kill}")
+        return 0 if pids else 1
+    c = LocalCluster(head_cpus=args.head_cpus)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    try:
+        c.start_head()
+        workers = [c.add_worker(cpus=args.cpus_per_worker) for _ in range(args.workers)]
+        alive = c.alive_nodes(1 + args.workers)
+        token = Path(c.tmp) / "auth_token"
+        token.touch(mode=0o600)
+        token.write_text(c.auth["RAY_AUTH_TOKEN"])
+        print(f"Ray cluster at {c.address}: {alive} node(s) alive (head with {args.head_cpus} CPU(s), "
+              f"{args.workers} worker(s) with {args.cpus_per_worker} each), token authentication on.\n"
+              f"In another shell:\n"
+              f"  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token}\n"
+              f"  sweep run search_spaces/quickstart.yaml --address {c.address}")
+        for i, g in enumerate(workers, 1):
+            print(f"  worker {i}: switch it off with `python -m sweep.localcluster --kill {g}`")
+        print("Ctrl-C stops every node of this cluster (and nothing else).", flush=True)
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print(c.stop())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
