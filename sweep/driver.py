@@ -616,7 +616,8 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
     measured = {r.method for r in trials if r.status in ("ok", "failed")} | {m for m, _ in rerun}
     first = [p for p in first_points(cfg) if p.get("method") not in measured]
     todo = cfg.search.trials - _finished(records)
-    kw: dict = dict(space=define_by_run(cfg), metric=list(cfg.search.objectives),
+    used = [r.trial_number for r in trials if r.status in ("ok", "failed") and r.trial_number is not None]
+    kw: dict = dict(space=define_by_run(cfg, len(told), used), metric=list(cfg.search.objectives),
                     mode=[DIRECTIONS[o] for o in cfg.search.objectives])
     if told or rerun:
         sampler = make_sampler(cfg.search.sampler, seed=(cfg.seed * 1_000_003 + len(told)) % 2**31,

@@ -28,15 +28,21 @@ class DefineByRun:
     """``space(trial) -> constants`` for Ray Tune's ``OptunaSearch(space=...)``.
 
     A class, not a closure: Ray pickles the searcher (with this function) to save its state.
+
+    ``TRIAL_NUMBER`` (and so the trial's seed) is the sweep's own index of the trial: for a resumed sweep,
+    whose study starts with ``told`` finished trials, the study's new trials take the numbers no finished
+    trial holds, lowest first -- so a trial cut short and run again (enqueued first) gets its own number
+    back, and no number repeats whatever order trials finished in.
     """
 
-    def __init__(self, cfg: SweepConfig):
+    def __init__(self, cfg: SweepConfig, told: int = 0, used=()):
+        self.told, self.used = int(told), sorted(set(int(u) for u in used))
         self.methods = [m.name for m in cfg.methods]
         self.spaces = {m.name: dict(m.knobs) for m in cfg.methods}
         self.kinds = {m.name: {k.name: k.kind for k in get_method(m.name).knobs} for m in cfg.methods}
 
     def __call__(self, trial) -> dict:
-        consts: dict = {TRIAL_NUMBER: trial.number}
+        consts: dict = {TRIAL_NUMBER: self.sweep_number(trial.number)}
         if len(self.methods) > 1:
             method = trial.suggest_categorical(METHOD_PARAM, self.methods)
         else:
@@ -55,8 +61,19 @@ class DefineByRun:
         return consts
 
 
-def define_by_run(cfg: SweepConfig) -> DefineByRun:
-    return DefineByRun(cfg)
+    def sweep_number(self, study_number: int) -> int:
+        """The ``k``-th number no finished trial holds, for the study's ``told + k``-th trial."""
+        n = study_number - self.told
+        for u in self.used:  # ascending: each used number at or below the candidate pushes it up one
+            if u <= n:
+                n += 1
+            else:
+                break
+        return n
+
+
+def define_by_run(cfg: SweepConfig, told: int = 0, used=()) -> DefineByRun:
+    return DefineByRun(cfg, told, used)
 
 
 def first_points(cfg: SweepConfig) -> list[dict]:

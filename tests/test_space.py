@@ -223,6 +223,17 @@ def test_no_enqueued_points_for_one_method_or_a_small_budget():
     from sweep.config import load_config
     from sweep.space import first_points
 
-    assert first_points(load_config("search_spaces/quickstart.yaml")) == []
+    assert first_points(load_config("search_spaces/fashion_mnist.yaml")) == []  # one method
     cfg = load_config("search_spaces/all_methods.yaml")
     assert first_points(replace(cfg, search=replace(cfg.search, trials=2))) == []
+
+
+@pytest.mark.parametrize("told, used, expect", [
+    (0, [], [0, 1, 2, 3]),  # a new sweep: the study's numbers
+    (1, [1], [0, 2, 3, 4]),  # trial 1 finished, trial 0 was cut short: 0 comes back first, 1 never again
+    (2, [0, 2], [1, 3, 4, 5]),
+    (3, [0, 1, 2], [3, 4, 5, 6]),
+])
+def test_a_resumed_sweep_numbers_new_trials_with_the_numbers_no_finished_trial_holds(told, used, expect):
+    space = define_by_run(cfg_for({"magnitude": {"ratio": {"low": 0.2, "high": 0.4}}}), told, used)
+    assert [space.sweep_number(told + k) for k in range(4)] == expect
