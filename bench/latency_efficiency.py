@@ -11,15 +11,18 @@ kept), four pruners prune their own deep copy of the same model:
                ignored_layers=[head]) stepped until count_macs <= t * dense MACs (the step-until-target
                loop of Torch-Pruning's benchmarks/main.py, progressive_pruning)
 
-Then every variant of a model (dense + all pruned ones) is timed with sweep.measure.measure_latency at
-each batch size, interleaved: round after round every variant runs one block (1 warm-up + --block
-timed forwards), the order rotating by one each round, until each has >= --repeats timed forwards;
-a variant's latency is the median of its block medians. Ratios divide by the dense model of the same
-run, so machine-wide drift cancels. speed-up efficiency = (dense latency / pruned latency) / (dense
-MACs / pruned MACs): 1.0 means latency fell as much as MACs did.
+Then every variant of a model (dense + all pruned ones) is timed on each runtime of --runtimes (eager
+torch and ONNX Runtime, side by side; sweep.measure.make_runner: an ONNX export and one session per
+variant, batch and runtime) at each batch size, interleaved: round after round every variant runs one
+block (1 warm-up + --block timed forwards), the order rotating by one each round, until each has >=
+--repeats timed forwards; a variant's latency is the median of its block medians. Ratios divide by the
+dense model of the same runtime and run, so machine-wide drift cancels. speed-up efficiency = (dense
+latency / pruned latency) / (dense MACs / pruned MACs): 1.0 means latency fell as much as MACs did.
+--runtime is the deployment runtime: the one the latency pruner's per-layer table is timed on and the
+one the last line reports.
 
     python bench/latency_efficiency.py --quick
-    python bench/latency_efficiency.py --threads 2 --batches 1,16 --targets 0.5,0.25
+    python bench/latency_efficiency.py --threads 2 --batches 1,16 --targets 0.5,0.25 --runtime onnxruntime
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ DEFAULT_MODELS = ("vgg16_bn", "cifar_resnet56", "torchvision:resnet18", "yolo7_c
                   "torchvision:densenet121", "torchvision:mobilenet_v2")
 QUICK_MODELS = ("vgg16_bn", "yolo7_cls")
 PRUNERS = ("auto", "noround", "latency", "tp")
+RUNTIMES = ("torch", "onnxruntime")
+SHORT = {"torch": "pt", "onnxruntime": "ort"}  # column prefixes
 NUM_CLASSES = 10
 
 
@@ -74,7 +79,7 @@ def build(name: str, seed: int):
     return model, torch.zeros(1, c, size, size)
 
 
-def prune(kind: str, model, x, target: float, tp_steps: int, threads: int):
+def prune(kind: str, model, x, target: float, tp_steps: int, threads: int, runtime: str = "torch"):
     """Prune ``model`` in place to ``target`` MACs fraction with pruner ``kind``."""
     from sweep.engine.channels import prune_to_target
     from sweep.engine.skip import skipped_layers
@@ -86,7 +91,7 @@ def prune(kind: str, model, x, target: float, tp_steps: int, threads: int):
         prune_to_target(model, x, macs_fraction=target, round_to=None)
     elif kind == "latency":
         prune_to_target(model, x, macs_fraction=target, round_to="auto", importance="l2_latency",
-                        latency_kw={"threads": threads})
+                        latency_kw={"threads": threads, "runtime": runtime})
     elif kind == "tp":
         import torch_pruning as tp
 
@@ -103,20 +108,21 @@ def prune(kind: str, model, x, target: float, tp_steps: int, threads: int):
 
 
 def interleaved_latency(models: list, shape: tuple, batch: int, repeats: int, block: int,
-                        threads: int) -> list[float]:
-    """Median-of-block-medians latency (ms) of each model, blocks interleaved with a rotating order."""
-    from sweep.measure import measure_latency
+                        threads: int, runtime: str = "torch") -> list[float]:
+    """Median-of-block-medians latency (ms) of each model on ``runtime``, blocks interleaved with a
+    rotating order. Each model is made ready once (exported and loaded on onnxruntime) before timing."""
+    from sweep.measure import make_runner, time_runs
 
-    for m in models:  # warm every variant once before the timed rounds
-        measure_latency(m, shape, batch=batch, warmup=3, repeats=2, threads=threads)
+    runners = [make_runner(m, shape, batch=batch, threads=threads, runtime=runtime) for m in models]
+    for r in runners:  # warm every variant once before the timed rounds
+        time_runs(r, warmup=3, repeats=2)
     rounds = -(-repeats // block)
     meds: list[list[float]] = [[] for _ in models]
     n = len(models)
     for r in range(rounds):
         for j in range(n):
             i = (r + j) % n
-            meds[i].append(measure_latency(models[i], shape, batch=batch, warmup=1, repeats=block,
-                                           threads=threads).median_ms)
+            meds[i].append(statistics.median(time_runs(runners[i], warmup=1, repeats=block)))
     return [statistics.median(v) for v in meds]
 
 
@@ -131,6 +137,12 @@ def main(argv=None) -> int:
     ap.add_argument("--pruners", default=",".join(PRUNERS))
     ap.add_argument("--tp-steps", type=int, default=100, help="Torch-Pruning iterative_steps")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--runtime", default="onnxruntime", choices=RUNTIMES,
+                    help="deployment runtime: the latency pruner's table is timed on it, the last line reports it")
+    ap.add_argument("--runtimes", default=",".join(RUNTIMES),
+                    help="runtimes timed side by side (comma list; --runtime is added when missing)")
+    ap.add_argument("--ours", default="latency", choices=PRUNERS,
+                    help="the pruner the last line reports as ours (default: the latency-aware one)")
     ap.add_argument("--quick", action="store_true",
                     help=f"smoke run: {', '.join(QUICK_MODELS)}, target 0.5, batch 1")
     args = ap.parse_args(argv)
@@ -147,8 +159,14 @@ def main(argv=None) -> int:
     pruners = [p.strip() for p in args.pruners.split(",")]
     if any(p not in PRUNERS for p in pruners):
         ap.error(f"pruners must be among {', '.join(PRUNERS)}, but got {args.pruners}")
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    if any(r not in RUNTIMES for r in runtimes):
+        ap.error(f"runtimes must be among {', '.join(RUNTIMES)}, but got {args.runtimes}")
+    runtimes = list(dict.fromkeys([*runtimes, args.runtime]))
 
     from importlib.metadata import version
+
+    from sweep.measure import runtime_label
 
     torch.set_num_threads(args.threads)
     t_start = time.time()
@@ -159,7 +177,11 @@ def main(argv=None) -> int:
           f"load avg at start {load:.2f}; latency: median of block medians, >= {args.repeats} timed "
           f"forwards per variant in blocks of {args.block}, variants interleaved; tp iterative_steps={args.tp_steps}")
     print("# inputs: " + ", ".join(f"{m} {MODELS[m][0]}x{MODELS[m][1]}x{MODELS[m][1]}" for m in models))
-    lat_cols = "".join(f" {'ms b' + str(b):>9} {'lat b' + str(b):>7} {'eff b' + str(b):>7}" for b in batches)
+    print("# runtimes: " + ", ".join(f"{SHORT[r]} = {runtime_label(r)}" for r in runtimes)
+          + f" ({args.threads} intra-op threads; onnxruntime: 1 inter-op thread, sequential); "
+          f"the latency pruner's table is timed on {args.runtime}")
+    cols = [(r, b) for b in batches for r in runtimes]
+    lat_cols = "".join(f" {SHORT[r] + ' ms b' + str(b):>11} {SHORT[r] + ' eff b' + str(b):>11}" for r, b in cols)
     head = f"{'model':<26}{'target':>7} {'pruner':<8}{'MACs':>7}{'params':>7}{lat_cols} {'prune s':>8}"
     print(head)
     print("-" * len(head))
@@ -168,6 +190,7 @@ def main(argv=None) -> int:
     from sweep.measure import count_macs, count_params
 
     summary: dict = {}  # pruner -> [(|achieved MACs fraction - target|, latency ratio at the first batch)]
+    effs: dict = {}  # (pruner, runtime, batch) -> [speed-up efficiency of each model and target]
     for name in models:
         dense, x = build(name, args.seed)
         macs0, params0 = count_macs(dense, x), count_params(dense)
@@ -177,30 +200,52 @@ def main(argv=None) -> int:
                 m = copy.deepcopy(dense)
                 t0 = time.perf_counter()
                 try:
-                    prune(p, m, x, t, args.tp_steps, args.threads)
+                    prune(p, m, x, t, args.tp_steps, args.threads, args.runtime)
                 except Exception as e:  # a pruner that fails on a model is a row, not a crash
                     print(f"{name:<26}{t:>7.3f} {p:<8} failed: {type(e).__name__}: {e}")
                     continue
                 dt = time.perf_counter() - t0
                 variants.append((t, p, m, count_macs(m, x) / macs0, count_params(m) / params0, dt))
         lat = {}
-        for b in batches:
-            ms = interleaved_latency([dense] + [v[2] for v in variants], tuple(x.shape[1:]), b,
-                                     args.repeats, args.block, args.threads)
-            lat[b] = ms
-        dense_cols = "".join(f" {lat[b][0]:>9.2f} {1:>7.3f} {1:>7.2f}" for b in batches)
+        for r, b in cols:
+            try:
+                lat[r, b] = interleaved_latency([dense] + [v[2] for v in variants], tuple(x.shape[1:]), b,
+                                                args.repeats, args.block, args.threads, r)
+            except Exception as e:  # a runtime that cannot run a model is a note, not a crash
+                print(f"{name:<26} {r} at batch {b} failed: {type(e).__name__}: {str(e)[:200]}")
+                lat[r, b] = [float("nan")] * (len(variants) + 1)
+        dense_cols = "".join(f" {lat[r, b][0]:>11.3f} {1:>11.2f}" for r, b in cols)
         print(f"{name:<26}{1:>7.3f} {'dense':<8}{1:>7.3f}{1:>7.3f}{dense_cols} {0:>8.1f}")
         for k, (t, p, _, mf, pf, dt) in enumerate(variants, start=1):
-            cols = ""
-            for b in batches:
-                lf = lat[b][k] / lat[b][0]
-                cols += f" {lat[b][k]:>9.2f} {lf:>7.3f} {mf / lf:>7.2f}"
-            print(f"{name:<26}{t:>7.3f} {p:<8}{mf:>7.3f}{pf:>7.3f}{cols} {dt:>8.1f}")
-            summary.setdefault(p, []).append((abs(mf - t), lat[batches[0]][k] / lat[batches[0]][0]))
+            row = ""
+            for r, b in cols:
+                eff = mf / (lat[r, b][k] / lat[r, b][0])
+                row += f" {lat[r, b][k]:>11.3f} {eff:>11.2f}"
+                effs.setdefault((p, r, b), []).append(eff)
+            print(f"{name:<26}{t:>7.3f} {p:<8}{mf:>7.3f}{pf:>7.3f}{row} {dt:>8.1f}")
+            first = (args.runtime, batches[0])
+            summary.setdefault(p, []).append((abs(mf - t), lat[first][k] / lat[first][0]))
         sys.stdout.flush()
     print(f"# total {time.time() - t_start:.0f} s; load avg at end {os.getloadavg()[0]:.2f}")
-    print(summary_line(summary, batches[0]))
+    for r in runtimes:
+        print(f"# median efficiency on {r}: " + "  ".join(
+            f"{p}_b{b}={_median(effs.get((p, r, b), [])):.3f}" for p in pruners for b in batches))
+    print(summary_line(summary, batches[0]) + f" (runtime={args.runtime})")
+    print(efficiency_line(effs, args.runtime, args.ours))
     return 0
+
+
+def _median(values: list[float]) -> float:
+    values = [v for v in values if v == v]  # NaN: a runtime that could not run the model
+    return statistics.median(values) if values else float("nan")
+
+
+def efficiency_line(effs: dict, runtime: str, ours: str) -> str:
+    """The last line: median speed-up efficiency over every model and target, at batch 1 and 16, of our
+    pruner and of plain Torch-Pruning, on the deployment runtime (nan where that batch or pruner was not run)."""
+    parts = [f"{who}_b{b}={_median(effs.get((p, runtime, b), [])):.3f}"
+             for who, p in (("ours", ours), ("tp", "tp")) for b in (1, 16)]
+    return f"efficiency: runtime={runtime} " + " ".join(parts)
 
 
 def summary_line(summary: dict, batch: int) -> str:

@@ -91,10 +91,25 @@ def cmd_run(args) -> int:
                              "concurrency": cfg.search.concurrency}
     # fail on the data and model before any process starts
     _preflight(cfg)
+    _check_tracking_uri(args.tracking_uri)
     sweep_dir = Path(args.out) if args.out else Path("runs") / cfg.name
     _quiet_libraries()
     return _run_until_done(cfg, run_sweep, sweep_dir, report_root=Path(args.reports), address=args.address,
                            tracking_uri=args.tracking_uri)
+
+
+def _check_tracking_uri(uri: str | None) -> None:
+    """A password in the tracking URI would be saved in state.json and printed: refuse it."""
+    from urllib.parse import urlsplit
+
+    from .errors import ConfigError
+
+    parts = urlsplit(uri) if uri else None
+    if parts is not None and parts.password is not None:
+        shown = parts._replace(netloc=f"{parts.username}:***@{parts.hostname}"
+                               + (f":{parts.port}" if parts.port else "")).geturl()
+        raise ConfigError(f"--tracking-uri must not hold a password, but got {shown} (--tracking-uri); give the "
+                          f"credentials in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
 
 
 def _run_until_done(cfg, run_sweep, sweep_dir: Path, **kwargs) -> int:
@@ -263,6 +278,7 @@ def _pairs(items, what: str) -> dict:
 
 def cmd_prune(args) -> int:
     from .errors import ConfigError
+    from .measure import check_runtime
     from .oneshot import PruneJob, parse_shape, run_prune
 
     knobs = _pairs(args.knob, "knob")
@@ -283,7 +299,8 @@ def cmd_prune(args) -> int:
                    dataset=args.dataset, dataset_options=_pairs(args.dataset_option, "dataset option"),
                    target_macs=args.target_macs, target_params=args.target_params,
                    finetune_epochs=args.finetune_epochs, lr=args.lr, latency_batch=args.latency_batch,
-                   threads=args.threads, repeats=args.repeats, seed=args.seed)
+                   threads=args.threads, repeats=args.repeats, seed=args.seed,
+                   runtime=check_runtime(args.runtime, "cpu", "--runtime") if args.runtime else None)
     _quiet_libraries()
     summary = run_prune(job, log=_log)
     _warn_skipped(summary["skipped_groups"])
@@ -339,6 +356,8 @@ def _fraction(s: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .measure import RUNTIMES
+
     p = argparse.ArgumentParser(prog="sweep", description="AutoML sweeps for structured pruning: search, "
                                 "measure, choose.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -402,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--latency-batch", type=_positive(int), default=1)
     pr.add_argument("--threads", type=_positive(int), help="torch threads for latency (default: torch's)")
     pr.add_argument("--repeats", type=_positive(int), default=50)
+    pr.add_argument("--runtime", choices=RUNTIMES,
+                    help="where latency is timed (default: onnxruntime on a CPU where installed, else torch)")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--out", required=True, help="folder for model.pt and summary.json (must be new or empty)")
     pr.set_defaults(fn=cmd_prune)

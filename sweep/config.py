@@ -140,6 +140,9 @@ class BaselineConfig:
     # label-free demos: the teacher is trained on this labelled "cloud" fraction of the training split,
     # kept disjoint from the unlabeled device data the trials see
     cloud_fraction: float | None = None
+    # a non-neural teacher fitted on the unlabeled training inputs (baseline.teacher.mbn: sweep.mbn.MBNConfig);
+    # the dense model is then a student trained on the teacher's cluster indices
+    teacher: Any = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,8 @@ class SearchConfig:
     # error is a failed row, never retried (it would fail again)
     retries: int = 1
     gpus_per_trial: float = 0.0  # Ray GPUs per trial; fractions pack several trials on one GPU (0.25: four)
+    scheduler: Any = None  # sweep.mo_asha.MOASHASettings (search.scheduler: {type: mo_asha, ...}); None: FIFO
+    constraints: Any = None  # sweep.constraints.Constraints (hard budgets; empty: none)
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,9 @@ class MeasureConfig:
     # after the sweep, latency taken while trials shared the machine is re-measured alone:
     # "all" ok trials (front members first), only the "front" (repeated while it changes), or "none"
     remeasure: str = "all"
+    # where latency is timed (sweep.measure.RUNTIMES); the YAML may leave it out: then onnxruntime on a
+    # CPU where it is installed, else torch (sweep.measure.default_runtime). Always a name here.
+    runtime: str = "torch"
 
 
 @dataclass(frozen=True)
@@ -341,7 +349,8 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
     braw = top.get("baseline")
     if isinstance(braw, str):
         braw = {"path": braw}
-    b = _Section(braw, f"{source}: baseline", ("path", "epochs", "lr", "cloud_fraction"))
+    b = _Section(braw, f"{source}: baseline", ("path", "epochs", "lr", "cloud_fraction", "teacher"))
+    teacher = _teacher(b.get("teacher"), b.loc("teacher"), labels, seed, b.data)
     bpath = b.str("path", None)
     if bpath is not None:
         bp = Path(bpath)
@@ -351,10 +360,11 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
             raise ConfigError(f"baseline checkpoint not found: path={bpath!r} ({source}: baseline.path)")
         bpath = str(bp)
     cloud = b.float("cloud_fraction", None, lo=0.0, hi=0.9, lo_open=True)
-    if labels == "none" and bpath is None and cloud is None:
+    if labels == "none" and bpath is None and cloud is None and teacher is None:
         raise ConfigError(f"a label-free space (labels: none) needs a teacher: baseline.path (a checkpoint "
-                          f"trained elsewhere) or baseline.cloud_fraction (a labelled split kept apart "
-                          f"from the device data), but got neither ({source}: baseline)")
+                          f"trained elsewhere), baseline.cloud_fraction (a labelled split kept apart "
+                          f"from the device data) or baseline.teacher (e.g. mbn: an unsupervised teacher), "
+                          f"but got none ({source}: baseline)")
     if cloud is not None and (labels != "none" or bpath is not None):
         raise ConfigError(f"baseline.cloud_fraction is only for label-free spaces without baseline.path, "
                           f"but got cloud_fraction={cloud} with labels={labels}"
@@ -364,6 +374,7 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
         train=TrainConfig(epochs=b.int("epochs", 20, lo=0), lr=b.float("lr", 0.05, lo=0.0, lo_open=True),
                           **common),
         cloud_fraction=cloud,
+        teacher=teacher,
     )
     f = _Section(top.get("finetune"), f"{source}: finetune", ("epochs", "lr", "temperature"))
     finetune = TrainConfig(epochs=f.int("epochs", 3, lo=0), lr=f.float("lr", 0.01, lo=0.0, lo_open=True),
@@ -371,7 +382,7 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
 
     s = _Section(top.get("search"), f"{source}: search",
                  ("trials", "concurrency", "sampler", "objectives", "cpus_per_trial", "time_budget_s", "retries",
-                  "gpus_per_trial"))
+                  "gpus_per_trial", "scheduler", "constraints"))
     quality = "agreement" if labels == "none" else "accuracy"
     objectives = s.get("objectives", [quality, "latency_ms"])
     if not isinstance(objectives, list) or not objectives:
@@ -390,6 +401,9 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
     if quality not in objectives or len(objectives) < 2 or len(set(objectives)) != len(objectives):
         raise ConfigError(f"objectives must hold {quality} and at least one of latency_ms, params, macs, "
                           f"each once, but got objectives={objectives!r} ({s.loc('objectives')})")
+    from .constraints import parse_constraints
+    from .mo_asha import parse_scheduler
+
     search = SearchConfig(
         trials=s.int("trials", 12, lo=1),
         concurrency=s.int("concurrency", 2, lo=1),
@@ -399,14 +413,20 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
         time_budget_s=s.float("time_budget_s", None, lo=0.0, lo_open=True),
         retries=s.int("retries", 1, lo=0),
         gpus_per_trial=s.float("gpus_per_trial", 0.0, lo=0.0),
+        scheduler=parse_scheduler(s.get("scheduler"), s.loc("scheduler"), max_epochs=finetune.epochs),
+        constraints=parse_constraints(s.get("constraints"), s.loc("constraints")),
     )
 
     ms = _Section(top.get("measure"), f"{source}: measure",
-                  ("latency_batch", "warmup", "repeats", "device", "threads", "remeasure"))
+                  ("latency_batch", "warmup", "repeats", "device", "threads", "remeasure", "runtime"))
     device = ms.str("device", "cpu")
     if not re.match(r"^(cpu|cuda(:\d+)?|mps)$", device):
         raise ConfigError(f"device must be cpu, cuda, cuda:N or mps, but got device={device!r} "
                           f"({ms.loc('device')})")
+    from .measure import RUNTIMES, check_runtime, default_runtime
+
+    runtime = ms.str("runtime", None, choices=RUNTIMES)
+    runtime = default_runtime(device) if runtime is None else check_runtime(runtime, device, ms.loc("runtime"))
     measure = MeasureConfig(
         latency_batch=ms.int("latency_batch", 1, lo=1),
         warmup=ms.int("warmup", 10, lo=0),
@@ -414,6 +434,7 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
         device=device,
         threads=ms.int("threads", None, lo=1),
         remeasure=ms.str("remeasure", "all", choices=("all", "front", "none")),
+        runtime=runtime,
     )
 
     methods = parse_methods(top.get("methods"), f"{source}: methods", label_free=labels == "none")
@@ -421,6 +442,33 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
                        baseline=baseline,
                        finetune=finetune, search=search, measure=measure, methods=methods,
                        raw=dict(data) if isinstance(data, Mapping) else {})
+
+
+TEACHERS = ("mbn",)
+
+
+def _teacher(raw: Any, where: str, labels: str, seed: int, baseline: Mapping) -> Any:
+    """``baseline.teacher: {mbn: {...}}``: the settings of an unsupervised teacher, or None."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or len(raw) != 1 or next(iter(raw)) not in TEACHERS:
+        raise ConfigError(f"teacher must be a mapping with one key, {' or '.join(TEACHERS)}, but got "
+                          f"teacher={raw!r} ({where})")
+    from .mbn.config import MBNConfig
+
+    kind, settings = next(iter(raw.items()))
+    if labels != "none":
+        raise ConfigError(f"a {kind} teacher reads no labels, so the space must be label-free: set labels: none "
+                          f"(the dense student then learns the teacher's clusters), but got labels={labels} "
+                          f"({where}.{kind})")
+    for other in ("path", "cloud_fraction"):
+        if baseline.get(other) is not None:
+            raise ConfigError(f"baseline.teacher must be the only teacher, but got baseline.{other}="
+                              f"{baseline[other]!r} too ({where})")
+    settings = dict(settings or {}) if isinstance(settings, Mapping) else settings
+    if isinstance(settings, dict):
+        settings.setdefault("seed", seed)  # the sweep's seed, unless the teacher has its own
+    return MBNConfig.from_mapping(settings, where=f"{where}.{kind}")
 
 
 def parse_methods(raw: Any, where: str, label_free: bool = False) -> tuple[MethodSpace, ...]:

@@ -32,11 +32,13 @@ from .config import SweepConfig
 from .errors import SweepError
 from .folder import BASELINE_MODEL, HEARTBEAT_EVERY_S, SweepFolder, report_dir, sweep_meta
 from .pareto import DIRECTIONS
-from .results.schema import TrialRecord, with_front
+from .results.schema import FINISHED, TrialRecord, with_front
 from .results.store import TrialStore
 from .trial import TrialSpec, load_splits, prepare_baseline, run_trial, trial_threads
 
 EXPERIMENT = "tune"
+RUNG = "rung"  # key of a rung report (fine-tune epochs so far) in the results a trial sends Tune
+CONSTRAINTS_KEY = "constraints"  # key of a result's search.constraints values (Optuna's constraints_func)
 # trials.parquet is rewritten (the journal folded in) at most this often while trials run; every finished
 # trial is durable in the journal at once (see sweep.results.store)
 COMPACT_EVERY_S = 10.0
@@ -83,6 +85,7 @@ class TrialInputs:
     baseline: dict
     baseline_model: bytes
     inbox: object  # the :func:`_model_inbox` actor
+    teacher: dict | None = None  # an MBN teacher's state (plain tensors), when the space names one
 
 
 class _ShippedIO:
@@ -96,6 +99,9 @@ class _ShippedIO:
 
     def baseline(self) -> dict:
         return self.inputs.baseline
+
+    def teacher_state(self) -> dict | None:
+        return self.inputs.teacher
 
     def load_baseline_model(self):
         from .folder import load_model_bytes
@@ -147,10 +153,32 @@ def sweep_trial(config: dict, inputs: TrialInputs) -> None:
     def log_metric(key: str, value: float, step: int = 0) -> None:
         history.append((key, float(value), int(step), int(time.time() * 1000)))
 
+    def report_rung(epochs: int, partial: TrialRecord) -> None:
+        # the scheduler judges this; if it stops the trial, this row (with the trajectory so far) is its row
+        partial = partial.replace(**_node())
+        tune.report({**_objective_values(cfg, partial), RUNG: epochs, "partial_json": partial.to_json(),
+                     "history_json": json.dumps(history), CONSTRAINTS_KEY: _violations(cfg, partial)})
+
     spec = TrialSpec(inputs.sweep_dir, trial_id, method, knobs, _trial_seed(cfg.seed, number, trial_id))
-    rec = run_trial(cfg, spec, log_metric, trial_number=number, io=_ShippedIO(inputs)).replace(**_node())
-    metrics = {o: (float(getattr(rec, o)) if rec.status == "ok" else math.nan) for o in cfg.search.objectives}
-    tune.report({**metrics, "record_json": rec.to_json(), "history_json": json.dumps(history)})
+    rec = run_trial(cfg, spec, log_metric, trial_number=number, io=_ShippedIO(inputs),
+                    report_rung=report_rung if cfg.search.scheduler is not None else None).replace(**_node())
+    tune.report({**_objective_values(cfg, rec), "record_json": rec.to_json(), "history_json": json.dumps(history),
+                 CONSTRAINTS_KEY: _violations(cfg, rec)})
+
+
+def _objective_values(cfg: SweepConfig, rec: TrialRecord) -> dict:
+    """What the searcher and the scheduler are told of a record: its objectives -- measured for ``ok``,
+    ``stopped_early`` (quality at its rung) and ``infeasible`` (quality before fine-tuning) rows, NaN for
+    ``failed`` ones (Optuna then counts the trial as failed)."""
+    told = rec.status in ("ok", "stopped_early", "infeasible")
+    return {o: (float(rec.get(o)) if told and rec.get(o) is not None else math.nan) for o in cfg.search.objectives}
+
+
+def _violations(cfg: SweepConfig, rec: TrialRecord) -> list[float]:
+    """search.constraints as Optuna's constraint values (<= 0: within the budget); [] without budgets."""
+    limits = cfg.search.constraints
+    figures = {k: rec.get(k) for k in ("params", "macs", "latency_ms", cfg.quality)}
+    return limits.violations(figures, cfg.quality) if limits else []
 
 
 def _model_inbox():
@@ -247,6 +275,7 @@ class _CallbackState:
     mirror: object = None  # the trials' MLflow runs, written on the mirror's own thread (None: no tracking)
     inbox: object = None  # the actor trials send their pruned models to (see _model_inbox)
     retried: dict = field(default_factory=dict)  # trial id -> times Tune ran it again after its worker died
+    stopped_early: dict = field(default_factory=dict)  # trial id -> why successive halving stopped it
     fit_t0: float | None = None  # when Ray Tune started in this call (the time budget counts from here)
     budget_reason: str | None = None  # set once the time budget ran out
     budget_used0: float = 0.0  # seconds of trials that earlier runs of this sweep spent (the budget counts them)
@@ -398,9 +427,14 @@ def _make_callback():
             _beat(st)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            if "record_json" not in result:
-                return
             st = _live_state()
+            if "record_json" not in result:
+                # a rung report; the scheduler stopped the trial when Tune marks it done: its rung row is final
+                if not (result.get("done") and "partial_json" in result):
+                    return
+                why = st.stopped_early.pop(trial.trial_id, "stopped by successive halving")
+                result = {**result, "record_json": TrialRecord.from_json(result["partial_json"]).replace(
+                    error=why, ended_at=time.time()).to_json()}
             progress = st.progress
             rec = _received(st, TrialRecord.from_json(result["record_json"]).replace(
                 retried=st.retried.get(trial.trial_id, 0)))
@@ -410,7 +444,7 @@ def _make_callback():
             progress.running.pop(trial.trial_id, None)
             _beat(st)
             progress.done += 1
-            progress.failed += rec.status != "ok"
+            progress.failed += rec.status == "failed"
             if st.mirror is not None:
                 hv = _hypervolume(st.front, st.cfg.search.objectives, st.meta["baseline"])  # dominated add nothing
                 st.mirror.parent_metrics({"hypervolume": hv, "front_size": progress.front,
@@ -419,8 +453,10 @@ def _make_callback():
                 agree = f" agree {rec.agreement:.4f}" if st.cfg.label_free else ""
                 what = (f"{trial.trial_id} {rec.method} acc {rec.accuracy:.4f}{agree} "
                         f"lat {rec.latency_ms:.3f} ms params {rec.params:,}")
-            else:
+            elif rec.status == "failed":
                 what = f"{trial.trial_id} {rec.method} FAILED: {rec.error.splitlines()[0][:100]}"
+            else:  # stopped_early, infeasible: the reason says where and why
+                what = f"{trial.trial_id} {rec.method} {rec.status}: {rec.error.splitlines()[0][:140]}"
             progress.line(what)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
@@ -598,9 +634,11 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
+    from .mbn.teacher import teacher_state
     from .space import define_by_run, first_points, make_sampler, study_with_history
 
-    inputs = TrialInputs(str(folder.path), cfg, folder.baseline(), folder.read_model_bytes(BASELINE_MODEL), inbox)
+    inputs = TrialInputs(str(folder.path), cfg, folder.baseline(), folder.read_model_bytes(BASELINE_MODEL), inbox,
+                         teacher_state(folder))
     trainable = tune.with_resources(
         tune.with_parameters(sweep_trial, inputs=inputs),
         {"cpu": cfg.search.cpus_per_trial, **({"gpu": cfg.search.gpus_per_trial} if cfg.search.gpus_per_trial else {})})
@@ -610,29 +648,79 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
                                 failure_config=tune.FailureConfig(max_failures=cfg.search.retries))
     trials = sorted((r for r in records if not r.is_baseline), key=lambda r: (r.trial_number is None,
                                                                                r.trial_number or 0))
-    told = [(r.method, r.knobs, [float(r.get(o)) for o in cfg.search.objectives] if r.status == "ok" else None)
-            for r in trials if r.status in ("ok", "failed") and r.method and r.knobs]
+    finished = [r for r in trials if r.status in FINISHED]
+    told = [(r.method, r.knobs, list(_objective_values(cfg, r).values()) if r.status != "failed" else None,
+             _violations(cfg, r)) for r in finished if r.method and r.knobs]
     rerun = [(r.method, r.knobs) for r in trials if r.status == "stopped" and r.method and r.knobs]
-    measured = {r.method for r in trials if r.status in ("ok", "failed")} | {m for m, _ in rerun}
+    measured = {r.method for r in finished} | {m for m, _ in rerun}
     first = [p for p in first_points(cfg) if p.get("method") not in measured]
     todo = cfg.search.trials - _finished(records)
-    used = [r.trial_number for r in trials if r.status in ("ok", "failed") and r.trial_number is not None]
+    used = [r.trial_number for r in finished if r.trial_number is not None]
     kw: dict = dict(space=define_by_run(cfg, len(told), used), metric=list(cfg.search.objectives),
                     mode=[DIRECTIONS[o] for o in cfg.search.objectives])
+    constraints = len(cfg.search.constraints.items()) if cfg.search.constraints else 0
     if told or rerun:
         sampler = make_sampler(cfg.search.sampler, seed=(cfg.seed * 1_000_003 + len(told)) % 2**31,
-                               n_trials=cfg.search.trials)
+                               n_trials=cfg.search.trials, constraints=constraints)
         storage, name = study_with_history(cfg, told, rerun + [(p["method"], None) for p in first], sampler)
         kw.update(sampler=sampler, storage=storage, study_name=name)
     else:  # a new sweep: exactly the searcher of a first run
-        kw.update(sampler=make_sampler(cfg.search.sampler, seed=cfg.seed, n_trials=cfg.search.trials),
+        kw.update(sampler=make_sampler(cfg.search.sampler, seed=cfg.seed, n_trials=cfg.search.trials,
+                                       constraints=constraints),
                   points_to_evaluate=first or None)
+    searcher = (_constrained_search(OptunaSearch) if constraints else OptunaSearch)(**kw)
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=OptunaSearch(**kw), num_samples=todo,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo, scheduler=_scheduler(cfg, finished),
                                     max_concurrent_trials=cfg.search.concurrency, reuse_actors=True),
         run_config=run_config,
     )
+
+
+def _constrained_search(base):
+    """Ray's OptunaSearch that hands each finished trial's search.constraints values to Optuna (a user
+    attribute that :class:`sweep.constraints.ConstraintsFunc` reads), so constrained TPE / NSGA-II / GP
+    learn where the budgets hold."""
+    from .constraints import CONSTRAINTS_ATTR
+
+    class ConstrainedOptunaSearch(base):
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            values = (result or {}).get(CONSTRAINTS_KEY)
+            ot = self._ot_trials.get(trial_id)
+            if values is not None and ot is not None and trial_id not in self._completed_trials:
+                ot.set_user_attr(CONSTRAINTS_ATTR, [float(v) for v in values])
+            super().on_trial_complete(trial_id, result=result, error=error)
+
+    return ConstrainedOptunaSearch
+
+
+def _scheduler(cfg: SweepConfig, finished: list[TrialRecord]):
+    """Ray Tune's scheduler: FIFO, or multi-objective successive halving (:mod:`sweep.mo_asha` decides; this
+    is its Tune face).  A resumed sweep replays where its early-stopped trials stopped."""
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    settings = cfg.search.scheduler
+    if settings is None:
+        return FIFOScheduler()
+    from .mo_asha import MOASHA
+
+    logic = MOASHA(settings, cfg.search.objectives)
+    for r in finished:
+        if r.status == "stopped_early" and r.finetune_epochs in logic.rungs:
+            logic.record(r.trial_id, r.finetune_epochs, _objective_values(cfg, r))
+
+    class MOASHAScheduler(FIFOScheduler):
+        def on_trial_result(self, tune_controller, trial, result):
+            if RUNG not in result or "record_json" in result:
+                return TrialScheduler.CONTINUE
+            decision = logic.report(trial.trial_id, int(result[RUNG]),
+                                    {o: result.get(o) for o in cfg.search.objectives})
+            if not decision.stop:
+                return TrialScheduler.CONTINUE
+            _live_state().stopped_early[trial.trial_id] = decision.reason
+            return TrialScheduler.STOP
+
+    return MOASHAScheduler()
 
 
 def _remeasure(cfg: SweepConfig, folder: SweepFolder, records: list[TrialRecord], log) -> list[TrialRecord]:
@@ -660,9 +748,10 @@ def _remeasure(cfg: SweepConfig, folder: SweepFolder, records: list[TrialRecord]
         for r in sorted((r for r in records if r.trial_id in todo), key=lambda r: not r.on_front):
             lat = measure_latency(folder.load_model(r.model_path), splits.input_shape,
                                   batch=cfg.measure.latency_batch, warmup=cfg.measure.warmup,
-                                  repeats=cfg.measure.repeats, threads=trial_threads(cfg), device=cfg.measure.device)
+                                  repeats=cfg.measure.repeats, threads=trial_threads(cfg), device=cfg.measure.device,
+                                  runtime=cfg.measure.runtime)  # the runtime the trials were timed on
             fresh[r.trial_id] = dict(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, threads=lat.threads,
-                                     latency_alone=True)
+                                     latency_runtime=lat.runtime, latency_alone=True)
         records = [r.replace(**fresh[r.trial_id]) if r.trial_id in fresh else r for r in records]
         if base_lat:
             records = [r.replace(latency_ratio=r.latency_ms / base_lat) if r.latency_ms is not None else r
@@ -727,17 +816,17 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
         sink.reopen(parent_id)
     else:
         parent_id = sink.start_parent(cfg.name, {
-            "model": cfg.model.name, "dataset": cfg.dataset.name, "trials": cfg.search.trials,
-            "concurrency": cfg.search.concurrency, "sampler": cfg.search.sampler,
-            "objectives": ",".join(cfg.search.objectives), "methods": ",".join(m.name for m in cfg.methods),
-            "finetune_epochs": cfg.finetune.epochs, "seed": cfg.seed})
+            **_sweep_params(cfg), "trials": cfg.search.trials, "concurrency": cfg.search.concurrency,
+            "methods": ",".join(m.name for m in cfg.methods), "finetune_epochs": cfg.finetune.epochs,
+            "seed": cfg.seed})
         sink.log_artifact(parent_id, folder.config_path)
     state.update(tracking_uri=uri, experiment=experiment, parent_run_id=parent_id, name=cfg.name)
     folder.write_state(state)
 
     store = folder.store
     progress = _Progress(cfg.search.trials, 0, log)
-    st = _CallbackState(store, cfg, {}, progress, sink, parent_id, folder, mirror=TrialMirror(sink, parent_id, log),
+    st = _CallbackState(store, cfg, {}, progress, sink, parent_id, folder,
+                        mirror=TrialMirror(sink, parent_id, log, _sweep_params(cfg)),
                         budget_used0=float(state.get(BUDGET_USED) or 0.0))
     _beat(st, phase="baseline", outcome=None)
     timing: dict = {}
@@ -833,6 +922,12 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
         st.mirror.close()
 
 
+def _sweep_params(cfg: SweepConfig) -> dict:
+    """The sweep-level parameters every MLflow run carries (the parent's, and each trial's for filtering)."""
+    return {"model": cfg.model.name, "dataset": cfg.dataset.name, "sampler": cfg.search.sampler,
+            "objectives": ",".join(cfg.search.objectives), "latency_runtime": cfg.measure.runtime}
+
+
 def _reconciled(st: _CallbackState, records: list[TrialRecord]) -> list[TrialRecord]:
     """The table at the start of a run, compacted (the journal folded in), in memory with its front;
     ``stopped`` records whose configuration already finished (re-run before a hard kill) are dropped."""
@@ -840,7 +935,7 @@ def _reconciled(st: _CallbackState, records: list[TrialRecord]) -> list[TrialRec
     st.records = {r.trial_id: r for r in records if r.trial_id not in stale}
     if st.mirror is not None:  # finished trials an earlier driver died before mirroring get their runs now
         for r in st.records.values():
-            if not r.is_baseline and r.status in ("ok", "failed") and r.mlflow_run_id is None:
+            if not r.is_baseline and r.status in FINISHED and r.mlflow_run_id is None:
                 st.mirror.finished(r)
         _settle(st)
     _update_front(st, set(st.records))
@@ -867,7 +962,7 @@ def _error_text(e: BaseException) -> str:
 
 def _finished(records: list[TrialRecord]) -> int:
     """Trials that are done for good: ok or failed (stopped ones are run again by `sweep resume`)."""
-    return sum(1 for r in records if not r.is_baseline and r.status in ("ok", "failed"))
+    return sum(1 for r in records if not r.is_baseline and r.status in FINISHED)
 
 
 def _timing(store: TrialStore, cfg: SweepConfig, fit_t0: float) -> dict:

@@ -63,7 +63,7 @@ def _stat(pid: int) -> tuple[int, int]:
         return -1, -1
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
         return True
@@ -147,15 +147,15 @@ class LocalCluster:
         carry this cluster's private temp folder).  Returns what it did, in words."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for g in self.groups:
-                if _group_alive(g):
+                if group_alive(g):
                     try:
                         os.killpg(g, sig)
                     except ProcessLookupError:
                         pass
             deadline = time.time() + 10
-            while time.time() < deadline and any(_group_alive(g) for g in self.groups):
+            while time.time() < deadline and any(group_alive(g) for g in self.groups):
                 time.sleep(0.5)
-            if not any(_group_alive(g) for g in self.groups):
+            if not any(group_alive(g) for g in self.groups):
                 break
         left = [p for p in pids_with(self.tmp) if p != os.getpid()]
         for p in left:

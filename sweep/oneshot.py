@@ -36,6 +36,7 @@ class PruneJob:
     latency_batch: int = 1
     threads: int | None = None
     repeats: int = 50
+    runtime: str | None = None  # latency runtime (sweep.measure.RUNTIMES); None: the device's default
     device: str = "cpu"
     seed: int = 0
 
@@ -113,7 +114,8 @@ def run_prune(job: PruneJob, log=print) -> dict:
                         finetune_config=TrainConfig(epochs=job.finetune_epochs, lr=job.lr,
                                                     batch_size=job.batch_size),
                         device=job.device, seed=job.seed, num_classes=num_classes,
-                        ignored_layers=skipped_layers(model, example), no_data="give --dataset")
+                        ignored_layers=skipped_layers(model, example), no_data="give --dataset",
+                        latency={"runtime": job.runtime, "threads": job.threads})
     result = spec.prune(model, example, mcfg, ctx)
     pruned, info = result.model, dict(result.info or {})
     if loaders and job.finetune_epochs > 0 and not result.finetuned:
@@ -129,8 +131,9 @@ def run_prune(job: PruneJob, log=print) -> dict:
     params1, macs1 = count_params(pruned), count_macs(pruned, example)
     # before/after latencies interleaved in one measurement: the speed-up is not an artefact of load
     # changing between the two
+    # on the deployment runtime (job.runtime, default onnxruntime on a CPU), as `sweep run` times trials
     lat0, lat1 = compare_latency([original, pruned], shape, batch=job.latency_batch, warmup=10,
-                                 repeats=job.repeats, threads=threads, device=job.device)
+                                 repeats=job.repeats, threads=threads, device=job.device, runtime=job.runtime)
     acc1 = accuracy(pruned, test, job.device) if test else None
     summary = {
         "model": job.model, "method": job.method, "knobs": knobs, "checkpoint": job.checkpoint,
@@ -141,6 +144,7 @@ def run_prune(job: PruneJob, log=print) -> dict:
         "latency_iqr_ms_before": lat0.iqr_ms, "latency_iqr_ms_after": lat1.iqr_ms,
         "latency_speedup": lat0.median_ms / lat1.median_ms,
         "latency_batch": job.latency_batch, "latency_repeats": lat1.repeats, "threads": lat1.threads,
+        "latency_runtime": lat1.runtime,
         "latency_protocol": "before and after measured interleaved in 5 rounds after warm-up, median",
         "device": job.device, "prune_seconds": prune_s, "finetune_epochs": job.finetune_epochs if loaders else 0,
         "target_macs": job.target_macs, "target_params": job.target_params, "info": info,
@@ -157,7 +161,7 @@ def run_prune(job: PruneJob, log=print) -> dict:
         out.rmdir()  # empty (checked above)
     os.replace(tmp, out)
     log(f"latency {lat0.median_ms:.3f} -> {lat1.median_ms:.3f} ms (batch {job.latency_batch}, {lat1.threads} "
-        f"thread(s), {job.device}, measured interleaved)")
+        f"thread(s), {job.device}, {lat1.runtime}, measured interleaved)")
     log(f"pruned: {params1:,} params ({params1 / params0:.1%}), {macs1:,} MACs ({macs1 / macs0:.1%}), "
         f"{lat1.median_ms:.3f} ms ({lat0.median_ms / lat1.median_ms:.2f}x faster)"
         + (f", test accuracy {acc1:.4f}" if acc1 is not None else ""))

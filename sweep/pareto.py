@@ -8,6 +8,14 @@ Conventions:
 * ``a`` dominates ``b`` when ``a <= b`` in every column and ``a < b`` in at least one.  Exact
   duplicates do not dominate each other, so both stay on the front.
 * Rows containing NaN are treated as missing: they are never on the front and dominate nothing.
+* **Noise.** A measured objective carries its spread (:data:`NOISE`: latency and its inter-quartile
+  range). Under the *robust* dominance test (``noise=`` below, ``front_flags(..., robust=True)``) two
+  values are ordered only when their intervals ``value ± spread / 2`` do not overlap; overlapping ones
+  count as equal. With zero spread it is the strict test. Transitivity is lost, but with one noisy
+  objective no cycle can form (the exact objectives cannot get worse along a cycle, so every step must
+  be faster beyond the noise, and latency cannot fall all the way round), so a finite set keeps at
+  least one point; should more noisy objectives ever leave none, :func:`front_flags` keeps the strict
+  front instead.
 * The sweep's hypervolume lives in a normalised space (see :func:`normalise`): accuracy is divided
   by the baseline's accuracy (maximised, reference 0) and each cost by the baseline's cost
   (minimised, reference :data:`COST_REFERENCE` = 1.1, i.e. 10 % worse than the dense model).
@@ -15,6 +23,7 @@ Conventions:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -27,6 +36,12 @@ DIRECTIONS: dict[str, str] = {
     "params": "min",
     "macs": "min",
 }
+
+# Objective -> the column holding its spread (full width; half of it on each side of the value).
+# The IQR of single timings is a conservative noise band: it is wider than the uncertainty of the
+# median itself (a box-plot notch, McGill, Tukey & Larsen 1978, is about 1.57 IQR / sqrt(n) wide),
+# so two latencies are told apart only when the middle halves of their timings do not overlap.
+NOISE: dict[str, str] = {"latency_ms": "latency_iqr_ms"}
 
 # Normalised reference point: a cost 10 % worse than the baseline's, and zero accuracy.
 COST_REFERENCE = 1.1
@@ -56,27 +71,44 @@ def _as_points(F: np.ndarray) -> np.ndarray:
     return F
 
 
-def _domination_matrix(F: np.ndarray) -> np.ndarray:
-    """``D[i, j]`` is true when point ``i`` dominates point ``j`` (NaN rows take no part)."""
+def _noise(F: np.ndarray, noise: np.ndarray | None) -> np.ndarray | None:
+    """Half-widths of the noise band per value (n, d), >= 0 and finite; None for the strict test."""
+    if noise is None:
+        return None
+    H = np.asarray(noise, dtype=float)
+    if H.shape != F.shape:
+        raise ValueError(f"noise must have the points' shape {F.shape}, but got {H.shape}")
+    return np.where(np.isfinite(H), np.abs(H), 0.0)
+
+
+def _domination_matrix(F: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+    """``D[i, j]`` is true when point ``i`` dominates point ``j`` (NaN rows take no part).
+
+    With ``noise`` (half-widths, see :func:`_noise`), ``i`` dominates ``j`` when it is worse beyond the
+    noise in no column and better beyond it in at least one (``F_i + h_i < F_j - h_j``)."""
     n = len(F)
     valid = ~np.isnan(F).any(axis=1)
+    H = _noise(F, noise)
+    lo, hi = (F, F) if H is None else (F - H, F + H)
     D = np.zeros((n, n), dtype=bool)
     for start in range(0, n, _CHUNK):
-        block = F[start : start + _CHUNK, None, :]  # (b, 1, d) against (1, n, d)
-        le = (block <= F[None, :, :]).all(axis=2)
-        lt = (block < F[None, :, :]).any(axis=2)
-        D[start : start + _CHUNK] = le & lt
+        stop = start + _CHUNK
+        # (b, 1, d) against (1, n, d); with zero noise: a <= b everywhere and a < b somewhere
+        not_worse = (lo[start:stop, None, :] <= hi[None, :, :]).all(axis=2)
+        better = (hi[start:stop, None, :] < lo[None, :, :]).any(axis=2)
+        D[start:stop] = not_worse & better
     D &= valid[:, None] & valid[None, :]
     return D
 
 
-def non_dominated_mask(F: np.ndarray) -> np.ndarray:
-    """Boolean mask of the points of ``F`` (minimisation) that no other point dominates."""
+def non_dominated_mask(F: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of the points of ``F`` (minimisation) that no other point dominates; with ``noise``
+    (half-widths of each value's noise band, shape of ``F``) under the robust test."""
     F = _as_points(F)
     if len(F) == 0:
         return np.zeros(0, dtype=bool)
     valid = ~np.isnan(F).any(axis=1)
-    return valid & ~_domination_matrix(F).any(axis=0)
+    return valid & ~_domination_matrix(F, noise).any(axis=0)
 
 
 def non_dominated_sort(F: np.ndarray) -> np.ndarray:
@@ -238,12 +270,15 @@ def hypervolume_history(
     return history
 
 
-def front_flags(rows: Sequence[Mapping], objectives: Sequence[str]) -> list[bool]:
+def front_flags(rows: Sequence[Mapping], objectives: Sequence[str], *, robust: bool = False) -> list[bool]:
     """The one Pareto front of a sweep: for each row, whether it is on the front of ``objectives``.
 
     ``rows`` are mappings of column names to values (trial records or table rows).  Only rows with
     ``status == "ok"`` and a finite value for every objective take part; the others are never on the
     front.  Directions come from :data:`DIRECTIONS`.  The dense baseline row takes part like any trial.
+    ``robust=True`` uses the noise-aware test (module docstring): an objective in :data:`NOISE` is
+    compared with its row's spread (a missing spread counts as none), so a point is off the robust
+    front only when another beats it beyond the measured noise.
     """
     objectives = list(objectives)
     for name in objectives:
@@ -253,10 +288,75 @@ def front_flags(rows: Sequence[Mapping], objectives: Sequence[str]) -> list[bool
     cand = [i for i, r in enumerate(rows) if r.get("status") == "ok" and all(_finite(r.get(o)) for o in objectives)]
     if cand:
         F = np.array([[float(rows[i][o]) for o in objectives] for i in cand], dtype=float)
-        mask = non_dominated_mask(to_minimisation(F, [DIRECTIONS[o] for o in objectives]))
+        H = None
+        if robust:
+            H = np.array([[_half_spread(rows[i], o) for o in objectives] for i in cand], dtype=float)
+        M = to_minimisation(F, [DIRECTIONS[o] for o in objectives])
+        mask = non_dominated_mask(M, H)
+        if not mask.any():  # only possible with several noisy objectives (module docstring)
+            mask = non_dominated_mask(M)
         for i, on in zip(cand, mask):
             flags[i] = bool(on)
     return flags
+
+
+def _half_spread(row: Mapping, objective: str) -> float:
+    column = NOISE.get(objective)
+    value = row.get(column) if column else None
+    return float(value) / 2 if _finite(value) else 0.0
+
+
+def within_noise(a: Mapping, b: Mapping, objective: str = "latency_ms") -> bool:
+    """Whether rows ``a`` and ``b`` are not told apart on ``objective``: their noise bands (value ±
+    spread / 2, :data:`NOISE`) overlap.  Objectives without a spread are within noise only when equal."""
+    if not (_finite(a.get(objective)) and _finite(b.get(objective))):
+        return False
+    gap = abs(float(a.get(objective)) - float(b.get(objective)))
+    return gap <= _half_spread(a, objective) + _half_spread(b, objective)
+
+
+def noise_neighbours(rows: Sequence[Mapping], objective: str = "latency_ms") -> list[int]:
+    """For each row, how many other rows of ``rows`` are :func:`within_noise` of it on ``objective``
+    (e.g. over the front's rows: the front points that noise alone orders)."""
+    return [sum(within_noise(a, b, objective) for j, b in enumerate(rows) if j != i) for i, a in enumerate(rows)]
+
+
+def structure_key(row: Mapping) -> tuple | None:
+    """What makes two candidates the same network: params, MACs and, where the trial recorded them, its
+    per-layer widths (``info["channels"]``) and removed blocks (``info["removed"]``).  None when params
+    or MACs are missing."""
+    params, macs = row.get("params"), row.get("macs")
+    if not (_finite(params) and _finite(macs)):
+        return None
+    info = row.get("info")
+    if isinstance(info, str):
+        try:
+            info = json.loads(info or "{}")
+        except ValueError:
+            info = {}
+    info = info if isinstance(info, Mapping) else {}
+    extra = tuple(json.dumps(info.get(k), sort_keys=True, default=str) for k in ("channels", "removed")
+                  if info.get(k) is not None)
+    return (int(params), int(macs), *extra)
+
+
+def duplicate_of(rows: Sequence[Mapping]) -> list[str | None]:
+    """For each ``ok`` row, the ``trial_id`` of the first earlier ``ok`` row with the same
+    :func:`structure_key` (a structurally identical network); None for the first of each structure and
+    for other rows.  Such candidates differ only by training noise and latency noise."""
+    first: dict = {}
+    out: list[str | None] = []
+    for r in rows:
+        key = structure_key(r) if r.get("status") == "ok" else None
+        if key is None:
+            out.append(None)
+            continue
+        if key in first:
+            out.append(first[key])
+        else:
+            first[key] = r.get("trial_id")
+            out.append(None)
+    return out
 
 
 def _finite(value) -> bool:

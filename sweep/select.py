@@ -121,10 +121,12 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
     chosen, rejected_after = None, []
     for r in ordered:
         model = folder.load_model(r.model_path)
+        # on the sweep's runtime (measure.runtime), as the trials were timed
         lat = measure_latency(model, splits.input_shape, batch=cfg.measure.latency_batch,
                               warmup=cfg.measure.warmup, repeats=max(cfg.measure.repeats, 100),
-                              threads=threads, device=cfg.measure.device)
-        remeasured = r.replace(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms)
+                              threads=threads, device=cfg.measure.device, runtime=cfg.measure.runtime)
+        remeasured = r.replace(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, threads=lat.threads,
+                               latency_runtime=lat.runtime)
         broken = budget.broken(remeasured, quality)
         if broken:
             rejected_after.append({"trial_id": r.trial_id, "why": "re-measured alone: " + ", ".join(broken)})
@@ -256,7 +258,8 @@ def _markdown(d: dict) -> str:
              + f"validation accuracy {c['accuracy']:.4f}, "
              f"test accuracy {c.get('test_accuracy', float('nan')):.4f}, latency {c['latency_ms']:.3f} ms "
              f"(re-measured alone, batch {d['latency_remeasured']['batch']}, "
-             f"{d['latency_remeasured']['threads']} thread(s), {d['latency_remeasured']['device']}), "
+             f"{d['latency_remeasured']['threads']} thread(s), {d['latency_remeasured']['device']}, "
+             f"{d['latency_remeasured'].get('runtime') or 'torch'}), "
              f"params {c['params']:,}, MACs {c['macs']:,}.", "",
              f"Why: the `ok` trial with the highest {d.get('quality', 'accuracy')} inside the budget "
              "(ties: lower latency).", "",

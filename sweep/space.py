@@ -94,19 +94,25 @@ def knobs_from_config(config: dict) -> tuple[str, dict]:
     return method, knobs
 
 
-def make_sampler(name: str, *, seed: int, n_trials: int):
-    """The Optuna sampler named in the YAML (``search.sampler``)."""
+def make_sampler(name: str, *, seed: int, n_trials: int, constraints: int = 0):
+    """The Optuna sampler named in the YAML (``search.sampler``); with ``constraints`` budgets
+    (search.constraints), TPE, NSGA-II and GP sample knowing which trials kept them (Optuna's
+    ``constraints_func``; random sampling ignores them)."""
     import optuna
+
+    from .constraints import constraints_func
+
+    cons = {"constraints_func": constraints_func(constraints)} if constraints else {}
 
     # Random start-up trials before the model-based samplers take over: a third of the budget,
     # at least 3 and at most Optuna's default of 10, so that short sweeps still get guided trials.
     startup = min(10, max(3, n_trials // 3))
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, **cons)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, n_trials // 3)))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, n_trials // 3)), **cons)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, **cons)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, but got sampler={name!r} (search.sampler)")
@@ -136,7 +142,8 @@ def distributions(cfg: SweepConfig, method: str) -> dict:
 def study_with_history(cfg: SweepConfig, told: list, rerun: list, sampler, name: str = "sweep"):
     """An Optuna study (in memory) that already knows the sweep's finished trials, for a resumed sweep.
 
-    ``told``: ``(method, knobs, values or None)`` of every finished trial, in order (None: it failed);
+    ``told``: ``(method, knobs, values or None[, constraint values])`` of every finished trial, in order
+    (None: it failed; constraint values: what a constrained sampler reads, as Optuna stores them);
     ``rerun``: ``(method, knobs)`` of trials that were cut short, enqueued to run again first (knobs None:
     only the method is fixed, its knobs sampled -- a multi-method space's first trial of that method).  Trial
     numbers, and so seeds, continue after the told trials: nothing repeats.  Returns
@@ -150,11 +157,17 @@ def study_with_history(cfg: SweepConfig, told: list, rerun: list, sampler, name:
     study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
                                 directions=["maximize" if DIRECTIONS[o] == "max" else "minimize"
                                             for o in cfg.search.objectives])
-    for method, knobs, values in told:
+    from .constraints import CONSTRAINTS_ATTR
+
+    for method, knobs, values, *cons in told:
         dists = distributions(cfg, method)
         params = {n: _param_value(method, n, knobs) for n in dists}
         state = optuna.trial.TrialState.COMPLETE if values is not None else optuna.trial.TrialState.FAIL
-        study.add_trial(optuna.trial.create_trial(state=state, values=values, params=params, distributions=dists))
+        # add_trial runs no sampler hook: the constraints go where Optuna keeps them after a trial
+        extra = {"system_attrs": {"constraints": tuple(cons[0])}, "user_attrs": {CONSTRAINTS_ATTR: list(cons[0])}} \
+            if cons and cons[0] else {}
+        study.add_trial(optuna.trial.create_trial(state=state, values=values, params=params, distributions=dists,
+                                                  **extra))
     for method, knobs in rerun:
         dists = distributions(cfg, method)
         study.enqueue_trial({n: _param_value(method, n, knobs) for n in dists} if knobs is not None

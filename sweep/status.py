@@ -39,7 +39,9 @@ def status_lines(sweep_dir: Path, now: float | None = None) -> list[str]:
     ok = sum(r.status == "ok" for r in rows)
     failed = sum(r.status == "failed" for r in rows)
     stopped = [r for r in rows if r.status == "stopped"]
-    done = ok + failed
+    early = sum(r.status == "stopped_early" for r in rows)
+    infeasible = sum(r.status == "infeasible" for r in rows)
+    done = ok + failed + early + infeasible
 
     holder = folder.lock_holder()
     here = holder is not None and holder.get("host") == socket.gethostname()
@@ -57,7 +59,8 @@ def status_lines(sweep_dir: Path, now: float | None = None) -> list[str]:
                      f"{base.params:,} · latency {base.latency_ms:.3f} ms")
     else:
         lines.append("baseline: not trained yet")
-    lines.append(f"done: {done} of {total} trials ({ok} ok, {failed} failed)")
+    more = (f", {early} stopped early" if early else "") + (f", {infeasible} infeasible" if infeasible else "")
+    lines.append(f"done: {done} of {total} trials ({ok} ok, {failed} failed{more})")
     if stopped:
         why = "; ".join(f"{n} × {reason}" if n > 1 else reason
                         for reason, n in Counter(r.error or "?" for r in stopped).most_common())

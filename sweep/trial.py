@@ -84,21 +84,58 @@ def trial_data(cfg: SweepConfig, splits, seed: int) -> TrialData:
         teacher_train=make_loader(teacher_ds, bs, shuffle=True, seed=seed))
 
 
-def measure_all(cfg: SweepConfig, model, splits, data: TrialData, threads: int, teacher=None) -> Figures:
-    """Accuracy (labels read here only, for reporting), agreement with the teacher, params, MACs, latency."""
+def measure_costs(cfg: SweepConfig, model, splits, threads: int) -> dict:
+    """What a pruned network costs -- params, MACs, latency (the runtime's dict) -- fixed once pruning is done."""
+    from .measure import count_macs, count_params, measure_latency
+
+    cpu_model = model.to("cpu").eval()
+    lat = measure_latency(cpu_model.to(cfg.measure.device), splits.input_shape, batch=cfg.measure.latency_batch,
+                          warmup=cfg.measure.warmup, repeats=cfg.measure.repeats, threads=threads,
+                          device=cfg.measure.device, runtime=cfg.measure.runtime)
+    cpu_model = cpu_model.to("cpu")
+    return {"params": count_params(cpu_model), "macs": count_macs(cpu_model, splits.example_input(1)),
+            "latency": lat.to_dict()}
+
+
+def cost_figures(costs: dict) -> dict:
+    """The cost objectives by column name (what search.constraints and the sampler compare)."""
+    return {"params": costs["params"], "macs": costs["macs"], "latency_ms": costs["latency"]["median_ms"]}
+
+
+def sweep_quality(cfg: SweepConfig, model, data: TrialData, judge) -> float:
+    """The sweep's quality objective on the validation split: accuracy, or agreement with the sweep's
+    teacher (``judge``) in a label-free sweep -- the same figure at every rung as at the end."""
+    from .measure import accuracy, agreement
+
+    device = cfg.measure.device
+    if cfg.label_free:
+        return agreement(model.to(device).eval(), judge.to(device), data.method.val_inputs, device)
+    return accuracy(model.to(device).eval(), data.val, device)
+
+
+def measure_all(cfg: SweepConfig, model, splits, data: TrialData, threads: int, teacher=None,
+                costs: dict | None = None) -> Figures:
+    """Accuracy (labels read here only, for reporting), agreement with the teacher, params, MACs, latency
+    (``costs`` when already measured: pruning fixed them)."""
     from .measure import accuracy, agreement, count_macs, count_params, measure_latency
 
     device = cfg.measure.device
     model = model.to(device).eval()
+    if cfg.baseline.teacher is not None:  # outputs are cluster indices: accuracy after Hungarian matching
+        from .mbn.teacher import cluster_accuracy as accuracy
     acc = accuracy(model, data.val, device)
     test_acc = accuracy(model, data.test, device)
     agree = 1.0 if teacher is None else agreement(model, teacher.to(device), data.method.val_inputs, device)
+    if costs is not None:
+        return Figures(accuracy=acc, test_accuracy=test_acc, params=costs["params"], macs=costs["macs"],
+                       latency=costs["latency"], agreement=agree)
     cpu_model = model.to("cpu")
     macs = count_macs(cpu_model, splits.example_input(1))
     params = count_params(cpu_model)
+    # on the deployment runtime (measure.runtime): onnxruntime exports the model to ONNX once, here
     lat = measure_latency(model.to(device), splits.input_shape, batch=cfg.measure.latency_batch,
                           warmup=cfg.measure.warmup, repeats=cfg.measure.repeats, threads=threads,
-                          device=device)
+                          device=device, runtime=cfg.measure.runtime)
     return Figures(accuracy=acc, test_accuracy=test_acc, params=params, macs=macs, latency=lat.to_dict(),
                    agreement=agree)
 
@@ -118,6 +155,10 @@ def trial_threads(cfg: SweepConfig) -> int:
 # ------------------------------------------------------------------------------- baseline
 def prepare_baseline(cfg: SweepConfig, folder: SweepFolder, log=print) -> TrialRecord:
     """Train (or load) the dense model once, measure it, save it in ``<sweep>/baseline/``; its record."""
+    if cfg.baseline.teacher is not None:  # an unsupervised teacher (MBN): fitted here, the dense model learns it
+        from .mbn.teacher import prepare_mbn_baseline
+
+        return prepare_mbn_baseline(cfg, folder, log)
     import torch
 
     from .models import build_model
@@ -183,12 +224,12 @@ def _baseline_failure(cfg: SweepConfig, folder: SweepFolder, error: str, trained
 def _latency_fields(lat: dict) -> dict:
     return {"latency_ms": lat["median_ms"], "latency_iqr_ms": lat["iqr_ms"], "latency_batch": lat["batch"],
             "latency_repeats": lat["repeats"], "threads": lat["threads"], "device": lat["device"],
-            "latency_alone": False}
+            "latency_runtime": lat.get("runtime") or None, "latency_alone": False}
 
 
 # ------------------------------------------------------------------------------- one trial
 def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: int | None = None,
-              io=None) -> TrialRecord:
+              io=None, report_rung=None) -> TrialRecord:
     """Run one trial and return its record. Never raises for trial-level failures: they are states.
 
     ``log_metric(key, value, step)`` receives the trajectory the method logs (the driver's trainable
@@ -196,7 +237,12 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: 
     and keeps the pruned model: ``baseline()`` (the summary), ``load_baseline_model()``,
     ``model_rel(trial_id)`` and ``save_model(model, rel)``, as :class:`~sweep.folder.SweepFolder` has them
     (the default: the folder ``spec.sweep_dir``).  A Ray worker gets them from the driver instead, so it
-    needs no access to the sweep folder."""
+    needs no access to the sweep folder.
+
+    With ``search.scheduler`` (successive halving), ``report_rung(epochs, record)`` receives, at each rung,
+    the record the trial would have if it stopped there (status ``stopped_early``); the scheduler stops
+    it by not returning.  With ``search.constraints``, a pruned network that breaks a hard budget is not
+    fine-tuned: its record is ``infeasible``, naming what it broke."""
     import torch
 
     started = time.time()
@@ -206,15 +252,28 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: 
                   seed=spec.seed, knobs=spec.knobs, baseline_accuracy=base["accuracy"],
                   baseline_test_accuracy=base["test_accuracy"], started_at=started)
     log_metric = log_metric or (lambda k, v, s=0: None)
-    try:
-        fig, info, rel, epochs = _prune_and_measure(cfg, spec, folder, log_metric)
+
+    def costed(status: str, costs: dict, epochs: int, **kw) -> TrialRecord:
         ended = time.time()
         return TrialRecord(
-            **common, status="ok", accuracy=fig.accuracy, test_accuracy=fig.test_accuracy,
-            agreement=fig.agreement, params=fig.params, macs=fig.macs, **_latency_fields(fig.latency),
-            params_ratio=fig.params / base["params"], macs_ratio=fig.macs / base["macs"],
-            latency_ratio=fig.latency["median_ms"] / base["latency_ms"], model_path=rel,
-            info=json.dumps(info, default=str), finetune_epochs=epochs, ended_at=ended, wall_s=ended - started)
+            **common, status=status, params=costs["params"], macs=costs["macs"], **_latency_fields(costs["latency"]),
+            params_ratio=costs["params"] / base["params"], macs_ratio=costs["macs"] / base["macs"],
+            latency_ratio=costs["latency"]["median_ms"] / base["latency_ms"], finetune_epochs=epochs,
+            ended_at=ended, wall_s=ended - started, **kw)
+
+    def rung(epochs: int, quality: float, costs: dict) -> None:
+        if report_rung is not None:
+            report_rung(epochs, costed("stopped_early", costs, epochs, **{cfg.quality: quality}))
+
+    try:
+        out = _prune_and_measure(cfg, spec, folder, log_metric, rung)
+        if out.status == "infeasible":
+            return costed("infeasible", out.costs, 0, error=out.reason, info=json.dumps(out.info, default=str),
+                          **{cfg.quality: out.quality})
+        fig = out.fig
+        return costed("ok", {"params": fig.params, "macs": fig.macs, "latency": fig.latency}, out.epochs,
+                      accuracy=fig.accuracy, test_accuracy=fig.test_accuracy, agreement=fig.agreement,
+                      model_path=out.rel, info=json.dumps(out.info, default=str))
     except TrialFailure as e:
         error = str(e)
     except torch.OutOfMemoryError as e:  # type: ignore[attr-defined]
@@ -229,11 +288,29 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: 
                        ended_at=ended, wall_s=ended - started)
 
 
-def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder, log_metric):
+@dataclass
+class _Outcome:
+    status: str  # ok or infeasible
+    fig: Figures | None = None
+    info: dict | None = None
+    rel: str | None = None
+    epochs: int = 0
+    costs: dict | None = None
+    quality: float | None = None
+    reason: str = ""
+
+
+# inputs whose batch statistics re-estimate BatchNorm before rung 0: "a few hundred" (EagleEye, Li et al.,
+# ECCV 2020, Sec. 3.2, re-estimates on a small subset of the training data; the number is ours)
+ADAPTIVE_BN_INPUTS = 512
+
+
+def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder, log_metric, rung) -> _Outcome:
     import copy
 
     import torch
 
+    from .mbn.teacher import load_teacher
     from .methods import get_method
 
     method = get_method(spec.method)
@@ -251,16 +328,42 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder, log_metric):
     ctx = build_context(data.method, method=spec.method, labels=not cfg.label_free, teacher=teacher,
                         finetune_config=cfg.finetune, device=cfg.measure.device, seed=spec.seed,
                         num_classes=splits.num_classes, ignored_layers=skipped_layers(cfg, model, example),
-                        log_metric=log_metric)
+                        log_metric=log_metric, latency={"runtime": cfg.measure.runtime, "threads": threads})
     result = method.prune(model, example, mcfg, ctx)
     model = result.model
-    log_metric("pruned_quality", ctx.evaluate(model), 0)
+    # agreement is with the sweep's teacher: an MBN when the space names one, else the dense baseline
+    # (which stays ctx.teacher: LNPT needs a network's features)
+    judge = load_teacher(folder, cfg.measure.device) or teacher
+    sched, limits = cfg.search.scheduler, cfg.search.constraints
+    tuned_by_method = bool(result.finetuned)
+    # pruning fixed the costs: measured now when a budget or the scheduler needs them, reused at the end
+    costs = measure_costs(cfg, model, splits, threads) if (sched is not None or limits) else None
+    if sched is not None and sched.rung0 and not tuned_by_method:
+        from .engine.adaptive_bn import adaptive_bn
+
+        adaptive_bn(model, data.method.train_inputs, max_inputs=ADAPTIVE_BN_INPUTS, device=cfg.measure.device)
+    pruned_quality = sweep_quality(cfg, model, data, judge)
+    log_metric("pruned_quality", pruned_quality, 0)
+    broken = limits.broken_costs(cost_figures(costs)) if limits else []
+    if broken:  # a hard budget is broken: fine-tuning would change nothing of it
+        return _Outcome("infeasible", info=result.info, costs=costs, quality=pruned_quality,
+                        reason="infeasible: " + "; ".join(broken))
+    if sched is not None and sched.rung0 and not tuned_by_method:
+        rung(0, pruned_quality, costs)
     epochs = 0
-    if not result.finetuned and cfg.finetune.epochs > 0:
-        ctx.finetune(model)
+    if not tuned_by_method and cfg.finetune.epochs > 0:
+        on_epoch = None
+        if sched is not None:
+            rungs = set(sched.rungs())
+
+            def on_epoch(e: int, loss: float) -> None:  # e: 0-based epoch just finished
+                if e + 1 in rungs:
+                    rung(e + 1, sweep_quality(cfg, model, data, judge), costs)
+
+        ctx.finetune(model, on_epoch=on_epoch)
         epochs = cfg.finetune.epochs
-    elif result.finetuned:
+    elif tuned_by_method:
         epochs = int(result.info.get("epochs", 0)) if isinstance(result.info, dict) else 0
-    fig = measure_all(cfg, model, splits, data, threads, teacher=teacher)
+    fig = measure_all(cfg, model, splits, data, threads, teacher=judge, costs=costs)
     rel = folder.save_model(model.to("cpu"), folder.model_rel(spec.trial_id))
-    return fig, result.info, rel, epochs
+    return _Outcome("ok", fig=fig, info=result.info, rel=rel, epochs=epochs)

@@ -305,3 +305,13 @@ def test_run_with_a_trial_no_node_can_hold_fails_before_anything_runs(cwd, capsy
     assert_one_line_error(capsys, f"search.{key} must fit on one Ray node", f"{key}={float(value):g}",
                           f"search.{key}); lower it there")
     assert not (cwd / "runs" / "clitest" / "sweep.yaml").exists()  # nothing of a sweep was written
+
+
+def test_a_password_in_the_tracking_uri_is_refused_and_never_shown(cwd, capsys):
+    space = write(cwd, GOOD)
+    assert main(["run", str(space), "--tracking-uri", "http://ann:s3cret@mlflow.example:5000"]) == 2
+    err = assert_one_line_error(capsys, "--tracking-uri must not hold a password, but got "
+                                "http://ann:***@mlflow.example:5000 (--tracking-uri); give the credentials in "
+                                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
+    assert "s3cret" not in err
+    assert not (cwd / "runs").exists()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.localcluster import LocalCluster
+from sweep.localcluster import LocalCluster, group_alive
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
@@ -78,15 +78,7 @@ def cluster(tmp_path_factory):
         yield c, hidden, groups
     finally:
         c.stop()
-        assert not [p for p in c.groups if _alive(p)]
-
-
-def _alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+        assert not [p for p in c.groups if group_alive(p)]
 
 
 def _sweep(c, hidden: Path, tmp_path: Path, name: str, finetune_epochs: int) -> tuple[list, Path]:

@@ -54,16 +54,17 @@ def test_quickstart_parses():
     cfg = load_config(QUICKSTART)
     assert isinstance(cfg, SweepConfig)
     assert cfg.name == "quickstart"
-    assert cfg.model.name == "small_cnn"
+    assert cfg.model.name == "cifar_resnet20"
     assert cfg.dataset.name == "digits" and cfg.dataset.options == {}
     assert cfg.baseline.path is None
-    assert (cfg.baseline.train.epochs, cfg.baseline.train.lr) == (15, 0.05)
+    assert (cfg.baseline.train.epochs, cfg.baseline.train.lr) == (10, 0.05)
     assert (cfg.finetune.epochs, cfg.finetune.lr) == (3, 0.01)
     assert cfg.search.objectives == ("accuracy", "latency_ms", "params")
     assert cfg.search.sampler == "tpe" and cfg.search.trials == 12 and cfg.search.concurrency == 2
     assert cfg.search.cpus_per_trial == 1.0
-    assert [m.name for m in cfg.methods] == ["magnitude"]
+    assert [m.name for m in cfg.methods] == ["magnitude", "sr_init"]  # the front compares two methods
     assert cfg.method("magnitude").knobs == {"ratio": {"low": 0.1, "high": 0.9, "log": False}}
+    assert cfg.method("sr_init").knobs == {"tau": {"low": 0.0, "high": 0.5, "log": False}}
     assert cfg.to_dict()["name"] == "quickstart" and "raw" not in cfg.to_dict()
 
 

@@ -167,10 +167,11 @@ def test_interrupt_then_resume_loses_and_duplicates_nothing(tmp_path, sig, code,
     try:
         deadline = time.time() + 240
         while time.time() < deadline:  # a trial finished and another one runs (the heartbeat says so)
-            if (parquet.is_file() and len(pd.read_parquet(parquet)) >= 2
-                    and json.loads(state.read_text()).get("running")):
+            if _rows_so_far(sweep_dir) >= 2 and json.loads(state.read_text() or "{}").get("running"):
                 break
             time.sleep(0.5)
+        else:
+            pytest.fail("the sweep never had a finished trial and a running one")
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -239,6 +240,16 @@ def test_time_budget_ends_the_sweep_normally_with_the_trials_it_has(tmp_path, mo
     facts = dict(line.split(": ", 1) for line in status_lines(sweep_dir))
     assert facts["remaining"] == "4 of 4 trials" and facts["running"] == "0"
     assert facts["last run ended"] == "time budget of 30 s ran out"
+
+
+def _rows_so_far(sweep_dir: Path) -> int:
+    """Rows of a running sweep: trials.parquet and the journal it folds in every few seconds."""
+    from sweep.results.store import TrialStore
+
+    try:
+        return len(TrialStore(sweep_dir).records()[0])
+    except Exception:  # not written yet, or a part being renamed into place right now
+        return 0
 
 
 def _kill_sweep(proc: subprocess.Popen, tmp_root: Path) -> None:
@@ -315,3 +326,43 @@ def test_sigkill_twice_then_resume_gives_exactly_the_trials_asked(tmp_path):
     parent, children = _runs(sweep_dir, "itkill")
     assert parent.info.status == "FINISHED"
     assert not [r for r in children if r.info.status == "RUNNING"]
+
+
+def test_successive_halving_and_budgets_steer_a_real_sweep(tmp_path, monkeypatch, capsys):
+    """search.scheduler (multi-objective successive halving, rung 0 after adaptive BN) and search.constraints on
+    a real Ray sweep: candidates over the params budget are `infeasible` and never fine-tuned; some are
+    `stopped_early` at a rung with the quality they had there; only full `ok` trials reach the front.  One
+    trial at a time and a seeded random sampler: the same trials stop at every run."""
+    import pandas as pd
+
+    from sweep.cli import main
+    from sweep.folder import SweepFolder
+
+    extra = (", scheduler: {type: mo_asha, reduction_factor: 2, min_epochs: 1, rung0: true}, "
+             "constraints: {max_params: 20000}")
+    space = _write_space(tmp_path, "ithalving", trials=6, ft=4, extra=extra)
+    space.write_text(space.read_text().replace("concurrency: 2", "concurrency: 1"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(space), "--reports", str(tmp_path / "reports")]) == 0
+    out = capsys.readouterr().out
+    df = pd.read_parquet(tmp_path / "runs" / "ithalving" / "trials.parquet")
+    trials = df[df["trial_id"] != "baseline"]
+    assert len(trials) == 6 and set(trials["status"]) <= {"ok", "stopped_early", "infeasible"}
+
+    infeasible = trials[trials["status"] == "infeasible"]
+    assert len(infeasible) >= 1 and (infeasible["params"] > 20000).all()
+    assert (infeasible["finetune_epochs"] == 0).all() and infeasible["model_path"].isna().all()
+    assert infeasible["error"].str.startswith("infeasible: params ").all()
+    feasible = trials[trials["status"] != "infeasible"]
+    assert (feasible["params"] <= 20000).all()
+
+    early = trials[trials["status"] == "stopped_early"]
+    assert len(early) >= 1 and early["error"].str.startswith("rung ").all(), out
+    assert set(early["finetune_epochs"]) <= {0, 1, 2} and early["accuracy"].notna().all()
+    assert not early["on_front"].any() and not infeasible["on_front"].any()
+    ok = trials[trials["status"] == "ok"]
+    assert len(ok) >= 1 and (ok["finetune_epochs"] == 4).all()
+    assert "stopped_early: rung" in out and "infeasible: params" in out
+    status = "\n".join(__import__("sweep.status", fromlist=["x"]).status_lines(SweepFolder(tmp_path / "runs" /
+                                                                                           "ithalving").path))
+    assert f"{len(early)} stopped early" in status and f"{len(infeasible)} infeasible" in status

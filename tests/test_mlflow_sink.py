@@ -108,11 +108,13 @@ def test_close_stale_children(sink):
     assert status(sink, parent) == "RUNNING"
 
 
-def test_existing_experiment_is_reused(sink, uri):
+def test_existing_experiment_is_reused_and_opens_as_model_training(sink, uri):
     from sweep.results.mlflow_sink import MlflowSink
 
     again = MlflowSink(uri, EXPERIMENT)
     assert again.experiment_id == sink.experiment_id
+    tags = sink.client.get_experiment(sink.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"  # the runs table, not the GenAI view
 
 
 def _record(tid: str, status: str = "ok", **kw):
@@ -130,7 +132,7 @@ def test_trial_mirror_writes_each_trial_in_order_off_the_callers_thread(sink):
     from sweep.results.mlflow_sink import PARENT_TAG, TrialMirror
 
     parent = sink.start_parent("mirrored", {})
-    mirror = TrialMirror(sink, parent)
+    mirror = TrialMirror(sink, parent, sweep_params={"model": "small_cnn", "dataset": "digits"})
     callers = {threading.get_ident()}
     mirror.started("t1", "magnitude-t1", {"method": "magnitude", "ratio": 0.5})
     mirror.started("t2", "magnitude-t2", {"method": "magnitude", "ratio": 0.25})
@@ -141,7 +143,7 @@ def test_trial_mirror_writes_each_trial_in_order_off_the_callers_thread(sink):
     assert mirror._thread.ident not in callers
     r1, r2 = (sink.client.get_run(mirror.run_ids[t]) for t in ("t1", "t2"))
     assert r1.data.tags[PARENT_TAG] == parent and r1.data.tags["sweep.trial_id"] == "t1"
-    assert r1.data.params == {"method": "magnitude", "ratio": "0.5"}
+    assert r1.data.params == {"model": "small_cnn", "dataset": "digits", "method": "magnitude", "ratio": "0.5"}
     assert r1.info.status == "FINISHED" and r1.data.metrics["accuracy"] == 0.7 and r1.data.metrics["params"] == 1000
     assert [(m.step, m.value) for m in sink.client.get_metric_history(r1.info.run_id, "magnitude/train_loss")] == [
         (0, 1.0), (1, 0.5)]

@@ -56,8 +56,12 @@ def _row(trial_id: str, method: str, status: str, acc: float, ratio: float, i: i
     return row
 
 
-def write_trials(sweep_dir: Path, ok_trials: bool = True) -> list[dict]:
-    """A baseline row, ten ok rows over two methods (unless ok_trials=False) and one failed row."""
+BASE_CHANNELS = {"conv1": 16, "layer1.0.conv1": 16, "layer1.0.conv2": 16, "layer2.0.conv1": 32, "fc": 10}
+
+
+def write_trials(sweep_dir: Path, ok_trials: bool = True, widths: bool = False) -> list[dict]:
+    """A baseline row, ten ok rows over two methods (unless ok_trials=False) and one failed row; with
+    ``widths``, the baseline and every ok trial record per-layer widths (``info["channels"]``)."""
     rows = [_row("baseline", "baseline", "ok", BASELINE["accuracy"], 0.0, 0)]
     rows[0]["test_accuracy"] = BASELINE["test_accuracy"]
     if ok_trials:
@@ -76,6 +80,12 @@ def write_trials(sweep_dir: Path, ok_trials: bool = True) -> list[dict]:
     failed = _row("tfail", "magnitude", "failed", 0.0, 0.5, 20)
     failed["knob.magnitude.ratio"] = 0.99
     rows.append(failed)
+    if widths:
+        for r in rows:
+            if r["status"] == "ok":
+                keep = r["params"] / BASELINE["params"]
+                channels = {k: v if k == "fc" else max(1, round(v * keep)) for k, v in BASE_CHANNELS.items()}
+                r["info"] = json.dumps({"channels": channels})
     for row in rows:
         row.setdefault("knob.magnitude.ratio", None)
         row.setdefault("knob.taylor.ratio", None)
@@ -103,6 +113,7 @@ EXPECTED = [
     "accuracy_vs_params.png",
     "accuracy_vs_macs.png",
     "hypervolume.png",
+    "parallel_coordinates.png",
     "index.html",
     "summary.md",
 ]
@@ -137,7 +148,7 @@ def test_build_report_writes_every_file(built) -> None:
 def test_index_html_content(built) -> None:
     sweep_dir, rows, _ = built
     index = (sweep_dir / "report" / "index.html").read_text(encoding="utf-8")
-    for name in EXPECTED[:4]:
+    for name in EXPECTED[:5]:
         assert f'src="{name}"' in index
     front_ids = [r["trial_id"] for r in rows if r["on_front"]]
     off_ids = [r["trial_id"] for r in rows if r["on_front"] is False]
@@ -276,7 +287,7 @@ def write_label_free(sweep_dir: Path) -> None:
 
 
 def test_label_free_report_uses_agreement_as_quality(tmp_path: Path) -> None:
-    from sweep.report import plots
+    from sweep.report import interactive, plots
     from sweep.report.read import read_trials
 
     write_label_free(tmp_path / "sweep")
@@ -287,7 +298,7 @@ def test_label_free_report_uses_agreement_as_quality(tmp_path: Path) -> None:
                                    tmp_path / "p.png")  # fmt: skip
     assert list(stairs["trial_id"]) == ["d", "c", "a", "baseline"]
     # The interactive page plots agreement, not accuracy.
-    traces = plots.interactive_traces(df, "agreement", {"magnitude": ("k", "o")})
+    traces = interactive.interactive_traces(df, "agreement", {"magnitude": ("k", "o")})
     assert {t["name"]: sorted(t["y"]) for t in traces} == {"magnitude": [0.6, 0.8, 0.9, 0.95], "baseline": [1.0]}
 
     out = tmp_path / "report"
@@ -300,9 +311,9 @@ def test_label_free_report_uses_agreement_as_quality(tmp_path: Path) -> None:
     assert header.startswith("| trial | method | knobs | agreement | accuracy |")
     assert [line.split("|")[1].strip() for line in lines] == ["baseline", "a", "c", "d"]
     index = (out / "index.html").read_text(encoding="utf-8")
-    assert 'alt="agreement vs latency"' in index and "Interactive agreement vs latency plot" in index
-    if (out / "interactive.html").exists():
-        assert "agreement with the teacher (validation)" in (out / "interactive.html").read_text(encoding="utf-8")
+    assert 'alt="agreement vs latency"' in index and 'href="interactive.html"' in index
+    page = (out / "interactive.html").read_text(encoding="utf-8")
+    assert "<h2>agreement vs latency</h2>" in page and "agreement with the teacher (validation)" in page
 
     text = report.front_table(df, meta["objectives"], quality="agreement")
     assert text.splitlines()[0].split()[:5] == ["trial", "method", "knobs", "agreement", "accuracy"]
@@ -332,3 +343,135 @@ def test_blocks_in_info_get_a_per_block_figure_whatever_the_method(tmp_path: Pat
     write_table(tmp_path / "sweep", rows, meta)
     report.build_report(tmp_path / "sweep", tmp_path / "out2")
     assert "Per-block importance" not in (tmp_path / "out2" / "index.html").read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- colours, budgets, parallel, widths
+
+
+def test_one_colour_per_method_everywhere(tmp_path: Path) -> None:
+    """Methods get palette colours in sorted order, whatever order they are given in; the interactive
+    scatter and the parallel coordinates use exactly those colours."""
+    from sweep.report import colours, interactive, parallel
+    from sweep.report.read import read_trials
+
+    styles = colours.method_styles(["taylor", "magnitude", "baseline", "taylor"])
+    assert list(styles) == ["magnitude", "taylor"]
+    assert [s.colour for s in styles.values()] == list(colours.PALETTE[:2])
+    assert colours.colour_of("baseline", styles) == colours.BASELINE_COLOUR
+    write_trials(tmp_path / "sweep")
+    df, _ = read_trials(tmp_path / "sweep")
+    traces = {t["name"]: t["colour"] for t in interactive.interactive_traces(df, "accuracy", styles)}
+    assert traces == {"magnitude": styles["magnitude"].colour, "taylor": styles["taylor"].colour,
+                      "baseline": colours.BASELINE_COLOUR}  # fmt: skip
+    fig = parallel.parallel_figure(df, "accuracy", styles)
+    scale = {c for _, c in fig.data[0].line.colorscale}
+    assert scale == {styles["magnitude"].colour, styles["taylor"].colour, colours.BASELINE_COLOUR}
+
+
+def test_budget_explorer_gives_the_best_quality_within_each_front_budget() -> None:
+    """Hand-made: a (0.95, 2 ms, 100 params), b (0.90, 1 ms, 300), c (0.80, 0.5 ms, 50), d dominated."""
+    import pandas as pd
+
+    from sweep.report.tables import budget_explorer, budget_headers
+
+    columns = ["trial_id", "method", "status", "accuracy", "latency_ms", "params", "macs"]
+    df = pd.DataFrame([
+        ("a", "m", "ok", 0.95, 2.0, 100, 1e3),
+        ("b", "m", "ok", 0.90, 1.0, 300, 1e3),
+        ("c", "n", "ok", 0.80, 0.5, 50, 1e3),
+        ("d", "n", "ok", 0.70, 2.5, 400, 1e3),
+        ("f", "n", "failed", 0.99, 0.1, 1, 1e3),
+    ], columns=columns)  # fmt: skip
+    front = df[df["trial_id"].isin(["a", "b", "c"])]
+    meta = {"quality": "accuracy", "objectives": ["accuracy", "latency_ms", "params"]}
+    rows = budget_explorer(df, front, meta)
+    assert len(budget_headers("accuracy")) == len(rows[0])
+    got = [(r[0], r[1], r[2], r[3]) for r in rows]
+    assert got == [
+        ("latency (ms)", "0.5", "0.8000", "c"), ("latency (ms)", "1", "0.9000", "b"),
+        ("latency (ms)", "2", "0.9500", "a"),
+        ("params", "50", "0.8000", "c"), ("params", "100", "0.9500", "a"), ("params", "300", "0.9500", "a"),
+    ]  # fmt: skip
+    # MACs is budgeted only when the sweep optimised it
+    assert {r[0] for r in budget_explorer(df, front, {**meta, "objectives": ["accuracy", "macs"]})} == {
+        "latency (ms)", "params", "MACs"}
+
+
+def test_parallel_axes_run_from_knobs_to_objectives_with_na_for_other_methods(tmp_path: Path) -> None:
+    from sweep.report.colours import method_styles
+    from sweep.report.parallel import NA, parallel_axes, parallel_rows
+    from sweep.report.read import read_trials
+
+    write_trials(tmp_path / "sweep")
+    df, _ = read_trials(tmp_path / "sweep")
+    rows = parallel_rows(df)
+    assert list(rows["trial_id"])[-1] == "baseline" and "tfail" not in set(rows["trial_id"])
+    axes = parallel_axes(rows, "accuracy", method_styles(["magnitude", "taylor"]))
+    labels = [a.label for a in axes]
+    assert labels == ["method", "magnitude.ratio", "taylor.ratio", "taylor.steps", "accuracy", "latency_ms",
+                      "params", "macs"]  # fmt: skip
+    method = axes[0]
+    assert method.ticktext == ["magnitude", "taylor", "baseline"]
+    ratio = axes[1]
+    is_mag = (rows["method"] == "magnitude").to_numpy()
+    na = ratio.tickvals[ratio.ticktext.index(NA)]
+    assert (ratio.values[~is_mag] == na).all() and (ratio.values[is_mag] > na).all()
+    assert all(np.isfinite(a.values).all() and len(a.values) == len(rows) for a in axes)
+    assert NA not in axes[4].ticktext  # every drawn row has a quality
+
+
+def test_widths_of_the_best_trial_or_the_selected_one(tmp_path: Path) -> None:
+    """The best trial's widths are drawn against the baseline's; a selection.json moves the figure to the
+    trial `sweep select` chose."""
+    rows = write_trials(tmp_path / "sweep", widths=True)
+    ok = [r for r in rows if r["status"] == "ok" and r["trial_id"] != "baseline"]
+    best = max(ok, key=lambda r: r["accuracy"])
+    names = {p.name for p in report.build_report(tmp_path / "sweep", tmp_path / "out")}
+    assert f"widths_{best['trial_id']}.png" in names
+    index = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    assert f"Per-layer widths of the best trial, {best['trial_id']}" in index
+
+    other = next(r for r in ok if r is not best)
+    (tmp_path / "sweep" / "selected").mkdir()
+    selection = {"chosen": {"trial_id": other["trial_id"]}}
+    (tmp_path / "sweep" / "selected" / "selection.json").write_text(json.dumps(selection))
+    names = {p.name for p in report.build_report(tmp_path / "sweep", tmp_path / "out2")}
+    assert f"widths_{other['trial_id']}.png" in names and f"widths_{best['trial_id']}.png" not in names
+    assert "Per-layer widths of the selected trial" in (tmp_path / "out2" / "index.html").read_text(encoding="utf-8")
+
+
+def test_widths_conventions() -> None:
+    """channels win; a depth-only trial (removed blocks, no channels) zeroes its blocks' layers; a trial that
+    also pruned channels without recording them, or records nothing, has unknown widths."""
+    import pandas as pd
+
+    from sweep.report.widths import trial_widths
+
+    before = {"conv1": 16, "layer1.0.conv1": 16, "layer1.1.conv1": 16, "layer1.10.conv1": 16, "fc": 10}
+    blocks = [{"index": i, "name": f"layer1.{i}"} for i in (0, 1, 10)]
+
+    def row(details: dict) -> pd.Series:
+        return pd.Series({"trial_id": "t", "method": "m", "info": json.dumps(details)})
+
+    w = trial_widths(row({"channels": {"conv1": 8, "fc": 10, "extra": 4}}), before)
+    assert w.after == {"conv1": 8, "fc": 10, "extra": 4} and w.layers[-1] == "extra" and not w.removed
+    w = trial_widths(row({"removed": [1], "blocks": blocks, "channel_ratio": 0.0}), before)
+    assert w.removed == {"layer1.1.conv1"}  # not layer1.10: block names match whole path parts
+    assert w.after == {**before, "layer1.1.conv1": 0}
+    assert trial_widths(row({"removed": [1], "blocks": blocks, "channel_ratio": 0.3}), before) is None
+    assert trial_widths(row({}), before) is None
+    assert trial_widths(row({"removed": [1], "blocks": blocks}), {}) is None  # baseline widths unknown
+
+
+def test_baseline_widths_are_rebuilt_from_the_registered_model() -> None:
+    """A baseline row without stored channels gets the widths of the registered model its summary names."""
+    import pandas as pd
+
+    from sweep.report.widths import baseline_channels
+
+    summary = {"model": "small_cnn", "input_shape": [1, 8, 8], "num_classes": 10}
+    df = pd.DataFrame([{"trial_id": "baseline", "info": json.dumps({"summary": summary})}])
+    assert list(baseline_channels(df).values()) == [32, 64, 128, 10]
+    unknown = {**summary, "model": "no.such:model"}
+    df = pd.DataFrame([{"trial_id": "baseline", "info": json.dumps({"summary": unknown})}])
+    assert baseline_channels(df) == {}

@@ -297,7 +297,9 @@ def solve_for_target(graph: ChannelGraph, *, target: str, value: float, importan
         from .latency import LatencyLUT
 
         x0 = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
-        latency_lut = LatencyLUT(batch=int(x0.shape[0]), threads=(latency_kw or {}).get("threads"))
+        # the table on the runtime latency is measured on (latency_kw["runtime"]; None: the CPU default)
+        latency_lut = LatencyLUT(batch=int(x0.shape[0]), threads=(latency_kw or {}).get("threads"),
+                                 runtime=(latency_kw or {}).get("runtime"))
     plan = ChannelPlan(graph, importance=importance, scores=scores, global_pruning=global_pruning,
                        round_to=round_to, max_layer_ratio=max_layer_ratio, latency_lut=latency_lut)
     baseline = {"macs": count_macs(model, example_inputs), "params": count_params(model)}

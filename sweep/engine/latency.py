@@ -33,7 +33,15 @@ shape it sees in the model (recorded with forward hooks). Conv, Linear and Batch
 timed; other members (LayerNorm, custom modules) and parameter-free ops between layers (activations,
 adds, concatenations) are not in the table, as in both papers.
 
-Cheap: a table entry is keyed by the rebuilt layer's shape (plus batch and threads) and kept for the
+**On the deployment runtime.** The table is timed on the runtime the sweep measures latency on
+(``runtime``: ``onnxruntime`` by default on a CPU, see :mod:`sweep.measure`), so channels are cut where
+that runtime gains time: each entry is its layer exported alone to ONNX and run in its own session (the
+export and the session are made once per entry, before the timed rounds). ONNX Runtime folds a
+BatchNorm into the convolution before it and Inductor fuses it into the neighbouring kernels, so
+BatchNorm layers are priced only on eager ``torch``, where each is a separate kernel. A per-call
+overhead of the runtime adds the same constant to every entry and leaves the fitted slopes unchanged.
+
+Cheap: a table entry is keyed by the rebuilt layer's shape (plus batch, threads and runtime) and kept for the
 process, so groups of equal width in a block share entries (DenseNet's growth-rate groups) and later
 calls reuse them; all entries still missing are timed together, in interleaved rounds (every entry
 once per round, the median over rounds), so that drift on a shared machine spreads over all of them.
@@ -108,35 +116,38 @@ class LayerShape:
         return math.prod(self.input_shape)
 
 
-def _measure(shape: LayerShape, batch: int, threads: int | None, warmup: int, repeats: int) -> float:
-    from ..measure import measure_latency
-
-    return measure_latency(shape.build(), shape.input_shape, batch=batch, warmup=warmup, repeats=repeats,
-                           threads=threads).median_ms
-
-
-_CACHE: dict = {}  # (LayerShape, batch, threads) -> ms, shared by every LatencyLUT with the real clock
+_CACHE: dict = {}  # (LayerShape, batch, threads, runtime) -> ms, shared by every LatencyLUT with the real clock
 
 
 class LatencyLUT:
-    """Per-layer latency lookup table (ms per forward at ``batch``, ``threads``), filled on demand.
+    """Per-layer latency lookup table (ms per forward at ``batch``, ``threads``, on ``runtime``), filled on
+    demand. ``runtime`` is a name of :data:`sweep.measure.RUNTIMES` (None: the CPU default,
+    :func:`sweep.measure.default_runtime`).
 
     ``clock(shape, batch) -> ms`` replaces the measurement (deterministic stand-ins in tests); with the
-    real clock entries are cached for the process (:data:`_CACHE`), keyed by shape, batch and threads.
+    real clock entries are cached for the process (:data:`_CACHE`), keyed by shape, batch, threads and runtime.
     """
 
     def __init__(self, *, batch: int = 1, threads: int | None = None, clock: Callable | None = None,
                  warmup: int = LUT_TIMING["warmup"], repeats: int = LUT_TIMING["repeats"],
-                 rounds: int = LUT_TIMING["rounds"]):
+                 rounds: int = LUT_TIMING["rounds"], runtime: str | None = None):
+        from ..measure import resolve_runtime
+
         self.batch = int(batch)
         self.threads = int(threads) if threads else torch.get_num_threads()
         self.clock = clock
+        self.runtime = resolve_runtime(runtime, "cpu")
         self.warmup, self.repeats, self.rounds = int(warmup), int(repeats), max(1, int(rounds))
         self._table = _CACHE if clock is None else {}
         self.measured = 0  # entries this instance timed
 
+    @property
+    def timed_types(self) -> tuple:
+        """The layer types the table prices on its runtime (BatchNorm only where it is a kernel of its own)."""
+        return _TIMED if self.runtime == "torch" else _TIMED[:2]
+
     def _key(self, shape: LayerShape):
-        return (shape, self.batch, self.threads)
+        return (shape, self.batch, self.threads, self.runtime)
 
     def fill(self, shapes: Iterable[LayerShape]) -> None:
         """Time every shape not yet in the table: all of them once per round, median over rounds."""
@@ -148,11 +159,25 @@ class LatencyLUT:
                 self._table[self._key(s)] = float(self.clock(s, self.batch))
             self.measured += len(todo)
             return
+        from ..measure import make_runner, time_runs
+
         runs: dict = {s: [] for s in todo}
-        with torch.random.fork_rng(devices=[]):  # the timing inputs are random: leave the caller's RNG be
-            for _ in range(self.rounds):
-                for s in todo:
-                    runs[s].append(_measure(s, self.batch, self.threads, self.warmup, self.repeats))
+        prev = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        # the timing inputs are random: leave the caller's RNG be
+        try:
+            with torch.random.fork_rng(devices=[]):
+                # one runner per entry (an ONNX export and session on onnxruntime), made before the rounds
+                runners = {s: make_runner(s.build(), s.input_shape, batch=self.batch, threads=self.threads,
+                                          runtime=self.runtime, check=False,
+                                          onnx_model=onnx_layer(s, self.batch) if self.runtime == "onnxruntime"
+                                          else None) for s in todo}
+                for _ in range(self.rounds):
+                    for s in todo:
+                        runs[s].append(statistics.median(time_runs(runners[s], warmup=self.warmup,
+                                                                   repeats=self.repeats)))
+        finally:
+            torch.set_num_threads(prev)
         for s, ms in runs.items():
             self._table[self._key(s)] = statistics.median(ms)
         self.measured += len(todo)
@@ -165,6 +190,54 @@ class LatencyLUT:
 
     def __contains__(self, shape: LayerShape) -> bool:
         return self._key(shape) in self._table
+
+
+def onnx_layer(shape: LayerShape, batch: int) -> bytes | None:
+    """The ONNX model of one Conv or Linear table entry, written directly (constant weights, as
+    :meth:`LayerShape.build`): a large table (DenseNet-121 has thousands of entries) would otherwise
+    spend most of its time in ``torch.onnx.export`` (a 256->128 1x1 conv: 2 ms written here against 28 ms
+    exported, on a loaded 2-core machine). None for other layers (exported by torch then)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ..measure import ONNX_OPSET
+
+    kw = dict(shape.kwargs)
+    x_shape = [batch, *shape.input_shape]
+    inits, attrs = [], {}
+    if shape.cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+        k = list(kw["kernel_size"])
+        w = np.full([kw["out_channels"], kw["in_channels"] // kw["groups"], *k], 0.01, dtype=np.float32)
+        inits.append(numpy_helper.from_array(w, "w"))
+        inputs = ["x", "w"]
+        if kw["bias"]:
+            inits.append(numpy_helper.from_array(np.full([kw["out_channels"]], 0.01, dtype=np.float32), "b"))
+            inputs.append("b")
+        padding, dil = kw["padding"], list(kw["dilation"])
+        if padding == "same":  # PyTorch puts the odd element of the total padding at the end, as here
+            total = [d * (n - 1) for d, n in zip(dil, k)]
+            attrs["pads"] = [t // 2 for t in total] + [t - t // 2 for t in total]
+        else:
+            attrs["pads"] = [0] * (2 * len(k)) if padding == "valid" else list(padding) * 2
+        attrs.update(kernel_shape=k, strides=list(kw["stride"]), dilations=dil, group=kw["groups"])
+        node = helper.make_node("Conv", inputs, ["y"], **attrs)
+    elif shape.cls is nn.Linear:
+        w = np.full([kw["in_features"], kw["out_features"]], 0.01, dtype=np.float32)  # x @ w: MatMul's layout
+        inits.append(numpy_helper.from_array(w, "w"))
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["y" if not kw["bias"] else "xw"])]
+        if kw["bias"]:
+            inits.append(numpy_helper.from_array(np.full([kw["out_features"]], 0.01, dtype=np.float32), "b"))
+            nodes.append(helper.make_node("Add", ["xw", "b"], ["y"]))
+        node = nodes
+    else:
+        return None
+    nodes = node if isinstance(node, list) else [node]
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+    model.ir_version = min(model.ir_version, 8)  # what onnxruntime >= 1.14 reads
+    return onnx.shape_inference.infer_shapes(model).SerializeToString()
 
 
 # ------------------------------------------------------------------------------------ layer shapes
@@ -264,12 +337,13 @@ def group_latencies(graph, groups: Sequence, units: Sequence[int] | None = None,
     first = x[0] if isinstance(x, (tuple, list)) else x
     lut = lut or LatencyLUT(batch=int(first.shape[0]))
     units = list(units) if units is not None else [1] * len(groups)
+    timed = lut.timed_types
 
     members = []  # per group: [(module, kind, channels of it in the group)]
     for g in groups:
         merged: dict = {}
         for m in g.members:
-            if isinstance(m.module, _TIMED):
+            if isinstance(m.module, timed):
                 mod = m.module
                 if _depthwise(mod):  # one layer, whichever side the graph lists it on
                     merged.setdefault(id(mod), (mod, "out", len(m.idxs)))

@@ -165,6 +165,9 @@ class PruneContext:
     log_metric: Callable[[str, float, int], None] = lambda k, v, s: None
     ignored_layers: list = field(default_factory=list)
     teacher: Any = None  # the trained dense model (frozen); label-free methods learn from it
+    # how this run times latency ({"runtime": ..., "threads": ...}): a method that measures latency while
+    # pruning (magnitude's *_latency importance, latency_fraction) does it on the runtime the trial is judged on
+    latency: dict = field(default_factory=dict)
     finetune_config: Any = None  # the sweep's fine-tune settings (lr, momentum, temperature, ...)
 
 

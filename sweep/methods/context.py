@@ -50,24 +50,33 @@ def make_loaders(train_ds, val_ds, *, labels: bool, batch_size: int, seed: int, 
 
 def build_context(loaders: Loaders | None, *, method: str, labels: bool, teacher, finetune_config, device: str,
                   seed: int, num_classes: int, ignored_layers: list,
-                  log_metric: Callable[[str, float, int], None] | None = None, no_data: str = "") -> PruneContext:
+                  log_metric: Callable[[str, float, int], None] | None = None, no_data: str = "",
+                  latency: dict | None = None) -> PruneContext:
     """The context of one pruning run.
 
     ``finetune_config`` holds ``epochs``, ``lr``, ``momentum``, ``weight_decay``, ``optimizer`` and
-    ``temperature`` (a :class:`sweep.config.TrainConfig`).  Without ``loaders`` (``sweep prune`` with
+    ``temperature`` (a :class:`sweep.config.TrainConfig`).  ``latency`` says how the run times latency
+    (``runtime``, ``threads``), for methods that measure it while pruning.  Without ``loaders`` (``sweep prune`` with
     no dataset) training and evaluation raise a ConfigError that ends with ``no_data``.
     """
     log = log_metric or (lambda k, v, s=0: None)
     ft = finetune_config
 
-    def finetune(m, epochs: int | None = None, step_offset: int = 0, lr: float | None = None) -> list:
-        """The run's fine-tuning: cross-entropy on labels, or distillation from the teacher without."""
+    def finetune(m, epochs: int | None = None, step_offset: int = 0, lr: float | None = None,
+                 on_epoch: Callable[[int, float], None] | None = None) -> list:
+        """The run's fine-tuning: cross-entropy on labels, or distillation from the teacher without.
+        ``on_epoch(epoch, loss)`` (0-based) runs after each epoch's loss is logged (e.g. a rung's report)."""
         from ..train import distill, train
 
         _need(loaders, method, no_data)
+
+        def after_epoch(e: int, loss: float) -> None:
+            log("train_loss", loss, step_offset + e)
+            if on_epoch is not None:
+                on_epoch(e, loss)
+
         kw = dict(epochs=ft.epochs if epochs is None else epochs, lr=lr or ft.lr, momentum=ft.momentum,
-                  weight_decay=ft.weight_decay, optimizer=ft.optimizer, device=device,
-                  on_epoch=lambda e, loss: log("train_loss", loss, step_offset + e))
+                  weight_decay=ft.weight_decay, optimizer=ft.optimizer, device=device, on_epoch=after_epoch)
         if not labels:
             return distill(m, teacher, loaders.train, temperature=ft.temperature, **kw)
         return train(m, loaders.train, **kw)
@@ -86,7 +95,7 @@ def build_context(loaders: Loaders | None, *, method: str, labels: bool, teacher
         seed=seed, num_classes=num_classes, finetune=finetune, evaluate=evaluate,
         log_metric=lambda k, v, step=0: log(f"{method}/{k}", v, step), ignored_layers=list(ignored_layers),
         labels_available=labels, teacher=teacher, unlabeled_loader=loaders.train_inputs if loaders else [],
-        unlabeled_val_loader=loaders.val_inputs if loaders else [], finetune_config=ft)
+        unlabeled_val_loader=loaders.val_inputs if loaders else [], finetune_config=ft, latency=dict(latency or {}))
 
 
 def _need(loaders: Any, method: str, no_data: str) -> None:

@@ -49,6 +49,6 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
         model, example_inputs, **target, importance=cfg.importance, global_pruning=cfg.global_pruning,
         round_to=AUTO if cfg.round_to is None else cfg.round_to,
         ignored_layers=ctx.ignored_layers or None,  # unset: the engine's skipped_layers
-        max_layer_ratio=cfg.max_layer_ratio)
+        max_layer_ratio=cfg.max_layer_ratio, latency_kw=ctx.latency or None)
     info["channels"] = channel_counts(model)
     return PruneResult(model=model, info=info)

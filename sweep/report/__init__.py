@@ -1,7 +1,8 @@
 """Static sweep report, built from ``trials.parquet`` alone.
 
-:func:`build_report` writes PNG plots, ``index.html`` (opens from disk, no external URLs),
-``interactive.html`` (plotly inlined, when plotly is installed) and ``summary.md``.
+:func:`build_report` writes PNG plots, ``index.html`` (opens from disk, no external URLs, no script),
+``interactive.html`` (plotly inlined, when plotly is installed: :mod:`sweep.report.interactive`) and
+``summary.md``.
 :func:`front_table` renders the Pareto front as plain text for the CLI.
 
 Conventions:
@@ -16,6 +17,12 @@ Conventions:
 * **One quality.** The table's metadata names it (``quality``: ``accuracy``, or ``agreement`` with the
   teacher in a label-free sweep; ``accuracy`` when absent).  It is read once and is the y axis, hover
   value and "best" of every figure and table; front tables of label-free sweeps show accuracy beside it.
+* **One colour per method** in every figure, PNG or plotly (:mod:`sweep.report.colours`).
+* **Budget explorer.** For each latency and params budget (MACs too when it is an objective) that a front
+  point reaches: the best quality of any ``ok`` row within it, and its trial (:func:`tables.budget_explorer`).
+* **Knobs to objectives** are parallel coordinates (:mod:`sweep.report.parallel`).
+* **Per-layer widths** of the trial ``sweep select`` chose (``selected/selection.json``), else of the best
+  trial, against the baseline's (:mod:`sweep.report.widths` states the ``info`` conventions).
 * **Method details** come from a front trial's ``info`` JSON, whatever its method:
 
   - ``"trajectory"``: ``[{"step": i, <series>: value, ...}, ...]`` (per iteration or epoch), drawn as

@@ -1,8 +1,10 @@
 """``index.html`` and ``summary.md``, and :func:`build_report`, which writes the whole report folder.
 
-Conventions: ``index.html`` opens from disk and loads nothing from the network (text from the table is
-HTML-escaped); the report is rendered into a temporary folder beside the target and moved into place
-only once every file exists, so a failure leaves no half-written report.
+Conventions: ``index.html`` opens from disk, runs no script and loads nothing from the network (text from
+the table is HTML-escaped; every figure is a PNG beside it); its tables carry ids (``summary``, ``front``,
+``budget-explorer``, ``methods``, ``failed``) so that they can be found by a reader or a test.  The report is
+rendered into a temporary folder beside the target and moved into place only once every file exists, so a
+failure leaves no half-written report.
 """
 
 from __future__ import annotations
@@ -13,27 +15,33 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import pandas as pd
+
+from .colours import method_styles
+from .interactive import INTERACTIVE_FILE, write_interactive
+from .parallel import PARALLEL_FILE, plot_parallel
 from .plots import (
     BLOCKS_TITLE,
     COST_WORDS,
     HV_FILE,
-    INTERACTIVE_FILE,
     PLOT_FILES,
     DetailPlot,
-    method_styles,
     plot_hypervolume,
     plot_projection,
+    safe_name,
     write_block_plots,
     write_detail_plots,
-    write_interactive,
 )
-from .read import read_trials
-from .rows import front_rows, knob_columns
+from .read import read_trials, selected_trial_id
+from .rows import focus_row, front_rows, knob_columns
 from .tables import (
+    BUDGET_NOTE,
     FAILED_HEADERS,
     METHOD_HEADERS,
+    budget_explorer,
+    budget_headers,
     failed_cells,
     front_cells,
     front_headers,
@@ -41,6 +49,7 @@ from .tables import (
     summary,
     summary_items,
 )
+from .widths import WIDTHS_PREFIX, baseline_channels, plot_widths, trial_widths
 
 CSS = """
 body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1200px; }
@@ -55,6 +64,14 @@ METHODS_NOTE = (
     "Quality is validation accuracy (agreement with the teacher in a label-free sweep); the last quality "
     "column compares methods at the same cost: the best trial at or under half the baseline's MACs."
 )
+PARALLEL_NOTE = (
+    "One line per ok trial, coloured by method: from the method and its knobs on the left to the objectives on "
+    "the right (a knob that a trial's method does not have sits at n/a). The baseline is the gold line."
+)
+WIDTHS_NOTE = (
+    "Output channels of every conv and linear layer: the dense baseline's as grey outlines, the trial's filled "
+    "in its method's colour; layers of removed residual blocks are marked removed."
+)
 BLOCKS_NOTE = (
     "Importance \u0394 of each block, as the trial stored it: removed blocks in red, kept removable ones in "
     "blue, non-removable ones grey; the dashed line is the removal threshold \u03c4 where the trial stored one."
@@ -65,7 +82,8 @@ def _title(s: dict[str, Any]) -> str:
     return f"Sweep report: {s['name']}" if s["name"] else "Sweep report"
 
 
-def _html_table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: set[int] = frozenset()) -> str:
+def _html_table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: set[int] = frozenset(),
+                table_id: str = "") -> str:
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in headers)
     body = "".join(
@@ -73,7 +91,8 @@ def _html_table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: 
                          for i, c in enumerate(r)) + "</tr>"
         for r in rows
     )  # fmt: skip
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    ident = f' id="{e(table_id)}"' if table_id else ""
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _images(plots: Sequence[DetailPlot]) -> list[str]:
@@ -81,44 +100,80 @@ def _images(plots: Sequence[DetailPlot]) -> list[str]:
     return [f'<p><img src="{e(p.file)}" alt="{e(p.alt)}"></p>' for p in plots]
 
 
-def index_html(
-    s: dict[str, Any], front: tuple[Sequence[str], list[list[str]]], failed: list[list[str]], interactive: bool,
-    detail_plots: Sequence[DetailPlot] = (), block_plots: Sequence[DetailPlot] = (),
-    methods_rows: Sequence[Sequence[str]] = (),
-) -> str:
-    """The report's page; ``front`` is (headers, cells) of the front table."""
+class Page(NamedTuple):
+    """What ``index.html`` shows besides the summary ``s``; tables are (headers, cells) or cells."""
+
+    front: tuple[Sequence[str], list[list[str]]]
+    failed: list[list[str]]
+    interactive: bool
+    detail_plots: Sequence[DetailPlot] = ()
+    block_plots: Sequence[DetailPlot] = ()
+    methods_rows: Sequence[Sequence[str]] = ()
+    budget: tuple[Sequence[str], Sequence[Sequence[str]]] = ((), ())
+    parallel: str = ""  # the parallel-coordinates PNG's file name, "" when not drawn
+    widths: DetailPlot | None = None
+
+
+def _head(s: dict[str, Any]) -> list[str]:
+    e = html.escape
+    return ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{e(_title(s))}</title><style>{CSS}</style></head><body>", f"<h1>{e(_title(s))}</h1>"]
+
+
+def _plots(s: dict[str, Any], p: Page) -> list[str]:
     e = html.escape
     quality = s["quality"]
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{e(_title(s))}</title><style>{CSS}</style></head><body>",
-        f"<h1>{e(_title(s))}</h1>",
-        "<h2>Summary</h2>",
-        _html_table(["", ""], summary_items(s)),
-        "<h2>Plots</h2>",
-    ]
-    for cost, name in PLOT_FILES.items():
-        parts.append(f'<p><img src="{e(name)}" alt="{e(quality)} vs {COST_WORDS[cost]}"></p>')
+    parts = ["<h2>Plots</h2>"]
+    if p.interactive:
+        parts.append(f'<p><a href="{INTERACTIVE_FILE}">Interactive page: hover for knobs, filter the parallel '
+                     f"coordinates by dragging along an axis</a></p>")
+    parts += [f'<p><img src="{e(name)}" alt="{e(quality)} vs {COST_WORDS[cost]}"></p>'
+              for cost, name in PLOT_FILES.items()]
     parts.append(f'<p><img src="{HV_FILE}" alt="hypervolume"></p>')
-    if interactive:
-        parts.append(f'<p><a href="{INTERACTIVE_FILE}">Interactive {e(quality)} vs latency plot</a></p>')
-    parts.append(f"<h2>Pareto front ({s['front_size']} trials)</h2>")
-    headers, cells = front
+    if p.parallel:
+        parts += ["<h2>Knobs to objectives</h2>", f"<p>{e(PARALLEL_NOTE)}</p>",
+                  f'<p><img src="{e(p.parallel)}" alt="parallel coordinates from knobs to objectives"></p>']
+    return parts
+
+
+def _front(s: dict[str, Any], p: Page) -> list[str]:
+    headers, cells = p.front
+    parts = [f"<h2>Pareto front ({s['front_size']} trials)</h2>"]
     if cells:
-        parts.append(_html_table(headers, cells, numeric=set(range(3, len(headers)))))
+        parts.append(_html_table(headers, cells, numeric=set(range(3, len(headers))), table_id="front"))
     else:
         parts.append("<p>The front is empty: no ok trials.</p>")
-    if methods_rows:
+    headers, cells = p.budget
+    if cells:
+        parts += ["<h2>Budget explorer</h2>", f"<p>{html.escape(BUDGET_NOTE)}</p>",
+                  _html_table(headers, cells, numeric={1, 2, 5, 6, 7}, table_id="budget-explorer")]
+    return parts
+
+
+def _details(p: Page) -> list[str]:
+    e = html.escape
+    parts = []
+    if p.widths is not None:
+        parts += [f"<h2>{e(p.widths.alt)}</h2>", f"<p>{e(WIDTHS_NOTE)}</p>", *_images([p.widths])]
+    if p.methods_rows:
         parts += ["<h2>Methods compared</h2>", f"<p>{METHODS_NOTE}</p>",
-                  _html_table(METHOD_HEADERS, methods_rows, numeric=set(range(1, len(METHOD_HEADERS))))]
-    if detail_plots:
-        parts += ["<h2>Method details of front trials</h2>", *_images(detail_plots)]
-    if block_plots:
-        parts += [f"<h2>{BLOCKS_TITLE}</h2>", f"<p>{e(BLOCKS_NOTE)}</p>", *_images(block_plots)]
-    parts.append(f"<h2>Failed and stopped trials ({len(failed)})</h2>")
-    parts.append(_html_table(FAILED_HEADERS, failed) if failed else "<p>None.</p>")
-    parts.append("</body></html>")
+                  _html_table(METHOD_HEADERS, p.methods_rows, numeric=set(range(1, len(METHOD_HEADERS))),
+                              table_id="methods")]  # fmt: skip
+    if p.detail_plots:
+        parts += ["<h2>Method details of front trials</h2>", *_images(p.detail_plots)]
+    if p.block_plots:
+        parts += [f"<h2>{BLOCKS_TITLE}</h2>", f"<p>{e(BLOCKS_NOTE)}</p>", *_images(p.block_plots)]
+    return parts
+
+
+def index_html(s: dict[str, Any], p: Page) -> str:
+    """The report's page: summary, plots, front, budget explorer, the singled-out trial's widths, methods,
+    method details, failed trials."""
+    parts = [*_head(s), "<h2>Summary</h2>", _html_table(["", ""], summary_items(s), table_id="summary"),
+             *_plots(s, p), *_front(s, p), *_details(p),
+             f"<h2>Failed and stopped trials ({len(p.failed)})</h2>",
+             _html_table(FAILED_HEADERS, p.failed, table_id="failed") if p.failed else "<p>None.</p>",
+             "</body></html>"]  # fmt: skip
     return "\n".join(parts) + "\n"
 
 
@@ -142,6 +197,18 @@ def summary_md(s: dict[str, Any], front: tuple[Sequence[str], list[list[str]]]) 
     return "\n".join(lines)
 
 
+def _widths_plot(df: pd.DataFrame, sweep_dir: Path, quality: str, styles: dict, tmp: Path) -> tuple:
+    """(DetailPlot, Widths) of the selected trial, else the best one; (None, None) when its widths are unknown."""
+    row, why = focus_row(df, selected_trial_id(sweep_dir), quality)
+    widths = None if row is None else trial_widths(row, baseline_channels(df))
+    if widths is None:
+        return None, None
+    title = f"Per-layer widths of the {why} trial, {widths.trial_id} ({widths.method})"
+    name = safe_name(WIDTHS_PREFIX, widths.trial_id)
+    plot_widths(widths, title, styles, tmp / name)
+    return DetailPlot(widths.trial_id, name, title), widths
+
+
 def _render(sweep_dir: Path, tmp: Path) -> list[str]:
     """Write every report file into ``tmp``; return their names."""
     df, meta = read_trials(sweep_dir)
@@ -150,7 +217,8 @@ def _render(sweep_dir: Path, tmp: Path) -> list[str]:
     front_ids = set(front["trial_id"])
     s = summary(df, meta, front)
     knob_cols = knob_columns(df)
-    front_table = (front_headers(quality), front_cells(front, meta, knob_cols))
+    front_table = (front_headers(quality), front_cells(front, meta, knob_cols, df))
+    budget = (budget_headers(quality), budget_explorer(df, front, meta))
     styles = method_styles(s["methods"])
 
     names = []
@@ -158,16 +226,18 @@ def _render(sweep_dir: Path, tmp: Path) -> list[str]:
         plot_projection(df, quality, cost, front_ids, styles, tmp / name)
         names.append(name)
     plot_hypervolume(df, meta, tmp / HV_FILE)
-    names.append(HV_FILE)
-    interactive = write_interactive(df, quality, styles, tmp / INTERACTIVE_FILE)
-    if interactive:
-        names.append(INTERACTIVE_FILE)
+    plot_parallel(df, quality, styles, tmp / PARALLEL_FILE)
+    names += [HV_FILE, PARALLEL_FILE]
+    widths_plot, widths = _widths_plot(df, sweep_dir, quality, styles, tmp)
+    interactive = write_interactive(df, quality, styles, tmp / INTERACTIVE_FILE, _title(s), budget, widths,
+                                    widths_plot.alt if widths_plot else "")  # fmt: skip
     block_plots = write_block_plots(front, tmp)
-    detail_plots = write_detail_plots(front, tmp)
-    names += [p.file for p in (*block_plots, *detail_plots)]
-    page = index_html(s, front_table, failed_cells(df, knob_cols), interactive, detail_plots, block_plots,
-                      method_comparison(df, meta, front_ids))  # fmt: skip
-    (tmp / "index.html").write_text(page, encoding="utf-8")
+    detail_plots = write_detail_plots(front, tmp, styles)
+    names += [p.file for p in (*block_plots, *detail_plots, *([widths_plot] if widths_plot else []))]
+    names += [INTERACTIVE_FILE] if interactive else []
+    page = Page(front_table, failed_cells(df, knob_cols), interactive, detail_plots, block_plots,
+                method_comparison(df, meta, front_ids), budget, PARALLEL_FILE, widths_plot)
+    (tmp / "index.html").write_text(index_html(s, page), encoding="utf-8")
     (tmp / "summary.md").write_text(summary_md(s, front_table), encoding="utf-8")
     return [*names, "index.html", "summary.md"]
 

@@ -1,8 +1,9 @@
-"""The report's figures: quality-vs-cost projections, hypervolume history, the interactive page, and
-per-trial detail figures of front trials.
+"""The report's PNG figures: quality-vs-cost projections, hypervolume history, and per-trial detail
+figures of front trials (the interactive page is :mod:`sweep.report.interactive`).
 
 Conventions:
 
+* A method has the same colour (and marker) in every figure: :func:`sweep.report.colours.method_styles`.
 * The y axis of every quality figure is the sweep's quality column (``meta["quality"]``): validation
   ``accuracy``, or ``agreement`` with the teacher in a label-free sweep.  File names stay
   ``accuracy_vs_<cost>.png`` whatever the quality, so links to a report keep working.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,6 +26,8 @@ import pandas as pd
 
 from sweep import pareto
 
+from .colours import BASELINE_COLOUR, colour_of
+from .colours import method_styles as method_styles  # re-exported: callers took it from here before
 from .rows import (
     info,
     is_baseline,
@@ -40,10 +42,8 @@ from .rows import (
 COST_WORDS = {"latency_ms": "latency", "params": "params", "macs": "macs"}
 PLOT_FILES = {cost: f"accuracy_vs_{word}.png" for cost, word in COST_WORDS.items()}
 HV_FILE = "hypervolume.png"
-INTERACTIVE_FILE = "interactive.html"
 AXIS_LABELS = {"latency_ms": "latency (ms)", "params": "parameters", "macs": "MACs"}
 QUALITY_LABELS = {"accuracy": "validation accuracy", "agreement": "agreement with the teacher (validation)"}
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "<", ">")
 BLOCKS_TITLE = "Per-block importance"
 
 
@@ -53,14 +53,6 @@ class DetailPlot(NamedTuple):
     trial_id: str
     file: str
     alt: str
-
-
-def method_styles(methods: Sequence[str]) -> dict[str, tuple[Any, str]]:
-    """A (colour, marker) per method, in the given order."""
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10"]
-    return {m: (cmap(i % 10), MARKERS[i % len(MARKERS)]) for i, m in enumerate(methods)}
 
 
 def _new_axes(figsize: tuple[float, float]) -> tuple[Any, Any]:
@@ -76,7 +68,7 @@ def _save(fig: Any, path: Path, left: float, bottom: float, top: float, right: f
     fig.savefig(path, format="png")
 
 
-def _is_log_scale(x: np.ndarray) -> bool:
+def is_log_scale(x: np.ndarray) -> bool:
     """Whether positive values ``x`` span more than a factor of 10 (drawn on a log axis then)."""
     x = x[np.isfinite(x) & (x > 0)]
     return bool(len(x) and x.max() / x.min() > 10)
@@ -86,11 +78,17 @@ def _no_data(ax: Any, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
-def _safe_name(prefix: str, trial_id: str) -> str:
+def safe_name(prefix: str, trial_id: str) -> str:
     return prefix + re.sub(r"[^A-Za-z0-9_.-]", "_", trial_id) + ".png"
 
 
 # --------------------------------------------------------------------------- quality vs cost
+
+
+def latency_half_spread(rows: pd.DataFrame) -> np.ndarray:
+    """Half the latency IQR of each row (0 where none was recorded): the error bar of a latency."""
+    iqr = rows["latency_iqr_ms"].to_numpy(dtype=float) if "latency_iqr_ms" in rows else np.zeros(len(rows))
+    return np.where(np.isfinite(iqr), iqr / 2, 0.0)
 
 
 def projection_points(df: pd.DataFrame, quality: str, cost: str) -> pd.DataFrame:
@@ -120,10 +118,16 @@ def plot_projection(
     stairs = staircase_rows(points, quality, cost)
     if len(points) == 0:
         _no_data(ax, f"no ok trials with {quality} and {cost}")
+    # latency is a median of noisy timings: its IQR is drawn as a horizontal error bar (± IQR/2, the
+    # band the noise-aware front compares, sweep.pareto.NOISE)
+    xerr = latency_half_spread(points) if cost == "latency_ms" else None
     for method, (colour, marker) in styles.items():
         sel = ~base & (points["method"] == method).to_numpy()
         if sel.any():
             ax.scatter(x[sel], y[sel], color=colour, marker=marker, s=30, alpha=0.8, label=method)
+            if xerr is not None:
+                ax.errorbar(x[sel], y[sel], xerr=xerr[sel], fmt="none", ecolor=colour, elinewidth=0.8,
+                            capsize=2, alpha=0.6)
     if len(points):
         ax.step(stairs[cost].to_numpy(dtype=float), stairs[quality].to_numpy(dtype=float), where="post",
                 color="black", lw=1, label="front (this view)")
@@ -133,11 +137,12 @@ def plot_projection(
                        linewidths=1.3, label="sweep front")  # fmt: skip
         if base.any():
             bx, by = x[base][0], y[base][0]
-            ax.scatter([bx], [by], marker="*", s=260, color="gold", edgecolors="black", zorder=5, label="baseline")
+            ax.scatter([bx], [by], marker="*", s=260, color=BASELINE_COLOUR, edgecolors="black", zorder=5,
+                       label="baseline")
             # The baseline is usually the top-right point: label it below-left to stay inside.
             ax.annotate("baseline", (bx, by), textcoords="offset points", xytext=(-10, -14), ha="right", fontsize=9,
                         bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
-        if _is_log_scale(x):
+        if is_log_scale(x):
             ax.set_xscale("log")
         if cost != "latency_ms":
             from matplotlib.ticker import EngFormatter
@@ -171,11 +176,12 @@ def plot_hypervolume(df: pd.DataFrame, meta: dict[str, Any], path: Path) -> np.n
     return history
 
 
-# --------------------------------------------------------------------------- interactive
+# --------------------------------------------------------------------------- interactive scatter data
 
 
 def interactive_traces(df: pd.DataFrame, quality: str, styles: dict) -> list[dict[str, Any]]:
-    """One trace per method, then the baseline: ``name``, latency ``x``, ``quality`` ``y``, ``hover`` texts."""
+    """One trace per method, then the baseline: ``name``, ``colour``, latency ``x``, ``quality`` ``y``,
+    ``hover`` texts and ``xerr``, the latency error bars (± IQR/2)."""
     knob_cols = knob_columns(df)
     points = projection_points(df, quality, "latency_ms")
     base = is_baseline(points)
@@ -183,46 +189,15 @@ def interactive_traces(df: pd.DataFrame, quality: str, styles: dict) -> list[dic
     for name, rows in [*((m, points[~base & (points["method"] == m)]) for m in styles), ("baseline", points[base])]:
         if rows.empty:
             continue
-        # Plotly renders hover text as HTML, so escape what came from the table.
         hover = [
             "<br>".join(html.escape(s) for s in (str(r["trial_id"]), str(r["method"]), knobs_text(r, knob_cols)) if s)
             for _, r in rows.iterrows()
         ]
-        traces.append({"name": name, "x": rows["latency_ms"].to_numpy(dtype=float),
-                       "y": rows[quality].to_numpy(dtype=float), "hover": hover})  # fmt: skip
+        traces.append({"name": name, "colour": colour_of(name, styles), "x": rows["latency_ms"].to_numpy(dtype=float),
+                       "y": rows[quality].to_numpy(dtype=float), "hover": hover,
+                       "xerr": latency_half_spread(rows)})  # fmt: skip
     return traces
 
-
-def write_interactive(df: pd.DataFrame, quality: str, styles: dict, path: Path) -> bool:
-    """``quality`` vs latency with hover details; False (nothing written) without plotly."""
-    try:
-        import plotly.graph_objects as go
-    except ImportError:
-        return False
-    traces = interactive_traces(df, quality, styles)
-    fig = go.Figure()
-    for t in traces:
-        fig.add_trace(
-            go.Scatter(
-                x=t["x"],
-                y=t["y"],
-                mode="markers",
-                name=t["name"],
-                hovertext=t["hover"],
-                hovertemplate=f"%{{hovertext}}<br>latency %{{x:.3g}} ms<br>{quality} %{{y:.4f}}<extra></extra>",
-                marker={"symbol": "star", "size": 16} if t["name"] == "baseline" else {"size": 9},
-            )
-        )
-    latencies = np.concatenate([t["x"] for t in traces]) if traces else np.zeros(0)
-    fig.update_layout(
-        title=f"{quality} vs latency",
-        xaxis_title="latency (ms)",
-        yaxis_title=QUALITY_LABELS[quality],
-        xaxis_type="log" if _is_log_scale(latencies) else "linear",
-        template="plotly_white",
-    )
-    fig.write_html(path, include_plotlyjs=True, full_html=True)
-    return True
 
 
 # --------------------------------------------------------------------------- details of front trials
@@ -251,14 +226,14 @@ def _plot_trajectory(traj: list[dict], title: str, path: Path) -> bool:
     return True
 
 
-def _plot_layer_ratios(ratios: dict, title: str, path: Path) -> bool:
+def _plot_layer_ratios(ratios: dict, title: str, colour: str, path: Path) -> bool:
     """Kept fraction per layer as horizontal bars; False when no ratio is a number."""
     items = [(str(k), num(v)) for k, v in ratios.items() if np.isfinite(num(v))]
     if not items:
         return False
     fig, ax = _new_axes((7, max(2.5, 0.22 * len(items) + 1.2)))
     y = np.arange(len(items))
-    ax.barh(y, [v for _, v in items], color="tab:blue")
+    ax.barh(y, [v for _, v in items], color=colour)
     ax.set_yticks(y)
     ax.set_yticklabels([k for k, _ in items], fontsize=6)
     ax.invert_yaxis()
@@ -297,8 +272,9 @@ def _plot_blocks(blocks: list[dict], tau: float | None, title: str, path: Path) 
     _save(fig, path, left=0.1, bottom=0.13, top=0.9, right=0.98)
 
 
-def write_detail_plots(front: pd.DataFrame, out: Path) -> list[DetailPlot]:
-    """Trajectory (``info["trajectory"]``) and per-layer (``info["layer_ratios"]``) figures of front rows."""
+def write_detail_plots(front: pd.DataFrame, out: Path, styles: dict | None = None) -> list[DetailPlot]:
+    """Trajectory (``info["trajectory"]``) and per-layer (``info["layer_ratios"]``, bars in the method's
+    colour) figures of front rows."""
     written = []
     for _, row in front.iterrows():
         details = info(row)
@@ -306,13 +282,14 @@ def write_detail_plots(front: pd.DataFrame, out: Path) -> list[DetailPlot]:
         alt = f"{method} details of trial {trial_id}"
         traj = details.get("trajectory")
         if isinstance(traj, list) and all(isinstance(p, dict) for p in traj):
-            name = _safe_name("trajectory_", trial_id)
+            name = safe_name("trajectory_", trial_id)
             if _plot_trajectory(traj, f"{method} trajectory, trial {trial_id}", out / name):
                 written.append(DetailPlot(trial_id, name, alt))
         ratios = details.get("layer_ratios")
         if isinstance(ratios, dict) and ratios:
-            name = _safe_name("layers_", trial_id)
-            if _plot_layer_ratios(ratios, f"{method} kept channels per layer, trial {trial_id}", out / name):
+            name = safe_name("layers_", trial_id)
+            if _plot_layer_ratios(ratios, f"{method} kept channels per layer, trial {trial_id}",
+                                 colour_of(method, styles or {}), out / name):
                 written.append(DetailPlot(trial_id, name, alt))
     return written
 
@@ -328,7 +305,7 @@ def write_block_plots(front: pd.DataFrame, out: Path) -> list[DetailPlot]:
         tau = num(details.get("tau"))
         trial_id = str(row["trial_id"])
         title = f"{details.get('blocks_title') or BLOCKS_TITLE}, trial {trial_id}"
-        name = _safe_name("blocks_", trial_id)
+        name = safe_name("blocks_", trial_id)
         _plot_blocks(blocks, None if np.isnan(tau) else tau, title, out / name)
         written.append(DetailPlot(trial_id, name, title))
     return written

@@ -85,3 +85,18 @@ def _typed_frame(rows: list[dict]) -> pd.DataFrame:
         elif pa.types.is_timestamp(typ):
             df[name] = pd.to_datetime(df[name], utc=True)
     return df
+
+
+def selected_trial_id(sweep_dir: Path) -> str | None:
+    """The trial ``sweep select`` chose (``selected/selection.json``: ``chosen.trial_id``), or None when
+    nothing was selected or the file cannot be read (the report then draws the best trial instead)."""
+    import json
+
+    from sweep.folder import SELECTED_DIR
+
+    try:
+        decision = json.loads((Path(sweep_dir) / SELECTED_DIR / "selection.json").read_text(encoding="utf-8"))
+        trial_id = decision["chosen"]["trial_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return trial_id if isinstance(trial_id, str) else None

@@ -103,3 +103,13 @@ def num(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return float("nan")
+
+
+def focus_row(df: pd.DataFrame, selected_id: str | None, quality: str) -> tuple[pd.Series | None, str]:
+    """The trial the report singles out, and why: the ``ok`` trial ``sweep select`` chose (``"selected"``),
+    else the best-``quality`` ``ok`` trial (``"best"``); the baseline is never singled out."""
+    ok = trials(df)[is_ok(trials(df))]
+    chosen = ok[ok["trial_id"] == selected_id] if selected_id else ok.iloc[0:0]
+    if len(chosen):
+        return chosen.iloc[0], "selected"
+    return best_row(ok, quality), "best"

@@ -35,6 +35,7 @@ from .rows import (
 )
 
 RATIO_HEADERS = ("params ratio", "MACs ratio", "latency ratio")
+NOISE_HEADERS = ("noise-aware front", "same structure as")
 METHOD_HEADERS = ("method", "trials", "ok", "failed", "on front", "best quality", "best at <= 1/2 MACs",
                   "MACs of best")  # fmt: skip
 FAILED_HEADERS = ("trial", "status", "method", "knobs", "error")
@@ -111,7 +112,39 @@ def summary(df: pd.DataFrame, meta: dict[str, Any], front: pd.DataFrame) -> dict
         "best": None if best is None else (str(best["trial_id"]), str(best["method"]), fmt_quality(best[quality])),
         "front_size": len(front),
         "hypervolume": pareto.sweep_hypervolume(hv_values, objectives, baseline),
+        "noise": front_noise(df, front, objectives),
+        "latency_runtime": latency_runtimes(df),
     }
+
+
+def front_noise(df: pd.DataFrame, front: pd.DataFrame, objectives: Sequence[str]) -> dict[str, int]:
+    """How far noise decides the front: front points with another front point within latency noise
+    (IQR bands overlap, :func:`sweep.pareto.within_noise`), the size of the noise-aware front
+    (``front_flags(..., robust=True)``) and the ok rows that duplicate an earlier row's structure."""
+    records = front.to_dict("records")
+    within = sum(n > 0 for n in pareto.noise_neighbours(records)) if "latency_ms" in objectives else 0
+    ok = df[is_ok(df)].to_dict("records")
+    return {"within": int(within), "robust": int(sum(pareto.front_flags(ok, objectives, robust=True))),
+            "duplicates": int(sum(d is not None for d in pareto.duplicate_of(ok)))}
+
+
+def latency_runtimes(df: pd.DataFrame) -> str:
+    """The runtime(s) the ok rows' latencies were timed on, with threads, batch and device
+    (e.g. ``onnxruntime 1.20.1, 1 thread(s), batch 1, cpu``); tables from before the runtime was
+    recorded read as eager torch."""
+    ok = df[is_ok(df)]
+    if ok.empty:
+        return "-"
+    parts = []
+    for _, r in ok.iterrows():
+        runtime = text(r.get("latency_runtime")) or "torch (not recorded)"
+        threads, batch = num(r.get("threads")), num(r.get("latency_batch"))
+        part = ", ".join([runtime, *([f"{threads:.0f} thread(s)"] if np.isfinite(threads) else []),
+                          *([f"batch {batch:.0f}"] if np.isfinite(batch) else []),
+                          *([text(r.get("device"))] if text(r.get("device")) else [])])
+        if part not in parts:
+            parts.append(part)
+    return "; ".join(parts)
 
 
 def summary_items(s: dict[str, Any]) -> list[tuple[str, str]]:
@@ -126,6 +159,11 @@ def summary_items(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("Baseline", baseline),
         (f"Best {s['quality']}", best),
         ("Front size", str(s["front_size"])),
+        ("Latency timed on", s["latency_runtime"]),
+        ("Front within noise", f"{s['noise']['within']} of {s['front_size']} front points have another front "
+                               f"point within latency noise (IQR bands overlap); the noise-aware front has "
+                               f"{s['noise']['robust']} point(s); {s['noise']['duplicates']} ok row(s) duplicate "
+                               f"an earlier row's structure"),
         ("Final hypervolume", f"{s['hypervolume']:.4f}"),
     ]
 
@@ -135,12 +173,17 @@ def summary_items(s: dict[str, Any]) -> list[tuple[str, str]]:
 
 def front_headers(quality: str) -> list[str]:
     return ["trial", "method", "knobs", *quality_columns(quality), "test_accuracy", "params", "MACs", "latency_ms",
-            *RATIO_HEADERS]  # fmt: skip
+            *RATIO_HEADERS, *NOISE_HEADERS]  # fmt: skip
 
 
-def front_cells(front: pd.DataFrame, meta: dict[str, Any], knob_cols: Sequence[str]) -> list[list[str]]:
-    """One row of :func:`front_headers` cells per front row."""
+def front_cells(front: pd.DataFrame, meta: dict[str, Any], knob_cols: Sequence[str],
+                df: pd.DataFrame | None = None) -> list[list[str]]:
+    """One row of :func:`front_headers` cells per front row; ``df`` (the whole table) decides the
+    noise-aware front and the duplicates (computed, so tables that predate those columns show them too)."""
     baseline = meta["baseline"]
+    ok = (front if df is None else df[is_ok(df)]).to_dict("records")
+    robust = {r["trial_id"] for r, on in zip(ok, pareto.front_flags(ok, meta["objectives"], robust=True)) if on}
+    dups = {r["trial_id"]: d for r, d in zip(ok, pareto.duplicate_of(ok)) if d is not None}
     return [
         [
             str(row["trial_id"]),
@@ -154,6 +197,8 @@ def front_cells(front: pd.DataFrame, meta: dict[str, Any], knob_cols: Sequence[s
             fmt_ratio(row, "params", "params_ratio", baseline),
             fmt_ratio(row, "macs", "macs_ratio", baseline),
             fmt_ratio(row, "latency_ms", "latency_ratio", baseline),
+            "yes" if row["trial_id"] in robust else "no",
+            dups.get(row["trial_id"], "-"),
         ]
         for _, row in front.iterrows()
     ]
@@ -223,3 +268,51 @@ def front_table(df: pd.DataFrame, objectives: Sequence[str], quality: str = "acc
         return "  ".join(padded).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+# --------------------------------------------------------------------------- budget explorer
+
+
+BUDGET_WORDS = {"latency_ms": "latency (ms)", "params": "params", "macs": "MACs"}
+BUDGET_NOTE = (
+    "Each budget is a cost that a front point reaches: the row gives the best quality of any ok trial (or the "
+    "baseline) that costs at most that much, and which trial it is. Read it as: \"if I can afford this, what "
+    "do I get?\""
+)
+
+
+def budget_headers(quality: str) -> list[str]:
+    return ["budget on", "at most", f"best {quality}", "trial", "method", "latency_ms", "params", "MACs"]
+
+
+def budget_costs(objectives: Sequence[str]) -> list[str]:
+    """The costs the explorer budgets: latency and params always, MACs when the sweep optimised it."""
+    return ["latency_ms", "params", *(["macs"] if "macs" in objectives else [])]
+
+
+def best_within(ok: pd.DataFrame, quality: str, cost: str, budget: float) -> pd.Series | None:
+    """The best-``quality`` row of ``ok`` costing at most ``budget``; ties go to the cheaper, then by trial id."""
+    inside = ok[ok[cost].astype(float) <= budget]
+    if inside.empty:
+        return None
+    order = inside.assign(_q=inside[quality].astype(float), _c=inside[cost].astype(float))
+    return order.sort_values(["_q", "_c", "trial_id"], ascending=[False, True, True], kind="stable").iloc[0]
+
+
+def budget_explorer(df: pd.DataFrame, front: pd.DataFrame, meta: dict[str, Any]) -> list[list[str]]:
+    """One row of :func:`budget_headers` cells per (cost, budget): every distinct cost of a front point, by
+    rising budget, with the best quality within it."""
+    quality = meta["quality"]
+    rows = []
+    for cost in budget_costs(meta["objectives"]):
+        values = pd.to_numeric(df[cost], errors="coerce")
+        ok = df[is_ok(df) & values.notna() & pd.to_numeric(df[quality], errors="coerce").notna()]
+        budgets = sorted({float(v) for v in pd.to_numeric(front[cost], errors="coerce") if np.isfinite(v)})
+        for budget in budgets:
+            best = best_within(ok, quality, cost, budget)
+            if best is None:
+                continue
+            rows.append([BUDGET_WORDS[cost], fmt_ms(budget) if cost == "latency_ms" else fmt_count(budget),
+                         fmt_quality(best[quality]), str(best["trial_id"]), str(best["method"]),
+                         fmt_ms(best["latency_ms"]), fmt_count(best["params"]), fmt_count(best["macs"])])  # fmt: skip
+    return rows

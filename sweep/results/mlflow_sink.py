@@ -16,6 +16,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def _client(uri: str):
@@ -23,6 +24,8 @@ def _client(uri: str):
 
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # with an http server MLflow would print "View run ..." at every run's end (and fetch the URL for it)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
@@ -45,6 +48,9 @@ class MlflowSink:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=loc)
         else:
             self.experiment_id = exp.experiment_id
+        # MLflow 3 opens an untagged experiment in its GenAI view (traces); a sweep is model training
+        if (exp is None or exp.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING):
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
 
     # ---------------------------------------------------------------- parent
     def start_parent(self, name: str, params: dict, tags: dict | None = None) -> str:
@@ -152,11 +158,12 @@ class TrialMirror:
     writers).  Never raises: a failed write is one warning line, and Parquet already holds the trial.
     ``run_ids`` maps trial ids to their current run, filled as runs are created."""
 
-    def __init__(self, sink: MlflowSink, parent_run_id: str, warn=None):
+    def __init__(self, sink: MlflowSink, parent_run_id: str, warn=None, sweep_params: dict | None = None):
         import queue
         import threading
 
         self.sink, self.parent_id = sink, parent_run_id
+        self.sweep_params = dict(sweep_params or {})  # on every child run too, so runs filter by them
         self.run_ids: dict[str, str] = {}
         self._warn = warn or log.warning
         self._warned: set[str] = set()
@@ -253,7 +260,7 @@ class TrialMirror:
         if trial_id in self.run_ids:  # started again after its worker died: one run per trial, tagged
             self.sink.set_tags(self.run_ids[trial_id], {"sweep.restarted": "true"})
             return
-        self.run_ids[trial_id] = self.sink.start_child(self.parent_id, name, params,
+        self.run_ids[trial_id] = self.sink.start_child(self.parent_id, name, {**self.sweep_params, **params},
                                                        tags={"sweep.trial_id": trial_id})
 
     def _finish(self, rec, history: list) -> None:
@@ -265,16 +272,19 @@ class TrialMirror:
                 self.sink.set_tags(r.info.run_id, {"sweep.superseded": "true"})
             run_id = self.run_ids[rec.trial_id] = self.sink.start_child(
                 self.parent_id, f"{rec.method}-{rec.trial_id}",
-                {"method": rec.method, "seed": rec.seed, "trial_id": rec.trial_id, **rec.knobs},
+                {**self.sweep_params, "method": rec.method, "seed": rec.seed, "trial_id": rec.trial_id, **rec.knobs},
                 tags={"sweep.trial_id": rec.trial_id})
         ms = [Metric(str(k), float(v), int(t), int(s)) for k, v, s, t in history
               if isinstance(v, (int, float)) and math.isfinite(float(v))]
         for i in range(0, len(ms), 500):
             self.sink.client.log_batch(run_id, metrics=ms[i:i + 500])
-        if rec.node_id:
-            self.sink.set_tags(run_id, {"sweep.node_id": rec.node_id, "sweep.host": rec.host or ""})
-        if rec.status == "ok":
+        tags = {"sweep.node_id": rec.node_id, "sweep.host": rec.host, "sweep.latency_runtime": rec.latency_runtime}
+        if any(tags.values()):
+            self.sink.set_tags(run_id, {k: v for k, v in tags.items() if v})
+        if rec.status in ("ok", "stopped_early", "infeasible"):  # measured outcomes (log what was measured)
             self.sink.log_metrics(run_id, {k: rec.get(k) for k in FINAL_METRICS})
+            if rec.status != "ok":
+                self.sink.set_tags(run_id, {"sweep.status": rec.status, "sweep.reason": (rec.error or "")[:5000]})
             self.sink.end(run_id, "FINISHED")
         else:
             self.sink.set_tags(run_id, {"error": (rec.error or "")[:5000]})
@@ -287,7 +297,8 @@ class TrialMirror:
                 continue
             self.sink.log_metrics(run_id, {k: r.get(k) for k in ("latency_ms", "latency_iqr_ms", "latency_ratio")},
                                   step=1)
-            self.sink.set_tags(run_id, {"sweep.latency": "re-measured alone"})
+            self.sink.set_tags(run_id, {"sweep.latency": "re-measured alone",
+                                        **({"sweep.latency_runtime": r.latency_runtime} if r.latency_runtime else {})})
 
     def _stop(self, trial_ids: list, reason: str) -> None:
         for tid in trial_ids:

@@ -28,7 +28,9 @@ import pyarrow as pa
 
 KNOB_PREFIX = "knob."
 BASELINE_ID = "baseline"
-STATUSES = ("ok", "failed", "stopped")
+STATUSES = ("ok", "failed", "stopped", "stopped_early", "infeasible")
+# done for good: never run again by `sweep resume`, told to the sampler (`stopped` trials run again)
+FINISHED = ("ok", "failed", "stopped_early", "infeasible")
 
 
 def _col(typ: pa.DataType, doc: str, default: Any = None):
@@ -40,7 +42,10 @@ class TrialRecord:
     sweep: str = _col(pa.string(), "sweep name", "")
     trial_id: str = _col(pa.string(), "Ray Tune trial id, or `baseline` for the dense model", "")
     trial_number: int | None = _col(pa.int64(), "index of the trial in sampling order (0-based; null for the baseline)")
-    status: str = _col(pa.string(), "`ok`, `failed` or `stopped`", "failed")
+    status: str = _col(pa.string(), "`ok`; `failed`; `stopped` (cut short by the driver, run again by `resume`); "
+                                    "`stopped_early` (stopped by successive halving at a rung, with its quality "
+                                    "there); `infeasible` (broke a hard budget of search.constraints after pruning, "
+                                    "not fine-tuned)", "failed")
     error: str = _col(pa.string(), "why a trial failed or stopped (empty when ok)", "")
     method: str | None = _col(pa.string(), "pruning method (`baseline` for the dense model)")
     accuracy: float | None = _col(pa.float64(), "top-1 accuracy on the validation split (the quality objective "
@@ -58,14 +63,21 @@ class TrialRecord:
     latency_iqr_ms: float | None = _col(pa.float64(), "latency spread: inter-quartile range in milliseconds")
     latency_batch: int | None = _col(pa.int64(), "batch size of the latency measurement")
     latency_repeats: int | None = _col(pa.int64(), "timed repeats (after warm-up)")
-    threads: int | None = _col(pa.int64(), "torch intra-op threads during the latency measurement")
+    threads: int | None = _col(pa.int64(), "intra-op threads of the latency runtime during the measurement")
     device: str | None = _col(pa.string(), "device of the latency measurement (`cpu`, `cuda:0`)")
+    latency_runtime: str | None = _col(pa.string(), "runtime and version the latency was timed on (`onnxruntime "
+                                                    "1.20.1`, `torch 2.5.1`, `torch_compile 2.5.1 (inductor)`; "
+                                                    "null in tables written before it was recorded: eager torch)")
     latency_alone: bool | None = _col(pa.bool_(), "true when latency was re-measured with no other trial running")
     params_ratio: float | None = _col(pa.float64(), "params / baseline params")
     macs_ratio: float | None = _col(pa.float64(), "MACs / baseline MACs")
     latency_ratio: float | None = _col(pa.float64(), "latency / baseline latency")
     on_front: bool | None = _col(pa.bool_(), "on the Pareto front of the sweep's objectives (ok rows only; the "
                                              "dense baseline included)")
+    on_front_robust: bool | None = _col(pa.bool_(), "on the noise-aware front: latencies whose IQR bands (median "
+                                                    "± IQR/2) overlap count as equal (ok rows only)")
+    duplicate_of: str | None = _col(pa.string(), "trial id of the first ok row with the same structure (params, "
+                                                 "MACs and recorded widths / removed blocks); null for the first")
     model_path: str | None = _col(pa.string(), "saved model, relative to the sweep folder")
     mlflow_run_id: str | None = _col(pa.string(), "MLflow run id (nested child run; the parent's for the baseline)")
     node_id: str | None = _col(pa.string(), "Ray node id of the node the trial ran on")
@@ -200,7 +212,11 @@ def knob_column(method: str, knob: str) -> str:
 
 
 def with_front(records: list[TrialRecord], objectives) -> list[TrialRecord]:
-    """The records with ``on_front`` set by the one front function (:func:`sweep.pareto.front_flags`)."""
-    from ..pareto import front_flags
+    """The records with ``on_front`` and ``on_front_robust`` set by the one front function
+    (:func:`sweep.pareto.front_flags`, strict and noise-aware) and ``duplicate_of`` marked."""
+    from ..pareto import duplicate_of, front_flags
 
-    return [r.replace(on_front=flag) for r, flag in zip(records, front_flags(records, objectives))]
+    rows = [r.to_row() for r in records]  # the table view: info as stored, knobs as columns
+    strict, robust = front_flags(records, objectives), front_flags(records, objectives, robust=True)
+    return [r.replace(on_front=s, on_front_robust=b, duplicate_of=d)
+            for r, s, b, d in zip(records, strict, robust, duplicate_of(rows))]

@@ -1,0 +1,153 @@
+"""The noise-aware front (``front_flags(..., robust=True)``) and duplicate structures, on hand-made rows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from sweep import pareto
+from sweep.results.schema import TrialRecord, with_front
+
+OBJ = ["accuracy", "latency_ms"]
+
+
+def row(tid, acc, lat, iqr=0.0, params=1000, macs=5000, status="ok", **extra):
+    return {"trial_id": tid, "status": status, "accuracy": acc, "latency_ms": lat, "latency_iqr_ms": iqr,
+            "params": params, "macs": macs, **extra}
+
+
+def test_overlapping_spreads_do_not_order_latency():
+    # a is faster by 0.0001 ms, but both spreads are 0.0016 ms wide: the strict front keeps both
+    # (a faster, b more accurate); the robust one sees equal latency, so b's accuracy wins.
+    rows = [row("a", 0.90, 1.0000, 0.0016), row("b", 0.91, 1.0001, 0.0016)]
+    assert pareto.front_flags(rows, OBJ) == [True, True]
+    assert pareto.front_flags(rows, OBJ, robust=True) == [False, True]
+
+
+def test_separated_spreads_do_order_latency():
+    # bands 1.0 ± 0.05 and 2.0 ± 0.05 do not overlap: a is faster, b more accurate, both stay
+    rows = [row("a", 0.90, 1.0, 0.1), row("b", 0.91, 2.0, 0.1)]
+    assert pareto.front_flags(rows, OBJ, robust=True) == [True, True]
+    # and a point slower beyond the noise and less accurate is dominated under both tests
+    rows.append(row("c", 0.89, 3.0, 0.1))
+    assert pareto.front_flags(rows, OBJ) == [True, True, False]
+    assert pareto.front_flags(rows, OBJ, robust=True) == [True, True, False]
+
+
+def test_strict_win_inside_the_noise_is_no_win():
+    # c equals d in accuracy and is faster only within the noise: strictly dominated, robustly not
+    rows = [row("c", 0.90, 1.00, 0.2), row("d", 0.90, 1.05, 0.2)]
+    assert pareto.front_flags(rows, OBJ) == [True, False]
+    assert pareto.front_flags(rows, OBJ, robust=True) == [True, True]
+
+
+def test_bands_that_just_touch_count_as_overlapping():
+    # 1.0 + 0.1 == 1.2 - 0.1: touching bands are not separated
+    rows = [row("a", 0.90, 1.0, 0.2), row("b", 0.91, 1.2, 0.2)]
+    assert pareto.front_flags(rows, OBJ, robust=True) == [False, True]
+
+
+def test_zero_or_missing_spread_is_the_strict_front():
+    rng = np.random.default_rng(0)
+    rows = [row(str(i), float(a), float(b), iqr) for i, (a, b), iqr in
+            zip(range(40), rng.integers(0, 6, size=(40, 2)), [0.0, None, float("nan"), 0.0] * 10)]
+    assert pareto.front_flags(rows, OBJ, robust=True) == pareto.front_flags(rows, OBJ)
+
+
+def test_robust_front_is_never_empty_and_skips_non_ok_rows():
+    rows = [row(str(i), 0.9, 1.0 + i * 0.01, 0.5) for i in range(5)] + [row("f", 0.99, 0.1, status="failed")]
+    flags = pareto.front_flags(rows, OBJ, robust=True)
+    assert any(flags) and flags[-1] is False
+
+
+def test_robust_test_matches_a_brute_force_reference():
+    rng = np.random.default_rng(1)
+    F = rng.integers(0, 5, size=(30, 2)).astype(float)
+    H = rng.choice([0.0, 0.5, 1.0], size=(30, 2))
+
+    def dominates(i, j):
+        not_worse = all(F[i, k] - H[i, k] <= F[j, k] + H[j, k] for k in range(2))
+        better = any(F[i, k] + H[i, k] < F[j, k] - H[j, k] for k in range(2))
+        return not_worse and better
+
+    want = [not any(dominates(j, i) for j in range(30) if j != i) for i in range(30)]
+    assert pareto.non_dominated_mask(F, H).tolist() == want
+
+
+def test_within_noise_and_neighbours():
+    a, b, c = row("a", 0.9, 1.0, 0.2), row("b", 0.9, 1.15, 0.2), row("c", 0.9, 2.0, 0.2)
+    assert pareto.within_noise(a, b) and not pareto.within_noise(a, c)
+    assert pareto.noise_neighbours([a, b, c]) == [1, 1, 0]
+
+
+def test_identical_structures_are_marked_duplicates():
+    widths = json.dumps({"channels": {"conv1": 8, "conv2": 16}})
+    other = json.dumps({"channels": {"conv1": 16, "conv2": 8}})
+    rows = [row("baseline", 0.95, 2.0, params=5000, macs=9000),
+            row("t1", 0.90, 1.0, info=widths), row("t2", 0.91, 1.0, info=widths),
+            row("t3", 0.92, 1.0, info=other),  # same counts, other widths: a different network
+            row("t4", 0.93, 1.0, status="failed", info=widths),
+            row("t5", 0.90, 1.0, info=widths)]
+    assert pareto.duplicate_of(rows) == [None, None, "t1", None, None, "t1"]
+    assert pareto.structure_key(row("x", 0.9, 1.0, params=None)) is None
+
+
+def test_with_front_sets_both_fronts_and_duplicates():
+    recs = [TrialRecord(trial_id="baseline", status="ok", accuracy=0.95, params=5000, macs=9000, latency_ms=2.0,
+                        latency_iqr_ms=0.01),
+            TrialRecord(trial_id="a", status="ok", accuracy=0.90, params=2706, macs=23900, latency_ms=1.0000,
+                        latency_iqr_ms=0.0016),
+            TrialRecord(trial_id="b", status="ok", accuracy=0.91, params=2706, macs=23900, latency_ms=1.0001,
+                        latency_iqr_ms=0.0016)]
+    out = with_front(recs, OBJ)
+    assert [r.on_front for r in out] == [True, True, True]
+    assert [r.on_front_robust for r in out] == [True, False, True]
+    assert [r.duplicate_of for r in out] == [None, None, "a"]
+
+
+def test_report_shows_spread_runtime_and_noise_counts(tmp_path):
+    """The report's summary names the runtime and how many front points noise alone orders; the latency
+    plots carry the IQR as error bars; an old table without the newer columns still reads."""
+    from sweep import report
+    from sweep.report.plots import interactive_traces, method_styles
+    from sweep.report.read import read_trials
+    from tests.test_report import BASELINE, _row, write_table
+
+    rows = [_row("baseline", "baseline", "ok", BASELINE["accuracy"], 0.0, 0)]
+    # t0 and t1: one architecture (2,706 params, 23.9k MACs), latencies 0.0001 ms apart, spread 0.0016 ms
+    for i, (acc, lat, params) in enumerate([(0.80, 2.0000, 2706), (0.81, 2.0001, 2706), (0.70, 1.0, 1500)]):
+        r = _row(f"t{i}", "magnitude", "ok", acc, 0.5, i + 1)
+        r.update(latency_ms=lat, latency_iqr_ms=0.0016, params=params, macs=params * 9,
+                 latency_runtime="onnxruntime 1.2.3", threads=1, latency_batch=1, device="cpu",
+                 **{"knob.magnitude.ratio": 0.5})
+        rows.append(r)
+    for r in rows:
+        r.setdefault("knob.magnitude.ratio", None)
+    write_table(tmp_path / "sweep", rows, {"name": "n", "objectives": ["accuracy", "latency_ms"],
+                                           "baseline": BASELINE})
+    report.build_report(tmp_path / "sweep", tmp_path / "out")
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "onnxruntime 1.2.3, 1 thread(s), batch 1, cpu" in page
+    # strict front: baseline, t0 (faster), t1 (more accurate), t2; t0 and t1 are within noise
+    assert "2 of 4 front points have another front point within latency noise" in page
+    assert "the noise-aware front has 3 point(s); 1 ok row(s) duplicate" in page
+    df, _ = read_trials(tmp_path / "sweep")
+    traces = interactive_traces(df, "accuracy", method_styles(["magnitude"]))
+    assert np.allclose(traces[0]["xerr"], 0.0008)
+
+
+def test_old_tables_without_the_new_columns_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sweep.results.store import TrialStore
+
+    rec = TrialRecord(trial_id="baseline", status="ok", accuracy=0.9, params=10, macs=20, latency_ms=1.0)
+    table = pa.Table.from_pylist([{k: v for k, v in rec.to_row().items()
+                                   if k not in ("latency_runtime", "on_front_robust", "duplicate_of")}],
+                                 schema=None)
+    table = table.replace_schema_metadata({"sweep": json.dumps({"name": "old", "objectives": OBJ})})
+    pq.write_table(table, tmp_path / "trials.parquet")
+    (back,), meta = TrialStore(tmp_path).records()
+    assert back.latency_runtime is None and back.on_front_robust is None and back.latency_ms == 1.0
