@@ -286,6 +286,7 @@ class Runner:
     sync: Callable[[], None]
     threads: int
     label: str
+    cuda: bool = False  # timed with CUDA events (the GPU's own clock), not the host's
 
 
 def make_runner(model, input_shape, *, batch: int, threads: int, device: str = "cpu", runtime: str = "torch",
@@ -308,7 +309,7 @@ def make_runner(model, input_shape, *, batch: int, threads: int, device: str = "
         return Runner(lambda: sess.run(None, feed), lambda: None, threads, runtime_label(runtime))
     model = model.to(device).eval()
     fn = torch.compile(model) if runtime == "torch_compile" else model
-    return Runner(lambda: fn(x), sync, threads, runtime_label(runtime))
+    return Runner(lambda: fn(x), sync, threads, runtime_label(runtime), cuda=cuda)
 
 
 def time_runs(runner: Runner, *, warmup: int, repeats: int) -> list[float]:
@@ -321,12 +322,33 @@ def time_runs(runner: Runner, *, warmup: int, repeats: int) -> list[float]:
         for _ in range(warmup):
             runner.run()
         runner.sync()
+        if runner.cuda:  # kernels run asynchronously: events on the stream time the GPU work itself
+            for _ in range(repeats):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                runner.run()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            return times
         for _ in range(repeats):
             t0 = time.perf_counter()
             runner.run()
             runner.sync()
             times.append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def device_label(device: str) -> str:
+    """The device as recorded with a latency: ``cpu``, or ``cuda:0 (NVIDIA H200)`` -- the index Ray assigned
+    this worker (CUDA_VISIBLE_DEVICES) and the GPU's name."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return device
+    dev = torch.device(device)
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
 def _stats(times: list[float]) -> tuple[float, float]:
@@ -353,8 +375,8 @@ def measure_latency(model, input_shape, *, batch: int = 1, warmup: int = 10, rep
         # torch.compile compiles on the first call: at least one warm-up call, never timed
         times = time_runs(r, warmup=max(warmup, 1) if runtime == "torch_compile" else warmup, repeats=repeats)
         med, iqr = _stats(times)
-        return Latency(median_ms=med, iqr_ms=iqr, batch=batch, repeats=repeats, threads=r.threads, device=device,
-                       runtime=r.label)
+        return Latency(median_ms=med, iqr_ms=iqr, batch=batch, repeats=repeats, threads=r.threads,
+                       device=device_label(device), runtime=r.label)
     finally:
         torch.set_num_threads(prev_threads)
 

@@ -64,7 +64,7 @@ class TrialRecord:
     latency_batch: int | None = _col(pa.int64(), "batch size of the latency measurement")
     latency_repeats: int | None = _col(pa.int64(), "timed repeats (after warm-up)")
     threads: int | None = _col(pa.int64(), "intra-op threads of the latency runtime during the measurement")
-    device: str | None = _col(pa.string(), "device of the latency measurement (`cpu`, `cuda:0`)")
+    device: str | None = _col(pa.string(), "device of the latency measurement (`cpu`, `cuda:0 (NVIDIA H200)`)")
     latency_runtime: str | None = _col(pa.string(), "runtime and version the latency was timed on (`onnxruntime "
                                                     "1.20.1`, `torch 2.5.1`, `torch_compile 2.5.1 (inductor)`; "
                                                     "null in tables written before it was recorded: eager torch)")

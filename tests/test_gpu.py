@@ -1,0 +1,35 @@
+"""Fine-tuning and latency on a GPU (marked ``gpu``; skipped where CUDA is absent).
+
+Latency on CUDA is timed with CUDA events (the GPU's own clock) and recorded with the GPU's name; a
+fine-tune on ``cuda`` trains the model there.  On a CPU-only machine these skip, with the reason.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.nets import NUM_CLASSES, SHAPE, PlainCNN
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")]
+
+
+def test_latency_on_cuda_is_timed_by_events_and_names_the_gpu():
+    from sweep.measure import measure_latency
+
+    lat = measure_latency(PlainCNN(), SHAPE, batch=4, warmup=3, repeats=10, device="cuda", runtime="torch")
+    assert lat.median_ms > 0 and lat.repeats == 10
+    assert lat.device == f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
+
+
+def test_finetuning_on_cuda_trains_there():
+    from sweep.train import train
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, *SHAPE, generator=g), torch.randint(0, NUM_CLASSES, (64,), generator=g)
+    loader = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    model = PlainCNN()
+    losses = train(model, loader, epochs=2, lr=0.05, device="cuda")
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert next(model.parameters()).device.type == "cuda"
