@@ -256,6 +256,9 @@ def main(argv=None) -> int:
     space = work / "space.yaml"
     space.write_text(SPACE.format(trials=args.trials, concurrency=args.concurrency))
     folder = work / "ours"
+    # Ray reads its auth mode once, when first imported: the cluster's token goes in the environment first
+    cluster = Cluster(args.nodes, args.object_store_mb)
+    os.environ.update(cluster.auth)  # both drivers present the cluster's token
 
     import ray
 
@@ -266,9 +269,6 @@ def main(argv=None) -> int:
           "repeats 3, remeasure none, random sampler); raw: Tune + OptunaSearch(RandomSampler), trial i sleeps "
           "ours' wall_s[i]")
     print(f"# load avg (1/5/15 min) at start {load()}", flush=True)
-
-    cluster = Cluster(args.nodes, args.object_store_mb)
-    os.environ.update(cluster.auth)  # both drivers present the cluster's token
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt
