@@ -8,6 +8,10 @@ Conventions (tested):
 - ``{low, high}`` ranges are inclusive at both ends for integers and floats (Optuna's convention);
   ``log: true`` samples log-uniformly; ``step`` makes a range discrete.
 - Fixed values are returned as constants: they appear in the trial config but are not searched.
+- A per-stage family (a ``stages`` knob, e.g. ``stage_ratios: {stages: 4, low: 0.0, high: 0.8}``) is
+  expanded when the YAML is parsed into one float knob per stage (``stage_ratio_0`` ... ``stage_ratio_3``,
+  sampled as ``<method>.stage_ratio_<i>``); :func:`knobs_from_config` returns them as they were sampled
+  and the method's ``make_config`` folds them back into one tuple (``cfg.stage_ratios``).
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ class DefineByRun:
         self.told, self.used = int(told), sorted(set(int(u) for u in used))
         self.methods = [m.name for m in cfg.methods]
         self.spaces = {m.name: dict(m.knobs) for m in cfg.methods}
-        self.kinds = {m.name: {k.name: k.kind for k in get_method(m.name).knobs} for m in cfg.methods}
+        # by the space's own keys: a stages knob is sampled as its stage knobs (stage_ratio_0, ...)
+        self.kinds = {m.name: {k: get_method(m.name).knob(k).kind for k in m.knobs} for m in cfg.methods}
 
     def __call__(self, trial) -> dict:
         consts: dict = {TRIAL_NUMBER: self.sweep_number(trial.number)}
@@ -127,8 +132,9 @@ def distributions(cfg: SweepConfig, method: str) -> dict:
     methods = [m.name for m in cfg.methods]
     if len(methods) > 1:
         out[METHOD_PARAM] = od.CategoricalDistribution(methods)
-    kinds = {k.name: k.kind for k in get_method(method).knobs}
-    for knob, dist in next(m.knobs for m in cfg.methods if m.name == method).items():
+    space = next(m.knobs for m in cfg.methods if m.name == method)
+    kinds = {k: get_method(method).knob(k).kind for k in space}
+    for knob, dist in space.items():
         name = param_name(method, knob)
         if "choices" in dist:
             out[name] = od.CategoricalDistribution(dist["choices"])

@@ -30,6 +30,21 @@ precomputed scores; :func:`prune_to_target` traces, solves and prunes in one cal
   removal buys more latency per unit of importance go first. Any target works with it, a
   ``latency_fraction`` best (the ratio is the knapsack rule for a latency budget); with
   ``global_pruning=False`` every group loses the same share and the costs change nothing.
+- **Per-stage ratios** (``stage_ratios=(r_0, ..., r_{S-1})``): one ratio per depth stage instead of one
+  global ratio, because which layers are cut matters more than how many (Liu et al., "Rethinking the
+  value of network pruning", ICLR 2019: the pruned architecture carries the value; EagleEye, ECCV 2020,
+  searches per-layer ratios for the same reason). The prunable groups, in depth order along the traced
+  graph (:meth:`sweep.engine.groups.ChannelGraph.depth_order`), fall into ``S`` contiguous bins: group
+  ``k`` of ``n`` goes to stage ``floor((2k + 1) S / 2n)``, the stage whose share of the depth holds the
+  group's centre (:func:`stage_of`). With ``n >= S`` every stage gets ``floor(n/S)`` or ``ceil(n/S)``
+  groups; with fewer groups than stages some stages hold none and their ratios change nothing (recorded
+  in ``info["empty_stages"]``). Each stage then loses ``r_i`` of its channels, ranked inside the stage
+  (or ``r_i`` of each of its groups with ``global_pruning=False``), under the same rounding and per-group
+  cap. With a MACs / params / latency target the ratios are relative weights: stage ``i`` loses
+  ``min(1, s r_i)`` and the one scale ``s`` is searched as the global ratio is (the search runs on
+  ``r`` in [0, 1] with ``s = r / (1 - r)``, so ``r = 1/2`` is the ratios as given); the local search
+  after it may move single groups by one unit, never a group of a stage whose ratio is 0 (kept whole).
+  Our design on top of those papers: neither prescribes these bins or this scaling.
 """
 
 from __future__ import annotations
@@ -44,6 +59,7 @@ if TYPE_CHECKING:  # torch and the graph load on first use: importing the target
     from .groups import ChannelGraph
 
 TARGETS = ("ratio", "macs_fraction", "params_fraction", "latency_fraction")
+STAGES = "stage_ratios"  # a target of its own (the ratios cut as given), or weights for a measured target
 TOLERANCE = 0.03  # relative: a MACs / params / latency target is met within 3 % where granularity allows
 
 # Kept channel counts of wide layers are multiples of 8: vectorised CPU kernels work on 8 fp32 lanes
@@ -86,6 +102,41 @@ def _given_score(group, scores: Mapping[str, Any]):
     return s
 
 
+def stage_of(k: int, n: int, stages: int) -> int:
+    """The stage of the ``k``-th of ``n`` groups in depth order, among ``stages`` (module docstring):
+    the bin of ``[0, stages)`` that holds the group's centre ``(k + 1/2) stages / n``, in integers."""
+    return (2 * k + 1) * stages // (2 * n)
+
+
+def stage_assignment(graph, groups: Sequence, stages: int) -> dict:
+    """``{group name: stage}`` of ``groups`` (of ``graph``) split into ``stages`` depth bins."""
+    ordered = graph.depth_order(groups)
+    return {g.name: stage_of(k, len(ordered), stages) for k, g in enumerate(ordered)}
+
+
+def check_stage_ratios(stage_ratios: Any) -> tuple:
+    """``stage_ratios`` as a tuple of floats, or a one-line ConfigError (engine callers; the knob
+    validates the same with the knob's location)."""
+    from ..errors import ConfigError
+
+    try:
+        out = tuple(float(w) for w in stage_ratios)
+    except (TypeError, ValueError):
+        out = ()
+    if not out or isinstance(stage_ratios, (str, bytes)):
+        raise ConfigError(f"stage_ratios must be a non-empty list of numbers in [0, 1) (one per stage), "
+                          f"but got stage_ratios={stage_ratios!r}")
+    for i, w in enumerate(out):
+        if not 0 <= w < 1:  # also rejects NaN
+            raise ConfigError(f"stage_ratio_{i} must be in [0, 1), but got stage_ratio_{i}={w!r}")
+    return out
+
+
+def _odds(r: float) -> float:
+    """The stage scale of search position ``r`` in [0, 1]: ``r / (1 - r)``, infinite at 1."""
+    return math.inf if r >= 1 else r / (1 - r)
+
+
 # ------------------------------------------------------------------------------------ the plan
 class ChannelPlan:
     """How many (and which) channels each prunable group loses at a global ratio ``r``.
@@ -104,7 +155,7 @@ class ChannelPlan:
 
     def __init__(self, graph, *, importance: Any = "l2", scores: Mapping[str, Any] | None = None,
                  global_pruning: bool = True, round_to: int | str | None = AUTO, max_layer_ratio: float = 0.9,
-                 latency_lut: Any = None):
+                 latency_lut: Any = None, stage_ratios: Sequence[float] | None = None):
         import torch
 
         self.graph = graph
@@ -136,22 +187,57 @@ class ChannelPlan:
             self.latency = group_latencies(graph, self.groups, self.units, lut=latency_lut)
             ranked = latency_weighted_scores(ranked, self.latency)
         self.local_order = [torch.argsort(s, stable=True) for s in ranked]
-        if self.total:
-            cat = torch.cat(ranked)
-            gid = torch.cat([torch.full((n,), i, dtype=torch.long) for i, n in enumerate(self.sizes)])
-            self._gid_sorted = gid[torch.argsort(cat, stable=True)]
+        # Bins of groups that share one removed fraction: every group (a global ratio), or one bin per
+        # depth stage (per-stage ratios). The channels of a bin are ranked together.
+        self.stage_ratios = None if stage_ratios is None else check_stage_ratios(stage_ratios)
+        if self.stage_ratios is None:
+            self.stage_of = None
+            self.bins = [list(range(len(self.groups)))]
+        else:
+            by_name = stage_assignment(graph, self.groups, len(self.stage_ratios)) if self.groups else {}
+            self.stage_of = {g.name: by_name[g.name] for g in self.groups}  # in plan order
+            self.bins = [[i for i, g in enumerate(self.groups) if by_name[g.name] == b]
+                         for b in range(len(self.stage_ratios))]
+        self._gid_sorted = []
+        for members in self.bins:
+            if not members:
+                self._gid_sorted.append(None)
+                continue
+            cat = torch.cat([ranked[i] for i in members])
+            gid = torch.cat([torch.full((self.sizes[i],), i, dtype=torch.long) for i in members])
+            self._gid_sorted.append(gid[torch.argsort(cat, stable=True)])
+
+    def fractions(self, r: float) -> list[float]:
+        """The fraction each bin loses at search position ``r``: ``r`` itself for a global ratio, or
+        ``min(1, s r_i)`` per stage with ``s = r / (1 - r)`` (see the module docstring)."""
+        if self.stage_ratios is None:
+            return [r]
+        s = _odds(r)
+        return [min(1.0, s * w) if w > 0 else 0.0 for w in self.stage_ratios]
 
     def kept(self, r: float) -> list[int]:
-        """Channels (units) kept per group at ratio ``r``."""
-        import torch
-
+        """Channels (units) kept per group at ratio ``r`` (per-stage plans: search position ``r``)."""
         if r <= 0 or not self.total:
             return list(self.sizes)
-        if self.global_pruning:
-            n = self.total - int(self.total * (1 - r) + 1e-9)
-            removed = torch.bincount(self._gid_sorted[:n], minlength=len(self.sizes)).tolist()
-        else:
-            removed = [size - int(size * (1 - r) + 1e-9) for size in self.sizes]
+        return self.kept_at(self.fractions(r))
+
+    def kept_at(self, fractions: Sequence[float]) -> list[int]:
+        """Channels (units) kept per group when bin ``b`` loses ``fractions[b]`` of its channels."""
+        import torch
+
+        removed = [0] * len(self.sizes)
+        for members, order, f in zip(self.bins, self._gid_sorted, fractions):
+            if f <= 0 or not members:
+                continue
+            if self.global_pruning:
+                total = sum(self.sizes[i] for i in members)
+                n = total - int(total * (1 - f) + 1e-9)
+                counts = torch.bincount(order[:n], minlength=len(self.sizes)).tolist()
+                for i in members:
+                    removed[i] = counts[i]
+            else:
+                for i in members:
+                    removed[i] = self.sizes[i] - int(self.sizes[i] * (1 - f) + 1e-9)
         out = []
         for size, rem, unit, floor_keep in zip(self.sizes, removed, self.units, self.min_keep):
             keep = size - rem
@@ -171,10 +257,23 @@ class ChannelPlan:
     def removed_fraction(self, kept: Sequence[int]) -> float:
         return 1.0 - sum(kept) / self.total if self.total else 0.0
 
+    def stage_removed(self, kept: Sequence[int]) -> list[float | None]:
+        """Per stage, the fraction of its channels that ``kept`` removes (None: a stage with no group)."""
+        out: list[float | None] = []
+        for members in self.bins:
+            total = sum(self.sizes[i] for i in members)
+            out.append(1.0 - sum(kept[i] for i in members) / total if total else None)
+        return out
+
     def steps(self, kept: Sequence[int]) -> list[tuple[int, int | None, int | None]]:
         """Per group ``(i, one unit less, one unit more)`` on the group's grid (None where off limits)."""
         out = []
+        frozen = set()  # a stage whose ratio is 0 is kept whole: the refinement moves no group of it
+        if self.stage_ratios is not None:
+            frozen = {i for b, w in zip(self.bins, self.stage_ratios) if w == 0 for i in b}
         for i, (keep, size, unit, floor_keep) in enumerate(zip(kept, self.sizes, self.units, self.min_keep)):
+            if i in frozen:
+                continue
             # the grid of a group: multiples of its unit from its floor, plus its full (maybe off-grid) width
             down = (size // unit) * unit if keep == size and size % unit else keep - unit
             up = min(keep + unit, size)
@@ -204,11 +303,13 @@ def check_target(target: str, value: float, *, max_layer_ratio: float = 0.9, imp
     """Raise a one-line ConfigError unless ``target`` = ``value`` is a target the solver can aim at."""
     from ..errors import ConfigError
 
-    if target not in TARGETS:
-        raise ConfigError(f"target must be one of {', '.join(TARGETS)}, but got target={target!r}")
-    if target == "ratio" and not 0 <= value < 1:
+    if target == STAGES:
+        check_stage_ratios(value)
+    elif target not in TARGETS:
+        raise ConfigError(f"target must be one of {', '.join(TARGETS + (STAGES,))}, but got target={target!r}")
+    elif target == "ratio" and not 0 <= value < 1:
         raise ConfigError(f"ratio must be in [0, 1), but got ratio={value!r}")
-    if target != "ratio" and not 0 < value <= 1:
+    elif target != "ratio" and not 0 < value <= 1:
         raise ConfigError(f"{target} must be in (0, 1], but got {target}={value!r}")
     if not 0 < max_layer_ratio < 1:
         raise ConfigError(f"max_layer_ratio must be in (0, 1), but got max_layer_ratio={max_layer_ratio!r}")
@@ -253,20 +354,35 @@ class Solution:
 
     @property
     def within_tolerance(self) -> bool:
-        """A ratio is met by construction; a measured target within ``tolerance`` (relative)."""
+        """A ratio (or per-stage ratios) is met by construction; a measured target within ``tolerance``
+        (relative)."""
+        if self.target in ("ratio", STAGES):
+            return True
         got = self.achieved[self.target]
         err = abs(got - self.value) / self.value if self.value else abs(got)
-        return self.target == "ratio" or err <= self.tolerance
+        return err <= self.tolerance
 
     def info(self) -> dict:
         """JSON-able record: target and achieved side by side (also flat: ``target_macs_fraction``,
         ``achieved_macs_fraction``, ...), MACs and params before/after, groups found and pruned."""
         achieved = self.achieved
-        info = {"target": {self.target: self.value}, "prunable_groups": len(self.plan.groups), **self.extra,
-                "achieved": achieved, "channel_ratio": float(self.ratio), "within_tolerance": self.within_tolerance,
+        staged = self.plan.stage_ratios is not None
+        value = list(self.value) if self.target == STAGES else self.value
+        # with stages, r is a search position, not a cut: the channel ratio is what was removed
+        channel_ratio = achieved["ratio"] if staged else float(self.ratio)
+        info = {"target": {self.target: value}, "prunable_groups": len(self.plan.groups), **self.extra,
+                "achieved": achieved, "channel_ratio": channel_ratio, "within_tolerance": self.within_tolerance,
                 "tolerance": self.tolerance, "macs": [self.baseline["macs"], self.figures["macs"]],
                 "params": [self.baseline["params"], self.figures["params"]],
-                "groups_pruned": len(self.selection), f"target_{self.target}": self.value}
+                "groups_pruned": len(self.selection), f"target_{self.target}": value}
+        if staged:
+            removed = self.plan.stage_removed(self.kept)
+            info.update({
+                "stage_ratios": list(self.plan.stage_ratios),
+                "stage_scale": _odds(self.ratio) if self.ratio < 1 else None,  # None: every stage at its cap
+                "stage_of": dict(self.plan.stage_of), "stage_groups": [len(b) for b in self.plan.bins],
+                "empty_stages": [i for i, b in enumerate(self.plan.bins) if not b],
+                "achieved_stage_ratios": removed})
         if self.evaluations is not None:
             info["evaluations"] = self.evaluations
         if "latency_ms" in self.figures:
@@ -279,19 +395,32 @@ def solve_for_target(graph: ChannelGraph, *, target: str, value: float, importan
                      scores: Mapping[str, Any] | None = None, global_pruning: bool = True,
                      round_to: int | str | None = AUTO, max_layer_ratio: float = 0.9, tolerance: float = TOLERANCE,
                      max_iter: int = 16, match_ratio: bool = False, latency_kw: dict | None = None,
-                     latency_lut: Any = None) -> Solution:
+                     latency_lut: Any = None, stage_ratios: Sequence[float] | None = None) -> Solution:
     """The plan of ``graph``'s groups that meets one target (``target`` in :data:`TARGETS`, = ``value``).
 
     Channels are ranked by ``importance`` or by a method's precomputed ``scores`` (``{group name: one
     score per unit}``, see :class:`ChannelPlan`). A ``ratio`` is cut as given, or with ``match_ratio``
     searched for the plan whose removed fraction is closest to it; a MACs / params / latency fraction
     is searched on pruned copies and met within ``tolerance`` where channel granularity allows (see the
-    module docstring). Nothing is pruned: apply :attr:`Solution.selection` with ``graph.prune`` or
-    ``graph.pruned_copy``.
+    module docstring). ``target=STAGES`` (``"stage_ratios"``) with ``value=(r_0, ..., r_{S-1})`` cuts
+    each depth stage by its ratio; ``stage_ratios`` with a MACs / params / latency target makes them
+    the weights of that search. Nothing is pruned: apply :attr:`Solution.selection` with
+    ``graph.prune`` or ``graph.pruned_copy``.
     """
+    from ..errors import ConfigError
     from ..measure import count_macs, count_params
 
     check_target(target, value, max_layer_ratio=max_layer_ratio, importance=importance)
+    if target == STAGES:
+        stage_ratios = value = check_stage_ratios(value)
+    elif stage_ratios is not None:
+        if target == "ratio":
+            raise ConfigError(f"give ratio or stage_ratios, not both, but got ratio={value!r}, "
+                              f"stage_ratios={stage_ratios!r}")
+        stage_ratios = check_stage_ratios(stage_ratios)
+        if not any(stage_ratios):  # all weights 0: no scale reaches any target
+            raise ConfigError(f"stage_ratios must hold a positive ratio to scale towards {target}={value!r}, "
+                              f"but got stage_ratios={stage_ratios!r}")
     model, example_inputs = graph.model, graph.example_inputs
     if latency_lut is None and scores is None and importance in LATENCY_IMPORTANCES:
         from .latency import LatencyLUT
@@ -301,7 +430,8 @@ def solve_for_target(graph: ChannelGraph, *, target: str, value: float, importan
         latency_lut = LatencyLUT(batch=int(x0.shape[0]), threads=(latency_kw or {}).get("threads"),
                                  runtime=(latency_kw or {}).get("runtime"))
     plan = ChannelPlan(graph, importance=importance, scores=scores, global_pruning=global_pruning,
-                       round_to=round_to, max_layer_ratio=max_layer_ratio, latency_lut=latency_lut)
+                       round_to=round_to, max_layer_ratio=max_layer_ratio, latency_lut=latency_lut,
+                       stage_ratios=stage_ratios)
     baseline = {"macs": count_macs(model, example_inputs), "params": count_params(model)}
     extra: dict = {}
     if plan.latency is not None:
@@ -320,7 +450,9 @@ def solve_for_target(graph: ChannelGraph, *, target: str, value: float, importan
 
     full = tuple(plan.sizes)
     evaluations = None
-    if target == "ratio" and not match_ratio:
+    if target == STAGES:  # the ratios as given: scale 1, search position 1/2
+        r, kept = 0.5, tuple(plan.kept_at(plan.fractions(0.5)))
+    elif target == "ratio" and not match_ratio:
         r, kept = value, tuple(plan.kept(value))
     elif target == "ratio":  # the kept share of prunable channels falls with r as a measured fraction does
         r, kept = _search(plan, lambda k: 1.0 - plan.removed_fraction(k), 1.0 - value, 0.0, MATCH_RATIO_STEPS)
@@ -354,11 +486,16 @@ def prune_to_target(model, example_inputs, *, ratio: float | None = None, macs_f
                     importance: Any = "l2", global_pruning: bool = True, round_to: int | str | None = AUTO,
                     ignored_layers: Sequence | None = None, keep_layers: Sequence = (),
                     max_layer_ratio: float = 0.9, tolerance: float = TOLERANCE, max_iter: int = 16,
-                    latency_kw: dict | None = None, inplace: bool = True, latency_lut: Any = None):
+                    latency_kw: dict | None = None, inplace: bool = True, latency_lut: Any = None,
+                    stage_ratios: Sequence[float] | None = None):
     """Prune ``model`` to exactly one target and return ``(model, info)``.
 
     Targets: ``ratio`` (fraction of prunable channels removed), or the fraction of the model's current
     MACs, params or latency (measured here, on this machine) that the pruned model keeps.
+    ``stage_ratios`` (one ratio per depth stage, see the module docstring) replaces ``ratio``: alone,
+    each stage loses its ratio; with a MACs / params / latency fraction, they are the relative weights
+    of the stages and one scale is searched to meet it (``info`` adds ``stage_of``, ``stage_groups``,
+    ``empty_stages``, ``stage_scale`` and ``achieved_stage_ratios``).
     ``ignored_layers`` (modules or names) keep their output channels: ``None`` =
     :func:`sweep.engine.skip.skipped_layers` (the output layers and the layers the model declares), a
     given list is final; ``keep_layers`` (names or modules) are kept in either case. ``round_to``:
@@ -375,6 +512,13 @@ def prune_to_target(model, example_inputs, *, ratio: float | None = None, macs_f
 
     given = {k: v for k, v in zip(TARGETS, (ratio, macs_fraction, params_fraction, latency_fraction))
              if v is not None}
+    if stage_ratios is not None:
+        stage_ratios = check_stage_ratios(stage_ratios)
+        if "ratio" in given or len(given) > 1:
+            raise ConfigError(f"give stage_ratios alone or with one of {', '.join(TARGETS[1:])}, but got "
+                              f"{', '.join(f'{k}={v}' for k, v in given.items())}")
+        if not given:
+            given = {STAGES: stage_ratios}
     if len(given) != 1:
         raise ConfigError(f"give exactly one of {', '.join(TARGETS)}, but got "
                           f"{', '.join(f'{k}={v}' for k, v in given.items()) or 'none'}")
@@ -383,7 +527,8 @@ def prune_to_target(model, example_inputs, *, ratio: float | None = None, macs_f
     graph = ChannelGraph(model, example_inputs, ignored_layers=ignored_layers, keep_layers=keep_layers)
     sol = solve_for_target(graph, target=kind, value=value, importance=importance, global_pruning=global_pruning,
                            round_to=round_to, max_layer_ratio=max_layer_ratio, tolerance=tolerance,
-                           max_iter=max_iter, latency_kw=latency_kw, latency_lut=latency_lut)
+                           max_iter=max_iter, latency_kw=latency_kw, latency_lut=latency_lut,
+                           stage_ratios=stage_ratios)
     info = {"importance": importance if isinstance(importance, str) else type(importance).__name__,
             "global_pruning": global_pruning, "round_to": AUTO if round_to in (AUTO, 0) else (round_to or 1),
             "max_layer_ratio": max_layer_ratio, **sol.info()}

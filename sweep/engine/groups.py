@@ -256,6 +256,44 @@ class ChannelGraph:
             raise KeyError(f"no prunable channel group rooted at {name!r}; groups: "
                            f"{', '.join(list(self._by_name)[:8])}...") from None
 
+    def depth_order(self, groups: Iterable[ChannelGroup] | None = None) -> list[ChannelGroup]:
+        """``groups`` (default: all) sorted by where their channels appear along the traced graph.
+
+        A group's depth is that of the shallowest layer whose output channels it holds (a residual
+        stream group is as deep as the first layer writing the stream): the longest path, counted in
+        graph nodes, from a model input to that layer. Parallel branches at one depth (the inputs of a
+        concat) are ordered by that layer's position in ``model.named_modules()``, then by group name,
+        so the order depends on the model alone, not on how Torch-Pruning happens to list its groups.
+        """
+        depth = self._node_depths()
+        position = {m: i for i, m in enumerate(self._names)}
+
+        def key(g: ChannelGroup):
+            outs = [m.module for m in g.members if m.kind == "out"] or [g.root]
+            return min((depth.get(id(self.DG.module2node.get(m)), 0), position.get(m, len(position)), g.name)
+                       for m in outs)
+
+        return sorted(self.groups if groups is None else groups, key=key)
+
+    def _node_depths(self) -> dict[int, int]:
+        """``{id(graph node): longest path from an input, in nodes}`` (Kahn's order: no recursion, so
+        that nets hundreds of layers deep do not hit Python's recursion limit)."""
+        nodes = list(self.DG.module2node.values())
+        outputs = {id(n): list({id(o): o for o in n.outputs}.values()) for n in nodes}
+        pending = {id(n): len({id(i) for i in n.inputs}) for n in nodes}
+        depth = dict.fromkeys(pending, 0)
+        ready = [n for n in nodes if pending[id(n)] == 0]
+        while ready:
+            n = ready.pop()
+            for o in outputs[id(n)]:
+                if id(o) not in pending:  # a node outside module2node: not a layer, no depth of its own
+                    continue
+                depth[id(o)] = max(depth[id(o)], depth[id(n)] + 1)
+                pending[id(o)] -= 1
+                if pending[id(o)] == 0:
+                    ready.append(o)
+        return depth
+
     def __iter__(self):
         return iter(self.groups)
 

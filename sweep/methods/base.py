@@ -13,13 +13,15 @@ import heavy libraries (torch, torch_pruning) inside the function so that ``swee
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import ConfigError
 from ..registry import Registry
 
-KINDS = ("float", "int", "categorical", "bool", "ints")  # ints: a list of non-negative integers (fixed only)
+# ints: a list of non-negative integers (fixed only); stages: one float per depth stage, each in the knob's
+# range, which a space searches as a family of float knobs <member>_0, <member>_1, ... (see Knob.member)
+KINDS = ("float", "int", "categorical", "bool", "ints", "stages")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class Knob:
     help: str = ""
     optional: bool = False  # None is a valid value (e.g. "not set")
     flag: bool = False  # also an option of `sweep prune`: --<name> (a pruning target, e.g. ratio, tau)
+    # kind "stages": the name of one stage's knob without its index (stage_ratio -> stage_ratio_0, ...).
+    # A space samples each stage under its own name, so every stage is one scalar column of the results
+    # and one axis of the sampler, as any float knob; the method receives them as one tuple.
+    member: str | None = None
 
     def range_text(self) -> str:
         if self.kind == "categorical":
@@ -45,6 +51,8 @@ class Knob:
             return "{true, false}"
         if self.kind == "ints":
             return "[i, j, ...]"
+        if self.kind == "stages":
+            return f"{self.scalar().range_text()} each"
         lo = "(" if self.low_open else "["
         hi = ")" if self.high_open else "]"
         low = "-inf" if self.low is None else _fmt(self.low)
@@ -62,6 +70,8 @@ class Knob:
             return value
         if self.kind == "ints":
             return self._ints(value, where)
+        if self.kind == "stages":
+            return self._stages(value, where)
         if self.kind == "categorical":
             if value not in (self.choices or ()):
                 raise ConfigError(f"{n} must be one of {self.range_text()}, but got {n}={value!r} ({where})")
@@ -98,6 +108,40 @@ class Knob:
             raise ConfigError(f"{n} must be a non-empty list of non-negative integers (e.g. 1,8,17), but got "
                               f"{n}={value!r} ({where})")
         return out
+
+
+    def scalar(self) -> "Knob":
+        """A ``stages`` knob's range as one float knob (under the family's name)."""
+        return replace(self, kind="float", default=None, optional=False, member=None)
+
+    def member_knob(self, i: int) -> "Knob":
+        """The float knob of stage ``i`` of a ``stages`` knob (``<member>_<i>``)."""
+        return replace(self.scalar(), name=f"{self.member}_{i}", help=f"{self.help} (stage {i})")
+
+    def member_index(self, name: str) -> int | None:
+        """``i`` when ``name`` is ``<member>_<i>`` of this ``stages`` knob, else None."""
+        if self.kind != "stages" or not name.startswith(f"{self.member}_"):
+            return None
+        digits = name[len(self.member) + 1:]
+        # one spelling per stage: stage_ratio_01 is not stage_ratio_1
+        return int(digits) if digits.isdigit() and digits.isascii() and str(int(digits)) == digits else None
+
+    def _stages(self, value: Any, where: str) -> tuple:
+        """One float per stage, given as a list or as ``"0.2,0.5,0.3"`` (a command-line value)."""
+        n = self.name
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not items:
+            raise ConfigError(f"{n} must be a non-empty list of numbers in {self.scalar().range_text()} (one per "
+                              f"stage), but got {n}={value!r} ({where})")
+        out = []
+        for i, v in enumerate(items):
+            if isinstance(value, str):
+                try:
+                    v = float(v)
+                except ValueError:
+                    v = v.strip()  # not a number: the stage's knob says so, naming it
+            out.append(self.member_knob(i).validate(v, where))
+        return tuple(out)
 
 
 def _fmt(x: float) -> str:
@@ -194,13 +238,49 @@ class MethodSpec:
     preflight: Callable[[Any, Any], None] | None = None
 
     def knob(self, name: str, where: str = "") -> Knob:
+        """The knob ``name``: one of :attr:`knobs`, or one stage ``<member>_<i>`` of a ``stages`` knob."""
         for k in self.knobs:
             if k.name == name:
                 return k
-        valid = ", ".join(k.name for k in self.knobs)
+        for k in self.knobs:
+            i = k.member_index(name)
+            if i is not None:
+                return k.member_knob(i)
+        valid = ", ".join(k.name + (f" ({k.member}_0, {k.member}_1, ...)" if k.kind == "stages" else "")
+                          for k in self.knobs)
         raise ConfigError(f"unknown knob {name!r} for method {self.name} ({where}); valid knobs: {valid}")
 
+    def family(self, name: str) -> str:
+        """The knob ``name`` stands for: the ``stages`` knob of a stage's knob, else ``name`` itself."""
+        return next((k.name for k in self.knobs if k.member_index(name) is not None), name)
+
+    def _stage_members(self, names, where: str) -> dict:
+        """``{stages knob: [stage knob names in stage order]}`` among ``names``; the stages must be
+        numbered 0, 1, ... with none missing (a stage without a ratio has no meaning)."""
+        out = {}
+        for k in self.knobs:
+            found = {k.member_index(n): n for n in names if k.member_index(n) is not None}
+            if not found:
+                continue
+            missing = [i for i in range(max(found) + 1) if i not in found]
+            if missing:
+                raise ConfigError(f"{k.member}_<i> knobs must be numbered 0, 1, ... with none missing, but got "
+                                  f"{', '.join(found[i] for i in sorted(found))} ({where})")
+            out[k.name] = [found[i] for i in range(len(found))]
+        return out
+
+    def _fold_stages(self, values: Mapping[str, Any], where: str) -> dict:
+        """Stage knobs ``<member>_<i>`` (how a sampled trial holds them) -> their ``stages`` knob's tuple."""
+        out = dict(values)
+        for name, members in self._stage_members(list(out), where).items():
+            if out.get(name) is not None:
+                raise ConfigError(f"give {name} or its stage knobs, not both, but got {name}={out[name]!r} and "
+                                  f"{', '.join(members)} ({where})")
+            out[name] = tuple(self.knob(m).validate(out.pop(m), f"{where}.{m}") for m in members)
+        return out
+
     def make_config(self, values: Mapping[str, Any], where: str = "") -> MethodConfig:
+        values = self._fold_stages(values, where)
         out = {}
         for k in self.knobs:
             out[k.name] = k.validate(values[k.name], f"{where}.{k.name}") if k.name in values else k.default
@@ -224,18 +304,45 @@ class MethodSpec:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where} must map knob names to values or ranges, but got {raw!r}")
         space: dict = {}
+        given_by: dict = {}  # space entry -> the key of raw that set it
         for name, v in raw.items():
             knob = self.knob(str(name), where)
             loc = f"{where}.{name}"
-            if isinstance(v, Mapping):
-                space[knob.name] = _parse_distribution(knob, v, loc)
+            if knob.kind == "stages":
+                entries = _parse_stages(knob, v, loc)
+            elif isinstance(v, Mapping):
+                entries = {knob.name: _parse_distribution(knob, v, loc)}
             else:
-                space[knob.name] = {"fixed": knob.validate(v, loc)}
+                entries = {knob.name: {"fixed": knob.validate(v, loc)}}
+            for key, dist in entries.items():
+                if key in space:  # a stage set by its family and on its own
+                    raise ConfigError(f"each knob must be given once, but got {key} from {given_by[key]} and "
+                                      f"from {name} ({where})")
+                space[key], given_by[key] = dist, name
+        self._stage_members(list(space), where)
         # cross-knob check on the defaults/fixed values so that contradictions fail early
-        self._check_exclusive(list(space), where)
-        fixed = {k: d["fixed"] for k, d in space.items() if "fixed" in d}
+        self._check_exclusive(list(dict.fromkeys(self.family(k) for k in space)), where)
+        # stage knobs are left out: some may be fixed and others searched, and each is checked already
+        fixed = {k: d["fixed"] for k, d in space.items() if "fixed" in d and self.family(k) == k}
         self.make_config(fixed, where)
         return space
+
+
+def _parse_stages(knob: Knob, v: Any, loc: str) -> dict:
+    """A ``stages`` knob in a space -> one entry per stage knob: ``{stages: S, low, high (log, step)}`` or
+    ``{stages: S, choices: [...]}`` gives every stage that distribution; a list fixes one value per stage."""
+    if not isinstance(v, Mapping):
+        values = knob.validate(v, loc)
+        return {f"{knob.member}_{i}": {"fixed": x} for i, x in enumerate(values)}
+    d = dict(v)
+    if "stages" not in d:
+        raise ConfigError(f"{knob.name} must give stages (how many depth stages) with its range, e.g. "
+                          f"{{stages: 4, low: 0.0, high: 0.8}}, but got keys {sorted(d)} ({loc})")
+    stages = d.pop("stages")
+    if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
+        raise ConfigError(f"stages must be an integer >= 1, but got stages={stages!r} ({loc})")
+    dist = _parse_distribution(knob.scalar(), d, loc)
+    return {f"{knob.member}_{i}": dict(dist) for i in range(stages)}
 
 
 def _parse_distribution(knob: Knob, d: Mapping, loc: str) -> dict:

@@ -5,6 +5,12 @@ The baseline method of every sweep: each coupled channel group is scored by the 
 are removed across the whole network until the ratio or the target is reached
 (:func:`sweep.engine.channels.prune_to_target`: the target is hit within 3 % where channel granularity
 allows; the latency target is measured on this machine while pruning).
+
+``stage_ratios`` replaces the one global ratio by one ratio per depth stage (the engine's depth bins of
+the prunable groups; Liu et al., ICLR 2019, and EagleEye, ECCV 2020, on why which layers are cut matters
+more than how many). Alone, each stage loses its ratio; with a MACs / params / latency fraction the
+ratios are the stages' relative weights and one scale is searched to meet the target. A space searches
+it as ``stage_ratios: {stages: 4, low: 0.0, high: 0.8}``, which samples ``stage_ratio_0`` ... ``_3``.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from .base import Knob, MethodConfig, PruneContext, PruneResult, register_method
 @register_method(
     "magnitude",
     summary="global magnitude (L2/L1/BN-scale) channel pruning to a channel ratio or a MACs/params/latency target",
-    exclusive=[TARGETS],
+    exclusive=[TARGETS, ("ratio", "stage_ratios")],
     needs_labels=False,  # weight magnitudes: no data at all; the runner fine-tunes
     knobs=[
         Knob("ratio", "float", 0.5, low=0.0, high=1.0, low_open=True, high_open=True,
@@ -32,6 +38,10 @@ from .base import Knob, MethodConfig, PruneContext, PruneResult, register_method
         Knob("latency_fraction", "float", None, low=0.0, high=1.0, low_open=True, optional=True,
              flag=True,
              help="instead of ratio: latency kept as a fraction of the baseline's, measured on this machine"),
+        Knob("stage_ratios", "stages", None, low=0.0, high=1.0, high_open=True, optional=True,
+             member="stage_ratio",
+             help="instead of ratio: one ratio per depth stage (stage_ratio_0, ...); with a macs/params/latency "
+                  "fraction, the stages' relative weights, scaled to meet it"),
         Knob("importance", "categorical", "l2", choices=IMPORTANCES + LATENCY_IMPORTANCES,
              help="channel group criterion; *_latency divides by the group's measured latency cost per channel"),
         Knob("global_pruning", "bool", True, help="one ranking across layers (else the same ratio per layer)"),
@@ -44,9 +54,12 @@ from .base import Knob, MethodConfig, PruneContext, PruneResult, register_method
 def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneResult:
     from ..engine.channels import AUTO, channel_counts, prune_to_target
 
-    target = {k: cfg[k] for k in TARGETS[1:] if cfg[k] is not None} or {"ratio": cfg.ratio}
+    target = {k: cfg[k] for k in TARGETS[1:] if cfg[k] is not None}
+    if not target and cfg.stage_ratios is None:
+        target = {"ratio": cfg.ratio}
     model, info = prune_to_target(
-        model, example_inputs, **target, importance=cfg.importance, global_pruning=cfg.global_pruning,
+        model, example_inputs, **target, stage_ratios=cfg.stage_ratios, importance=cfg.importance,
+        global_pruning=cfg.global_pruning,
         round_to=AUTO if cfg.round_to is None else cfg.round_to,
         ignored_layers=ctx.ignored_layers or None,  # unset: the engine's skipped_layers
         max_layer_ratio=cfg.max_layer_ratio, latency_kw=ctx.latency or None)
