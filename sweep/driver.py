@@ -873,6 +873,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
             timing = _timing(store, cfg, st.fit_t0)
             st.budget_used0, st.fit_t0 = st.budget_used0 + time.time() - st.fit_t0, None
             _settle(st)
+            _release_inbox(st)
             finished = _finished(store.records()[0])
             # Tune returned: all trials done, or stopped by SIGTERM, the time budget or Ctrl-C (which
             # reaches Ray Tune's handler directly, so it is what remains when trials are left)
@@ -919,6 +920,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
         raise
     finally:
         _ACTIVE.pop("sweep", None)
+        _release_inbox(st)
         st.mirror.close()
 
 
@@ -941,6 +943,20 @@ def _reconciled(st: _CallbackState, records: list[TrialRecord]) -> list[TrialRec
     _update_front(st, set(st.records))
     _compact(st)
     return list(st.records.values())
+
+
+def _release_inbox(st: _CallbackState) -> None:
+    """Tune is done: every result it delivered was taken from the inbox; end the actor (a Ray that outlives
+    this sweep, e.g. a cluster or a caller's, would otherwise keep one per sweep)."""
+    if st.inbox is None:
+        return
+    try:
+        import ray
+
+        ray.kill(st.inbox, no_restart=True)
+    except Exception:  # already gone with its node or with Ray
+        pass
+    st.inbox = None
 
 
 def _settle(st: _CallbackState) -> None:
