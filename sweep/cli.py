@@ -47,18 +47,20 @@ def _quiet_libraries() -> None:
 def _finish(outcome, cfg) -> int:
     from .driver import SIGTERM
     from .report import front_table
+    from .results.schema import FINISHED
 
     if outcome.interrupted:
         return 143 if outcome.stop_reason == SIGTERM else 130
     import pandas as pd
 
     df = pd.DataFrame([r.to_row() for r in outcome.records])
-    ok = sum(1 for r in outcome.records if r.status == "ok" and not r.is_baseline)
-    failed = sum(1 for r in outcome.records if r.status == "failed")
+    trials = [r for r in outcome.records if not r.is_baseline]
+    count = {status: sum(r.status == status for r in trials) for status in FINISHED}
+    more = "".join(f", {count[k]} {k.replace('_', ' ')}" for k in ("stopped_early", "infeasible") if count[k])
     _log("")
-    _log(f"sweep {cfg.name}: {ok} ok, {failed} failed trial(s) in {outcome.wall_s:.0f} s")
+    _log(f"sweep {cfg.name}: {count['ok']} ok, {count['failed']} failed{more} trial(s) in {outcome.wall_s:.0f} s")
     if outcome.stop_reason:  # the time budget: a normal end, with the trials it has
-        _log(f"{outcome.stop_reason}: {ok + failed} of {cfg.search.trials} trials finished; continue with "
+        _log(f"{outcome.stop_reason}: {sum(count.values())} of {cfg.search.trials} trials finished; continue with "
              f"`sweep resume {outcome.sweep_dir}`")
     if outcome.fit_s and outcome.trials_run:
         c = outcome.concurrency

@@ -363,6 +363,8 @@ def test_successive_halving_and_budgets_steer_a_real_sweep(tmp_path, monkeypatch
     ok = trials[trials["status"] == "ok"]
     assert len(ok) >= 1 and (ok["finetune_epochs"] == 4).all()
     assert "stopped_early: rung" in out and "infeasible: params" in out
+    assert (f"sweep ithalving: {len(ok)} ok, 0 failed, {len(early)} stopped early, {len(infeasible)} infeasible "
+            "trial(s) in ") in out
     status = "\n".join(__import__("sweep.status", fromlist=["x"]).status_lines(SweepFolder(tmp_path / "runs" /
                                                                                            "ithalving").path))
     assert f"{len(early)} stopped early" in status and f"{len(infeasible)} infeasible" in status
