@@ -23,16 +23,6 @@ from sweep.models import build_model
 X32 = torch.zeros(1, 3, 32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Batch-1 forwards of small nets are fastest on one thread; two threads on a shared 2-core box
-    can be 100x slower when other processes are busy (spin-waiting)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def conv_linear_macs(model, x) -> int:
     """MACs of the convs and linears only (the convention of the paper's 125.49 M for ResNet-56)."""
     total = [0]

@@ -20,16 +20,6 @@ from sweep.models import build_model
 X8 = torch.zeros(1, 3, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny nets gain nothing from intra-op threads, and on a shared 2-core box two threads spin
-    against other processes (100x slower forwards): keep these tests single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def probe(shape=(3, 8, 8), n=4):
     return torch.randn(n, *shape, generator=torch.Generator().manual_seed(1))
 

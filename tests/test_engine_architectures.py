@@ -12,16 +12,6 @@ from sweep.engine.skip import skipped_layers
 from sweep.measure import count_macs, count_params
 from sweep.models import build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Single-threaded: on a shared 2-core box two intra-op threads spin against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # (model, input channels, input size): inputs as small as each net allows
 FAST = [("yolo7_cls", 1, 28), ("cifar_resnet20", 3, 32)]
 SLOW = [("cifar_resnet56", 3, 32), ("vgg16_bn", 3, 32), ("torchvision:resnet18", 3, 32),

@@ -35,15 +35,6 @@ SHAPE = (3, 8, 8)
 NUM_CLASSES = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny batch-1 nets are fastest on one thread (two spin-wait on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class TinyResNet(nn.Module):
     """Stem, then one stage of ``n_blocks`` identity-shortcut blocks (``nets.Block``) of width ``c``."""
 

@@ -21,15 +21,6 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 X32 = torch.zeros(1, 3, 32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny nets gain nothing from threads; on a shared 2-core box they only spin (see test_engine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def resnet20():
     torch.manual_seed(0)
     return build_model("cifar_resnet20", num_classes=10)

@@ -16,15 +16,6 @@ from sweep.models.yolo_style import ELAN, MP, SPPCSPC, Conv
 X28 = torch.zeros(1, 1, 28, 28)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Single-threaded: on a shared 2-core box two intra-op threads spin against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def fashion_mnist_net():
     torch.manual_seed(0)
     return build_model("yolo7_cls", num_classes=10, in_channels=1, input_size=28).eval()
