@@ -18,13 +18,38 @@ Reconstructed here (our design, not the paper's text):
   γ=1, β=0 and reset running statistics).
 - **Penultimate features** φ(x) = the input of the classifier head (the last ``nn.Linear``: the first of
   ``ctx.ignored_layers`` when it is a Linear of the model), captured by a forward pre-hook, flattened.
-- **Criterion** (one score per channel of every coupled channel group, from ``cal_batches`` unlabeled
-  batches): the first-order (Taylor) estimate of how much removing the channel changes the feature
-  loss, |Σ_x Σ_{c∈g} a_c(x)·∂L/∂a_c(x)|, with L = ‖φ_T(x) − φ_S(x)‖² (the learning gap). ``a_c`` are
-  the output activations of the group's root conv/linear layer, plus those of any other conv/linear
-  whose outputs are coupled to it (a residual shortcut), summed per channel over space and samples.
-  Where the student *is* the teacher (``init: teacher``), L ≡ 0 and so is every gradient: there the
-  penultimate feature energy L = ½‖φ_S(x)‖² is used instead (``info["criterion"]`` says which).
+- **Criterion** (``criterion``; one score per channel of every coupled channel group, from
+  ``cal_batches`` unlabeled batches). ``d_c(x) = Σ_space a_c(x)·∂L/∂a_c(x)`` is the first-order change of
+  a loss L when channel c is removed (a_c → 0), for one sample x; ``a_c`` are the output activations of
+  the group's root conv/linear layer, plus those of any other conv/linear whose outputs are coupled to
+  it (a residual shortcut), so that ``d_g(x) = Σ_{c∈g} d_c(x)`` is the change when the coupled channel
+  ``g`` goes everywhere at once. The student is scored in eval mode, so the samples of a batch are
+  independent and one backward of the batch *sum* gives every per-sample gradient. Both criteria are
+  computed from the layers' feature maps a_c (as the abstract says); they differ in the loss whose
+  change they measure.
+
+  ``teacher_fisher`` (default; **our reconstruction**, teacher-guided as the paper's key idea asks:
+  Xiao et al., arXiv 2403.12690, prune with a teacher's guidance and no labels). Score of g = the
+  expected increase of the distillation loss KL(p_T ‖ p_S) when g is removed, to second order. Where
+  the student is the teacher (``init: teacher``) the first-order term vanishes and the Hessian of the KL
+  with respect to the student's logits z is the softmax Fisher F = diag(p_T) − p_T p_Tᵀ, so
+  ΔKL ≈ ½·δzᵀFδz with δz the change of the logits. The Fisher-information identity
+  E_{y~p_T}[∇_z(−log p(y|z)) ∇_z(−log p(y|z))ᵀ] = F gives an unbiased estimate from one pseudo-label per
+  input: draw y ~ Categorical(p_T(x)) from the **teacher's** softmax (T = 1, a seeded generator of its
+  own, from ``ctx.seed``), take L = Σ_x −log p_S(y_x|x), and E_y[d_g(x)²] = δzᵀFδz = 2·E[ΔKL]; so the
+  score is Σ_x d_g(x)²/2, per-*sample* squares (the squared-gradient "Fisher" importance of Molchanov
+  et al., "Importance Estimation for Neural Network Pruning", CVPR 2019, on the teacher's Fisher). Only
+  unlabeled inputs are read: the labels are the teacher's samples. Where the student is not the
+  teacher (``init: random``) the same estimator is used on the student's logits, unchanged: with
+  ∇ = p_S − p_T the KL's gradient in z, E_y[d_g²]/2 = ½·δzᵀFδz + ½·(∇ᵀδz)², the teacher-Fisher
+  curvature plus Molchanov's squared first-order Taylor term of the KL, still teacher-guided (an
+  importance, not the KL change itself).
+
+  ``feature_taylor`` (the earlier criterion): |Σ_x d_g(x)| on the penultimate feature loss,
+  L = ‖φ_T(x) − φ_S(x)‖² (the learning gap; ``info["criterion"] = "feature_gap"``) for a student that
+  differs from its teacher; where the student *is* the teacher, L ≡ 0 and so is every gradient, and the
+  student's own penultimate feature energy L = ½‖φ_S(x)‖² is used instead (``"feature_energy"``; the
+  teacher plays no part there).
 - **Normalisation.** Each group's scores are divided by the group's mean score (Torch-Pruning's
   ``"mean"`` normaliser), so that one global ranking compares channels by their importance *relative
   to their layer*, independently of the layer's activation scale and of its width (an L2-norm
@@ -44,12 +69,15 @@ Reconstructed here (our design, not the paper's text):
 - **Learning gap** = mean ‖φ_T(x) − φ_S(x)‖₂ over the held-out unlabeled split
   (``ctx.unlabeled_val_loader``), logged with the top-1 agreement with the teacher (as
   :func:`sweep.measure.agreement` defines it, computed in the same pass): step 0 right after pruning,
-  step e after retraining epoch e.
+  step e after retraining epoch e. Where the validation split has labels (``ctx.labels_available``:
+  ``ctx.val_loader`` then yields ``(x, y)``; without, it yields ``(x,)`` and there is no accuracy to
+  report), the top-1 validation accuracy is logged at the same steps, ``info["val_accuracy"]`` one
+  entry per ``info["learning_gap"]`` entry, so that the gap can be read against accuracy.
 
-Label-freeness is enforced by the data path: criterion, retraining and learning gap read only
-``ctx.unlabeled_loader`` and ``ctx.unlabeled_val_loader`` (items ``(x,)``, in every context, supervised
-or not). Labels are read only to *report* ``val_accuracy`` (from ``ctx.val_loader``), and only when
-``ctx.labels_available``.
+Label-freeness is enforced by the data path: criterion (whose only labels are the teacher's samples),
+retraining and learning gap read only ``ctx.unlabeled_loader`` and ``ctx.unlabeled_val_loader`` (items
+``(x,)``, in every context, supervised or not). Labels are read only to *report* ``val_accuracy``
+(from ``ctx.val_loader``), and only when ``ctx.labels_available``.
 """
 
 from __future__ import annotations
@@ -69,8 +97,8 @@ def _check(cfg: MethodConfig, where: str) -> None:
 
 @register_method(
     "lnpt",
-    summary="LNPT (Xiao et al. 2024, reconstruction): label-free one-shot global pruning by a Taylor "
-            "criterion on the teacher's penultimate features, then feature + KD retraining without labels",
+    summary="LNPT (Xiao et al. 2024, reconstruction): label-free one-shot global pruning by the expected "
+            "distillation-loss increase (teacher Fisher), then feature + KD retraining without labels",
     needs_labels=False,
     check=_check,
     exclusive=[("ratio", "macs_fraction")],
@@ -83,6 +111,8 @@ def _check(cfg: MethodConfig, where: str) -> None:
              help="instead of ratio: MACs kept as a fraction of the dense model's (hit within 3 %)"),
         Knob("init", "categorical", "teacher", choices=("teacher", "random"),
              help="student initialised from the teacher, or randomly (prune before training, as the paper)"),
+        Knob("criterion", "categorical", "teacher_fisher", choices=("teacher_fisher", "feature_taylor"),
+             help="channel score: expected KL(teacher || student) increase, or Taylor on penultimate features"),
         Knob("feature_weight", "float", 1.0, low=0.0, high=100.0,
              help="weight of the penultimate feature alignment (MSE to the teacher's features)"),
         Knob("kd_weight", "float", 1.0, low=0.0, high=100.0,
@@ -126,11 +156,16 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
         # the context's final list of layers kept (unset: the engine's skipped_layers)
         graph = ChannelGraph(model, example_inputs, ignored_layers=ctx.ignored_layers or None)
 
-        # --- criterion: Taylor scores on the penultimate features, one tensor per coupled group
-        criterion = "feature_energy" if cfg.init == "teacher" else "feature_gap"
+        # --- criterion: one score tensor per coupled group, from unlabeled inputs only
         model.to(device)
-        raw = feature_taylor_scores(model, teacher, graph.groups, head, t_head,
-                                    _take(train_inputs, cfg.cal_batches), criterion=criterion, device=device)
+        batches = _take(train_inputs, cfg.cal_batches)
+        if cfg.criterion == "teacher_fisher":
+            criterion = "teacher_fisher"
+            raw = teacher_fisher_scores(model, teacher, graph.groups, batches, seed=ctx.seed, device=device)
+        else:
+            criterion = "feature_energy" if cfg.init == "teacher" else "feature_gap"
+            raw = feature_taylor_scores(model, teacher, graph.groups, head, t_head, batches, criterion=criterion,
+                                        device=device)
         scores = {name: normalise(s) for name, s in raw.items()}
 
         # --- one global ranking, one global target: the engine's solver on these scores
@@ -239,15 +274,90 @@ def feature_taylor_scores(student, teacher, groups, head, t_head, batches: list,
     """One score tensor per channel group (length ``group.size``): |Σ_x Σ_{c∈g} a_c(x)·∂L/∂a_c(x)|.
 
     ``criterion="feature_gap"``: L = ‖φ_T(x) − φ_S(x)‖²; ``"feature_energy"``: L = ½‖φ_S(x)‖² (for a
-    student equal to its teacher, where the gap and its gradient vanish). ``a_c`` are the outputs of
-    the conv/linear layers whose output channels make up the group (its root, and layers coupled to it).
-    The student is scored in eval mode (BN statistics are not touched).
+    student equal to its teacher, where the gap and its gradient vanish). The chunks of a grouped conv
+    (pruned in step) add their per-channel scores.
+    """
+    import torch
+
+    if criterion not in ("feature_gap", "feature_energy"):
+        raise ValueError(f"criterion must be feature_gap or feature_energy, but got criterion={criterion!r} "
+                         f"(feature_taylor_scores)")
+    s_feat = Penultimate(student, head)
+    t_feat = Penultimate(teacher, t_head) if criterion == "feature_gap" else None
+
+    def loss_of(x):
+        _, phi_s = s_feat(x)
+        if t_feat is None:
+            return 0.5 * phi_s.pow(2).sum()
+        with torch.no_grad():
+            _, phi_t = t_feat(x)
+        return (phi_t - phi_s).pow(2).sum()
+
+    try:
+        first, _ = taylor_moments(student, groups, batches, loss_of, device=device)
+    finally:
+        s_feat.close()
+        if t_feat is not None:
+            t_feat.close()
+    out = {}
+    for g in groups:
+        s = first[g.name].abs()
+        if g.ch_groups > 1:  # chunks of a grouped conv are pruned in step: one score per unit
+            s = s.view(g.ch_groups, -1).sum(0)
+        out[g.name] = s.float()
+    return out
+
+
+def teacher_fisher_scores(student, teacher, groups, batches: list, *, seed: int, device: str = "cpu") -> dict:
+    """One score tensor per channel group (length ``group.size``): Σ_x d_g(x)²/2, the expected increase
+    of KL(p_T ‖ p_S) when unit g is removed, to second order (see the module docstring).
+
+    ``d_g(x) = Σ_{c∈g} Σ_space a_c(x)·∂/∂a_c(x) [−log p_S(y_x|x)]`` with one pseudo-label per input,
+    y_x ~ Categorical(p_T(x)) drawn from the teacher's softmax by a generator seeded from ``seed`` (on the
+    CPU, so the draw does not depend on the device). ``batches`` are input tensors: no label is read.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(int(seed) * 7919 + 31)  # a stream apart from the student's reinit
+
+    def loss_of(x):
+        with torch.no_grad():
+            t_logits = teacher(x)
+        _check_logits(t_logits, "teacher", teacher)
+        p_t = F.softmax(t_logits.double(), dim=1).cpu()
+        y = torch.multinomial(p_t, 1, generator=gen).squeeze(1).to(x.device)
+        s_logits = student(x)
+        _check_logits(s_logits, "student", student)
+        return F.cross_entropy(s_logits, y, reduction="sum")  # a sum: per-sample gradients in eval mode
+
+    _, second = taylor_moments(student, groups, batches, loss_of, device=device)
+    return {name: (s / 2).float() for name, s in second.items()}
+
+
+def _check_logits(logits, who: str, model) -> None:
+    from ..measure import check_finite
+
+    if logits.dim() != 2:
+        raise TrialFailure(f"lnpt's teacher_fisher criterion must see logits of shape (batch, classes), but got "
+                           f"shape={tuple(logits.shape)} ({who} {type(model).__name__})")
+    check_finite(logits, f"lnpt's teacher_fisher criterion, {who}")
+
+
+def taylor_moments(student, groups, batches: list, loss_of, *, device: str = "cpu") -> tuple[dict, dict]:
+    """Per group, the first and second moments over samples of the per-sample Taylor terms of a loss.
+
+    ``loss_of(x)`` runs the student on the input batch ``x`` and returns a scalar loss that is a sum over
+    the samples. For sample x and root channel r of a group, ``t_r(x) = Σ_{members} Σ_space
+    a(x)·∂loss/∂a(x)`` over the channels coupled to r (the outputs of the conv/linear layers that make up
+    the group: its root, and layers coupled to it), and ``u(x)`` adds the chunks of a grouped conv (one
+    pruning unit). Returns ``(first, second)``: ``first[name] = Σ_x t(x)`` (length ``group.channels``) and
+    ``second[name] = Σ_x u(x)²`` (length ``group.size``), float64 on the CPU. The student is run in eval
+    mode (BN statistics are not touched), so the samples of a batch are independent.
     """
     import torch
     from torch import nn
 
-    if criterion not in ("feature_gap", "feature_energy"):
-        raise ValueError(f"criterion must be feature_gap or feature_energy, but got {criterion!r}")
     producers: dict[int, nn.Module] = {}
     plan = []  # (group, [(module id, member idxs, root idxs)])
     for g in groups:
@@ -256,7 +366,8 @@ def feature_taylor_scores(student, teacher, groups, head, t_head, batches: list,
             if (mem.kind == "out" and isinstance(mem.module, (nn.modules.conv._ConvNd, nn.Linear))
                     and None not in mem.root_idxs):
                 producers[id(mem.module)] = mem.module
-                parts.append((id(mem.module), list(mem.idxs), list(mem.root_idxs)))
+                parts.append((id(mem.module), torch.tensor(list(mem.idxs), dtype=torch.long),
+                              torch.tensor(list(mem.root_idxs), dtype=torch.long)))
         plan.append((g, parts))
 
     store: dict[int, list] = {k: [] for k in producers}
@@ -265,10 +376,9 @@ def feature_taylor_scores(student, teacher, groups, head, t_head, batches: list,
         store[id(module)].append(out)
         return out.clone()  # what follows (an in-place ReLU) edits the clone; ``out`` keeps a_c and its grad
 
+    first = {g.name: torch.zeros(g.channels, dtype=torch.float64) for g in groups}
+    second = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
     handles = [m.register_forward_hook(hook) for m in producers.values()]
-    s_feat = Penultimate(student, head)
-    t_feat = Penultimate(teacher, t_head) if criterion == "feature_gap" else None
-    acc = {id(m): None for m in producers.values()}
     was = student.training
     student.eval()
     try:
@@ -277,43 +387,35 @@ def feature_taylor_scores(student, teacher, groups, head, t_head, batches: list,
             for v in store.values():
                 v.clear()
             with torch.enable_grad():
-                _, phi_s = s_feat(x)
-                if t_feat is not None:
-                    with torch.no_grad():
-                        _, phi_t = t_feat(x)
-                    loss = (phi_t - phi_s).pow(2).sum()
-                else:
-                    loss = 0.5 * phi_s.pow(2).sum()
+                loss = loss_of(x)
                 keys = [k for k, outs in store.items() for _ in outs]
                 outs = [o for k in store for o in store[k]]
                 grads = torch.autograd.grad(loss, outs, allow_unused=True) if outs else []
+            per_sample: dict[int, Any] = {}  # module id -> (N, out channels): Σ_space a·grad, per sample
             for k, a, gr in zip(keys, outs, grads):
                 if gr is None:
                     continue
-                dim = a.dim() - 1 if isinstance(producers[k], nn.Linear) else 1
-                other = [d for d in range(a.dim()) if d != dim]
-                c = (a.detach() * gr).sum(dim=other).double().cpu()
-                acc[k] = c if acc[k] is None else acc[k] + c
+                prod = (a.detach() * gr).double()
+                if isinstance(producers[k], nn.Linear):  # (N, ..., C): channels last
+                    d = prod.reshape(prod.shape[0], -1, prod.shape[-1]).sum(1)
+                else:  # (N, C, ...): channels second
+                    d = prod.reshape(prod.shape[0], prod.shape[1], -1).sum(2)
+                d = d.cpu()
+                per_sample[k] = d if k not in per_sample else per_sample[k] + d
+            n = x.shape[0]
+            for g, parts in plan:
+                t = torch.zeros(n, g.channels, dtype=torch.float64)
+                for k, idxs, root_idxs in parts:
+                    if k in per_sample:
+                        t.index_add_(1, root_idxs, per_sample[k].index_select(1, idxs))
+                first[g.name] += t.sum(0)
+                u = t.view(n, g.ch_groups, -1).sum(1) if g.ch_groups > 1 else t
+                second[g.name] += u.pow(2).sum(0)
     finally:
         for h in handles:
             h.remove()
-        s_feat.close()
-        if t_feat is not None:
-            t_feat.close()
         student.train(was)
-
-    out = {}
-    for g, parts in plan:
-        total = torch.zeros(g.channels, dtype=torch.float64)
-        for k, idxs, root_idxs in parts:
-            if acc[k] is not None:
-                total.index_add_(0, torch.tensor(root_idxs, dtype=torch.long),
-                                 acc[k][torch.tensor(idxs, dtype=torch.long)])
-        s = total.abs()
-        if g.ch_groups > 1:  # chunks of a grouped conv are pruned in step: one score per unit
-            s = s.view(g.ch_groups, -1).sum(0)
-        out[g.name] = s.float()
-    return out
+    return first, second
 
 
 def normalise(s):
@@ -384,6 +486,7 @@ def retrain(model, teacher, head, t_head, keep_feat, train_inputs, val_inputs, c
 
             point["val_accuracy"] = accuracy(model, ctx.val_loader, device)
             ctx.log_metric("val_accuracy", point["val_accuracy"], step)
+            log["val_accuracy"].append(point["val_accuracy"])
         log["trajectory"].append(point)
         log["learning_gap"].append(gap)
         log["agreement"].append(agree)
@@ -407,6 +510,8 @@ def retrain(model, teacher, head, t_head, keep_feat, train_inputs, val_inputs, c
         evaluate(epoch + 1, log)
 
     log: dict = {"epochs": cfg.epochs, "learning_gap": [], "agreement": [], "train_loss": [], "trajectory": []}
+    if report_acc:  # one point per learning-gap point (step 0, then each epoch); absent without labels
+        log["val_accuracy"] = []
     try:
         evaluate(0, log)
         fit(model, train_inputs, loss_fn, epochs=cfg.epochs, hp=hyper(ctx.finetune_config), device=device,
