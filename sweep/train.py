@@ -6,9 +6,14 @@ Conventions:
   loss tensor and the number of samples it averages over (``n`` weighs the per-epoch mean).  It moves
   the batch to the device itself and reads only what it needs: label-free losses read ``batch[0]``.
 - **Optimiser settings** ``hp``: a mapping with ``lr``, ``momentum``, ``weight_decay`` and ``optimizer``
-  (``"sgd"``: SGD, with Nesterov momentum when momentum > 0; ``"adam"``: Adam); :func:`hyper` reads them
-  from a config object.  The learning rate follows one cosine schedule from ``lr`` to 0 over every step
-  of all epochs (``CosineAnnealingLR``, stepped after every batch).
+  (``"sgd"``: SGD, with Nesterov momentum when momentum > 0 unless ``hp["nesterov"]`` is False;
+  ``"adam"``: Adam); :func:`hyper` reads them from a config object.  The learning rate follows one
+  cosine schedule from ``lr`` to 0 over every step of all epochs (``CosineAnnealingLR``, stepped after
+  every batch).
+- **Best-epoch weights** (``keep_best=quality``, optional): ``quality(model)`` is evaluated after every
+  epoch and the weights of the best epoch are restored at the end; ties keep the **earlier** epoch (a
+  later epoch must be strictly better, as in the SR-init authors' code: ``is_best = acc1 > best_acc1``),
+  and a non-finite quality never counts as best (:func:`best_epoch`).
 - **Divergence is a trial failure**, never a model full of NaNs: a non-finite loss raises
   :class:`TrialFailure` ("diverged: ...") at once, and so do non-finite weights at the end of an epoch.
 - No method-specific branches here: a method brings its loss function and, where it changes the
@@ -36,9 +41,20 @@ def hyper(source: Any = None, **overrides) -> dict:
     return hp
 
 
+def best_epoch(qualities: Iterable[float]) -> int | None:
+    """The 0-based epoch whose weights ``keep_best`` restores: the first maximum of ``qualities`` (ties
+    keep the earlier epoch); non-finite qualities never count; None when none is finite."""
+    best, at = -math.inf, None
+    for e, q in enumerate(qualities):
+        if math.isfinite(q) and (at is None or q > best):
+            best, at = q, e
+    return at
+
+
 def fit(model, loader: Iterable, loss_fn: LossFn, *, epochs: int, hp: Mapping[str, Any], device: str = "cpu",
         on_epoch: Callable[[int, float], None] | None = None,
-        on_step: Callable[[int], bool] | None = None) -> list[float]:
+        on_step: Callable[[int], bool] | None = None,
+        keep_best: Callable[[Any], float] | None = None) -> list[float]:
     """Train ``model`` in place for ``epochs`` epochs on ``loss_fn``; return the mean loss of each epoch.
 
     ``on_epoch(epoch, mean_loss)`` runs after each epoch (``epoch`` counts from 0), the model in train
@@ -47,6 +63,11 @@ def fit(model, loader: Iterable, loss_fn: LossFn, *, epochs: int, hp: Mapping[st
     the model's current trainable parameters, keeping the state (momentum, Adam moments) of those it
     already had and the position of the learning-rate schedule (:func:`retarget`).  The model is left in
     eval mode.
+
+    ``keep_best(model) -> quality`` (optional) is called after each epoch's ``on_epoch``; at the end the
+    weights (the whole state dict, BatchNorm statistics included) of the epoch :func:`best_epoch` picks
+    are restored.  A surgery (``on_step`` -> True) after that epoch changes the shapes: restoring then
+    raises a ValueError.
     """
     import torch
 
@@ -55,6 +76,8 @@ def fit(model, loader: Iterable, loss_fn: LossFn, *, epochs: int, hp: Mapping[st
     model.to(device)
     opt, sched = make_optimizer(trainable(model), hp, total_steps=total_steps(loader, epochs))
     losses: list[float] = []
+    qualities: list[float] = []
+    best_state, last_surgery = None, 0  # last_surgery: the epoch (1-based) of the latest surgery
     step = 0
     for epoch in range(epochs):
         model.train()
@@ -73,12 +96,23 @@ def fit(model, loader: Iterable, loss_fn: LossFn, *, epochs: int, hp: Mapping[st
             step += 1
             if on_step is not None and on_step(step):
                 retarget(opt, trainable(model))
+                last_surgery = epoch + 1
         # the last step of an epoch can blow the weights up after its (finite) loss was computed
         if not all(bool(torch.isfinite(p).all()) for p in opt.param_groups[0]["params"]):
             raise TrialFailure(f"diverged: non-finite weights after epoch {epoch + 1}")
         losses.append(total / max(n, 1))
         if on_epoch is not None:
             on_epoch(epoch, losses[-1])
+        if keep_best is not None:
+            qualities.append(float(keep_best(model)))
+            model.train()
+            if best_epoch(qualities) == epoch:
+                best_state = (epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    if best_state is not None and best_state[0] != epochs - 1:
+        if last_surgery > best_state[0] + 1:
+            raise ValueError(f"keep_best must not be combined with a surgery after the best epoch, but got the "
+                             f"best epoch {best_state[0] + 1} and a surgery in epoch {last_surgery} (fit)")
+        model.load_state_dict(best_state[1])
     model.eval()
     return losses
 
@@ -97,15 +131,18 @@ def total_steps(loader: Iterable, epochs: int) -> int:
 
 
 def make_optimizer(params: list, hp: Mapping[str, Any], *, total_steps: int):
-    """(optimiser, schedule): SGD (Nesterov when momentum > 0) or Adam over ``params``, one parameter
-    group, with a cosine schedule from ``hp["lr"]`` to 0 over ``total_steps`` steps."""
+    """(optimiser, schedule): SGD (Nesterov when momentum > 0, unless ``hp["nesterov"]`` is False) or Adam
+    over ``params``, one parameter group, with a cosine schedule from ``hp["lr"]`` to 0 over
+    ``total_steps`` steps."""
     import torch
 
     lr, momentum, wd, name = hp["lr"], hp["momentum"], hp["weight_decay"], hp["optimizer"]
+    nesterov = hp.get("nesterov")
     if name == "adam":
         opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
     elif name == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd, nesterov=momentum > 0)
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd,
+                              nesterov=momentum > 0 if nesterov is None else bool(nesterov) and momentum > 0)
     else:
         raise ValueError(f"optimizer must be sgd or adam, but got optimizer={name!r} (make_optimizer)")
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
@@ -184,24 +221,30 @@ def distillation(teacher, *, temperature: float, feature_weight: float = 0.0, fe
 # ------------------------------------------------------------------------------------------- trainers
 def train(model, loader: Iterable, *, epochs: int, lr: float, momentum: float = 0.9,
           weight_decay: float = 5e-4, optimizer: str = "sgd", device: str = "cpu",
-          on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
-    """Train ``model`` in place with cross-entropy; return the mean loss of each epoch (see :func:`fit`)."""
-    hp = hyper(lr=lr, momentum=momentum, weight_decay=weight_decay, optimizer=optimizer)
-    return fit(model, loader, cross_entropy(device), epochs=epochs, hp=hp, device=device, on_epoch=on_epoch)
+          on_epoch: Callable[[int, float], None] | None = None, nesterov: bool | None = None,
+          keep_best: Callable[[Any], float] | None = None) -> list[float]:
+    """Train ``model`` in place with cross-entropy; return the mean loss of each epoch (see :func:`fit`
+    for ``keep_best``; ``nesterov=None``: Nesterov when momentum > 0)."""
+    hp = hyper(lr=lr, momentum=momentum, weight_decay=weight_decay, optimizer=optimizer, nesterov=nesterov)
+    return fit(model, loader, cross_entropy(device), epochs=epochs, hp=hp, device=device, on_epoch=on_epoch,
+               keep_best=keep_best)
 
 
 def distill(student, teacher, loader: Iterable, *, epochs: int, lr: float, temperature: float = 4.0,
             momentum: float = 0.9, weight_decay: float = 5e-4, optimizer: str = "sgd", device: str = "cpu",
             feature_weight: float = 0.0, features=None,
-            on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+            on_epoch: Callable[[int, float], None] | None = None, nesterov: bool | None = None,
+            keep_best: Callable[[Any], float] | None = None) -> list[float]:
     """Label-free training of ``student`` on the :func:`distillation` loss from ``teacher``.
 
     Batches are read as ``batch[0]`` only: the loader may (and in label-free sweeps does) carry no labels.
+    ``nesterov`` and ``keep_best`` as for :func:`train`.
     """
     if epochs <= 0:
         return []
     teacher.to(device).eval()
     loss_fn = distillation(teacher, temperature=temperature, feature_weight=feature_weight, features=features,
                            device=device)
-    hp = hyper(lr=lr, momentum=momentum, weight_decay=weight_decay, optimizer=optimizer)
-    return fit(student, loader, loss_fn, epochs=epochs, hp=hp, device=device, on_epoch=on_epoch)
+    hp = hyper(lr=lr, momentum=momentum, weight_decay=weight_decay, optimizer=optimizer, nesterov=nesterov)
+    return fit(student, loader, loss_fn, epochs=epochs, hp=hp, device=device, on_epoch=on_epoch,
+               keep_best=keep_best)

@@ -270,17 +270,56 @@ def test_lowest_criterion_channels_go_first():
 
 
 # ----------------------------------------------------------------------------- limits, seeds, errors
-def test_max_layer_ratio_is_never_exceeded():
-    res, (_, _, ch0), _ = run({"iterations": 4, "n_params": 7, "n_macs": 7, "alpha": 1, "alpha_decay": 0,
-                               "epochs_per_iter": 0, "max_layer_ratio": 0.5})
+def test_max_layer_ratio_is_never_exceeded_and_the_epochs_left_are_spent():
+    res, (_, _, ch0), ctx = run({"iterations": 4, "n_params": 7, "n_macs": 7, "alpha": 1, "alpha_decay": 0,
+                                 "epochs_per_iter": 1, "max_layer_ratio": 0.5})
     ch = channel_counts(res.model)
     for name, c in ch0.items():
         assert ch[name] >= math.ceil(c * 0.5), name
-    assert res.info["stopped_early"] is not None  # everything reached its floor before iteration 4
-    assert len(res.info["trajectory"]) == res.info["iterations_done"] + 1 < 5
+    info = res.info
+    assert info["stopped_early"] is not None  # everything reached its floor before iteration 4
+    done = info["iterations_done"]
+    assert done < 4 and len(info["trajectory"]) == done + 2  # + one point after the final fine-tune
+    last = info["trajectory"][-1]
+    assert last["step"] == done + 1 and last["pruned_groups"] == [] and last["alpha"] is None
+    # the budget is iterations x epochs_per_iter: the iterations not run are one final fine-tune
+    assert info["epochs"] == 4 and ctx.calls == [(1, k) for k in range(done)] + [(4 - done, done)]
+
+
+# ----------------------------------------------------------------------------- a MACs target
+@pytest.mark.parametrize("values, groups, reached_at, calls", [
+    ({"iterations": 3, "macs_fraction": 0.85}, None, 1, [(3, 0)]),  # crossed in iteration 1: scaled down
+    ({"iterations": 3, "macs_fraction": 0.7}, ("a", "fuse", "spp_cv"), 2, [(1, 0), (2, 1)]),
+    ({"iterations": 2, "macs_fraction": 0.3}, ("a", "fuse", "spp_cv"), None, [(1, 0), (1, 1)]),  # missed
+    ({"iterations": 2, "macs_fraction": 1.0}, None, 0, [(2, 0)]),  # the input model is there already
+])
+def test_macs_fraction_stops_at_the_target_within_the_same_epochs(values, groups, reached_at, calls):
+    from sweep.engine.channels import TOLERANCE
+
+    frac, iterations = values["macs_fraction"], values["iterations"]
+    res, (_, m0, _), ctx = run({**values, "n_params": 1, "n_macs": 1, "epochs_per_iter": 1}, groups=groups)
+    info = res.info
+    achieved = count_macs(res.model, torch.zeros(1, *SHAPE)) / m0
+    assert info["achieved_macs_fraction"] == achieved and info["target_reached_at"] == reached_at
+    assert info["epochs"] == iterations == sum(e for e, _ in ctx.calls) and ctx.calls == calls
+    assert nets.steps(ctx, "train_loss") == list(range(iterations))  # one loss history
+    if reached_at is None:
+        assert info["target_reached"] is False and achieved > frac * (1 + TOLERANCE)
+        assert info["target_note"].startswith(f"MACs target {frac} of the input's missed")
+        assert info["iterations_done"] == iterations and info["stopped_early"] is None
+    else:
+        assert info["target_reached"] is True and abs(achieved - frac) <= frac * TOLERANCE
+        assert "target_note" not in info and info["iterations_done"] == reached_at
+        assert info["stopped_early"].endswith("MACs target" if reached_at == 0 else "the MACs target is reached")
+    if reached_at == 1:  # the chosen removals would overshoot: every count scaled by one s < 1
+        d = info["iteration_details"][0]
+        assert 0 < d["scale"] < 1 and d["finetune_epochs"] == 3
+        assert all(s["removed"] == int(d["scale"] * s["planned"] + 1e-9) for s in d["selected"])
+    json.dumps(info, allow_nan=False)
 
 
 @pytest.mark.parametrize("knob,value", [
+    ("macs_fraction", 0.0), ("macs_fraction", 1.5),
     ("iterations", 0), ("iterations", 21), ("iterations", 2.5), ("alpha", 0.5), ("alpha", 51),
     ("alpha_decay", -1), ("alpha_decay", 11), ("n_params", -1), ("n_macs", 21), ("criterion", "random"),
     ("epochs_per_iter", 21), ("val_samples", 16), ("max_layer_ratio", 0.0), ("max_layer_ratio", 1.0),

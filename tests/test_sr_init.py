@@ -8,6 +8,7 @@ threshold rule Δ ≤ τ is checked to the block.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from datetime import datetime, timedelta, timezone
@@ -277,23 +278,162 @@ def test_channel_ratio_follow_up_on_cifar_resnet20():
         assert m(torch.randn(2, 1, 16, 16)).shape == (2, 10)
 
 
+# ----------------------------------------------------------------------------- a MACs target
+RESNET20_DROPS = [0.5, 0.3, 0.05, 0.5, 0.2, 0.1, 0.5, 0.15, 0.25]  # Δ order of removable blocks: 2, 5, 7, 4, 8, 1
+
+
+def _resnet20():
+    from sweep.models import build_model
+
+    torch.manual_seed(0)
+    return trained_stats(build_model("cifar_resnet20", num_classes=10, in_channels=1, input_size=16))
+
+
+def _resnet20_ctx(model, shape=(1, 16, 16)):
+    """The oracle ``evaluate`` on a CIFAR ResNet-20: A0 − RESNET20_DROPS[b] while block b is re-initialised."""
+    from sweep.engine.depth import removable_blocks
+
+    modules = dict(model.named_modules())
+    blocks = [modules[r.name] for r in removable_blocks(model, torch.zeros(1, *shape))]
+
+    def evaluate(m):
+        hit = [i for i, b in enumerate(blocks) if reinitialised(b)]
+        return A0 - RESNET20_DROPS[hit[0]] if hit else A0
+
+    return nets.make_ctx(model, method="sr_init", shape=shape, num_classes=10, evaluate=evaluate)
+
+
+@pytest.mark.parametrize("fraction, removed, channels", [
+    (0.75, [2, 5], False),  # two blocks land within 3 %: no channel step
+    (0.5, [2, 4, 5, 7], True),  # block 8 next would overshoot: held back, channels close the gap
+    (0.25, [1, 2, 4, 5, 7, 8], True),  # every block goes, then channels
+])
+def test_macs_fraction_lands_within_tolerance_removing_blocks_in_delta_order(fraction, removed, channels):
+    from sweep.engine.channels import TOLERANCE, channel_counts
+    from sweep.measure import count_macs
+
+    x = torch.zeros(1, 1, 16, 16)
+    model = _resnet20()
+    macs0 = count_macs(model, x)
+    res = run(model, {"tau": 1.0, "macs_fraction": fraction}, _resnet20_ctx(model), x)
+    info, m = res.info, res.model
+    assert info["blocks_order"] == [2, 5, 7, 4, 8, 1]  # ascending Δ
+    assert info["removed"] == removed == sorted(info["blocks_order"][: len(removed)])  # a prefix of it
+    assert info["blocks_held_back"] == info["blocks_order"][len(removed):]
+    macs = count_macs(m, x)
+    assert abs(macs / macs0 - fraction) <= fraction * TOLERANCE
+    assert info["macs_after"] == macs and info["achieved_macs_fraction"] == macs / macs0 and info["target_reached"]
+    # blocks never take the MACs more than the tolerance below the target; the trail says why a block stayed
+    assert info["macs_after_depth"] >= fraction * macs0 * (1 - TOLERANCE)
+    assert [t["block"] for t in info["blocks_trail"] if t["removed"]] == info["blocks_order"][: len(removed)]
+    if info["blocks_held_back"] and info["blocks_trail"][-1]["removed"] is False:
+        assert info["blocks_trail"][-1]["macs"] < fraction * macs0 * (1 - TOLERANCE)
+    assert (info["channel_step"] is not None) == channels == (info["macs_after"] < info["macs_after_depth"])
+    assert info["channels"] == channel_counts(m)
+    assert stage_depths(m) == [3 - len([b for b in removed if b // 3 == stage]) for stage in range(3)]
+    with torch.no_grad():
+        assert m(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+    json.dumps(info, allow_nan=False)
+
+
+def test_macs_fraction_with_remove_blocks_keeps_the_given_order():
+    from sweep.measure import count_macs
+
+    x = torch.zeros(1, 1, 16, 16)
+    model = _resnet20()
+    macs0 = count_macs(model, x)
+    res = run(model, {"remove_blocks": [8, 1, 2], "macs_fraction": 0.78}, _resnet20_ctx(model), x)
+    info = res.info
+    assert info["removed"] == [1, 8] and info["blocks_held_back"] == [2]  # 8, then 1 reach the target: 2 stays
+    assert [t["block"] for t in info["blocks_trail"]] == [8, 1] and info["channel_step"] is None
+    assert info["target_reached"] and abs(count_macs(res.model, x) / macs0 - 0.78) <= 0.78 * 0.03
+
+
+# ----------------------------------------------------------------------------- the authors' fine-tuning
+def _authors_run(qualities, monkeypatch, epochs=3):
+    """TinyResNet, block 1 removed, recipe "authors" on the runner's context (sweep lr 0.05, wd 5e-4);
+    ``ctx.evaluate`` returns ``qualities`` in turn and snapshots the weights it is shown."""
+    import sweep.train as tr
+    from sweep.config import TrainConfig
+    from sweep.methods.context import build_context
+
+    built, make_optimizer = [], tr.make_optimizer
+
+    def recording(params, hp, *, total_steps):
+        out = make_optimizer(params, hp, total_steps=total_steps)
+        built.append(out[0])
+        return out
+
+    monkeypatch.setattr(tr, "make_optimizer", recording)
+    torch.manual_seed(0)
+    model = trained_stats(TinyResNet())
+    logged, snaps = [], []
+    ctx = build_context(nets.synthetic_loaders(data=_data()), method="sr_init", labels=True, teacher=None,
+                        finetune_config=TrainConfig(epochs=epochs, lr=0.05, weight_decay=5e-4), device="cpu",
+                        seed=0, num_classes=NUM_CLASSES, ignored_layers=[],
+                        log_metric=lambda k, v, s=0: logged.append((k, v, s)))
+
+    def evaluate(m):
+        snaps.append({k: v.clone() for k, v in m.state_dict().items()})
+        return qualities[len(snaps) - 1]
+
+    ctx = dataclasses.replace(ctx, evaluate=evaluate)
+    res = run(model, {"remove_blocks": [1], "recipe": "authors"}, ctx)
+    return res, snaps, built, logged
+
+
+@pytest.mark.parametrize("qualities, best", [([0.9, 0.5, 0.7], 0), ([0.5, 0.8, 0.8], 1)])  # ties: the earlier
+def test_authors_recipe_keeps_the_best_epoch_with_their_hyperparameters(qualities, best, monkeypatch):
+    from sweep.methods.sr_init import AUTHORS_RECIPE
+
+    res, snaps, built, logged = _authors_run(qualities, monkeypatch)
+    assert res.finetuned is True and res.info["epochs"] == 3 and res.info["recipe"] == "authors"
+    assert res.info["epoch_quality"] == qualities and res.info["best_epoch"] == best + 1
+    assert res.info["best_quality"] == qualities[best]
+    state = res.model.state_dict()
+    assert len(snaps) == 3 and all(torch.equal(state[k], snaps[best][k]) for k in state)
+    assert not all(torch.equal(state[k], snaps[2][k]) for k in state)  # not the last epoch's weights
+    (opt,) = built  # one training run, with the authors' settings, not the sweep's (lr 0.05, wd 5e-4)
+    group = opt.param_groups[0]
+    assert isinstance(opt, torch.optim.SGD) and group["initial_lr"] == 0.01 and group["weight_decay"] == 5e-3
+    assert group["momentum"] == 0.9 and group["nesterov"] is False
+    assert AUTHORS_RECIPE == {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-3,
+                              "nesterov": False}
+    assert [s for k, _, s in logged if k == "sr_init/finetune_quality"] == [0, 1, 2]
+    assert [s for k, _, s in logged if k == "train_loss"] == [0, 1, 2]
+    json.dumps(res.info, allow_nan=False)
+
+
+def test_authors_recipe_needs_a_finetune_that_takes_its_settings():
+    model = trained_stats(TinyResNet())
+    ctx = dataclasses.replace(oracle_ctx(model), finetune=lambda m, epochs=None: [])
+    with pytest.raises(TrialFailure, match="recipe='authors' must have a ctx.finetune that takes epochs, keep_best"):
+        run(model, {"tau": 0.2, "recipe": "authors"}, ctx)
+
+
 # ----------------------------------------------------------------------------- registry and knobs
 def test_registered_with_knobs():
     assert "sr_init" in method_names()
     spec = get_method("sr_init")
     cfg = spec.make_config({})
     assert dict(cfg) == {"tau": 0.60, "seeds": 1, "max_removed": None, "channel_ratio": 0.0,
-                         "remove_blocks": None}
+                         "remove_blocks": None, "macs_fraction": None, "recipe": "sweep"}
     assert spec.make_config({"tau": 0.6185, "seeds": 10, "max_removed": 3, "channel_ratio": 0.3}).tau == 0.6185
 
 
 @pytest.mark.parametrize("knob, value", [
     ("tau", 1.5), ("tau", -0.1), ("tau", "high"), ("seeds", 0), ("seeds", 11), ("seeds", 2.5),
     ("max_removed", 0), ("channel_ratio", 1.0), ("channel_ratio", -0.2), ("no_such", 1),
+    ("macs_fraction", 0.0), ("macs_fraction", 1.5), ("recipe", "paper"),
 ])
 def test_bad_knob_values_raise_config_error(knob, value):
     with pytest.raises(ConfigError, match=knob):
         get_method("sr_init").make_config({knob: value}, where="x.yaml: methods.sr_init")
+
+
+def test_macs_fraction_and_channel_ratio_are_exclusive():
+    with pytest.raises(ConfigError, match="give only one of macs_fraction, channel_ratio for method sr_init"):
+        get_method("sr_init").make_config({"macs_fraction": 0.5, "channel_ratio": 0.3}, where="x.yaml")
 
 
 def test_search_space_file_parses():

@@ -1,5 +1,6 @@
 """``sweep.train``: the one training loop (:func:`fit`), its optimiser and schedule, its divergence
-checks, the surgery hook (``on_step`` -> True) and the two trainers built on it (``train``, ``distill``)."""
+checks, the surgery hook (``on_step`` -> True), best-epoch weights (``keep_best``) and the two trainers
+built on it (``train``, ``distill``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sweep import train as tr
 from sweep.config import TrainConfig
 from sweep.errors import TrialFailure
 from sweep.train import DEFAULT_HP, cross_entropy, distill, fit, hyper, make_optimizer, retarget, total_steps, train
@@ -179,3 +181,98 @@ def test_distill_reads_inputs_only_and_moves_toward_the_teacher():
     assert gap() < g0
     with pytest.raises(ValueError, match="features.*must be given when feature_weight > 0"):
         distill(student, teacher, data, epochs=1, lr=0.1, feature_weight=1.0)
+
+
+# ----------------------------------------------------------------------------- best-epoch weights
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("qualities, best", [
+    ([0.2, 0.9, 0.5], 1),
+    ([0.5, 0.5, 0.4], 0),  # ties keep the earlier epoch
+    ([0.1, 0.2, 0.3], 2),  # the last epoch: the weights as trained
+    ([NAN, 0.1, 0.1], 1),  # a non-finite quality never counts
+])
+@pytest.mark.parametrize("trainer", ["fit", "train", "distill"])
+def test_keep_best_restores_the_best_epoch(qualities, best, trainer):
+    model, seen, snaps = net(), [], []
+
+    def quality(m):
+        assert m is model
+        snaps.append({k: v.clone() for k, v in m.state_dict().items()})
+        return qualities[len(snaps) - 1]
+
+    kw = dict(epochs=3, keep_best=quality, on_epoch=lambda e, loss: seen.append((e, len(snaps), model.training)))
+    if trainer == "fit":
+        fit(model, batches(), cross_entropy(), hp=hyper(lr=0.1), **kw)
+    elif trainer == "train":
+        train(model, batches(), lr=0.1, **kw)
+    else:
+        distill(model, net(1).eval(), batches(labels=False), lr=0.1, **kw)
+    assert seen == [(0, 0, True), (1, 1, True), (2, 2, True)]  # quality after on_epoch, in train mode
+    assert len(snaps) == 3 and tr.best_epoch(qualities) == best
+    state = model.state_dict()
+    assert all(torch.equal(state[k], snaps[best][k]) for k in state)
+    assert best == 2 or not all(torch.equal(state[k], snaps[2][k]) for k in state)
+    assert not model.training
+
+
+def test_best_epoch_rule():
+    assert tr.best_epoch([]) is None and tr.best_epoch([NAN, float("inf")]) is None
+    assert tr.best_epoch([0.3, NAN, 0.3, 0.4, 0.4]) == 3
+
+
+def test_without_a_finite_quality_the_last_weights_stay():
+    a, b = net(), net()
+    fit(a, batches(), cross_entropy(), epochs=2, hp=hyper(lr=0.1), keep_best=lambda m: NAN)
+    fit(b, batches(), cross_entropy(), epochs=2, hp=hyper(lr=0.1))
+    assert same_weights(a, b)
+
+
+def test_keep_best_with_a_later_surgery_raises():
+    model = net()
+
+    def surgery(step: int) -> bool:
+        if step == 6:  # in epoch 2, after the best epoch 1
+            model[3].weight = nn.Parameter(model[3].weight.detach()[:, :5].clone())
+            model[1] = nn.Linear(8, 5)
+            return True
+        return False
+
+    scores = iter([1.0, 0.5])
+    with pytest.raises(ValueError, match="keep_best must not be combined with a surgery after the best epoch, but "
+                                         "got the best epoch 1 and a surgery in epoch 2"):
+        fit(model, batches(), cross_entropy(), epochs=2, hp=hyper(), on_step=surgery, keep_best=lambda m: next(scores))
+
+
+@pytest.mark.parametrize("nesterov, momentum, want", [(None, 0.9, True), (False, 0.9, False), (True, 0.0, False)])
+def test_nesterov_override(nesterov, momentum, want):
+    opt, _ = make_optimizer([nn.Parameter(torch.zeros(1))], hyper(momentum=momentum, nesterov=nesterov),
+                            total_steps=1)
+    assert opt.param_groups[0]["nesterov"] is want
+
+
+def test_context_finetune_overrides_the_sweep_settings(monkeypatch):
+    """``ctx.finetune``: the sweep's settings unless a method overrides them; keep_best passed through."""
+    import nets
+
+    from sweep.methods.context import build_context
+
+    built = []
+
+    def recording(params, hp, *, total_steps):
+        built.append(dict(hp))
+        return make_optimizer(params, hp, total_steps=total_steps)
+
+    monkeypatch.setattr(tr, "make_optimizer", recording)
+    model = nets.PlainCNN()
+    finetune = build_context(nets.synthetic_loaders(), method="x", labels=True, teacher=None,
+                             finetune_config=TrainConfig(epochs=1, lr=0.05, weight_decay=1e-4), device="cpu",
+                             seed=0, num_classes=nets.NUM_CLASSES, ignored_layers=[]).finetune
+    finetune(model)
+    calls = []
+    finetune(model, epochs=2, lr=0.01, momentum=0.8, weight_decay=5e-3, nesterov=False,
+             keep_best=lambda m: calls.append(1) or 0.5)
+    assert built[0] == {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "optimizer": "sgd", "nesterov": None}
+    assert built[1] == {"lr": 0.01, "momentum": 0.8, "weight_decay": 5e-3, "optimizer": "sgd", "nesterov": False}
+    assert calls == [1, 1]

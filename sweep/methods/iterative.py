@@ -49,6 +49,28 @@ Our design (a reconstruction where the paper's body could not be read; not the a
   does not fine-tune again. Params, MACs, latency (batch 1, few repeats) and ``ctx.evaluate``
   quality are logged per iteration (``iter_params``, ``iter_macs``, ``iter_latency_ms``,
   ``iter_quality``) and stored as ``info["trajectory"]`` (step 0 = the input model).
+
+A MACs target and one training budget (ours, so that methods can be compared at matched compression
+and equal training):
+
+- ``macs_fraction`` (optional): the iteration stops once the model keeps that fraction of the input
+  model's MACs, within :data:`~sweep.engine.channels.TOLERANCE` (3 %). In the iteration whose chosen
+  removals would take the MACs more than the tolerance below the target, every chosen group's removed
+  count is scaled by one factor s ∈ (0, 1] (⌊s · n⌋ channels, lowest criterion first), and s is found by
+  bisection on the MACs of pruned deep copies (:meth:`~sweep.engine.groups.ChannelGraph.pruned_copy`,
+  :func:`sweep.measure.count_macs`): the plan within the tolerance, else the closest one (channel
+  granularity may allow none within it; a closest plan still above the band leaves the target to the
+  next iteration). ``iteration_details`` record ``scale`` and each group's ``planned`` and ``removed``
+  counts; ``info["target_reached_at"]`` is the iteration after which the MACs were at most the target
+  plus the tolerance (0: the input model already). ``info["target_reached"]`` says whether the final
+  MACs are within the tolerance; where every iteration ends above the target it is False and
+  ``info["target_note"]`` says where it ended: a missed target is reported, never passed over.
+- **The training budget is always ``iterations × epochs_per_iter`` epochs** (``info["epochs"]``): when
+  the iteration stops early (the target reached, or every group at its ``max_layer_ratio`` floor), the
+  epochs of the iterations not run are spent in one final fine-tune — merged with the fine-tune of the
+  iteration that reached the target (one cosine schedule), or after the last iteration that ran
+  (its trajectory point: ``pruned_groups`` empty, ``alpha`` None). ``info["iterations_done"]`` counts
+  the iterations run.
 """
 
 from __future__ import annotations
@@ -58,6 +80,7 @@ import inspect
 import math
 from dataclasses import dataclass
 
+from ..engine.channels import TOLERANCE
 from ..errors import TrialFailure
 from .base import Knob, MethodConfig, PruneContext, PruneResult, register_method
 
@@ -77,6 +100,7 @@ CRITERIA = ("l2", "l1", "bn_scale")
 # measures that with the sweep's settings), so few repeats.
 ITER_LATENCY = {"warmup": 3, "repeats": 10}
 EVAL_CHUNK = 256  # samples per forward when scoring candidates on the cached subset
+SCALE_STEPS = 20  # bisection steps on the scale of the removals of the iteration that crosses a MACs target
 
 
 @register_method(
@@ -103,6 +127,9 @@ EVAL_CHUNK = 256  # samples per forward when scoring candidates on the cached su
              help="validation samples the sensitivity analysis evaluates each candidate on"),
         Knob("max_layer_ratio", "float", 0.9, low=0.0, high=1.0, low_open=True, high_open=True,
              help="no group ever loses more than this fraction of its channels at the trial's start"),
+        Knob("macs_fraction", "float", None, low=0.0, high=1.0, low_open=True, optional=True, flag=True,
+             help="stop once MACs reach this fraction of the input's (within 3 %); the epochs left go to one "
+                  "final fine-tune"),
     ],
 )
 def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneResult:
@@ -127,6 +154,8 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
             f"{cfg.criterion!r} can rank")
 
     params0, macs0 = count_params(model), count_macs(model, example_inputs)
+    target = None if cfg.macs_fraction is None else cfg.macs_fraction * macs0
+    budget = cfg.iterations * cfg.epochs_per_iter
     teacher = ctx.teacher
     if teacher is None and not ctx.labels_available:  # unlabeled and no teacher: the input model
         teacher = copy.deepcopy(model).eval()
@@ -135,7 +164,12 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
     epochs = 0
     stopped = None
     used_samples = 0
+    reached_at = 0 if target is not None and macs0 <= target * (1 + TOLERANCE) else None
+    if reached_at == 0:
+        stopped = "before iteration 1: the input model is within the MACs target"
     for k in range(1, cfg.iterations + 1):
+        if reached_at is not None:
+            break
         alpha = max(1.0, cfg.alpha - cfg.alpha_decay * (k - 1))
         if k > 1:
             graph = ChannelGraph(model, example_inputs, ignored_layers=ignored)
@@ -143,7 +177,7 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
             if not plan:
                 stopped = f"iteration {k}: every group is at its max_layer_ratio floor"
                 break
-        chosen: list[tuple[Candidate, list[str]]] = []
+        pruned: list[str] = []
         detail = {"step": k, "alpha": alpha, "candidates": 0, "selected": [], "sensitivity": {}}
         if cfg.n_params or cfg.n_macs:
             data = _eval_data(ctx, cfg.val_samples, teacher)
@@ -151,23 +185,41 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
             cands, base_q = _sensitivity(graph, plan, data, example_inputs, ctx.device, home)
             chosen = choose(cands, alpha, cfg.n_params, cfg.n_macs)
             orders = {g.name: order for g, order, _ in plan}
-            if chosen:
-                graph.prune({c.group: orders[c.group][: c.removed].tolist() for c, _ in chosen})
+            counts = {c.group: c.removed for c, _ in chosen}
+            if chosen and target is not None:
+                counts, scale = scale_to_target(graph, orders, counts, target, example_inputs)
+                detail["scale"] = scale
+            pruned = [g for g, n in counts.items() if n > 0]
+            if pruned:
+                graph.prune({g: orders[g][: counts[g]].tolist() for g in pruned})
             detail.update(
                 base_quality=base_q, candidates=len(cands),
-                selected=[{"group": c.group, "rate": c.rate, "removed": c.removed, "width": c.width,
-                           "quality": c.quality, "by": by} for c, by in chosen],
+                selected=[{"group": c.group, "rate": c.rate, "removed": counts[c.group], "planned": c.removed,
+                           "width": c.width, "quality": c.quality, "by": by} for c, by in chosen],
                 sensitivity=_table(cands))
-        if cfg.epochs_per_iter > 0:
-            _finetune(ctx, model, cfg.epochs_per_iter, epochs)
-            epochs += cfg.epochs_per_iter
+        if target is not None and count_macs(model, example_inputs) <= target * (1 + TOLERANCE):
+            reached_at = k
+            if k < cfg.iterations:
+                stopped = f"iteration {k}: the MACs target is reached"
+        # the iteration that reaches the target also spends the epochs of the iterations not run
+        ft_epochs = budget - epochs if reached_at is not None else cfg.epochs_per_iter
+        if ft_epochs > 0:
+            _finetune(ctx, model, ft_epochs, epochs)
+            epochs += ft_epochs
             model.to(home)
+        detail["finetune_epochs"] = ft_epochs
         details.append(detail)
-        trajectory.append(_point(model, example_inputs, ctx, k, [c.group for c, _ in chosen], alpha))
+        trajectory.append(_point(model, example_inputs, ctx, k, pruned, alpha))
+    if budget > epochs:  # stopped before the last iteration: one final fine-tune with the epochs left
+        rest = budget - epochs
+        _finetune(ctx, model, rest, epochs)
+        epochs += rest
+        model.to(home)
+        trajectory.append(_point(model, example_inputs, ctx, len(trajectory), [], None))
     model.to(home).eval()
 
     info = {
-        "iterations": cfg.iterations, "iterations_done": len(trajectory) - 1, "stopped_early": stopped,
+        "iterations": cfg.iterations, "iterations_done": len(details), "stopped_early": stopped,
         "alpha": cfg.alpha, "alpha_decay": cfg.alpha_decay, "n_params": cfg.n_params,
         "n_macs": cfg.n_macs, "criterion": cfg.criterion, "epochs_per_iter": cfg.epochs_per_iter,
         "max_layer_ratio": cfg.max_layer_ratio, "rates": list(RATES), "val_samples": cfg.val_samples,
@@ -175,8 +227,66 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
         "params_before": params0, "params_after": trajectory[-1]["params"],
         "macs_before": macs0, "macs_after": trajectory[-1]["macs"],
         "epochs": epochs, "trajectory": trajectory, "iteration_details": details,
+        "macs_fraction": cfg.macs_fraction,
     }
+    if target is not None:
+        achieved = trajectory[-1]["macs"] / macs0
+        reached = abs(achieved - cfg.macs_fraction) <= cfg.macs_fraction * TOLERANCE
+        info.update(target_macs=target, tolerance=TOLERANCE, achieved_macs_fraction=achieved,
+                    target_reached=reached, target_reached_at=reached_at)
+        if not reached:
+            where = ("below it: channel granularity allowed no closer plan" if achieved < cfg.macs_fraction
+                     else f"above it after {len(details)} of {cfg.iterations} iterations")
+            info["target_note"] = (f"MACs target {cfg.macs_fraction:.4g} of the input's missed: ended at "
+                                   f"{achieved:.4g}, {where}")
     return PruneResult(model=model, info=info, finetuned=True)
+
+
+def scale_to_target(graph, orders: dict, counts: dict, target: float, example_inputs,
+                    tolerance: float = TOLERANCE, steps: int = SCALE_STEPS) -> tuple[dict, float]:
+    """The removals ``counts`` (``{group: channels}``, the lowest of ``orders[group]`` first) scaled so
+    that the model's MACs land on ``target`` (absolute) within ``tolerance``: ``(counts, scale)``.
+
+    Unchanged (scale 1) when they do not take the MACs more than ``tolerance`` below ``target``. Else
+    every count becomes ⌊s · n⌋ for one s ∈ (0, 1], found by bisection on the MACs of pruned copies
+    (more removed, fewer MACs: monotone in s); the first plan within the tolerance is taken, else the
+    closest one with something removed."""
+    from ..measure import count_macs
+
+    cache: dict = {}
+
+    def at(s: float):
+        scaled = {g: int(s * n + 1e-9) for g, n in counts.items()}
+        key = tuple(sorted(scaled.items()))
+        if key not in cache:
+            sel = {g: orders[g][:n].tolist() for g, n in scaled.items() if n > 0}
+            cache[key] = count_macs(graph.pruned_copy(sel), example_inputs) if sel else None
+        return scaled, cache[key]
+
+    full = at(1.0)[1]
+    if full is None or full >= target * (1 - tolerance):
+        return dict(counts), 1.0
+
+    def err(macs: float) -> float:
+        return abs(macs - target) / target
+
+    best = (err(full), 1.0, dict(counts))
+    lo, hi = 0.0, 1.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        scaled, macs = at(mid)
+        if macs is None:  # nothing removed yet at this scale: more
+            lo = mid
+            continue
+        if err(macs) < best[0]:
+            best = (err(macs), mid, scaled)
+        if err(macs) <= tolerance:
+            break
+        if macs > target:
+            lo = mid
+        else:
+            hi = mid
+    return best[2], best[1]
 
 
 # ------------------------------------------------------------------------------------ scoring
