@@ -5,9 +5,15 @@ reconstruction promises, on a CIFAR ResNet-20 (1x8x8 inputs, 4 classes) and the 
 - λ = 0 removes nothing; β = 0 removes no block; β = 1 removes no channel; a larger λ removes more;
 - γ = 1 cuts MACs by a larger fraction than params (high-resolution channels go first), γ = 0 the
   reverse (wide late layers go first);
+- the flattening hyper-prior: 0 and 1 are the fixed points its dynamics reach exactly (½ the one
+  unstable interior point); with a task-loss resistance and a linear pressure a gate ends at a corner
+  (the one its prior-free equilibrium is nearer to) instead of inside; ~0 strength early leaves an
+  early gate unmoved, and a gate the task loss wants back can come back;
+- the safety rounding is nearly a no-op, and the number of gates it had to decide is reported;
 - the final gates are all 0 or 1, and the rebuilt network computes what the gated one computes with
   those gates; removal during training carries every surviving gate across the surgery;
 - safeguards: no removal during warm-up, a group never loses its last channel outside a gated block;
+- the budget: ``info["epochs"]`` is every epoch trained (gated and settle), from the baseline or from scratch;
 - bad knobs raise ConfigError; runs are deterministic under a seed; info and the logged trajectory.
 """
 
@@ -26,7 +32,16 @@ from sweep.engine.skip import skipped_layers
 from sweep.errors import ConfigError, TrialFailure
 from sweep.measure import count_macs, count_params
 from sweep.methods import PruneContext, get_method
-from sweep.methods.cat import finalise, train_cat
+from sweep.methods.cat import (
+    FLATTEN_RAMP,
+    GATE_TRAVEL,
+    STARTS,
+    finalise,
+    flattening_penalty,
+    flattening_strength,
+    gate_update,
+    train_cat,
+)
 from sweep.methods.cat_gates import GatedNet
 from sweep.models import build_model
 
@@ -92,7 +107,7 @@ def test_larger_lambda_removes_more():
 def test_beta_zero_removes_no_block_and_beta_one_no_channel():
     res0, (p0, _), _ = run(lam=3.0, beta=0.0)
     assert res0.info["final_structure"]["blocks_removed"] == []
-    assert not res0.info["block_gates"]
+    assert not res0.info["block_gates"] and res0.info["flattening_prior"]["rho_full"]["blocks"] == 0.0
     assert count_params(res0.model) < p0  # channels did go
     res1, _, _ = run(lam=3.0, beta=1.0)
     assert res1.info["final_structure"]["blocks_removed"]  # blocks did go
@@ -112,6 +127,153 @@ def test_gamma_balances_macs_against_params():
     r0 = run(lam=2.0, beta=0.0, gamma=0.0)[0].info["layer_ratios"]
     stage = lambda r, s: sum(v for k, v in r.items() if k.startswith(f"layer{s}")) / 3  # noqa: E731
     assert stage(r1, 1) < stage(r1, 3) and stage(r0, 3) < stage(r0, 1)
+
+
+# ----------------------------------------------------------------------------- the flattening hyper-prior
+def _prior_only(theta0: list, rho: float, lr: float, steps: int = 3000) -> list:
+    """Gates under the flattening prior alone (no task loss, no pressure), projected updates; the
+    trajectory of the gate vector, one tensor per step."""
+    theta = torch.tensor(theta0, dtype=torch.float64)
+    vel = torch.zeros_like(theta)
+    zero = torch.zeros_like(theta)
+    path = [theta.clone()]
+    for _ in range(steps):
+        gate_update(theta, vel, zero, lr=lr, rho=rho)
+        path.append(theta.clone())
+    return path
+
+
+@pytest.mark.parametrize("rho,lr", [(0.5, 0.05), (2.0, 0.01), (2.0, 0.2), (20.0, 0.02)])
+def test_prior_alone_drives_gates_to_exactly_0_or_1(rho, lr):
+    start = [0.3, 0.7, 0.1, 0.9, 0.49, 0.51, 0.45, 0.55]
+    path = _prior_only(start, rho, lr)
+    end = path[-1]
+    assert end.tolist() == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0]  # exactly, not approximately
+    # symmetric: the gate started at 1 - θ is the mirror image of the one started at θ, at every step
+    for th in path:
+        torch.testing.assert_close(th[0::2], 1 - th[1::2], rtol=0, atol=1e-12)
+    # monotone: each gate moves away from ½ at every step, never back
+    d = torch.stack(path)
+    assert bool((d[1:, 0::2] <= d[:-1, 0::2]).all()) and bool((d[1:, 1::2] >= d[:-1, 1::2]).all())
+
+
+@pytest.mark.parametrize("rho", [0.5, 2.0])
+def test_prior_fixed_points_are_the_ends_and_the_unstable_middle(rho):
+    # 0 and 1 stay put; ½ stays put too (the interior fixed point) but a nudge either way leaves it
+    path = _prior_only([0.0, 1.0, 0.5, 0.5 - 1e-6, 0.5 + 1e-6], rho, 0.1, steps=2000)
+    assert all(p[:3].tolist() == [0.0, 1.0, 0.5] for p in path)
+    assert path[-1][3:].tolist() == [0.0, 1.0]
+
+
+def test_prior_penalty_is_the_negative_log_density_the_update_descends():
+    rho = 1.7
+    theta = torch.linspace(0, 1, 101, dtype=torch.float64, requires_grad=True)
+    pen = flattening_penalty(theta, rho)
+    (grad,) = torch.autograd.grad(pen.sum(), theta)
+    pen = pen.detach()
+    assert float(pen[0]) == 0.0 and float(pen[-1]) == 0.0  # minima at the ends
+    assert int(pen.argmax()) == 50 and float(pen.max()) == pytest.approx(rho / 4)
+    assert bool((pen[:-2] - 2 * pen[1:-1] + pen[2:] < 0).all())  # concave
+    # the update's prior term is exactly the penalty's gradient: with no other force (zero gradient and
+    # velocity) one step is θ - lr·∂P/∂θ, projected on [0, 1]
+    x = theta.detach().clone()
+    gate_update(x, torch.zeros_like(x), torch.zeros_like(x), lr=0.01, rho=rho)
+    torch.testing.assert_close(x, (theta.detach() - 0.01 * grad).clamp(0, 1))
+
+
+def _one_gate(w: float, delta: float, rho_full: float, steps: int = 600, seed: int = 0,
+              lr: float | None = None) -> list:
+    """One gate under the method's update and schedule, in the one-gate model of the docstring: the
+    straight-through gradient of a useful unit is -Δ on a z = 0 draw and 0 on a z = 1 draw (a trained
+    net's local slope), plus the linear pressure w; the prior at s(t)·rho_full; starts at θ = 1;
+    ``lr`` unset: the method's default gate step."""
+    g = torch.Generator().manual_seed(seed)
+    theta, vel = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    lr = GATE_TRAVEL / steps if lr is None else lr
+    path = []
+    for t in range(1, steps + 1):
+        z = float(torch.rand(1, generator=g)) < float(theta)
+        gate_update(theta, vel, torch.tensor([(0.0 if z else -delta) + w], dtype=torch.float64), lr=lr,
+                    rho=flattening_strength(t, steps) * rho_full)
+        path.append(float(theta))
+    return path
+
+
+@pytest.mark.parametrize("lr", [0.02, None])
+@pytest.mark.parametrize("w,delta", [(0.3, 1.0), (0.7, 1.0), (1.2, 4.0), (2.8, 4.0), (0.45, 1.0), (0.55, 1.0)])
+def test_pressure_plus_prior_ends_at_a_corner_not_inside(w, delta, lr):
+    rho_full = 2.0 * max(w, 1.0)  # the method's rule: flatten (2) x max(largest pressure, floor 1)
+    free = _one_gate(w, delta, 0.0, lr=0.02)  # no prior: the gate hovers at the interior point 1 - w/Δ
+    settled = sum(free[-200:]) / 200
+    assert 0.1 < settled < 0.9 and settled == pytest.approx(1 - w / delta, abs=0.08)
+    end = _one_gate(w, delta, rho_full, lr=lr)[-1]
+    assert end in (0.0, 1.0)  # exactly a corner, with the default gate step (None) too
+    if lr is not None:  # gates fast enough to track their equilibrium: the side it lies on
+        assert end == (1.0 if w < delta / 2 else 0.0)
+    elif w < delta / 2:  # the default step may keep a gate it would drop given more steps, never the reverse
+        assert end == 1.0
+
+
+def test_schedule_is_zero_early_and_full_late():
+    steps = 400
+    s = [flattening_strength(t, steps) for t in range(steps + 1)]
+    assert s[0] == 0.0 and s[-1] == 1.0
+    assert all(a <= b for a, b in zip(s, s[1:]))  # annealed in, never out
+    assert max(s[: int(0.075 * steps) + 1]) <= 0.0101  # ~0 in the first tenth of the ramp
+    assert all(v == 1.0 for v in s[math.ceil(FLATTEN_RAMP * steps):])  # full for the last quarter
+
+
+@pytest.mark.parametrize("when,moved", [("early", False), ("late", True)])
+def test_annealing_leaves_an_early_gate_unmoved_by_the_prior(when, moved):
+    steps, rho_full = 400, 2.0
+    t = 0 if when == "early" else steps
+    rho = flattening_strength(t, steps) * rho_full
+    theta = torch.tensor([0.3, 0.7, 0.02])
+    before = theta.clone()
+    gate_update(theta, torch.zeros(3), torch.zeros(3), lr=0.1, rho=rho)
+    assert torch.equal(theta, before) is not moved
+    if moved:  # full strength: pushed away from ½, towards the nearer end
+        assert theta[0] < 0.3 and theta[1] > 0.7 and theta[2] < 0.02
+
+
+@pytest.mark.parametrize("when", ["early", "late"])
+def test_early_gate_near_0_can_come_back_late_one_cannot(when):
+    # a gate knocked near 0 by noisy first steps, for a unit the task loss wants (Δ = 1 > w = 0.3):
+    # early (prior ~0) it comes back up; at full strength the prior holds it at 0
+    steps, w, delta = 400, 0.3, 1.0
+    theta, vel = torch.tensor([0.04], dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    t0 = 0 if when == "early" else steps
+    for k in range(40):
+        rho = flattening_strength(t0 + k if when == "early" else steps, steps) * 2.0
+        grad = torch.tensor([-(1 - float(theta)) * delta + w], dtype=torch.float64)  # mean STE + pressure
+        gate_update(theta, vel, grad, lr=GATE_TRAVEL / steps, rho=rho)
+    assert (float(theta) > 0.1) if when == "early" else (float(theta) == 0.0)
+
+
+def test_rounding_is_nearly_a_noop_and_reported():
+    res, _, ctx = run(lam=1.0)
+    info = res.info
+    n, total = info["undecided_at_rounding"], info["gates_at_rounding"]
+    assert isinstance(n, int) and total > 0 and 0 <= n <= 0.05 * total
+    logged = [(v, s) for k, v, s in ctx.logged if k == "cat/undecided_at_rounding"]
+    assert logged == [(n, info["rounded_at_step"])]
+    # without the prior (flatten 0) the same run leaves the rounding many more gates to decide
+    off = run(lam=1.0, flatten=0.0)[0].info["undecided_at_rounding"]
+    assert off > 4 * max(n, 1), (n, off)
+    traj = info["trajectory"]
+    assert traj[0]["flattening"] == 0.0 and traj[-1]["flattening"] == 1.0
+    assert traj[-1]["undecided"] == 0  # the rebuilt network has no gates left
+
+
+def test_undecided_counts_gates_away_from_both_ends():
+    model = resnet20()
+    gated = GatedNet(model, example(), skipped_layers(model, example()), channel_gates=True, block_gates=True,
+                     init=1.0)
+    with torch.no_grad():
+        gated.theta[:5] = torch.tensor([0.0, 0.04, 0.06, 0.5, 0.96])
+        gated.phi[:3] = torch.tensor([0.94, 1.0, 0.0])
+    assert gated.undecided(0.05) == 3  # 0.06, 0.5, 0.94
+    assert gated.undecided(0.01) == 5
 
 
 # ----------------------------------------------------------------------------- the rebuilt network
@@ -165,11 +327,14 @@ def test_rebuilt_equals_gated_after_training():
         assert bool(((z == 1) | (gated.theta.detach() < 0.5)).all())
         assert bool(((zb == 1) | (gated.phi.detach() < 0.5) | (zb == 0)).all())
         seen["removed"] = bool(units or blocks)
+        t = torch.cat([gated.theta.detach(), gated.phi.detach()])
+        seen["undecided"] = int(((t > cfg.threshold) & (t < 1 - cfg.threshold)).sum())
         with torch.no_grad():
             seen["out"] = gated.model.eval()(x)
 
     pruned, run_info = train_cat(model, example(), cfg, ctx, on_final=on_final)
     assert seen["removed"]  # the comparison is not trivial
+    assert run_info["undecided"] == seen["undecided"]  # what the rounding had to decide, counted right
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in pruned.modules())
     with torch.no_grad():
         torch.testing.assert_close(pruned.eval()(x), seen["out"], rtol=1e-5, atol=1e-5)
@@ -275,6 +440,7 @@ def test_last_channel_kept_outside_blocks_and_block_removed_inside():
     {"beta": 1.5}, {"beta": -0.1}, {"gamma": 1.1}, {"gamma": -0.5}, {"lam": -1.0}, {"lam": 101.0},
     {"epochs": 0}, {"start": "random"}, {"warmup": 0.95}, {"threshold": 0.5}, {"gate_lr": 0.0},
     {"init_prob": 0.04}, {"init_prob": 0.3, "threshold": 0.3}, {"patience": 0}, {"settle": 0.95},
+    {"flatten": -0.1}, {"flatten": 101.0},
 ])
 def test_bad_knobs_raise_config_error(values):
     with pytest.raises(ConfigError) as ei:
@@ -292,6 +458,16 @@ def test_deterministic_under_seed():
     assert list(sa) == list(sb)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a.info["trajectory"] == b.info["trajectory"]
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_budget_is_every_epoch_trained(start):
+    """``epochs`` is the whole budget, gated phase and settle phase together, from either start."""
+    res, _, ctx = run(lam=1.0, start=start)
+    info = res.info
+    assert info["epochs"] == FAST["epochs"] and len(info["train_loss"]) == FAST["epochs"]
+    assert info["steps"] == FAST["epochs"] * len(ctx.train_loader)  # every sample pass of every epoch
+    assert 0 < info["rounded_at_step"] < info["steps"]  # the settle phase ran inside the same budget
 
 
 def test_scratch_start_reinitialises_and_trains():
@@ -341,7 +517,8 @@ def test_info_trajectory_and_logged_metrics():
     traj = info["trajectory"]
     assert [p["step"] for p in traj] == list(range(FAST["epochs"] + 1))
     for p in traj:
-        assert {"step", "expected_macs", "expected_params", "live_channels", "live_blocks"} <= set(p)
+        assert {"step", "expected_macs", "expected_params", "live_channels", "live_blocks", "undecided",
+                "flattening"} <= set(p)
     assert traj[0]["expected_macs"] == 1.0 and traj[0]["expected_params"] == 1.0
     assert traj[-1]["expected_macs"] < traj[0]["expected_macs"]
     assert traj[-1]["live_channels"] <= traj[0]["live_channels"]
@@ -353,7 +530,7 @@ def test_info_trajectory_and_logged_metrics():
     assert all(0.0 <= v <= 1.0 for v in info["layer_ratios"].values())
     keys = {k for k, _, _ in ctx.logged}
     assert {f"cat/{k}" for k in ("expected_macs", "expected_params", "live_channels", "live_blocks",
-                                 "train_loss")} <= keys
+                                 "train_loss", "undecided", "flattening", "undecided_at_rounding")} <= keys
     assert sorted(nets.steps(ctx, "cat/train_loss")) == list(range(1, FAST["epochs"] + 1))
     import json
 

@@ -363,10 +363,12 @@ class GatedNet:
         m, p = self.expected(theta, phi)
         return gamma * m / self.macs0 + (1 - gamma) * p / self.params0
 
-    def marginal_costs(self, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """∂C/∂θ_u and ∂C/∂φ_b at the current gates (each structure's marginal share of C)."""
-        theta = self.theta.detach().clone().requires_grad_(True)
-        phi = self.phi.detach().clone().requires_grad_(True)
+    def marginal_costs(self, gamma: float, full: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """∂C/∂θ_u and ∂C/∂φ_b at the current gates (each structure's marginal share of C), or with
+        ``full`` at every gate 1 (the largest they can be: C is multilinear with non-negative
+        coefficients, so a marginal cost only falls as other gates fall)."""
+        theta = (torch.ones_like(self.theta) if full else self.theta).detach().clone().requires_grad_(True)
+        phi = (torch.ones_like(self.phi) if full else self.phi).detach().clone().requires_grad_(True)
         c = self.cost(gamma, theta, phi)
         if theta.numel() + phi.numel() == 0:
             return theta.detach(), phi.detach()
@@ -386,6 +388,12 @@ class GatedNet:
                 if r.kind in ("conv", "linear") and bool(p[r.block] >= eps):
                     n += int((t[r.out_map] >= eps).sum())
         return n
+
+    def undecided(self, eps: float) -> int:
+        """Gates (channel and block) not within ``eps`` of 0 or 1."""
+        with torch.no_grad():
+            t = torch.cat([self.theta.detach().flatten(), self.phi.detach().flatten()])
+            return int(((t > eps) & (t < 1 - eps)).sum())
 
     def live_blocks(self, eps: float) -> int:
         """Residual blocks present whose gate (if gated) is ≥ ε."""
