@@ -28,8 +28,10 @@ accurate network than the magnitude pruning every tool has?  One run answers it 
   The ``epochs`` column is what each trial reports (``finetune_epochs``); a mismatch is flagged.
 * a reference row ``dense+E``: the dense baseline fine-tuned for the same E epochs (what "pruned and trained
   longer" must be compared with; it is not a pruned model).
-* ``--seeds`` trial seeds per (method, target); each runs through ``sweep.trial.run_trial`` in this process,
-  exactly as a sweep's trial (prune, fine-tune, measure; latency on eager torch, batch 1, one thread).
+* ``--seeds`` trial seeds per (method, target); each runs through ``sweep.trial.run_trial``, exactly as a
+  sweep's trial (prune, fine-tune, measure; latency on eager torch, batch 1, one thread).  ``--jobs`` rows
+  run at once (default 2), each in its own process with one torch thread: wall and latency figures are
+  then taken with the other job running (the load is printed).
 
 Printed: per (target, method) mean +- std over seeds of validation and test accuracy, the achieved MACs and
 params ratios, latency (ms), training epochs and wall seconds; the test-accuracy difference to magnitude at the
@@ -96,6 +98,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--root", default=None, help="Fashion-MNIST folder (default: the Debian package's)")
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "sweep" / "bench"))
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="rows run at once, each in its own process with one torch thread")
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args(argv)
     preset = {"quick": (1, 1, 3000), "full": (3, 10, None), "default": (3, 2, 6000)}[
@@ -342,7 +346,7 @@ def gap_rho(runs: list[Run]) -> tuple[float, int]:
 
 
 def table(rows: list[tuple[str, str, list[Run], str]], base_test: dict[str, float], budget: float) -> list[str]:
-    head = (f"{'target':<6} {'method':<10} {'val acc':>13} {'test acc':>13} {'Δtest pt':>8} {'MACs ratio':>13} "
+    head = (f"{'target':<6} {'method':<16} {'val acc':>13} {'test acc':>13} {'Δtest pt':>8} {'MACs ratio':>13} "
             f"{'params ratio':>13} {'latency ms':>11} {'epochs':>6} {'wall s':>7}  steer")
     out = [head, "-" * len(head)]
     for target, method, runs, steer in rows:
@@ -357,12 +361,52 @@ def table(rows: list[tuple[str, str, list[Run], str]], base_test: dict[str, floa
         t = mean([r.test_accuracy for r in ok])
         delta = (t - base_test[target]) * 100 if target in base_test and not math.isnan(t) else math.nan
         out.append(
-            f"{target:<6} {method:<10} {mean_std([r.accuracy for r in ok]):>13} "
+            f"{target:<6} {method:<16} {mean_std([r.accuracy for r in ok]):>13} "
             f"{mean_std([r.test_accuracy for r in ok]):>13} {'' if math.isnan(delta) else f'{delta:+.2f}':>8} "
             f"{mean_std([r.macs_ratio for r in ok]):>13} {mean_std([r.params_ratio for r in ok]):>13} "
             f"{mean_std([r.latency_ms for r in ok], 2):>11} {mean_std([r.epochs for r in ok], 0):>6} "
             f"{mean_std([r.wall_s for r in ok], 0):>7}  {steer}{'  [' + ', '.join(flags) + ']' if flags else ''}")
     return out
+
+
+# ------------------------------------------------------------------------------------------ jobs
+def trial_config(raw: dict):
+    from sweep.config import parse_config
+
+    cfg = parse_config(raw, source="bench/methods_matched.py")
+    return replace(cfg, measure=replace(cfg.measure, threads=1))
+
+
+def do_job(raw: dict, folder: str, target: str, label: str, args) -> tuple[list[Run], str, float, float]:
+    """One row of the table, every seed: (runs, how it was steered, seconds, seconds of cat's knob search).
+    Runs in a worker process (or in this one): one torch thread, the shared sweep folder (read: the
+    baseline; written: each trial's model under its own name)."""
+    import torch
+
+    quiet()
+    torch.set_num_threads(1)
+    cfg, path = trial_config(raw), Path(folder)
+    t0 = time.time()
+    if label == DENSE:
+        runs = [dense_reference(cfg, path, sd, args) for sd in range(args.seeds)]
+        return runs, f"no pruning, {args.epochs} epochs fine-tuning", time.time() - t0, 0.0
+    frac = TARGETS[target]
+    if label == "cat":
+        lam, probes, search_s = cat_search(cfg, path, target, frac, args)
+        seed0 = next(r for r in probes if r.knobs["lam"] == lam)
+        runs = [seed0] + [run_one(cfg, path, label, target, sd, cat_knobs(lam, args), args)
+                          for sd in range(1, args.seeds)]
+        steer = f"lambda={lam:.4g} by {len(probes)} probes (gamma 1, beta 0.5; search {search_s:.0f} s)"
+        return runs, steer, time.time() - t0, search_s
+    knobs, steer = steered_knobs(label, frac, args)
+    runs = [run_one(cfg, path, label, target, sd, knobs, args) for sd in range(args.seeds)]
+    return runs, steer, time.time() - t0, 0.0
+
+
+def progress(job: tuple[str, str], result: tuple) -> None:
+    runs, _, took, _ = result
+    print(f"# {job[0]} {job[1]}: test {mean_std([r.test_accuracy for r in runs])} MACs "
+          f"{mean_std([r.macs_ratio for r in runs])} ({took:.0f} s, load {load()})", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -373,7 +417,6 @@ def main(argv=None) -> int:
 
     import torch
 
-    from sweep.config import parse_config
     from sweep.data.sources import FASHION_MNIST_ROOT, _find_fashion_files
     from sweep.folder import SweepFolder
     from sweep.trial import prepare_baseline
@@ -398,8 +441,8 @@ def main(argv=None) -> int:
           + ("cached" if base.get("cached") else f"trained in {base.get('train_s', 0):.0f} s")
           + ("" if base["test_accuracy"] >= 0.90 else "  [BELOW 90 % test accuracy: raise --baseline-epochs]"))
 
-    cfg = parse_config(space(args, baseline_path=str(base_path)), source="bench/methods_matched.py")
-    cfg = replace(cfg, measure=replace(cfg.measure, threads=1))
+    raw = space(args, baseline_path=str(base_path))
+    cfg = trial_config(raw)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="mm-") as tmp:
         folder = Path(tmp) / "sweep"
@@ -409,40 +452,36 @@ def main(argv=None) -> int:
         trial_base = sf.baseline()
         print(f"# the trials' view of it (val subset {args.val_subset}, test {args.test_subset or 10000}): "
               f"val {trial_base['accuracy']:.4f} test {trial_base['test_accuracy']:.4f}, "
-              f"latency {trial_base['latency_ms']:.2f} ms (batch 1, 1 thread)", flush=True)
+              f"latency {trial_base['latency_ms']:.2f} ms (batch 1, 1 thread); {args.jobs} job(s) at a time, "
+              f"one torch thread each", flush=True)
+        # the longest jobs first (cat's knob search), so that the workers end together
+        jobs = [(t, m) for t in args.targets for m in args.methods if m == "cat"]
+        jobs += [("1x", DENSE)] + [(t, m) for t in args.targets for m in args.methods if m != "cat"]
+        done: dict[tuple[str, str], tuple] = {}
+        if args.jobs > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        rows: list[tuple[str, str, list[Run], str]] = []
-        timings: dict[str, float] = {}
-        t0 = time.time()
-        dense = [dense_reference(cfg, folder, s, args) for s in range(args.seeds)]
-        timings[DENSE] = time.time() - t0
-        rows.append(("1x", DENSE, dense, f"no pruning, {args.epochs} epochs fine-tuning"))
-        print(f"# {DENSE}: test {mean_std([r.test_accuracy for r in dense])} ({timings[DENSE]:.0f} s, load {load()})",
-              file=sys.stderr, flush=True)
-        by: dict[tuple[str, str], list[Run]] = {}
-        cat_s = 0.0
-        for target in args.targets:
-            frac = TARGETS[target]
-            for method in args.methods:
-                t0 = time.time()
-                if method == "cat":
-                    lam, probes, s = cat_search(cfg, folder, target, frac, args)
-                    cat_s += s
-                    seed0 = next(r for r in probes if r.knobs["lam"] == lam)
-                    runs = [seed0] + [run_one(cfg, folder, method, target, sd, cat_knobs(lam, args), args)
-                                      for sd in range(1, args.seeds)]
-                    steer = f"lambda={lam:.4g} by {len(probes)} probes (gamma 1, beta 0.5; search {s:.0f} s)"
-                else:
-                    knobs, steer = steered_knobs(method, frac, args)
-                    runs = [run_one(cfg, folder, method, target, sd, knobs, args) for sd in range(args.seeds)]
-                timings[f"{method} {target}"] = time.time() - t0
-                by[(target, method)] = runs
-                rows.append((target, method, runs, steer))
-                took = timings[f"{method} {target}"]
-                print(f"# {target} {method}: test {mean_std([r.test_accuracy for r in runs])} MACs "
-                      f"{mean_std([r.macs_ratio for r in runs])} ({took:.0f} s, load {load()})",
-                      file=sys.stderr, flush=True)
+            with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+                futs = {pool.submit(do_job, raw, str(folder), t, m, args): (t, m) for t, m in jobs}
+                for f in as_completed(futs):
+                    done[futs[f]] = f.result()
+                    progress(futs[f], done[futs[f]])
+        else:
+            for t, m in jobs:
+                done[(t, m)] = do_job(raw, str(folder), t, m, args)
+                progress((t, m), done[(t, m)])
 
+    rows: list[tuple[str, str, list[Run], str]] = []
+    by: dict[tuple[str, str], list[Run]] = {}
+    timings: dict[str, float] = {}
+    cat_s = 0.0
+    for t, m in [("1x", DENSE)] + [(t, m) for t in args.targets for m in args.methods]:
+        runs, steer, took, search_s = done[(t, m)]
+        rows.append((t, m, runs, steer))
+        by[(t, m)] = runs
+        timings[f"{m} {t}"] = took
+        cat_s += search_s
     base_test = {t: mean([r.test_accuracy for r in by.get((t, BASELINE_METHOD), [])]) for t in args.targets}
     base_test["1x"] = base["test_accuracy"] if args.test_subset is None else trial_base["test_accuracy"]
     print()
