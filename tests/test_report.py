@@ -475,3 +475,32 @@ def test_baseline_widths_are_rebuilt_from_the_registered_model() -> None:
     unknown = {**summary, "model": "no.such:model"}
     df = pd.DataFrame([{"trial_id": "baseline", "info": json.dumps({"summary": unknown})}])
     assert baseline_channels(df) == {}
+
+
+@pytest.mark.parametrize("status", ["stopped_early", "infeasible"])
+def test_stopped_early_and_infeasible_rows_are_shown_apart_never_on_the_front(tmp_path: Path, status: str) -> None:
+    """A row cut short by successive halving (or over a hard budget) carries figures that would dominate the
+    front (cheap and accurate); the report lists it in its own table, counts it, and keeps it off the front."""
+    rows = write_trials(tmp_path / "sweep")
+    apart = _row("tapart", "magnitude", "ok", 0.99, 0.95, 30)  # 5 % of the costs at 0.99: would lead the front
+    apart.update(status=status, error=f"{status}: the reason", finetune_epochs=1 if status == "stopped_early" else 0)
+    apart["knob.magnitude.ratio"] = 0.95
+    for k in KNOBS:
+        apart.setdefault(k, None)
+    write_table(tmp_path / "sweep", [*rows, apart], {"name": "demo", "objectives": ["accuracy", "latency_ms"],
+                                                     "baseline": BASELINE})
+    out = tmp_path / "report"
+    report.build_report(tmp_path / "sweep", out)
+    index = (out / "index.html").read_text(encoding="utf-8")
+    front = index.split('id="front"')[1].split("</table>")[0]
+    assert "tapart" not in front
+    table = index.split('id="apart"')[1].split("</table>")[0]
+    assert "tapart" in table and status in table and "0.9900" in table and f"{status}: the reason" in table
+    assert "Stopped early and infeasible trials (1)" in index
+    assert f"1 {status.replace('_', ' ')}" in index  # the summary's trial counts
+
+
+def test_no_apart_section_without_such_rows(built) -> None:
+    sweep_dir, _, _ = built
+    index = (sweep_dir / "report" / "index.html").read_text(encoding="utf-8")
+    assert 'id="apart"' not in index and "Stopped early" not in index

@@ -37,9 +37,12 @@ from .plots import (
 from .read import read_trials, selected_trial_id
 from .rows import focus_row, front_rows, knob_columns
 from .tables import (
+    APART_NOTE,
     BUDGET_NOTE,
     FAILED_HEADERS,
     METHOD_HEADERS,
+    apart_cells,
+    apart_headers,
     budget_explorer,
     budget_headers,
     failed_cells,
@@ -112,6 +115,7 @@ class Page(NamedTuple):
     budget: tuple[Sequence[str], Sequence[Sequence[str]]] = ((), ())
     parallel: str = ""  # the parallel-coordinates PNG's file name, "" when not drawn
     widths: DetailPlot | None = None
+    apart: tuple[Sequence[str], list[list[str]]] = ((), [])  # stopped-early and infeasible trials
 
 
 def _head(s: dict[str, Any]) -> list[str]:
@@ -166,11 +170,19 @@ def _details(p: Page) -> list[str]:
     return parts
 
 
+def _apart(p: Page) -> list[str]:
+    headers, cells = p.apart
+    if not cells:
+        return []
+    return [f"<h2>Stopped early and infeasible trials ({len(cells)})</h2>", f"<p>{html.escape(APART_NOTE)}</p>",
+            _html_table(headers, cells, numeric={4, 5, 6, 7}, table_id="apart")]
+
+
 def index_html(s: dict[str, Any], p: Page) -> str:
     """The report's page: summary, plots, front, budget explorer, the singled-out trial's widths, methods,
     method details, failed trials."""
     parts = [*_head(s), "<h2>Summary</h2>", _html_table(["", ""], summary_items(s), table_id="summary"),
-             *_plots(s, p), *_front(s, p), *_details(p),
+             *_plots(s, p), *_front(s, p), *_details(p), *_apart(p),
              f"<h2>Failed and stopped trials ({len(p.failed)})</h2>",
              _html_table(FAILED_HEADERS, p.failed, table_id="failed") if p.failed else "<p>None.</p>",
              "</body></html>"]  # fmt: skip
@@ -236,7 +248,8 @@ def _render(sweep_dir: Path, tmp: Path) -> list[str]:
     names += [p.file for p in (*block_plots, *detail_plots, *([widths_plot] if widths_plot else []))]
     names += [INTERACTIVE_FILE] if interactive else []
     page = Page(front_table, failed_cells(df, knob_cols), interactive, detail_plots, block_plots,
-                method_comparison(df, meta, front_ids), budget, PARALLEL_FILE, widths_plot)
+                method_comparison(df, meta, front_ids), budget, PARALLEL_FILE, widths_plot,
+                (apart_headers(quality), apart_cells(df, meta, knob_cols)))
     (tmp / "index.html").write_text(index_html(s, page), encoding="utf-8")
     (tmp / "summary.md").write_text(summary_md(s, front_table), encoding="utf-8")
     return [*names, "index.html", "summary.md"]

@@ -105,6 +105,20 @@ def staircase_rows(points: pd.DataFrame, quality: str, cost: str) -> pd.DataFram
                                   key=lambda col: col.astype(float))  # fmt: skip
 
 
+# how the rows that never enter the front are drawn: grey, apart from every method's colours
+APART_STYLE = {"stopped_early": ("x", "stopped early (quality at its rung)"),
+               "infeasible": ("1", "infeasible (over a budget, not fine-tuned)")}
+
+
+def _plot_apart(ax, df: pd.DataFrame, quality: str, cost: str) -> None:
+    for status, (marker, label) in APART_STYLE.items():
+        rows = df[df["status"] == status]
+        y, x = rows[quality].to_numpy(dtype=float), rows[cost].to_numpy(dtype=float)
+        keep = np.isfinite(x) & np.isfinite(y)
+        if keep.any():
+            ax.scatter(x[keep], y[keep], marker=marker, s=28, color="grey", alpha=0.6, label=label)
+
+
 def plot_projection(
     df: pd.DataFrame, quality: str, cost: str, front_ids: set[str], styles: dict, path: Path
 ) -> pd.DataFrame:
@@ -128,6 +142,7 @@ def plot_projection(
             if xerr is not None:
                 ax.errorbar(x[sel], y[sel], xerr=xerr[sel], fmt="none", ecolor=colour, elinewidth=0.8,
                             capsize=2, alpha=0.6)
+    _plot_apart(ax, df, quality, cost)
     if len(points):
         ax.step(stairs[cost].to_numpy(dtype=float), stairs[quality].to_numpy(dtype=float), where="post",
                 color="black", lw=1, label="front (this view)")

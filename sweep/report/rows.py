@@ -31,6 +31,17 @@ def is_ok(df: pd.DataFrame) -> pd.Series:
     return df["status"] == "ok"
 
 
+# rows with figures that never enter the front: cut short by successive halving (quality at their rung) or
+# over a hard budget right after pruning (quality before fine-tuning); the report shows them apart
+APART = ("stopped_early", "infeasible")
+
+
+def apart_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The trials of :data:`APART` statuses, in the order they ended."""
+    rows = df[df["status"].isin(APART)]
+    return rows.sort_values("ended_at", kind="stable", na_position="last") if "ended_at" in rows else rows
+
+
 def trials(df: pd.DataFrame) -> pd.DataFrame:
     """Every row but the baseline's."""
     return df[~is_baseline(df)]

@@ -21,6 +21,7 @@ import pandas as pd
 from sweep import pareto
 
 from .rows import (
+    apart_rows,
     best_row,
     front_rows,
     is_baseline,
@@ -39,6 +40,14 @@ NOISE_HEADERS = ("noise-aware front", "same structure as")
 METHOD_HEADERS = ("method", "trials", "ok", "failed", "on front", "best quality", "best at <= 1/2 MACs",
                   "MACs of best")  # fmt: skip
 FAILED_HEADERS = ("trial", "status", "method", "knobs", "error")
+APART_NOTE = ("Never on the Pareto front: a trial stopped early by successive halving shows the quality at the rung "
+              "it stopped at, after the fine-tune epochs it got; an infeasible one broke a hard budget of "
+              "search.constraints right after pruning and was not fine-tuned (its quality is the pruned network's).")
+
+
+def apart_headers(quality: str) -> list[str]:
+    return ["trial", "status", "method", "knobs", f"{quality} when stopped", "fine-tune epochs", "params ratio",
+            "MACs ratio", "reason"]
 
 
 # --------------------------------------------------------------------------- cells
@@ -101,6 +110,8 @@ def summary(df: pd.DataFrame, meta: dict[str, Any], front: pd.DataFrame) -> dict
         "ok": int((all_trials["status"] == "ok").sum()),
         "failed": int((all_trials["status"] == "failed").sum()),
         "stopped": int((all_trials["status"] == "stopped").sum()),
+        "stopped_early": int((all_trials["status"] == "stopped_early").sum()),
+        "infeasible": int((all_trials["status"] == "infeasible").sum()),
         "methods": sorted(str(m) for m in all_trials["method"].dropna().unique()),
         "baseline": {
             "accuracy": fmt_quality(baseline.get("accuracy")),
@@ -154,7 +165,9 @@ def summary_items(s: dict[str, Any]) -> list[tuple[str, str]]:
                 f"MACs {b['macs']}, latency {b['latency_ms']} ms")
     return [
         ("Objectives", ", ".join(s["objectives"])),
-        ("Trials", f"{s['total']} total: {s['ok']} ok, {s['failed']} failed, {s['stopped']} stopped"),
+        ("Trials", f"{s['total']} total: {s['ok']} ok, {s['failed']} failed, {s['stopped']} stopped"
+                   + "".join(f", {s.get(k, 0)} {k.replace('_', ' ')}" for k in ("stopped_early", "infeasible")
+                             if s.get(k))),
         ("Methods", ", ".join(s["methods"]) or "-"),
         ("Baseline", baseline),
         (f"Best {s['quality']}", best),
@@ -224,6 +237,23 @@ def method_comparison(df: pd.DataFrame, meta: dict[str, Any], front_ids: set[str
             "-" if best is None else fmt_ratio(best, "macs", "macs_ratio", baseline),
         ])
     return rows
+
+
+def apart_cells(df: pd.DataFrame, meta: dict[str, Any], knob_cols: Sequence[str]) -> list[list[str]]:
+    """One row of :func:`apart_headers` cells per stopped-early or infeasible trial."""
+    quality, baseline = meta["quality"], meta["baseline"]
+    return [
+        [str(r["trial_id"]), str(r["status"]), str(r["method"]), knobs_text(r, knob_cols) or "-",
+         fmt_quality(r.get(quality)), _epochs(r.get("finetune_epochs")),
+         fmt_ratio(r, "params", "params_ratio", baseline), fmt_ratio(r, "macs", "macs_ratio", baseline),
+         text(r.get("error")) or "-"]
+        for _, r in apart_rows(df).iterrows()
+    ]
+
+
+def _epochs(value: Any) -> str:
+    x = num(value)
+    return "-" if np.isnan(x) else f"{x:g}"
 
 
 def failed_cells(df: pd.DataFrame, knob_cols: Sequence[str]) -> list[list[str]]:
