@@ -18,7 +18,7 @@ accurate network than the magnitude pruning every tool has?  One run answers it 
       5e-3, cosine, the best validation epoch kept), to measure whether the recipe helps;
     - ``iterative``: ``macs_fraction``: its iterations stop at the target (the last one scaled to land on it);
     - ``lnpt``: ``macs_fraction`` with its own (label-free) criterion and retraining;
-    - ``cat``: only its three knobs; gamma = 1 (MACs), beta = 0.5, and lambda found by a bisection in log
+    - ``cat``: only its three knobs; gamma = 1 (MACs), beta = 0.5, and lambda found by a root search in log
       lambda on seed 0 (``--cat-probes`` full CAT runs per target, counted apart as ``search s``), then used
       unchanged on every seed.  A row whose MACs ratio misses the target by more than 3 % is flagged ``OFF``.
 * the same training budget: ``--epochs`` E passes over the same training subset for every method, counted in
@@ -93,7 +93,7 @@ def parse_args(argv=None):
     p.add_argument("--baseline-epochs", type=int, default=6)
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
-    p.add_argument("--cat-probes", type=int, default=5, help="full CAT runs per target in the lambda search")
+    p.add_argument("--cat-probes", type=int, default=6, help="full CAT runs per target in the lambda search")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate (every method)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--root", default=None, help="Fashion-MNIST folder (default: the Debian package's)")
@@ -290,26 +290,36 @@ def cat_knobs(lam: float, args) -> dict:
 
 
 def cat_search(cfg, folder: Path, target: str, frac: float, args) -> tuple[float, list[Run], float]:
-    """Bisection in log lambda (seed 0) for the MACs ratio ``frac``: (lambda, the probe runs, seconds)."""
+    """A root search in log lambda (seed 0) for the MACs ratio ``frac``: (lambda, the probe runs, seconds).
+
+    The MACs ratio falls with lambda; once both ends of the bracket are measured, the next lambda is the
+    false-position point of log(MACs ratio) against log(lambda) (kept inside the inner 80 % of the
+    bracket, so a noisy end cannot stall it), else the bracket's middle.  The probe closest to the target
+    is kept; seeds 1.. then run at its lambda."""
     t0 = time.time()
     lo, hi = (math.log(v) for v in CAT_LAMBDA_RANGE)
+    f_lo = f_hi = None  # log MACs ratio measured at lo / hi
+    goal = math.log(frac)
     probes: list[Run] = []
-    lam = math.exp((lo + hi) / 2)
     for _ in range(max(1, args.cat_probes)):
-        lam = math.exp((lo + hi) / 2)
+        x = (lo + hi) / 2
+        if f_lo is not None and f_hi is not None and f_lo != f_hi:
+            x = lo + (goal - f_lo) * (hi - lo) / (f_hi - f_lo)
+            x = min(max(x, lo + 0.1 * (hi - lo)), hi - 0.1 * (hi - lo))
+        lam = math.exp(x)
         run = run_one(cfg, folder, "cat", target, 0, cat_knobs(lam, args), args)
         probes.append(run)
         print(f"#   cat {target}: lambda {lam:.4g} -> MACs ratio {run.macs_ratio:.3f} ({run.status}, "
               f"{run.wall_s:.0f} s)", file=sys.stderr, flush=True)
-        if run.status != "ok" or math.isnan(run.macs_ratio):
-            hi = math.log(lam)  # a failed probe (everything removed, say): less pressure
+        if run.status != "ok" or not run.macs_ratio > 0:
+            hi, f_hi = x, None  # a failed probe (everything removed, say): less pressure
             continue
         if abs(run.macs_ratio - frac) <= TOL * frac:
             break
         if run.macs_ratio > frac:
-            lo = math.log(lam)  # too little removed: more pressure
+            lo, f_lo = x, math.log(run.macs_ratio)  # too little removed: more pressure
         else:
-            hi = math.log(lam)
+            hi, f_hi = x, math.log(run.macs_ratio)
     ok = [r for r in probes if r.status == "ok" and not math.isnan(r.macs_ratio)]
     best = min(ok, key=lambda r: abs(r.macs_ratio - frac)) if ok else probes[-1]
     return float(best.knobs["lam"]), probes, time.time() - t0
