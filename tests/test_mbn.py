@@ -335,3 +335,99 @@ def test_mbn_teacher_baseline_reads_no_label(tmp_path, monkeypatch):
     student_a = folder.load_baseline_model().state_dict()
     student_b = other.load_baseline_model().state_dict()
     assert all(torch.equal(student_a[k], student_b[k]) for k in student_a)
+
+
+# ------------------------------------------------------------------------------------------ a whole sweep
+E2E_SPACE = """
+name: mbn_e2e
+seed: 0
+labels: none
+model: {name: small_cnn}
+dataset: {name: digits}
+baseline:
+  teacher: {mbn: {V: 20, clusters: 10}}
+  epochs: 4
+  lr: 0.05
+finetune: {epochs: 1, lr: 0.01}
+search: {trials: 2, concurrency: 2, sampler: random, objectives: [agreement, latency_ms, params]}
+measure: {repeats: 10, warmup: 2, runtime: torch}
+methods:
+  magnitude:
+    ratio: {low: 0.2, high: 0.6}
+"""
+
+
+@pytest.mark.integration
+def test_digits_sweep_with_an_mbn_teacher_end_to_end(tmp_path, monkeypatch, capsys):
+    """`sweep run` on digits with an MBN teacher (a real local Ray sweep, about a minute on 2 cores): the
+    teacher's figures reach the table, the report shows the teacher's point, its figures and the speed-up
+    column, and `sweep select --min-accuracy` bounds agreement."""
+    import json
+
+    import pandas as pd
+
+    from sweep.cli import main
+    from sweep.report.teacher import fmt_speedup
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mbn_e2e.yaml").write_text(E2E_SPACE)
+    try:
+        assert main(["run", "mbn_e2e.yaml"]) == 0
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    printed = capsys.readouterr().out
+    assert "speed-up vs teacher" in printed  # the CLI's front table too
+
+    sweep_dir = tmp_path / "runs" / "mbn_e2e"
+    df = pd.read_parquet(sweep_dir / "trials.parquet")
+    assert len(df) == 3 and set(df["status"]) == {"ok"}
+    base = df[df["trial_id"] == "baseline"].iloc[0]
+    teacher = json.loads(base["info"])["summary"]["teacher"]
+    assert teacher["kind"] == "mbn" and teacher["latency"]["batch"] == base["latency_batch"] == 1
+    assert teacher["latency"]["threads"] == base["threads"] and teacher["latency"]["device"] == base["device"]
+    assert 0 < teacher["val_cluster_accuracy"] <= 1 and 0 <= teacher["val_nmi"] <= 1 and teacher["latency_ms"] > 0
+    assert df["agreement"].between(0, 1).all() and df["accuracy"].between(0, 1).all()
+
+    report = tmp_path / "reports" / "mbn_e2e"
+    summary = (report / "summary.md").read_text(encoding="utf-8")
+    assert f"**MBN teacher:** per-sample prediction latency {teacher['latency_ms']:.3g} ms" in summary
+    assert f"clustering accuracy {teacher['val_cluster_accuracy']:.4f} (val)" in summary
+    assert f"NMI {teacher['val_nmi']:.4f} (val)" in summary
+    header, _rule, *lines = [line for line in summary.splitlines() if line.startswith("|")]
+    col = [c.strip() for c in header.split("|")].index("speed-up vs teacher")
+    cells = {line.split("|")[1].strip(): line.split("|")[col].strip() for line in lines}
+    assert cells["baseline"] == fmt_speedup(teacher["latency_ms"] / base["latency_ms"])  # same conditions: no *
+    index = (report / "index.html").read_text(encoding="utf-8")
+    assert 'alt="agreement vs latency, with the MBN teacher point"' in index and "<td>MBN teacher</td>" in index
+    assert "MBN teacher" in (report / "interactive.html").read_text(encoding="utf-8")
+
+    # --min-accuracy bounds agreement in this label-free sweep: met by the best trial, broken above it
+    best = df["agreement"].max()
+    assert main(["select", str(sweep_dir), "--min-accuracy", f"{best - 1e-6:.6f}", "--no-export",
+                 "--no-register"]) == 0
+    chosen = json.loads((sweep_dir / "selected" / "selection.json").read_text())["chosen"]
+    assert chosen["agreement"] == pytest.approx(best)
+    capsys.readouterr()
+    assert main(["select", str(sweep_dir), "--min-accuracy", f"{min(best + 0.01, 1.0):.6f}", "--no-export",
+                 "--no-register"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "agreement" in err[0]
+
+
+def test_shipped_mbn_spaces_parse_label_free_with_an_mbn_teacher():
+    from pathlib import Path
+
+    from sweep.config import load_config
+
+    root = Path(__file__).parent.parent / "search_spaces"
+    for name, dataset in (("mbn_digits", "digits"), ("mbn_fashion_mnist", "fashion-mnist")):
+        cfg = load_config(root / f"{name}.yaml")
+        assert cfg.name == name and cfg.dataset.name == dataset and cfg.label_free and cfg.quality == "agreement"
+        assert isinstance(cfg.baseline.teacher, MBNConfig) and cfg.baseline.teacher.clusters == 10
+        assert cfg.measure.runtime == "torch"  # MBN is timed on torch: the speed-up compares like with like
+        assert {m.name for m in cfg.methods} == {"magnitude", "lnpt"}
+    fashion = load_config(root / "mbn_fashion_mnist.yaml")
+    assert fashion.dataset.options["train_subset"] == 3000  # what MBN is fitted on: sized for 2 cores

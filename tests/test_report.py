@@ -504,3 +504,90 @@ def test_no_apart_section_without_such_rows(built) -> None:
     sweep_dir, _, _ = built
     index = (sweep_dir / "report" / "index.html").read_text(encoding="utf-8")
     assert 'id="apart"' not in index and "Stopped early" not in index
+
+
+# --------------------------------------------------------------------------- compressive MBN: the teacher
+
+
+MBN_TEACHER = {  # as prepare_mbn_baseline stores it in the baseline's summary
+    "kind": "mbn", "latency_ms": 40.0, "fit_s": 3.5, "reused": False, "train_points": 1150, "ks": [575, 287, 143],
+    "settings": {"V": 100, "clusters": 10}, "val_cluster_accuracy": 0.93, "test_cluster_accuracy": 0.92,
+    "val_nmi": 0.88, "test_nmi": 0.87,
+    "latency": {"median_ms": 40.0, "iqr_ms": 2.0, "batch": 1, "repeats": 30, "threads": 1, "device": "cpu",
+                "runtime": "torch 2.0"},
+}  # fmt: skip
+
+
+def write_mbn_sweep(sweep_dir: Path) -> None:
+    """:func:`write_label_free` with an MBN teacher timed at 40 ms per sample on the rows' conditions, except
+    trial d, timed on 2 threads: speed-ups baseline 10x, a 20x, c 40x, d 80x (marked)."""
+    write_label_free(sweep_dir)
+    table = pq.read_table(sweep_dir / "trials.parquet")
+    rows = table.to_pylist()
+    for r in rows:
+        r.update(latency_runtime="torch 2.0", threads=2 if r["trial_id"] == "d" else 1, latency_batch=1, device="cpu")
+        if r["trial_id"] == "baseline":
+            r["info"] = json.dumps({"summary": {"agreement": 1.0, "teacher": MBN_TEACHER}})
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), sweep_dir / "trials.parquet")
+
+
+def test_mbn_teacher_report_shows_the_teacher_and_the_speed_up(tmp_path: Path) -> None:
+    from sweep.report import interactive
+    from sweep.report.read import read_trials
+    from sweep.report.teacher import LABEL, speedup, teacher_mark, teacher_of
+
+    write_mbn_sweep(tmp_path / "sweep")
+    df, meta = read_trials(tmp_path / "sweep")
+    teacher = teacher_of(df)
+    assert teacher is not None and teacher.per_sample_ms == 40.0 and teacher.val_nmi == 0.88
+    base = df[df["trial_id"] == "baseline"].iloc[0]
+    assert speedup(teacher, base) == pytest.approx(40.0 / 4.0)
+    # a point at (its latency, agreement 1) on the latency axis; a line at agreement 1 on params and MACs
+    assert teacher_mark(teacher, "agreement", "latency_ms")[:3] == ("point", 40.0, 1.0)
+    assert teacher_mark(teacher, "agreement", "params")[0] == "line"
+    assert teacher_mark(None, "agreement", "params") is None
+    styles = {"magnitude": ("k", "o")}
+    traces = {t["name"]: t for t in interactive.interactive_traces(df, "agreement", styles, teacher)}
+    assert list(traces[LABEL]["x"]) == [40.0] and list(traces[LABEL]["y"]) == [1.0]
+
+    out = tmp_path / "report"
+    report.build_report(tmp_path / "sweep", out)
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert ("**MBN teacher:** per-sample prediction latency 40 ms (median 40 ± 2 ms per call; torch 2.0, "
+            "1 thread(s), batch 1, cpu); clustering accuracy 0.9300 (val), 0.9200 (test); NMI 0.8800 (val), "
+            "0.8700 (test)") in summary
+    assert "fitted on 1150 unlabeled training inputs in 3.5 s (V=100, k 575/287/143)" in summary
+    assert "the dense student is 10x faster" in summary and "**Baseline (dense student):**" in summary
+    header, _rule, *lines = [line for line in summary.splitlines() if line.startswith("|")]
+    cells = [c.strip() for c in header.split("|")]
+    col = cells.index("speed-up vs teacher")
+    assert cells[col - 1] == "latency ratio"
+    # teacher's per-sample latency / the row's: 40 / 4, 40 / 2, 40 / 1, 40 / 0.5 (timed on other threads: marked)
+    assert {line.split("|")[1].strip(): line.split("|")[col].strip() for line in lines} == {
+        "baseline": "10x", "a": "20x", "c": "40x", "d": "80x*"}
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert "<th>speed-up vs teacher</th>" in index and "<td>MBN teacher</td>" in index
+    assert 'alt="agreement vs latency, with the MBN teacher point"' in index
+    assert 'alt="agreement vs params, with the MBN teacher as a line at agreement 1"' in index
+    assert "MBN teacher" in (out / "interactive.html").read_text(encoding="utf-8")
+    text = report.front_table(df, meta["objectives"], quality="agreement")
+    assert text.splitlines()[0].rstrip().endswith("speed-up vs teacher")
+    assert [line.split()[-1] for line in text.splitlines()[2:]] == ["10x", "20x", "40x", "80x*"]
+
+
+def test_reports_without_an_mbn_teacher_have_no_teacher_and_no_speed_up(built, tmp_path: Path) -> None:
+    from sweep.report.read import read_trials
+    from sweep.report.tables import front_headers
+    from sweep.report.teacher import teacher_of
+
+    sweep_dir, _, _ = built
+    write_label_free(tmp_path / "free")  # label-free, but its teacher is a network
+    report.build_report(tmp_path / "free", tmp_path / "free_report")
+    for source, out in ((sweep_dir, sweep_dir / "report"), (tmp_path / "free", tmp_path / "free_report")):
+        for name in ("index.html", "summary.md"):
+            page = (out / name).read_text(encoding="utf-8")
+            assert "speed-up vs teacher" not in page and "MBN teacher" not in page and "dense student" not in page
+        df, meta = read_trials(source)
+        assert teacher_of(df) is None
+        assert "speed-up" not in report.front_table(df, meta["objectives"], meta["quality"])
+    assert "speed-up vs teacher" not in front_headers("agreement")

@@ -14,7 +14,9 @@ network from the raw inputs to the application's output. In a sweep:
    the student's clusters against the labels (Hungarian matching; labels read for the figures only). The
    summary also holds the teacher's own figures (its clustering accuracy and NMI, its k schedule, fit time)
    and its per-sample prediction latency, timed the same way as the student's (torch runtime, same device,
-   threads and batch), and the student's speed-up over it.
+   threads and batch), and the student's speed-up over it.  The baseline row of ``trials.parquet`` carries
+   the same summary in its ``info`` JSON (``info["summary"]["teacher"]``): the report reads the teacher's
+   figures from there (:mod:`sweep.report.teacher`).
 
 :class:`MBNTeacher` is MBN as a ``torch.nn.Module`` whose outputs are ``HARD_LOGIT`` × one-hot of the
 predicted cluster: the project's agreement (argmax) and distillation (softmax at a temperature) accept it
@@ -128,7 +130,8 @@ def prepare_mbn_baseline(cfg, folder, log: Callable[[str], None] = print):
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     path = teacher_path(folder)
     t0 = time.time()
-    if path.is_file():
+    reused = path.is_file()
+    if reused:
         mbn = MBN.load(path, device=device)
         log(f"teacher: MBN read from {path}")
         targets = mbn.predict(x_train).cpu()
@@ -180,7 +183,7 @@ def prepare_mbn_baseline(cfg, folder, log: Callable[[str], None] = print):
         f"{s_lat.median_ms:.3f} ms (torch, batch {cfg.measure.latency_batch}): {speedup:.0f}x faster")
 
     teacher_info = {"kind": "mbn", "path": TEACHER_FILE, "settings": tcfg.settings(), "ks": mbn.ks,
-                    "fit_s": fit_s, "train_points": len(x_train),
+                    "fit_s": fit_s, "reused": reused, "train_points": len(x_train),
                     "val_cluster_accuracy": figures["val"]["teacher_acc"], "val_nmi": figures["val"]["teacher_nmi"],
                     "test_cluster_accuracy": figures["test"]["teacher_acc"],
                     "test_nmi": figures["test"]["teacher_nmi"], "latency": t_lat.to_dict(),

@@ -23,6 +23,11 @@ Conventions:
 * **Knobs to objectives** are parallel coordinates (:mod:`sweep.report.parallel`).
 * **Per-layer widths** of the trial ``sweep select`` chose (``selected/selection.json``), else of the best
   trial, against the baseline's (:mod:`sweep.report.widths` states the ``info`` conventions).
+* **MBN teacher.** A compressive-MBN sweep (its baseline row records an ``mbn`` teacher) shows the teacher
+  as a reference, never a candidate: a point at (its latency, agreement 1) on the latency projections and
+  the interactive scatter, a line at agreement 1 on params and MACs, its figures in the summary, and a
+  ``speed-up vs teacher`` column in the front tables (:mod:`sweep.report.teacher`).  Other reports are
+  unchanged.
 * **Method details** come from a front trial's ``info`` JSON, whatever its method:
 
   - ``"trajectory"``: ``[{"step": i, <series>: value, ...}, ...]`` (per iteration or epoch), drawn as

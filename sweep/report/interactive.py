@@ -8,6 +8,8 @@ Conventions:
   (:mod:`sweep.report.parallel`), and the per-layer widths of the selected or best trial
   (:mod:`sweep.report.widths`) when they are known; the budget explorer table follows the figures.
 * Colours are the methods' colours of :mod:`sweep.report.colours`, the same as in the PNGs.
+* A sweep with an MBN teacher shows it on the scatter as a trace of its own, ``MBN teacher`` (a dark
+  diamond at its latency and agreement 1; :mod:`sweep.report.teacher`).
 * Text from the table is HTML-escaped (plotly renders hover text as HTML).
 * Without plotly installed nothing is written and :func:`write_interactive` returns False.
 """
@@ -25,6 +27,9 @@ import pandas as pd
 from .colours import BASELINE, BASELINE_COLOUR, colour_of
 from .parallel import parallel_figure
 from .plots import QUALITY_LABELS, interactive_traces, is_log_scale
+from .teacher import COLOUR as TEACHER_COLOUR
+from .teacher import LABEL as TEACHER_LABEL
+from .teacher import Teacher
 from .widths import Widths
 
 INTERACTIVE_FILE = "interactive.html"
@@ -38,21 +43,28 @@ th { background: #f0f0f0; }
 """
 
 
-def scatter_figure(df: pd.DataFrame, quality: str, styles: dict) -> Any:
-    """``quality`` vs latency, one coloured trace per method, the baseline a gold star."""
+def _marker(name: str, colour: str) -> dict:
+    if name == BASELINE:
+        return {"symbol": "star", "size": 16, "color": BASELINE_COLOUR, "line": {"width": 1, "color": "black"}}
+    if name == TEACHER_LABEL:
+        return {"symbol": "diamond", "size": 13, "color": TEACHER_COLOUR, "line": {"width": 1, "color": "white"}}
+    return {"size": 9, "color": colour}
+
+
+def scatter_figure(df: pd.DataFrame, quality: str, styles: dict, teacher: Teacher | None = None) -> Any:
+    """``quality`` vs latency, one coloured trace per method, the baseline a gold star, an MBN ``teacher`` a
+    dark diamond."""
     import plotly.graph_objects as go
 
-    traces = interactive_traces(df, quality, styles)
+    traces = interactive_traces(df, quality, styles, teacher)
     fig = go.Figure()
     for t in traces:
-        star = t["name"] == BASELINE
         fig.add_trace(go.Scatter(
             x=t["x"], y=t["y"], mode="markers", name=t["name"], hovertext=t["hover"],
             error_x={"type": "data", "array": t["xerr"], "visible": True, "thickness": 1, "width": 2,
                      "color": t["colour"]},
             hovertemplate=f"%{{hovertext}}<br>latency %{{x:.3g}} ms<br>{quality} %{{y:.4f}}<extra></extra>",
-            marker={"symbol": "star", "size": 16, "color": BASELINE_COLOUR, "line": {"width": 1, "color": "black"}}
-            if star else {"size": 9, "color": t["colour"]},
+            marker=_marker(t["name"], t["colour"]),
         ))  # fmt: skip
     latencies = np.concatenate([t["x"] for t in traces]) if traces else np.zeros(0)
     fig.update_layout(title=f"{quality} vs latency", xaxis_title="latency (ms)", yaxis_title=QUALITY_LABELS[quality],
@@ -108,13 +120,14 @@ def interactive_html(title: str, sections: Sequence[tuple[str, str]]) -> str:
 
 def write_interactive(df: pd.DataFrame, quality: str, styles: dict, path: Path, title: str = "Sweep report",
                       budget: tuple[Sequence[str], Sequence[Sequence[str]]] = ((), ()),
-                      widths: Widths | None = None, widths_heading: str = "") -> bool:  # fmt: skip
+                      widths: Widths | None = None, widths_heading: str = "",
+                      teacher: Teacher | None = None) -> bool:  # fmt: skip
     """Write ``interactive.html`` (see the module docstring); False (nothing written) without plotly."""
     try:
         import plotly  # noqa: F401
     except ImportError:
         return False
-    sections = [(f"{quality} vs latency", _figure_div(scatter_figure(df, quality, styles), "scatter"))]
+    sections = [(f"{quality} vs latency", _figure_div(scatter_figure(df, quality, styles, teacher), "scatter"))]
     parallel = parallel_figure(df, quality, styles)
     if parallel is not None:
         sections.append(("Knobs to objectives (parallel coordinates)", _figure_div(parallel, "parallel")))

@@ -52,6 +52,8 @@ from .tables import (
     summary,
     summary_items,
 )
+from .teacher import LABEL as TEACHER_LABEL
+from .teacher import Teacher, speedup_note, teacher_mark, teacher_of
 from .widths import WIDTHS_PREFIX, baseline_channels, plot_widths, trial_widths
 
 CSS = """
@@ -116,6 +118,7 @@ class Page(NamedTuple):
     parallel: str = ""  # the parallel-coordinates PNG's file name, "" when not drawn
     widths: DetailPlot | None = None
     apart: tuple[Sequence[str], list[list[str]]] = ((), [])  # stopped-early and infeasible trials
+    teacher: Teacher | None = None  # an MBN teacher: a reference point on the plots, speed-up in the front
 
 
 def _head(s: dict[str, Any]) -> list[str]:
@@ -131,7 +134,7 @@ def _plots(s: dict[str, Any], p: Page) -> list[str]:
     if p.interactive:
         parts.append(f'<p><a href="{INTERACTIVE_FILE}">Interactive page: hover for knobs, filter the parallel '
                      f"coordinates by dragging along an axis</a></p>")
-    parts += [f'<p><img src="{e(name)}" alt="{e(quality)} vs {COST_WORDS[cost]}"></p>'
+    parts += [f'<p><img src="{e(name)}" alt="{e(_alt(quality, cost, p.teacher))}"></p>'
               for cost, name in PLOT_FILES.items()]
     parts.append(f'<p><img src="{HV_FILE}" alt="hypervolume"></p>')
     if p.parallel:
@@ -140,11 +143,23 @@ def _plots(s: dict[str, Any], p: Page) -> list[str]:
     return parts
 
 
+def _alt(quality: str, cost: str, teacher: Teacher | None) -> str:
+    """A projection's alt text; with an MBN teacher it says how the teacher is drawn."""
+    alt = f"{quality} vs {COST_WORDS[cost]}"
+    mark = teacher_mark(teacher, quality, cost)
+    if mark is None:
+        return alt
+    return alt + (f", with the {TEACHER_LABEL} point" if mark.kind == "point" else f", with the {TEACHER_LABEL} "
+                  f"as a line at {quality} 1")
+
+
 def _front(s: dict[str, Any], p: Page) -> list[str]:
     headers, cells = p.front
     parts = [f"<h2>Pareto front ({s['front_size']} trials)</h2>"]
     if cells:
         parts.append(_html_table(headers, cells, numeric=set(range(3, len(headers))), table_id="front"))
+        if p.teacher is not None:
+            parts.append(f"<p>{html.escape(speedup_note(p.teacher))}</p>")
     else:
         parts.append("<p>The front is empty: no ok trials.</p>")
     headers, cells = p.budget
@@ -193,8 +208,10 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def summary_md(s: dict[str, Any], front: tuple[Sequence[str], list[list[str]]]) -> str:
-    """The report's summary and front table as Markdown; ``front`` is (headers, cells)."""
+def summary_md(s: dict[str, Any], front: tuple[Sequence[str], list[list[str]]],
+               teacher: Teacher | None = None) -> str:
+    """The report's summary and front table as Markdown; ``front`` is (headers, cells); an MBN ``teacher``
+    adds the speed-up note under the table."""
     headers, cells = front
     lines = [f"# {_title(s)}", ""]
     lines += [f"- **{k}:** {_md_cell(v)}" for k, v in summary_items(s)]
@@ -203,6 +220,8 @@ def summary_md(s: dict[str, Any], front: tuple[Sequence[str], list[list[str]]]) 
         lines.append("| " + " | ".join(headers) + " |")
         lines.append("|" + "|".join("---" if i < 3 else "---:" for i in range(len(headers))) + "|")
         lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in cells]
+        if teacher is not None:
+            lines += ["", _md_cell(speedup_note(teacher))]
     else:
         lines.append("The front is empty: no ok trials.")
     lines += ["", "Plots and the failed-trial table are in `index.html`.", ""]
@@ -229,29 +248,30 @@ def _render(sweep_dir: Path, tmp: Path) -> list[str]:
     front_ids = set(front["trial_id"])
     s = summary(df, meta, front)
     knob_cols = knob_columns(df)
-    front_table = (front_headers(quality), front_cells(front, meta, knob_cols, df))
+    teacher = teacher_of(df)  # an MBN teacher: None for every other sweep, whose report is unchanged
+    front_table = (front_headers(quality, teacher), front_cells(front, meta, knob_cols, df, teacher))
     budget = (budget_headers(quality), budget_explorer(df, front, meta))
     styles = method_styles(s["methods"])
 
     names = []
     for cost, name in PLOT_FILES.items():
-        plot_projection(df, quality, cost, front_ids, styles, tmp / name)
+        plot_projection(df, quality, cost, front_ids, styles, tmp / name, teacher)
         names.append(name)
     plot_hypervolume(df, meta, tmp / HV_FILE)
     plot_parallel(df, quality, styles, tmp / PARALLEL_FILE)
     names += [HV_FILE, PARALLEL_FILE]
     widths_plot, widths = _widths_plot(df, sweep_dir, quality, styles, tmp)
     interactive = write_interactive(df, quality, styles, tmp / INTERACTIVE_FILE, _title(s), budget, widths,
-                                    widths_plot.alt if widths_plot else "")  # fmt: skip
+                                    widths_plot.alt if widths_plot else "", teacher)  # fmt: skip
     block_plots = write_block_plots(front, tmp)
     detail_plots = write_detail_plots(front, tmp, styles)
     names += [p.file for p in (*block_plots, *detail_plots, *([widths_plot] if widths_plot else []))]
     names += [INTERACTIVE_FILE] if interactive else []
     page = Page(front_table, failed_cells(df, knob_cols), interactive, detail_plots, block_plots,
                 method_comparison(df, meta, front_ids), budget, PARALLEL_FILE, widths_plot,
-                (apart_headers(quality), apart_cells(df, meta, knob_cols)))
+                (apart_headers(quality), apart_cells(df, meta, knob_cols)), teacher)
     (tmp / "index.html").write_text(index_html(s, page), encoding="utf-8")
-    (tmp / "summary.md").write_text(summary_md(s, front_table), encoding="utf-8")
+    (tmp / "summary.md").write_text(summary_md(s, front_table, teacher), encoding="utf-8")
     return [*names, "index.html", "summary.md"]
 
 

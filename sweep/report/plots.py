@@ -12,6 +12,8 @@ Conventions:
 * Detail figures come from conventions in a front trial's ``info`` JSON (see :mod:`sweep.report`),
   never from its method's name.
 * Each plotting function returns the data it drew, so tests check behaviour rather than pixels.
+* A sweep with an MBN teacher shows it on every projection (:func:`sweep.report.teacher.teacher_mark`): a
+  point at (its latency, agreement 1) on the latency axis, a dashed line at agreement 1 on params and MACs.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from .rows import (
     objective_values,
     ok_rows_in_order,
 )
+from .teacher import COLOUR as TEACHER_COLOUR
+from .teacher import LABEL as TEACHER_LABEL
+from .teacher import Teacher, hover_text, teacher_mark
 
 COST_WORDS = {"latency_ms": "latency", "params": "params", "macs": "macs"}
 PLOT_FILES = {cost: f"accuracy_vs_{word}.png" for cost, word in COST_WORDS.items()}
@@ -119,11 +124,29 @@ def _plot_apart(ax, df: pd.DataFrame, quality: str, cost: str) -> None:
             ax.scatter(x[keep], y[keep], marker=marker, s=28, color="grey", alpha=0.6, label=label)
 
 
+def _plot_teacher(ax, teacher: Teacher | None, quality: str, cost: str) -> None:
+    mark = teacher_mark(teacher, quality, cost)
+    if mark is None:
+        return
+    if mark.kind == "line":
+        ax.axhline(mark.y, color=TEACHER_COLOUR, linestyle="--", linewidth=1, label=mark.label)
+        return
+    ax.scatter([mark.x], [mark.y], marker="D", s=90, color=TEACHER_COLOUR, edgecolors="white", zorder=6,
+               label=mark.label)
+    if np.isfinite(teacher.iqr_ms):  # its latency's IQR, as the trials' error bars
+        ax.errorbar([mark.x], [mark.y], xerr=[teacher.iqr_ms / 2], fmt="none", ecolor=TEACHER_COLOUR, elinewidth=0.8,
+                    capsize=2, alpha=0.6)
+    # the teacher is the slowest point by far: label it below-left to stay inside
+    ax.annotate(TEACHER_LABEL, (mark.x, mark.y), textcoords="offset points", xytext=(-10, -14), ha="right",
+                fontsize=9, bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
+
+
 def plot_projection(
-    df: pd.DataFrame, quality: str, cost: str, front_ids: set[str], styles: dict, path: Path
+    df: pd.DataFrame, quality: str, cost: str, front_ids: set[str], styles: dict, path: Path,
+    teacher: Teacher | None = None,
 ) -> pd.DataFrame:
     """Write ``quality`` against ``cost``: trials per method, the view's staircase, the sweep's front
-    ringed, the baseline starred; return the staircase rows."""
+    ringed, the baseline starred, an MBN ``teacher`` as a reference; return the staircase rows."""
     fig, ax = _new_axes((7.5, 5))
     points = projection_points(df, quality, cost)
     y = points[quality].to_numpy(dtype=float)
@@ -157,7 +180,9 @@ def plot_projection(
             # The baseline is usually the top-right point: label it below-left to stay inside.
             ax.annotate("baseline", (bx, by), textcoords="offset points", xytext=(-10, -14), ha="right", fontsize=9,
                         bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
-        if is_log_scale(x):
+        mark = teacher_mark(teacher, quality, cost)
+        _plot_teacher(ax, teacher, quality, cost)
+        if is_log_scale(np.append(x, mark.x) if mark is not None and mark.kind == "point" else x):
             ax.set_xscale("log")
         if cost != "latency_ms":
             from matplotlib.ticker import EngFormatter
@@ -194,9 +219,11 @@ def plot_hypervolume(df: pd.DataFrame, meta: dict[str, Any], path: Path) -> np.n
 # --------------------------------------------------------------------------- interactive scatter data
 
 
-def interactive_traces(df: pd.DataFrame, quality: str, styles: dict) -> list[dict[str, Any]]:
-    """One trace per method, then the baseline: ``name``, ``colour``, latency ``x``, ``quality`` ``y``,
-    ``hover`` texts and ``xerr``, the latency error bars (± IQR/2)."""
+def interactive_traces(df: pd.DataFrame, quality: str, styles: dict,
+                       teacher: Teacher | None = None) -> list[dict[str, Any]]:
+    """One trace per method, then the baseline, then an MBN ``teacher`` (named :data:`TEACHER_LABEL`, when
+    :func:`teacher_mark` places it): ``name``, ``colour``, latency ``x``, ``quality`` ``y``, ``hover`` texts
+    and ``xerr``, the latency error bars (± IQR/2)."""
     knob_cols = knob_columns(df)
     points = projection_points(df, quality, "latency_ms")
     base = is_baseline(points)
@@ -211,6 +238,12 @@ def interactive_traces(df: pd.DataFrame, quality: str, styles: dict) -> list[dic
         traces.append({"name": name, "colour": colour_of(name, styles), "x": rows["latency_ms"].to_numpy(dtype=float),
                        "y": rows[quality].to_numpy(dtype=float), "hover": hover,
                        "xerr": latency_half_spread(rows)})  # fmt: skip
+    mark = teacher_mark(teacher, quality, "latency_ms")
+    if mark is not None:
+        iqr = teacher.iqr_ms if np.isfinite(teacher.iqr_ms) else 0.0
+        hover = "<br>".join(html.escape(line) for line in hover_text(teacher).split("\n"))
+        traces.append({"name": TEACHER_LABEL, "colour": TEACHER_COLOUR, "x": np.array([mark.x]),
+                       "y": np.array([mark.y]), "hover": [hover], "xerr": np.array([iqr / 2])})
     return traces
 
 

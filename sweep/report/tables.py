@@ -8,6 +8,9 @@ Conventions:
 * The summary's "best" is the best ``ok`` trial (the baseline has its own line); the hypervolume is
   the one of :mod:`sweep.pareto` over every ``ok`` row, the baseline included.
 * Cells are strings; a missing number shows as ``-``.
+* A sweep with an MBN teacher (:mod:`sweep.report.teacher`) adds the teacher's figures to the summary and a
+  ``speed-up vs teacher`` column to its front tables (HTML, Markdown and the CLI's plain text); other
+  sweeps' tables are unchanged.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .rows import (
     text,
     trials,
 )
+from .teacher import SPEEDUP_HEADER, Teacher, speedup_cell, summary_text, teacher_of
 
 RATIO_HEADERS = ("params ratio", "MACs ratio", "latency ratio")
 NOISE_HEADERS = ("noise-aware front", "same structure as")
@@ -125,7 +129,17 @@ def summary(df: pd.DataFrame, meta: dict[str, Any], front: pd.DataFrame) -> dict
         "hypervolume": pareto.sweep_hypervolume(hv_values, objectives, baseline),
         "noise": front_noise(df, front, objectives),
         "latency_runtime": latency_runtimes(df),
+        "teacher": _teacher_summary(df),
     }
+
+
+def _teacher_summary(df: pd.DataFrame) -> str | None:
+    """The summary's "MBN teacher" line (None without an MBN teacher), with the dense student's speed-up."""
+    teacher = teacher_of(df)
+    if teacher is None:
+        return None
+    base = df[is_baseline(df) & is_ok(df)]
+    return summary_text(teacher, speedup_cell(teacher, base.iloc[0]) if len(base) else "-")
 
 
 def front_noise(df: pd.DataFrame, front: pd.DataFrame, objectives: Sequence[str]) -> dict[str, int]:
@@ -169,7 +183,8 @@ def summary_items(s: dict[str, Any]) -> list[tuple[str, str]]:
                    + "".join(f", {s.get(k, 0)} {k.replace('_', ' ')}" for k in ("stopped_early", "infeasible")
                              if s.get(k))),
         ("Methods", ", ".join(s["methods"]) or "-"),
-        ("Baseline", baseline),
+        ("Baseline" if not s.get("teacher") else "Baseline (dense student)", baseline),
+        *([("MBN teacher", s["teacher"])] if s.get("teacher") else []),
         (f"Best {s['quality']}", best),
         ("Front size", str(s["front_size"])),
         ("Latency timed on", s["latency_runtime"]),
@@ -184,15 +199,17 @@ def summary_items(s: dict[str, Any]) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- front and methods
 
 
-def front_headers(quality: str) -> list[str]:
+def front_headers(quality: str, teacher: Teacher | None = None) -> list[str]:
+    """The front table's headers; with an MBN ``teacher``, ``speed-up vs teacher`` after the ratios."""
     return ["trial", "method", "knobs", *quality_columns(quality), "test_accuracy", "params", "MACs", "latency_ms",
-            *RATIO_HEADERS, *NOISE_HEADERS]  # fmt: skip
+            *RATIO_HEADERS, *([SPEEDUP_HEADER] if teacher is not None else []), *NOISE_HEADERS]  # fmt: skip
 
 
 def front_cells(front: pd.DataFrame, meta: dict[str, Any], knob_cols: Sequence[str],
-                df: pd.DataFrame | None = None) -> list[list[str]]:
+                df: pd.DataFrame | None = None, teacher: Teacher | None = None) -> list[list[str]]:
     """One row of :func:`front_headers` cells per front row; ``df`` (the whole table) decides the
-    noise-aware front and the duplicates (computed, so tables that predate those columns show them too)."""
+    noise-aware front and the duplicates (computed, so tables that predate those columns show them too);
+    ``teacher`` adds the speed-up over the MBN teacher."""
     baseline = meta["baseline"]
     ok = (front if df is None else df[is_ok(df)]).to_dict("records")
     robust = {r["trial_id"] for r, on in zip(ok, pareto.front_flags(ok, meta["objectives"], robust=True)) if on}
@@ -210,6 +227,7 @@ def front_cells(front: pd.DataFrame, meta: dict[str, Any], knob_cols: Sequence[s
             fmt_ratio(row, "params", "params_ratio", baseline),
             fmt_ratio(row, "macs", "macs_ratio", baseline),
             fmt_ratio(row, "latency_ms", "latency_ratio", baseline),
+            *([speedup_cell(teacher, row)] if teacher is not None else []),
             "yes" if row["trial_id"] in robust else "no",
             dups.get(row["trial_id"], "-"),
         ]
@@ -271,13 +289,16 @@ def failed_cells(df: pd.DataFrame, knob_cols: Sequence[str]) -> list[list[str]]:
 
 def front_table(df: pd.DataFrame, objectives: Sequence[str], quality: str = "accuracy") -> str:
     """The sweep's Pareto front as a fixed-width plain-text table (printed by the CLI), best ``quality``
-    first; pass the sweep's quality (``"agreement"`` in a label-free sweep)."""
+    first; pass the sweep's quality (``"agreement"`` in a label-free sweep).  A sweep with an MBN teacher
+    (its baseline row records one) gets the ``speed-up vs teacher`` column last."""
     front = front_rows(df, objectives, quality)
     if front.empty:
         return "no trials on the Pareto front"
     knob_cols = knob_columns(df)
     qualities = quality_columns(quality)
-    headers = ["trial", "method", "knobs", *qualities, "latency_ms", "params", "MACs"]
+    teacher = teacher_of(df)
+    headers = ["trial", "method", "knobs", *qualities, "latency_ms", "params", "MACs",
+               *([SPEEDUP_HEADER] if teacher is not None else [])]
     rows = [
         [
             str(row["trial_id"]),
@@ -287,6 +308,7 @@ def front_table(df: pd.DataFrame, objectives: Sequence[str], quality: str = "acc
             fmt_ms(row["latency_ms"], row.get("latency_iqr_ms")),
             fmt_count(row["params"]),
             fmt_count(row["macs"]),
+            *([speedup_cell(teacher, row)] if teacher is not None else []),
         ]
         for _, row in front.iterrows()
     ]
