@@ -69,6 +69,9 @@ def _finish(outcome, cfg) -> int:
              f"{outcome.trial_s:.1f} s of trial compute): {overhead:.2f} s overhead per trial")
     _log("Pareto front (" + ", ".join(cfg.search.objectives) + "):")
     _log(front_table(df, list(cfg.search.objectives), quality=cfg.quality))
+    if not cfg.labelled_data:
+        _log("note: no labelled set was given (dataset.unlabeled alone), so accuracy is unknown: the front and "
+             "`sweep select` use agreement with the teacher alone")
     _log(f"results: {outcome.sweep_dir / 'trials.parquet'}")
     uri = outcome.tracking_uri
     _log(f"MLflow:  mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"MLflow:  {uri}")
@@ -248,9 +251,10 @@ def cmd_select(args) -> int:
                    export=not args.no_export, register=not args.no_register, log=_log)
     c = d["chosen"]
     agree = f"agreement {c['agreement']:.4f} (val), " if d["quality"] == "agreement" else ""
-    _log(f"chosen: trial {c['trial_id']} ({c['method']}) {agree}accuracy {c['accuracy']:.4f} (val), "
-         f"{c.get('test_accuracy', float('nan')):.4f} (test) · latency {c['latency_ms']:.3f} ms re-measured alone · "
-         f"params {c['params']:,} · MACs {c['macs']:,}")
+    acc = (f"accuracy {c['accuracy']:.4f} (val), {c.get('test_accuracy', float('nan')):.4f} (test)"
+           if c.get("accuracy") is not None else "accuracy n/a (no labelled set)")
+    _log(f"chosen: trial {c['trial_id']} ({c['method']}) {agree}{acc} · latency {c['latency_ms']:.3f} ms re-measured "
+         f"alone · params {c['params']:,} · MACs {c['macs']:,}")
     files = [str(v) for k, v in d["exports"].items() if not k.endswith("error")] + ["selection.json", "selection.md"]
     _log(f"exported to {d['out']}: " + ", ".join(files))
     return 0

@@ -204,6 +204,11 @@ class SweepConfig:
         return self.labels == "none"
 
     @property
+    def labelled_data(self) -> bool:
+        """False when the space has unlabeled data alone (``dataset: {unlabeled: …}``): accuracy is unknown."""
+        return self.dataset.name != UNLABELED_DATASET
+
+    @property
     def quality(self) -> str:
         """The maximised objective: ``accuracy``, or ``agreement`` in a label-free sweep."""
         return "agreement" if self.label_free else "accuracy"
@@ -332,9 +337,16 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
     draw = top.get("dataset")
     if isinstance(draw, str):
         draw = {"name": draw}
+    if isinstance(draw, Mapping) and "name" not in draw and "unlabeled" in draw:
+        draw = {"name": UNLABELED_DATASET, **draw}  # unlabeled data alone: no labelled set
     if not isinstance(draw, Mapping) or "name" not in draw:
-        raise ConfigError(f"dataset must be a mapping with a name, but got dataset={draw!r} ({source}: dataset)")
+        raise ConfigError(f"dataset must be a mapping with a name (or with unlabeled: <path> alone), but got "
+                          f"dataset={draw!r} ({source}: dataset)")
     dopts = {k: v for k, v in draw.items() if k != "name"}
+    if draw.get("unlabeled") is not None or draw["name"] == UNLABELED_DATASET:
+        dopts["unlabeled"] = _unlabeled_source(draw.get("unlabeled"), labels, source)
+        if isinstance(data, Mapping) and isinstance(data.get("dataset"), Mapping):  # the sweep folder's copy too
+            data = {**data, "dataset": {**data["dataset"], "unlabeled": dopts["unlabeled"]}}
     dataset = DatasetConfig(name=str(draw["name"]), options=dopts)
 
     t = _Section(top.get("train"), f"{source}: train",
@@ -360,11 +372,25 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
             raise ConfigError(f"baseline checkpoint not found: path={bpath!r} ({source}: baseline.path)")
         bpath = str(bp)
     cloud = b.float("cloud_fraction", None, lo=0.0, hi=0.9, lo_open=True)
-    if labels == "none" and bpath is None and cloud is None and teacher is None:
+    alone = dataset.name == UNLABELED_DATASET  # no labelled set: the teacher must be given, not trained
+    if alone and bpath is None and teacher is None:
+        raise ConfigError(f"unlabeled data alone (no labelled dataset) needs a teacher that reads no label: "
+                          f"baseline.path (a model trained elsewhere) or baseline.teacher (e.g. mbn), but got "
+                          f"{'only cloud_fraction, which needs labels' if cloud is not None else 'none'} "
+                          f"({source}: baseline)")
+    if labels == "none" and bpath is None and cloud is None and teacher is None and "unlabeled" not in dopts:
         raise ConfigError(f"a label-free space (labels: none) needs a teacher: baseline.path (a checkpoint "
                           f"trained elsewhere), baseline.cloud_fraction (a labelled split kept apart "
-                          f"from the device data) or baseline.teacher (e.g. mbn: an unsupervised teacher), "
-                          f"but got none ({source}: baseline)")
+                          f"from the device data), baseline.teacher (e.g. mbn: an unsupervised teacher) or "
+                          f"dataset.unlabeled (your device data; the teacher is then trained on the labelled "
+                          f"dataset), but got none ({source}: baseline)")
+    if cloud is not None and "unlabeled" in dopts:
+        raise ConfigError(f"baseline.cloud_fraction carves device data out of the labelled training split, but "
+                          f"dataset.unlabeled already is the device data (the teacher trains on the whole "
+                          f"labelled split): leave cloud_fraction out, but got cloud_fraction={cloud} "
+                          f"({source}: baseline.cloud_fraction)")
+    if alone:
+        dopts["num_classes"] = _outputs_alone(dopts.get("num_classes"), teacher, source)
     if cloud is not None and (labels != "none" or bpath is not None):
         raise ConfigError(f"baseline.cloud_fraction is only for label-free spaces without baseline.path, "
                           f"but got cloud_fraction={cloud} with labels={labels}"
@@ -442,6 +468,44 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
                        baseline=baseline,
                        finetune=finetune, search=search, measure=measure, methods=methods,
                        raw=dict(data) if isinstance(data, Mapping) else {})
+
+
+UNLABELED_DATASET = "unlabeled"  # the registered dataset of unlabeled data alone (sweep.data.sources)
+
+
+def _unlabeled_source(raw: Any, labels: str, source: str) -> str:
+    """``dataset.unlabeled``: only in label-free spaces; an existing path, relative to the YAML file when it
+    is not found from the working directory (as baseline.path), returned absolute."""
+    where = f"{source}: dataset.unlabeled"
+    if labels != "none":
+        raise ConfigError(f"dataset.unlabeled is data without labels, so the space must be label-free: set labels: "
+                          f"none, but got labels={labels} with unlabeled={raw!r} ({where})")
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(f"unlabeled must be a path to a flat folder of images or a .npy file, but got "
+                          f"unlabeled={raw!r} ({where})")
+    p = Path(raw).expanduser()
+    if not p.is_absolute():
+        p = (Path(source).resolve().parent / p) if not p.exists() else p.resolve()
+    if not p.exists():
+        raise ConfigError(f"unlabeled must be an existing folder of images or a .npy file, but got "
+                          f"unlabeled={raw!r} ({where})")
+    return str(p)
+
+
+def _outputs_alone(given: Any, teacher: Any, source: str) -> int:
+    """``dataset.num_classes`` of unlabeled data alone: the teacher's outputs (an MBN teacher's clusters)."""
+    where = f"{source}: dataset.num_classes"
+    if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 2):
+        raise ConfigError(f"num_classes must be an integer >= 2, but got num_classes={given!r} ({where})")
+    if teacher is not None:
+        if given is not None and given != teacher.clusters:
+            raise ConfigError(f"num_classes must equal the MBN teacher's clusters ({teacher.clusters}), but got "
+                              f"num_classes={given} ({where})")
+        return int(teacher.clusters)
+    if given is None:
+        raise ConfigError(f"unlabeled data alone needs num_classes, the number of outputs of the model in "
+                          f"baseline.path, but got none ({where})")
+    return int(given)
 
 
 TEACHERS = ("mbn",)

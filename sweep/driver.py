@@ -839,7 +839,8 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
             store.write(records, sweep_meta(cfg, base))
             sink.log_metrics(parent_id, {f"baseline_{k}": base[k] for k in
                                          ("accuracy", "test_accuracy", "params", "macs", "latency_ms")})
-            log(f"baseline: accuracy {base['accuracy']:.4f} (val) · params {base['params']:,} · "
+            acc = "n/a (no labelled set)" if base["accuracy"] is None else f"{base['accuracy']:.4f} (val)"
+            log(f"baseline: accuracy {acc} · params {base['params']:,} · "
                 f"MACs {base['macs']:,} · latency {base['latency_ms']:.3f} ms "
                 f"(batch {cfg.measure.latency_batch}, {base['latency']['threads']} thread(s), {cfg.measure.device})")
         base = folder.baseline()

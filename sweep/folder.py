@@ -190,7 +190,9 @@ class SweepFolder:
         if not p.is_file():
             raise SweepDirError(f"not a sweep folder (no {BASELINE_SUMMARY}): {self.path}")
         summary = _read_json(p, f"{BASELINE_SUMMARY} (the dense baseline's figures)", _BASELINE_HINT)
-        missing = [k for k in BASELINE_FIGURES if not isinstance(summary, dict) or not _is_number(summary.get(k))]
+        # accuracy figures are null when no labelled set was given (dataset.unlabeled alone)
+        missing = [k for k in BASELINE_FIGURES if not isinstance(summary, dict) or not (
+            _is_number(summary.get(k)) or (k in NULLABLE_FIGURES and k in summary and summary[k] is None))]
         if missing:
             got = (f"{missing[0]}={summary.get(missing[0])!r}" if isinstance(summary, dict)
                    else f"a JSON {type(summary).__name__}")
@@ -285,6 +287,7 @@ def sweep_meta(cfg, baseline: dict) -> dict:
 
 
 BASELINE_FIGURES = ("accuracy", "test_accuracy", "params", "macs", "latency_ms")
+NULLABLE_FIGURES = ("accuracy", "test_accuracy")  # null: no labelled set (dataset.unlabeled alone)
 _BASELINE_HINT = ("the dense baseline every trial starts from cannot be rebuilt in place: restore baseline/ "
                   "from a copy of the sweep folder, or run the sweep again into a new folder")
 _STATE_HINT = ("it only records where the sweep logs to MLflow: restore it, or delete it (`sweep resume` then "

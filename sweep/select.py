@@ -75,6 +75,15 @@ def _num(v) -> str:
     return f"{v:.4g}"
 
 
+NO_LABELS_NOTE = ("no labelled set was given (dataset.unlabeled alone), so accuracy is unknown: the choice is "
+                  "on agreement with the teacher alone")
+
+
+def _acc(v) -> str:
+    """An accuracy figure, or ``n/a`` when unknown (no labelled set)."""
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
 def _describe(r: TrialRecord, quality: str = "accuracy") -> str:
     return (f"trial {r.trial_id} ({r.method}): {quality} {r.get(quality, math.nan):.4f}, latency "
             f"{r.latency_ms:.3f} ms, params {r.params:,}, MACs {r.macs:,}")
@@ -116,6 +125,8 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
     cfg, state = folder.config(), folder.state()
     quality = meta.get("quality", "accuracy")
     ordered = choose(records, budget, quality)
+    if not cfg.labelled_data:
+        log(f"note: {NO_LABELS_NOTE}")
     splits = load_splits(cfg)
     threads = trial_threads(cfg)
     chosen, rejected_after = None, []
@@ -162,6 +173,8 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
             "rejected_after_remeasure": rejected_after, "candidates_inside_budget": len(ordered),
             "selected_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "exports": {},
         }
+        if not cfg.labelled_data:
+            decision["note"] = NO_LABELS_NOTE
         import torch
 
         torch.save(chosen_model, tmp / "model.pt")
@@ -255,16 +268,17 @@ def _markdown(d: dict) -> str:
              f"Budget: {', '.join(f'{k} = {v}' for k, v in d['budget'].items()) or 'none'}", "",
              f"Chosen: trial `{c['trial_id']}` ({c['method']}) — "
              + (f"agreement with the teacher {c['agreement']:.4f}, " if d.get("quality") == "agreement" else "")
-             + f"validation accuracy {c['accuracy']:.4f}, "
-             f"test accuracy {c.get('test_accuracy', float('nan')):.4f}, latency {c['latency_ms']:.3f} ms "
+             + f"validation accuracy {_acc(c.get('accuracy'))}, "
+             f"test accuracy {_acc(c.get('test_accuracy'))}, latency {c['latency_ms']:.3f} ms "
              f"(re-measured alone, batch {d['latency_remeasured']['batch']}, "
              f"{d['latency_remeasured']['threads']} thread(s), {d['latency_remeasured']['device']}, "
              f"{d['latency_remeasured'].get('runtime') or 'torch'}), "
              f"params {c['params']:,}, MACs {c['macs']:,}.", "",
              f"Why: the `ok` trial with the highest {d.get('quality', 'accuracy')} inside the budget "
              "(ties: lower latency).", "",
+             *([f"Note: {d['note']}.", ""] if d.get("note") else []),
              "| rejected front point | method | accuracy | latency ms | params | why |", "|---|---|---|---|---|---|"]
     for r in d["rejected_front_points"]:
-        lines.append(f"| {r['trial_id']} | {r['method']} | {r['accuracy']:.4f} | {r['latency_ms']:.3f} | "
+        lines.append(f"| {r['trial_id']} | {r['method']} | {_acc(r['accuracy'])} | {r['latency_ms']:.3f} | "
                      f"{r['params']:,} | {r['why']} |")
     return "\n".join(lines) + "\n"

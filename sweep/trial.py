@@ -32,8 +32,8 @@ class TrialSpec:
 
 @dataclass
 class Figures:
-    accuracy: float
-    test_accuracy: float
+    accuracy: float | None  # None: no labelled set (unlabeled data alone)
+    test_accuracy: float | None
     params: int
     macs: int
     latency: dict = field(default_factory=dict)
@@ -73,14 +73,19 @@ def trial_data(cfg: SweepConfig, splits, seed: int) -> TrialData:
     from .data import cloud_device_split, make_loader
 
     bs = cfg.finetune.batch_size
-    train_ds = teacher_ds = splits.train
+    train_ds = splits.train
+    # an unlabeled source (dataset.unlabeled): the teacher learns from the labelled set beside it
+    teacher_ds = splits.teacher_train if splits.teacher_train is not None else splits.train
     if cfg.baseline.cloud_fraction is not None:
         teacher_ds, train_ds = cloud_device_split(splits.train, cfg.baseline.cloud_fraction, cfg.seed)
-    val = make_loader(splits.val, 256, shuffle=False)
+    # agreement is measured on the source's own validation inputs when it has them
+    agree_ds = splits.agreement_val if splits.agreement_val is not None else splits.val
+    # no labelled set (unlabeled data alone): no accuracy to measure
+    val = make_loader(splits.val, 256, shuffle=False) if splits.labelled else None
     return TrialData(
-        method=make_loaders(train_ds, splits.val, labels=not cfg.label_free, batch_size=bs, seed=seed,
-                            val_loader=val),
-        val=val, test=make_loader(splits.test, 256, shuffle=False),
+        method=make_loaders(train_ds, agree_ds, labels=not cfg.label_free, batch_size=bs, seed=seed,
+                            val_loader=val if agree_ds is splits.val else None),
+        val=val, test=make_loader(splits.test, 256, shuffle=False) if splits.labelled else None,
         teacher_train=make_loader(teacher_ds, bs, shuffle=True, seed=seed))
 
 
@@ -123,8 +128,8 @@ def measure_all(cfg: SweepConfig, model, splits, data: TrialData, threads: int, 
     model = model.to(device).eval()
     if cfg.baseline.teacher is not None:  # outputs are cluster indices: accuracy after Hungarian matching
         from .mbn.teacher import cluster_accuracy as accuracy
-    acc = accuracy(model, data.val, device)
-    test_acc = accuracy(model, data.test, device)
+    acc = accuracy(model, data.val, device) if data.val is not None else None  # None: no labelled set
+    test_acc = accuracy(model, data.test, device) if data.test is not None else None
     agree = 1.0 if teacher is None else agreement(model, teacher.to(device), data.method.val_inputs, device)
     if costs is not None:
         return Figures(accuracy=acc, test_accuracy=test_acc, params=costs["params"], macs=costs["macs"],
@@ -176,7 +181,9 @@ def prepare_baseline(cfg: SweepConfig, folder: SweepFolder, log=print) -> TrialR
     if cfg.baseline.path is None and b.epochs > 0:
         epochs = b.epochs
         what = (f"the teacher on a labelled cloud split ({cfg.baseline.cloud_fraction:.0%} of the training data, "
-                f"kept apart from the unlabeled device data)" if cfg.baseline.cloud_fraction else "the dense baseline")
+                f"kept apart from the unlabeled device data)" if cfg.baseline.cloud_fraction else
+                f"the teacher on the labelled {cfg.dataset.name} training split (the device data is "
+                f"{splits.unlabeled_source})" if splits.unlabeled_source else "the dense baseline")
         log(f"training {what}: {cfg.model.name} on {cfg.dataset.name}, {b.epochs} epochs")
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     # nothing is written before the model is trained and measured: a failure leaves no baseline behind

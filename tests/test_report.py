@@ -591,3 +591,13 @@ def test_reports_without_an_mbn_teacher_have_no_teacher_and_no_speed_up(built, t
         assert teacher_of(df) is None
         assert "speed-up" not in report.front_table(df, meta["objectives"], meta["quality"])
     assert "speed-up vs teacher" not in front_headers("agreement")
+
+
+@pytest.mark.parametrize("dataset", ["unlabeled", "digits"])
+def test_summary_says_when_no_labelled_set_was_given(tmp_path: Path, dataset: str) -> None:
+    rows = write_trials(tmp_path / "sweep")
+    write_table(tmp_path / "sweep", rows, {"name": "demo", "objectives": ["accuracy", "latency_ms"],
+                                           "baseline": BASELINE, "dataset": dataset})
+    report.build_report(tmp_path / "sweep", tmp_path / "report")
+    said = "no labelled set was given" in (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
+    assert said == (dataset == "unlabeled")

@@ -18,14 +18,34 @@ from ..registry import Registry
 
 @dataclass(frozen=True)
 class DataSplits:
-    """Disjoint train / val / test splits of one dataset plus what a model needs to be built."""
+    """Disjoint train / val / test splits of one dataset plus what a model needs to be built.
+
+    The fields after ``input_shape`` have defaults that describe an ordinary labelled dataset. An
+    unlabeled source (``dataset.unlabeled`` in a label-free sweep, :mod:`sweep.data.unlabeled`) sets them:
+
+    * ``train`` is then the unlabeled device data (items ``(x,)``), what every trial trains on;
+    * ``agreement_val``: the inputs (items ``(x,)``) agreement with the teacher is measured on, carved from
+      the source without reading a label; None: the inputs of ``val``;
+    * ``teacher_train``: the labelled data a dense teacher is trained on; None: ``train``;
+    * ``labelled``: whether ``val`` / ``test`` carry labels. False when no labelled set was given: ``val`` is
+      then the unlabeled validation inputs, ``test`` is None and accuracy cannot be measured;
+    * ``input_norm``: the per-channel ``(mean, std)`` the dataset maps its raw inputs with (``(x - mean) / std``;
+      raw inputs are on the [0, 1] scale for every image dataset here), so that other inputs can be put on
+      the same scale; None when unknown;
+    * ``unlabeled_source``: the path of the unlabeled source, for messages and records.
+    """
 
     name: str
     train: Dataset
     val: Dataset
-    test: Dataset
+    test: Dataset | None
     num_classes: int
     input_shape: tuple[int, int, int]  # C, H, W
+    input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    agreement_val: Dataset | None = None
+    teacher_train: Dataset | None = None
+    labelled: bool = True
+    unlabeled_source: str | None = None
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """A zero batch of the right shape (for tracing, MAC counting, latency timing)."""
@@ -128,6 +148,10 @@ COMMON_OPTIONS: dict[str, Opt] = {
     "train_subset": positive_int(None),
     "val_subset": positive_int(None),
     "test_subset": positive_int(None),
+    # label-free sweeps: the user's unlabeled device data (a flat image folder or a .npy array), the training
+    # split of every trial (sweep.data.unlabeled); the dataset's own labelled splits then train the teacher
+    # and report accuracy only
+    "unlabeled": Opt("path", None),
 }
 
 
@@ -200,7 +224,7 @@ def split_indices(labels: np.ndarray, fraction_: float, rng: np.random.Generator
 def labels_of(ds: Dataset) -> np.ndarray | None:
     """Class labels of a dataset without loading its inputs (None when unknown)."""
     if isinstance(ds, TensorDataset):
-        return ds.tensors[1].numpy()
+        return ds.tensors[1].numpy() if len(ds.tensors) > 1 else None  # inputs only: no labels
     if isinstance(ds, Subset):
         inner = labels_of(ds.dataset)
         return None if inner is None else inner[np.asarray(ds.indices)]
@@ -226,16 +250,27 @@ def subset(ds: Dataset, n: int | None, rng: np.random.Generator, stratify: bool 
     return take(ds, np.sort(order[:n]))
 
 
+def channel_stats(x_train: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) of an (N, C, H, W) array; a constant channel gets std 1 (stays finite)."""
+    mean = x_train.mean(axis=(0, 2, 3), dtype=np.float64)
+    std = x_train.std(axis=(0, 2, 3), dtype=np.float64)
+    std = np.where(std > 1e-8, std, 1.0)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def apply_norm(x: np.ndarray, norm: tuple[tuple[float, ...], tuple[float, ...]]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel of an (N, C, H, W) array, as float32 tensor."""
+    mean = np.asarray(norm[0], dtype=np.float64)[None, :, None, None]
+    std = np.asarray(norm[1], dtype=np.float64)[None, :, None, None]
+    return torch.from_numpy(((x - mean) / std).astype(np.float32))
+
+
 def normalised_tensors(
     x_train: np.ndarray, *others: np.ndarray
 ) -> tuple[torch.Tensor, ...]:
     """Per-channel standardisation (N, C, H, W) with mean/std from the training array only."""
-    mean = x_train.mean(axis=(0, 2, 3), keepdims=True, dtype=np.float64)
-    std = x_train.std(axis=(0, 2, 3), keepdims=True, dtype=np.float64)
-    std = np.where(std > 1e-8, std, 1.0)  # a constant channel stays finite
-    return tuple(
-        torch.from_numpy(((a - mean) / std).astype(np.float32)) for a in (x_train, *others)
-    )
+    norm = channel_stats(x_train)
+    return tuple(apply_norm(a, norm) for a in (x_train, *others))
 
 
 def tensor_splits(
@@ -245,7 +280,8 @@ def tensor_splits(
     num_classes: int,
 ) -> DataSplits:
     """Build a ``DataSplits`` of ``TensorDataset``s from raw (N, C, H, W) arrays, train-normalised."""
-    xt, xv, xs = normalised_tensors(x["train"], x["val"], x["test"])
+    norm = channel_stats(x["train"])
+    xt, xv, xs = (apply_norm(x[s], norm) for s in ("train", "val", "test"))
 
     def ds(xx: torch.Tensor, yy: np.ndarray) -> TensorDataset:
         return TensorDataset(xx.contiguous(), torch.as_tensor(np.asarray(yy), dtype=torch.int64))
@@ -257,4 +293,5 @@ def tensor_splits(
         test=ds(xs, y["test"]),
         num_classes=int(num_classes),
         input_shape=tuple(int(s) for s in x["train"].shape[1:]),  # type: ignore[arg-type]
+        input_norm=norm,
     )

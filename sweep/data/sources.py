@@ -204,6 +204,7 @@ def _cifar(name: str, opts: dict[str, Any], seed: int, where: str, stratify: boo
         test=test,
         num_classes=len(train_full.classes),
         input_shape=(3, 32, 32),
+        input_norm=(mean, std),
     )
 
 
@@ -290,7 +291,8 @@ def _imagefolder(opts: dict[str, Any], seed: int, where: str, stratify: bool = T
         tr, va = split_indices(labels[rest], opts["val_fraction"], rng_for(seed, TAG_VAL), stratify)
         train, val, test = take(full, rest[tr]), take(full, rest[va]), take(full, test_idx)
         classes = len(full.classes)
-    return DataSplits("imagefolder", train, val, test, classes, (3, size, size))
+    return DataSplits("imagefolder", train, val, test, classes, (3, size, size),
+                      input_norm=(IMAGENET_MEAN, IMAGENET_STD))
 
 
 # --------------------------------------------------------------------------------- synthetic
@@ -326,3 +328,28 @@ def _synthetic(opts: dict[str, Any], seed: int, where: str, stratify: bool = Tru
 
     parts = {s: draw(opts[f"n_{s}"]) for s in ("train", "val", "test")}
     return tensor_splits("synthetic", {s: p[0] for s, p in parts.items()}, {s: p[1] for s, p in parts.items()}, k)
+
+
+# --------------------------------------------------------------------------------- unlabeled
+
+
+@_register(
+    "unlabeled",
+    {
+        "num_classes": Opt("int", None, lambda v: v >= 2, ">= 2"),
+        "channels": Opt("int", None, lambda v: v >= 1, ">= 1"),
+        "image_size": Opt("int", None, lambda v: v >= 1, ">= 1"),
+    },
+    "no labelled set: only dataset.unlabeled (a flat image folder or a .npy array), label-free sweeps only; "
+    "accuracy is unknown",
+    drop=("test_subset",),  # there is no test split
+)
+def _unlabeled(opts: dict[str, Any], seed: int, where: str, stratify: bool = True) -> DataSplits:
+    from .unlabeled import unlabeled_only
+
+    if opts["unlabeled"] is None:
+        raise DataError(f"dataset unlabeled needs option unlabeled (a flat folder of images or a .npy file), but "
+                        f"got none{_loc(where)}")
+    return unlabeled_only(opts["unlabeled"], val_fraction=opts["val_fraction"], seed=seed,
+                          num_classes=opts["num_classes"], channels=opts["channels"], image_size=opts["image_size"],
+                          where=where)

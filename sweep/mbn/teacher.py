@@ -168,6 +168,9 @@ def prepare_mbn_baseline(cfg, folder, log: Callable[[str], None] = print):
     model = model.to(device).eval()
     figures = {}
     for split, loader_ in (("val", data.val), ("test", data.test)):
+        if loader_ is None:  # no labelled set (unlabeled data alone): no clustering figures
+            figures[split] = dict.fromkeys(("student_acc", "student_nmi", "teacher_acc", "teacher_nmi"))
+            continue
         student_pred, y = predict_loader(model, loader_, device)
         teacher_pred, _ = predict_loader(teacher, loader_, device)
         figures[split] = {"student_acc": clustering_accuracy(y, student_pred), "student_nmi": nmi(y, student_pred),
@@ -178,8 +181,10 @@ def prepare_mbn_baseline(cfg, folder, log: Callable[[str], None] = print):
     t_lat = measure_latency(teacher, splits.input_shape, **lat_kw)
     s_lat = measure_latency(model, splits.input_shape, **lat_kw)
     speedup = t_lat.median_ms / s_lat.median_ms
-    log(f"teacher vs dense student: clustering accuracy (val) {figures['val']['teacher_acc']:.3f} vs "
-        f"{figures['val']['student_acc']:.3f}, agreement {fig.agreement:.3f}, latency {t_lat.median_ms:.3f} ms vs "
+    acc = ("n/a (no labelled set)" if figures["val"]["teacher_acc"] is None else
+           f"{figures['val']['teacher_acc']:.3f} vs {figures['val']['student_acc']:.3f}")
+    log(f"teacher vs dense student: clustering accuracy (val) {acc}, agreement {fig.agreement:.3f}, latency "
+        f"{t_lat.median_ms:.3f} ms vs "
         f"{s_lat.median_ms:.3f} ms (torch, batch {cfg.measure.latency_batch}): {speedup:.0f}x faster")
 
     teacher_info = {"kind": "mbn", "path": TEACHER_FILE, "settings": tcfg.settings(), "ks": mbn.ks,

@@ -44,6 +44,8 @@ NOISE_HEADERS = ("noise-aware front", "same structure as")
 METHOD_HEADERS = ("method", "trials", "ok", "failed", "on front", "best quality", "best at <= 1/2 MACs",
                   "MACs of best")  # fmt: skip
 FAILED_HEADERS = ("trial", "status", "method", "knobs", "error")
+NO_LABELLED_SET = ("no labelled set was given (dataset.unlabeled alone): accuracy is unknown; the front and the best "
+                   "are by agreement with the teacher alone")
 APART_NOTE = ("Never on the Pareto front: a trial stopped early by successive halving shows the quality at the rung "
               "it stopped at, after the fine-tune epochs it got; an infeasible one broke a hard budget of "
               "search.constraints right after pruning and was not fine-tuned (its quality is the pruned network's).")
@@ -130,6 +132,8 @@ def summary(df: pd.DataFrame, meta: dict[str, Any], front: pd.DataFrame) -> dict
         "noise": front_noise(df, front, objectives),
         "latency_runtime": latency_runtimes(df),
         "teacher": _teacher_summary(df),
+        # the `unlabeled` dataset is device data alone: no accuracy anywhere, quality is agreement
+        "labelled": meta.get("dataset") != "unlabeled",
     }
 
 
@@ -193,6 +197,7 @@ def summary_items(s: dict[str, Any]) -> list[tuple[str, str]]:
                                f"{s['noise']['robust']} point(s); {s['noise']['duplicates']} ok row(s) duplicate "
                                f"an earlier row's structure"),
         ("Final hypervolume", f"{s['hypervolume']:.4f}"),
+        *([] if s.get("labelled", True) else [("Labels", NO_LABELLED_SET)]),
     ]
 
 
