@@ -15,7 +15,8 @@
    read from outside, so the measuring costs the driver nothing.
 3. raw: this process connects to the same cluster and runs plain ``tune.Tuner`` + ``OptunaSearch``
    (``RandomSampler``) with the same trial count, concurrency and Tune settings; trial i sleeps our trial
-   i's ``wall_s`` (same mean duration; a no-op that leaves the CPUs free).  A Tune ``Callback`` samples
+   i's ``wall_s`` (same mean duration; a no-op that leaves the CPUs free; with ``--raw-busy``, a control, it
+   keeps its CPU busy as long instead).  A Tune ``Callback`` samples
    this driver's CPU and RSS at each completed trial, for the same figures.
 
 Figures: trials/s = trials finished / (last trial finished - Tune started) for both, and their ratio;
@@ -29,6 +30,8 @@ Nothing else is touched (no ``ray stop``).
 
     python bench/scale.py                          # 1000 trials, mark 100
     python bench/scale.py --trials 200 --mark 20   # a reduced run for a small machine
+    python bench/scale.py --trials 300 --mark 30 --py-spy /tmp/driver.txt   # where the driver's CPU goes
+    python bench/scale.py --trials 300 --mark 30 --raw-busy                 # the control: raw trials load the CPUs
 """
 
 from __future__ import annotations
@@ -117,8 +120,10 @@ class Cluster(LocalCluster):
 
 
 # ------------------------------------------------------------------------------------------ ours
-def run_ours(space: Path, folder: Path, address: str, trials: int, conc: int, timeout: float) -> dict:
-    """`sweep run` in a subprocess; its progress lines stamped with its CPU and RSS read from outside."""
+def run_ours(space: Path, folder: Path, address: str, trials: int, conc: int, timeout: float,
+             spy_out: str | None = None) -> dict:
+    """`sweep run` in a subprocess; its progress lines stamped with its CPU and RSS read from outside.
+    With ``spy_out``, py-spy samples the driver (on-CPU stacks, per thread) from Tune's start to its end."""
     exe = VENV_BIN / "sweep"
     cmd = [str(exe), "run", str(space), "--out", str(folder), "--reports", str(folder.parent / "reports"),
            "--address", address, "--trials", str(trials), "--concurrency", str(conc)]
@@ -128,6 +133,7 @@ def run_ours(space: Path, folder: Path, address: str, trials: int, conc: int, ti
     start: dict = {}
     tail: list[str] = []
     seen: set[int] = set()
+    spy: list = []
 
     def read() -> None:
         for line in p.stdout:
@@ -141,6 +147,8 @@ def run_ours(space: Path, folder: Path, address: str, trials: int, conc: int, ti
             del tail[:-40]
             if not start and re.match(r"running \d+ trial", line):
                 start.update(t=now, cpu=cpu, rss=rss)
+                if spy_out:
+                    spy.append(py_spy(p.pid, spy_out))
             m = PROGRESS.match(line)
             if m and int(m[1]) not in seen:
                 seen.add(int(m[1]))
@@ -161,8 +169,25 @@ def run_ours(space: Path, folder: Path, address: str, trials: int, conc: int, ti
             p.kill()
             rc = p.wait()
     reader.join(timeout=10)
+    for proc in spy:
+        if proc is not None:
+            try:
+                proc.wait(timeout=60)  # py-spy ends with the process it samples, writing its file
+            except subprocess.TimeoutExpired:
+                proc.kill()
     fit = next((ln for ln in tail if ln.startswith("trials ran ")), "")
     return dict(rc=rc, samples=samples, start=start, tail=tail, fit_line=fit)
+
+
+def py_spy(pid: int, out: str, rate: int = 100):
+    """py-spy record of process ``pid`` (its on-CPU Python stacks, one root per thread, raw collapsed
+    stacks to ``out``) until it ends; None without py-spy.  Sampling costs the driver some CPU."""
+    exe = shutil.which("py-spy") or str(VENV_BIN / "py-spy")
+    if not Path(exe).exists():
+        print(f"# py-spy not found ({exe}); `pip install py-spy` into the venv to profile", flush=True)
+        return None
+    return subprocess.Popen([exe, "record", "--pid", str(pid), "--threads", "--nonblocking", "--rate", str(rate),
+                             "--format", "raw", "-o", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 # ------------------------------------------------------------------------------------------ raw
@@ -172,15 +197,21 @@ class RawSpace:
         return {"n": trial.number}
 
 
-def raw_trainable(config: dict, durations: list) -> None:
+def raw_trainable(config: dict, durations: list, busy: bool = False) -> None:
     from ray import tune
 
     t0 = time.time()
-    time.sleep(durations[config["n"] % len(durations)])
+    if busy:  # the control: as long as ours' trial i, keeping its CPU busy all along
+        end = t0 + durations[config["n"] % len(durations)]
+        while time.time() < end:
+            pass
+    else:
+        time.sleep(durations[config["n"] % len(durations)])
     tune.report({"accuracy": 0.5, "latency_ms": 1.0, "params": 1.0, "work_s": time.time() - t0})
 
 
-def run_raw(address: str, work: Path, durations: list[float], trials: int, conc: int, seed: int) -> dict:
+def run_raw(address: str, work: Path, durations: list[float], trials: int, conc: int, seed: int,
+            busy: bool = False) -> dict:
     import logging
 
     import ray
@@ -199,7 +230,8 @@ def run_raw(address: str, work: Path, durations: list[float], trials: int, conc:
     try:
         searcher = OptunaSearch(space=RawSpace(), metric=OBJECTIVES, mode=[OBJECTIVES_DIR[o] for o in OBJECTIVES],
                                 sampler=optuna_sampler("random", seed, trials))
-        trainable = tune.with_resources(tune.with_parameters(raw_trainable, durations=list(durations)), {"cpu": 1})
+        trainable = tune.with_resources(tune.with_parameters(raw_trainable, durations=list(durations), busy=busy),
+                                        {"cpu": 1})
         tuner = tune.Tuner(trainable,
                            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=trials,
                                                        max_concurrent_trials=conc, reuse_actors=True),
@@ -246,6 +278,11 @@ def main(argv=None) -> int:
     ap.add_argument("--object-store-mb", type=int, default=150, help="object store per node (default 150 MB)")
     ap.add_argument("--timeout", type=float, default=7200, help="seconds each side may run (default 7200)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary sweep folder (printed)")
+    ap.add_argument("--raw-busy", action="store_true", help="a control: raw's trial i keeps its CPU busy for "
+                    "ours' wall_s[i] instead of sleeping (the load of real trials, or more); not the goal's figure")
+    ap.add_argument("--py-spy", metavar="FILE", help="sample our driver with py-spy while Tune runs (on-CPU "
+                    "stacks per thread, raw collapsed format, to FILE); sampling costs CPU: take figures from a "
+                    "run without it")
     args = ap.parse_args(argv)
     if args.trials < 2 or not 2 <= args.mark <= args.trials or args.concurrency < 1 or args.nodes < 1:
         ap.error("need --trials >= 2, 2 <= --mark <= --trials, --concurrency >= 1, --nodes >= 1")
@@ -266,8 +303,8 @@ def main(argv=None) -> int:
           f"{sys.version.split()[0]}  {os.cpu_count()} cores; {args.nodes} Ray nodes x 1 CPU on 127.0.0.1; "
           f"{args.trials} trials, {args.concurrency} at a time, mark {args.mark}")
     print("# ours: sweep run --address (synthetic 1x8x8, small_cnn, magnitude, baseline 1 epoch, finetune 0, "
-          "repeats 3, remeasure none, random sampler); raw: Tune + OptunaSearch(RandomSampler), trial i sleeps "
-          "ours' wall_s[i]")
+          "repeats 3, remeasure none, random sampler); raw: Tune + OptunaSearch(RandomSampler), trial i "
+          f"{'spins the CPU for' if args.raw_busy else 'sleeps'} ours' wall_s[i]")
     print(f"# load avg (1/5/15 min) at start {load()}", flush=True)
 
     def on_signal(signum, frame):
@@ -282,7 +319,7 @@ def main(argv=None) -> int:
         if alive < args.nodes:
             raise SystemExit(f"only {alive} of {args.nodes} Ray nodes came up")
 
-        ours = run_ours(space, folder, cluster.address, args.trials, args.concurrency, args.timeout)
+        ours = run_ours(space, folder, cluster.address, args.trials, args.concurrency, args.timeout, args.py_spy)
         load_mid = load()
         if ours["rc"] != 0:
             print("\n".join("  | " + ln for ln in ours["tail"][-25:]))
@@ -298,7 +335,7 @@ def main(argv=None) -> int:
               flush=True)
 
         alive = cluster.alive_nodes(timeout=30)
-        raw = run_raw(cluster.address, work, durations, args.trials, args.concurrency, 0)
+        raw = run_raw(cluster.address, work, durations, args.trials, args.concurrency, 0, args.raw_busy)
         load_end = load()
         print(f"# raw: {raw['done']} of {args.trials} trials finished, {alive} nodes alive before it; fit "
               f"{raw['fit_s']:.1f} s; load avg at end {load_end}")

@@ -1,8 +1,9 @@
 """The sweep driver: the only module that imports Ray.
 
 ``run_sweep`` = baseline -> Ray Tune with Optuna's multi-objective sampler (one Ray trial per sampled
-configuration) -> records upserted into ``trials.parquet`` by a callback in this process (the single
-writer, holding the folder's lock) -> front re-measured alone -> Pareto flags -> MLflow parent
+configuration) -> records appended to ``trials.parquet``'s journal by this process (the single writer,
+holding the folder's lock: a recorder thread makes each finished trial durable, then the Tune callback
+counts it, see :class:`_Recorder`) -> front re-measured alone -> Pareto flags -> MLflow parent
 artefacts -> report.  The sweep folder's layout belongs to :mod:`sweep.folder`; the front to
 :func:`sweep.pareto.front_flags`.
 
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from .config import SweepConfig
 from .errors import SweepError
-from .folder import BASELINE_MODEL, HEARTBEAT_EVERY_S, SweepFolder, report_dir, sweep_meta
+from .folder import BASELINE_MODEL, HEARTBEAT_EVERY_S, HEARTBEAT_MIN_S, SweepFolder, report_dir, sweep_meta
 from .pareto import DIRECTIONS
 from .results.schema import FINISHED, TrialRecord, with_front
 from .results.store import TrialStore
@@ -280,11 +281,14 @@ class _CallbackState:
     budget_reason: str | None = None  # set once the time budget ran out
     budget_used0: float = 0.0  # seconds of trials that earlier runs of this sweep spent (the budget counts them)
     last_beat: float = 0.0
+    beat_due: bool = False  # a trial started or ended since the last heartbeat (written within HEARTBEAT_MIN_S)
     beat_warned: bool = False
     records: dict = field(default_factory=dict)  # trial id -> TrialRecord: the table, kept in memory
     front: list = field(default_factory=list)  # the records on the front now (maintained incrementally)
+    hv: float | None = None  # the hypervolume of ``front`` (None: not computed since the front changed)
     pending: int = 0  # records appended to the journal since the last compaction
     compacted_at: float = 0.0
+    recorder: "_Recorder | None" = None  # makes finished trials durable while Tune runs (see _Recorder)
 
 
 # Why this process was asked to stop (SIGTERM), set by :func:`interrupt`; cleared by each run_sweep.
@@ -309,9 +313,17 @@ def _stop_tune(frame=None) -> None:
         raise KeyboardInterrupt
 
 
-def _beat(st: _CallbackState, **fields) -> None:
-    """The heartbeat `sweep status` reads: now, and the trials in flight. Never costs the sweep."""
-    st.last_beat = time.time()
+def _beat(st: _CallbackState, *, soon: bool = False, **fields) -> None:
+    """The heartbeat `sweep status` reads: now, and the trials in flight. Never costs the sweep.
+
+    ``soon``: the trials in flight changed; written now unless the last heartbeat is younger than
+    :data:`~sweep.folder.HEARTBEAT_MIN_S`, else by the callback's next step after that (a trial may take
+    less than the rewrite of ``state.json`` costs)."""
+    now = time.time()
+    if soon and not fields and now - st.last_beat < HEARTBEAT_MIN_S:
+        st.beat_due = True
+        return
+    st.last_beat, st.beat_due = now, False
     if st.folder is None:
         return
     # the time budget's count survives a killed driver (up to its last heartbeat)
@@ -331,35 +343,175 @@ _ACTIVE: dict[str, _CallbackState] = {}
 
 
 def _upsert(st: _CallbackState, new: list[TrialRecord]) -> None:
-    """Record ``new`` in O(1): one journal part each, the in-memory table, and the front updated.
-
-    A ``stopped`` record of another trial whose configuration a new record ran again (a trial cut short,
-    re-run by ``sweep resume``) is dropped: the table then needs one compaction, which happens at most
-    once per re-run trial."""
-    stale = _reruns(st.records.values(), new)
-    for r in new:
-        st.records[r.trial_id] = r
-        st.store.append(r)
-        st.pending += 1
-    for tid in stale:
-        del st.records[tid]
-    _update_front(st, {r.trial_id for r in new} | stale)
+    """Record ``new`` now, on this thread (the rare records: stopped trials, crashed workers): one durable
+    journal part, then the in-memory table and the front (see :func:`_apply`).  Finished trials take the
+    :class:`_Recorder`'s way instead."""
+    with _store_lock(st):
+        st.store.append_many(new)
+    stale = _apply(st, new)
     if stale or time.time() - st.compacted_at >= COMPACT_EVERY_S:
         _compact(st)
     if stale and st.mirror is not None:
         st.mirror.superseded(stale)
 
 
+def _apply(st: _CallbackState, new: list[TrialRecord]) -> set[str]:
+    """Records already in the journal, into the in-memory table, with the front updated: O(1) per record.
+
+    A ``stopped`` record of another trial whose configuration a new record ran again (a trial cut short,
+    re-run by ``sweep resume``) is dropped and its id returned: the table then needs one compaction, which
+    happens at most once per re-run trial."""
+    stale = _reruns(st.records.values(), new)
+    for r in new:
+        st.records[r.trial_id] = r
+        st.pending += 1
+    for tid in stale:
+        del st.records[tid]
+    _update_front(st, {r.trial_id for r in new} | stale)
+    return stale
+
+
+class _Recorder:
+    """Finished trials made durable off Ray Tune's thread.
+
+    Ray Tune runs every trial's start, result and scheduling on the driver's one thread, so what the
+    callback does there delays the next trial.  Making a trial durable is mostly waiting on the disk
+    (its model and its journal part, each written, fsynced, renamed and its folder fsynced) and on the
+    model inbox; this thread does it, in the order Tune delivered the trials, several at once when they
+    queue up (one journal part for them).  Tune's thread then *counts* what is durable (:func:`_collect`:
+    table in memory, front, MLflow, progress line) -- a trial counts only once it survives a crash.  A
+    trial stays among the running ones until then, so that every way out turns the ones not recorded yet
+    into ``stopped`` rows.  An error here (the disk is full) is raised on Tune's thread by the next
+    :func:`_collect`: a driver error, as it would be if the callback wrote the files itself."""
+
+    def __init__(self, st: _CallbackState):
+        import collections
+        import queue
+
+        self.st = st
+        self.queue: queue.Queue = queue.Queue()
+        self.durable: collections.deque = collections.deque()  # (record, history): durable, not counted yet
+        self.lock = threading.Lock()  # the store's single writer: appending here, compacting on Tune's thread
+        self.error: BaseException | None = None
+        self.error_raised = False
+        self.thread = threading.Thread(target=self._loop, name="sweep-recorder", daemon=True)
+        self.thread.start()
+
+    def put(self, record: TrialRecord, history: list) -> None:
+        self.queue.put((record, history))
+
+    def wait(self) -> None:
+        """Until every record put so far is durable (or the thread failed)."""
+        self.queue.join()
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=MODEL_FETCH_TIMEOUT_S + 30)
+
+    def _loop(self) -> None:
+        import queue
+
+        while True:
+            batch = [self.queue.get()]
+            while batch[-1] is not None:  # what else finished meanwhile shares the journal part
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                items = [b for b in batch if b is not None]
+                if items and self.error is None:
+                    got = [(_received(self.st, rec), history) for rec, history in items]  # models durable first
+                    with self.lock:
+                        self.st.store.append_many([rec for rec, _ in got])
+                        self.durable.extend(got)
+            except BaseException as e:  # raised on Tune's thread by _collect; nothing is written after it
+                self.error = e
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+            if batch[-1] is None:
+                return
+
+
+def _store_lock(st: _CallbackState):
+    """The store's writer lock while the recorder runs (nothing to hold otherwise)."""
+    from contextlib import nullcontext
+
+    return st.recorder.lock if st.recorder is not None else nullcontext()
+
+
+def _collect(st: _CallbackState, *, wait: bool = False, compacting: bool = False, raise_error: bool = True) -> None:
+    """Count the trials the recorder made durable (on Tune's thread, in their order): each goes into the
+    table in memory and the front, its MLflow run is closed, it leaves the running ones, and the progress
+    line and the parent's metrics say so.  ``wait``: first wait until everything put is durable.  The
+    recorder's error, if any, is raised here once (after counting what it did record)."""
+    rec = st.recorder
+    if rec is None:
+        return
+    if wait:
+        rec.wait()
+    stale: set[str] = set()
+    while rec.durable:
+        record, history = rec.durable.popleft()
+        stale |= _apply(st, [record])
+        _counted(st, record, history)
+    if stale:
+        if not compacting:
+            _compact(st)
+        if st.mirror is not None:
+            st.mirror.superseded(stale)
+    if rec.error is not None and raise_error and not rec.error_raised:
+        rec.error_raised = True
+        raise rec.error
+
+
+def _counted(st: _CallbackState, rec: TrialRecord, history: list) -> None:
+    """A durable trial's MLflow run, progress and parent metrics."""
+    progress = st.progress
+    if st.mirror is not None:
+        st.mirror.finished(rec, history)
+    progress.running.pop(rec.trial_id, None)
+    _beat(st, soon=True)
+    progress.done += 1
+    progress.failed += rec.status == "failed"
+    if st.mirror is not None:
+        if st.hv is None:  # the front changed: dominated records add nothing
+            st.hv = _hypervolume(st.front, st.cfg.search.objectives, st.meta["baseline"])
+        st.mirror.parent_metrics({"hypervolume": st.hv, "front_size": progress.front,
+                                  "trials_done": progress.done}, step=progress.done)
+    if rec.status == "ok":
+        agree = f" agree {rec.agreement:.4f}" if st.cfg.label_free else ""
+        acc = "n/a" if rec.accuracy is None else f"{rec.accuracy:.4f}"  # None: no labelled set
+        what = (f"{rec.trial_id} {rec.method} acc {acc}{agree} "
+                f"lat {rec.latency_ms:.3f} ms params {rec.params:,}")
+    elif rec.status == "failed":
+        what = f"{rec.trial_id} {rec.method} FAILED: {rec.error.splitlines()[0][:100]}"
+    else:  # stopped_early, infeasible: the reason says where and why
+        what = f"{rec.trial_id} {rec.method} {rec.status}: {rec.error.splitlines()[0][:140]}"
+    progress.line(what)
+
+
 def _compact(st: _CallbackState) -> None:
     """Fold the journal into ``trials.parquet`` (front flags included), so that a plain
     ``pandas.read_parquet`` of it lags the sweep by at most :data:`COMPACT_EVERY_S`; O(table), so it runs
-    on a clock, not per trial."""
+    on a clock, not per trial.  It holds the store's lock and first counts what the recorder appended:
+    the parts it deletes are all in the table it writes."""
+    with _store_lock(st):
+        _collect(st, compacting=True, raise_error=False)
+        _write_table(st)
+
+
+def _write_table(st: _CallbackState) -> None:
     front = {r.trial_id for r in st.front}
     run_ids = st.mirror.run_ids if st.mirror is not None else {}
-    for tid, r in st.records.items():  # the MLflow runs the mirror has opened since the last compaction
+    for tid, r in st.records.items():  # front flags and the MLflow runs opened since the last compaction
+        change = {} if r.on_front is (tid in front) else {"on_front": tid in front}
         if r.mlflow_run_id is None and tid in run_ids:
-            st.records[tid] = r.replace(mlflow_run_id=run_ids[tid])
-    st.store.write([r.replace(on_front=r.trial_id in front) for r in st.records.values()], st.meta)
+            change["mlflow_run_id"] = run_ids[tid]
+        if change:  # records are kept as written, so only the few that changed are copied
+            st.records[tid] = r.replace(**change)
+    st.store.write(st.records.values(), st.meta)
     st.pending, st.compacted_at = 0, time.time()
 
 
@@ -384,7 +536,10 @@ def _update_front(st: _CallbackState, changed: set[str]) -> None:
         pool = list(st.records.values())
     else:
         pool = st.front + [st.records[t] for t in changed if t in st.records]
+    before = [r.trial_id for r in st.front]
     st.front = [r for r, on in zip(pool, front_flags(pool, objectives)) if on]
+    if [r.trial_id for r in st.front] != before or changed & set(before):
+        st.hv = None
     st.progress.front = len(st.front)
 
 
@@ -424,40 +579,22 @@ def _make_callback():
                 st.mirror.started(trial.trial_id, f"{method}-{trial.trial_id}",
                                   {"method": method, "seed": _trial_seed(st.cfg.seed, number, trial.trial_id),
                                    "trial_id": trial.trial_id, **knobs})
-            _beat(st)
+            _beat(st, soon=True)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             st = _live_state()
-            if "record_json" not in result:
+            if "record_json" in result:
+                rec = TrialRecord.from_json(result["record_json"])
+            elif result.get("done") and "partial_json" in result:
                 # a rung report; the scheduler stopped the trial when Tune marks it done: its rung row is final
-                if not (result.get("done") and "partial_json" in result):
-                    return
                 why = st.stopped_early.pop(trial.trial_id, "stopped by successive halving")
-                result = {**result, "record_json": TrialRecord.from_json(result["partial_json"]).replace(
-                    error=why, ended_at=time.time()).to_json()}
-            progress = st.progress
-            rec = _received(st, TrialRecord.from_json(result["record_json"]).replace(
-                retried=st.retried.get(trial.trial_id, 0)))
-            _upsert(st, [rec])
-            if st.mirror is not None:
-                st.mirror.finished(rec, json.loads(result.get("history_json") or "[]"))
-            progress.running.pop(trial.trial_id, None)
-            _beat(st)
-            progress.done += 1
-            progress.failed += rec.status == "failed"
-            if st.mirror is not None:
-                hv = _hypervolume(st.front, st.cfg.search.objectives, st.meta["baseline"])  # dominated add nothing
-                st.mirror.parent_metrics({"hypervolume": hv, "front_size": progress.front,
-                                          "trials_done": progress.done}, step=progress.done)
-            if rec.status == "ok":
-                agree = f" agree {rec.agreement:.4f}" if st.cfg.label_free else ""
-                what = (f"{trial.trial_id} {rec.method} acc {rec.accuracy:.4f}{agree} "
-                        f"lat {rec.latency_ms:.3f} ms params {rec.params:,}")
-            elif rec.status == "failed":
-                what = f"{trial.trial_id} {rec.method} FAILED: {rec.error.splitlines()[0][:100]}"
-            else:  # stopped_early, infeasible: the reason says where and why
-                what = f"{trial.trial_id} {rec.method} {rec.status}: {rec.error.splitlines()[0][:140]}"
-            progress.line(what)
+                rec = TrialRecord.from_json(result["partial_json"]).replace(error=why, ended_at=time.time())
+            else:
+                return
+            # durable on the recorder's thread; counted (table, MLflow, progress) by _collect once it is
+            st.recorder.put(rec.replace(retried=st.retried.get(trial.trial_id, 0)),
+                            json.loads(result.get("history_json") or "[]"))
+            _collect(st)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             # its worker died (node lost, killed for memory): Tune runs it again, from the start
@@ -470,9 +607,10 @@ def _make_callback():
         def on_trial_error(self, iteration, trials, trial, **info):
             # the trainable catches trial errors itself; this is a crashed worker (e.g. killed for memory)
             st = _live_state()
+            _collect(st, wait=True)  # a result of this trial that Tune delivered is recorded first
             m, k = knobs_from_config(trial.config)
             method, number, knobs = st.progress.running.pop(trial.trial_id, (m, trial.config.get(TRIAL_NUMBER), k))
-            _beat(st)
+            _beat(st, soon=True)
             old = st.records.get(trial.trial_id)
             if old is not None and old.status != "stopped":
                 return
@@ -489,6 +627,7 @@ def _make_callback():
 
         def on_step_end(self, iteration, trials, **info):
             st = _live_state()
+            _collect(st)
             now = time.time()
             budget = st.cfg.search.time_budget_s
             if (budget is not None and st.budget_reason is None and st.fit_t0 is not None
@@ -496,7 +635,7 @@ def _make_callback():
                 st.budget_reason = budget_reason(budget)
                 st.progress.log(f"{st.budget_reason}: stopping the {len(st.progress.running)} running trial(s)")
                 _stop_tune()
-            if now - st.last_beat >= HEARTBEAT_EVERY_S:
+            if now - st.last_beat >= (HEARTBEAT_MIN_S if st.beat_due else HEARTBEAT_EVERY_S):
                 _beat(st)
             if st.pending and now - st.compacted_at >= COMPACT_EVERY_S:
                 _compact(st)
@@ -866,11 +1005,13 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
             st.fit_t0 = progress.t0 = time.time()
             _beat(st, phase="trials")
             interrupted = False
+            st.recorder = _Recorder(st)
             try:
                 with _sigint_kept():
                     tuner.fit()
             except KeyboardInterrupt:  # a second Ctrl-C, or no Tune handler to stop gracefully
                 interrupted = True
+            _collect(st, wait=True)  # every trial Tune delivered is recorded and counted
             timing = _timing(store, cfg, st.fit_t0)
             st.budget_used0, st.fit_t0 = st.budget_used0 + time.time() - st.fit_t0, None
             _settle(st)
@@ -905,11 +1046,13 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
         return SweepOutcome(folder.path, out_dir, records, False, time.time() - t0, tracking_uri=uri,
                             stop_reason=reason, **timing)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside Ray Tune (baseline, re-measurement, report)
+        _record_delivered(st)  # while Ray (the model inbox) is still up
         _ray_shutdown(ray_started, log)
         reason = _STOP.get("reason") or CTRL_C
         _close_books(st, reason)
         return _interrupted(st, reason, t0, uri, timing)
     except BaseException as e:  # the driver's own error (in Tune, the callback, or around them): re-raised
+        _record_delivered(st)  # while Ray (the model inbox) is still up
         _ray_shutdown(ray_started, log)
         reason = f"driver error: {_error_text(e)}"
         _close_books(st, reason)
@@ -921,6 +1064,8 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
         raise
     finally:
         _ACTIVE.pop("sweep", None)
+        if st.recorder is not None:
+            st.recorder.close()
         _release_inbox(st)
         st.mirror.close()
 
@@ -1009,6 +1154,7 @@ def _close_books(st: _CallbackState, reason: str) -> None:
 
     Each step on its own: a failure is one warning line, never a mask over what stopped the sweep."""
     log = st.progress.log
+    _record_delivered(st)  # the trials Tune delivered first; the rest of the running ones become stopped rows
     stopped = list(st.progress.running)
     try:
         _mark_stopped(st, reason)
@@ -1025,6 +1171,22 @@ def _close_books(st: _CallbackState, reason: str) -> None:
             log(f"closed {n} more MLflow run(s) left RUNNING as KILLED")
     except Exception as e:
         log(f"warning: MLflow runs of the stopped trials could not be closed: {type(e).__name__}: {e}")
+
+
+def _record_delivered(st: _CallbackState) -> None:
+    """On a way out: every trial Tune delivered recorded and counted; never raises (a failure is one line,
+    and the trials it leaves among the running ones become ``stopped`` rows)."""
+    rec = st.recorder
+    if rec is None:
+        return
+    try:
+        _collect(st, wait=True, raise_error=False)
+    except Exception as e:
+        st.progress.log(f"warning: finished trials could not be counted: {type(e).__name__}: {e}")
+    if rec.error is not None and not rec.error_raised:
+        rec.error_raised = True
+        st.progress.log(f"warning: finished trials could not be recorded ({type(rec.error).__name__}: {rec.error}); "
+                        f"they are recorded as stopped, to run again")
 
 
 def _end_parent(st: _CallbackState, status: str, ended: str) -> None:

@@ -43,6 +43,9 @@ MLFLOW_DB = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 LOCK_FILE = ".lock"
 HEARTBEAT_EVERY_S = 30.0  # the driver rewrites state.json's heartbeat at least this often while trials run
+# ... and, when a trial starts or ends, within this long (not at once: trials may start and end many times a
+# second, and each rewrite of state.json costs the driver milliseconds)
+HEARTBEAT_MIN_S = 1.0
 REPORTS_ROOT = Path("reports")
 
 

@@ -1,7 +1,7 @@
 """``sweep status runs/<name>``: what a sweep has done and is doing, read from its folder alone.
 
 It reads ``sweep.yaml``, ``trials.parquet``, ``state.json`` (the driver's heartbeat: the trials in flight,
-rewritten whenever one starts or ends and every :data:`~sweep.folder.HEARTBEAT_EVERY_S` seconds) and the
+rewritten within a second of one starting or ending, and every :data:`~sweep.folder.HEARTBEAT_EVERY_S` seconds) and the
 lock file (who writes the folder); it neither starts nor imports Ray, and writes nothing.
 """
 

@@ -223,7 +223,9 @@ def test_sigterm_stops_the_sweep_like_ctrl_c_with_exit_code_143(sweep_dir, tmp_p
 
 def test_the_time_budget_is_a_normal_end(cfg, sweep_dir, tmp_path, monkeypatch):
     """The callback enforces search.time_budget_s: running trials become stopped rows, the sweep goes on to
-    re-measurement and the report, and the parent run is FINISHED."""
+    re-measurement and the report, and the parent run is FINISHED.  The heartbeat lists the trials in
+    flight within HEARTBEAT_MIN_S of their start (written by the callback's next step)."""
+    from sweep.folder import HEARTBEAT_MIN_S
     from sweep.status import status_lines
 
     seen = {}
@@ -231,22 +233,24 @@ def test_the_time_budget_is_a_normal_end(cfg, sweep_dir, tmp_path, monkeypatch):
     def script(cb):
         start_trial(cb, "t1", 0)
         start_trial(cb, "t2", 1)
+        time.sleep(HEARTBEAT_MIN_S + 0.05)
+        cb.on_step_end(iteration=1, trials=[])  # within the budget: only the heartbeat that was due
         seen["status"] = status_lines(sweep_dir)  # a live driver, as `sweep status` sees it
-        cb.on_step_end(iteration=1, trials=[])  # within the budget: nothing happens
-        time.sleep(0.6)
+        time.sleep(budget)
         cb.on_step_end(iteration=2, trials=[])  # past it: Tune is stopped like Ctrl-C
         raise AssertionError("the time budget did not stop Tune")
 
-    budgeted = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, time_budget_s=0.5))
+    budget = HEARTBEAT_MIN_S + 2.0
+    budgeted = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, time_budget_s=budget))
     outcome = run_with(monkeypatch, script, budgeted, sweep_dir, tmp_path)
-    assert not outcome.interrupted and outcome.stop_reason == "time budget of 0.5 s ran out"
+    why = f"time budget of {budget:g} s ran out"
+    assert not outcome.interrupted and outcome.stop_reason == why
     assert (tmp_path / "reports" / "exitpaths" / "index.html").is_file()
     got = rows(sweep_dir)
-    assert {t: (got[t].status, got[t].error) for t in ("t1", "t2")} == {
-        t: ("stopped", "time budget of 0.5 s ran out") for t in ("t1", "t2")}
+    assert {t: (got[t].status, got[t].error) for t in ("t1", "t2")} == {t: ("stopped", why) for t in ("t1", "t2")}
     parent, children = mlflow_runs(sweep_dir)
     assert {children[t].info.status for t in ("t1", "t2")} == {"KILLED"}
-    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.ended"] == "time budget of 0.5 s ran out"
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.ended"] == why
     live = dict(line.split(": ", 1) for line in seen["status"])
     assert live["running"].startswith("2 (t1, t2; heartbeat ")
     assert live["driver"].startswith(f"pid {os.getpid()} on {socket.gethostname()} (`sweep resume` since ")
@@ -401,3 +405,81 @@ def test_a_model_that_never_reaches_the_driver_fails_its_trial(tmp_path):
                          "actor died unexpectedly)")
     assert not (tmp_path / "models").exists()
     assert _received(st, rec.replace(status="failed", error="x", model_path=None)).status == "failed"
+
+
+# ----------------------------------------------------------------------------- finished trials: durable, then counted
+def ok_result(trial_id: str, number: int) -> dict:
+    from sweep.results.schema import TrialRecord
+
+    rec = TrialRecord(sweep="exitpaths", trial_id=trial_id, trial_number=number, status="ok", method="magnitude",
+                      accuracy=0.9, params=1000 - number, macs=2000, latency_ms=0.1, knobs={"ratio": 0.3 + number / 10})
+    return {"record_json": rec.to_json(), "history_json": "[]"}
+
+
+def test_a_finished_trial_counts_only_once_it_is_durable(cfg, sweep_dir, tmp_path, monkeypatch):
+    """Ray Tune's thread hands a finished trial to the recorder and goes on; the trial stays among the running
+    ones, uncounted and unmirrored, until its journal part is on disk."""
+    import threading
+
+    import sweep.driver as driver
+    from sweep.results.store import TrialStore
+
+    release, seen = threading.Event(), {}
+    real = TrialStore.append_many
+
+    def slow_disk(self, records):
+        assert release.wait(60), "the test never released the disk"
+        real(self, records)
+
+    def script(cb):
+        st = driver._ACTIVE["sweep"]
+        start_trial(cb, "t1", 0)
+        monkeypatch.setattr(TrialStore, "append_many", slow_disk)
+        cb.on_trial_result(iteration=1, trials=[], trial=SimpleNamespace(trial_id="t1"), result=ok_result("t1", 0))
+        cb.on_step_end(iteration=2, trials=[])  # Tune's thread is not held up by the disk
+        seen["before"] = (st.progress.done, list(st.progress.running), "t1" in rows(sweep_dir))
+        release.set()
+        st.recorder.wait()
+        cb.on_step_end(iteration=3, trials=[])
+        seen["after"] = (st.progress.done, list(st.progress.running), rows(sweep_dir)["t1"].status)
+
+    outcome = run_with(monkeypatch, script, cfg, sweep_dir, tmp_path)
+    assert seen["before"] == (0, ["t1"], False)
+    assert seen["after"] == (1, [], "ok")
+    assert outcome.stop_reason == "interrupted (Ctrl-C)"  # Tune returned with 2 of 3 trials left
+    _, children = mlflow_runs(sweep_dir)
+    assert children["t1"].info.status == "FINISHED" and children["t1"].data.metrics["accuracy"] == 0.9
+
+
+def test_a_trial_that_could_not_be_written_is_a_driver_error_and_runs_again(cfg, sweep_dir, tmp_path, monkeypatch):
+    """The recorder's write fails (a full disk): Tune's thread raises it (a driver error, the parent run
+    FAILED), and the trial it could not write is kept as a ``stopped`` row with its configuration."""
+    import sweep.driver as driver
+    from sweep.results.store import TrialStore
+
+    real, calls = TrialStore.append_many, []
+
+    def full_once(self, records):
+        calls.append([r.trial_id for r in records])
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        real(self, records)
+
+    def script(cb):
+        st = driver._ACTIVE["sweep"]
+        start_trial(cb, "t1", 0)
+        monkeypatch.setattr(TrialStore, "append_many", full_once)
+        cb.on_trial_result(iteration=1, trials=[], trial=SimpleNamespace(trial_id="t1"), result=ok_result("t1", 0))
+        st.recorder.wait()
+        cb.on_step_end(iteration=2, trials=[])
+        raise AssertionError("the recorder's error was not raised")
+
+    with pytest.raises(OSError, match="No space left on device"):
+        run_with(monkeypatch, script, cfg, sweep_dir, tmp_path)
+    reason = "driver error: OSError: [Errno 28] No space left on device"
+    r = rows(sweep_dir)["t1"]
+    assert (r.status, r.error, r.method, r.trial_number) == ("stopped", reason, "magnitude", 0)
+    assert calls == [["t1"], ["t1"]]  # the failed write, then its stopped row
+    parent, children = mlflow_runs(sweep_dir)
+    assert children["t1"].info.status == "KILLED"
+    assert parent.info.status == "FAILED" and parent.data.tags["sweep.ended"] == reason

@@ -198,3 +198,72 @@ def test_trial_mirror_never_raises_and_warns_once_per_kind(sink):
     assert {w.split()[2] for w in warnings} == {"finish", "parent_metrics"}
     mirror.close()
     assert not mirror._thread.is_alive()
+
+
+def _count_writes(sink, monkeypatch) -> list:
+    """(call, run id) of every write the client makes from now on."""
+    calls = []
+    for name in ("create_run", "log_batch", "set_terminated", "set_tag"):
+        real = getattr(sink.client, name)
+
+        def counted(*args, _name=name, _real=real, **kw):
+            calls.append((_name, kw.get("run_id", args[0] if args else None)))
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(sink.client, name, counted)
+    return calls
+
+
+def test_a_short_trial_has_its_run_opened_finished_and_a_long_one_once_its_start_is_held_long_enough(
+        sink, monkeypatch):
+    """Each write is a store transaction: a trial that ends within START_HOLD_S of its start has its run
+    written in three (opened with its tags, parameters and metrics, closed), with the start and end times
+    the driver noted; a longer one is opened, RUNNING, once START_HOLD_S has passed."""
+    import time
+
+    from sweep.results import mlflow_sink as ms
+
+    parent = sink.start_parent("held", {})
+    calls = _count_writes(sink, monkeypatch)
+    mirror = ms.TrialMirror(sink, parent, sweep_params={"model": "small_cnn"})
+    t0 = int(time.time() * 1000)
+    mirror.started("s1", "magnitude-s1", {"method": "magnitude", "ratio": 0.5})
+    mirror.finished(_record("s1"), [("magnitude/train_loss", 1.0, 0, t0)])
+    assert mirror.flush()
+    assert [c for c, _ in calls] == ["create_run", "log_batch", "set_terminated"]
+    r = sink.client.get_run(mirror.run_ids["s1"])
+    assert r.info.status == "FINISHED" and r.data.tags["sweep.trial_id"] == "s1"
+    assert r.data.params == {"model": "small_cnn", "method": "magnitude", "ratio": "0.5"}
+    assert r.data.metrics["accuracy"] == 0.7 and r.data.metrics["magnitude/train_loss"] == 1.0
+    assert t0 <= r.info.start_time <= r.info.end_time <= int(time.time() * 1000)
+
+    monkeypatch.setattr(ms, "START_HOLD_S", 0.2)
+    mirror.started("s2", "magnitude-s2", {"method": "magnitude", "ratio": 0.25})
+    deadline = time.time() + 30
+    while "s2" not in mirror.run_ids and time.time() < deadline:  # no flush: the hold ends by itself
+        time.sleep(0.05)
+    assert sink.client.get_run(mirror.run_ids["s2"]).info.status == "RUNNING"
+    mirror.finished(_record("s2"))
+    assert mirror.flush()
+    assert sink.client.get_run(mirror.run_ids["s2"]).info.status == "FINISHED"
+    mirror.close()
+
+
+def test_parent_metrics_keep_every_step_in_a_few_writes(sink, monkeypatch):
+    import time
+
+    from sweep.results.mlflow_sink import PARENT_METRICS_EVERY_S, TrialMirror
+
+    parent = sink.start_parent("hv", {})
+    calls = _count_writes(sink, monkeypatch)
+    mirror = TrialMirror(sink, parent)
+    t0 = time.monotonic()
+    for step in range(1, 41):  # a trial every 10 ms
+        mirror.parent_metrics({"hypervolume": step / 100, "trials_done": step}, step=step)
+        time.sleep(0.01)
+    assert mirror.flush()
+    writes = sum(1 for c, run in calls if run == parent)
+    assert 1 <= writes <= 2 + (time.monotonic() - t0) / PARENT_METRICS_EVERY_S
+    assert [(m.step, m.value) for m in sink.client.get_metric_history(parent, "hypervolume")] == [
+        (s, s / 100) for s in range(1, 41)]
+    mirror.close()

@@ -299,3 +299,23 @@ def test_writes_are_synced_before_they_count(tmp_path, monkeypatch):
     store.write(records(), META)
     store.append(records()[1])
     assert len(synced) == 4  # each of the two files, then its folder
+
+
+def test_trials_that_finish_together_share_one_durable_part(tmp_path, monkeypatch):
+    import os
+
+    store = TrialStore(tmp_path)
+    store.write(records(), META)
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    a = TrialRecord(sweep="demo", trial_id="t_0003", status="stopped", method="magnitude", knobs={"ratio": 0.7})
+    b = records()[2].replace(status="ok", error="", params=500, macs=20_000, latency_ms=0.9)
+    store.append_many([a, b, a.replace(error="cut short")])
+    assert len(synced) == 2  # one part: the file, then its folder
+    assert sorted(p.name for p in store.journal.iterdir()) == ["00000001.parquet"]
+    recs, _ = store.records()
+    assert [r.trial_id for r in recs] == [BASELINE_ID, "t_0001", "t_0002", "t_0003"]
+    assert recs[2] == b and recs[3].error == "cut short"  # the later record of a trial wins
+    store.append_many([])
+    assert len(synced) == 2 and len(list(store.journal.iterdir())) == 1

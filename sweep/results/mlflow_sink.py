@@ -63,10 +63,14 @@ class MlflowSink:
         self.client.update_run(run_id, status="RUNNING")
 
     # ---------------------------------------------------------------- children
-    def start_child(self, parent_run_id: str, name: str, params: dict, tags: dict | None = None) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={PARENT_TAG: parent_run_id, "sweep.role": "trial", **(tags or {})})
-        self.log_params(run.info.run_id, params)
+    def start_child(self, parent_run_id: str, name: str, params: dict, tags: dict | None = None, *,
+                    start_ms: int | None = None, metrics: list | None = None) -> str:
+        """A nested run with its parameters (and ``metrics``, :class:`mlflow.entities.Metric` objects, when
+        it is opened already finished): two writes, the run with its tags, then one batch."""
+        run = self.client.create_run(self.experiment_id, start_time=start_ms, run_name=name,
+                                     tags={PARENT_TAG: parent_run_id, "sweep.role": "trial",
+                                           **{k: _param(v) for k, v in (tags or {}).items()}})
+        self.log_batch(run.info.run_id, metrics=metrics or (), params=params)
         return run.info.run_id
 
     def close_stale_children(self, parent_run_id: str) -> int:
@@ -118,33 +122,52 @@ class MlflowSink:
                 return runs
 
     # ---------------------------------------------------------------- logging
-    def log_params(self, run_id: str, params: dict) -> None:
-        from mlflow.entities import Param
+    def log_batch(self, run_id: str, metrics=(), params: dict | None = None, tags: dict | None = None) -> None:
+        """Metrics (:class:`mlflow.entities.Metric` objects), parameters and tags in as few calls as MLflow's
+        batch limits allow (one, for a trial's run): each call is one transaction of the tracking store."""
+        from mlflow.entities import Param, RunTag
 
-        ps = [Param(str(k), _param(v)) for k, v in params.items() if v is not None]
-        for i in range(0, len(ps), 100):
-            self.client.log_batch(run_id, params=ps[i:i + 100])
+        ms = list(metrics)
+        ps = [Param(str(k), _param(v)) for k, v in (params or {}).items() if v is not None]
+        ts = [RunTag(str(k), _param(v)) for k, v in (tags or {}).items() if v is not None]
+        while ms or ps or ts:
+            bp, ps = ps[:MAX_PARAMS_TAGS], ps[MAX_PARAMS_TAGS:]
+            bt, ts = ts[:MAX_PARAMS_TAGS], ts[MAX_PARAMS_TAGS:]
+            room = MAX_ENTITIES - len(bp) - len(bt)
+            bm, ms = ms[:room], ms[room:]
+            self.client.log_batch(run_id, metrics=bm, params=bp, tags=bt)
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        self.log_batch(run_id, params=params)
 
     def log_metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        ms = [Metric(str(k), float(v), now, step) for k, v in metrics.items()
-              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
-        for i in range(0, len(ms), 500):
-            self.client.log_batch(run_id, metrics=ms[i:i + 500])
+        self.log_batch(run_id, metrics=_metrics(metrics, step))
 
     def set_tags(self, run_id: str, tags: dict) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(run_id, k, _param(v))
+        self.log_batch(run_id, tags=tags)
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def end(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+    def end(self, run_id: str, status: str = "FINISHED", end_ms: int | None = None) -> None:
+        self.client.set_terminated(run_id, status=status, end_time=end_ms)
+
+
+# MLflow's limits on one log_batch call (mlflow.utils.validation)
+MAX_PARAMS_TAGS, MAX_ENTITIES = 100, 1000
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _metrics(values: dict, step: int = 0, timestamp_ms: int | None = None) -> list:
+    """Finite numbers of ``values`` as MLflow metrics (booleans, text and NaN are left out)."""
+    from mlflow.entities import Metric
+
+    now = _now_ms() if timestamp_ms is None else timestamp_ms
+    return [Metric(str(k), float(v), now, step) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
 
 
 class TrialMirror:
@@ -156,7 +179,14 @@ class TrialMirror:
     server connection and no access to the sweep folder, and a slow tracking server never slows the
     sweep.  One thread is the only writer while trials run (the embedded sqlite store then never sees two
     writers).  Never raises: a failed write is one warning line, and Parquet already holds the trial.
-    ``run_ids`` maps trial ids to their current run, filled as runs are created."""
+    ``run_ids`` maps trial ids to their current run, filled as runs are created.
+
+    Each write is a transaction of the tracking store (or a request to a server), so the writer makes few.
+    A trial's run is opened (its tags, then its parameters) at most :data:`START_HOLD_S` after the trial
+    started, and its end is one batch (metrics and tags) and the final status; a trial that ends within
+    that time has its run opened finished (tags; parameters and metrics; status), with the start and end
+    times the driver noted.  Parent metrics keep every step and are written at most once every
+    :data:`PARENT_METRICS_EVERY_S` seconds.  :meth:`flush` writes everything held."""
 
     def __init__(self, sink: MlflowSink, parent_run_id: str, warn=None, sweep_params: dict | None = None):
         import queue
@@ -171,20 +201,25 @@ class TrialMirror:
         self._lock = threading.Lock()
         self._parent: list = []  # parent metrics not written yet (see parent_metrics)
         self._parent_queued = False
+        self._parent_at = -math.inf  # time.monotonic() of the last parent write
+        self._parent_due = False  # metrics are waiting for PARENT_METRICS_EVERY_S to pass
+        self._held: dict[str, tuple] = {}  # trial id -> (its start's arguments, time.monotonic() when held)
         self._thread = threading.Thread(target=self._loop, name="sweep-mlflow-mirror", daemon=True)
         self._thread.start()
 
     # ---------------------------------------------------------------- queued (O(1) for the caller)
     def started(self, trial_id: str, name: str, params: dict) -> None:
-        """Open the trial's child run (tagged ``sweep.trial_id``), with its parameters."""
-        self._q.put((self._start, (trial_id, name, params)))
+        """Open the trial's child run (tagged ``sweep.trial_id``), with its parameters; its start time is
+        now, however late the writer gets to it."""
+        self._q.put((self._start, (trial_id, name, params, _now_ms())))
 
     def finished(self, record, history: list | tuple = ()) -> None:
         """Close the trial's run with its record: ``history`` is ``(key, value, step, timestamp_ms)``
         tuples (the trajectory the method logged), then the final metrics; FINISHED, or FAILED with the
-        error as a tag.  A record whose run was never opened (a sweep resumed after the driver died
-        before writing it) gets one, and runs an earlier driver left for it are tagged superseded."""
-        self._q.put((self._finish, (record, list(history))))
+        error as a tag; its end time is now.  A record whose run was never opened (a sweep resumed after
+        the driver died before writing it) gets one, and runs an earlier driver left for it are tagged
+        superseded."""
+        self._q.put((self._finish, (record, list(history), _now_ms())))
 
     def stopped(self, trial_ids, reason: str) -> None:
         """Close the runs of trials the driver stopped as KILLED, tagged ``sweep.stopped``."""
@@ -192,7 +227,7 @@ class TrialMirror:
 
     def superseded(self, trial_ids) -> None:
         """Tag the runs of ``trial_ids`` ``sweep.superseded`` (another trial re-ran their configuration)."""
-        self._q.put((self.sink.supersede_trial_runs, (self.parent_id, list(trial_ids))))
+        self._q.put((self._supersede, (list(trial_ids),)))
 
     def remeasured(self, records) -> None:
         """Overwrite the latency metrics of these trials' runs with their figures re-measured alone (the
@@ -200,21 +235,22 @@ class TrialMirror:
         self._q.put((self._remeasured, (list(records),)))
 
     def parent_metrics(self, metrics: dict, step: int = 0) -> None:
-        """Log the parent's metrics at ``step``; steps queued while the writer is behind go in one batch."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
+        """Log the parent's metrics at ``step``; every step is kept, and the steps of a second (or of the
+        time the writer is behind) go in one batch."""
         with self._lock:
-            self._parent.extend(Metric(str(k), float(v), now, step) for k, v in metrics.items()
-                                if isinstance(v, (int, float)) and math.isfinite(float(v)))
+            self._parent.extend(_metrics(metrics, step))
             if self._parent_queued:
                 return
             self._parent_queued = True
-        self._q.put((self._parent_metrics, ()))
+        self._q.put((self._parent_metrics, (False,)))
 
     # ---------------------------------------------------------------- waiting
     def flush(self, timeout_s: float = 120.0) -> bool:
-        """Wait until every queued write is done (at most ``timeout_s``); False if some are still left."""
+        """Write everything queued, held starts and parent metrics included (wait at most ``timeout_s``);
+        False if some writes are still left."""
+        if not self._thread.is_alive():  # closed: nothing writes any more
+            return self._q.unfinished_tasks == 0
+        self._q.put((self._write_held, ()))
         deadline = time.monotonic() + timeout_s
         with self._q.all_tasks_done:
             while self._q.unfinished_tasks:
@@ -233,72 +269,142 @@ class TrialMirror:
 
     # ---------------------------------------------------------------- the writer thread
     def _loop(self) -> None:
+        import queue
+
         while True:
-            item = self._q.get()
+            due = [at + START_HOLD_S for _, at in self._held.values()]
+            if self._parent_due:  # parent metrics wait for their second to pass
+                due.append(self._parent_at + PARENT_METRICS_EVERY_S)
+            wait = max(0.0, min(due) - time.monotonic()) if due else None
             try:
-                if item is None:
-                    return
-                fn, args = item
+                batch = [self._q.get(timeout=wait)]
+            except queue.Empty:
+                self._write_held(due_only=True)
+                continue
+            while batch[-1] is not None:  # take what else is queued: a run's start and end may meet
                 try:
-                    fn(*args)
-                except Exception as e:  # tracking is a mirror: the Parquet row is already safe
-                    what = getattr(fn, "__name__", "write").strip("_")
-                    if what not in self._warned:  # one line per kind of write, not one per trial
-                        self._warned.add(what)
-                        self._warn(f"warning: MLflow {what} failed (trials.parquet holds every trial; "
-                                   f"further failures of this kind are not shown): {type(e).__name__}: {e}")
+                    batch.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                for item in batch:
+                    if item is not None:
+                        self._take(*item)
+                self._write_held(due_only=True)
             finally:
-                self._q.task_done()
+                for _ in batch:
+                    self._q.task_done()
+            if batch[-1] is None:
+                return
 
-    def _parent_metrics(self) -> None:
+    def _take(self, fn, args: tuple) -> None:
+        """One queued write.  A new run's start is held (up to :data:`START_HOLD_S`) for its end, so that a
+        short trial's run is opened finished; anything else that names a held trial writes its start first."""
+        if fn == self._start and args[0] not in self.run_ids and args[0] not in self._held:
+            self._held[args[0]] = (args, time.monotonic())
+            return
+        if fn == self._finish and args[0].trial_id in self._held:
+            self._call(fn, (*args, self._held.pop(args[0].trial_id)[0]))
+            return
+        for tid in self._names(fn, args) & self._held.keys():
+            self._call(self._start, self._held.pop(tid)[0])
+        self._call(fn, args)
+
+    def _write_held(self, due_only: bool = False) -> None:
+        """Open the held runs (those held :data:`START_HOLD_S` already, with ``due_only``), then the parent
+        metrics (if their second has passed, with ``due_only``)."""
+        now = time.monotonic()
+        for tid, (args, at) in list(self._held.items()):
+            if not due_only or now - at >= START_HOLD_S:
+                del self._held[tid]
+                self._call(self._start, args)
+        if not due_only or self._parent_due:
+            self._call(self._parent_metrics, (not due_only,))
+
+    def _names(self, fn, args: tuple) -> set:
+        """The trial ids a queued write concerns."""
+        if fn in (self._start, self._finish):
+            return {args[0] if fn == self._start else args[0].trial_id}
+        if fn in (self._stop, self._supersede):
+            return set(args[0])
+        if fn == self._remeasured:
+            return {r.trial_id for r in args[0]}
+        return set()
+
+    def _call(self, fn, args: tuple) -> None:
+        try:
+            fn(*args)
+        except Exception as e:  # tracking is a mirror: the Parquet row is already safe
+            what = getattr(fn, "__name__", "write").strip("_")
+            if what not in self._warned:  # one line per kind of write, not one per trial
+                self._warned.add(what)
+                self._warn(f"warning: MLflow {what} failed (trials.parquet holds every trial; "
+                           f"further failures of this kind are not shown): {type(e).__name__}: {e}")
+
+    def _parent_metrics(self, now: bool) -> None:
         with self._lock:
-            batch, self._parent, self._parent_queued = self._parent, [], False
-        for i in range(0, len(batch), 500):
-            self.sink.client.log_batch(self.parent_id, metrics=batch[i:i + 500])
+            self._parent_queued = False
+            if not self._parent:
+                self._parent_due = False
+                return
+            if not now and time.monotonic() - self._parent_at < PARENT_METRICS_EVERY_S:
+                self._parent_due = True  # the loop comes back when the second has passed
+                return
+            batch, self._parent, self._parent_due = self._parent, [], False
+        self._parent_at = time.monotonic()
+        self.sink.log_batch(self.parent_id, metrics=batch)
 
-    def _start(self, trial_id: str, name: str, params: dict) -> None:
+    def _child_params(self, params: dict) -> dict:
+        return {**self.sweep_params, **params}
+
+    def _start(self, trial_id: str, name: str, params: dict, start_ms: int) -> None:
         if trial_id in self.run_ids:  # started again after its worker died: one run per trial, tagged
             self.sink.set_tags(self.run_ids[trial_id], {"sweep.restarted": "true"})
             return
-        self.run_ids[trial_id] = self.sink.start_child(self.parent_id, name, {**self.sweep_params, **params},
-                                                       tags={"sweep.trial_id": trial_id})
+        self.run_ids[trial_id] = self.sink.start_child(self.parent_id, name, self._child_params(params),
+                                                       tags={"sweep.trial_id": trial_id}, start_ms=start_ms)
 
-    def _finish(self, rec, history: list) -> None:
+    def _finish(self, rec, history: list, end_ms: int, opening: tuple | None = None) -> None:
         from mlflow.entities import Metric
 
-        run_id = self.run_ids.get(rec.trial_id)
-        if run_id is None:
-            for r in self.sink.children(self.parent_id, trial_id=rec.trial_id):
-                self.sink.set_tags(r.info.run_id, {"sweep.superseded": "true"})
-            run_id = self.run_ids[rec.trial_id] = self.sink.start_child(
-                self.parent_id, f"{rec.method}-{rec.trial_id}",
-                {**self.sweep_params, "method": rec.method, "seed": rec.seed, "trial_id": rec.trial_id, **rec.knobs},
-                tags={"sweep.trial_id": rec.trial_id})
-        ms = [Metric(str(k), float(v), int(t), int(s)) for k, v, s, t in history
-              if isinstance(v, (int, float)) and math.isfinite(float(v))]
-        for i in range(0, len(ms), 500):
-            self.sink.client.log_batch(run_id, metrics=ms[i:i + 500])
+        metrics = [Metric(str(k), float(v), int(t), int(s)) for k, v, s, t in history
+                   if isinstance(v, (int, float)) and math.isfinite(float(v))]
+        measured = rec.status in ("ok", "stopped_early", "infeasible")  # measured outcomes: log what was measured
+        if measured:
+            metrics += _metrics({k: rec.get(k) for k in FINAL_METRICS}, timestamp_ms=end_ms)
         tags = {"sweep.node_id": rec.node_id, "sweep.host": rec.host, "sweep.latency_runtime": rec.latency_runtime}
-        if any(tags.values()):
-            self.sink.set_tags(run_id, {k: v for k, v in tags.items() if v})
-        if rec.status in ("ok", "stopped_early", "infeasible"):  # measured outcomes (log what was measured)
-            self.sink.log_metrics(run_id, {k: rec.get(k) for k in FINAL_METRICS})
-            if rec.status != "ok":
-                self.sink.set_tags(run_id, {"sweep.status": rec.status, "sweep.reason": (rec.error or "")[:5000]})
-            self.sink.end(run_id, "FINISHED")
+        tags = {k: v for k, v in tags.items() if v}
+        if measured and rec.status != "ok":
+            tags.update({"sweep.status": rec.status, "sweep.reason": (rec.error or "")[:5000]})
+        elif not measured:
+            tags["error"] = (rec.error or "")[:5000]
+        status = "FINISHED" if measured else "KILLED" if rec.status == "stopped" else "FAILED"
+        run_id = self.run_ids.get(rec.trial_id)
+        if run_id is None:  # opened now, finished: its start (queued, or the record's) and everything at once
+            if opening is not None:
+                _, name, params, start_ms = opening
+            else:
+                for r in self.sink.children(self.parent_id, trial_id=rec.trial_id):
+                    self.sink.set_tags(r.info.run_id, {"sweep.superseded": "true"})
+                name = f"{rec.method}-{rec.trial_id}"
+                params = {"method": rec.method, "seed": rec.seed, "trial_id": rec.trial_id, **rec.knobs}
+                start_ms = int(rec.started_at.timestamp() * 1000) if rec.started_at else None
+            run_id = self.run_ids[rec.trial_id] = self.sink.start_child(
+                self.parent_id, name, self._child_params(params), tags={"sweep.trial_id": rec.trial_id, **tags},
+                start_ms=start_ms, metrics=metrics)
         else:
-            self.sink.set_tags(run_id, {"error": (rec.error or "")[:5000]})
-            self.sink.end(run_id, "KILLED" if rec.status == "stopped" else "FAILED")
+            self.sink.log_batch(run_id, metrics=metrics, tags=tags)
+        self.sink.end(run_id, status, end_ms=end_ms)
 
     def _remeasured(self, records: list) -> None:
         for r in records:
             run_id = r.mlflow_run_id or self.run_ids.get(r.trial_id)
             if run_id is None:
                 continue
-            self.sink.log_metrics(run_id, {k: r.get(k) for k in ("latency_ms", "latency_iqr_ms", "latency_ratio")},
-                                  step=1)
-            self.sink.set_tags(run_id, {"sweep.latency": "re-measured alone",
-                                        **({"sweep.latency_runtime": r.latency_runtime} if r.latency_runtime else {})})
+            self.sink.log_batch(run_id, metrics=_metrics({k: r.get(k) for k in ("latency_ms", "latency_iqr_ms",
+                                                                               "latency_ratio")}, step=1),
+                                tags={"sweep.latency": "re-measured alone",
+                                      **({"sweep.latency_runtime": r.latency_runtime} if r.latency_runtime else {})})
 
     def _stop(self, trial_ids: list, reason: str) -> None:
         for tid in trial_ids:
@@ -307,6 +413,16 @@ class TrialMirror:
                 self.sink.set_tags(run_id, {"sweep.stopped": reason})
                 self.sink.end(run_id, "KILLED")
 
+    def _supersede(self, trial_ids: list) -> None:
+        self.sink.supersede_trial_runs(self.parent_id, trial_ids)
+
+
+# parent metrics (hypervolume, front size, trials done: one point per finished trial) are written at most
+# this often; each write is a transaction of the tracking store, and a trial may take less than a second
+PARENT_METRICS_EVERY_S = 1.0
+# a trial's run is opened at most this long after the trial started (with the trial's start time): a trial
+# that ends meanwhile has its run opened finished, which saves the store a transaction
+START_HOLD_S = 2.0
 
 # what a finished trial's run holds as metrics (its row holds these and more)
 FINAL_METRICS = ("accuracy", "test_accuracy", "agreement", "params", "macs", "latency_ms", "latency_iqr_ms",

@@ -5,7 +5,8 @@ Conventions:
 * One writer (the driver process) keeps every :class:`~sweep.results.schema.TrialRecord` keyed by
   ``trial_id``; the store is the only code that turns records into Parquet and back.
 * A finished trial is **appended** as one small Parquet part in ``trials.journal/`` (numbered in
-  order): the driver's cost per trial does not grow with the sweep.  :meth:`TrialStore.write`
+  order; trials that finish together may share one): the driver's cost per trial does not grow with
+  the sweep.  :meth:`TrialStore.write`
   **compacts**: it writes the whole table to ``trials.parquet`` and records in its metadata the last
   journal part it includes, then deletes those parts; a crash between the two leaves parts that
   readers skip, so nothing is applied twice.
@@ -96,11 +97,19 @@ class TrialStore:
 
     def append(self, record: TrialRecord) -> None:
         """Add or replace one trial's record in O(1): one small durable part in the journal."""
+        self.append_many([record])
+
+    def append_many(self, records: Iterable[TrialRecord]) -> None:
+        """Add or replace a few records (trials that finished together) as one durable journal part: the
+        cost of a part (two fsyncs) is paid once for them all.  Later records of a trial id win."""
+        records = list(records)
+        if not records:
+            return
         self.journal.mkdir(exist_ok=True)
         if self._next is None:  # once per store: after that, appending reads nothing
             parts = self._parts()
             self._next = max(parts[-1][0] if parts else 0, self._upto()) + 1
-        _write_durably(records_to_table([record], {}), self.journal / f"{self._next:08d}.parquet")
+        _write_durably(records_to_table(replace_by_id([], records), {}), self.journal / f"{self._next:08d}.parquet")
         self._next += 1
 
     def write(self, records: Iterable[TrialRecord], meta: dict) -> None:
