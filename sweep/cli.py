@@ -331,9 +331,12 @@ def cmd_methods(args) -> int:
     for name, spec in METHODS.items():
         labels = " [needs training labels]" if spec.needs_labels else " [usable in label-free sweeps]"
         _log(f"{name}: {spec.summary}{labels}")
-        for k in spec.knobs:
-            default = "unset" if k.default is None else k.default
-            _log(f"    {k.name:<16} {k.kind:<11} {k.range_text():<22} default {default!s:<8} {k.help}")
+        # columns as wide as this method's widest range and default (a long list of choices stays aligned)
+        defaults = ["unset" if k.default is None else str(k.default) for k in spec.knobs]
+        width = max([22] + [len(k.range_text()) for k in spec.knobs])
+        dwidth = max([8] + [len(d) for d in defaults])
+        for k, default in zip(spec.knobs, defaults):
+            _log(f"    {k.name:<16} {k.kind:<11} {k.range_text():<{width}} default {default:<{dwidth}} {k.help}")
     return 0
 
 
