@@ -47,6 +47,9 @@ NOISE: dict[str, str] = {"latency_ms": "latency_iqr_ms"}
 COST_REFERENCE = 1.1
 ACCURACY_REFERENCE = 0.0
 
+# The dense baseline's trial id (sweep.results.schema.BASELINE_ID; this module imports nothing of the results).
+BASELINE_ID = "baseline"
+
 # Rows per block when building the n x n domination matrix, to bound memory for large n.
 _CHUNK = 512
 
@@ -275,7 +278,9 @@ def front_flags(rows: Sequence[Mapping], objectives: Sequence[str], *, robust: b
 
     ``rows`` are mappings of column names to values (trial records or table rows).  Only rows with
     ``status == "ok"`` and a finite value for every objective take part; the others are never on the
-    front.  Directions come from :data:`DIRECTIONS`.  The dense baseline row takes part like any trial.
+    front.  Directions come from :data:`DIRECTIONS`.  The dense baseline row takes part like any trial; a
+    trial that removed nothing (:func:`removed_nothing`) does not: it is the dense network trained longer,
+    not a pruned candidate, and the baseline stands for its structure.
     ``robust=True`` uses the noise-aware test (module docstring): an objective in :data:`NOISE` is
     compared with its row's spread (a missing spread counts as none), so a point is off the robust
     front only when another beats it beyond the measured noise.
@@ -285,7 +290,9 @@ def front_flags(rows: Sequence[Mapping], objectives: Sequence[str], *, robust: b
         if name not in DIRECTIONS:
             raise ValueError(f"objective must be one of {sorted(DIRECTIONS)}, but got {name!r}")
     flags = [False] * len(rows)
-    cand = [i for i, r in enumerate(rows) if r.get("status") == "ok" and all(_finite(r.get(o)) for o in objectives)]
+    dense = removed_nothing(rows)
+    cand = [i for i, r in enumerate(rows) if r.get("status") == "ok" and not dense[i]
+            and all(_finite(r.get(o)) for o in objectives)]
     if cand:
         F = np.array([[float(rows[i][o]) for o in objectives] for i in cand], dtype=float)
         H = None
@@ -340,13 +347,30 @@ def structure_key(row: Mapping) -> tuple | None:
     return (int(params), int(macs), *extra)
 
 
+def removed_nothing(rows: Sequence[Mapping]) -> list[bool]:
+    """For each row, whether it is an ``ok`` trial (not the dense baseline) whose network has exactly the
+    baseline row's params and MACs: pruning removed nothing, so any quality it gained over the baseline is
+    training, not pruning.  All False when ``rows`` hold no baseline row."""
+    base = next((r for r in rows if r.get("trial_id") == BASELINE_ID), None)
+    if base is None or not (_finite(base.get("params")) and _finite(base.get("macs"))):
+        return [False] * len(rows)
+    same = (int(base["params"]), int(base["macs"]))
+    return [r.get("trial_id") != BASELINE_ID and r.get("status") == "ok" and _finite(r.get("params"))
+            and _finite(r.get("macs")) and (int(r["params"]), int(r["macs"])) == same for r in rows]
+
+
 def duplicate_of(rows: Sequence[Mapping]) -> list[str | None]:
     """For each ``ok`` row, the ``trial_id`` of the first earlier ``ok`` row with the same
-    :func:`structure_key` (a structurally identical network); None for the first of each structure and
-    for other rows.  Such candidates differ only by training noise and latency noise."""
+    :func:`structure_key` (a structurally identical network), or ``"baseline"`` for a trial that
+    removed nothing (:func:`removed_nothing`); None for the first of each structure and for other rows.
+    Such candidates differ only by training noise and latency noise."""
     first: dict = {}
     out: list[str | None] = []
-    for r in rows:
+    dense = removed_nothing(rows)
+    for i, r in enumerate(rows):
+        if dense[i]:
+            out.append(BASELINE_ID)
+            continue
         key = structure_key(r) if r.get("status") == "ok" else None
         if key is None:
             out.append(None)

@@ -178,3 +178,21 @@ def test_hypervolume_200_points_3d_is_fast() -> None:
     start = time.perf_counter()
     pareto.hypervolume(F, [3.0, 3.0, 3.0])
     assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("robust", [False, True])
+def test_a_trial_that_removed_nothing_is_marked_and_never_on_the_front(robust: bool) -> None:
+    """The dense network fine-tuned longer (same params and MACs as the baseline, higher accuracy) would
+    dominate the baseline; it is marked as the baseline's structure and kept off the front instead."""
+    from sweep.pareto import duplicate_of, front_flags, removed_nothing
+
+    base = {"trial_id": "baseline", "status": "ok", "accuracy": 0.90, "params": 1000, "macs": 5000,
+            "latency_ms": 2.0, "latency_iqr_ms": 0.0}
+    longer = {**base, "trial_id": "t1", "accuracy": 0.93, "latency_ms": 1.9}
+    pruned = {**base, "trial_id": "t2", "accuracy": 0.88, "params": 500, "macs": 2500, "latency_ms": 1.0}
+    rows = [base, longer, pruned]
+    assert removed_nothing(rows) == [False, True, False]
+    assert duplicate_of(rows) == [None, "baseline", None]
+    assert front_flags(rows, ["accuracy", "latency_ms", "params"], robust=robust) == [True, False, True]
+    # without a baseline row there is no reference: nothing is marked
+    assert removed_nothing([longer, pruned]) == [False, False]

@@ -77,7 +77,9 @@ class TrialRecord:
     on_front_robust: bool | None = _col(pa.bool_(), "on the noise-aware front: latencies whose IQR bands (median "
                                                     "± IQR/2) overlap count as equal (ok rows only)")
     duplicate_of: str | None = _col(pa.string(), "trial id of the first ok row with the same structure (params, "
-                                                 "MACs and recorded widths / removed blocks); null for the first")
+                                                 "MACs and recorded widths / removed blocks); `baseline` for a "
+                                                 "trial that removed nothing (never on the front: the dense "
+                                                 "network trained longer); null for the first")
     model_path: str | None = _col(pa.string(), "saved model, relative to the sweep folder")
     mlflow_run_id: str | None = _col(pa.string(), "MLflow run id (nested child run; the parent's for the baseline)")
     node_id: str | None = _col(pa.string(), "Ray node id of the node the trial ran on")
