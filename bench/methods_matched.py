@@ -55,7 +55,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -66,6 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from overhead import load, quiet  # noqa: E402  (the benchmarks' shared helpers; bench/ is on sys.path)
+from search_efficiency import mean, mean_std  # noqa: E402  (mean +- std over seeds, as that benchmark prints it)
 
 TARGETS = {"2x": 0.5, "4x": 0.25}
 # row label -> (registered method, knobs added to its steering); sr_init twice: the sweep's fine-tuning and the
@@ -326,20 +326,6 @@ def cat_search(cfg, folder: Path, target: str, frac: float, args) -> tuple[float
 
 
 # ------------------------------------------------------------------------------------------ figures
-def mean_std(xs: list[float], digits: int = 3) -> str:
-    xs = [x for x in xs if not math.isnan(x)]
-    if not xs:
-        return "-"
-    if len(xs) == 1:
-        return f"{xs[0]:.{digits}f}"
-    return f"{statistics.fmean(xs):.{digits}f}±{statistics.stdev(xs):.{digits}f}"
-
-
-def mean(xs: list[float]) -> float:
-    xs = [x for x in xs if not math.isnan(x)]
-    return statistics.fmean(xs) if xs else math.nan
-
-
 def gap_rho(runs: list[Run]) -> tuple[float, int]:
     """Spearman rho between LNPT's learning gap and validation accuracy over its retraining epochs, pooled."""
     from scipy.stats import spearmanr
@@ -357,7 +343,7 @@ def gap_rho(runs: list[Run]) -> tuple[float, int]:
 
 def table(rows: list[tuple[str, str, list[Run], str]], base_test: dict[str, float], budget: float) -> list[str]:
     head = (f"{'target':<6} {'method':<16} {'val acc':>13} {'test acc':>13} {'Δtest pt':>8} {'MACs ratio':>13} "
-            f"{'params ratio':>13} {'latency ms':>11} {'epochs':>6} {'wall s':>7}  steer")
+            f"{'params ratio':>13} {'latency ms':>11} {'epochs':>6} {'wall s':>9}  steer")
     out = [head, "-" * len(head)]
     for target, method, runs, steer in rows:
         ok = [r for r in runs if r.status == "ok"]
@@ -375,7 +361,7 @@ def table(rows: list[tuple[str, str, list[Run], str]], base_test: dict[str, floa
             f"{mean_std([r.test_accuracy for r in ok]):>13} {'' if math.isnan(delta) else f'{delta:+.2f}':>8} "
             f"{mean_std([r.macs_ratio for r in ok]):>13} {mean_std([r.params_ratio for r in ok]):>13} "
             f"{mean_std([r.latency_ms for r in ok], 2):>11} {mean_std([r.epochs for r in ok], 0):>6} "
-            f"{mean_std([r.wall_s for r in ok], 0):>7}  {steer}{'  [' + ', '.join(flags) + ']' if flags else ''}")
+            f"{mean_std([r.wall_s for r in ok], 0):>9}  {steer}{'  [' + ', '.join(flags) + ']' if flags else ''}")
     return out
 
 
