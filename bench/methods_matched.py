@@ -65,7 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from overhead import load, quiet  # noqa: E402  (the benchmarks' shared helpers; bench/ is on sys.path)
-from search_efficiency import mean, mean_std  # noqa: E402  (mean +- std over seeds, as that benchmark prints it)
+from search_efficiency import mean, mean_std, spearman  # noqa: E402  (the same figures as that benchmark's)
 
 TARGETS = {"2x": 0.5, "4x": 0.25}
 # row label -> (registered method, knobs added to its steering); sr_init twice: the sweep's fine-tuning and the
@@ -328,17 +328,13 @@ def cat_search(cfg, folder: Path, target: str, frac: float, args) -> tuple[float
 # ------------------------------------------------------------------------------------------ figures
 def gap_rho(runs: list[Run]) -> tuple[float, int]:
     """Spearman rho between LNPT's learning gap and validation accuracy over its retraining epochs, pooled."""
-    from scipy.stats import spearmanr
-
     gaps, accs = [], []
     for r in runs:
         g, a = r.info.get("learning_gap") or [], r.info.get("val_accuracy") or []
         pairs = [(float(x), float(y)) for x, y in zip(g, a) if x is not None and y is not None]
         gaps += [p[0] for p in pairs]
         accs += [p[1] for p in pairs]
-    if len(gaps) < 3 or len(set(gaps)) < 2 or len(set(accs)) < 2:
-        return math.nan, len(gaps)
-    return float(spearmanr(gaps, accs).statistic), len(gaps)
+    return spearman(gaps, accs), len(gaps)
 
 
 def table(rows: list[tuple[str, str, list[Run], str]], base_test: dict[str, float], budget: float) -> list[str]:
