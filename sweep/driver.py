@@ -225,12 +225,13 @@ def _received(st, rec: TrialRecord) -> TrialRecord:
 
 # ------------------------------------------------------------------------------- driver side
 def _hypervolume(records: list[TrialRecord], objectives, baseline: dict) -> float:
-    """The sweep's hypervolume over every ok record, the dense baseline included (see README: Pareto front)."""
+    """The sweep's hypervolume over every ok record, the dense baseline included, trials that removed nothing
+    left out (see README: Pareto front)."""
     import numpy as np
 
-    from .pareto import sweep_hypervolume
+    from .pareto import counts_toward_front, sweep_hypervolume
 
-    ok = [r for r in records if r.status == "ok"]
+    ok = [r for r, counted in zip(records, counts_toward_front(records)) if counted]
     vals = {o: np.array([float(r.get(o, math.nan)) for r in ok]) for o in objectives}
     return float(sweep_hypervolume(vals, list(objectives), baseline)) if ok else 0.0
 

@@ -290,9 +290,8 @@ def front_flags(rows: Sequence[Mapping], objectives: Sequence[str], *, robust: b
         if name not in DIRECTIONS:
             raise ValueError(f"objective must be one of {sorted(DIRECTIONS)}, but got {name!r}")
     flags = [False] * len(rows)
-    dense = removed_nothing(rows)
-    cand = [i for i, r in enumerate(rows) if r.get("status") == "ok" and not dense[i]
-            and all(_finite(r.get(o)) for o in objectives)]
+    counted = counts_toward_front(rows)
+    cand = [i for i, r in enumerate(rows) if counted[i] and all(_finite(r.get(o)) for o in objectives)]
     if cand:
         F = np.array([[float(rows[i][o]) for o in objectives] for i in cand], dtype=float)
         H = None
@@ -345,6 +344,14 @@ def structure_key(row: Mapping) -> tuple | None:
     extra = tuple(json.dumps(info.get(k), sort_keys=True, default=str) for k in ("channels", "removed")
                   if info.get(k) is not None)
     return (int(params), int(macs), *extra)
+
+
+def counts_toward_front(rows: Sequence[Mapping]) -> list[bool]:
+    """For each row, whether it takes part in the front and the hypervolume: ``ok`` and not a trial that
+    removed nothing (:func:`removed_nothing`: the dense network trained longer, which the baseline stands
+    for).  Every front and every hypervolume of a sweep (driver, report, benchmarks) counts these rows."""
+    dense = removed_nothing(rows)
+    return [r.get("status") == "ok" and not d for r, d in zip(rows, dense)]
 
 
 def removed_nothing(rows: Sequence[Mapping]) -> list[bool]:

@@ -38,6 +38,8 @@ class Figures:
     macs: int
     latency: dict = field(default_factory=dict)
     agreement: float = 1.0
+    nmi: float | None = None  # clustering sweeps (an unsupervised teacher) with a labelled set only
+    test_nmi: float | None = None
 
 
 # ------------------------------------------------------------------------------- data + models
@@ -126,14 +128,19 @@ def measure_all(cfg: SweepConfig, model, splits, data: TrialData, threads: int, 
 
     device = cfg.measure.device
     model = model.to(device).eval()
-    if cfg.baseline.teacher is not None:  # outputs are cluster indices: accuracy after Hungarian matching
-        from .mbn.teacher import cluster_accuracy as accuracy
-    acc = accuracy(model, data.val, device) if data.val is not None else None  # None: no labelled set
-    test_acc = accuracy(model, data.test, device) if data.test is not None else None
+    scores = {}  # accuracy, test_accuracy (+ nmi, test_nmi for clusters); None: no labelled set
+    for split, loader in (("", data.val), ("test_", data.test)):
+        if cfg.baseline.teacher is not None:  # outputs are cluster indices: matched to the labels (Hungarian)
+            from .mbn.teacher import cluster_scores
+
+            acc, nmi = cluster_scores(model, loader, device) if loader is not None else (None, None)
+            scores[f"{split}accuracy"], scores[f"{split}nmi"] = acc, nmi
+        else:
+            scores[f"{split}accuracy"] = accuracy(model, loader, device) if loader is not None else None
     agree = 1.0 if teacher is None else agreement(model, teacher.to(device), data.method.val_inputs, device)
     if costs is not None:
-        return Figures(accuracy=acc, test_accuracy=test_acc, params=costs["params"], macs=costs["macs"],
-                       latency=costs["latency"], agreement=agree)
+        return Figures(**scores, params=costs["params"], macs=costs["macs"], latency=costs["latency"],
+                       agreement=agree)
     cpu_model = model.to("cpu")
     macs = count_macs(cpu_model, splits.example_input(1))
     params = count_params(cpu_model)
@@ -141,8 +148,7 @@ def measure_all(cfg: SweepConfig, model, splits, data: TrialData, threads: int, 
     lat = measure_latency(model.to(device), splits.input_shape, batch=cfg.measure.latency_batch,
                           warmup=cfg.measure.warmup, repeats=cfg.measure.repeats, threads=threads,
                           device=device, runtime=cfg.measure.runtime)
-    return Figures(accuracy=acc, test_accuracy=test_acc, params=params, macs=macs, latency=lat.to_dict(),
-                   agreement=agree)
+    return Figures(**scores, params=params, macs=macs, latency=lat.to_dict(), agreement=agree)
 
 
 def skipped_layers(cfg: SweepConfig, model, example) -> list:
@@ -280,7 +286,8 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: 
         fig = out.fig
         return costed("ok", {"params": fig.params, "macs": fig.macs, "latency": fig.latency}, out.epochs,
                       accuracy=fig.accuracy, test_accuracy=fig.test_accuracy, agreement=fig.agreement,
-                      model_path=out.rel, info=json.dumps(out.info, default=str))
+                      nmi=fig.nmi, test_nmi=fig.test_nmi, model_path=out.rel,
+                      info=json.dumps(out.info, default=str))
     except TrialFailure as e:
         error = str(e)
     except torch.OutOfMemoryError as e:  # type: ignore[attr-defined]

@@ -390,6 +390,9 @@ def test_digits_sweep_with_an_mbn_teacher_end_to_end(tmp_path, monkeypatch, caps
     assert teacher["latency"]["threads"] == base["threads"] and teacher["latency"]["device"] == base["device"]
     assert 0 < teacher["val_cluster_accuracy"] <= 1 and 0 <= teacher["val_nmi"] <= 1 and teacher["latency_ms"] > 0
     assert df["agreement"].between(0, 1).all() and df["accuracy"].between(0, 1).all()
+    # every row (baseline and trials) has its clusters' NMI against the labels, validation and test
+    assert df["nmi"].between(0, 1).all() and df["test_nmi"].between(0, 1).all()
+    assert base["nmi"] == pytest.approx(json.loads(base["info"])["summary"]["nmi"])
 
     report = tmp_path / "reports" / "mbn_e2e"
     summary = (report / "summary.md").read_text(encoding="utf-8")
@@ -399,6 +402,9 @@ def test_digits_sweep_with_an_mbn_teacher_end_to_end(tmp_path, monkeypatch, caps
     header, _rule, *lines = [line for line in summary.splitlines() if line.startswith("|")]
     col = [c.strip() for c in header.split("|")].index("speed-up vs teacher")
     cells = {line.split("|")[1].strip(): line.split("|")[col].strip() for line in lines}
+    nmi_col = [c.strip() for c in header.split("|")].index("NMI")
+    assert {line.split("|")[1].strip(): line.split("|")[nmi_col].strip() for line in lines}["baseline"] == \
+        f"{base['nmi']:.4f}"
     assert cells["baseline"] == fmt_speedup(teacher["latency_ms"] / base["latency_ms"])  # same conditions: no *
     index = (report / "index.html").read_text(encoding="utf-8")
     assert 'alt="agreement vs latency, with the MBN teacher point"' in index and "<td>MBN teacher</td>" in index
@@ -431,3 +437,26 @@ def test_shipped_mbn_spaces_parse_label_free_with_an_mbn_teacher():
         assert {m.name for m in cfg.methods} == {"magnitude", "lnpt"}
     fashion = load_config(root / "mbn_fashion_mnist.yaml")
     assert fashion.dataset.options["train_subset"] == 3000  # what MBN is fitted on: sized for 2 cores
+
+
+def test_teacher_module_remembers_batches_by_content_and_matches_mbn(tiny, monkeypatch):
+    """MBNTeacher asks MBN once per distinct batch (a trial's rungs re-read the same validation batches): a
+    repeated batch is a memo hit, a different batch of the same shape is not, and outputs equal MBN's."""
+    from sweep.mbn.teacher import HARD_LOGIT, MBNTeacher
+
+    x, mbn = tiny
+    teacher = MBNTeacher(mbn)
+    calls = []
+    real = mbn.predict
+    monkeypatch.setattr(mbn, "predict", lambda b: calls.append(len(b)) or real(b))
+    a, b = torch.as_tensor(x[:20], dtype=torch.float32), torch.as_tensor(x[20:40], dtype=torch.float32)
+    first = teacher(a)
+    assert torch.equal(first.argmax(1), real(a)) and float(first.max()) == HARD_LOGIT
+    assert torch.equal(teacher(a.clone()), first) and calls == [20]  # same bytes: no second prediction
+    assert torch.equal(teacher(b).argmax(1), real(b)) and calls == [20, 20]  # same shape, other points
+    teacher.to("cpu")  # moving the module forgets the memo
+    teacher(a)
+    assert calls == [20, 20, 20]
+    timed = MBNTeacher(mbn, memo=False)  # the one whose latency is measured: it predicts at every call
+    timed(a), timed(a)
+    assert calls == [20, 20, 20, 20, 20]

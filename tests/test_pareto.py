@@ -196,3 +196,30 @@ def test_a_trial_that_removed_nothing_is_marked_and_never_on_the_front(robust: b
     assert front_flags(rows, ["accuracy", "latency_ms", "params"], robust=robust) == [True, False, True]
     # without a baseline row there is no reference: nothing is marked
     assert removed_nothing([longer, pruned]) == [False, False]
+
+
+def test_a_trial_that_removed_nothing_adds_nothing_to_the_hypervolume() -> None:
+    """The driver's hypervolume and the report's (summary and history) leave such a trial out: the same
+    sweep with and without it has the same volume, although it would dominate the baseline."""
+    import pandas as pd
+
+    from sweep.driver import _hypervolume
+    from sweep.report.rows import objective_values, ok_rows_in_order
+    from sweep.results.schema import TrialRecord
+
+    objectives = ["accuracy", "params"]
+    base = dict(sweep="s", status="ok", accuracy=0.90, params=1000, macs=5000, latency_ms=2.0, method="baseline")
+    baseline = {"accuracy": 0.90, "params": 1000, "macs": 5000, "latency_ms": 2.0}
+    rows = [TrialRecord(trial_id="baseline", **base),
+            TrialRecord(trial_id="t2", **{**base, "method": "m", "accuracy": 0.88, "params": 500, "macs": 2500})]
+    longer = TrialRecord(trial_id="t1", **{**base, "method": "m", "accuracy": 0.95})
+    with_it = _hypervolume([*rows, longer], objectives, baseline)
+    assert with_it == pytest.approx(_hypervolume(rows, objectives, baseline)) and with_it > 0
+    assert _hypervolume([rows[0], longer], objectives, baseline) == pytest.approx(
+        _hypervolume(rows[:1], objectives, baseline))
+    df = pd.DataFrame([{c: r.get(c) for c in ("trial_id", "status", "accuracy", "params", "macs", "ended_at")}
+                       for r in [*rows, longer]])
+    kept = ok_rows_in_order(df)
+    assert list(kept["trial_id"]) == ["baseline", "t2"]
+    history = pareto.hypervolume_history(objective_values(kept, objectives), objectives, baseline)
+    assert history[-1] == pytest.approx(with_it)

@@ -48,8 +48,10 @@ def trials(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def ok_rows_in_order(df: pd.DataFrame) -> pd.DataFrame:
-    """``ok`` rows in the order the hypervolume grows: the baseline first, then trials by end time."""
-    ok = df[is_ok(df)]
+    """The rows the hypervolume counts (``ok``, not a trial that removed nothing:
+    :func:`sweep.pareto.counts_toward_front`) in the order it grows: the baseline first, then trials by end
+    time."""
+    ok = df[pareto.counts_toward_front(df.to_dict("records"))] if len(df) else df
     done = ok[~is_baseline(ok)].sort_values("ended_at", kind="stable", na_position="last")
     return pd.concat([ok[is_baseline(ok)], done])
 

@@ -205,9 +205,11 @@ def summary_items(s: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def front_headers(quality: str, teacher: Teacher | None = None) -> list[str]:
-    """The front table's headers; with an MBN ``teacher``, ``speed-up vs teacher`` after the ratios."""
-    return ["trial", "method", "knobs", *quality_columns(quality), "test_accuracy", "params", "MACs", "latency_ms",
-            *RATIO_HEADERS, *([SPEEDUP_HEADER] if teacher is not None else []), *NOISE_HEADERS]  # fmt: skip
+    """The front table's headers; with an MBN ``teacher``, the clusters' NMI (validation) after the test
+    accuracy and ``speed-up vs teacher`` after the ratios."""
+    return ["trial", "method", "knobs", *quality_columns(quality), "test_accuracy",
+            *(["NMI"] if teacher is not None else []), "params", "MACs", "latency_ms", *RATIO_HEADERS,
+            *([SPEEDUP_HEADER] if teacher is not None else []), *NOISE_HEADERS]
 
 
 def front_cells(front: pd.DataFrame, meta: dict[str, Any], knob_cols: Sequence[str],
@@ -226,6 +228,7 @@ def front_cells(front: pd.DataFrame, meta: dict[str, Any], knob_cols: Sequence[s
             knobs_text(row, knob_cols),
             *(fmt_quality(row[q]) for q in quality_columns(meta["quality"])),
             fmt_quality(row["test_accuracy"]),
+            *([fmt_quality(row.get("nmi"))] if teacher is not None else []),
             fmt_count(row["params"]),
             fmt_count(row["macs"]),
             fmt_ms(row["latency_ms"], row["latency_iqr_ms"]),

@@ -425,5 +425,5 @@ PARENT_METRICS_EVERY_S = 1.0
 START_HOLD_S = 2.0
 
 # what a finished trial's run holds as metrics (its row holds these and more)
-FINAL_METRICS = ("accuracy", "test_accuracy", "agreement", "params", "macs", "latency_ms", "latency_iqr_ms",
-                 "params_ratio", "macs_ratio", "latency_ratio", "wall_s")
+FINAL_METRICS = ("accuracy", "test_accuracy", "agreement", "nmi", "test_nmi", "params", "macs", "latency_ms",
+                 "latency_iqr_ms", "params_ratio", "macs_ratio", "latency_ratio", "wall_s")

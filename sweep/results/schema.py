@@ -55,6 +55,10 @@ class TrialRecord:
     agreement: float | None = _col(pa.float64(), "top-1 agreement with the dense baseline (teacher) on the "
                                                  "validation inputs (the quality objective of label-free sweeps; "
                                                  "reads no label)")
+    nmi: float | None = _col(pa.float64(), "normalised mutual information of the predicted clusters with the labels "
+                                           "on the validation split (sweeps with an unsupervised teacher: labels read "
+                                           "for this figure only; null elsewhere or without a labelled set)")
+    test_nmi: float | None = _col(pa.float64(), "the same NMI on the test split")
     baseline_accuracy: float | None = _col(pa.float64(), "validation accuracy of the dense baseline")
     baseline_test_accuracy: float | None = _col(pa.float64(), "test accuracy of the dense baseline")
     params: int | None = _col(pa.int64(), "parameter count")
