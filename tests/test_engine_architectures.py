@@ -13,7 +13,7 @@ from sweep.measure import count_macs, count_params
 from sweep.models import build_model
 
 # (model, input channels, input size): inputs as small as each net allows
-FAST = [("yolo7_cls", 1, 28), ("cifar_resnet20", 3, 32)]
+FAST = [("yolo7_cls", 1, 28), ("cifar_resnet20", 3, 32), ("mlp", 1, 28)]
 SLOW = [("cifar_resnet56", 3, 32), ("vgg16_bn", 3, 32), ("torchvision:resnet18", 3, 32),
         ("torchvision:mobilenet_v2", 3, 32), ("torchvision:densenet121", 3, 32),
         ("torchvision:googlenet", 3, 64)]

@@ -290,7 +290,7 @@ def test_space_with_an_mbn_teacher_parses_and_bad_ones_are_one_line_errors():
         parse_config(_teacher_space(baseline={"teacher": {"mbn": {}}, "cloud_fraction": 0.3}), source="s.yaml")
 
 
-def _baseline_run(tmp_path, name, garbage_labels, monkeypatch):
+def _baseline_run(tmp_path, name, garbage_labels, monkeypatch, **mbn):
     import dataclasses
 
     import sweep.trial as trial
@@ -298,7 +298,9 @@ def _baseline_run(tmp_path, name, garbage_labels, monkeypatch):
     from sweep.folder import SweepFolder
     from sweep.mbn.teacher import load_teacher, teacher_path
 
-    cfg = parse_config(_teacher_space(), source="s.yaml")
+    space = _teacher_space()
+    space["baseline"]["teacher"]["mbn"].update(mbn)
+    cfg = parse_config(space, source="s.yaml")
     splits = trial.load_splits(cfg)
     if garbage_labels:  # every label replaced: nothing on the teacher or student path may change
         def scramble(ds, seed):
@@ -335,6 +337,20 @@ def test_mbn_teacher_baseline_reads_no_label(tmp_path, monkeypatch):
     student_a = folder.load_baseline_model().state_dict()
     student_b = other.load_baseline_model().state_dict()
     assert all(torch.equal(student_a[k], student_b[k]) for k in student_a)
+
+
+def test_mbn_teacher_fitted_on_fit_points_labels_every_training_input(tmp_path, monkeypatch):
+    """``fit_points``: MBN is fitted on a seeded subset (k1 = half of it) and labels all training inputs,
+    which the student learns from; more fit points than inputs is a one-line error naming the key."""
+    folder, rec, state, loaded = _baseline_run(tmp_path, "sub", False, monkeypatch, fit_points=100)
+    teacher = folder.baseline()["teacher"]
+    assert rec.status == "ok" and teacher["fit_points"] == 100 and teacher["train_points"] == 160
+    assert loaded.mbn.ks[0] == 50  # k1 = half the fit set, not half the 160 training inputs
+    with pytest.raises(ConfigError, match=r"fit_points must be at most the number of training inputs \(160\), but "
+                                          r"got fit_points=161 \(s.yaml: baseline.teacher.mbn.fit_points\)"):
+        _baseline_run(tmp_path, "too_many", False, monkeypatch, fit_points=161)
+    with pytest.raises(ConfigError, match=r"fit_points must be an integer >= 4, but got fit_points=3"):
+        MBNConfig(fit_points=3)
 
 
 # ------------------------------------------------------------------------------------------ a whole sweep
@@ -436,7 +452,8 @@ def test_shipped_mbn_spaces_parse_label_free_with_an_mbn_teacher():
         assert cfg.measure.runtime == "torch"  # MBN is timed on torch: the speed-up compares like with like
         assert {m.name for m in cfg.methods} == {"magnitude", "lnpt"}
     fashion = load_config(root / "mbn_fashion_mnist.yaml")
-    assert fashion.dataset.options["train_subset"] == 3000  # what MBN is fitted on: sized for 2 cores
+    assert fashion.baseline.teacher.fit_points == 3000  # what MBN is fitted on: sized for 2 cores
+    assert fashion.dataset.options["train_subset"] == 20000 and fashion.model.name == "mlp"  # MBN labels them all
 
 
 def test_teacher_module_remembers_batches_by_content_and_matches_mbn(tiny, monkeypatch):

@@ -90,7 +90,7 @@ def test_small_cnn_is_small_and_pools_only_when_possible():
 
 SHAPE_CASES = [
     (name, channels, size)
-    for name in ["small_cnn", "cifar_resnet20", "cifar_resnet56", "vgg16_bn", "yolo7_cls"]
+    for name in ["small_cnn", "cifar_resnet20", "cifar_resnet56", "vgg16_bn", "yolo7_cls", "mlp"]
     for channels in (1, 3)
     for size in (8, 28, 32)
 ]
@@ -123,7 +123,7 @@ def test_model_names_lists_registry_and_patterns():
 
 
 @pytest.mark.parametrize("name, c, size, head", [
-    ("small_cnn", 1, 28, "fc"), ("cifar_resnet20", 3, 32, "fc"), ("cifar_resnet56", 3, 32, "fc"),
+    ("small_cnn", 1, 28, "fc"), ("mlp", 1, 28, "fc"), ("cifar_resnet20", 3, 32, "fc"), ("cifar_resnet56", 3, 32, "fc"),
     ("vgg16_bn", 3, 32, "classifier"), ("yolo7_cls", 1, 28, "fc"), ("torchvision:resnet18", 3, 32, "fc"),
     ("torchvision:mobilenet_v2", 3, 32, "classifier.1"), ("torchvision:densenet121", 3, 32, "classifier"),
 ])

@@ -4,8 +4,9 @@ Compressive MBN (Zhang, arXiv 1503.06452) treats MBN + its k-means application a
 network from the raw inputs to the application's output. In a sweep:
 
 1. the teacher is fitted once per sweep on the unlabeled training inputs (the device data: nothing else is
-   read) and saved as ``<sweep>/baseline/teacher_mbn.pt`` (plain tensors, :meth:`MBN.save`); a folder that
-   already holds it (a resumed sweep whose baseline training had failed) reuses it instead of refitting;
+   read; with ``fit_points``, on a seeded subset of them, and then labels all of them) and saved as
+   ``<sweep>/baseline/teacher_mbn.pt`` (plain tensors, :meth:`MBN.save`); a folder that already holds it
+   (a resumed sweep whose baseline training had failed) reuses it instead of refitting;
 2. the dense model of the space (``num_classes`` = the teacher's clusters) is trained on the teacher's
    cluster indices of the training inputs (cross-entropy, the space's ``baseline`` epochs and lr): the
    dense student, which the trials then prune;
@@ -110,6 +111,21 @@ def load_teacher(io, device: str = "cpu") -> MBNTeacher | None:
     return None if state is None else MBNTeacher(MBN.from_state(state, device=device, where=TEACHER_FILE)).eval()
 
 
+def fit_inputs(x_train: torch.Tensor, cfg) -> torch.Tensor:
+    """The training inputs MBN is fitted on: all of them, or ``cfg.fit_points`` of them drawn by a
+    permutation seeded with the teacher's seed (no label is read), in their original order."""
+    from ..errors import ConfigError
+
+    n = len(x_train)
+    if cfg.fit_points is None or cfg.fit_points == n:
+        return x_train
+    if cfg.fit_points > n:
+        raise ConfigError(f"fit_points must be at most the number of training inputs ({n}), but got "
+                          f"fit_points={cfg.fit_points} ({cfg.loc('fit_points')})")
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:cfg.fit_points]
+    return x_train[pick.sort().values]
+
+
 def inputs_of(dataset) -> torch.Tensor:
     """All inputs of a dataset as one tensor, through its label-free view (items ``(x,)``)."""
     from torch.utils.data import TensorDataset
@@ -169,16 +185,23 @@ def prepare_mbn_baseline(cfg, folder, log: Callable[[str], None] = print):
         mbn = MBN.load(path, device=device)
         log(f"teacher: MBN read from {path}")
         targets = mbn.predict(x_train).cpu()
+        fit_s = time.time() - t0  # reading and labelling
     else:
+        x_fit = fit_inputs(x_train, tcfg)
         log(f"fitting the teacher: MBN (V={tcfg.V}, delta={tcfg.delta}, feature ratio {tcfg.feature_ratio}, "
-            f"{tcfg.clusters} clusters) on {len(x_train)} unlabeled training inputs")
-        mbn = MBN(tcfg, device=device).fit(x_train, log=log)
+            f"{tcfg.clusters} clusters) on {len(x_fit)} of {len(x_train)} unlabeled training inputs")
+        mbn = MBN(tcfg, device=device).fit(x_fit, log=log)
+        fit_s = time.time() - t0  # fitting alone
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         mbn.save(tmp)
         os.replace(tmp, path)
-        targets = mbn.train_labels_.cpu()
-    fit_s = time.time() - t0
+        if len(x_fit) == len(x_train):
+            targets = mbn.train_labels_.cpu()
+        else:  # MBN labels every training input for the student, the fitted ones as fitted
+            t1 = time.time()
+            targets = mbn.predict(x_train).cpu()
+            log(f"teacher: MBN labelled the {len(x_train)} training inputs in {time.time() - t1:.1f} s")
     teacher = MBNTeacher(mbn).eval()
 
     c, h, _ = splits.input_shape
@@ -223,6 +246,7 @@ def prepare_mbn_baseline(cfg, folder, log: Callable[[str], None] = print):
 
     teacher_info = {"kind": "mbn", "path": TEACHER_FILE, "settings": tcfg.settings(), "ks": mbn.ks,
                     "fit_s": fit_s, "reused": reused, "train_points": len(x_train),
+                    "fit_points": tcfg.fit_points or len(x_train),
                     "val_cluster_accuracy": figures["val"]["teacher_acc"], "val_nmi": figures["val"]["teacher_nmi"],
                     "test_cluster_accuracy": figures["test"]["teacher_acc"],
                     "test_nmi": figures["test"]["teacher_nmi"], "latency": t_lat.to_dict(),

@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import ConfigError, RegistryError
 from ..registry import Registry
 from .cifar_resnet import cifar_resnet20, cifar_resnet56, cifar_resnet110
+from .mlp import mlp
 from .small_cnn import small_cnn
 from .vgg import vgg16_bn
 from .yolo_style import yolo7_cls
@@ -37,6 +38,7 @@ MODELS.add("cifar_resnet56", cifar_resnet56)
 MODELS.add("cifar_resnet110", cifar_resnet110)
 MODELS.add("vgg16_bn", vgg16_bn)
 MODELS.add("yolo7_cls", yolo7_cls)
+MODELS.add("mlp", mlp)
 
 TORCHVISION_PATTERN = "torchvision:<name>"
 USER_PATTERN = "package.module:function"
