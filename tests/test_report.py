@@ -601,3 +601,18 @@ def test_summary_says_when_no_labelled_set_was_given(tmp_path: Path, dataset: st
     report.build_report(tmp_path / "sweep", tmp_path / "report")
     said = "no labelled set was given" in (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
     assert said == (dataset == "unlabeled")
+
+
+def test_a_second_render_drops_per_trial_plots_it_no_longer_draws(tmp_path: Path) -> None:
+    """Per-trial plots of an earlier render (a trial since gone from the table) are removed; other files a
+    user keeps in the report folder stay."""
+    write_trials(tmp_path / "sweep")
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    (out / "layers_gone.png").write_bytes(b"\x89PNG old")
+    (out / "widths_gone.png").write_bytes(b"\x89PNG old")
+    written = {p.name for p in report.build_report(tmp_path / "sweep", out)}
+    assert not (out / "layers_gone.png").exists() and not (out / "widths_gone.png").exists()
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert written <= {p.name for p in out.iterdir()}

@@ -28,6 +28,7 @@ from .plots import (
     HV_FILE,
     PLOT_FILES,
     DetailPlot,
+    is_trial_plot,
     plot_hypervolume,
     plot_projection,
     safe_name,
@@ -290,9 +291,13 @@ def build_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; a report folder should be readable
             tmp.rename(out_dir)  # the whole report appears at once
         else:
-            # Keep unrelated files already in out_dir; replace ours one by one (each atomic).
+            # Keep unrelated files already in out_dir; replace ours one by one (each atomic), then drop the
+            # per-trial plots of an earlier render that this one no longer draws (they would look current).
             for name in names:
                 os.replace(tmp / name, out_dir / name)
+            for stale in sorted(set(os.listdir(out_dir)) - set(names)):
+                if is_trial_plot(stale) and (out_dir / stale).is_file():
+                    (out_dir / stale).unlink()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [out_dir / name for name in names]

@@ -43,6 +43,7 @@ from .rows import (
 from .teacher import COLOUR as TEACHER_COLOUR
 from .teacher import LABEL as TEACHER_LABEL
 from .teacher import Teacher, hover_text, teacher_mark
+from .widths import WIDTHS_PREFIX
 
 COST_WORDS = {"latency_ms": "latency", "params": "params", "macs": "macs"}
 PLOT_FILES = {cost: f"accuracy_vs_{word}.png" for cost, word in COST_WORDS.items()}
@@ -83,8 +84,19 @@ def _no_data(ax: Any, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
+# per-trial plot files (``<prefix><trial id>.png``): which trials get one changes from render to render
+TRIAL_PLOT_PREFIXES = ("trajectory_", "layers_", "blocks_", WIDTHS_PREFIX)
+
+
 def safe_name(prefix: str, trial_id: str) -> str:
+    if prefix not in TRIAL_PLOT_PREFIXES:
+        raise ValueError(f"prefix must be one of {TRIAL_PLOT_PREFIXES}, but got prefix={prefix!r}")
     return prefix + re.sub(r"[^A-Za-z0-9_.-]", "_", trial_id) + ".png"
+
+
+def is_trial_plot(name: str) -> bool:
+    """Whether a file name is a per-trial plot of a report (see :data:`TRIAL_PLOT_PREFIXES`)."""
+    return name.endswith(".png") and name.startswith(TRIAL_PLOT_PREFIXES)
 
 
 # --------------------------------------------------------------------------- quality vs cost
