@@ -143,6 +143,9 @@ class BaselineConfig:
     # a non-neural teacher fitted on the unlabeled training inputs (baseline.teacher.mbn: sweep.mbn.MBNConfig);
     # the dense model is then a student trained on the teacher's cluster indices
     teacher: Any = None
+    # the dense model fine-tuned like a trial (finetune.*, nothing removed) once per sweep: the reference a
+    # pruned trial's quality is read against (trial.dense_reference)
+    reference: bool = True
 
 
 @dataclass(frozen=True)
@@ -361,7 +364,7 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
     braw = top.get("baseline")
     if isinstance(braw, str):
         braw = {"path": braw}
-    b = _Section(braw, f"{source}: baseline", ("path", "epochs", "lr", "cloud_fraction", "teacher"))
+    b = _Section(braw, f"{source}: baseline", ("path", "epochs", "lr", "cloud_fraction", "teacher", "reference"))
     teacher = _teacher(b.get("teacher"), b.loc("teacher"), labels, seed, b.data)
     bpath = b.str("path", None)
     if bpath is not None:
@@ -401,6 +404,7 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
                           **common),
         cloud_fraction=cloud,
         teacher=teacher,
+        reference=b.bool("reference", True),
     )
     f = _Section(top.get("finetune"), f"{source}: finetune", ("epochs", "lr", "temperature"))
     finetune = TrainConfig(epochs=f.int("epochs", 3, lo=0), lr=f.float("lr", 0.01, lo=0.0, lo_open=True),

@@ -200,10 +200,12 @@ def prepare_baseline(cfg: SweepConfig, folder: SweepFolder, log=print) -> TrialR
         fig = measure_all(cfg, model, splits, data, trial_threads(cfg))
     except TrialFailure as e:
         raise _baseline_failure(cfg, folder, str(e), trained=bool(epochs)) from None
+    reference = _logged_reference(cfg, model, splits, data, log, judge=model if cfg.label_free else None)
     summary = {"accuracy": fig.accuracy, "test_accuracy": fig.test_accuracy, "agreement": 1.0, "params": fig.params,
                "macs": fig.macs, "latency_ms": fig.latency["median_ms"], "latency": fig.latency,
                "model": cfg.model.name, "dataset": cfg.dataset.name, "epochs": epochs,
-               "input_shape": list(splits.input_shape), "num_classes": splits.num_classes}
+               "input_shape": list(splits.input_shape), "num_classes": splits.num_classes,
+               **({"reference": reference} if reference else {})}
     rel = folder.write_baseline(model.to("cpu"), summary)
     ended = time.time()
     return TrialRecord(
@@ -214,6 +216,61 @@ def prepare_baseline(cfg: SweepConfig, folder: SweepFolder, log=print) -> TrialR
         params_ratio=1.0, macs_ratio=1.0, latency_ratio=1.0,
         model_path=rel, seed=cfg.seed, finetune_epochs=epochs, wall_s=ended - started,
         started_at=started, ended_at=ended, info=json.dumps({"summary": summary}))
+
+
+def _logged_reference(cfg: SweepConfig, model, splits, data: TrialData, log, judge=None) -> dict | None:
+    """:func:`dense_reference`, said in one line; a reference that fails to train is left out, said why."""
+    if not cfg.baseline.reference or cfg.finetune.epochs <= 0:
+        return None
+    log(f"reference: the dense model fine-tuned {cfg.finetune.epochs} epoch(s) like a trial, nothing removed")
+    try:
+        ref = dense_reference(cfg, model, splits, data, judge)
+    except TrialFailure as e:
+        log(f"reference: left out ({e})")
+        return None
+    if ref is not None:
+        q = cfg.quality
+        log(f"reference: {q} {ref[q]:.4f}" if ref.get(q) is not None else "reference: no labelled set")
+    return ref
+
+
+def dense_reference(cfg: SweepConfig, model, splits, data: TrialData, judge=None) -> dict | None:
+    """The dense network given the trials' fine-tuning budget (``finetune.*``: the same epochs and recipe,
+    ``ctx.finetune``; nothing removed): its quality is the reference a pruned trial is read against -- a
+    trial above the baseline but not above this was trained longer, not pruned better.  ``judge``: the
+    sweep's teacher for agreement (label-free sweeps).  None without fine-tuning, without training data or
+    with ``baseline.reference: false``."""
+    import torch
+
+    if not cfg.baseline.reference or cfg.finetune.epochs <= 0 or data.method is None:
+        return None
+    started = time.time()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(trial_threads(cfg))  # as a trial runs: on 2 busy cores, more threads cost 6x here
+    try:
+        return _fine_tuned_dense(cfg, model, splits, data, judge, started)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fine_tuned_dense(cfg: SweepConfig, model, splits, data: TrialData, judge, started: float) -> dict:
+    import copy
+
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    reference = copy.deepcopy(model).to("cpu")
+    teacher = copy.deepcopy(model).to("cpu").eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    ctx = build_context(data.method, method="baseline", labels=not cfg.label_free, teacher=teacher,
+                        finetune_config=cfg.finetune, device=cfg.measure.device, seed=cfg.seed,
+                        num_classes=splits.num_classes, ignored_layers=[])
+    ctx.finetune(reference)
+    fig = measure_all(cfg, reference, splits, data, trial_threads(cfg), teacher=judge,
+                      costs={"params": 0, "macs": 0, "latency": {}})  # costs: the baseline's own
+    return {"epochs": cfg.finetune.epochs, "accuracy": fig.accuracy, "test_accuracy": fig.test_accuracy,
+            "agreement": fig.agreement, "nmi": fig.nmi, "test_nmi": fig.test_nmi, "wall_s": time.time() - started}
 
 
 def _baseline_failure(cfg: SweepConfig, folder: SweepFolder, error: str, trained: bool) -> ConfigError:

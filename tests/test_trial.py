@@ -42,6 +42,41 @@ def test_baseline_row_and_files(swept):
     assert 0.0 <= row["accuracy"] <= 1.0
 
 
+def test_baseline_summary_holds_the_dense_model_fine_tuned_like_a_trial(swept):
+    """The reference: the dense model after the trials' fine-tuning (same epochs and recipe, nothing removed),
+    equal to fine-tuning the saved baseline again as a trial would; the report's summary names it."""
+    import pandas as pd
+    import torch
+
+    from sweep import trial
+    from sweep.report.tables import summary, summary_items
+
+    cfg, d, row = swept
+    ref = SweepFolder(d).baseline()["reference"]
+    assert ref["epochs"] == cfg.finetune.epochs == 1 and 0.0 <= ref["accuracy"] <= 1.0
+    assert 0.0 <= ref["test_accuracy"] <= 1.0 and ref["wall_s"] > 0
+    splits = trial.load_splits(cfg)
+    data = trial.trial_data(cfg, splits, cfg.seed)
+    again = trial.dense_reference(cfg, SweepFolder(d).load_baseline_model(), splits, data)
+    assert again["accuracy"] == pytest.approx(ref["accuracy"]) and torch.get_num_threads() >= 1
+    from sweep.results.schema import COLUMNS
+
+    df = pd.DataFrame([{name: row.get(name) for name, _, _ in COLUMNS}])
+    meta = {"objectives": ["accuracy", "params"], "baseline": SweepFolder(d).baseline(), "quality": "accuracy"}
+    items = dict(summary_items(summary(df, meta, df)))
+    assert items["Dense + fine-tuning"].startswith(f"accuracy {ref['accuracy']:.4f} (test accuracy")
+
+
+@pytest.mark.parametrize("change", [{"baseline": {"epochs": 3, "lr": 0.05, "reference": False}},
+                                    {"finetune": {"epochs": 0, "lr": 0.01}}])
+def test_no_reference_when_switched_off_or_without_fine_tuning(change):
+    from sweep import trial
+
+    cfg = parse_config({**SPACE, **change}, source="t.yaml")
+    splits = trial.load_splits(cfg)
+    assert trial.dense_reference(cfg, None, splits, trial.trial_data(cfg, splits, cfg.seed)) is None
+
+
 def test_trial_ok_row_is_smaller_and_saved(swept):
     cfg, d, _ = swept
     row = run_trial(cfg, TrialSpec(str(d), "t1", "magnitude", {"ratio": 0.5}, seed=1))

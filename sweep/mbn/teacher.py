@@ -169,7 +169,15 @@ def prepare_mbn_baseline(cfg, folder, log: Callable[[str], None] = print):
     from ..models import build_model
     from ..results.schema import BASELINE_ID, TrialRecord
     from ..train import train
-    from ..trial import _baseline_failure, _latency_fields, load_splits, measure_all, trial_data, trial_threads
+    from ..trial import (
+        _baseline_failure,
+        _latency_fields,
+        _logged_reference,
+        load_splits,
+        measure_all,
+        trial_data,
+        trial_threads,
+    )
 
     started = time.time()
     tcfg = cfg.baseline.teacher
@@ -244,6 +252,7 @@ def prepare_mbn_baseline(cfg, folder, log: Callable[[str], None] = print):
         f"{t_lat.median_ms:.3f} ms vs "
         f"{s_lat.median_ms:.3f} ms (torch, batch {cfg.measure.latency_batch}): {speedup:.0f}x faster")
 
+    reference = _logged_reference(cfg, model, splits, data, log, judge=teacher)
     teacher_info = {"kind": "mbn", "path": TEACHER_FILE, "settings": tcfg.settings(), "ks": mbn.ks,
                     "fit_s": fit_s, "reused": reused, "train_points": len(x_train),
                     "fit_points": tcfg.fit_points or len(x_train),
@@ -258,7 +267,8 @@ def prepare_mbn_baseline(cfg, folder, log: Callable[[str], None] = print):
                "latency_ms": fig.latency["median_ms"], "latency": fig.latency, "latency_torch": s_lat.to_dict(),
                "speedup_vs_teacher": speedup, "teacher": teacher_info,
                "model": cfg.model.name, "dataset": cfg.dataset.name, "epochs": b.epochs,
-               "input_shape": list(splits.input_shape), "num_classes": tcfg.clusters}
+               "input_shape": list(splits.input_shape), "num_classes": tcfg.clusters,
+               **({"reference": reference} if reference else {})}
     rel = folder.write_baseline(model.to("cpu"), summary)
     ended = time.time()
     return TrialRecord(

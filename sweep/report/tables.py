@@ -27,6 +27,7 @@ from .rows import (
     apart_rows,
     best_row,
     front_rows,
+    info,
     is_baseline,
     is_ok,
     knob_columns,
@@ -132,9 +133,26 @@ def summary(df: pd.DataFrame, meta: dict[str, Any], front: pd.DataFrame) -> dict
         "noise": front_noise(df, front, objectives),
         "latency_runtime": latency_runtimes(df),
         "teacher": _teacher_summary(df),
+        "reference": _reference_summary(df, quality),
         # the `unlabeled` dataset is device data alone: no accuracy anywhere, quality is agreement
         "labelled": meta.get("dataset") != "unlabeled",
     }
+
+
+def _reference_summary(df: pd.DataFrame, quality: str) -> str | None:
+    """The summary's "Dense + fine-tuning" line: the dense model fine-tuned like a trial, nothing removed
+    (``trial.dense_reference``), and how many ok trials reach its quality; None when the sweep has none."""
+    base = df[is_baseline(df)]
+    ref = info(base.iloc[0]).get("summary", {}).get("reference") if len(base) else None
+    if not isinstance(ref, dict) or num(ref.get(quality)) != num(ref.get(quality)):  # absent or NaN
+        return None
+    ok = trials(df)
+    ok = ok[is_ok(ok)]
+    reach = int((ok[quality].astype(float) >= float(ref[quality])).sum()) if len(ok) else 0
+    test = f" (test accuracy {fmt_quality(ref.get('test_accuracy'))})" if quality == "accuracy" else ""
+    return (f"{quality} {fmt_quality(ref[quality])}{test}: the dense model after the trials' fine-tuning "
+            f"({int(num(ref.get('epochs')))} epoch(s)), nothing removed -- what training alone gives; "
+            f"{reach} of {len(ok)} ok trial(s) reach it")
 
 
 def _teacher_summary(df: pd.DataFrame) -> str | None:
@@ -189,6 +207,7 @@ def summary_items(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("Methods", ", ".join(s["methods"]) or "-"),
         ("Baseline" if not s.get("teacher") else "Baseline (dense student)", baseline),
         *([("MBN teacher", s["teacher"])] if s.get("teacher") else []),
+        *([("Dense + fine-tuning", s["reference"])] if s.get("reference") else []),
         (f"Best {s['quality']}", best),
         ("Front size", str(s["front_size"])),
         ("Latency timed on", s["latency_runtime"]),
