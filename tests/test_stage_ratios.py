@@ -245,16 +245,34 @@ def test_stage_knobs_from_a_trial_are_checked_in_make_config():
 
 
 # ----------------------------------------------------------------------------- the magnitude method
-@pytest.mark.parametrize("net", ["plain", "residual", "concat"])
-def test_magnitude_with_stage_ratios_and_a_macs_target(net):
-    spec = get_method("magnitude")
+@pytest.mark.parametrize("method, net", [("magnitude", "plain"), ("magnitude", "residual"), ("magnitude", "concat"),
+                                         ("lnpt", "residual")])
+def test_channel_methods_with_stage_ratios_and_a_macs_target(method, net):
+    """Per-stage ratios as the weights of a MACs target, for every channel method that offers them (lnpt
+    ranks by its label-free scores within the stages)."""
+    spec = get_method(method)
     torch.manual_seed(0)
     model = NETS[net]().eval()
     macs0 = count_macs(model, example())
+    extra = {"round_to": 1} if method == "magnitude" else {"epochs": 0}
     cfg = spec.make_config({"stage_ratio_0": 0.3, "stage_ratio_1": 0.6, "stage_ratio_2": 0.2,
-                            "stage_ratio_3": 0.5, "macs_fraction": 0.5, "round_to": 1}, where="test")
-    res = spec.prune(model, example(), cfg, make_ctx(model, method="magnitude"))
+                            "stage_ratio_3": 0.5, "macs_fraction": 0.5, **extra}, where="test")
+    res = spec.prune(model, example(), cfg, make_ctx(model, method=method, labels=method == "magnitude"))
     got = count_macs(res.model, example()) / macs0
     assert abs(got - 0.5) <= 0.03 * 0.5
     assert res.info["target"] == {"macs_fraction": 0.5} and res.info["stage_ratios"] == [0.3, 0.6, 0.2, 0.5]
     assert res.info["channels"]["fc"] == 4
+
+
+@pytest.mark.parametrize("ratios", [(0.0, 0.25, 0.5), (0.5, 0.0, 0.25)])
+def test_lnpt_cuts_each_stage_by_its_ratio_with_its_label_free_scores(ratios):
+    """lnpt with stage ratios alone: each depth stage of ResNet-20 loses its ratio of channels (rounding to
+    x8 on groups >= 32 channels wide), a stage at 0 is kept whole; no label is read (labels stripped)."""
+    spec = get_method("lnpt")
+    model = resnet20()
+    cfg = spec.make_config({f"stage_ratio_{i}": r for i, r in enumerate(ratios)} | {"epochs": 0}, where="test")
+    res = spec.prune(model, X32, cfg, make_ctx(model, method="lnpt", labels=False, shape=(3, 32, 32)))
+    info = res.info
+    assert info["target"] == {"stage_ratios": list(ratios)} and info["stage_groups"] == [3, 3, 3]
+    for got, want, unit in zip(info["achieved_stage_ratios"], ratios, (1 / 16, 8 / 32, 8 / 64)):
+        assert (got == 0) if want == 0 else (want - 1e-9 <= got <= want + unit + 1e-9)

@@ -101,7 +101,7 @@ def _check(cfg: MethodConfig, where: str) -> None:
             "distillation-loss increase (teacher Fisher), then feature + KD retraining without labels",
     needs_labels=False,
     check=_check,
-    exclusive=[("ratio", "macs_fraction")],
+    exclusive=[("ratio", "macs_fraction"), ("ratio", "stage_ratios")],
     knobs=[
         Knob("ratio", "float", 0.5, low=0.0, high=1.0, low_open=True, high_open=True,
              flag=True,
@@ -109,6 +109,10 @@ def _check(cfg: MethodConfig, where: str) -> None:
         Knob("macs_fraction", "float", None, low=0.0, high=1.0, low_open=True, high_open=True, optional=True,
              flag=True,
              help="instead of ratio: MACs kept as a fraction of the dense model's (hit within 3 %)"),
+        Knob("stage_ratios", "stages", None, low=0.0, high=1.0, high_open=True, optional=True,
+             member="stage_ratio",
+             help="instead of ratio: one ratio per depth stage (stage_ratio_0, ...), cut by the label-free "
+                  "scores within each stage; with macs_fraction, the stages' relative weights, scaled to meet it"),
         Knob("init", "categorical", "teacher", choices=("teacher", "random"),
              help="student initialised from the teacher, or randomly (prune before training, as the paper)"),
         Knob("criterion", "categorical", "teacher_fisher", choices=("teacher_fisher", "feature_taylor"),
@@ -170,9 +174,10 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
 
         # --- one global ranking, one global target: the engine's solver on these scores
         model.to("cpu")
-        kind, value = ("macs_fraction", cfg.macs_fraction) if cfg.macs_fraction is not None else ("ratio", cfg.ratio)
+        kind, value = _target(cfg)
         sol = solve_for_target(graph, target=kind, value=value, scores=scores, global_pruning=True, round_to=AUTO,
-                               max_layer_ratio=cfg.max_layer_ratio, match_ratio=True)
+                               max_layer_ratio=cfg.max_layer_ratio, match_ratio=True,
+                               stage_ratios=cfg.stage_ratios if kind == "macs_fraction" else None)
         before = {g.name: g.channels for g in sol.plan.groups}
         sel = sol.selection
         keep_feat = head_input_kept(sol.plan.groups, sel, head)
@@ -200,6 +205,18 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
 
 
 # ----------------------------------------------------------------------------------- data, label-free
+def _target(cfg: MethodConfig) -> tuple[str, Any]:
+    """The engine target of a configuration: a MACs fraction (the stage ratios, when given, as its weights),
+    the stage ratios alone (each depth stage cut by its own ratio), or the global ratio."""
+    from ..engine.channels import STAGES
+
+    if cfg.macs_fraction is not None:
+        return "macs_fraction", cfg.macs_fraction
+    if cfg.stage_ratios is not None:
+        return STAGES, cfg.stage_ratios
+    return "ratio", cfg.ratio
+
+
 def _take(loader: Iterable, n: int) -> list:
     out = []
     for batch in loader:
