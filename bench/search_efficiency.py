@@ -9,8 +9,11 @@ the embedded local Ray in a temporary folder (no report):
   family, else its global ``ratio`` in [0.1, 0.8] (the header says which); objectives accuracy and MACs.
 * (a) ``random``: Optuna's random sampler, 2N trials, every trial fully fine-tuned;
   (b) ``tpe``: TPE, N trials, every trial fully fine-tuned (the reference);
-  (c) ``tpe+asha``: TPE, M trials (default 2N), ``search.scheduler: {type: mo_asha, reduction_factor: 3,
-  min_epochs: 1, rung0: true}``.
+  (c) ``tpe+asha``: TPE, M trials (default 4N: most candidates stop at rung 0, before any fine-tune
+  epoch, or at rung 1, so successive halving spends its epochs on more candidates; with 2N it spent 11-17
+  epochs against TPE's 18 and ended below TPE's hypervolume in one seed of three -- see bench/README.md),
+  ``search.scheduler: {type: mo_asha, reduction_factor: 3, min_epochs: 1, rung0: true, selection:
+  hypervolume}``.
 * Per seed the dense baseline is trained once, by the TPE sweep, and handed to the other two as
   ``baseline: <state dict>``: all three judge candidates against the same network and the same figures.
   The seed also draws the data subsets and validation split, so hypervolumes are compared within a seed
@@ -71,9 +74,12 @@ LABELS = {"random": "random (2N)", "tpe": "TPE (N)", "tpe+asha": "TPE+MO-ASHA"}
 OBJECTIVES = ["accuracy", "macs"]
 STAGE_RATIOS = {"stages": 4, "low": 0.0, "high": 0.8}  # issue 12, item 4
 GLOBAL_RATIO = {"low": 0.1, "high": 0.8}  # search_spaces/fashion_mnist.yaml's range
-SCHEDULER = {"type": "mo_asha", "reduction_factor": 3, "min_epochs": 1, "rung0": True}
+SCHEDULER = {"type": "mo_asha", "reduction_factor": 3, "min_epochs": 1, "rung0": True, "selection": "hypervolume"}
 # budgets at which the hypervolume curves are printed, as fractions of the TPE sweep's total
 CURVE_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0)
+
+# TPE+MO-ASHA's trials per TPE trial (M = ASHA_TRIALS_PER_N * N), see the module docstring
+ASHA_TRIALS_PER_N = 4
 
 # Presets.  quick: sized to finish in under 15 minutes on 2 cores (about 45 k training-image passes per
 # seed, most of them fine-tuning; ResNet-20 trains at one to two hundred 28x28 images a second per core);
@@ -223,14 +229,12 @@ def curve(sw: Sweep) -> list[tuple[float, float, float]]:
 
 
 def hv_of(sw: Sweep, rows: list) -> float:
-    """The sweep's hypervolume (sweep/driver.py::_hypervolume) over these ok rows and the baseline's."""
-    import numpy as np
-
-    from sweep.pareto import sweep_hypervolume
+    """The sweep's hypervolume as the driver computes it (:func:`sweep.pareto.records_hypervolume`) over these
+    ok rows and the baseline's."""
+    from sweep.pareto import records_hypervolume
 
     rows = ([sw.baseline] if sw.baseline is not None and sw.baseline.status == "ok" else []) + list(rows)
-    vals = {o: np.array([float(r.get(o, math.nan)) for r in rows]) for o in OBJECTIVES}
-    return float(sweep_hypervolume(vals, OBJECTIVES, sw.meta["baseline"])) if rows else 0.0
+    return records_hypervolume(rows, OBJECTIVES, sw.meta["baseline"])
 
 
 def reach(sw: Sweep, target: float) -> tuple[float, float]:
@@ -364,7 +368,7 @@ def main(argv=None) -> int:
     size.add_argument("--full", action="store_true", help="whole training set, longer fine-tunes: a bigger machine")
     ap.add_argument("--seeds", default="0,1,2", help="sweep seeds (comma list)")
     ap.add_argument("--trials", type=int, help="N: TPE's trials; random gets 2N")
-    ap.add_argument("--asha-trials", type=int, help="TPE+MO-ASHA's trials (default 2N)")
+    ap.add_argument("--asha-trials", type=int, help=f"TPE+MO-ASHA's trials (default {ASHA_TRIALS_PER_N}N)")
     ap.add_argument("--concurrency", type=int, help="trials at a time (default 2; --full: the cores, at most 8)")
     ap.add_argument("--finetune-epochs", type=int)
     ap.add_argument("--baseline-epochs", type=int)
@@ -385,7 +389,7 @@ def main(argv=None) -> int:
     if args.concurrency is None:
         args.concurrency = max(2, min(8, os.cpu_count() or 1)) if args.full else 2
     if args.asha_trials is None:
-        args.asha_trials = 2 * args.trials
+        args.asha_trials = ASHA_TRIALS_PER_N * args.trials
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.trials < 1 or args.asha_trials < 1 or not seeds or args.finetune_epochs < 1:
         ap.error("--trials, --asha-trials and --finetune-epochs must be >= 1, and --seeds non-empty")
@@ -416,7 +420,8 @@ def main(argv=None) -> int:
     print(f"# baseline {args.baseline_epochs} epochs (trained once per seed, shared by the three), fine-tune "
           f"{args.finetune_epochs} epochs; seeds {','.join(map(str, seeds))}; N={args.trials}: random "
           f"{2 * args.trials} trials, TPE {args.trials}, TPE+MO-ASHA {args.asha_trials} (reduction_factor "
-          f"{SCHEDULER['reduction_factor']}, min_epochs {SCHEDULER['min_epochs']}, rung0); {args.concurrency} "
+          f"{SCHEDULER['reduction_factor']}, min_epochs {SCHEDULER['min_epochs']}, rung0, selection "
+          f"{SCHEDULER['selection']}); {args.concurrency} "
           f"at a time, 1 CPU each")
     print(f"# load avg (1/5/15 min) at start {load_start}", flush=True)
 

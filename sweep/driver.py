@@ -225,15 +225,10 @@ def _received(st, rec: TrialRecord) -> TrialRecord:
 
 # ------------------------------------------------------------------------------- driver side
 def _hypervolume(records: list[TrialRecord], objectives, baseline: dict) -> float:
-    """The sweep's hypervolume over every ok record, the dense baseline included, trials that removed nothing
-    left out (see README: Pareto front)."""
-    import numpy as np
+    """The sweep's hypervolume (:func:`sweep.pareto.records_hypervolume`; see README: Pareto front)."""
+    from .pareto import records_hypervolume
 
-    from .pareto import counts_toward_front, sweep_hypervolume
-
-    ok = [r for r, counted in zip(records, counts_toward_front(records)) if counted]
-    vals = {o: np.array([float(r.get(o, math.nan)) for r in ok]) for o in objectives}
-    return float(sweep_hypervolume(vals, list(objectives), baseline)) if ok else 0.0
+    return records_hypervolume(records, objectives, baseline)
 
 
 class _Progress:
@@ -836,13 +831,15 @@ def _constrained_search(base):
 
 def _scheduler(cfg: SweepConfig, finished: list[TrialRecord]):
     """Ray Tune's scheduler: FIFO, or multi-objective successive halving (:mod:`sweep.mo_asha` decides; this
-    is its Tune face).  A resumed sweep replays where its early-stopped trials stopped."""
+    is its Tune face).  A resumed sweep replays where its early-stopped trials stopped.  The hypervolume
+    reference that cuts a rung's front is the sweep's own (from the dense baseline's figures), taken from the
+    live sweep at the first report: the baseline is trained after the tuner is built."""
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
     settings = cfg.search.scheduler
     if settings is None:
         return FIFOScheduler()
-    from .mo_asha import MOASHA
+    from .mo_asha import MOASHA, reference_from_baseline
 
     logic = MOASHA(settings, cfg.search.objectives)
     for r in finished:
@@ -853,6 +850,12 @@ def _scheduler(cfg: SweepConfig, finished: list[TrialRecord]):
         def on_trial_result(self, tune_controller, trial, result):
             if RUNG not in result or "record_json" in result:
                 return TrialScheduler.CONTINUE
+            if logic.reference is None:  # stays None where the baseline lacks a figure: the rung's own fallback
+                try:
+                    baseline = _live_state().meta.get("baseline")
+                except KeyError:  # no live sweep (a scheduler driven by hand)
+                    baseline = None
+                logic.reference = reference_from_baseline(cfg.search.objectives, baseline)
             decision = logic.report(trial.trial_id, int(result[RUNG]),
                                     {o: result.get(o) for o in cfg.search.objectives})
             if not decision.stop:

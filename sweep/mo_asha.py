@@ -8,35 +8,58 @@ Ray: the driver's Tune scheduler feeds it reports and turns its answers into CON
 The rule, on a report of trial ``t`` at rung ``r``:
 
 1. record ``t``'s objective vector at ``r`` (quality at ``r`` and the cost objectives of the sweep);
-2. with ``n`` trials recorded at ``r`` so far (``t`` included) and ``n < η``: continue — too few to judge;
-3. else keep the best ``k = ⌊n / η⌋`` of them and continue only if ``t`` is among them.  "Best" is
-   non-dominated sorting (fronts filled in order), and inside the front that does not fit whole, larger
-   crowding distance first; then better quality, then earlier arrival.
+2. with ``n`` trials recorded at ``r`` so far (``t`` included), keep the best ``k = ⌊n / η⌋ + 1`` of them
+   and continue only if ``t`` is among them -- i.e. if at most ``n / η`` of the rung's results rank ahead of
+   it.  So the first result at a rung continues, the second only if it ranks first, and in the long run
+   about ``1/η`` of a rung's arrivals go on.  A report with a missing or non-finite value stops at once.
+3. "Best" is non-dominated sorting (fronts filled in order); inside the front that does not fit whole, the points
+   that add most to the hypervolume (``selection: hypervolume``, the default: the point adding least is
+   dropped, one at a time, and the rest re-weighed) or the larger crowding distances (``selection:
+   crowding``); then better quality, then earlier arrival.
 
 Where each part comes from:
 
-* Rungs at ``min_epochs · η^k`` and the top ``⌊n/η⌋`` of a rung: ASHA, Li et al., "A System for Massively
+* Rungs at ``min_epochs · η^k`` and the top ``1/η`` of a rung: ASHA, Li et al., "A System for Massively
   Parallel Hyperparameter Tuning", MLSys 2020, Algorithm 2 (asynchronous SHA: rung ``k`` at ``r·η^(s+k)``
   resources, promotable = ``top_k(rung, ⌊|rung|/η⌋)``).  Deciding *on arrival* against the results recorded
   so far (a stop rule rather than ASHA's promotion queue) is how a Tune scheduler must act, since it sees
-  one report at a time; Ray Tune's ``AsyncHyperBandScheduler`` makes the same translation.  Letting a
-  trial through while the rung holds fewer than ``η`` results is our choice: ``⌊n/η⌋ = 0`` would stop
-  everything at the start of a sweep, and ASHA itself promotes nobody from such a rung (it starts new
-  trials instead), which a stop rule can only mirror by waiting, i.e. continuing.
+  one report at a time; Ray Tune's ``AsyncHyperBandScheduler`` makes the same translation.
+* ``k = ⌊n/η⌋ + 1``, judged from the second result on: the stop rule of the MO-ASHA reference
+  implementation, Syne Tune's ``MOASHA`` (its ``Bracket.on_result``: the first result at a rung continues;
+  a later one stops when the number of the rung's results ranked ahead of it, divided by their number
+  (itself included), exceeds ``1/η``).  A stop rule cannot do what ASHA's queue does -- promote nobody
+  from a rung yet, and promote a trial later once the rung has grown -- so it errs one way or the other
+  at small ``n``.  Two other counts were measured with ``bench/search_efficiency.py --quick`` (bench/README.md):
+  letting every result through while ``n < η`` and keeping ``⌊n/η⌋`` after (this module's first rule)
+  fine-tuned the sweep's first ``η - 1`` trials (TPE's random start-up ones) to the end whatever they
+  were, while later ones found the few kept slots held by them; ``max(1, ⌊n/η⌋)`` stopped so much that in
+  one seed of three the sweep spent fewer fine-tune epochs than TPE and ended below TPE's hypervolume.
 * Replacing the scalar ranking by non-dominated sorting: MO-ASHA, Schmucker, Donini, Zafar, Salinas &
   Archambeau, "Multi-objective Asynchronous Successive Halving", arXiv 2106.12639 (2021), which extends
   Schmucker, Donini, Perrone & Archambeau, "Multi-objective multi-fidelity hyperparameter optimization
   with application to fairness" (NeurIPS 2020 Meta-Learning workshop).  **Reconstruction**: the papers'
   text was not at hand; the rule follows their published description and the reference implementation
-  (Syne Tune's ``MOASHA``: a trial stops when its rank among the rung's results, itself included, falls
-  outside the top ``1/η``).  Section numbers are therefore not given.
-* Crowding distance inside the cut front: NSGA-II, Deb, Pratap, Agarwal & Meyarivan, IEEE TEVC 6(2) 2002,
-  Sec. III-B (per objective, normalised by the front's range; boundary points infinite).  The MO-ASHA
-  paper weighs in-front selections such as this one against the ε-net of Salinas et al. (NAS workshop,
-  ICLR 2021, Syne Tune's default); we take crowding distance, which needs no extra parameter.
-* Ties left by crowding (e.g. the two boundary points of a front, both infinite) go to the better quality
-  — Syne Tune's ``NonDominatedPriority(dim=0)`` likewise prefers one objective inside a front — and then
-  to the earlier arrival, so the same reports always give the same decisions.
+  (Syne Tune's ``MOASHA``, non-dominated sorting with an in-front order).  Section numbers are therefore
+  not given.  The papers weigh in-front selections (NSGA-II's crowding distance against the ε-net of
+  Salinas et al., NAS workshop, ICLR 2021, Syne Tune's default); the two below are the issue's.
+* Hypervolume contribution inside the cut front: SMS-EMOA, Beume, Naujoks & Emmerich, "SMS-EMOA:
+  Multiobjective selection based on dominated hypervolume", EJOR 181(3), 2007 (non-dominated sorting, then
+  in the worst front the point of least exclusive hypervolume contribution goes, one at a time).  It is the
+  default because the sweep is judged by its hypervolume: with two objectives both ends of a front have
+  infinite crowding distance, so crowding handed every small cut (``k`` of 1 or 2) to the more accurate end
+  -- often a trial already past the rung -- and stopped the cheap candidates that the sweep's hypervolume
+  gains most from (seen in ``bench/search_efficiency.py``).  The reference point is the sweep's own
+  (:func:`reference_from_baseline`: quality 0, costs 1.1x the dense baseline's, as
+  :func:`sweep.pareto.reference_point`), so the scheduler keeps what the sweep's figure of merit values; where
+  no baseline is given, the rung's worst recorded values pushed out by a tenth of their range (a common
+  choice; Ishibuchi, Imada, Setoguchi & Nojima, "How to specify a reference point in hypervolume calculation
+  for fair performance comparison", Evolutionary Computation 26(3), 2018, discuss it).
+* Crowding distance inside the cut front (``selection: crowding``): NSGA-II, Deb, Pratap, Agarwal &
+  Meyarivan, IEEE TEVC 6(2) 2002, Sec. III-B (per objective, normalised by the front's range; boundary
+  points infinite).
+* Ties left by either (e.g. duplicates, or the two infinite ends of a front under crowding) go to the
+  better quality -- Syne Tune's ``NonDominatedPriority(dim=0)`` likewise prefers one objective inside a
+  front -- and then to the earlier arrival, so the same reports always give the same decisions.
 
 Trials already past a rung are never stopped retroactively when later arrivals outrank them (as in ASHA).
 """
@@ -51,10 +74,12 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
-from .pareto import DIRECTIONS, non_dominated_sort, to_minimisation
+from .pareto import DIRECTIONS, hypervolume, non_dominated_sort, reference_point, to_minimisation
 
 SCHEDULERS = ("fifo", "mo_asha")
-SCHEDULER_KEYS = ("type", "reduction_factor", "min_epochs", "rung0")
+SCHEDULER_KEYS = ("type", "reduction_factor", "min_epochs", "rung0", "selection")
+# how the front that does not fit whole into a rung's top k is cut (module docstring)
+SELECTIONS = ("hypervolume", "crowding")
 
 # The reduction factor η.  Ray Tune's ASHA defaults to 4; Hyperband (Li et al., JMLR 2018) recommends
 # η = 3 or 4, and Syne Tune's MOASHA defaults to 3.  We take 3 because fine-tune budgets here are short
@@ -62,6 +87,10 @@ SCHEDULER_KEYS = ("type", "reduction_factor", "min_epochs", "rung0")
 # only at 1 and 4.
 DEFAULT_REDUCTION_FACTOR = 3
 DEFAULT_MIN_EPOCHS = 1
+DEFAULT_SELECTION = "hypervolume"
+# the fallback reference point (no baseline given): the rung's worst values, pushed out by this share of
+# their range (module docstring)
+REFERENCE_MARGIN = 0.1
 
 CONTINUE = "continue"
 STOP = "stop"
@@ -72,12 +101,15 @@ STOP = "stop"
 class MOASHASettings:
     """``search.scheduler: {type: mo_asha, ...}``.  ``max_epochs`` is the full fine-tune (``finetune.epochs``);
     ``rung0`` adds a rung before any fine-tuning (quality after adaptive BN, see
-    :mod:`sweep.engine.adaptive_bn`).  Validates itself; ``where`` only names the YAML place in errors."""
+    :mod:`sweep.engine.adaptive_bn`); ``selection`` cuts the front that does not fit whole into a rung's top
+    (``hypervolume`` contribution or ``crowding`` distance).  Validates itself; ``where`` only names the YAML
+    place in errors."""
 
     reduction_factor: int = DEFAULT_REDUCTION_FACTOR
     min_epochs: int = DEFAULT_MIN_EPOCHS
     max_epochs: int | None = None
     rung0: bool = False
+    selection: str = DEFAULT_SELECTION
     where: str = field(default="search.scheduler", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -85,6 +117,9 @@ class MOASHASettings:
         _check_int("min_epochs", self.min_epochs, 1, self.where)
         if not isinstance(self.rung0, bool):
             raise ConfigError(f"rung0 must be true or false, but got rung0={self.rung0!r} ({self.where}.rung0)")
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, but got selection={self.selection!r} "
+                              f"({self.where}.selection)")
         if self.max_epochs is not None:
             if isinstance(self.max_epochs, bool) or not isinstance(self.max_epochs, int):
                 raise ConfigError(f"max_epochs (finetune.epochs) must be an integer, but got "
@@ -119,7 +154,8 @@ def parse_scheduler(data: Any, where: str = "search.scheduler", *, max_epochs: i
     """The YAML ``search.scheduler`` value -> settings, or None for no early stopping.
 
     ``None``, ``fifo`` or ``{type: fifo}`` give None (every trial fine-tunes fully); ``mo_asha`` or
-    ``{type: mo_asha, reduction_factor: 3, min_epochs: 1, rung0: true}`` give :class:`MOASHASettings`.
+    ``{type: mo_asha, reduction_factor: 3, min_epochs: 1, rung0: true, selection: hypervolume}`` give
+    :class:`MOASHASettings`.
     ``max_epochs`` is the sweep's ``finetune.epochs``.  ``where`` names the place (``file: search.scheduler``)."""
     if data is None:
         return None
@@ -144,6 +180,7 @@ def parse_scheduler(data: Any, where: str = "search.scheduler", *, max_epochs: i
         min_epochs=_default(data, "min_epochs", DEFAULT_MIN_EPOCHS),
         max_epochs=max_epochs,
         rung0=_default(data, "rung0", False),
+        selection=_default(data, "selection", DEFAULT_SELECTION),
         where=where,
     )
 
@@ -174,12 +211,44 @@ def crowding_distance(F: np.ndarray) -> np.ndarray:
     return dist
 
 
-def select_top(F: np.ndarray, k: int, quality: np.ndarray | None = None) -> np.ndarray:
+def hv_contributions(F: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Exclusive hypervolume contribution of each row of ``F`` (minimisation) against the reference point
+    ``ref``: the volume lost when that row alone is removed.  Rows with NaN, or not strictly better than
+    ``ref`` everywhere, add nothing (0); exact duplicates each add nothing (the other one keeps the volume)."""
+    F = np.asarray(F, dtype=float)
+    total = hypervolume(F, ref)
+    out = np.zeros(len(F))
+    for i in range(len(F)):
+        out[i] = max(0.0, total - hypervolume(np.delete(F, i, axis=0), ref))
+    return out
+
+
+def fallback_reference(F: np.ndarray) -> np.ndarray:
+    """A reference point (minimisation) for rows ``F`` when the sweep's is not known: per column the worst
+    finite value pushed out by :data:`REFERENCE_MARGIN` of the column's range (of its magnitude, or 1, when
+    the range is zero), so every finite row lies strictly inside."""
+    F = np.asarray(F, dtype=float)
+    finite = F[~np.isnan(F).any(axis=1)] if len(F) else F
+    if len(finite) == 0:
+        return np.ones(F.shape[1] if F.ndim == 2 else 0)
+    hi, lo = finite.max(axis=0), finite.min(axis=0)
+    span = hi - lo
+    span = np.where(span > 0, span, np.where(np.abs(hi) > 0, np.abs(hi), 1.0))
+    return hi + REFERENCE_MARGIN * span
+
+
+def select_top(F: np.ndarray, k: int, quality: np.ndarray | None = None, *, selection: str = "crowding",
+               ref: np.ndarray | None = None) -> np.ndarray:
     """Indices of the ``k`` best rows of ``F`` (minimisation, rows in arrival order), in selection order.
 
     Fronts of :func:`sweep.pareto.non_dominated_sort` are taken whole while they fit; the front that does
-    not fit is cut by crowding distance (larger first), then by ``quality`` (minimisation: smaller first,
-    e.g. the negated accuracy), then by arrival (smaller index first).  Rows with NaN rank last."""
+    not fit is cut by ``selection``: ``crowding`` (larger crowding distance first) or ``hypervolume`` (the
+    member of least exclusive hypervolume contribution against ``ref`` -- default :func:`fallback_reference`
+    of ``F`` -- is dropped, contributions re-computed, until the rest fit); then by ``quality``
+    (minimisation: smaller first, e.g. the negated accuracy), then by arrival (smaller index first).  Rows
+    with NaN rank last."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, but got selection={selection!r}")
     F = np.asarray(F, dtype=float)
     n = len(F)
     k = max(0, min(int(k), n))
@@ -192,6 +261,9 @@ def select_top(F: np.ndarray, k: int, quality: np.ndarray | None = None) -> np.n
         members = np.flatnonzero(ranks == rank)
         if len(chosen) + len(members) <= k:
             chosen.extend(members.tolist())
+        elif selection == "hypervolume":
+            chosen.extend(_cut_by_hypervolume(F, members, k - len(chosen), q,
+                                              fallback_reference(F) if ref is None else np.asarray(ref, float)))
         else:
             finite = ~np.isnan(F[members]).any(axis=1)
             crowd = np.zeros(len(members))
@@ -205,6 +277,34 @@ def select_top(F: np.ndarray, k: int, quality: np.ndarray | None = None) -> np.n
     return np.asarray(chosen, dtype=int)
 
 
+def _cut_by_hypervolume(F: np.ndarray, members: np.ndarray, slots: int, q: np.ndarray, ref: np.ndarray) -> list[int]:
+    """``slots`` of ``members`` (one front): drop the least exclusive contributor (ties: worse quality, then
+    later arrival) until the rest fit (SMS-EMOA's reduction); the survivors by contribution, quality, arrival."""
+    keep = [int(m) for m in members]
+    while True:
+        contrib = hv_contributions(F[keep], ref)
+        idx = np.asarray(keep)
+        # best first: larger contribution, then smaller q (better quality), then earlier arrival
+        order = np.lexsort((idx, q[idx], -contrib))
+        if len(keep) <= slots:
+            return idx[order].tolist()
+        keep.remove(int(idx[order[-1]]))
+
+
+def reference_from_baseline(objectives: Sequence[str], baseline: Mapping[str, float] | None) -> dict[str, float] | None:
+    """The sweep's hypervolume reference point in the objectives' own units (:func:`sweep.pareto.reference_point`
+    scaled back by the dense baseline's figures: quality 0, each cost 1.1x the baseline's); None when the
+    baseline lacks a positive figure for some objective."""
+    if not baseline:
+        return None
+    try:
+        ref = reference_point(list(objectives), baseline)
+    except ValueError:
+        return None
+    # minimisation space: a maximised objective's coordinate is negated
+    return {o: float((-r if DIRECTIONS[o] == "max" else r) * float(baseline[o])) for o, r in zip(objectives, ref)}
+
+
 # --------------------------------------------------------------------------- decisions
 @dataclass(frozen=True)
 class Decision:
@@ -214,7 +314,7 @@ class Decision:
     action: str  # CONTINUE or STOP
     rung: int | None = None
     reached: int = 0  # trials recorded at the rung, this one included
-    kept: int = 0  # how many of them the rung keeps (⌊reached / η⌋; 0 while reached < η)
+    kept: int = 0  # how many of them the rung keeps (⌊reached / η⌋ + 1)
     front: int | None = None  # this trial's non-dominated front at the rung (1 = first)
     reason: str = ""
 
@@ -229,9 +329,14 @@ class MOASHA:
     ``objectives`` are the sweep's objective names (``search.objectives``, e.g. ``accuracy``, ``latency_ms``,
     ``params``); their directions come from :data:`sweep.pareto.DIRECTIONS`.  Each report gives a value for
     every objective: the quality measured at that rung and the trial's (fixed) costs.  A missing or
-    non-finite value makes the trial rank last at that rung."""
+    non-finite value stops the trial (and ranks it last at that rung for later arrivals).
 
-    def __init__(self, settings: MOASHASettings, objectives: Sequence[str]):
+    ``reference`` (objective -> value, the objectives' own units) is the hypervolume reference point of
+    ``selection: hypervolume``, normally the sweep's (:func:`reference_from_baseline`); it may be set later
+    (the driver knows the baseline's figures only once it is trained).  None: :func:`fallback_reference`."""
+
+    def __init__(self, settings: MOASHASettings, objectives: Sequence[str],
+                 reference: Mapping[str, float] | None = None):
         objectives = list(objectives)
         for name in objectives:
             if name not in DIRECTIONS:
@@ -247,6 +352,24 @@ class MOASHA:
         self._rungs = settings.rungs()
         # rung -> {trial_id: objective vector (minimisation)}; dicts keep arrival order
         self._recorded: dict[int, dict[str, np.ndarray]] = {r: {} for r in self._rungs}
+        self._ref: np.ndarray | None = None
+        self.reference = reference
+
+    @property
+    def reference(self) -> dict[str, float] | None:
+        """The hypervolume reference point (objective -> value), None for the rung's own fallback."""
+        return None if self._ref is None else dict(zip(self.objectives, self._raw(self._ref)))
+
+    @reference.setter
+    def reference(self, values: Mapping[str, float] | None) -> None:
+        if values is None:
+            self._ref = None
+            return
+        row = self._vector(values)
+        if np.isnan(row).any():
+            raise ValueError(f"reference must give a finite value for every objective ({', '.join(self.objectives)}),"
+                             f" but got {dict(values)!r}")
+        self._ref = row
 
     @property
     def rungs(self) -> tuple[int, ...]:
@@ -291,20 +414,22 @@ class MOASHA:
         ids = list(recorded)
         n, eta = len(ids), self.settings.reduction_factor
         what = "rung 0 (before fine-tuning)" if rung == 0 else f"rung {rung} ({_epochs(rung)})"
-        if n < eta:
-            return Decision(CONTINUE, rung, n, 0, None,
-                            f"{what}: {n} of {eta} results needed to judge, continues")
-        k = n // eta
+        k = n // eta + 1
         F = np.stack([recorded[t] for t in ids])
         me = ids.index(trial_id)
         fronts = non_dominated_sort(F)
         front = int(fronts[me]) + 1
-        top = select_top(F, k, F[:, self.objectives.index(self.quality)])
+        if np.isnan(F[me]).any():
+            return Decision(STOP, rung, n, k, front, f"{what}: a missing or non-finite objective value "
+                            f"({', '.join(self.objectives)}); stopped "
+                            f"{'before fine-tuning' if rung == 0 else 'after ' + _epochs(rung)}")
+        top = select_top(F, k, F[:, self.objectives.index(self.quality)], selection=self.settings.selection,
+                         ref=self._ref)
         if me in set(top.tolist()):
             return Decision(CONTINUE, rung, n, k, front, f"{what}: in the top {k} of {n} (front {front}), continues")
         return Decision(STOP, rung, n, k, front,
                         f"{what}: outside the top {k} of {n} trials by non-dominated sorting of "
-                        f"({', '.join(self.objectives)}) (front {front}); stopped "
+                        f"({', '.join(self.objectives)}) (front {front}, then {self.settings.selection}); stopped "
                         f"{'before fine-tuning' if rung == 0 else 'after ' + _epochs(rung)}")
 
     def _vector(self, values: Mapping[str, float]) -> np.ndarray:

@@ -24,6 +24,7 @@ Conventions:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -241,6 +242,17 @@ def sweep_hypervolume(
     """Hypervolume of the given rows in the sweep's normalised space (NaN rows ignored)."""
     F = normalise(rows_values, objectives, baseline)
     return hypervolume(F, reference_point(objectives, baseline))
+
+
+def records_hypervolume(records: Sequence[Mapping], objectives: Sequence[str], baseline: Mapping[str, float]) -> float:
+    """The sweep's hypervolume over the rows that count (:func:`counts_toward_front`: ``ok``, the dense
+    baseline included, trials that removed nothing left out); ``records`` are trial records or row
+    mappings.  The driver's progress, MLflow and the benchmarks all take it from here."""
+    rows = [r for r, counted in zip(records, counts_toward_front(records)) if counted]
+    if not rows:
+        return 0.0
+    values = {o: np.array([float(r.get(o, math.nan)) for r in rows], dtype=float) for o in objectives}
+    return float(sweep_hypervolume(values, list(objectives), baseline))
 
 
 def hypervolume_history(

@@ -1,4 +1,5 @@
-"""MO-ASHA decisions on synthetic reports: rungs, the top-1/η cut, crowding ties, asynchrony, settings."""
+"""MO-ASHA decisions on synthetic reports: rungs, the top-1/η cut, hypervolume and crowding cuts, asynchrony,
+settings."""
 
 from __future__ import annotations
 
@@ -12,16 +13,20 @@ from sweep.mo_asha import (
     STOP,
     MOASHASettings,
     crowding_distance,
+    fallback_reference,
+    hv_contributions,
     parse_scheduler,
+    reference_from_baseline,
     select_top,
 )
 
 OBJ = ["accuracy", "params"]
 
 
-def sched(eta=2, min_epochs=1, max_epochs=9, rung0=False, objectives=OBJ) -> MOASHA:
-    return MOASHA(MOASHASettings(reduction_factor=eta, min_epochs=min_epochs, max_epochs=max_epochs, rung0=rung0),
-                  objectives)
+def sched(eta=2, min_epochs=1, max_epochs=9, rung0=False, objectives=OBJ, selection="hypervolume",
+          reference=None) -> MOASHA:
+    return MOASHA(MOASHASettings(reduction_factor=eta, min_epochs=min_epochs, max_epochs=max_epochs, rung0=rung0,
+                                 selection=selection), objectives, reference)
 
 
 def rep(s: MOASHA, tid: str, epoch: int, acc: float, params: float):
@@ -62,32 +67,32 @@ def test_reports_between_rungs_and_at_the_end_are_not_judged():
 
 # ------------------------------------------------------------------ the rule
 def test_dominated_trial_stops_and_front_trial_continues():
-    s = sched(eta=2)
-    assert rep(s, "a", 1, 0.80, 1000).action == CONTINUE  # alone: too few to judge
-    d = rep(s, "b", 1, 0.70, 2000)  # 2 recorded, keep 1: b is dominated by a
+    s = sched(eta=3)
+    assert rep(s, "a", 1, 0.80, 1000).action == CONTINUE  # alone: the first result at a rung goes on
+    d = rep(s, "b", 1, 0.70, 2000)  # 2 recorded, keep ⌊2/3⌋ + 1 = 1: b is dominated by a
     assert d.action == STOP and d.rung == 1 and d.reached == 2 and d.kept == 1 and d.front == 2
     assert "outside the top 1 of 2" in d.reason and "after 1 fine-tune epoch" in d.reason
     d = rep(s, "c", 1, 0.95, 500)  # dominates both: front 1
-    assert d.action == CONTINUE and d.front == 1 and d.kept == 1
+    assert d.action == CONTINUE and d.front == 1 and d.kept == 2
 
 
 def test_front_ties_with_infinite_crowding_go_to_quality():
     # a cheap, less accurate net is on the front (non-dominated on cost); when only one of the front's two
     # boundary points (both of infinite crowding) fits, the more accurate one is kept
-    s = sched(eta=2)
+    s = sched(eta=3, selection="crowding")
     rep(s, "big", 1, 0.90, 1000)
-    rep(s, "mid", 1, 0.85, 900)  # on the front too
-    d = rep(s, "tiny", 1, 0.40, 10)
+    d = rep(s, "tiny", 1, 0.40, 10)  # on the front too
     assert d.front == 1
-    # 3 recorded, keep 1: all on one front, crowding ties (boundaries infinite) -> better accuracy keeps it
-    assert d.action == STOP
+    # 2 recorded, keep 1: one front, crowding ties (both boundaries infinite) -> better accuracy keeps it
+    assert d.action == STOP and d.kept == 1
+    rep(s, "mid", 1, 0.85, 900)
     d = rep(s, "tiny2", 1, 0.41, 9)  # 4 recorded, keep 2: the two boundary points (big and tiny2)
     assert d.action == CONTINUE and d.kept == 2
 
 
 def test_top_cut_by_crowding_distance_inside_the_front():
-    s = sched(eta=2)
-    # four points on one front (accuracy up, params up); keep 2 -> the two boundary points
+    s = sched(eta=4, selection="crowding")
+    # four points on one front (accuracy up, params up); keep ⌊4/4⌋ + 1 = 2 -> the two boundary points
     for tid, acc, p in [("a", 0.90, 100), ("b", 0.80, 50), ("c", 0.70, 10)]:
         rep(s, tid, 1, acc, p)
     d = rep(s, "d", 1, 0.85, 75)  # inside the front, finite crowding: outside the top 2
@@ -114,17 +119,89 @@ def test_select_top_fills_whole_fronts_first():
     assert 2 not in select_top(F, 4).tolist()
 
 
+def test_hv_contributions_exclusive_volume():
+    # one 2-D front (ref 3, 3): first (1-0)*(3-2), middle (2-1)*(2-0.5), last (3-2)*(0.5-0)
+    F = np.array([[0, 2], [1, 0.5], [2, 0], [2, 2], [np.nan, 1], [4, -1]], dtype=float)
+    c = hv_contributions(F, np.array([3.0, 3.0]))
+    assert c[:3] == pytest.approx([1.0, 1.5, 0.5])
+    assert c[3] == 0 and c[4] == 0 and c[5] == 0  # dominated, NaN, outside the reference box
+    dup = hv_contributions(np.array([[1.0, 1.0], [1.0, 1.0]]), np.array([2.0, 2.0]))
+    assert dup.tolist() == [0.0, 0.0]  # either duplicate alone keeps the volume
+
+
+@pytest.mark.parametrize("k,want", [(1, [1]), (2, [0, 1]), (3, [0, 1, 2])])
+def test_hypervolume_cut_drops_the_least_contributor_one_at_a_time(k, want):
+    F = np.array([[0, 2], [1, 0.5], [2, 0]], dtype=float)  # contributions 1, 1.5, 0.5 (ref 3, 3)
+    # k=1: drop [2, 0] (0.5); then [0, 2] adds 1 and [1, 0.5] adds 3: [1, 0.5] stays
+    got = select_top(F, k, selection="hypervolume", ref=np.array([3.0, 3.0]))
+    assert sorted(got.tolist()) == want
+    assert select_top(F, 1, selection="crowding").tolist() == [0]  # an infinite boundary, earliest arrival
+
+
+@pytest.mark.parametrize("selection,cheap", [("hypervolume", CONTINUE), ("crowding", STOP)])
+def test_cheap_end_of_the_front_is_weighed_by_hypervolume(selection, cheap):
+    # seen in bench/search_efficiency.py: an accurate trial passed the rung first; a much cheaper one, nearly
+    # as accurate, arrives.  Both ends of a two-point front have infinite crowding, so crowding hands the one
+    # slot to accuracy; its hypervolume contribution against the sweep's reference keeps the cheap one.
+    ref = reference_from_baseline(["accuracy", "macs"], {"accuracy": 0.55, "macs": 31e6})
+    s = sched(eta=3, objectives=["accuracy", "macs"], selection=selection, reference=ref)
+    assert s.report("accurate", 1, {"accuracy": 0.62, "macs": 23e6}).action == CONTINUE
+    d = s.report("cheap", 1, {"accuracy": 0.598, "macs": 13.7e6})
+    assert d.front == 1 and d.kept == 1 and d.action == cheap
+    assert selection in d.reason or d.action == CONTINUE
+
+
+@pytest.mark.parametrize("reference,winner", [({"accuracy": 0.0, "params": 110.0}, "cheap"),
+                                              ({"accuracy": 0.45, "params": 200.0}, "accurate")])
+def test_the_given_reference_point_decides_the_front_cut(reference, winner):
+    # exclusive contributions: accurate (0.9-0.5)*(ref-90), cheap (0.5-ref_acc)*(90-50)
+    s = sched(eta=3, reference=reference)
+    assert s.reference == reference
+    rep(s, "accurate", 1, 0.9, 90)
+    d = rep(s, "cheap", 1, 0.5, 50)
+    assert d.front == 1 and d.action == (CONTINUE if winner == "cheap" else STOP)
+
+
+def test_reference_from_baseline_is_the_sweeps_reference_point():
+    base = {"accuracy": 0.9, "macs": 100.0, "latency_ms": 2.0, "params": 5.0}
+    ref = reference_from_baseline(["accuracy", "macs", "latency_ms"], base)
+    assert ref == pytest.approx({"accuracy": 0.0, "macs": 110.0, "latency_ms": 2.2})
+    assert reference_from_baseline(["accuracy", "macs"], {"accuracy": 0.9}) is None  # no MACs figure
+    assert reference_from_baseline(["accuracy", "macs"], None) is None
+
+
+def test_fallback_reference_lies_strictly_beyond_every_row():
+    F = np.array([[-0.9, 10.0], [-0.5, 30.0], [np.nan, 1.0], [-0.7, 30.0]])
+    ref = fallback_reference(F)
+    assert ref == pytest.approx([-0.5 + 0.1 * 0.4, 30.0 + 0.1 * 20.0])
+    assert (F[[0, 1, 3]] < ref).all()
+    same = fallback_reference(np.array([[2.0, 0.0], [2.0, 0.0]]))  # zero ranges: magnitude, else 1
+    assert same == pytest.approx([2.2, 0.1])
+
+
+def test_reference_must_be_finite():
+    s = sched()
+    with pytest.raises(ValueError, match="reference must give a finite value for every objective"):
+        s.reference = {"accuracy": 0.0}
+    s.reference = None
+    assert s.reference is None
+
+
 def test_ties_go_to_quality_then_arrival():
     F = np.array([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])  # exact duplicates: one front, zero ranges
     assert select_top(F, 1).tolist() == [0]  # earliest arrival
     assert select_top(F, 1, quality=np.array([0.0, -1.0, 0.0])).tolist() == [1]
 
 
-def test_nan_values_rank_last():
+@pytest.mark.parametrize("first", [True, False])
+def test_nan_values_stop_and_rank_last(first):
     s = sched(eta=2)
-    rep(s, "a", 1, 0.5, 100)
+    if not first:
+        rep(s, "a", 1, 0.5, 100)
     d = s.report("b", 1, {"accuracy": float("nan"), "params": 1})
-    assert d.action == STOP
+    assert d.action == STOP and "non-finite" in d.reason
+    d = rep(s, "c", 1, 0.1, 1000)  # worse than "a" on both, but ahead of the NaN row
+    assert d.action == CONTINUE and d.front == (1 if first else 2)
 
 
 def test_three_objectives_with_latency():
@@ -137,14 +214,15 @@ def test_three_objectives_with_latency():
 
 
 # ------------------------------------------------------------------ asynchrony
-def test_asynchronous_few_trials_continue_and_later_arrivals_are_judged_against_the_record():
+def test_asynchronous_first_continues_and_later_arrivals_are_judged_against_the_record():
     s = sched(eta=3, max_epochs=27)
-    # the first η-1 arrivals at a rung cannot be judged: they continue whatever they are
-    assert rep(s, "a", 1, 0.10, 1000).action == CONTINUE
+    # the first arrival at a rung has nothing to be judged against: it continues whatever it is
+    d = rep(s, "a", 1, 0.10, 1000)
+    assert d.action == CONTINUE and d.kept == 1 and "top 1 of 1" in d.reason
+    # the second is judged at once (only the best so far continues), without waiting for η results
     d = rep(s, "b", 1, 0.05, 2000)
-    assert d.action == CONTINUE and d.kept == 0 and "2 of 3 results needed" in d.reason
-    # the third is judged at once against the two recorded, without waiting for the rung to fill
-    assert rep(s, "c", 1, 0.01, 3000).action == STOP
+    assert d.action == STOP and d.reached == 2 and d.kept == 1 and d.front == 2
+    assert rep(s, "c", 1, 0.01, 3000).action == STOP  # third of 3, keep 2
     # a trial at a higher rung is judged only against that rung's record (empty: continues)
     assert rep(s, "a", 3, 0.2, 1000).action == CONTINUE
     # a continued trial is never stopped afterwards by a better newcomer at the rung it passed
@@ -152,15 +230,39 @@ def test_asynchronous_few_trials_continue_and_later_arrivals_are_judged_against_
     assert "a" in s.recorded(1) and s.recorded(3).keys() == {"a"}
 
 
+@pytest.mark.parametrize("eta,second,want", [
+    (3, (0.5, 200), STOP), (4, (0.5, 200), STOP),         # dominated by the first: ranks 2nd of 2 > 1/η
+    (3, (0.9, 50), CONTINUE), (4, (0.9, 50), CONTINUE),   # dominates the first
+    (2, (0.5, 200), CONTINUE),                            # η = 2: 2nd of 2 is within the top half
+])
+def test_second_arrival_is_judged(eta, second, want):
+    s = sched(eta=eta, max_epochs=27)
+    assert rep(s, "first", 1, 0.6, 100).action == CONTINUE
+    d = rep(s, "second", 1, *second)
+    assert d.action == want and d.reached == 2 and d.kept == 2 // eta + 1
+
+
+@pytest.mark.parametrize("eta,n,kept", [(3, 3, 2), (3, 5, 2), (3, 6, 3), (3, 11, 4), (2, 4, 3), (4, 7, 2),
+                                        (4, 8, 3)])
+def test_kept_is_floor_n_over_eta_plus_one(eta, n, kept):
+    s = sched(eta=eta, max_epochs=27)
+    for i in range(n - 1):  # each better on both objectives than the ones before
+        rep(s, f"t{i}", 1, 0.5 + 0.01 * i, 1000 - i)
+    d = rep(s, "last", 1, 0.1, 5000)  # dominated by all
+    assert d.reached == n and d.kept == kept and d.action == STOP and d.front == n
+    d = rep(s, "best", 1, 0.99, 1)  # dominates all: always kept
+    assert d.action == CONTINUE and d.kept == (n + 1) // eta + 1
+
+
 def test_rung0_judges_before_fine_tuning():
-    s = sched(eta=2, rung0=True)
+    s = sched(eta=3, rung0=True)
     rep(s, "a", 0, 0.6, 100)
     d = rep(s, "b", 0, 0.3, 200)
     assert d.action == STOP and d.rung == 0 and "before fine-tuning" in d.reason
 
 
 def test_record_replays_history_without_deciding():
-    s = sched(eta=2)
+    s = sched(eta=3)
     s.record("old", 1, {"accuracy": 0.9, "params": 10})
     assert rep(s, "new", 1, 0.5, 20).action == STOP
     with pytest.raises(ValueError, match="rung must be one of"):
@@ -190,6 +292,12 @@ def test_parse_scheduler():
     assert s == MOASHASettings(reduction_factor=3, min_epochs=1, max_epochs=9, rung0=True)
     assert s.rungs() == (0, 1, 3)
     assert parse_scheduler("mo_asha", max_epochs=3) == MOASHASettings(3, 1, 3, False)
+    assert parse_scheduler("mo_asha").selection == "hypervolume"
+
+
+@pytest.mark.parametrize("selection", ["hypervolume", "crowding"])
+def test_parse_selection(selection):
+    assert parse_scheduler({"type": "mo_asha", "selection": selection}, max_epochs=9).selection == selection
 
 
 @pytest.mark.parametrize("data,match", [
@@ -203,6 +311,8 @@ def test_parse_scheduler():
     ({"type": "mo_asha", "rung0": "yes"}, r"^rung0 must be true or false, but got rung0='yes' "),
     ({"type": "mo_asha", "min_epochs": 20}, r"at least min_epochs=20 epochs .* but got finetune.epochs=9 "
                                             r"\(x.yaml: search.scheduler.min_epochs\)$"),
+    ({"type": "mo_asha", "selection": "epsnet"}, r"^selection must be one of hypervolume, crowding, but got "
+                                                 r"selection='epsnet' \(x.yaml: search.scheduler.selection\)$"),
     ({"type": "hyperband"}, r"^type must be one of fifo, mo_asha, but got type='hyperband' "
                             r"\(x.yaml: search.scheduler.type\)$"),
     ({"type": "mo_asha", "eta": 3}, r"^unknown key 'eta' in x.yaml: search.scheduler; allowed keys: type, "),
