@@ -238,8 +238,8 @@ def dense_reference(cfg: SweepConfig, model, splits, data: TrialData, judge=None
     """The dense network given the trials' fine-tuning budget (``finetune.*``: the same epochs and recipe,
     ``ctx.finetune``; nothing removed): its quality is the reference a pruned trial is read against -- a
     trial above the baseline but not above this was trained longer, not pruned better.  ``judge``: the
-    sweep's teacher for agreement (label-free sweeps).  None without fine-tuning, without training data or
-    with ``baseline.reference: false``."""
+    sweep's teacher for agreement (label-free sweeps).  None unless ``baseline.reference: true``, and without
+    fine-tuning or training data."""
     import torch
 
     if not cfg.baseline.reference or cfg.finetune.epochs <= 0 or data.method is None:
