@@ -270,10 +270,16 @@ def test_rounding_is_nearly_a_noop_and_reported():
     assert traj[-1]["undecided"] == 0  # the rebuilt network has no gates left
 
 
+def fully_gated(model):
+    """``model`` with a gate on every channel group and residual block, all at 1 (the engine's skipped layers
+    left ungated)."""
+    return GatedNet(model, example(), skipped_layers(model, example()), channel_gates=True, block_gates=True,
+                    init=1.0)
+
+
 def test_undecided_counts_gates_away_from_both_ends():
     model = resnet20()
-    gated = GatedNet(model, example(), skipped_layers(model, example()), channel_gates=True, block_gates=True,
-                     init=1.0)
+    gated = fully_gated(model)
     with torch.no_grad():
         gated.theta[:5] = torch.tensor([0.0, 0.04, 0.06, 0.5, 0.96])
         gated.phi[:3] = torch.tensor([0.94, 1.0, 0.0])
@@ -348,8 +354,7 @@ def test_rebuilt_equals_gated_after_training():
 def test_removal_during_training_carries_the_gates():
     torch.manual_seed(0)
     model = resnet20().eval()
-    gated = GatedNet(model, example(), skipped_layers(model, example()), channel_gates=True, block_gates=True,
-                     init=1.0)
+    gated = fully_gated(model)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         gated.theta.copy_(torch.rand(gated.theta.shape, generator=g))
@@ -380,8 +385,7 @@ def test_removal_during_training_carries_the_gates():
 
 def test_expected_cost_of_the_full_net_is_exact():
     model = resnet20()
-    gated = GatedNet(model, example(), skipped_layers(model, example()), channel_gates=True, block_gates=True,
-                     init=1.0)
+    gated = fully_gated(model)
     assert gated.params0 == count_params(model)
     conv_linear_macs = 0
     hooks = []
@@ -639,8 +643,7 @@ def test_macs_fraction_on_tiny_nets(net, frac, request):
 def test_correction_re_decides_by_theta_and_keeps_a_unit_per_group():
     torch.manual_seed(0)
     model = resnet20().eval()
-    gated = GatedNet(model, example(), skipped_layers(model, example()), channel_gates=True, block_gates=True,
-                     init=1.0)
+    gated = fully_gated(model)
     g = torch.Generator().manual_seed(4)
     with torch.no_grad():
         gated.theta.copy_(torch.rand(gated.theta.shape, generator=g) * 0.4 + 0.6)  # every unit kept by rounding
