@@ -96,12 +96,13 @@ def overhead(fit_s: float, trial_s: float, n: int, c: int) -> tuple[float, float
     return (fit_s * c - trial_s) / n, (fit_s - trial_s / c) / n
 
 
-def slot_gaps(spans: list[tuple[float, float]], c: int, t0: float | None) -> tuple[list[float], list[float]]:
-    """(first gaps, later gaps) of trials ``(start, end)`` laid on ``c`` slots.
+def slot_gaps(spans: list[tuple[float, float]], c: int, t0: float | None,
+              t_end: float | None = None) -> tuple[list[float], list[float], list[float]]:
+    """(first gaps, later gaps, tails) of trials ``(start, end)`` laid on ``c`` slots.
 
     First gap: from ``t0`` (Tune started) to the first trial of a slot.  Later gap: from the end of one
     trial to the start of the next trial in the same slot (the slot whose last end is the latest one at
-    or before the start)."""
+    or before the start).  Tail: from a slot's last trial end to ``t_end`` (Tune returned)."""
     slots: list[float] = []
     first, later = [], []
     for s, e in sorted(spans):
@@ -116,7 +117,8 @@ def slot_gaps(spans: list[tuple[float, float]], c: int, t0: float | None) -> tup
         i = max(free, key=lambda j: slots[j])
         later.append(s - slots[i])
         slots[i] = e
-    return first, later
+    tails = [t_end - e for e in slots] if t_end is not None else []
+    return first, later, tails
 
 
 def fmt_stats(xs: list[float]) -> str:
@@ -425,13 +427,16 @@ def main(argv=None) -> int:
 
     # where the time goes, from the trials' own timestamps
     o_spans = [(ts(r.started_at), ts(r.ended_at)) for r in recs if r.started_at is not None and r.ended_at is not None]
-    of, ol = slot_gaps(o_spans, ours["concurrency"], ours["fit_t0"])
-    rf, rl = slot_gaps(raw["spans"], raw["concurrency"], raw["fit_t0"])
+    o_end = ours["fit_t0"] + ours["fit_s"] if ours["fit_t0"] is not None else None
+    of, ol, ot = slot_gaps(o_spans, ours["concurrency"], ours["fit_t0"], o_end)
+    rf, rl, rt = slot_gaps(raw["spans"], raw["concurrency"], raw["fit_t0"], raw["fit_t0"] + raw["fit_s"])
     print("# gaps per slot, seconds (from trial start/end stamps; ours' stamps are taken inside run_trial):")
     print(f"#   Tune start -> first trial of a slot   ours {fmt_stats(of)}")
     print(f"#                                         raw  {fmt_stats(rf)}")
     print(f"#   trial end -> next trial, same slot    ours {fmt_stats(ol)}")
     print(f"#                                         raw  {fmt_stats(rl)}")
+    print(f"#   last trial of a slot -> Tune returns  ours {fmt_stats(ot)}")
+    print(f"#                                         raw  {fmt_stats(rt)}")
     by_start = sorted((r for r in recs if r.started_at is not None and r.wall_s), key=lambda r: ts(r.started_at))
     c = ours["concurrency"]
     print(f"#   ours: wall_s of each slot's first trial {fmt_stats([r.wall_s for r in by_start[:c]])}; of the "

@@ -35,7 +35,7 @@ from .folder import BASELINE_MODEL, HEARTBEAT_EVERY_S, HEARTBEAT_MIN_S, SweepFol
 from .pareto import DIRECTIONS
 from .results.schema import FINISHED, TrialRecord, with_front
 from .results.store import TrialStore
-from .trial import TrialSpec, load_splits, prepare_baseline, run_trial, trial_threads
+from .trial import TrialSpec, load_splits, prepare_baseline, run_trial, trial_threads, use_shipped_splits
 
 EXPERIMENT = "tune"
 RUNG = "rung"  # key of a rung report (fine-tune epochs so far) in the results a trial sends Tune
@@ -87,6 +87,7 @@ class TrialInputs:
     baseline_model: bytes
     inbox: object  # the :func:`_model_inbox` actor
     teacher: dict | None = None  # an MBN teacher's state (plain tensors), when the space names one
+    splits: object = None  # a Ray ObjectRef of the driver's DataSplits (trial.use_shipped_splits)
 
 
 class _ShippedIO:
@@ -146,6 +147,10 @@ def sweep_trial(config: dict, inputs: TrialInputs) -> None:
     from .space import TRIAL_NUMBER, knobs_from_config
 
     cfg = inputs.cfg
+    if inputs.splits is not None:
+        import ray
+
+        use_shipped_splits(cfg, lambda: ray.get(inputs.splits))
     trial_id = tune.get_context().get_trial_id()
     method, knobs = knobs_from_config(config)
     number = config.get(TRIAL_NUMBER)
@@ -766,14 +771,17 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
     that were cut short (``stopped``) are enqueued to run again first, and only ``trials − finished``
     trials are asked for.  Trial numbers, and so seeds, continue after the told ones, and the sampler is
     seeded from the sweep seed and the number told: no configuration or seed repeats."""
+    import ray
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
     from .mbn.teacher import teacher_state
     from .space import define_by_run, first_points, make_sampler, study_with_history
 
+    # the data goes once into Ray's object store, fetched once per worker process: no worker re-reads the
+    # dataset (or needs its files on its node)
     inputs = TrialInputs(str(folder.path), cfg, folder.baseline(), folder.read_model_bytes(BASELINE_MODEL), inbox,
-                         teacher_state(folder))
+                         teacher_state(folder), ray.put(load_splits(cfg)))
     trainable = tune.with_resources(
         tune.with_parameters(sweep_trial, inputs=inputs),
         {"cpu": cfg.search.cpus_per_trial, **({"gpu": cfg.search.gpus_per_trial} if cfg.search.gpus_per_trial else {})})

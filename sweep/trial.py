@@ -50,13 +50,32 @@ def _splits(name: str, options_json: str, seed: int, stratify: bool = True):
     return load_dataset(name, json.loads(options_json), seed=seed, where="dataset", stratify=stratify)
 
 
+def _splits_key(cfg: SweepConfig) -> tuple:
+    return cfg.dataset.name, json.dumps(cfg.dataset.options, sort_keys=True), cfg.seed, not cfg.label_free
+
+
+# splits this process was handed rather than loaded (:func:`use_shipped_splits`), by ``_splits_key``
+_SHIPPED: dict[tuple, object] = {}
+
+
 def load_splits(cfg: SweepConfig):
-    """The sweep's data, cached per process (Ray workers reuse it across trials).
+    """The sweep's data, cached per process (Ray workers reuse it across trials), or the splits the
+    driver shipped to this process (:func:`use_shipped_splits`).
 
     In a label-free sweep every split and subset is drawn without reading a label (no stratification),
     so labels never decide which items the device side sees."""
-    return _splits(cfg.dataset.name, json.dumps(cfg.dataset.options, sort_keys=True), cfg.seed,
-                   not cfg.label_free)
+    key = _splits_key(cfg)
+    return _SHIPPED[key] if key in _SHIPPED else _splits(*key)
+
+
+def use_shipped_splits(cfg: SweepConfig, fetch) -> None:
+    """Make ``fetch()`` (the driver's own splits of ``cfg``, e.g. from Ray's object store) what
+    :func:`load_splits` returns in this process; fetched once per process, so a reused worker pays for
+    its data once and a worker node needs neither the dataset files nor the libraries that read them."""
+    key = _splits_key(cfg)
+    if key not in _SHIPPED:
+        _SHIPPED.clear()  # one sweep's data per worker process
+        _SHIPPED[key] = fetch()
 
 
 @dataclass

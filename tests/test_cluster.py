@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sweep.localcluster import LocalCluster, group_alive
@@ -29,7 +30,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.integration,
 SPACE = """
 name: clustered
 model: {name: small_cnn}
-dataset: {name: digits}
+dataset: DATASET
 baseline: {epochs: 2, lr: 0.05}
 finetune: {epochs: 1, lr: 0.01}
 search: {trials: 4, concurrency: 2, sampler: random, objectives: [accuracy, latency_ms, params]}
@@ -81,10 +82,29 @@ def cluster(tmp_path_factory):
         assert not [p for p in c.groups if group_alive(p)]
 
 
-def _sweep(c, hidden: Path, tmp_path: Path, name: str, finetune_epochs: int) -> tuple[list, Path]:
+def _write_idx(path: Path, a: np.ndarray) -> None:
+    """An uncompressed IDX file of unsigned bytes (the Fashion-MNIST format)."""
+    path.write_bytes(bytes([0, 0, 0x08, a.ndim]) + np.asarray(a.shape, ">i4").tobytes() + a.astype(np.uint8).tobytes())
+
+
+def _fashion_files(root: Path) -> Path:
+    """Small Fashion-MNIST-format files (10 classes of noisy 28x28 class patterns) under ``root``."""
+    rng = np.random.default_rng(0)
+    patterns = rng.integers(0, 256, (10, 28, 28))
+    root.mkdir()
+    for split, n in (("train", 300), ("t10k", 100)):
+        y = np.arange(n) % 10
+        x = np.clip(patterns[y] + rng.normal(0, 40, (n, 28, 28)), 0, 255)
+        _write_idx(root / f"{split}-images-idx3-ubyte", x)
+        _write_idx(root / f"{split}-labels-idx1-ubyte", y)
+    return root
+
+
+def _sweep(c, hidden: Path, tmp_path: Path, name: str, finetune_epochs: int,
+           dataset: str = "{name: digits}") -> tuple[list, Path]:
     space = tmp_path / f"{name}.yaml"
     space.write_text(SPACE.replace("name: clustered", f"name: {name}").replace(
-        "finetune: {epochs: 1", f"finetune: {{epochs: {finetune_epochs}"))
+        "finetune: {epochs: 1", f"finetune: {{epochs: {finetune_epochs}").replace("DATASET", dataset))
     sweep_dir = hidden / name
     cmd = [sys.executable, "-m", "sweep.cli", "run", str(space), "--out", str(sweep_dir), "--address", c.address,
            "--reports", str(tmp_path / "reports")]
@@ -103,8 +123,11 @@ def _trials_and_runs(sweep_dir: Path, name: str):
 
 
 def test_a_sweep_runs_on_two_nodes_that_cannot_see_its_folder(cluster, tmp_path):
+    """Neither the sweep folder nor the dataset's files (both on the driver's disk only) are seen by a
+    worker node: the data reaches the trials through Ray's object store."""
     c, hidden, groups = cluster
-    cmd, sweep_dir = _sweep(c, hidden, tmp_path, "clustered", 1)
+    files = _fashion_files(hidden / "fashion")
+    cmd, sweep_dir = _sweep(c, hidden, tmp_path, "clustered", 1, f"{{name: fashion-mnist, root: {files}}}")
     run = subprocess.run(cmd, cwd=tmp_path, env={**c.env, "MLFLOW_LOGGING_LEVEL": "WARNING"}, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
