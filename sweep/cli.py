@@ -255,6 +255,10 @@ def cmd_select(args) -> int:
            if c.get("accuracy") is not None else "accuracy n/a (no labelled set)")
     _log(f"chosen: trial {c['trial_id']} ({c['method']}) {agree}{acc} · latency {c['latency_ms']:.3f} ms re-measured "
          f"alone · params {c['params']:,} · MACs {c['macs']:,}")
+    if d.get("vs_teacher"):
+        from .select import vs_teacher_line
+
+        _log(f"chosen: {vs_teacher_line(d['vs_teacher'])}")
     files = [str(v) for k, v in d["exports"].items() if not k.endswith("error")] + ["selection.json", "selection.md"]
     _log(f"exported to {d['out']}: " + ", ".join(files))
     return 0

@@ -175,6 +175,9 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
         }
         if not cfg.labelled_data:
             decision["note"] = NO_LABELS_NOTE
+        vs = _vs_teacher(folder.baseline().get("teacher"), chosen_model, splits.input_shape, cfg)
+        if vs:
+            decision["vs_teacher"] = vs
         import torch
 
         torch.save(chosen_model, tmp / "model.pt")
@@ -193,6 +196,23 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
         (out / "selection.json").write_text(json.dumps(decision, indent=2, default=str))
     decision["out"] = str(out)
     return decision
+
+
+def _vs_teacher(teacher, model, input_shape, cfg) -> dict | None:
+    """The chosen student against a non-neural (MBN) teacher: the student timed again exactly as the
+    teacher was (its runtime, batch, threads and device), and the per-sample speed-up; None when the sweep
+    has no such teacher or its latency is unknown."""
+    from .measure import measure_latency
+
+    lat = (teacher or {}).get("latency") if isinstance(teacher, dict) else None
+    if not isinstance(lat, dict) or not lat.get("median_ms") or not lat.get("batch"):
+        return None
+    student = measure_latency(model, input_shape, batch=int(lat["batch"]), warmup=cfg.measure.warmup,
+                              repeats=max(cfg.measure.repeats, 100), threads=lat.get("threads"),
+                              device=lat.get("device") or cfg.measure.device,
+                              runtime=(lat.get("runtime") or "torch").split()[0])  # "torch 2.x": its name
+    return {"kind": teacher.get("kind"), "teacher_latency": lat, "student_latency": student.to_dict(),
+            "speedup": (lat["median_ms"] / lat["batch"]) / (student.median_ms / student.batch)}
 
 
 def _public(r: TrialRecord) -> dict:
@@ -262,6 +282,13 @@ def _register(state: dict, name: str, chosen: TrialRecord, model, example, out: 
         return {"error": f"{type(e).__name__}: {e}"[:500]}
 
 
+def vs_teacher_line(v: dict) -> str:
+    t, s = v["teacher_latency"], v["student_latency"]
+    return (f"{v['speedup']:.0f}x faster per sample than the {(v.get('kind') or '').upper() or 'non-neural'} "
+            f"teacher ({s['median_ms']:.3g} ms vs {t['median_ms']:.3g} ms at batch {t['batch']}, "
+            f"{t.get('threads')} thread(s), {t.get('device')}, {t.get('runtime') or 'torch'}; timed alike)")
+
+
 def _markdown(d: dict) -> str:
     c = d["chosen"]
     lines = [f"# Selection for sweep `{d['sweep']}`", "",
@@ -277,6 +304,7 @@ def _markdown(d: dict) -> str:
              f"Why: the `ok` trial with the highest {d.get('quality', 'accuracy')} inside the budget "
              "(ties: lower latency).", "",
              *([f"Note: {d['note']}.", ""] if d.get("note") else []),
+             *([vs_teacher_line(d["vs_teacher"]) + ".", ""] if d.get("vs_teacher") else []),
              "| rejected front point | method | accuracy | latency ms | params | why |", "|---|---|---|---|---|---|"]
     for r in d["rejected_front_points"]:
         lines.append(f"| {r['trial_id']} | {r['method']} | {_acc(r['accuracy'])} | {r['latency_ms']:.3f} | "

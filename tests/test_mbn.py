@@ -430,9 +430,17 @@ def test_digits_sweep_with_an_mbn_teacher_end_to_end(tmp_path, monkeypatch, caps
     best = df["agreement"].max()
     assert main(["select", str(sweep_dir), "--min-accuracy", f"{best - 1e-6:.6f}", "--no-export",
                  "--no-register"]) == 0
-    chosen = json.loads((sweep_dir / "selected" / "selection.json").read_text())["chosen"]
-    assert chosen["agreement"] == pytest.approx(best)
-    capsys.readouterr()
+    selection = json.loads((sweep_dir / "selected" / "selection.json").read_text())
+    assert selection["chosen"]["agreement"] == pytest.approx(best)
+    # the chosen student, timed again as the teacher was, against the teacher's per-sample latency
+    vs = selection["vs_teacher"]
+    assert vs["kind"] == "mbn" and vs["teacher_latency"] == teacher["latency"]
+    assert {k: vs["student_latency"][k] for k in ("batch", "threads", "device", "runtime")} == \
+        {k: teacher["latency"][k] for k in ("batch", "threads", "device", "runtime")}
+    assert vs["speedup"] == pytest.approx(teacher["latency"]["median_ms"] / vs["student_latency"]["median_ms"])
+    assert vs["speedup"] > 1
+    assert f"chosen: {vs['speedup']:.0f}x faster per sample than the MBN teacher" in capsys.readouterr().out
+    assert f"{vs['speedup']:.0f}x faster per sample" in (sweep_dir / "selected" / "selection.md").read_text()
     assert main(["select", str(sweep_dir), "--min-accuracy", f"{min(best + 0.01, 1.0):.6f}", "--no-export",
                  "--no-register"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
