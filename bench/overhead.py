@@ -49,8 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OBJECTIVES_DIR = {"accuracy": "max", "agreement": "max", "latency_ms": "min", "params": "min", "macs": "min"}
 
 # the Tune settings sweep's driver sets for itself (sweep/driver.py::_ray_init); the raw run gets the same
-TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0",
-            "TUNE_MAX_PENDING_TRIALS_PG": "1", "RAY_DEDUP_LOGS": "0"}
+TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0", "RAY_DEDUP_LOGS": "0"}
 
 
 # ------------------------------------------------------------------------------------------ helpers

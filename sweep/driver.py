@@ -683,7 +683,8 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None, log=print)
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1")
+    # TUNE_MAX_PENDING_TRIALS_PG stays Ray's "auto": the concurrency limit, so that the first trials of
+    # every slot start together (a limit of 1 starts them one placement group after another)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if ray.is_initialized():
         return False
