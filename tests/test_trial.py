@@ -182,3 +182,29 @@ def test_compare_latency_interleaves_and_reports_each_model():
     a, b = compare_latency([small, big], (1, 16, 16), repeats=10, warmup=1, threads=1, rounds=5)
     assert a.repeats == b.repeats == 10 and a.threads == b.threads == 1
     assert a.median_ms > 0 and b.median_ms > 0 and a.iqr_ms >= 0
+
+
+def test_shipped_splits_are_what_load_splits_returns_fetched_once_per_process(swept, monkeypatch):
+    """A Ray worker is handed the driver's splits: load_splits returns them without reading the dataset,
+    and the hand-over is fetched once however many trials the worker runs; another sweep's data is loaded."""
+    import sweep.trial as trial
+
+    cfg = swept[0]
+    monkeypatch.setattr(trial, "_SHIPPED", {})
+    shipped, fetched = object(), []
+
+    def fetch():
+        fetched.append(1)
+        return shipped
+
+    def no_reading(*args):
+        raise AssertionError("the dataset was read although its splits were shipped")
+
+    with monkeypatch.context() as m:
+        m.setattr(trial, "_splits", no_reading)
+        for _ in range(3):
+            trial.use_shipped_splits(cfg, fetch)
+            assert trial.load_splits(cfg) is shipped
+    assert fetched == [1]
+    other = replace(cfg, seed=cfg.seed + 1)
+    assert trial.load_splits(other) is not shipped and len(trial.load_splits(other).train) > 0
