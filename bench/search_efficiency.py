@@ -41,7 +41,7 @@ Figures, mean +- std over seeds:
   ``pruned_quality`` metric in the sweep's MLflow store), to show what adaptive BN adds.
 
     python bench/search_efficiency.py --quick      # 3 seeds, N=6, 600 training images (< 15 min on 2 cores)
-    python bench/search_efficiency.py              # 3 seeds, N=12, 3,000 training images
+    python bench/search_efficiency.py              # 3 seeds, N=12, 3,000 training images, 9 epochs (~2 h on 2 cores)
     python bench/search_efficiency.py --full       # 3 seeds, N=24, all 54,000 training images: a bigger machine
 
 The last line (one line; wrapped here):
@@ -83,13 +83,14 @@ ASHA_TRIALS_PER_N = 4
 
 # Presets.  quick: sized to finish in under 15 minutes on 2 cores (about 45 k training-image passes per
 # seed, most of them fine-tuning; ResNet-20 trains at one to two hundred 28x28 images a second per core);
-# default: a longer run on the same machine; full: the whole training set and longer fine-tunes, for a
-# machine with more cores (concurrency follows the cores there).
+# default: a longer run on the same machine, fine-tuning 9 epochs so that successive halving has the
+# rungs 0, 1, 3 and 9 (with 3 epochs only 0, 1 and 3: at most two chances to stop a candidate early);
+# full: the whole training set, for a machine with more cores (concurrency follows the cores there).
 PRESETS = {
     "quick": dict(trials=6, train_subset=600, val_subset=400, test_subset=200, baseline_epochs=4,
                   finetune_epochs=3),
     "default": dict(trials=12, train_subset=3000, val_subset=1000, test_subset=1000, baseline_epochs=5,
-                    finetune_epochs=3),
+                    finetune_epochs=9),
     "full": dict(trials=24, train_subset=None, val_subset=2000, test_subset=None, baseline_epochs=10,
                  finetune_epochs=9),
 }
