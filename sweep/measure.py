@@ -189,6 +189,11 @@ def runtime_label(runtime: str) -> str:
     return f"torch {torch.__version__}"
 
 
+def runtime_of_label(label: str | None) -> str:
+    """The runtime name a :func:`runtime_label` names (``torch 2.x`` -> ``torch``); ``torch`` when unknown."""
+    return (label or "torch").split()[0]
+
+
 def export_onnx(model, example, *, check: bool = True) -> bytes:
     """``model`` as an ONNX model (serialised bytes) for a fixed input of ``example``'s shape.
 

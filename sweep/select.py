@@ -202,15 +202,15 @@ def _vs_teacher(teacher, model, input_shape, cfg) -> dict | None:
     """The chosen student against a non-neural (MBN) teacher: the student timed again exactly as the
     teacher was (its runtime, batch, threads and device), and the per-sample speed-up; None when the sweep
     has no such teacher or its latency is unknown."""
-    from .measure import measure_latency
+    from .measure import measure_latency, runtime_of_label
 
-    lat = (teacher or {}).get("latency") if isinstance(teacher, dict) else None
+    lat = teacher.get("latency") if isinstance(teacher, dict) else None
     if not isinstance(lat, dict) or not lat.get("median_ms") or not lat.get("batch"):
         return None
     student = measure_latency(model, input_shape, batch=int(lat["batch"]), warmup=cfg.measure.warmup,
                               repeats=max(cfg.measure.repeats, 100), threads=lat.get("threads"),
                               device=lat.get("device") or cfg.measure.device,
-                              runtime=(lat.get("runtime") or "torch").split()[0])  # "torch 2.x": its name
+                              runtime=runtime_of_label(lat.get("runtime")))
     return {"kind": teacher.get("kind"), "teacher_latency": lat, "student_latency": student.to_dict(),
             "speedup": (lat["median_ms"] / lat["batch"]) / (student.median_ms / student.batch)}
 
