@@ -89,9 +89,9 @@ def prune(kind: str, model, x, target: float, tp_steps: int, threads: int, runti
         prune_to_target(model, x, macs_fraction=target, round_to="auto")
     elif kind == "noround":
         prune_to_target(model, x, macs_fraction=target, round_to=None)
-    elif kind == "latency":
+    elif kind.startswith("latency"):
         prune_to_target(model, x, macs_fraction=target, round_to="auto", importance="l2_latency",
-                        latency_kw={"threads": threads, "runtime": runtime})
+                        latency_kw={"threads": threads, "runtime": runtime, "batch": table_batch(kind)})
     elif kind == "tp":
         import torch_pruning as tp
 
@@ -105,6 +105,22 @@ def prune(kind: str, model, x, target: float, tp_steps: int, threads: int, runti
     else:
         raise ValueError(f"pruner must be one of {PRUNERS}, but got {kind!r}")
     return model.eval()
+
+
+def table_batch(pruner: str) -> int:
+    """The batch a latency pruner's table is timed at: ``latency`` 1, ``latency_b16`` 16."""
+    return int(pruner.split("_b")[1]) if "_b" in pruner else 1
+
+
+def with_table_batches(pruners: list[str], batches: list[int]) -> list[str]:
+    """``pruners`` with one ``latency_bN`` after ``latency`` for every batch N > 1 timed: a user who
+    deploys at batch N sets ``measure.latency_batch: N`` and the table is timed at N."""
+    out = []
+    for p in pruners:
+        out.append(p)
+        if p == "latency":
+            out += [f"latency_b{b}" for b in batches if b != 1]
+    return out
 
 
 def interleaved_latency(models: list, shape: tuple, batch: int, repeats: int, block: int,
@@ -163,6 +179,7 @@ def main(argv=None) -> int:
     if any(r not in RUNTIMES for r in runtimes):
         ap.error(f"runtimes must be among {', '.join(RUNTIMES)}, but got {args.runtimes}")
     runtimes = list(dict.fromkeys([*runtimes, args.runtime]))
+    pruners = with_table_batches(pruners, batches)
 
     from importlib.metadata import version
 
@@ -179,10 +196,10 @@ def main(argv=None) -> int:
     print("# inputs: " + ", ".join(f"{m} {MODELS[m][0]}x{MODELS[m][1]}x{MODELS[m][1]}" for m in models))
     print("# runtimes: " + ", ".join(f"{SHORT[r]} = {runtime_label(r)}" for r in runtimes)
           + f" ({args.threads} intra-op threads; onnxruntime: 1 inter-op thread, sequential); "
-          f"the latency pruner's table is timed on {args.runtime}")
+          f"the latency pruner's table is timed on {args.runtime} at batch 1 (latency_bN: at batch N)")
     cols = [(r, b) for b in batches for r in runtimes]
     lat_cols = "".join(f" {SHORT[r] + ' ms b' + str(b):>11} {SHORT[r] + ' eff b' + str(b):>11}" for r, b in cols)
-    head = f"{'model':<26}{'target':>7} {'pruner':<8}{'MACs':>7}{'params':>7}{lat_cols} {'prune s':>8}"
+    head = f"{'model':<26}{'target':>7} {'pruner':<11}{'MACs':>7}{'params':>7}{lat_cols} {'prune s':>8}"
     print(head)
     print("-" * len(head))
     sys.stdout.flush()
@@ -202,7 +219,7 @@ def main(argv=None) -> int:
                 try:
                     prune(p, m, x, t, args.tp_steps, args.threads, args.runtime)
                 except Exception as e:  # a pruner that fails on a model is a row, not a crash
-                    print(f"{name:<26}{t:>7.3f} {p:<8} failed: {type(e).__name__}: {e}")
+                    print(f"{name:<26}{t:>7.3f} {p:<11} failed: {type(e).__name__}: {e}")
                     continue
                 dt = time.perf_counter() - t0
                 variants.append((t, p, m, count_macs(m, x) / macs0, count_params(m) / params0, dt))
@@ -215,14 +232,14 @@ def main(argv=None) -> int:
                 print(f"{name:<26} {r} at batch {b} failed: {type(e).__name__}: {str(e)[:200]}")
                 lat[r, b] = [float("nan")] * (len(variants) + 1)
         dense_cols = "".join(f" {lat[r, b][0]:>11.3f} {1:>11.2f}" for r, b in cols)
-        print(f"{name:<26}{1:>7.3f} {'dense':<8}{1:>7.3f}{1:>7.3f}{dense_cols} {0:>8.1f}")
+        print(f"{name:<26}{1:>7.3f} {'dense':<11}{1:>7.3f}{1:>7.3f}{dense_cols} {0:>8.1f}")
         for k, (t, p, _, mf, pf, dt) in enumerate(variants, start=1):
             row = ""
             for r, b in cols:
                 eff = mf / (lat[r, b][k] / lat[r, b][0])
                 row += f" {lat[r, b][k]:>11.3f} {eff:>11.2f}"
                 effs.setdefault((p, r, b), []).append(eff)
-            print(f"{name:<26}{t:>7.3f} {p:<8}{mf:>7.3f}{pf:>7.3f}{row} {dt:>8.1f}")
+            print(f"{name:<26}{t:>7.3f} {p:<11}{mf:>7.3f}{pf:>7.3f}{row} {dt:>8.1f}")
             first = (args.runtime, batches[0])
             summary.setdefault(p, []).append((abs(mf - t), lat[first][k] / lat[first][0]))
         sys.stdout.flush()
@@ -243,7 +260,10 @@ def _median(values: list[float]) -> float:
 def efficiency_line(effs: dict, runtime: str, ours: str) -> str:
     """The last line: median speed-up efficiency over every model and target, at batch 1 and 16, of our
     pruner and of plain Torch-Pruning, on the deployment runtime (nan where that batch or pruner was not run)."""
-    parts = [f"{who}_b{b}={_median(effs.get((p, runtime, b), [])):.3f}"
+    def pruner_at(p: str, b: int) -> str:  # ours at batch b: pruned with its table timed at b, where it ran
+        return f"{p}_b{b}" if b != 1 and (f"{p}_b{b}", runtime, b) in effs else p
+
+    parts = [f"{who}_b{b}={_median(effs.get((pruner_at(p, b), runtime, b), [])):.3f}"
              for who, p in (("ours", ours), ("tp", "tp")) for b in (1, 16)]
     return f"efficiency: runtime={runtime} " + " ".join(parts)
 

@@ -418,7 +418,8 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder, log_metric, ru
     ctx = build_context(data.method, method=spec.method, labels=not cfg.label_free, teacher=teacher,
                         finetune_config=cfg.finetune, device=cfg.measure.device, seed=spec.seed,
                         num_classes=splits.num_classes, ignored_layers=skipped_layers(cfg, model, example),
-                        log_metric=log_metric, latency={"runtime": cfg.measure.runtime, "threads": threads})
+                        log_metric=log_metric, latency={"runtime": cfg.measure.runtime, "threads": threads,
+                                                               "batch": cfg.measure.latency_batch})
     result = method.prune(model, example, mcfg, ctx)
     model = result.model
     # agreement is with the sweep's teacher: an MBN when the space names one, else the dense baseline

@@ -195,7 +195,7 @@ def test_auto_rounding_is_per_group():
     kw = dict(ratio=0.3, global_pruning=False)  # the same ratio in every group: counts are predictable
     auto, _ = prune_to_target(WideNarrowNet(), X8, **kw)
     counts = channel_counts(auto)
-    # 20 -> 14 (narrow: not rounded), 48 -> 33 -> 32, 64 -> 44 -> 48 (nearest multiples of 8, ties up)
+    # 20 -> 14 (narrow: not rounded), 48 -> 33 -> 32, 64 -> 44 -> 48 (nearest multiples of 8 or 16, ties up)
     assert (counts["c1"], counts["c2"], counts["c3"]) == (14, 32, 48)
     plain, _ = prune_to_target(WideNarrowNet(), X8, round_to=None, **kw)
     assert [channel_counts(plain)[k] for k in ("c1", "c2", "c3")] == [14, 33, 44]
@@ -527,3 +527,41 @@ def test_latency_target_is_measured_and_lowers_latency():
     # a noisy clock: ask for the direction and a loose band, not the 3 %
     assert 0.3 < info["achieved"]["latency_fraction"] < 0.75
     assert info["achieved"]["macs_fraction"] < 0.75
+
+
+# ----------------------------------------------------------------------------- the auto grid
+@pytest.mark.parametrize("capability,unit", [("AVX512", 16), ("AVX2", 8), ("DEFAULT", 8)])
+def test_auto_grid_is_the_cpu_vector_width(monkeypatch, capability, unit):
+    ch.round_wide.cache_clear()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    try:
+        assert ch.round_wide() == unit
+        assert ch.rounding_unit(64, "auto") == unit and ch.rounding_unit(20, "auto") == 1
+        assert ch.rounding_unit(32, "auto") == 8  # one step is at most a quarter of a group's width
+    finally:
+        ch.round_wide.cache_clear()
+
+
+class OneWideGroup(nn.Module):
+    """One prunable group of 64 channels whose MACs are linear in its width: on a grid of 16 it keeps a
+    multiple of 16 (MACs fraction 0.25, 0.5, 0.75 or 1), on a grid of 8 a multiple of 8, whatever the
+    weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64)
+        self.fc = nn.Linear(64, 4, bias=False)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.b1(self.c1(x))).mean((2, 3)))
+
+
+def test_auto_grid_is_halved_only_where_it_cannot_meet_a_target(monkeypatch):
+    monkeypatch.setattr(ch, "round_wide", lambda: 16)
+    _, on16 = prune_to_target(OneWideGroup(), X8, macs_fraction=0.5, inplace=False)
+    assert on16["within_tolerance"] and on16["round_unit"] == 16 and on16["round_to"] == "auto"
+    _, fixed = prune_to_target(OneWideGroup(), X8, macs_fraction=0.625, round_to=16, inplace=False)
+    assert not fixed["within_tolerance"]  # an explicit grid is kept, off target
+    pruned, finer = prune_to_target(OneWideGroup(), X8, macs_fraction=0.625, inplace=False)
+    assert finer["within_tolerance"] and finer["round_unit"] == 8
+    assert channel_counts(pruned)["c1"] == 40

@@ -228,3 +228,45 @@ def test_plain_importances_are_untouched_and_unknown_names_rejected():
         prune_to_target(TwoScaleNet(), X16, ratio=0.3, importance="l3_latency")
     assert "l2_latency" in criteria.LATENCY_IMPORTANCES and "l2_latency" not in criteria.IMPORTANCES
     assert type(criteria.make_importance("l2_latency")) is type(criteria.make_importance("l2"))
+
+
+# ----------------------------------------------------------------------------- per-MAC costs, grids, batch
+def test_per_mac_cost_ranks_the_slow_per_mac_group_first_where_per_unit_ranks_the_dear_one():
+    scores = [torch.ones(4), torch.ones(4)]
+    # a: dear per unit (0.3 ms) but fast per MAC (0.3 / 3000); b: cheap per unit (0.1 ms), slow per MAC (0.1 / 100)
+    costs = [lat.GroupLatency("a", (4, 2), (1.0, 0.4), 0.3, per_unit_macs=3000.0),
+             lat.GroupLatency("b", (4, 2), (1.0, 0.8), 0.1, per_unit_macs=100.0)]
+    unit = lat.latency_weighted_scores(scores, costs, per="unit")
+    mac = lat.latency_weighted_scores(scores, costs, per="mac")
+    assert unit[0][0] < unit[1][0]  # a latency budget: the group dear per unit goes first
+    assert mac[1][0] < mac[0][0]  # a MACs budget: the group that buys the most time per removed MAC goes first
+    assert costs[1].ms_per_mac == pytest.approx(1e-3) and lat.GroupLatency("c", (2,), (1.0,), 0.1).ms_per_mac == 0
+    with pytest.raises(ValueError, match="per must be"):
+        lat.latency_weighted_scores(scores, costs, per="param")
+
+
+def test_group_costs_carry_the_macs_of_one_unit():
+    torch.manual_seed(0)
+    plan = plan_of(TwoScaleNet())
+    by_name = {c.name: c for c in plan.latency}
+    # c1's unit: one 3x3x3 filter at 16x16 plus one input channel of c2 at 2x2 (32 filters of 3x3)
+    assert by_name["c1"].per_unit_macs == pytest.approx(3 * 9 * 256 + 32 * 9 * 4)
+    assert all(c.per_unit_macs > 0 and c.ms_per_mac > 0 for c in plan.latency)
+
+
+class RecordingLUT(lat.LatencyLUT):
+    """The table solve_for_target builds, on the stand-in clock, remembering the batch it was built for."""
+
+    batches: list = []
+
+    def __init__(self, **kw):
+        RecordingLUT.batches.append(kw.get("batch"))
+        super().__init__(batch=kw.get("batch", 1), clock=runs_clock)
+
+
+def test_the_table_is_timed_at_the_configured_latency_batch(monkeypatch):
+    monkeypatch.setattr(lat, "LatencyLUT", RecordingLUT)
+    RecordingLUT.batches = []
+    prune_to_target(TwoScaleNet(), X16, macs_fraction=0.6, importance="l2_latency", latency_kw={"batch": 16})
+    prune_to_target(TwoScaleNet(), X16, macs_fraction=0.6, importance="l2_latency")
+    assert RecordingLUT.batches[0] == 16 and RecordingLUT.batches[-1] == X16.shape[0]

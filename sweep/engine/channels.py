@@ -12,9 +12,10 @@ precomputed scores; :func:`prune_to_target` traces, solves and prunes in one cal
   more than ``max_layer_ratio`` of a group and never its last channel.
 - **Rounding, per group.** Torch-Pruning's ``round_to`` is one global multiple, which forces narrow
   layers (16 channels) onto a grid as coarse as wide ones. Here the kept count of each group is
-  rounded on its own: ``round_to="auto"`` rounds groups at least :data:`ROUND_MIN_WIDTH` channels wide
-  to the nearest multiple of :data:`ROUND_WIDE` and leaves narrower groups at any count; an integer
-  rounds every group; ``None``/1 does not round.
+  rounded on its own: ``round_to="auto"`` rounds a group to the nearest multiple of the widest unit of
+  (:func:`round_wide`, 8) that is at most a quarter of its width (the CPU's vector width in fp32 lanes:
+  16 with AVX-512, else 8) and leaves groups narrower than :data:`ROUND_MIN_WIDTH` at any count; an
+  integer rounds every group; ``None``/1 does not round.
 - **Targets.** The plan is monotone in ``r``, so the MACs / params / latency fraction is a monotone step
   function of ``r``: a bracketing search (false position with bisection safeguards) evaluates each
   candidate on a fresh deep copy with the real counters (:func:`sweep.measure.count_macs`,
@@ -25,11 +26,11 @@ precomputed scores; :func:`prune_to_target` traces, solves and prunes in one cal
   the plan whose removed fraction is closest to it (rounding and the per-group cap can keep a plain
   cut short of it).
 - **Latency-aware ranking** (opt-in, ``importance="l2_latency"`` / ``"l1_latency"``): the magnitude
-  scores are divided by each group's measured latency cost per channel (a per-layer lookup table timed
-  on this machine, :mod:`sweep.engine.latency`, after NetAdapt and HALP), so that channels whose
-  removal buys more latency per unit of importance go first. Any target works with it, a
-  ``latency_fraction`` best (the ratio is the knapsack rule for a latency budget); with
-  ``global_pruning=False`` every group loses the same share and the costs change nothing.
+  scores are divided by each group's measured latency cost (a per-layer lookup table timed on this
+  machine, on the latency runtime and batch, :mod:`sweep.engine.latency`, after NetAdapt and HALP):
+  per channel for a latency target or a ratio, per MAC for a MACs target (the MACs to remove are fixed
+  there, so the channels that buy the most time per MAC go first). With ``global_pruning=False`` every
+  group loses the same share and the costs change nothing.
 - **Per-stage ratios** (``stage_ratios=(r_0, ..., r_{S-1})``): one ratio per depth stage instead of one
   global ratio, because which layers are cut matters more than how many (Liu et al., "Rethinking the
   value of network pruning", ICLR 2019: the pruned architecture carries the value; EagleEye, ECCV 2020,
@@ -49,6 +50,7 @@ precomputed scores; :func:`prune_to_target` traces, solves and prunes in one cal
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -62,12 +64,19 @@ TARGETS = ("ratio", "macs_fraction", "params_fraction", "latency_fraction")
 STAGES = "stage_ratios"  # a target of its own (the ratios cut as given), or weights for a measured target
 TOLERANCE = 0.03  # relative: a MACs / params / latency target is met within 3 % where granularity allows
 
-# Kept channel counts of wide layers are multiples of 8: vectorised CPU kernels work on 8 fp32 lanes
-# (AVX2) and blocked memory layouts (oneDNN nChw8c/16c), and NVIDIA's performance guide asks for
-# multiples of 8 for fp16 tensor cores, so odd widths waste the remainder of a vector. Layers narrower
-# than 32 channels are left unrounded: a step of 8 would be 25-50 % of their width.
-ROUND_WIDE = 8
-ROUND_MIN_WIDTH = 32
+# Kept channel counts of wide layers are multiples of the CPU's vector width in fp32 lanes
+# (:func:`round_wide`): vectorised kernels and blocked memory layouts work on whole vectors, so odd widths
+# waste the remainder of one. ONNX Runtime's NCHWc convolutions (MLAS) block channels by 16 on AVX-512
+# and by 8 on AVX2, and fall back to a plain convolution for any other count: on this project's 2-core
+# AVX-512 machine a 3x3 conv pair 64 -> c -> 64 at 16x16 took as long at c = 56 as at 64 and at c = 40 as
+# at 48, at batch 1 and 16 (``bench/latency_efficiency.py`` measures the effect per model). oneDNN's
+# blocked layouts (nChw8c / nChw16c) follow the same widths, and NVIDIA's performance guide asks for
+# multiples of 8 on fp16 tensor cores, which 16 also satisfies. One step of the grid is at most a quarter
+# of a group's width: a group gets the widest unit of (vector width, 8) that is at most a quarter of its
+# channels (16 from 64 channels, 8 from 32), and groups narrower than 32 channels are left unrounded.
+ROUND_WIDE_AVX2 = 8
+ROUND_WIDE_AVX512 = 16
+ROUND_MIN_WIDTH = 4 * ROUND_WIDE_AVX2  # the narrowest group that is rounded
 AUTO = "auto"
 
 # The latency search measures each candidate with fewer repeats than a final measurement.
@@ -79,10 +88,35 @@ REFINE_PAIRS_MAX_GROUPS = 12  # ... and exchanges between two groups (quadratic 
 MATCH_RATIO_STEPS = 40
 
 
-def rounding_unit(channels: int, round_to: int | str | None) -> int:
+@functools.lru_cache(maxsize=1)
+def round_wide() -> int:
+    """The multiple ``round_to="auto"`` rounds wide groups to: this CPU's vector width in fp32 lanes, 16
+    where torch dispatches AVX-512 kernels (the CPU has AVX-512F, which is also when ONNX Runtime blocks
+    channels by 16), else 8. Resolved where the pruning runs (``info["round_unit"]`` records it); an
+    integer ``round_to`` gives one grid on every machine."""
+    import torch
+
+    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    return ROUND_WIDE_AVX512 if "AVX512" in capability else ROUND_WIDE_AVX2
+
+
+@dataclass(frozen=True)
+class AutoGrid:
+    """``round_to="auto"`` with at most ``lanes`` as the unit (the solver's finer grids, see
+    :func:`solve_for_target`)."""
+
+    lanes: int
+
+
+def rounding_unit(channels: int, round_to: int | str | AutoGrid | None) -> int:
     """The multiple a group of ``channels`` keeps: see the module docstring for ``round_to``."""
     if round_to in (AUTO, 0):
-        return ROUND_WIDE if channels >= ROUND_MIN_WIDTH else 1
+        round_to = AutoGrid(round_wide())
+    if isinstance(round_to, AutoGrid):
+        for unit in (round_to.lanes, ROUND_WIDE_AVX2):
+            if channels >= 4 * unit:  # one step at most a quarter of the width
+                return unit
+        return 1
     if round_to is None:
         return 1
     return max(1, int(round_to))
@@ -155,7 +189,7 @@ class ChannelPlan:
 
     def __init__(self, graph, *, importance: Any = "l2", scores: Mapping[str, Any] | None = None,
                  global_pruning: bool = True, round_to: int | str | None = AUTO, max_layer_ratio: float = 0.9,
-                 latency_lut: Any = None, stage_ratios: Sequence[float] | None = None):
+                 latency_lut: Any = None, stage_ratios: Sequence[float] | None = None, latency_per: str = "unit"):
         import torch
 
         self.graph = graph
@@ -171,12 +205,13 @@ class ChannelPlan:
             ranked.append(s)
         self.sizes = [g.size for g in self.groups]
         self.total = sum(self.sizes)
+        self.round_unit = rounding_unit(1 << 30, round_to)  # the grid of the widest groups
         self.units, self.min_keep = [], []
         for g, size in zip(self.groups, self.sizes):
             unit = rounding_unit(g.channels, round_to) if g.ch_groups == 1 else 1
             unit = min(unit, size)
             floor_keep = max(1, math.ceil(size * (1 - max_layer_ratio) - 1e-9))
-            # the floor itself sits on the grid (a wide group keeps at least one multiple of 8)
+            # the floor itself sits on the grid (a wide group keeps at least one whole unit)
             floor_keep = min(size, math.ceil(floor_keep / unit) * unit)
             self.units.append(unit)
             self.min_keep.append(floor_keep)
@@ -185,7 +220,7 @@ class ChannelPlan:
             from .latency import group_latencies, latency_weighted_scores
 
             self.latency = group_latencies(graph, self.groups, self.units, lut=latency_lut)
-            ranked = latency_weighted_scores(ranked, self.latency)
+            ranked = latency_weighted_scores(ranked, self.latency, per=latency_per)
         self.local_order = [torch.argsort(s, stable=True) for s in ranked]
         # Bins of groups that share one removed fraction: every group (a global ratio), or one bin per
         # depth stage (per-stage ratios). The channels of a bin are ranked together.
@@ -353,14 +388,19 @@ class Solution:
         return out
 
     @property
+    def error(self) -> float:
+        """Relative distance of a measured target from its value (0 for a ratio or per-stage ratios, met by
+        construction)."""
+        if self.target in ("ratio", STAGES):
+            return 0.0
+        got = self.achieved[self.target]
+        return abs(got - self.value) / self.value if self.value else abs(got)
+
+    @property
     def within_tolerance(self) -> bool:
         """A ratio (or per-stage ratios) is met by construction; a measured target within ``tolerance``
         (relative)."""
-        if self.target in ("ratio", STAGES):
-            return True
-        got = self.achieved[self.target]
-        err = abs(got - self.value) / self.value if self.value else abs(got)
-        return err <= self.tolerance
+        return self.error <= self.tolerance
 
     def info(self) -> dict:
         """JSON-able record: target and achieved side by side (also flat: ``target_macs_fraction``,
@@ -374,7 +414,8 @@ class Solution:
                 "achieved": achieved, "channel_ratio": channel_ratio, "within_tolerance": self.within_tolerance,
                 "tolerance": self.tolerance, "macs": [self.baseline["macs"], self.figures["macs"]],
                 "params": [self.baseline["params"], self.figures["params"]],
-                "groups_pruned": len(self.selection), f"target_{self.target}": value}
+                "groups_pruned": len(self.selection), f"target_{self.target}": value,
+                "round_unit": self.plan.round_unit}
         if staged:
             removed = self.plan.stage_removed(self.kept)
             info.update({
@@ -397,6 +438,36 @@ def solve_for_target(graph: ChannelGraph, *, target: str, value: float, importan
                      max_iter: int = 16, match_ratio: bool = False, latency_kw: dict | None = None,
                      latency_lut: Any = None, stage_ratios: Sequence[float] | None = None) -> Solution:
     """The plan of ``graph``'s groups that meets one target (``target`` in :data:`TARGETS`, = ``value``).
+
+    With ``round_to="auto"`` the wide groups' grid is :func:`round_wide`; where no plan on it meets a
+    measured target within ``tolerance`` (the grid is too coarse for the net: a 4x MACs cut of a
+    CIFAR ResNet whose widest groups are 64 channels, on a grid of 16), the grid is halved until one does
+    (down to 8, then unrounded), and the closest plan is kept if none does. See :func:`_solve_on_grid`.
+    ``info["round_unit"]`` is the unit of the widest groups on the grid used.
+    """
+    grids = [round_to]
+    if round_to in (AUTO, 0) and target in TARGETS[1:]:
+        lanes = round_wide()
+        grids = [AutoGrid(lanes)] + [AutoGrid(u) for u in (ROUND_WIDE_AVX2,) if u < lanes] + [None]
+    best = None
+    for grid in grids:
+        sol = _solve_on_grid(graph, target=target, value=value, importance=importance, scores=scores,
+                             global_pruning=global_pruning, round_to=grid, max_layer_ratio=max_layer_ratio,
+                             tolerance=tolerance, max_iter=max_iter, match_ratio=match_ratio, latency_kw=latency_kw,
+                             latency_lut=latency_lut, stage_ratios=stage_ratios)
+        if sol.within_tolerance:
+            return sol
+        if best is None or sol.error < best.error:
+            best = sol
+    return best
+
+
+def _solve_on_grid(graph: ChannelGraph, *, target: str, value: float, importance: Any = "l2",
+                   scores: Mapping[str, Any] | None = None, global_pruning: bool = True,
+                   round_to: int | str | None = AUTO, max_layer_ratio: float = 0.9, tolerance: float = TOLERANCE,
+                   max_iter: int = 16, match_ratio: bool = False, latency_kw: dict | None = None,
+                   latency_lut: Any = None, stage_ratios: Sequence[float] | None = None) -> Solution:
+    """:func:`solve_for_target` on one rounding grid, ``round_to``.
 
     Channels are ranked by ``importance`` or by a method's precomputed ``scores`` (``{group name: one
     score per unit}``, see :class:`ChannelPlan`). A ``ratio`` is cut as given, or with ``match_ratio``
@@ -426,12 +497,15 @@ def solve_for_target(graph: ChannelGraph, *, target: str, value: float, importan
         from .latency import LatencyLUT
 
         x0 = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
-        # the table on the runtime latency is measured on (latency_kw["runtime"]; None: the CPU default)
-        latency_lut = LatencyLUT(batch=int(x0.shape[0]), threads=(latency_kw or {}).get("threads"),
-                                 runtime=(latency_kw or {}).get("runtime"))
+        # the table on the runtime and batch latency is measured at (latency_kw["runtime"], ["batch"];
+        # by default the CPU's default runtime and the example's batch)
+        kw = latency_kw or {}
+        latency_lut = LatencyLUT(batch=int(kw.get("batch") or x0.shape[0]), threads=kw.get("threads"),
+                                 runtime=kw.get("runtime"))
+    # a MACs budget fixes the MACs to remove: latency per removed MAC is then the cost that matters
     plan = ChannelPlan(graph, importance=importance, scores=scores, global_pruning=global_pruning,
                        round_to=round_to, max_layer_ratio=max_layer_ratio, latency_lut=latency_lut,
-                       stage_ratios=stage_ratios)
+                       stage_ratios=stage_ratios, latency_per="mac" if target == "macs_fraction" else "unit")
     baseline = {"macs": count_macs(model, example_inputs), "params": count_params(model)}
     extra: dict = {}
     if plan.latency is not None:
@@ -499,12 +573,16 @@ def prune_to_target(model, example_inputs, *, ratio: float | None = None, macs_f
     ``ignored_layers`` (modules or names) keep their output channels: ``None`` =
     :func:`sweep.engine.skip.skipped_layers` (the output layers and the layers the model declares), a
     given list is final; ``keep_layers`` (names or modules) are kept in either case. ``round_to``:
-    ``"auto"`` (or 0) = multiples of 8 on groups >= 32 channels, none below; an int = that multiple
-    everywhere; ``None``/1 = none. ``info`` holds ``target`` and ``achieved`` side by side (see
-    :meth:`Solution.info`). With ``inplace=False`` the input model is left untouched.
+    ``"auto"`` (or 0) = multiples of :func:`round_wide` (16 on AVX-512 CPUs, else 8) on groups >= 64
+    channels, of 8 on groups >= 32, none below, on a finer grid where that one cannot meet a MACs /
+    params / latency target (``info["round_unit"]`` says which grid); an int = that multiple everywhere;
+    ``None``/1 = none.
+    ``info`` holds ``target`` and ``achieved`` side by side (see :meth:`Solution.info`). With
+    ``inplace=False`` the input model is left untouched.
     ``importance="l2_latency"`` (or ``"l1_latency"``) ranks by magnitude per measured latency cost
     (see the module docstring); ``latency_lut`` (a :class:`sweep.engine.latency.LatencyLUT`) sets how
-    the table is timed (default: the example batch, ``latency_kw["threads"]`` or the current threads),
+    the table is timed (default: ``latency_kw["batch"]`` or the example batch, ``latency_kw["threads"]`` or
+    the current threads, ``latency_kw["runtime"]``),
     and ``info["latency_ms_per_channel"]`` holds each group's cost.
     """
     from ..errors import ConfigError
@@ -543,7 +621,8 @@ def _latency(model, example_inputs, latency_kw: dict | None) -> float:
 
     kw = {**SEARCH_LATENCY, **(latency_kw or {})}
     x = example_inputs
-    return measure_latency(model, tuple(x.shape[1:]), batch=int(x.shape[0]), **kw).median_ms
+    kw["batch"] = int(kw.get("batch") or x.shape[0])
+    return measure_latency(model, tuple(x.shape[1:]), **kw).median_ms
 
 
 def _search(plan: ChannelPlan, fraction, target: float, tolerance: float, max_iter: int):

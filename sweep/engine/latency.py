@@ -23,7 +23,8 @@ What we follow, and where we simplify (a reconstruction, not either paper's code
   the j-th neuron of a layer by the table's step T(j) - T(j - 1) and solves an augmented knapsack; we
   use one cost per group, the least-squares slope of the group's summed layer latencies over the widths
   it is likely to be cut to (:data:`PROBE_FRACTIONS`), because single steps are below the timer's
-  noise on a shared CPU. Rounding to multiples of 8 (:mod:`sweep.engine.channels`) captures the steps.
+  noise on a shared CPU. Rounding to the runtime's channel blocks (:func:`sweep.engine.channels.round_wide`:
+  16 on AVX-512, 8 on AVX2) captures the steps.
 
 A *group* touches several layers: its root conv's outputs, the BN after it, the inputs of every
 consumer (through residual adds and concatenations; a consumer of a concat loses only its slice) and
@@ -47,14 +48,19 @@ calls reuse them; all entries still missing are timed together, in interleaved r
 once per round, the median over rounds), so that drift on a shared machine spreads over all of them.
 Given the measured table the ranking is deterministic.
 
-Which target to pair it with: value / latency cost is the knapsack ratio for a *latency* budget
-(``latency_fraction``); there it reaches the budget removing fewer channels than plain magnitude
-(with the table's sum as the clock, 2x latency on ResNet-18 at 64x64 removed 15 % of channels instead
-of 35 %). At a *MACs* target it removes the channels dearest in latency first, which are often also
-the dearest in MACs: it wins where those layers are slow per MAC (weight-bound late layers at batch 1:
-VGG-16, ResNet-18) and loses where they are compute-bound (DenseNet-121's early dense blocks); see
-``bench/latency_efficiency.py``. On untrained nets the normalised magnitudes of a group are nearly
-flat, so the costs decide how much each group loses and many groups go down to ``max_layer_ratio``.
+Which cost to divide by depends on the target (our design; HALP prices for a latency budget only):
+value / latency per unit is the knapsack ratio for a *latency* budget (``latency_fraction``, and a
+plain ``ratio``); there it reaches the budget removing fewer channels than plain magnitude (with the
+table's sum as the clock, 2x latency on ResNet-18 at 64x64 removed 15 % of channels instead of 35 %).
+A *MACs* budget fixes the MACs to remove, so the latency saved is largest where each removed MAC buys
+the most time: at ``macs_fraction`` the cost is latency per MAC of the unit (``per="mac"``), which cuts
+first the layers that are slow per MAC on the runtime (weight-bound late layers at batch 1, memory-bound
+ones, widths off the runtime's channel blocks) and spares those that are compute-bound. In
+``bench/latency_efficiency.py`` (6 models, 2x and 4x fewer MACs, ONNX Runtime, 2 threads) the median
+speed-up efficiency rose from 0.65 (batch 1) and 0.62 (batch 16) with the per-unit cost and a grid of 8
+to 0.86-0.91 and 0.79-0.86 with the per-MAC cost and a grid of 16 (AVX-512). On untrained nets the
+normalised magnitudes of a group are nearly flat, so the costs decide how much each group loses and
+many groups go down to ``max_layer_ratio``: on a trained net the magnitudes weigh against it.
 """
 
 from __future__ import annotations
@@ -307,13 +313,20 @@ def _shape_at(mod: nn.Module, input_shape: tuple, kind: str, removed: int) -> La
 @dataclass(frozen=True)
 class GroupLatency:
     """A group's latency sensitivity: summed member-layer latency (ms) at probe widths (units kept),
-    and the fitted cost of one unit, ``per_unit_ms`` (> 0; ``floored`` if the fit was not positive)."""
+    the fitted cost of one unit, ``per_unit_ms`` (> 0; ``floored`` if the fit was not positive), and the
+    MACs one unit carries, ``per_unit_macs``."""
 
     name: str
     widths: tuple
     ms: tuple
     per_unit_ms: float
     floored: bool = False
+    per_unit_macs: float = 0.0  # MACs per sample one unit removed saves (the member layers' slope)
+
+    @property
+    def ms_per_mac(self) -> float:
+        """Latency one removed MAC buys (0 where the group's layers carry no MACs)."""
+        return self.per_unit_ms / self.per_unit_macs if self.per_unit_macs > 0 else 0.0
 
 
 def probe_widths(size: int, unit: int, fractions: Sequence[float] = PROBE_FRACTIONS) -> tuple:
@@ -370,11 +383,16 @@ def group_latencies(graph, groups: Sequence, units: Sequence[int] | None = None,
     out = []
     for g, (widths, at) in zip(groups, plans):
         ms = tuple(sum(lut[s] for s in shapes) for shapes in at)
-        out.append(GroupLatency(g.name, widths, ms, _slope(widths, ms)))
+        macs = tuple(float(sum(s.macs for s in shapes if not _is_bn(s))) for shapes in at)
+        out.append(GroupLatency(g.name, widths, ms, _slope(widths, ms), per_unit_macs=max(0.0, _slope(widths, macs))))
     positive = [r.per_unit_ms for r in out if r.per_unit_ms > 0]
     floor = COST_FLOOR * statistics.median(positive) if positive else 1e-6
     return [r if r.per_unit_ms >= floor else
-            GroupLatency(r.name, r.widths, r.ms, floor, floored=True) for r in out]
+            GroupLatency(r.name, r.widths, r.ms, floor, floored=True, per_unit_macs=r.per_unit_macs) for r in out]
+
+
+def _is_bn(shape: LayerShape) -> bool:
+    return issubclass(shape.cls, nn.modules.batchnorm._BatchNorm)
 
 
 def _slope(widths: Sequence[int], ms: Sequence[float]) -> float:
@@ -388,12 +406,26 @@ def _slope(widths: Sequence[int], ms: Sequence[float]) -> float:
 
 
 def latency_weighted_scores(scores: Sequence[torch.Tensor], costs: Sequence[GroupLatency],
-                            alpha: float = ALPHA) -> list[torch.Tensor]:
+                            alpha: float = ALPHA, per: str = "unit") -> list[torch.Tensor]:
     """``score / (cost / mean cost) ** alpha`` per group: the order inside a group is unchanged; across
-    groups, channels that are cheap to keep (little latency per unit) rank higher."""
+    groups, channels that are cheap to keep rank higher.
+
+    ``per="unit"``: the cost is the latency one unit adds (the knapsack ratio for a latency budget).
+    ``per="mac"``: the latency one removed MAC buys (``ms_per_mac``), the ratio for a *MACs* budget: the
+    MACs to remove are fixed, so the latency saved is largest where each removed MAC saves the most time
+    (layers that are slow per MAC: weight- or memory-bound, off the runtime's channel blocks). A group
+    without MACs (nothing to buy) gets the mean cost."""
     if len(scores) != len(costs):
         raise ValueError(f"need one latency cost per group, but got {len(costs)} costs for {len(scores)} groups")
+    if per not in ("unit", "mac"):
+        raise ValueError(f"per must be 'unit' or 'mac', but got per={per!r}")
     if not costs:
         return list(scores)
-    mean = statistics.fmean(c.per_unit_ms for c in costs)
-    return [s / (c.per_unit_ms / mean) ** alpha for s, c in zip(scores, costs)]
+    if per == "unit":
+        cost = [c.per_unit_ms for c in costs]
+    else:
+        known = [c.ms_per_mac for c in costs if c.ms_per_mac > 0]
+        fill = statistics.fmean(known) if known else 1.0
+        cost = [c.ms_per_mac if c.ms_per_mac > 0 else fill for c in costs]
+    mean = statistics.fmean(cost)
+    return [s / (c / mean) ** alpha for s, c in zip(scores, cost)]
