@@ -245,6 +245,10 @@ class _Progress:
         self.done = already_done
         self.failed = 0
         self.running: dict[str, tuple] = {}  # trial id -> (method, trial number), in flight now
+        # trials whose final result Tune delivered but that are not durable yet: still in ``running`` (a
+        # driver killed now would run them again) but no longer counted as running on the progress line,
+        # where Tune may already have started the next trial in their slot
+        self.ending: set[str] = set()
         self.front = 0
         self.last_print = 0.0
 
@@ -254,10 +258,14 @@ class _Progress:
         left = self.total - self.done
         eta = (el / new * left) if new else float("nan")
         eta_s = _hms(eta) if math.isfinite(eta) else "?"
-        msg = (f"[{self.done:>3}/{self.total}] running {len(self.running)} · failed {self.failed} · "
+        msg = (f"[{self.done:>3}/{self.total}] running {self.in_flight()} · failed {self.failed} · "
                f"elapsed {_hms(el)} · ETA {eta_s} · front {self.front}")
         self.log(msg + (f" · {extra}" if extra else ""))
         self.last_print = time.time()
+
+    def in_flight(self) -> int:
+        """Trials running now: started and without a delivered final result."""
+        return len(self.running.keys() - self.ending)
 
 
 def _hms(s: float) -> str:
@@ -473,6 +481,7 @@ def _counted(st: _CallbackState, rec: TrialRecord, history: list) -> None:
     if st.mirror is not None:
         st.mirror.finished(rec, history)
     progress.running.pop(rec.trial_id, None)
+    progress.ending.discard(rec.trial_id)
     _beat(st, soon=True)
     progress.done += 1
     progress.failed += rec.status == "failed"
@@ -593,6 +602,7 @@ def _make_callback():
             else:
                 return
             # durable on the recorder's thread; counted (table, MLflow, progress) by _collect once it is
+            st.progress.ending.add(trial.trial_id)
             st.recorder.put(rec.replace(retried=st.retried.get(trial.trial_id, 0)),
                             json.loads(result.get("history_json") or "[]"))
             _collect(st)
@@ -611,6 +621,7 @@ def _make_callback():
             _collect(st, wait=True)  # a result of this trial that Tune delivered is recorded first
             m, k = knobs_from_config(trial.config)
             method, number, knobs = st.progress.running.pop(trial.trial_id, (m, trial.config.get(TRIAL_NUMBER), k))
+            st.progress.ending.discard(trial.trial_id)
             _beat(st, soon=True)
             old = st.records.get(trial.trial_id)
             if old is not None and old.status != "stopped":
@@ -1174,6 +1185,7 @@ def _close_books(st: _CallbackState, reason: str) -> None:
     except Exception as e:
         log(f"warning: the stopped trials could not be recorded: {type(e).__name__}: {e}")
     st.progress.running.clear()
+    st.progress.ending.clear()
     if st.mirror is None:
         return
     st.mirror.stopped(stopped, reason)

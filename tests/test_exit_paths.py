@@ -483,3 +483,19 @@ def test_a_trial_that_could_not_be_written_is_a_driver_error_and_runs_again(cfg,
     parent, children = mlflow_runs(sweep_dir)
     assert children["t1"].info.status == "KILLED"
     assert parent.info.status == "FAILED" and parent.data.tags["sweep.ended"] == reason
+
+
+def test_progress_line_counts_a_delivered_trial_as_no_longer_running():
+    """Tune may start the next trial in a slot before the finished one is durable: the line then still
+    says how many run (here 2 of 3 started), while the heartbeat keeps all three (a kill now re-runs it)."""
+    from sweep.driver import _Progress
+
+    lines: list[str] = []
+    progress = _Progress(12, 0, lines.append)
+    progress.running.update({"a": ("magnitude", 0, {}), "b": ("magnitude", 1, {}), "c": ("sr_init", 2, {})})
+    progress.ending.add("a")
+    progress.line()
+    assert "running 2 ·" in lines[-1] and len(progress.running) == 3
+    progress.ending.add("zzz")  # a trial that is not running does not lower the count
+    progress.line()
+    assert "running 2 ·" in lines[-1]

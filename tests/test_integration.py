@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -75,6 +76,8 @@ def test_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     assert main(["run", str(space)]) == 0
     out = capsys.readouterr().out
     assert "Pareto front" in out and "[  3/3]" in out
+    running = [int(m) for m in re.findall(r"\] running (\d+) ·", out)]
+    assert running and max(running) <= 2  # never more in flight than the concurrency (2)
 
     sweep_dir = tmp_path / "runs" / "itest"
     df = pd.read_parquet(sweep_dir / "trials.parquet")

@@ -135,6 +135,11 @@ def test_report_shows_spread_runtime_and_noise_counts(tmp_path):
     df, _ = read_trials(tmp_path / "sweep")
     traces = interactive_traces(df, "accuracy", method_styles(["magnitude"]))
     assert np.allclose(traces[0]["xerr"], 0.0008)
+    # the CLI's front table says the same: t0 is on the strict front by noise alone and duplicates t0's
+    # structure in t1 (the earlier row is the original)
+    lines = {ln.split()[0]: ln.split() for ln in report.front_table(df, ["accuracy", "latency_ms"]).splitlines()[2:]}
+    assert lines["t0"][-2:] == ["no", "-"] and lines["t1"][-2:] == ["yes", "t0"]
+    assert lines["t2"][-2:] == ["yes", "-"]
 
 
 def test_old_tables_without_the_new_columns_read(tmp_path):

@@ -571,8 +571,8 @@ def test_mbn_teacher_report_shows_the_teacher_and_the_speed_up(tmp_path: Path) -
     assert 'alt="agreement vs params, with the MBN teacher as a line at agreement 1"' in index
     assert "MBN teacher" in (out / "interactive.html").read_text(encoding="utf-8")
     text = report.front_table(df, meta["objectives"], quality="agreement")
-    assert text.splitlines()[0].rstrip().endswith("speed-up vs teacher")
-    assert [line.split()[-1] for line in text.splitlines()[2:]] == ["10x", "20x", "40x", "80x*"]
+    assert text.splitlines()[0].rstrip().endswith("speed-up vs teacher  noise-aware  same structure as")
+    assert [line.split()[-3] for line in text.splitlines()[2:]] == ["10x", "20x", "40x", "80x*"]
 
 
 def test_reports_without_an_mbn_teacher_have_no_teacher_and_no_speed_up(built, tmp_path: Path) -> None:

@@ -231,15 +231,22 @@ def front_headers(quality: str, teacher: Teacher | None = None) -> list[str]:
             *([SPEEDUP_HEADER] if teacher is not None else []), *NOISE_HEADERS]
 
 
+def noise_marks(df: pd.DataFrame, objectives: Sequence[str]) -> tuple[set[str], dict[str, str]]:
+    """(trial ids on the noise-aware front, trial id -> the earlier ok row of the same structure) among the
+    ok rows of ``df``: computed, so tables that predate those columns get them too."""
+    ok = df[is_ok(df)].to_dict("records")
+    robust = {r["trial_id"] for r, on in zip(ok, pareto.front_flags(ok, objectives, robust=True)) if on}
+    dups = {r["trial_id"]: d for r, d in zip(ok, pareto.duplicate_of(ok)) if d is not None}
+    return robust, dups
+
+
 def front_cells(front: pd.DataFrame, meta: dict[str, Any], knob_cols: Sequence[str],
                 df: pd.DataFrame | None = None, teacher: Teacher | None = None) -> list[list[str]]:
     """One row of :func:`front_headers` cells per front row; ``df`` (the whole table) decides the
     noise-aware front and the duplicates (computed, so tables that predate those columns show them too);
     ``teacher`` adds the speed-up over the MBN teacher."""
     baseline = meta["baseline"]
-    ok = (front if df is None else df[is_ok(df)]).to_dict("records")
-    robust = {r["trial_id"] for r, on in zip(ok, pareto.front_flags(ok, meta["objectives"], robust=True)) if on}
-    dups = {r["trial_id"]: d for r, d in zip(ok, pareto.duplicate_of(ok)) if d is not None}
+    robust, dups = noise_marks(front if df is None else df, meta["objectives"])
     return [
         [
             str(row["trial_id"]),
@@ -317,15 +324,18 @@ def failed_cells(df: pd.DataFrame, knob_cols: Sequence[str]) -> list[list[str]]:
 def front_table(df: pd.DataFrame, objectives: Sequence[str], quality: str = "accuracy") -> str:
     """The sweep's Pareto front as a fixed-width plain-text table (printed by the CLI), best ``quality``
     first; pass the sweep's quality (``"agreement"`` in a label-free sweep).  A sweep with an MBN teacher
-    (its baseline row records one) gets the ``speed-up vs teacher`` column last."""
+    (its baseline row records one) gets the ``speed-up vs teacher`` column.  The last two columns say
+    whether a point is also on the noise-aware front (``no``: on the strict front only because another
+    point's latency is within its noise) and which earlier trial has the same structure."""
     front = front_rows(df, objectives, quality)
     if front.empty:
         return "no trials on the Pareto front"
     knob_cols = knob_columns(df)
     qualities = quality_columns(quality)
     teacher = teacher_of(df)
+    robust, dups = noise_marks(df, objectives)
     headers = ["trial", "method", "knobs", *qualities, "latency_ms", "params", "MACs",
-               *([SPEEDUP_HEADER] if teacher is not None else [])]
+               *([SPEEDUP_HEADER] if teacher is not None else []), "noise-aware", "same structure as"]
     rows = [
         [
             str(row["trial_id"]),
@@ -336,11 +346,13 @@ def front_table(df: pd.DataFrame, objectives: Sequence[str], quality: str = "acc
             fmt_count(row["params"]),
             fmt_count(row["macs"]),
             *([speedup_cell(teacher, row)] if teacher is not None else []),
+            "yes" if row["trial_id"] in robust else "no",
+            dups.get(row["trial_id"], "-"),
         ]
         for _, row in front.iterrows()
     ]
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    numeric = set(range(3, len(headers)))  # right-align numbers so digits line up
+    numeric = set(range(3, len(headers) - 2))  # right-align numbers so digits line up
 
     def line(cells: Sequence[str]) -> str:
         padded = (c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
