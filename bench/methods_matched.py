@@ -92,6 +92,9 @@ def parse_args(argv=None):
     p.add_argument("--test-subset", type=int, default=None, help="default: the whole 10,000-image test split")
     p.add_argument("--baseline-epochs", type=int, default=6)
     p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD:KNOB=VALUE[,KNOB=VALUE]",
+                   help="an extra row: METHOD with these knobs added to its steering, e.g. "
+                        "lnpt/T1=lnpt:temperature=1 (repeatable; runs beside --methods)")
     p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     p.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate (every method)")
     p.add_argument("--device", default="cpu")
@@ -111,9 +114,32 @@ def parse_args(argv=None):
     unknown = [m for m in a.methods if m not in METHODS]
     if unknown:
         p.error(f"--methods must be among {', '.join(METHODS)}, but got {', '.join(unknown)}")
+    a.variants = dict(VARIANTS)
+    for text in a.variant:
+        label, method, knobs = parse_variant(text, p.error)
+        a.variants[label] = (method, knobs)
+        a.methods.append(label)
     if BASELINE_METHOD not in a.methods:
         a.methods.insert(0, BASELINE_METHOD)
     return a
+
+
+def parse_variant(text: str, error) -> tuple[str, str, dict]:
+    """``LABEL=METHOD:KNOB=VALUE,...`` -> (label, method, knobs); values read as YAML scalars."""
+    import yaml
+
+    label, sep, rest = text.partition("=")
+    method, _, pairs = rest.partition(":")
+    if not sep or not label or label in VARIANTS or method not in {m for m, _ in VARIANTS.values()}:
+        error(f"--variant must be LABEL=METHOD:KNOB=VALUE[,KNOB=VALUE] with a new label and a method among "
+              f"{', '.join(sorted({m for m, _ in VARIANTS.values()}))}, but got --variant={text!r}")
+    knobs = {}
+    for pair in filter(None, pairs.split(",")):
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            error(f"--variant knobs must be KNOB=VALUE, but got {pair!r} (--variant={text!r})")
+        knobs[key] = yaml.safe_load(value)
+    return label, method, knobs
 
 
 def dataset(args, *, full_train: bool) -> dict:
@@ -145,7 +171,7 @@ def space(args, *, baseline_path: str | None, full_train: bool = False) -> dict:
         "search": {"trials": 1, "concurrency": 1, "objectives": ["accuracy", "macs"], "cpus_per_trial": 1},
         "measure": {"latency_batch": 1, "warmup": 3, "repeats": 30, "runtime": "torch", "remeasure": "none",
                     "device": args.device},
-        "methods": {VARIANTS[m][0]: {} for m in args.methods},
+        "methods": {args.variants[m][0]: {} for m in args.methods},
     }
 
 
@@ -211,10 +237,10 @@ _RUNS = iter(range(1 << 30))  # trial ids unique within the run
 
 
 def run_one(cfg, folder: Path, label: str, target: str, seed: int, knobs: dict, args) -> Run:
-    """One trial of row ``label`` (a :data:`VARIANTS` key) through the sweep's own trial runner."""
+    """One trial of row ``label`` (a key of ``args.variants``) through the sweep's own trial runner."""
     from sweep.trial import TrialSpec, run_trial
 
-    method = VARIANTS[label][0]
+    method = args.variants[label][0]
     tid = f"{label.replace('/', '-')}-{target}-s{seed}-{next(_RUNS)}"
     t0 = time.time()
     rec = run_trial(cfg, TrialSpec(str(folder), tid, method, dict(knobs), seed), trial_number=0)
@@ -266,7 +292,7 @@ def dense_reference(cfg, folder: Path, seed: int, args) -> Run:
 
 def steered_knobs(label: str, frac: float, args) -> tuple[dict, str]:
     """(knobs, how the method is steered to the MACs target) for every row."""
-    method, extra = VARIANTS[label]
+    method, extra = args.variants[label]
     knobs, steer = _steering(method, frac, args)
     return {**knobs, **extra}, steer + "".join(f", {k} {v}" for k, v in extra.items())
 

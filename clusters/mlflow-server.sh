@@ -25,6 +25,11 @@ usage: clusters/mlflow-server.sh --data DIR [options]
   --pg-user USER       the unprivileged user PostgreSQL runs as when started by root (default postgres;
                        created as a system user if missing); ignored for other users
   --workers N          MLflow server worker processes (default 2)
+  --auth-cache-ttl S   seconds a worker trusts a verified user name and password before hashing the
+                       password again (MLflow's auth_cache_ttl_seconds; default 60, 0 checks every
+                       request). A password change or a deleted user reaches the other workers after
+                       at most S seconds; the hash check costs tens of milliseconds on every request
+                       without it, several times per request
   --allowed-hosts L    passed to `mlflow server --allowed-hosts` (Host headers accepted)
   --python PY          the Python that has mlflow and psycopg2 (default: python3 on PATH)
 
@@ -39,7 +44,7 @@ EOF
 log() { echo "mlflow-server: $*" >&2; }
 die() { log "error: $*"; exit 2; }
 
-DATA="" HOST=127.0.0.1 PORT=5000 PG_PORT=5433 SOCK="" PG_USER=postgres WORKERS=2 ALLOWED="" PY=python3
+DATA="" HOST=127.0.0.1 PORT=5000 PG_PORT=5433 SOCK="" PG_USER=postgres WORKERS=2 ALLOWED="" PY=python3 AUTH_TTL=60
 while [[ $# -gt 0 ]]; do
     [[ "$1" == -h || "$1" == --help || $# -ge 2 ]] || die "$1 needs a value"
     case "$1" in
@@ -50,6 +55,7 @@ while [[ $# -gt 0 ]]; do
         --socket-dir) SOCK="$2"; shift 2 ;;
         --pg-user) PG_USER="$2"; shift 2 ;;
         --workers) WORKERS="$2"; shift 2 ;;
+        --auth-cache-ttl) AUTH_TTL="$2"; shift 2 ;;
         --allowed-hosts) ALLOWED="$2"; shift 2 ;;
         --python) PY="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
@@ -57,7 +63,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ -n "$DATA" ]] || { usage >&2; die "--data DIR is required"; }
-for n in "$PORT" "$PG_PORT" "$WORKERS"; do [[ "$n" =~ ^[0-9]+$ ]] || die "not a number: $n"; done
+for n in "$PORT" "$PG_PORT" "$WORKERS" "$AUTH_TTL"; do [[ "$n" =~ ^[0-9]+$ ]] || die "not a number: $n"; done
 
 # Debian keeps the server binaries out of PATH, under /usr/lib/postgresql/<version>/bin (an initdb on PATH
 # may be a lone link to one of them: its real folder holds the rest)
@@ -218,6 +224,7 @@ default_permission = READ
 database_uri = postgresql+psycopg2://mlflow@127.0.0.1:$PG_PORT/mlflow_auth
 admin_username = $MLFLOW_AUTH_ADMIN_USERNAME
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = $AUTH_TTL
 INI
 
 extra=()

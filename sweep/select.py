@@ -248,6 +248,14 @@ def _export(model, example, out: Path, log) -> dict:
     return res
 
 
+def model_requirement() -> str:
+    """The pip requirement of a registered pt2 model: this torch's release, without a local build label
+    (``2.14.1+cu130`` -> ``torch==2.14.1``; a local label names a wheel index, not a release)."""
+    import torch
+
+    return f"torch=={torch.__version__.split('+')[0]}"
+
+
 def _register(state: dict, name: str, chosen: TrialRecord, model, example, out: Path, log) -> dict:
     """Log the chosen model to its trial's MLflow run, register it, and point the alias at it."""
     try:
@@ -266,9 +274,12 @@ def _register(state: dict, name: str, chosen: TrialRecord, model, example, out: 
         # MLflow prints its own registration chatter; the one line below says the same
         with mlflow.start_run(run_id=run_id), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
-            # pt2 (torch.export): the registered model loads without unpickling code
+            # pt2 (torch.export): the registered model loads without unpickling code.  Its requirement is
+            # torch alone, given rather than inferred: MLflow's inference loads the model in a subprocess to
+            # see what it imports (about 6 s of the selection on 2 cores, for the answer this line gives)
             info = mlflow.pytorch.log_model(model, name="selected_model", registered_model_name=reg_name,
-                                            input_example=example.numpy(), serialization_format="pt2")
+                                            input_example=example.numpy(), serialization_format="pt2",
+                                            pip_requirements=[model_requirement()])
             mlflow.log_artifacts(str(out), artifact_path="selection")
         versions = client.search_model_versions(f"name = '{reg_name}'")
         version = max(int(v.version) for v in versions)

@@ -139,6 +139,11 @@ def test_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     assert sel["registry"].get("alias") == "selected"
     mv = client.get_model_version_by_alias("itest-selected", "selected")
     assert int(mv.version) >= 1
+    import mlflow
+
+    mlflow.set_tracking_uri(client.tracking_uri)  # as select left it
+    pins = Path(mlflow.pyfunc.get_model_dependencies("models:/itest-selected@selected")).read_text().split()
+    assert f"torch=={torch.__version__.split('+')[0]}" in pins and any(p.startswith("mlflow") for p in pins)
 
     # an impossible budget: exit 2, one line naming the closest trial
     capsys.readouterr()

@@ -128,6 +128,10 @@ def test_sweep_against_mlflow_server_on_postgres(server, tmp_path, credentials):
     assert set(front["trial_id"]) == set(df.loc[df["on_front"], "trial_id"])
     assert list((server.data / "artifacts").rglob("front/front.csv"))
 
+    # verified credentials are cached per server worker (the default TTL), so requests skip the password
+    # hash; a wrong password right after the right one is still refused below
+    assert "auth_cache_ttl_seconds = 60" in (server.data / "basic_auth.ini").read_text()
+
     # refused: a wrong password, and no credentials at all
     with pytest.raises(MlflowException, match="401"):
         _client(server.url, SWEEPER, "not-the-password-at-all").search_runs([exp.experiment_id])
