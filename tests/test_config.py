@@ -456,3 +456,19 @@ def test_parse_config_from_a_dict():
 def test_integer_knob_non_finite_is_a_config_error(tmp_path, value):
     p = with_methods(tmp_path, f"magnitude:\n  round_to: {value}\n")
     _assert_template(error_of(p), p, "methods.magnitude.round_to")
+
+
+@pytest.mark.parametrize("space", sorted(p.name for p in (ROOT / "search_spaces").glob("*.yaml")))
+def test_every_shipped_space_loads_and_is_documented(space, tmp_path, monkeypatch):
+    """A shipped space a user copies must parse as it is (registered methods, valid knobs and budgets), be
+    named after its file, and have its row in the README's table.  Run where a user would have made the
+    demo array ``unlabeled_digits.yaml``'s header describes."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    monkeypatch.chdir(tmp_path)
+    np.save("device_digits.npy", (load_digits().images * 255 / 16).round().astype("uint8"))
+    cfg = load_config(ROOT / "search_spaces" / space)
+    assert cfg.name == Path(space).stem
+    assert cfg.methods and {m.name for m in cfg.methods} <= set(method_names())
+    assert f"| `{space}` |" in (ROOT / "README.md").read_text(encoding="utf-8")  # its row in the spaces table
