@@ -77,7 +77,7 @@ def _finish(outcome, cfg) -> int:
     _log(f"MLflow:  mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"MLflow:  {uri}")
     if outcome.report_dir is not None:
         _log(f"report:  {(outcome.report_dir / 'index.html').resolve()}")
-    _log(f"choose:  sweep select {outcome.sweep_dir} --max-latency-ms X | --max-params N | --min-accuracy A")
+    _log(f"choose:  sweep select {outcome.sweep_dir} --max-latency-ms X | --max-params N | --min-{cfg.quality} A")
     return 0
 
 
@@ -407,8 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--max-latency-ms", type=_positive(float))
     sel.add_argument("--max-params", type=_positive(int))
     sel.add_argument("--max-macs", type=_positive(int))
-    sel.add_argument("--min-accuracy", type=_fraction, help="minimum validation accuracy (0-1); in a "
-                     "label-free sweep: minimum agreement with the teacher")
+    sel.add_argument("--min-accuracy", "--min-agreement", dest="min_accuracy", type=_fraction,
+                     help="minimum validation accuracy (0-1); in a label-free sweep: minimum agreement with the "
+                          "teacher (either spelling bounds the sweep's quality)")
     sel.add_argument("--out", help="export folder (default: <sweep>/selected)")
     sel.add_argument("--no-export", action="store_true", help="skip torch.export and ONNX")
     sel.add_argument("--no-register", action="store_true", help="skip the MLflow model registry")

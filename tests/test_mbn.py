@@ -396,6 +396,7 @@ def test_digits_sweep_with_an_mbn_teacher_end_to_end(tmp_path, monkeypatch, caps
             ray.shutdown()
     printed = capsys.readouterr().out
     assert "speed-up vs teacher" in printed  # the CLI's front table too
+    assert "| --min-agreement A" in printed  # the bound named as this sweep measures quality
 
     sweep_dir = tmp_path / "runs" / "mbn_e2e"
     df = pd.read_parquet(sweep_dir / "trials.parquet")
@@ -441,8 +442,8 @@ def test_digits_sweep_with_an_mbn_teacher_end_to_end(tmp_path, monkeypatch, caps
     assert vs["speedup"] > 1
     assert f"chosen: {vs['speedup']:.0f}x faster per sample than the MBN teacher" in capsys.readouterr().out
     assert f"{vs['speedup']:.0f}x faster per sample" in (sweep_dir / "selected" / "selection.md").read_text()
-    assert main(["select", str(sweep_dir), "--min-accuracy", f"{min(best + 0.01, 1.0):.6f}", "--no-export",
-                 "--no-register"]) == 2
+    assert main(["select", str(sweep_dir), "--min-agreement", f"{min(best + 0.01, 1.0):.6f}", "--no-export",
+                 "--no-register"]) == 2  # the other spelling of the same bound
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "agreement" in err[0]
 
