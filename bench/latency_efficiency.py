@@ -3,7 +3,8 @@
 For each model (freshly built, untrained, seeded) and each MACs target (fraction of the dense MACs
 kept), four pruners prune their own deep copy of the same model:
 
-  a  auto      sweep's prune_to_target(macs_fraction=t), round_to="auto" (x8 on groups >= 32 channels)
+  a  auto      sweep's prune_to_target(macs_fraction=t), round_to="auto" (the CPU's vector width: x16 on
+               AVX-512 from 64 channels, x8 from 32, none below)
   b  noround   the same, round_to=None
   c  latency   the same as (a), importance="l2_latency" (per-layer latency table, sweep.engine.latency)
   d  tp        plain Torch-Pruning: MetaPruner(GroupMagnitudeImportance(p=2), global_pruning=True,
