@@ -32,14 +32,15 @@ def _cfg(concurrency: int, cpus_per_trial: float = 1.0):
 
 @pytest.mark.parametrize("concurrency, cpus_per_trial, cpus, preloads", [
     (2, 1.0, 2, True),     # the quickstart on 2 cores: every idle worker runs trials
-    (1, 2.0, 2, True),     # one trial of 2 CPUs on 2 cores
-    (2, 1.0, 4, True),     # half of them
+    (1, 2.0, 2, False),    # one trial of 2 CPUs on 2 cores: one of the two idle workers would idle
+    (1, 1.0, 2, False),
+    (4, 1.0, 2, True),     # more trials than CPUs: still one worker per CPU
     (2, 1.0, 16, False),   # 14 idle workers would hold torch for nothing
-    (8, 4.0, 16, False),   # only 4 trials of 4 CPUs fit at a time: 4 of 16 workers is less than half
-    (8, 1.0, 16, True),
+    (8, 4.0, 16, False),   # only 4 trials of 4 CPUs fit at a time
+    (16, 1.0, 16, True),
+    (32, 0.5, 16, True),
 ])
-def test_idle_workers_preload_only_when_trials_use_at_least_half_of_them(concurrency, cpus_per_trial, cpus,
-                                                                         preloads):
+def test_idle_workers_preload_only_when_trials_use_every_one_of_them(concurrency, cpus_per_trial, cpus, preloads):
     got = driver._preload_modules(_cfg(concurrency, cpus_per_trial), cpus)
     assert (got is not None) is preloads
     if preloads:
