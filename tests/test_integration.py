@@ -134,6 +134,9 @@ def test_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(sweep_dir / "selected" / "model.onnx"))
+    # the graph the latency was timed on: measure.export_onnx's names and fixed shape
+    assert [i.name for i in sess.get_inputs()] == ["input"] and [o.name for o in sess.get_outputs()] == ["output"]
+    assert sess.get_inputs()[0].shape == [1, 1, 8, 8]
     y2 = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     assert abs(y2 - y.detach().numpy()).max() < 1e-4
     assert sel["registry"].get("alias") == "selected"
