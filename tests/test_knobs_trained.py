@@ -209,17 +209,17 @@ ONE_STEP = {"iterations": 1, "epochs_per_iter": 0, "alpha_decay": 0.0, "n_params
 
 def test_iterative_higher_alpha_loses_less_accuracy(runs, trained):
     """score = ΔP·acc^α (and ΔMACs·acc^α): a higher α weighs accuracy more against the gain, so one step
-    with no fine-tuning loses less validation accuracy and removes fewer params."""
-    lost, removed = [], []
+    with no fine-tuning loses less validation accuracy.  (How many params it removes is not ordered: the
+    candidate that keeps accuracy may remove more or fewer -- seen both ways on nets trained alike.)"""
+    lost = []
     for alpha in ALPHAS:
         info = runs("iterative", alpha=alpha, **ONE_STEP).info
         first, last = info["trajectory"][0], info["trajectory"][-1]
         assert first["quality"] == pytest.approx(trained.val_accuracy)
         assert info["iteration_details"][0]["selected"]
+        assert last["params"] < first["params"]  # each α's step removes something
         lost.append(first["quality"] - last["quality"])
-        removed.append(1 - last["params"] / first["params"])
     assert lost[0] > lost[1], (ALPHAS, lost)
-    assert removed[0] > removed[1], (ALPHAS, removed)
 
 
 # ----------------------------------------------------------------------------- CAT: lambda, beta, gamma
