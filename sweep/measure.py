@@ -32,6 +32,7 @@ import re
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -72,6 +73,21 @@ def count_macs(model, example_inputs) -> int:
         macs, _ = tp.utils.count_ops_and_params(model, example_inputs)
     model.train(was_training)
     return int(macs)
+
+
+@contextmanager
+def threads_kept():
+    """torch's intra-op thread count as it was before the block, whatever the block sets: training a
+    baseline, a trial or a measurement in the caller's process (``run_sweep``, ``sweep select``, a notebook)
+    must not change how the caller's own torch code runs -- a thread count changes float summation order,
+    and with it every later seeded training."""
+    import torch
+
+    prev = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 def check_finite(logits, where: str) -> None:

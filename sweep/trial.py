@@ -17,6 +17,7 @@ from pathlib import Path
 from .config import SweepConfig
 from .errors import ConfigError, TrialFailure
 from .folder import CONFIG_FILE, SweepFolder
+from .measure import threads_kept
 from .methods.context import Loaders, build_context, make_loaders
 from .results.schema import BASELINE_ID, TrialRecord
 
@@ -184,7 +185,13 @@ def trial_threads(cfg: SweepConfig) -> int:
 
 # ------------------------------------------------------------------------------- baseline
 def prepare_baseline(cfg: SweepConfig, folder: SweepFolder, log=print) -> TrialRecord:
-    """Train (or load) the dense model once, measure it, save it in ``<sweep>/baseline/``; its record."""
+    """Train (or load) the dense model once, measure it, save it in ``<sweep>/baseline/``; its record.
+    The caller's torch thread count is left as it was."""
+    with threads_kept():
+        return _prepare_baseline(cfg, folder, log)
+
+
+def _prepare_baseline(cfg: SweepConfig, folder: SweepFolder, log) -> TrialRecord:
     if cfg.baseline.teacher is not None:  # an unsupervised teacher (MBN): fitted here, the dense model learns it
         from .mbn.teacher import prepare_mbn_baseline
 
@@ -355,7 +362,8 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: 
             report_rung(epochs, costed("stopped_early", costs, epochs, **{cfg.quality: quality}))
 
     try:
-        out = _prune_and_measure(cfg, spec, folder, log_metric, rung)
+        with threads_kept():  # a trial sets its own threads; a caller running it in-process keeps its own
+            out = _prune_and_measure(cfg, spec, folder, log_metric, rung)
         if out.status == "infeasible":
             return costed("infeasible", out.costs, 0, error=out.reason, info=json.dumps(out.info, default=str),
                           **{cfg.quality: out.quality})

@@ -208,3 +208,21 @@ def test_shipped_splits_are_what_load_splits_returns_fetched_once_per_process(sw
     assert fetched == [1]
     other = replace(cfg, seed=cfg.seed + 1)
     assert trial.load_splits(other) is not shipped and len(trial.load_splits(other).train) > 0
+
+
+@pytest.mark.parametrize("step", ["baseline", "trial"])
+def test_a_baseline_or_trial_run_in_process_leaves_torch_threads_as_found(swept, tmp_path, step):
+    # they set their own thread counts; a caller's later seeded training must run as it would have
+    import torch
+
+    cfg, d, _ = swept
+    prev = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        if step == "baseline":
+            prepare_baseline(cfg, SweepFolder(tmp_path), log=lambda m: None)
+        else:
+            assert run_trial(cfg, TrialSpec(str(d), "threads", "magnitude", {"ratio": 0.5}, seed=1))["status"] == "ok"
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(prev)
