@@ -387,19 +387,16 @@ def measure_latency(model, input_shape, *, batch: int = 1, warmup: int = 10, rep
     import torch
 
     runtime = resolve_runtime(runtime, device)
-    prev_threads = torch.get_num_threads()
-    threads = int(threads) if threads else prev_threads
-    torch.set_num_threads(threads)
-    try:
+    threads = int(threads) if threads else torch.get_num_threads()
+    with threads_kept():
+        torch.set_num_threads(threads)
         r = make_runner(model, input_shape, batch=batch, threads=threads, device=device, runtime=runtime,
-                    onnx_model=onnx_model)
+                        onnx_model=onnx_model)
         # torch.compile compiles on the first call: at least one warm-up call, never timed
         times = time_runs(r, warmup=max(warmup, 1) if runtime == "torch_compile" else warmup, repeats=repeats)
-        med, iqr = _stats(times)
-        return Latency(median_ms=med, iqr_ms=iqr, batch=batch, repeats=repeats, threads=r.threads,
-                       device=device_label(device), runtime=r.label)
-    finally:
-        torch.set_num_threads(prev_threads)
+    med, iqr = _stats(times)
+    return Latency(median_ms=med, iqr_ms=iqr, batch=batch, repeats=repeats, threads=r.threads,
+                   device=device_label(device), runtime=r.label)
 
 
 def compare_latency(models, input_shape, *, batch: int = 1, warmup: int = 10, repeats: int = 50,
@@ -411,10 +408,9 @@ def compare_latency(models, input_shape, *, batch: int = 1, warmup: int = 10, re
     import torch
 
     runtime = resolve_runtime(runtime, device)
-    prev_threads = torch.get_num_threads()
-    threads = int(threads) if threads else prev_threads
-    torch.set_num_threads(threads)
-    try:
+    threads = int(threads) if threads else torch.get_num_threads()
+    with threads_kept():
+        torch.set_num_threads(threads)
         runners = [make_runner(m, input_shape, batch=batch, threads=threads, device=device, runtime=runtime)
                    for m in models]
         times: list[list[float]] = [[] for _ in runners]
@@ -437,5 +433,3 @@ def compare_latency(models, input_shape, *, batch: int = 1, warmup: int = 10, re
             out.append(Latency(median_ms=med, iqr_ms=iqr, batch=batch, repeats=len(t), threads=r.threads,
                                device=device, runtime=r.label))
         return out
-    finally:
-        torch.set_num_threads(prev_threads)

@@ -271,12 +271,9 @@ def dense_reference(cfg: SweepConfig, model, splits, data: TrialData, judge=None
     if not cfg.baseline.reference or cfg.finetune.epochs <= 0 or data.method is None:
         return None
     started = time.time()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(trial_threads(cfg))  # as a trial runs: on 2 busy cores, more threads cost 6x here
-    try:
+    with threads_kept():
+        torch.set_num_threads(trial_threads(cfg))  # as a trial runs: on 2 busy cores, more threads cost 6x here
         return _fine_tuned_dense(cfg, model, splits, data, judge, started)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _fine_tuned_dense(cfg: SweepConfig, model, splits, data: TrialData, judge, started: float) -> dict:

@@ -165,13 +165,12 @@ class LatencyLUT:
                 self._table[self._key(s)] = float(self.clock(s, self.batch))
             self.measured += len(todo)
             return
-        from ..measure import make_runner, time_runs
+        from ..measure import make_runner, threads_kept, time_runs
 
         runs: dict = {s: [] for s in todo}
-        prev = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        # the timing inputs are random: leave the caller's RNG be
-        try:
+        # the timing inputs are random: leave the caller's RNG be (and its thread count)
+        with threads_kept():
+            torch.set_num_threads(self.threads)
             with torch.random.fork_rng(devices=[]):
                 # one runner per entry (an ONNX export and session on onnxruntime), made before the rounds
                 runners = {s: make_runner(s.build(), s.input_shape, batch=self.batch, threads=self.threads,
@@ -182,8 +181,6 @@ class LatencyLUT:
                     for s in todo:
                         runs[s].append(statistics.median(time_runs(runners[s], warmup=self.warmup,
                                                                    repeats=self.repeats)))
-        finally:
-            torch.set_num_threads(prev)
         for s, ms in runs.items():
             self._table[self._key(s)] = statistics.median(ms)
         self.measured += len(todo)
