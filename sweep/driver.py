@@ -874,8 +874,7 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
     trials = sorted((r for r in records if not r.is_baseline), key=lambda r: (r.trial_number is None,
                                                                                r.trial_number or 0))
     finished = [r for r in trials if r.status in FINISHED]
-    told = [(r.method, r.knobs, list(_objective_values(cfg, r).values()) if r.status != "failed" else None,
-             _violations(cfg, r)) for r in finished if r.method and r.knobs]
+    told = [_told(cfg, r) for r in finished if r.method and r.knobs]
     rerun = [(r.method, r.knobs) for r in trials if r.status == "stopped" and r.method and r.knobs]
     measured = {r.method for r in finished} | {m for m, _ in rerun}
     first = [p for p in first_points(cfg) if p.get("method") not in measured]
@@ -893,7 +892,7 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
         kw.update(sampler=make_sampler(cfg.search.sampler, seed=cfg.seed, n_trials=cfg.search.trials,
                                        constraints=constraints),
                   points_to_evaluate=first or None)
-    searcher = (_constrained_search(OptunaSearch) if constraints else OptunaSearch)(**kw)
+    searcher = _sweep_search(OptunaSearch)(**kw)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo, scheduler=_scheduler(cfg, finished),
@@ -902,21 +901,56 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
     )
 
 
-def _constrained_search(base):
-    """Ray's OptunaSearch that hands each finished trial's search.constraints values to Optuna (a user
-    attribute that :class:`sweep.constraints.ConstraintsFunc` reads), so constrained TPE / NSGA-II / GP
-    learn where the budgets hold."""
+def _told(cfg: SweepConfig, rec: TrialRecord):
+    """How a resumed sweep tells a finished trial to the sampler: as it was told while it ran
+    (:func:`_sweep_search`)."""
+    from .space import Told
+
+    state = {"failed": "fail", "stopped_early": "pruned"}.get(rec.status, "complete")
+    values = list(_objective_values(cfg, rec).values()) if state == "complete" else None
+    return Told(rec.method, rec.knobs, values, tuple(_violations(cfg, rec)), state)
+
+
+def _stopped_at_rung(result: dict | None) -> bool:
+    """A trial's last result is a rung report (no record): successive halving stopped it there."""
+    return bool(result) and RUNG in result and "record_json" not in result
+
+
+def _sweep_search(base):
+    """Ray's OptunaSearch as the sweep tells it finished trials:
+
+    - each trial's ``search.constraints`` values go to Optuna (a user attribute that
+      :class:`sweep.constraints.ConstraintsFunc` reads), so constrained TPE / NSGA-II / GP learn where the
+      budgets hold;
+    - a trial that successive halving stopped at a rung is told as PRUNED, without values (Ray's
+      OptunaSearch would tell its rung quality as a final one, COMPLETE): its quality there is a lower bound
+      after fewer epochs, and a sampler that took it as final would see a cheap, under-trained candidate as
+      a finished point of the front.  Optuna's own pruners leave such trials PRUNED; TPE ranks them below
+      every completed trial, NSGA-II leaves them out of its population;
+    - a trial that errored is FAIL (Ray's would be COMPLETE with its last report, when it sent one), as a
+      resumed sweep tells its ``failed`` row."""
+    import optuna
+
     from .constraints import CONSTRAINTS_ATTR
 
-    class ConstrainedOptunaSearch(base):
+    class SweepOptunaSearch(base):
         def on_trial_complete(self, trial_id, result=None, error=False):
-            values = (result or {}).get(CONSTRAINTS_KEY)
             ot = self._ot_trials.get(trial_id)
-            if values is not None and ot is not None and trial_id not in self._completed_trials:
+            if ot is None or trial_id in self._completed_trials:
+                return super().on_trial_complete(trial_id, result=result, error=error)
+            values = (result or {}).get(CONSTRAINTS_KEY)
+            if values:  # [] without budgets
                 ot.set_user_attr(CONSTRAINTS_ATTR, [float(v) for v in values])
-            super().on_trial_complete(trial_id, result=result, error=error)
+            if error:  # Ray would tell an errored trial's last report (a rung's) as final
+                state = optuna.trial.TrialState.FAIL
+            elif _stopped_at_rung(result):
+                state = optuna.trial.TrialState.PRUNED
+            else:
+                return super().on_trial_complete(trial_id, result=result, error=error)
+            self._ot_study.tell(ot, None, state=state)
+            self._completed_trials.add(trial_id)
 
-    return ConstrainedOptunaSearch
+    return SweepOptunaSearch
 
 
 def _scheduler(cfg: SweepConfig, finished: list[TrialRecord]):

@@ -16,6 +16,8 @@ Conventions (tested):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from .config import SAMPLERS, SweepConfig
 from .errors import ConfigError
 from .methods import get_method
@@ -145,11 +147,24 @@ def distributions(cfg: SweepConfig, method: str) -> dict:
     return out
 
 
-def study_with_history(cfg: SweepConfig, told: list, rerun: list, sampler, name: str = "sweep"):
+class Told(NamedTuple):
+    """A finished trial as a resumed sweep tells it to Optuna: ``state`` is ``complete`` (``values`` are its
+    objectives), ``pruned`` (successive halving stopped it at a rung: Optuna's PRUNED, no values, as Optuna's
+    own pruners leave such a trial -- its quality at the rung is not its final quality, and a sampler told it as
+    final would learn a cheap, under-trained point as a good one) or ``fail``; ``constraints`` are its
+    ``search.constraints`` values (empty without budgets)."""
+
+    method: str
+    knobs: dict
+    values: list | None
+    constraints: tuple = ()
+    state: str = "complete"
+
+
+def study_with_history(cfg: SweepConfig, told: list[Told], rerun: list, sampler, name: str = "sweep"):
     """An Optuna study (in memory) that already knows the sweep's finished trials, for a resumed sweep.
 
-    ``told``: ``(method, knobs, values or None[, constraint values])`` of every finished trial, in order
-    (None: it failed; constraint values: what a constrained sampler reads, as Optuna stores them);
+    ``told``: every finished trial, in order (:class:`Told`);
     ``rerun``: ``(method, knobs)`` of trials that were cut short, enqueued to run again first (knobs None:
     only the method is fixed, its knobs sampled -- a multi-method space's first trial of that method).  Trial
     numbers, and so seeds, continue after the told trials: nothing repeats.  Returns
@@ -165,15 +180,17 @@ def study_with_history(cfg: SweepConfig, told: list, rerun: list, sampler, name:
                                             for o in cfg.search.objectives])
     from .constraints import CONSTRAINTS_ATTR
 
-    for method, knobs, values, *cons in told:
-        dists = distributions(cfg, method)
-        params = {n: _param_value(method, n, knobs) for n in dists}
-        state = optuna.trial.TrialState.COMPLETE if values is not None else optuna.trial.TrialState.FAIL
+    states = {"complete": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
+              "fail": optuna.trial.TrialState.FAIL}
+    for t in told:
+        dists = distributions(cfg, t.method)
+        params = {n: _param_value(t.method, n, t.knobs) for n in dists}
+        values = t.values if t.state == "complete" else None
         # add_trial runs no sampler hook: the constraints go where Optuna keeps them after a trial
-        extra = {"system_attrs": {"constraints": tuple(cons[0])}, "user_attrs": {CONSTRAINTS_ATTR: list(cons[0])}} \
-            if cons and cons[0] else {}
-        study.add_trial(optuna.trial.create_trial(state=state, values=values, params=params, distributions=dists,
-                                                  **extra))
+        extra = {"system_attrs": {"constraints": tuple(t.constraints)},
+                 "user_attrs": {CONSTRAINTS_ATTR: list(t.constraints)}} if t.constraints else {}
+        study.add_trial(optuna.trial.create_trial(state=states[t.state], values=values, params=params,
+                                                  distributions=dists, **extra))
     for method, knobs in rerun:
         dists = distributions(cfg, method)
         study.enqueue_trial({n: _param_value(method, n, knobs) for n in dists} if knobs is not None

@@ -358,6 +358,20 @@ def test_successive_halving_and_budgets_steer_a_real_sweep(tmp_path, monkeypatch
     space.write_text(space.read_text().replace("concurrency: 2", "concurrency: 1").replace(
         "objectives: [accuracy, latency_ms, params]", "objectives: [accuracy, params]"))
     monkeypatch.chdir(tmp_path)
+    import sweep.driver as driver
+
+    searchers = []  # the live searcher, to read what Optuna was told
+
+    def keep(base, make=driver._sweep_search):
+        cls = make(base)
+
+        class Kept(cls):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, **kw)
+                searchers.append(self)
+        return Kept
+
+    monkeypatch.setattr(driver, "_sweep_search", keep)
     assert main(["run", str(space), "--reports", str(tmp_path / "reports")]) == 0
     out = capsys.readouterr().out
     df = pd.read_parquet(tmp_path / "runs" / "ithalving" / "trials.parquet")
@@ -378,6 +392,9 @@ def test_successive_halving_and_budgets_steer_a_real_sweep(tmp_path, monkeypatch
     ok = trials[trials["status"] == "ok"]
     assert len(ok) >= 1 and (ok["finetune_epochs"] == 4).all()
     assert "stopped_early: rung" in out and "infeasible: params" in out
+    # Optuna was told the stopped ones as PRUNED (no values), the others with their figures
+    states = [t.state.name for t in searchers[0]._ot_study.trials]
+    assert states.count("PRUNED") == len(early) and states.count("COMPLETE") == len(ok) + len(infeasible)
     assert (f"sweep ithalving: {len(ok)} ok, 0 failed, {len(early)} stopped early, {len(infeasible)} infeasible "
             "trial(s) in ") in out
     status = "\n".join(__import__("sweep.status", fromlist=["x"]).status_lines(SweepFolder(tmp_path / "runs" /
