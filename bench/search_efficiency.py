@@ -380,6 +380,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (falls back to digits when missing)")
     ap.add_argument("--root", help="Fashion-MNIST folder (default: Debian's)")
     ap.add_argument("--no-rung0", action="store_true", help="skip the rung-0 Spearman measurement")
+    ap.add_argument("--no-random", action="store_true", help="skip the random sweeps (TPE vs TPE+MO-ASHA only; "
+                    "tpe_n_over_random_2n is then nan)")
     ap.add_argument("--verbose", action="store_true", help="the sweeps' progress lines on stderr")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (printed)")
     args = ap.parse_args(argv)
@@ -406,6 +408,7 @@ def main(argv=None) -> int:
         args.dataset = "digits"
         args.data = {"name": "digits"}
     args.knobs, method_line = magnitude_knobs(args, args.data)
+    strategies = tuple(s for s in STRATEGIES if not (args.no_random and s == "random"))
 
     from importlib.metadata import version
 
@@ -420,7 +423,8 @@ def main(argv=None) -> int:
           f"channel), {method_line}; objectives {', '.join(OBJECTIVES)}")
     print(f"# baseline {args.baseline_epochs} epochs (trained once per seed, shared by the three), fine-tune "
           f"{args.finetune_epochs} epochs; seeds {','.join(map(str, seeds))}; N={args.trials}: random "
-          f"{2 * args.trials} trials, TPE {args.trials}, TPE+MO-ASHA {args.asha_trials} (reduction_factor "
+          f"{'skipped (--no-random)' if args.no_random else str(2 * args.trials) + ' trials'}, TPE {args.trials}, "
+          f"TPE+MO-ASHA {args.asha_trials} (reduction_factor "
           f"{SCHEDULER['reduction_factor']}, min_epochs {SCHEDULER['min_epochs']}, rung0, selection "
           f"{SCHEDULER['selection']}); {args.concurrency} "
           f"at a time, 1 CPU each")
@@ -447,6 +451,8 @@ def main(argv=None) -> int:
             state = export_baseline(runs["tpe"], work / f"baseline-s{seed}.pt")
             # the other two alternate their order over seeds, so that a load change does not always hit one
             for strategy in (("random", "tpe+asha") if i % 2 == 0 else ("tpe+asha", "random")):
+                if strategy not in strategies:
+                    continue
                 runs[strategy] = run_one(args, work, seed=seed, strategy=strategy, knobs=args.knobs,
                                          baseline=state, dataset=args.data)
             if not args.no_rung0:
@@ -466,12 +472,12 @@ def main(argv=None) -> int:
             f"{'to TPE HV s':>13}{'(frac)':>8}")
     print(head)
     print("-" * len(head))
-    frac_e: dict[str, list] = {s: [] for s in STRATEGIES}
-    frac_s: dict[str, list] = {s: [] for s in STRATEGIES}
+    frac_e: dict[str, list] = {s: [] for s in strategies}
+    frac_s: dict[str, list] = {s: [] for s in strategies}
     ratio, gain_ratio, random_n = [], [], []
     for seed in seeds:
         ref = sweeps[seed]["tpe"]
-        for strategy in STRATEGIES:
+        for strategy in strategies:
             sw = sweeps[seed][strategy]
             ep, secs = reach(sw, ref.hv)
             fe = ep / ref.epochs if ref.epochs else math.nan
@@ -482,6 +488,8 @@ def main(argv=None) -> int:
                   f"{sw.count('stopped_early'):>6}{sw.count('failed'):>5}{sw.epochs:>10.0f}{sw.seconds:>9.0f}"
                   f"{sw.wall_s:>9.0f}{sw.hv:>8.4f}{sw.hv - sw.hv0:>9.4f}{fmt(ep, 0):>14}{fmt(fe, 2):>8}"
                   f"{fmt(secs, 0):>13}{fmt(fs, 2):>8}")
+        if "random" not in strategies:
+            continue
         rnd = sweeps[seed]["random"]
         ratio.append(ref.hv / rnd.hv if rnd.hv else math.nan)
         gain = rnd.hv - rnd.hv0
@@ -499,7 +507,7 @@ def main(argv=None) -> int:
             f"{'s to TPE HV / TPE s':>22}")
     print(head)
     print("-" * len(head))
-    for strategy in STRATEGIES:
+    for strategy in strategies:
         sws = [sweeps[s][strategy] for s in seeds]
         print(f"{LABELS[strategy]:<13}{mean_std([sw.epochs for sw in sws], 1):>16}"
               f"{mean_std([sw.hv for sw in sws], 4):>18}{mean_std(frac_e[strategy], 2):>32}"
@@ -511,12 +519,12 @@ def main(argv=None) -> int:
     for axis, unit, total in ((0, "fine-tune epochs", "epochs"), (1, "wall seconds since the first trial", "s")):
         print(f"# hypervolume within a budget of {unit}, as a fraction of the TPE sweep's total (mean ± std over "
               f"seeds; a sweep that finished with less keeps its final HV)")
-        head = f"{'budget':>8}" + "".join(f"{LABELS[s]:>22}" for s in STRATEGIES)
+        head = f"{'budget':>8}" + "".join(f"{LABELS[s]:>22}" for s in strategies)
         print(head)
         print("-" * len(head))
         for frac in CURVE_FRACTIONS:
             cells = []
-            for strategy in STRATEGIES:
+            for strategy in strategies:
                 vals = []
                 for seed in seeds:
                     ref = sweeps[seed]["tpe"]
