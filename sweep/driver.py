@@ -929,6 +929,8 @@ def _sweep_search(base):
       every completed trial, NSGA-II leaves them out of its population;
     - a trial that errored is FAIL (Ray's would be COMPLETE with its last report, when it sent one), as a
       resumed sweep tells its ``failed`` row."""
+    import logging
+
     import optuna
 
     from .constraints import CONSTRAINTS_ATTR
@@ -947,7 +949,11 @@ def _sweep_search(base):
                 state = optuna.trial.TrialState.PRUNED
             else:
                 return super().on_trial_complete(trial_id, result=result, error=error)
-            self._ot_study.tell(ot, None, state=state)
+            try:
+                self._ot_study.tell(ot, None, state=state)
+            except Exception as exc:  # as Ray's own tell: a refused tell is a warning, not the sweep's end
+                logging.getLogger(__name__).warning("could not tell Optuna that trial %s is %s: %s", trial_id,
+                                                    state.name, exc)
             self._completed_trials.add(trial_id)
 
     return SweepOptunaSearch

@@ -99,3 +99,12 @@ def test_resume_keeps_constraint_values_of_a_pruned_trial():
     assert t.state == S.PRUNED
     assert t.user_attrs[CONSTRAINTS_ATTR] == [0.5, -1.0]
     assert tuple(t.system_attrs["constraints"]) == (0.5, -1.0)
+
+
+def test_a_refused_tell_is_a_warning_not_the_end_of_the_sweep(caplog):
+    s = searcher()
+    s.suggest("t1")
+    s._ot_study.tell(s._ot_trials["t1"], [0.5, 1.0])  # already finished in Optuna: a second tell is refused
+    s.on_trial_complete("t1", result=RUNG_REPORT)
+    assert s._ot_study.trials[0].state == S.COMPLETE
+    assert "could not tell Optuna that trial t1 is PRUNED" in caplog.text
