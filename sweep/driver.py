@@ -173,9 +173,10 @@ def sweep_trial(config: dict, inputs: TrialInputs) -> None:
 
 
 def _objective_values(cfg: SweepConfig, rec: TrialRecord) -> dict:
-    """What the searcher and the scheduler are told of a record: its objectives -- measured for ``ok``,
-    ``stopped_early`` (quality at its rung) and ``infeasible`` (quality before fine-tuning) rows, NaN for
-    ``failed`` ones (Optuna then counts the trial as failed)."""
+    """What a trial reports of a record: its objectives -- measured for ``ok``, ``stopped_early`` (quality at
+    its rung: what the scheduler judges; the searcher is told such a trial as pruned, :func:`_sweep_search`)
+    and ``infeasible`` (quality before fine-tuning) rows, NaN for ``failed`` ones (Optuna then counts the
+    trial as failed)."""
     told = rec.status in ("ok", "stopped_early", "infeasible")
     return {o: (float(rec.get(o)) if told and rec.get(o) is not None else math.nan) for o in cfg.search.objectives}
 
