@@ -7,7 +7,10 @@ kept), four pruners prune their own deep copy of the same model:
                AVX-512 from 64 channels, x8 from 32, none below)
   b  noround   the same, round_to=None
   c  latency   the same as (a), importance="l2_latency" (per-layer latency table, sweep.engine.latency)
-  d  tp        plain Torch-Pruning: MetaPruner(GroupMagnitudeImportance(p=2), global_pruning=True,
+  d  depth     the same as (c), and whole residual blocks may go too: plans taking 0, 1/4 ... all of the
+               MACs cut as blocks are timed on --runtime and the fastest kept (sweep.engine.depth_width;
+               magnitude's depth: true); on nets without removable blocks it is (c)
+  e  tp        plain Torch-Pruning: MetaPruner(GroupMagnitudeImportance(p=2), global_pruning=True,
                pruning_ratio=1.0, max_pruning_ratio=0.9, iterative_steps=--tp-steps, round_to=8,
                ignored_layers=[head]) stepped until count_macs <= t * dense MACs (the step-until-target
                loop of Torch-Pruning's benchmarks/main.py, progressive_pruning)
@@ -53,7 +56,7 @@ MODELS = {
 }
 DEFAULT_MODELS = tuple(MODELS)  # all seven: the goal is stated over them
 QUICK_MODELS = ("vgg16_bn", "yolo7_cls")
-PRUNERS = ("auto", "noround", "latency", "tp")
+PRUNERS = ("auto", "noround", "latency", "depth", "tp")
 RUNTIMES = ("torch", "onnxruntime")
 SHORT = {"torch": "pt", "onnxruntime": "ort"}  # column prefixes
 NUM_CLASSES = 10
@@ -80,7 +83,7 @@ def build(name: str, seed: int):
 
 
 def prune(kind: str, model, x, target: float, tp_steps: int, threads: int, runtime: str = "torch"):
-    """Prune ``model`` in place to ``target`` MACs fraction with pruner ``kind``."""
+    """``model`` pruned to ``target`` MACs fraction with pruner ``kind`` (in place, except ``depth``: a copy)."""
     from sweep.engine.channels import prune_to_target
     from sweep.engine.skip import skipped_layers
     from sweep.measure import count_macs
@@ -89,6 +92,12 @@ def prune(kind: str, model, x, target: float, tp_steps: int, threads: int, runti
         prune_to_target(model, x, macs_fraction=target, round_to="auto")
     elif kind == "noround":
         prune_to_target(model, x, macs_fraction=target, round_to=None)
+    elif kind.startswith("depth"):
+        from sweep.engine.depth_width import prune_depth_and_width
+
+        model, _ = prune_depth_and_width(
+            model, x, macs_fraction=target, round_to="auto", importance="l2_latency",
+            latency_kw={"threads": threads, "runtime": runtime, "batch": table_batch(kind)})
     elif kind.startswith("latency"):
         prune_to_target(model, x, macs_fraction=target, round_to="auto", importance="l2_latency",
                         latency_kw={"threads": threads, "runtime": runtime, "batch": table_batch(kind)})
@@ -108,7 +117,7 @@ def prune(kind: str, model, x, target: float, tp_steps: int, threads: int, runti
 
 
 def table_batch(pruner: str) -> int:
-    """The batch a latency pruner's table is timed at: ``latency`` 1, ``latency_b16`` 16."""
+    """The batch a latency pruner's table (and ``depth``'s plans) is timed at: ``latency`` 1, ``latency_b16`` 16."""
     return int(pruner.split("_b")[1]) if "_b" in pruner else 1
 
 
@@ -118,8 +127,8 @@ def with_table_batches(pruners: list[str], batches: list[int]) -> list[str]:
     out = []
     for p in pruners:
         out.append(p)
-        if p == "latency":
-            out += [f"latency_b{b}" for b in batches if b != 1]
+        if p in ("latency", "depth"):
+            out += [f"{p}_b{b}" for b in batches if b != 1]
     return out
 
 
@@ -157,8 +166,9 @@ def main(argv=None) -> int:
                     help="deployment runtime: the latency pruner's table is timed on it, the last line reports it")
     ap.add_argument("--runtimes", default=",".join(RUNTIMES),
                     help="runtimes timed side by side (comma list; --runtime is added when missing)")
-    ap.add_argument("--ours", default="latency", choices=PRUNERS,
-                    help="the pruner the last line reports as ours (default: the latency-aware one)")
+    ap.add_argument("--ours", default="depth", choices=PRUNERS,
+                    help="the pruner the last line reports as ours (default: the latency-aware one that may "
+                         "also remove blocks, magnitude's importance: l2_latency with depth: true)")
     ap.add_argument("--quick", action="store_true",
                     help=f"smoke run: {', '.join(QUICK_MODELS)}, target 0.5, batch 1")
     args = ap.parse_args(argv)
@@ -217,7 +227,7 @@ def main(argv=None) -> int:
                 m = copy.deepcopy(dense)
                 t0 = time.perf_counter()
                 try:
-                    prune(p, m, x, t, args.tp_steps, args.threads, args.runtime)
+                    m = prune(p, m, x, t, args.tp_steps, args.threads, args.runtime)
                 except Exception as e:  # a pruner that fails on a model is a row, not a crash
                     print(f"{name:<26}{t:>7.3f} {p:<11} failed: {type(e).__name__}: {e}")
                     continue

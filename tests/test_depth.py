@@ -299,3 +299,20 @@ def test_composes_with_channel_pruning(order):
     with torch.no_grad():
         out = m(torch.randn(3, 3, 32, 32))
     assert out.shape == (3, 10) and torch.isfinite(out).all()
+
+
+def test_mobilenet_v2_inverted_residuals_with_the_identity_add_are_removable():
+    """torchvision's InvertedResidual is a block; it is removable exactly where it adds its input
+    (``use_res_connect``), and removing all of those leaves a net that runs, shallower."""
+    torch.manual_seed(0)
+    model = build_model("torchvision:mobilenet_v2", num_classes=10, in_channels=3, input_size=32).eval()
+    refs = removable_blocks(model, X32)
+    mods = dict(model.named_modules())
+    assert len(refs) == 17 and all(type(mods[r.name]).__name__ == "InvertedResidual" for r in refs)
+    assert [r.index for r in refs if r.removable] == [i for i, r in enumerate(refs)
+                                                       if mods[r.name].use_res_connect]
+    gone = [r.index for r in refs if r.removable]
+    macs = count_macs(model, X32)
+    remove_blocks(model, gone, X32)
+    assert stage_depths(model) == [17 - len(gone)] and count_macs(model, X32) < macs
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

@@ -13,7 +13,8 @@ child is *declared* a residual block by one of, in this order of precedence:
 
 1. an attribute ``residual_block`` (``True``/``False``) on the module or its class — the explicit
    opt-in / opt-out for user models;
-2. its type: torchvision's ``BasicBlock`` / ``Bottleneck`` and sweep's CIFAR ``BasicBlock``;
+2. its type: torchvision's ``BasicBlock`` / ``Bottleneck`` / ``InvertedResidual`` (MobileNet-V2) and sweep's
+   CIFAR ``BasicBlock``;
 3. its class name containing ``"Block"`` or ``"Bottleneck"``.
 
 When a block contains other blocks, only the outermost one counts.  Blocks are numbered 0-based in
@@ -24,9 +25,10 @@ A residual block is **removable** when its shortcut is the identity:
 
 - its input and output shapes are equal (seen by forward hooks on the example input; this is what
   generalises to user models), and
-- no attribute says otherwise: ``downsample`` (torchvision) must be ``None`` and ``shortcut`` (sweep,
+- no attribute says otherwise: ``downsample`` (torchvision) must be ``None``, ``shortcut`` (sweep,
   many CIFAR codebases) must be absent, ``None`` or ``nn.Identity`` — a shape-preserving projection
-  shortcut is not the identity, and dropping the block would drop it too; and
+  shortcut is not the identity, and dropping the block would drop it too — and ``use_res_connect``
+  (torchvision's MobileNet-V2: a block without it adds nothing to its input) must be true where present; and
 - it is not the first residual block of its stage — the SR-init authors always keep it (it changes
   width/stride; in sweep's CIFAR ResNets ``layer1[0]`` has an identity shortcut and is still kept);
 - it runs once per forward pass, and the user did not ``keep`` it.
@@ -67,9 +69,10 @@ def _known_block_types() -> tuple[type, ...]:
 
     types: list[type] = [SweepBasicBlock]
     try:
+        from torchvision.models.mobilenetv2 import InvertedResidual
         from torchvision.models.resnet import BasicBlock, Bottleneck
 
-        types += [BasicBlock, Bottleneck]
+        types += [BasicBlock, Bottleneck, InvertedResidual]
     except ImportError:  # torchvision is a dependency, but the engine does not need it
         pass
     return tuple(types)
@@ -91,6 +94,10 @@ def _static_identity(module) -> bool | None:
     import torch.nn as nn
 
     known = False
+    if hasattr(module, "use_res_connect"):
+        known = True
+        if not module.use_res_connect:
+            return False
     if hasattr(module, "downsample"):
         known = True
         if module.downsample is not None:
@@ -281,6 +288,39 @@ def remove_blocks(model, indices: Iterable, example_inputs=None, *, keep: Iterab
     for stage_name, rs in by_stage.items():
         _drop_children(modules[stage_name], {r.name.rsplit(".", 1)[-1] for r in rs})
     return model
+
+
+def blocks_towards(model, example_inputs, refs, order: list, target: float, tolerance: float):
+    """The prefix of ``order`` removed under a MACs target: blocks go one by one while the MACs are above
+    ``target``; a block whose removal would take them below ``target · (1 − tolerance)`` stops it.
+    Returns ``(taken, trail)``; each trail entry is ``{"block", "macs", "removed"}``, the MACs with the
+    prefix so far and that block removed. A block's MACs are counted on the block alone at its traced
+    input shape: removing a shape-preserving block removes exactly its own operations."""
+    import torch
+
+    from ..measure import count_macs
+
+    modules = dict(model.named_modules())
+    by_index = {r.index: r for r in refs}
+    taken: list[int] = []
+    trail: list[dict] = []
+    macs = count_macs(model, example_inputs)
+    for b in order:
+        if macs <= target:
+            break
+        r = by_index.get(b)
+        if r is None or not r.removable or r.in_shape is None:  # remove_blocks names what is wrong
+            taken.append(b)
+            continue
+        x = torch.zeros(r.in_shape, dtype=example_inputs.dtype, device=example_inputs.device)
+        after = macs - count_macs(modules[r.name], x)
+        ok = after >= target * (1 - tolerance)
+        trail.append({"block": b, "macs": after, "removed": ok})
+        if not ok:
+            break
+        taken.append(b)
+        macs = after
+    return taken, trail
 
 
 def _drop_children(stage, keys: set[str]) -> None:

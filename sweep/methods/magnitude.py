@@ -11,17 +11,31 @@ the prunable groups; Liu et al., ICLR 2019, and EagleEye, ECCV 2020, on why whic
 more than how many). Alone, each stage loses its ratio; with a MACs / params / latency fraction the
 ratios are the stages' relative weights and one scale is searched to meet the target. A space searches
 it as ``stage_ratios: {stages: 4, low: 0.0, high: 0.8}``, which samples ``stage_ratio_0`` ... ``_3``.
+
+``depth: true`` (with ``macs_fraction``) lets the cut take whole residual blocks as well as channels: plans
+that take 0, 1/4 ... all of the MACs cut as blocks (lowest BatchNorm scale first) are timed side by side on
+the sweep's latency runtime, batch and threads, and the fastest is kept
+(:mod:`sweep.engine.depth_width`); ``info["depth"]`` records every plan. On a net without removable blocks
+it is the plain channel cut.
 """
 
 from __future__ import annotations
 
 from ..engine.channels import TARGETS
 from ..engine.criteria import IMPORTANCES, LATENCY_IMPORTANCES
+from ..errors import ConfigError
 from .base import Knob, MethodConfig, PruneContext, PruneResult, register_method
+
+
+def _check(cfg: MethodConfig, where: str) -> None:
+    if cfg.depth and cfg.macs_fraction is None:
+        raise ConfigError(f"depth needs macs_fraction (blocks and channels are mixed to meet a MACs target), "
+                          f"but got depth=True, macs_fraction=None ({where})")
 
 
 @register_method(
     "magnitude",
+    check=_check,
     summary="global magnitude (L2/L1/BN-scale) channel pruning to a channel ratio or a MACs/params/latency target",
     exclusive=[TARGETS, ("ratio", "stage_ratios")],
     needs_labels=False,  # weight magnitudes: no data at all; the runner fine-tunes
@@ -49,6 +63,9 @@ from .base import Knob, MethodConfig, PruneContext, PruneResult, register_method
              help="keep channel counts a multiple of this; unset = 8 on layers >= 32 channels, none below"),
         Knob("max_layer_ratio", "float", 0.9, low=0.0, high=1.0, low_open=True, high_open=True,
              help="no layer loses more than this fraction of its channels"),
+        Knob("depth", "bool", False,
+             help="with macs_fraction: also remove whole residual blocks where the latency runtime measures "
+                  "that it pays"),
     ],
 )
 def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneResult:
@@ -57,11 +74,15 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
     target = {k: cfg[k] for k in TARGETS[1:] if cfg[k] is not None}
     if not target and cfg.stage_ratios is None:
         target = {"ratio": cfg.ratio}
-    model, info = prune_to_target(
-        model, example_inputs, **target, stage_ratios=cfg.stage_ratios, importance=cfg.importance,
-        global_pruning=cfg.global_pruning,
-        round_to=AUTO if cfg.round_to is None else cfg.round_to,
-        ignored_layers=ctx.ignored_layers or None,  # unset: the engine's skipped_layers
-        max_layer_ratio=cfg.max_layer_ratio, latency_kw=ctx.latency or None)
+    kw = dict(stage_ratios=cfg.stage_ratios, importance=cfg.importance, global_pruning=cfg.global_pruning,
+              round_to=AUTO if cfg.round_to is None else cfg.round_to,
+              ignored_layers=ctx.ignored_layers or None,  # unset: the engine's skipped_layers
+              max_layer_ratio=cfg.max_layer_ratio, latency_kw=ctx.latency or None)
+    if cfg.depth:
+        from ..engine.depth_width import prune_depth_and_width
+
+        model, info = prune_depth_and_width(model, example_inputs, macs_fraction=cfg.macs_fraction, **kw)
+    else:
+        model, info = prune_to_target(model, example_inputs, **target, **kw)
     info["channels"] = channel_counts(model)
     return PruneResult(model=model, info=info)

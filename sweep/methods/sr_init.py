@@ -101,7 +101,7 @@ def _preflight(model, example_inputs) -> None:
 )
 def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneResult:
     from ..engine.channels import TOLERANCE, channel_counts, prune_channels, prune_to_target
-    from ..engine.depth import removable_blocks, remove_blocks, stage_depths
+    from ..engine.depth import blocks_towards, removable_blocks, remove_blocks, stage_depths
     from ..measure import count_macs, count_params
 
     refs = removable_blocks(model, example_inputs)
@@ -131,7 +131,7 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
     if target is None:
         taken = order
     else:
-        taken, trail = _blocks_towards(model, example_inputs, refs, order, target, TOLERANCE)
+        taken, trail = blocks_towards(model, example_inputs, refs, order, target, TOLERANCE)
     removed = sorted(taken)
     remove_blocks(model, removed, example_inputs)
     params1, macs1 = count_params(model), count_macs(model, example_inputs)
@@ -176,39 +176,6 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
         info.update(_authors_finetune(model, ctx, example_inputs.device))
         return PruneResult(model=model, info=info, finetuned=True)
     return PruneResult(model=model, info=info, finetuned=False)
-
-
-def _blocks_towards(model, example_inputs, refs, order: list, target: float, tolerance: float):
-    """The prefix of ``order`` removed under a MACs target: blocks go one by one while the MACs are above
-    ``target``; a block whose removal would take them below ``target · (1 − tolerance)`` stops it.
-    Returns ``(taken, trail)``; each trail entry is ``{"block", "macs", "removed"}``, the MACs with the
-    prefix so far and that block removed. A block's MACs are counted on the block alone at its traced
-    input shape: removing a shape-preserving block removes exactly its own operations."""
-    import torch
-
-    from ..measure import count_macs
-
-    modules = dict(model.named_modules())
-    by_index = {r.index: r for r in refs}
-    taken: list[int] = []
-    trail: list[dict] = []
-    macs = count_macs(model, example_inputs)
-    for b in order:
-        if macs <= target:
-            break
-        r = by_index.get(b)
-        if r is None or not r.removable or r.in_shape is None:  # remove_blocks names what is wrong
-            taken.append(b)
-            continue
-        x = torch.zeros(r.in_shape, dtype=example_inputs.dtype, device=example_inputs.device)
-        after = macs - count_macs(modules[r.name], x)
-        ok = after >= target * (1 - tolerance)
-        trail.append({"block": b, "macs": after, "removed": ok})
-        if not ok:
-            break
-        taken.append(b)
-        macs = after
-    return taken, trail
 
 
 _RECIPE_KWARGS = ("epochs", "keep_best", *AUTHORS_RECIPE)
