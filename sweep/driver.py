@@ -714,6 +714,7 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None, log=print,
             # embedded local Ray: session files in a short private temp folder (unix socket paths are
             # limited to ~107 characters, too short for most sweep folders); authentication: _embedded_auth
             tmp = tempfile.mkdtemp(prefix="sweep-ray-")
+            _EMBEDDED_TMP.append(tmp)  # removed with its logs at shutdown (_ray_shutdown)
             cpus = cpus or os.cpu_count() or 1
             preload = _preload_modules(cfg, cpus) if cfg is not None else None
             with _env(PRELOAD_ENV, preload):  # read by the raylet as it starts; a value the user set wins
@@ -821,9 +822,15 @@ def _cluster_line(address: str) -> str:
             f"the driver is on node {here}")
 
 
+# session folders of the embedded Ray this process started (sockets, logs): removed at shutdown, so that
+# sweep after sweep does not fill the temp folder; a killed driver leaves its folder, as Ray's own does
+_EMBEDDED_TMP: list[str] = []
+
+
 def _ray_shutdown(started: bool, log) -> None:
     """Stop the trials' workers for good (a stopped trial must not finish its MLflow run after we closed
-    it, nor share the machine with the re-measurement); only a Ray this sweep started."""
+    it, nor share the machine with the re-measurement); only a Ray this sweep started. An embedded Ray's
+    session folder goes with it."""
     if not started:
         return
     try:
@@ -832,6 +839,8 @@ def _ray_shutdown(started: bool, log) -> None:
         ray.shutdown()
     except Exception as e:
         log(f"warning: Ray did not shut down cleanly: {type(e).__name__}: {e}")
+    while _EMBEDDED_TMP:
+        shutil.rmtree(_EMBEDDED_TMP.pop(), ignore_errors=True)
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from nets import NETS, example, make_ctx
 import sweep.measure
 from sweep.engine.channels import TOLERANCE
 from sweep.engine.depth import removable_blocks, stage_depths
-from sweep.engine.depth_width import MIN_GAIN, block_order, fastest_plan, prune_depth_and_width
+from sweep.engine.depth_width import MIN_GAIN, block_ms_per_mac, block_order, fastest_plan, prune_depth_and_width
 from sweep.errors import ConfigError
 from sweep.measure import Latency, count_macs
 from sweep.methods import get_method
@@ -56,6 +56,39 @@ def test_block_order_lowest_bn_scale_first_and_deeper_first_on_ties():
         bns[-1].weight.fill_(0.01)
         bns[0].weight.fill_(5.0)  # the branch's first BN does not count
     assert block_order(model, refs)[0] == shallow.index
+
+
+def test_block_order_divides_the_score_by_latency_per_mac():
+    model, x = resnet20()
+    refs = removable_blocks(model, x)
+    removable = [r.index for r in refs if r.removable]
+    slow = removable[0]  # the shallowest: last by score alone (equal scores, deeper first)
+    cost = {i: (3.0 if i == slow else 1.0) for i in removable}
+    assert block_order(model, refs, cost)[0] == slow
+    # a score three times lower than the rest outweighs a cost 2.5 times higher
+    deep = removable[-1]
+    bn = [m for m in dict(model.named_modules())[refs[deep].name].modules() if isinstance(m, torch.nn.BatchNorm2d)][-1]
+    with torch.no_grad():
+        bn.weight.fill_(1 / 3.5)
+    cost[slow] = 2.5
+    assert block_order(model, refs, cost)[:2] == [deep, slow]
+
+
+def test_block_costs_are_timed_once_per_kind_of_block(monkeypatch):
+    model, x = resnet20()
+    refs = removable_blocks(model, x)
+    calls = []
+    real = sweep.measure.measure_latency
+
+    def counted(block, shape, **kw):
+        calls.append(shape)
+        return real(block, shape, **kw)
+
+    monkeypatch.setattr(sweep.measure, "measure_latency", counted)
+    per_mac = block_ms_per_mac(model, refs, x, {"runtime": "torch", "threads": 1})
+    assert set(per_mac) == {r.index for r in refs if r.removable}
+    assert len(calls) == 3  # ResNet-20: one kind of removable block per stage
+    assert all(v > 0 for v in per_mac.values())
 
 
 def fake_latency(ms_by_blocks):

@@ -73,8 +73,11 @@ def test_sweep_end_to_end(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     space = _write_space(tmp_path, "itest", trials=3)
+    ray_dirs = set(Path(tempfile.gettempdir()).glob("sweep-ray-*"))
     assert main(["run", str(space)]) == 0
     out = capsys.readouterr().out
+    # the embedded Ray's session folder went with it
+    assert set(Path(tempfile.gettempdir()).glob("sweep-ray-*")) <= ray_dirs
     assert "Pareto front" in out and "[  3/3]" in out
     running = [int(m) for m in re.findall(r"\] running (\d+) ·", out)]
     assert running and max(running) <= 2  # never more in flight than the concurrency (2)
