@@ -160,9 +160,15 @@ def test_bad_shares_are_one_line_errors(shares):
 
 def test_magnitude_depth_needs_macs_fraction():
     spec = get_method("magnitude")
-    with pytest.raises(ConfigError, match="depth needs macs_fraction"):
+    with pytest.raises(ConfigError, match="depth needs macs_fraction for method magnitude"):
         spec.make_config({"depth": True})
     spec.make_config({"depth": True, "macs_fraction": 0.5})  # accepted
+    # a space: the partner may be searched; without it, one line before any trial
+    spec.parse_space({"depth": True, "macs_fraction": {"low": 0.3, "high": 0.7}}, "space")
+    spec.parse_space({"depth": {"choices": [False, True]}, "macs_fraction": 0.5}, "space")
+    for bad in ({"depth": True}, {"depth": {"choices": [False, True]}, "ratio": {"low": 0.2, "high": 0.5}}):
+        with pytest.raises(ConfigError, match=r"depth needs macs_fraction .*\(space\)"):
+            spec.parse_space(bad, "space")
 
 
 def test_magnitude_depth_prunes_blocks_where_they_pay(monkeypatch):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError
 from ..registry import Registry
@@ -234,6 +234,8 @@ class MethodSpec:
     needs_labels: bool = True
     check: Callable[[MethodConfig, str], None] | None = None  # cross-knob validation
     exclusive: tuple[tuple[str, ...], ...] = ()  # knobs of which a space may set at most one
+    # knob -> knobs of which one must be given (fixed or searched) where that knob is or may be true
+    requires: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # run before a sweep starts, on the dense model: raise a ConfigError when the method cannot apply
     preflight: Callable[[Any, Any], None] | None = None
 
@@ -279,7 +281,10 @@ class MethodSpec:
             out[name] = tuple(self.knob(m).validate(out.pop(m), f"{where}.{m}") for m in members)
         return out
 
-    def make_config(self, values: Mapping[str, Any], where: str = "") -> MethodConfig:
+    def make_config(self, values: Mapping[str, Any], where: str = "", *, complete: bool = True) -> MethodConfig:
+        """The method's config from ``values`` (knob -> value; the rest at their defaults), validated.
+        ``complete=False``: ``values`` are only a space's fixed knobs (the searched ones are still to come),
+        so :attr:`MethodSpec.requires` is left to the caller."""
         values = self._fold_stages(values, where)
         out = {}
         for k in self.knobs:
@@ -287,10 +292,20 @@ class MethodSpec:
         for name in values:
             self.knob(name, where)
         self._check_exclusive([k for k, v in values.items() if v is not None], where)
+        if complete:
+            self._check_requires({k for k, v in out.items() if v}, {k for k, v in out.items() if v is not None},
+                                 where)
         cfg = MethodConfig(self.name, out)
         if self.check is not None:
             self.check(cfg, where)
         return cfg
+
+    def _check_requires(self, on: set, given: set, where: str) -> None:
+        """Every knob of :attr:`requires` that is (or may be) on has one of its needed knobs given."""
+        for knob, needed in self.requires:
+            if knob in on and not any(n in given for n in needed):
+                raise ConfigError(f"{knob} needs {' or '.join(needed)} for method {self.name}, but got {knob}=True "
+                                  f"and none of them ({where})")
 
     def _check_exclusive(self, given, where: str) -> None:
         for group in self.exclusive:
@@ -324,7 +339,14 @@ class MethodSpec:
         self._check_exclusive(list(dict.fromkeys(self.family(k) for k in space)), where)
         # stage knobs are left out: some may be fixed and others searched, and each is checked already
         fixed = {k: d["fixed"] for k, d in space.items() if "fixed" in d and self.family(k) == k}
-        self.make_config(fixed, where)
+        self.make_config(fixed, where, complete=False)
+        # a knob that may be on (fixed true, true among its choices, or on by default) needs a partner that
+        # is given (fixed or searched) or set by default
+        unset = [k for k in self.knobs if k.name not in space]
+        maybe_on = ({k for k, d in space.items() if d.get("fixed") or any(d.get("choices") or ())}
+                    | {k.name for k in unset if k.default})
+        given = {self.family(k) for k in space} | {k.name for k in unset if k.default is not None}
+        self._check_requires(maybe_on, given, where)
         return space
 
 
@@ -391,7 +413,8 @@ METHODS: Registry[MethodSpec] = Registry("method")
 
 def register_method(name: str, *, knobs: list[Knob], summary: str = "", needs_labels: bool = True,
                     check: Callable[[MethodConfig, str], None] | None = None,
-                    exclusive: list[tuple[str, ...]] = (), preflight: Callable[[Any, Any], None] | None = None):
+                    exclusive: list[tuple[str, ...]] = (), preflight: Callable[[Any, Any], None] | None = None,
+                    requires: Mapping[str, Sequence[str]] | None = None):
     """Register ``prune`` under ``name``; duplicate names raise."""
 
     names = [k.name for k in knobs]
@@ -401,7 +424,8 @@ def register_method(name: str, *, knobs: list[Knob], summary: str = "", needs_la
     def deco(fn: PruneFn) -> PruneFn:
         METHODS.add(name, MethodSpec(name=name, prune=fn, knobs=tuple(knobs), summary=summary,
                                      needs_labels=needs_labels, check=check,
-                                     exclusive=tuple(tuple(g) for g in exclusive), preflight=preflight))
+                                     exclusive=tuple(tuple(g) for g in exclusive), preflight=preflight,
+                                     requires=tuple((k, tuple(v)) for k, v in (requires or {}).items())))
         return fn
 
     return deco

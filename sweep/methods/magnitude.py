@@ -23,19 +23,12 @@ from __future__ import annotations
 
 from ..engine.channels import TARGETS
 from ..engine.criteria import IMPORTANCES, LATENCY_IMPORTANCES
-from ..errors import ConfigError
 from .base import Knob, MethodConfig, PruneContext, PruneResult, register_method
-
-
-def _check(cfg: MethodConfig, where: str) -> None:
-    if cfg.depth and cfg.macs_fraction is None:
-        raise ConfigError(f"depth needs macs_fraction (blocks and channels are mixed to meet a MACs target), "
-                          f"but got depth=True, macs_fraction=None ({where})")
 
 
 @register_method(
     "magnitude",
-    check=_check,
+    requires={"depth": ("macs_fraction",)},  # blocks and channels are mixed to meet a MACs target
     summary="global magnitude (L2/L1/BN-scale) channel pruning to a channel ratio or a MACs/params/latency target",
     exclusive=[TARGETS, ("ratio", "stage_ratios")],
     needs_labels=False,  # weight magnitudes: no data at all; the runner fine-tunes
