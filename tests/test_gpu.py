@@ -33,3 +33,18 @@ def test_finetuning_on_cuda_trains_there():
     losses = train(model, loader, epochs=2, lr=0.05, device="cuda")
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert next(model.parameters()).device.type == "cuda"
+
+
+def test_depth_and_width_plans_leave_a_cuda_model_on_cuda():
+    """Plans and blocks are timed on copies on the CPU (as the latency table is): neither the model given
+    nor the plan returned leaves the GPU."""
+    from sweep.engine.depth_width import prune_depth_and_width
+    from tests.nets import BlockNet
+
+    torch.manual_seed(0)
+    model = BlockNet().eval().cuda()
+    x = torch.zeros(1, *SHAPE, device="cuda")
+    pruned, info = prune_depth_and_width(model, x, macs_fraction=0.6, latency_kw={"runtime": "torch"})
+    assert {p.device.type for p in model.parameters()} == {"cuda"}
+    assert {p.device.type for p in pruned.parameters()} == {"cuda"}
+    assert pruned(x).shape == model(x).shape and info["within_tolerance"]

@@ -80,10 +80,11 @@ def block_ms_per_mac(model, refs, example_inputs, latency_kw: dict | None = None
     with torch.random.fork_rng(devices=[]):
         for (_, shape, _), indices in same.items():
             block = modules[next(r.name for r in refs if r.index == indices[0])]
-            ms = measure_latency(block, shape, batch=batch, threads=kw.get("threads"), runtime=kw.get("runtime"),
-                                 **BLOCK_TIMING).median_ms
             macs = count_macs(block, torch.zeros(1, *shape, dtype=example_inputs.dtype,
                                                  device=example_inputs.device))
+            # a copy: timing moves a module to the timing device, and this one belongs to the caller's model
+            ms = measure_latency(copy.deepcopy(block), shape, batch=batch, threads=kw.get("threads"),
+                                 runtime=kw.get("runtime"), **BLOCK_TIMING).median_ms
             for i in indices:
                 out[i] = ms / max(macs * batch, 1)
     return out
@@ -178,7 +179,7 @@ def prune_depth_and_width(model, example_inputs, *, macs_fraction: float, latenc
             c["latency_iqr_ms"] = lat.iqr_ms
     chosen = fastest_plan(candidates)
 
-    pruned = chosen["model"]
+    pruned = chosen["model"].to(example_inputs.device)  # timing ran the plans on the CPU
     macs, params = count_macs(pruned, example_inputs), count_params(pruned)
     info = dict(chosen["info"])
     achieved = {**info.get("achieved", {}), "macs_fraction": macs / macs0, "params_fraction": params / params0}
