@@ -81,13 +81,13 @@ def test_tune_actors_lose_only_the_lightning_variable_while_the_sweep_runs():
 
 
 PROBE = r"""
-import json, os, sys, tempfile, time
+import json, os, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from sweep import driver
 from sweep.config import load_config
 cfg = load_config(Path(sys.argv[1]) / "search_spaces" / "quickstart.yaml")
-assert driver._ray_init(None, Path(tempfile.mkdtemp()), 2, print, cfg)
+assert driver._ray_init(None, Path.cwd(), 2, print, cfg)  # cwd: the test's tmp_path
 import ray
 from ray import tune
 
@@ -101,9 +101,9 @@ t0 = time.time()
 with driver._trial_actors_on_idle_workers():
     grid = tune.Tuner(tune.with_resources(trainable, {"cpu": 1}),
                       tune_config=tune.TuneConfig(num_samples=2, max_concurrent_trials=2, reuse_actors=True),
-                      run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(), verbose=0)).fit()
+                      run_config=tune.RunConfig(storage_path=str(Path.cwd() / "tune"), verbose=0)).fit()
 print(json.dumps({"t0": t0, "trials": [r.metrics for r in grid], "env_left": driver.PRELOAD_ENV in os.environ}))
-ray.shutdown()
+driver._ray_shutdown(True, print)  # as a sweep ends: the embedded Ray's session folder goes too
 """
 
 
