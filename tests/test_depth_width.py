@@ -6,19 +6,22 @@ what holds whatever the timing says."""
 from __future__ import annotations
 
 import copy
+import json
 
+import pandas as pd
 import pytest
 import torch
 from nets import NETS, example, make_ctx
 
 import sweep.measure
-from sweep.engine.channels import TOLERANCE
+from sweep.engine.channels import TOLERANCE, channel_counts
 from sweep.engine.depth import removable_blocks, stage_depths
 from sweep.engine.depth_width import MIN_GAIN, block_ms_per_mac, block_order, fastest_plan, prune_depth_and_width
 from sweep.errors import ConfigError
 from sweep.measure import Latency, count_macs
 from sweep.methods import get_method
 from sweep.models import build_model
+from sweep.report.widths import trial_widths
 
 
 def resnet20(seed: int = 0):
@@ -117,6 +120,15 @@ def test_target_met_and_the_chosen_plan_returned(monkeypatch, fraction, depth_pa
     assert len(d["candidates"]) > 1  # ResNet-20 has removable blocks: plans with blocks were built
     lost = depths0 - sum(stage_depths(pruned))
     assert lost == len(d["blocks_removed"])
+    # widths under the input's layer names, removed blocks as SR-init records them: the report lines them up
+    widths0 = channel_counts(model)
+    assert set(info["channels"]) <= set(widths0) and info["removed"] == sorted(info["removed"])
+    gone = {b["name"] for b in info["blocks"] if b["removed"]}
+    assert gone == set(d["blocks_removed"]) and len(info["removed"]) == lost
+    assert set(widths0) - set(info["channels"]) == {k for k in widths0 if any(k.startswith(g + ".") for g in gone)}
+    row = pd.Series({"trial_id": "t", "method": "magnitude", "info": json.dumps(info)})
+    w = trial_widths(row, widths0)
+    assert w.removed == set(widths0) - set(info["channels"])
     if depth_pays:
         assert lost == max(len(c["blocks"]) for c in d["candidates"]) > 0
     else:

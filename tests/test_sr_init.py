@@ -315,6 +315,7 @@ def test_macs_fraction_lands_within_tolerance_removing_blocks_in_delta_order(fra
     x = torch.zeros(1, 1, 16, 16)
     model = _resnet20()
     macs0 = count_macs(model, x)
+    names0 = {id(mod): n for n, mod in model.named_modules()}  # the widths are keyed by these
     res = run(model, {"tau": 1.0, "macs_fraction": fraction}, _resnet20_ctx(model), x)
     info, m = res.info, res.model
     assert info["blocks_order"] == [2, 5, 7, 4, 8, 1]  # ascending Δ
@@ -329,7 +330,12 @@ def test_macs_fraction_lands_within_tolerance_removing_blocks_in_delta_order(fra
     if info["blocks_held_back"] and info["blocks_trail"][-1]["removed"] is False:
         assert info["blocks_trail"][-1]["macs"] < fraction * macs0 * (1 - TOLERANCE)
     assert (info["channel_step"] is not None) == channels == (info["macs_after"] < info["macs_after_depth"])
-    assert info["channels"] == channel_counts(m)
+    # the widths under the input's layer names: a removed block's layers are absent, and a later block keeps
+    # its own name although its stage renumbered it
+    assert info["channels"] == {names0[id(mod)]: w for mod, w in zip(
+        [dict(m.named_modules())[n] for n in channel_counts(m)], channel_counts(m).values())}
+    gone = {info["blocks"][b]["name"] for b in removed}
+    assert not any(k.startswith(g + ".") for k in info["channels"] for g in gone)
     assert stage_depths(m) == [3 - len([b for b in removed if b // 3 == stage]) for stage in range(3)]
     with torch.no_grad():
         assert m(torch.randn(2, 1, 16, 16)).shape == (2, 10)

@@ -710,14 +710,17 @@ def prune_channels(model, example_inputs, *, ratio: float, importance: str = "l2
     return model
 
 
-def channel_counts(model) -> dict:
-    """Output channels / features of every conv and linear layer (recorded with a trial)."""
+def channel_counts(model, names: dict | None = None) -> dict:
+    """Output channels / features of every conv and linear layer (recorded with a trial). ``names``
+    (:func:`sweep.engine.depth.module_names`, taken before blocks were removed) keys them by the names the
+    layers had in the input model, so that they line up with the baseline's after a stage was renumbered."""
     import torch.nn as nn
 
     out = {}
     for name, m in model.named_modules():
+        key = names.get(id(m), name) if names else name
         if isinstance(m, nn.Conv2d):
-            out[name] = m.out_channels
+            out[key] = m.out_channels
         elif isinstance(m, nn.Linear):
-            out[name] = m.out_features
+            out[key] = m.out_features
     return out

@@ -290,6 +290,12 @@ def remove_blocks(model, indices: Iterable, example_inputs=None, *, keep: Iterab
     return model
 
 
+def module_names(model) -> dict[int, str]:
+    """``{id(module): dotted name}`` of every module. Taken before :func:`remove_blocks` (which renumbers a
+    stage's children), it still names each surviving module as the input model did."""
+    return {id(m): n for n, m in model.named_modules()}
+
+
 def blocks_towards(model, example_inputs, refs, order: list, target: float, tolerance: float):
     """The prefix of ``order`` removed under a MACs target: blocks go one by one while the MACs are above
     ``target``; a block whose removal would take them below ``target · (1 − tolerance)`` stops it.

@@ -127,14 +127,16 @@ def prune_depth_and_width(model, example_inputs, *, macs_fraction: float, latenc
     ``latency_kw`` (``runtime``, ``batch``, ``threads``) says where plans are timed, as for the channel
     solver's latency table. ``info`` is the chosen plan's channel record (its ``achieved`` figures are of
     the whole cut, against the model as given), plus ``depth``: the block scores, every candidate
-    (share, blocks removed, MACs fraction, latency) and the chosen share.
+    (share, blocks removed, MACs fraction, latency) and the chosen share; ``channels`` (widths keyed by
+    the layer names of the model as given: a stage's remaining blocks are renumbered), ``removed`` and
+    ``blocks`` (every residual block, as SR-init records them).
     """
     import torch
 
     from ..errors import ConfigError
     from ..measure import compare_latency, count_macs, count_params
-    from .channels import TOLERANCE, check_target, prune_to_target
-    from .depth import blocks_towards, removable_blocks, remove_blocks
+    from .channels import TOLERANCE, channel_counts, check_target, prune_to_target
+    from .depth import blocks_towards, module_names, removable_blocks, remove_blocks
 
     check_target("macs_fraction", macs_fraction)
     if not shares or any(not 0 <= s <= 1 for s in shares):
@@ -157,6 +159,7 @@ def prune_depth_and_width(model, example_inputs, *, macs_fraction: float, latenc
             continue
         seen.add(key)
         cand = copy.deepcopy(model)
+        before = module_names(cand)  # the copy's modules by their names in the model as given
         remove_blocks(cand, key, example_inputs)
         ignored = _ignored_in(cand, model, ignored_layers)
         macs1 = count_macs(cand, example_inputs)
@@ -164,7 +167,7 @@ def prune_depth_and_width(model, example_inputs, *, macs_fraction: float, latenc
         if macs1 > target * (1 + TOLERANCE):
             cand, info = prune_to_target(cand, example_inputs, macs_fraction=target / macs1,
                                          latency_kw=latency_kw, ignored_layers=ignored, **channel_kw)
-        candidates.append({"share": share, "blocks": list(key), "model": cand, "info": info,
+        candidates.append({"share": share, "blocks": list(key), "model": cand, "info": info, "names": before,
                            "macs_fraction": count_macs(cand, example_inputs) / macs0})
 
     if len(candidates) > 1:
@@ -187,6 +190,10 @@ def prune_depth_and_width(model, example_inputs, *, macs_fraction: float, latenc
         "achieved": achieved, "achieved_macs_fraction": achieved["macs_fraction"],
         "achieved_params_fraction": achieved["params_fraction"], "macs": [macs0, macs], "params": [params0, params],
         "target_macs_fraction": macs_fraction,
+        # widths by the input model's layer names, and the blocks removed, as the report reads them
+        "channels": channel_counts(pruned, chosen["names"]), "removed": list(chosen["blocks"]),
+        "blocks": [{"index": r.index, "name": r.name, "removable": r.removable,
+                    "removed": r.index in chosen["blocks"]} for r in refs],
         "within_tolerance": abs(achieved["macs_fraction"] - macs_fraction) <= macs_fraction * TOLERANCE,
         "depth": {"block_scores": {names[i]: block_score(dict(model.named_modules())[names[i]]) for i in order},
                   "block_ms_per_mmac": {names[i]: per_mac[i] * 1e6 for i in order if i in per_mac},

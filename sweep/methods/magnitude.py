@@ -77,5 +77,5 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
         model, info = prune_depth_and_width(model, example_inputs, macs_fraction=cfg.macs_fraction, **kw)
     else:
         model, info = prune_to_target(model, example_inputs, **target, **kw)
-    info["channels"] = channel_counts(model)
+    info.setdefault("channels", channel_counts(model))  # depth: keyed by the input's names already
     return PruneResult(model=model, info=info)

@@ -101,7 +101,7 @@ def _preflight(model, example_inputs) -> None:
 )
 def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneResult:
     from ..engine.channels import TOLERANCE, channel_counts, prune_channels, prune_to_target
-    from ..engine.depth import blocks_towards, removable_blocks, remove_blocks, stage_depths
+    from ..engine.depth import blocks_towards, module_names, removable_blocks, remove_blocks, stage_depths
     from ..measure import count_macs, count_params
 
     refs = removable_blocks(model, example_inputs)
@@ -133,6 +133,7 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
     else:
         taken, trail = blocks_towards(model, example_inputs, refs, order, target, TOLERANCE)
     removed = sorted(taken)
+    names = module_names(model)  # widths are recorded by these names: remove_blocks renumbers a stage
     remove_blocks(model, removed, example_inputs)
     params1, macs1 = count_params(model), count_macs(model, example_inputs)
     depths1 = stage_depths(model)
@@ -162,7 +163,7 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
         "stage_depths_before": depths0, "stage_depths_after": depths1,
         "params_before": params0, "params_after_depth": params1, "params_after": count_params(model),
         "macs_before": macs0, "macs_after_depth": macs1, "macs_after": macs2,
-        "channels": channel_counts(model), "recipe": cfg.recipe, "macs_fraction": cfg.macs_fraction,
+        "channels": channel_counts(model, names), "recipe": cfg.recipe, "macs_fraction": cfg.macs_fraction,
     }
     if target is not None:
         achieved = macs2 / macs0
