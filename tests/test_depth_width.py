@@ -123,6 +123,8 @@ def test_target_met_and_the_chosen_plan_returned(monkeypatch, fraction, depth_pa
     # widths under the input's layer names, removed blocks as SR-init records them: the report lines them up
     widths0 = channel_counts(model)
     assert set(info["channels"]) <= set(widths0) and info["removed"] == sorted(info["removed"])
+    assert all((b["delta"] is not None) == b["removable"] for b in info["blocks"])  # the report's bars
+    json.dumps(info, allow_nan=False)
     gone = {b["name"] for b in info["blocks"] if b["removed"]}
     assert gone == set(d["blocks_removed"]) and len(info["removed"]) == lost
     assert set(widths0) - set(info["channels"]) == {k for k in widths0 if any(k.startswith(g + ".") for g in gone)}

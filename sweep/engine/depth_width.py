@@ -90,18 +90,25 @@ def block_ms_per_mac(model, refs, example_inputs, latency_kw: dict | None = None
     return out
 
 
-def block_order(model, refs, ms_per_mac: dict | None = None) -> list[int]:
-    """Indices of the removable blocks of ``refs``, lowest :func:`block_score` per latency per MAC first
-    (``ms_per_mac`` from :func:`block_ms_per_mac`; without it, by score alone); ties: deeper first."""
+def block_ranks(model, refs, ms_per_mac: dict | None = None) -> dict[int, float]:
+    """``{block index: rank score}`` of the removable blocks of ``refs``: :func:`block_score` divided by the
+    block's latency per MAC relative to the mean over the blocks (``ms_per_mac`` from
+    :func:`block_ms_per_mac`; without it, the score alone). Lowest goes first."""
     modules = dict(model.named_modules())
     cost = ms_per_mac or {}
     mean = sum(cost.values()) / len(cost) if cost else 1.0
+    out = {}
+    for r in refs:
+        if r.removable:
+            per = cost.get(r.index, mean) / mean if mean > 0 else 1.0
+            out[r.index] = block_score(modules[r.name]) / per if per > 0 else float("inf")
+    return out
 
-    def key(r):
-        per = cost.get(r.index, mean) / mean if mean > 0 else 1.0
-        return (block_score(modules[r.name]) / per if per > 0 else float("inf"), -r.index)
 
-    return [r.index for r in sorted((r for r in refs if r.removable), key=key)]
+def block_order(model, refs, ms_per_mac: dict | None = None) -> list[int]:
+    """Indices of the removable blocks of ``refs``, lowest :func:`block_ranks` first; ties: deeper first."""
+    ranks = block_ranks(model, refs, ms_per_mac)
+    return sorted(ranks, key=lambda i: (ranks[i], -i))
 
 
 def fastest_plan(candidates: Sequence[dict], min_gain: float = MIN_GAIN) -> dict:
@@ -146,6 +153,7 @@ def prune_depth_and_width(model, example_inputs, *, macs_fraction: float, latenc
     target = macs_fraction * macs0
     refs = removable_blocks(model, example_inputs)
     per_mac = block_ms_per_mac(model, refs, example_inputs, latency_kw) if any(r.removable for r in refs) else {}
+    ranks = block_ranks(model, refs, per_mac)
     order = block_order(model, refs, per_mac)
     names = {r.index: r.name for r in refs}
 
@@ -192,8 +200,10 @@ def prune_depth_and_width(model, example_inputs, *, macs_fraction: float, latenc
         "target_macs_fraction": macs_fraction,
         # widths by the input model's layer names, and the blocks removed, as the report reads them
         "channels": channel_counts(pruned, chosen["names"]), "removed": list(chosen["blocks"]),
-        "blocks": [{"index": r.index, "name": r.name, "removable": r.removable,
-                    "removed": r.index in chosen["blocks"]} for r in refs],
+        "blocks": [{"index": r.index, "name": r.name, "removable": r.removable, "removed": r.index in chosen["blocks"],
+                    "delta": ranks.get(r.index)} for r in refs],
+        "blocks_title": "Block rank: BN |\u03b3| / latency per MAC",
+        "blocks_ylabel": "rank score",
         "within_tolerance": abs(achieved["macs_fraction"] - macs_fraction) <= macs_fraction * TOLERANCE,
         "depth": {"block_scores": {names[i]: block_score(dict(model.named_modules())[names[i]]) for i in order},
                   "block_ms_per_mmac": {names[i]: per_mac[i] * 1e6 for i in order if i in per_mac},

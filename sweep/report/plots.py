@@ -305,7 +305,8 @@ def _plot_layer_ratios(ratios: dict, title: str, colour: str, path: Path) -> boo
     return True
 
 
-def _plot_blocks(blocks: list[dict], tau: float | None, title: str, path: Path) -> None:
+def _plot_blocks(blocks: list[dict], tau: float | None, title: str, path: Path,
+                 ylabel: str = "importance \u0394") -> None:
     """Bars of Δ per block: removed blocks in red, kept removable ones in blue, non-removable grey."""
     from matplotlib.patches import Patch
 
@@ -325,7 +326,7 @@ def _plot_blocks(blocks: list[dict], tau: float | None, title: str, path: Path) 
     for label, colour in zip(ax.get_xticklabels(), colours):  # a removed block with Δ = 0 has no bar to see
         label.set_color("tab:red" if colour == "tab:red" else "black")
     ax.set_xlabel("block (forward order)")
-    ax.set_ylabel("importance \u0394")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(handles=handles, fontsize=8, loc="best")
     ax.grid(True, axis="y", alpha=0.3)
@@ -366,6 +367,7 @@ def write_block_plots(front: pd.DataFrame, out: Path) -> list[DetailPlot]:
         trial_id = str(row["trial_id"])
         title = f"{details.get('blocks_title') or BLOCKS_TITLE}, trial {trial_id}"
         name = safe_name("blocks_", trial_id)
-        _plot_blocks(blocks, None if np.isnan(tau) else tau, title, out / name)
+        _plot_blocks(blocks, None if np.isnan(tau) else tau, title, out / name,
+                     ylabel=str(details.get("blocks_ylabel") or "importance \u0394"))
         written.append(DetailPlot(trial_id, name, title))
     return written
