@@ -70,23 +70,23 @@ def block_ms_per_mac(model, refs, example_inputs, latency_kw: dict | None = None
     kw = dict(latency_kw or {})
     batch = int(kw.get("batch") or example_inputs.shape[0])
     modules = dict(model.named_modules())
-    same: dict[tuple, list[int]] = {}
+    same: dict[tuple, list] = {}  # kind of block -> the refs of that kind
     for r in refs:
         if r.removable and r.in_shape is not None:
             block = modules[r.name]
             sig = (type(block).__name__, tuple(r.in_shape[1:]), tuple(tuple(p.shape) for p in block.parameters()))
-            same.setdefault(sig, []).append(r.index)
+            same.setdefault(sig, []).append(r)
     out: dict[int, float] = {}
     with torch.random.fork_rng(devices=[]):
-        for (_, shape, _), indices in same.items():
-            block = modules[next(r.name for r in refs if r.index == indices[0])]
+        for (_, shape, _), kind in same.items():
+            block = modules[kind[0].name]
             macs = count_macs(block, torch.zeros(1, *shape, dtype=example_inputs.dtype,
                                                  device=example_inputs.device))
             # a copy: timing moves a module to the timing device, and this one belongs to the caller's model
             ms = measure_latency(copy.deepcopy(block), shape, batch=batch, threads=kw.get("threads"),
                                  runtime=kw.get("runtime"), **BLOCK_TIMING).median_ms
-            for i in indices:
-                out[i] = ms / max(macs * batch, 1)
+            for r in kind:
+                out[r.index] = ms / max(macs * batch, 1)
     return out
 
 
@@ -107,7 +107,10 @@ def block_ranks(model, refs, ms_per_mac: dict | None = None) -> dict[int, float]
 
 def block_order(model, refs, ms_per_mac: dict | None = None) -> list[int]:
     """Indices of the removable blocks of ``refs``, lowest :func:`block_ranks` first; ties: deeper first."""
-    ranks = block_ranks(model, refs, ms_per_mac)
+    return _lowest_first(block_ranks(model, refs, ms_per_mac))
+
+
+def _lowest_first(ranks: dict[int, float]) -> list[int]:
     return sorted(ranks, key=lambda i: (ranks[i], -i))
 
 
@@ -154,8 +157,9 @@ def prune_depth_and_width(model, example_inputs, *, macs_fraction: float, latenc
     refs = removable_blocks(model, example_inputs)
     per_mac = block_ms_per_mac(model, refs, example_inputs, latency_kw) if any(r.removable for r in refs) else {}
     ranks = block_ranks(model, refs, per_mac)
-    order = block_order(model, refs, per_mac)
+    order = _lowest_first(ranks)
     names = {r.index: r.name for r in refs}
+    modules = dict(model.named_modules())
 
     candidates: list[dict] = []
     seen: set[tuple] = set()
@@ -168,8 +172,11 @@ def prune_depth_and_width(model, example_inputs, *, macs_fraction: float, latenc
         seen.add(key)
         cand = copy.deepcopy(model)
         before = module_names(cand)  # the copy's modules by their names in the model as given
+        ignored = _ignored_in(cand, model, ignored_layers)  # by name before remove_blocks renumbers a stage
         remove_blocks(cand, key, example_inputs)
-        ignored = _ignored_in(cand, model, ignored_layers)
+        if ignored is not None:
+            present = {id(m) for m in cand.modules()}
+            ignored = [m for m in ignored if id(m) in present]
         macs1 = count_macs(cand, example_inputs)
         info: dict = {}
         if macs1 > target * (1 + TOLERANCE):
@@ -205,7 +212,7 @@ def prune_depth_and_width(model, example_inputs, *, macs_fraction: float, latenc
         "blocks_title": "Block rank: BN |\u03b3| / latency per MAC",
         "blocks_ylabel": "rank score",
         "within_tolerance": abs(achieved["macs_fraction"] - macs_fraction) <= macs_fraction * TOLERANCE,
-        "depth": {"block_scores": {names[i]: block_score(dict(model.named_modules())[names[i]]) for i in order},
+        "depth": {"block_scores": {names[i]: block_score(modules[names[i]]) for i in order},
                   "block_ms_per_mmac": {names[i]: per_mac[i] * 1e6 for i in order if i in per_mac},
                   "candidates": [{k: c.get(k) for k in ("share", "macs_fraction", "latency_ms", "latency_iqr_ms")}
                                  | {"blocks": [names[i] for i in c["blocks"]]} for c in candidates],
@@ -215,11 +222,13 @@ def prune_depth_and_width(model, example_inputs, *, macs_fraction: float, latenc
 
 
 def _ignored_in(cand, model, ignored_layers: Sequence | None) -> list | None:
-    """``ignored_layers`` (modules of ``model`` or names) as the modules of its copy ``cand``, less those
-    of removed blocks; None stays None (the channel solver's own default)."""
+    """``ignored_layers`` (modules of ``model`` or names) as the modules of its fresh copy ``cand``; None
+    stays None (the channel solver's own default)."""
+    from .depth import module_names
+
     if ignored_layers is None:
         return None
-    name_of = {id(m): n for n, m in model.named_modules()}
+    name_of = module_names(model)
     in_cand = dict(cand.named_modules())
     wanted = (m if isinstance(m, str) else name_of.get(id(m)) for m in ignored_layers)
     return [in_cand[n] for n in wanted if n is not None and n in in_cand]
