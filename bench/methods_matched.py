@@ -327,6 +327,24 @@ def gap_rho(runs: list[Run]) -> tuple[float, int]:
     return spearman(gaps, accs), len(gaps)
 
 
+def reconstruction_cost(by: dict[tuple[str, str], list[Run]], budget_passes: int) -> list[str]:
+    """What the layer-wise reconstruction (lnpt's ``reconstruct``) costs beside the training budget: its
+    forward passes (student and teacher, up to each re-fitted layer) against the budget's sample-passes
+    counted as forward passes (a training pass, forward and backward, costs about 3)."""
+    out = []
+    for (t, m), runs in by.items():
+        recs = [r.info.get("layer_reconstruction") or {} for r in runs if r.status == "ok"]
+        recs = [r for r in recs if r.get("applied")]
+        if not recs:
+            continue
+        fwd = mean([float(r["forward_passes"]) for r in recs])
+        layers = mean([len(r["layers"]) for r in recs])
+        out.append(f"# {m} {t} layer reconstruction: {layers:.0f} layers re-fitted on {recs[0]['inputs']} unlabeled "
+                   f"inputs, {fwd:,.0f} forward passes = {100 * fwd / (3 * budget_passes):.1f} % of the budget's "
+                   f"{budget_passes:,} sample-passes (at 3 forward passes each), not counted in it")
+    return out
+
+
 def table(rows: list[tuple[str, str, list[Run], str]], base_test: dict[str, float], budget: float) -> list[str]:
     head = (f"{'target':<6} {'method':<16} {'val acc':>13} {'test acc':>13} {'Δtest pt':>8} {'MACs ratio':>13} "
             f"{'params ratio':>13} {'latency ms':>11} {'epochs':>6} {'wall s':>9}  steer")
@@ -472,6 +490,8 @@ def main(argv=None) -> int:
         print(f"# lnpt learning-gap monitor: Spearman rho(learning gap, validation accuracy) = "
               f"{'n/a' if math.isnan(rho) else f'{rho:+.3f}'} over {n} (epoch, trial) points "
               f"(negative: the gap falls as accuracy rises)")
+    for line in reconstruction_cost(by, budget_passes=args.epochs * (args.train_subset or 54000)):
+        print(line)
     print(f"# wall: {time.time() - started:.0f} s in all ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}); "
           f"load at the end {load()}")
 

@@ -252,7 +252,8 @@ def test_max_layer_ratio_caps_every_group(teacher_state):
     ({"init": "teacher", "ratio": 0.6, "criterion": "feature_taylor"}, "feature_energy"),
 ])
 def test_feature_alignment_reduces_the_learning_gap(teacher_state, values, criterion):
-    res, _, logged = run(teacher_state, epochs=3, feature_weight=1.0, kd_weight=1.0, **values)
+    # without the reconstruction, which already closes most of the gap before the first step
+    res, _, logged = run(teacher_state, epochs=3, feature_weight=1.0, kd_weight=1.0, reconstruct=False, **values)
     gap = res.info["learning_gap"]
     assert len(gap) == 4  # step 0 right after pruning, then one per epoch
     assert gap[-1] < gap[0]
@@ -276,6 +277,25 @@ def test_info_keys_and_finetuned(teacher_state):
     _, ctx, _ = make_ctx(teacher_state)  # the logged agreement is sweep.measure.agreement's
     assert info["agreement"][-1] == agreement(res.model, ctx.teacher, ctx.unlabeled_val_loader)
     json.dumps(info)
+
+
+def test_reconstruction_narrows_the_gap_before_retraining(teacher_state):
+    """Re-fitting the layers that lost inputs brings the pruned student's penultimate features and
+    predictions closer to the teacher's before any training step (step 0 of the learning gap)."""
+    on, _, _ = run(teacher_state, epochs=0, ratio=0.5)
+    off, _, _ = run(teacher_state, epochs=0, ratio=0.5, reconstruct=False)
+    rec = on.info["layer_reconstruction"]
+    assert rec["applied"] is True and rec["layers"] and rec["inputs"] > 0
+    assert all(rec["error_after"][n] < rec["error_before"][n] for n in rec["layers"])
+    assert off.info["layer_reconstruction"] == {"applied": False, "why": "reconstruct: false"}
+    assert on.info["learning_gap"][0] < off.info["learning_gap"][0]
+    assert on.info["channels"] == off.info["channels"]  # the same channels go; only the weights differ
+
+
+def test_reconstruction_needs_a_student_that_starts_from_the_teacher(teacher_state):
+    res, _, _ = run(teacher_state, epochs=0, init="random")
+    assert res.info["layer_reconstruction"]["applied"] is False
+    assert "init: random" in res.info["layer_reconstruction"]["why"]
 
 
 @pytest.mark.parametrize("epochs", [0, 2])

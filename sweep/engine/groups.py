@@ -334,6 +334,27 @@ class ChannelGraph:
                 merged[key][2].update(int(i) for i in idxs)
         return [(node, handler, sorted(idxs)) for node, handler, idxs in merged.values()]
 
+    def kept_channels(self, selection) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+        """``{layer name: (kept output channels, kept input channels)}`` of every conv / linear layer a
+        selection touches, in the current (unpruned) coordinates: which of a layer's channels survive
+        :meth:`prune`, so that the pruned layer can be compared with the same layer of the unpruned model.
+        Input channels are counted as the layer counts them (``in_channels`` / ``in_features``)."""
+        removed: dict[str, dict[str, set[int]]] = {}
+        for node, handler, idxs in self.operations(selection):
+            mod = node.module
+            if not isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)) or mod not in self._names:
+                continue
+            kind = "out" if self.DG.is_out_channel_pruning_fn(handler) else "in"
+            removed.setdefault(self._names[mod], {}).setdefault(kind, set()).update(idxs)
+        modules = dict(self.model.named_modules())
+        out = {}
+        for name, gone in removed.items():
+            mod = modules[name]
+            n_out, n_in = _out_in_channels(mod)
+            out[name] = (tuple(c for c in range(n_out) if c not in gone.get("out", ())),
+                         tuple(c for c in range(n_in) if c not in gone.get("in", ())))
+        return out
+
     def prune(self, selection) -> None:
         """Remove the selected channels from the live model (``{group or name: unit indices}``, or pairs)."""
         ops = self.operations(selection)
@@ -376,6 +397,13 @@ class ChannelGraph:
             self.DG._param_to_name[new] = name
             self.DG.module2node[new] = self.DG.module2node.pop(old)
             self.DG.module2node[new].module = new
+
+
+def _out_in_channels(mod: nn.Module) -> tuple[int, int]:
+    """(output channels, input channels) of a conv or linear layer, as Torch-Pruning counts them."""
+    if isinstance(mod, nn.Linear):
+        return mod.out_features, mod.in_features
+    return mod.out_channels, mod.in_channels
 
 
 def channel_groups(model: nn.Module, example_inputs, ignored_layers: Iterable[Any] | None = None,

@@ -61,6 +61,13 @@ Reconstructed here (our design, not the paper's text):
   scores (:func:`sweep.engine.channels.solve_for_target`, ``round_to="auto"``, ``match_ratio=True``).
   The layers of ``ctx.ignored_layers`` (the trial's final list; unset:
   :func:`sweep.engine.skip.skipped_layers`) keep their channels.
+- **Layer-wise reconstruction** (``reconstruct``, default on; **ours**, the teacher's guidance applied
+  before the first training step): where the student starts from the teacher, every layer that lost input
+  channels is re-fitted in closed form so that its outputs on ``recon_batches`` unlabeled batches match the
+  teacher's outputs of the same layer at the kept channels (least squares, the reconstruction step of He et
+  al., ICCV 2017, §3.1 and ThiNet, Luo et al., ICCV 2017, §3.3, with the teacher as the target; see
+  :mod:`sweep.engine.reconstruct`). ``info["layer_reconstruction"]`` lists the layers, their relative
+  error before and after, and the forward passes it cost. With ``init: random`` it is not applied.
 - **Label-free retraining** for ``epochs`` epochs on ``ctx.unlabeled_loader`` only:
   ``feature_weight``·mean‖φ_T − φ_S‖²/d (MSE over the d feature dimensions, so the weight does not
   depend on width) + ``kd_weight``·T²·KL(teacher ‖ student) at ``temperature`` T (Hinton et al. 2015,
@@ -75,7 +82,7 @@ Reconstructed here (our design, not the paper's text):
   entry per ``info["learning_gap"]`` entry, so that the gap can be read against accuracy.
 
 Label-freeness is enforced by the data path: criterion (whose only labels are the teacher's samples),
-retraining and learning gap read only ``ctx.unlabeled_loader`` and ``ctx.unlabeled_val_loader`` (items
+reconstruction, retraining and learning gap read only ``ctx.unlabeled_loader`` and ``ctx.unlabeled_val_loader`` (items
 ``(x,)``, in every context, supervised or not). Labels are read only to *report* ``val_accuracy``
 (from ``ctx.val_loader``), and only when ``ctx.labels_available``.
 """
@@ -125,6 +132,10 @@ def _check(cfg: MethodConfig, where: str) -> None:
              help="distillation temperature T"),
         Knob("epochs", "int", 3, low=0, high=50, help="label-free retraining epochs after pruning"),
         Knob("cal_batches", "int", 8, low=1, high=200, help="unlabeled batches the criterion is computed on"),
+        Knob("reconstruct", "bool", True,
+             help="after pruning, re-fit the layers that lost inputs to the teacher's outputs (least squares)"),
+        Knob("recon_batches", "int", 4, low=1, high=200,
+             help="unlabeled batches the layer-wise reconstruction is fitted on"),
         Knob("max_layer_ratio", "float", 0.9, low=0.0, high=1.0, low_open=True, high_open=True,
              help="no group loses more than this fraction of its channels"),
     ],
@@ -181,10 +192,14 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
         before = {g.name: g.channels for g in sol.plan.groups}
         sel = sol.selection
         keep_feat = head_input_kept(sol.plan.groups, sel, head)
+        kept = graph.kept_channels(sel)
         graph.prune(sel)
         modules = dict(model.named_modules())
         layer_ratios = {name: _out_channels(modules[name]) / c for name, c in before.items()}
         model.to(device)
+
+        # --- teacher-guided layer-wise reconstruction (closed form, unlabeled inputs)
+        recon = _reconstruct(model, teacher, kept, train_inputs, cfg, ctx)
 
         # --- label-free retraining, the learning gap logged per epoch
         log = retrain(model, teacher, head, t_head, keep_feat, train_inputs, val_inputs, cfg, ctx)
@@ -199,9 +214,24 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
         "penultimate_features": {"teacher": int(t_head.in_features), "student": int(head.in_features)},
         "channels": channel_counts(model),
         "feature_weight": cfg.feature_weight, "kd_weight": cfg.kd_weight, "temperature": cfg.temperature,
+        "layer_reconstruction": recon,
         **log,
     }
     return PruneResult(model=model, info=info, finetuned=True)
+
+
+def _reconstruct(model, teacher, kept: dict, train_inputs, cfg: MethodConfig, ctx: PruneContext) -> dict:
+    """Re-fit the pruned layers to the teacher's outputs (:mod:`sweep.engine.reconstruct`) where the student
+    starts from the teacher; ``{"applied": False, "why": ...}`` where it does not."""
+    from ..engine.reconstruct import reconstruct_layers
+
+    if not cfg.reconstruct:
+        return {"applied": False, "why": "reconstruct: false"}
+    if cfg.init != "teacher":
+        return {"applied": False, "why": f"init: {cfg.init} (the student's layers are not the teacher's)"}
+    res = reconstruct_layers(model, teacher, kept, _take(train_inputs, cfg.recon_batches), seed=ctx.seed,
+                             device=ctx.device)
+    return {"applied": True, **res.info()}
 
 
 # ----------------------------------------------------------------------------------- data, label-free

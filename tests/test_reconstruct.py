@@ -1,0 +1,164 @@
+"""Teacher-guided layer-wise reconstruction (:mod:`sweep.engine.reconstruct`) and the kept-channel map it needs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sweep.engine.groups import ChannelGraph
+from sweep.engine.reconstruct import reconstruct_layers
+
+SHAPE = (3, 8, 8)
+
+
+class ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 24, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(24)
+        self.conv3 = nn.Conv2d(24, 20, 3, stride=2, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(20)
+        self.fc = nn.Linear(20, 5)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.relu(self.bn3(self.conv3(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def _teacher(seed=0) -> nn.Module:
+    torch.manual_seed(seed)
+    net = ConvNet()
+    with torch.no_grad():  # BN statistics of a net that has seen data: run a few batches in train mode
+        net.train()
+        for i in range(5):
+            net(torch.randn(32, *SHAPE, generator=torch.Generator().manual_seed(100 + i)))
+    return net.eval()
+
+
+def _batches(n=4, seed=7):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(32, *SHAPE, generator=g) for _ in range(n)]
+
+
+def _pruned(teacher, keep=0.5):
+    """A copy of ``teacher`` with the lowest-L2 half of every group's channels removed, and the kept map."""
+    student = copy.deepcopy(teacher)
+    graph = ChannelGraph(student, torch.zeros(1, *SHAPE))
+    sel = {g: g.score("l2").argsort()[: int(g.size * (1 - keep))].tolist() for g in graph.groups}
+    kept = graph.kept_channels(sel)
+    graph.prune(sel)
+    return student, kept
+
+
+def test_kept_channels_are_the_surviving_slices():
+    teacher = _teacher()
+    student, kept = _pruned(teacher)
+    t_mods = dict(teacher.named_modules())
+    for name, mod in student.named_modules():
+        if not isinstance(mod, (nn.Conv2d, nn.Linear)):
+            continue
+        out, inp = kept.get(name, (range(mod.weight.shape[0]), range(mod.weight.shape[1])))
+        assert tuple(mod.weight.shape[:2]) == (len(out), len(inp)), name
+        expected = t_mods[name].weight[list(out)][:, list(inp)]
+        assert torch.equal(mod.weight, expected), name
+    assert set(kept) == {"conv1", "conv2", "conv3", "fc"}
+    assert len(kept["fc"][0]) == 5 and len(kept["fc"][1]) == 10  # the head keeps its outputs, loses inputs
+
+
+def _output_gap(student, teacher, xs) -> float:
+    with torch.no_grad():
+        return sum(float((student(x) - teacher(x)).pow(2).mean()) for x in xs)
+
+
+def test_refit_lowers_every_layer_error_and_the_output_gap():
+    teacher = _teacher()
+    student, kept = _pruned(teacher)
+    before = _output_gap(student, teacher, _batches(seed=99))
+    res = reconstruct_layers(student, teacher, kept, _batches())
+    assert res.layers == ["conv2", "conv3", "fc"]  # conv1's inputs are the image's: left as it is
+    assert not res.skipped
+    for name in res.layers:
+        assert res.error_after[name] < res.error_before[name], name
+    assert _output_gap(student, teacher, _batches(seed=99)) < 0.5 * before  # held-out inputs
+    assert res.inputs == 128 and res.forwards == 2 * 128  # one pass of each network
+
+
+def test_exact_recovery_when_the_removed_inputs_are_redundant():
+    """A linear layer whose removed inputs are combinations of the kept ones is recovered exactly."""
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(3, 6), nn.Linear(6, 4)).eval()  # no nonlinearity: 6 features span 3-d
+    student = copy.deepcopy(teacher)
+    graph = ChannelGraph(student, torch.zeros(1, 3), ignored_layers=["1"])
+    (group,) = graph.groups
+    sel = {group: [0, 1]}
+    kept = graph.kept_channels(sel)
+    graph.prune(sel)
+    xs = [torch.randn(64, 3, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    res = reconstruct_layers(student, teacher, kept, xs, ridge=1e-9)
+    assert res.layers == ["1"]
+    assert res.error_after["1"] < 1e-6 < res.error_before["1"]
+    x = torch.randn(16, 3)
+    with torch.no_grad():
+        assert torch.allclose(student(x), teacher(x), atol=1e-4)
+
+
+def test_all_layers_and_unpruned_layers_stay_put():
+    teacher = _teacher()
+    student = copy.deepcopy(teacher)
+    res = reconstruct_layers(student, teacher, {}, _batches(), layers="all")
+    for name, mod in student.named_modules():  # nothing pruned: every re-fit is already optimal
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            assert torch.allclose(mod.weight, dict(teacher.named_modules())[name].weight, atol=1e-4), name
+    assert set(res.layers) | set(res.skipped) == {"conv1", "conv2", "conv3", "fc"}
+    assert reconstruct_layers(copy.deepcopy(teacher), teacher, {}, _batches()).layers == []
+
+
+def test_deterministic_and_label_free():
+    teacher = _teacher()
+    a, kept = _pruned(teacher)
+    b, _ = _pruned(teacher)
+    xs = _batches()
+    reconstruct_layers(a, teacher, kept, xs, seed=3, rows=100)
+    garbage = [(x, torch.full((len(x),), 10 ** 6)) for x in xs]  # labels are never read
+    reconstruct_layers(b, teacher, kept, garbage, seed=3, rows=100)
+    for (na, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(pa, pb), na
+
+
+def test_grouped_convs_are_listed_as_skipped():
+    class Depthwise(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 8, 1)
+            self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.conv2 = nn.Conv2d(8, 6, 1)
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            x = self.conv2(F.relu(self.dw(F.relu(self.conv1(x)))))
+            return self.fc(F.adaptive_avg_pool2d(F.relu(x), 1).flatten(1))
+
+    torch.manual_seed(0)
+    teacher = Depthwise().eval()
+    student = copy.deepcopy(teacher)
+    graph = ChannelGraph(student, torch.zeros(1, *SHAPE))
+    sel = {g: [0, 1] for g in graph.groups}
+    kept = graph.kept_channels(sel)
+    graph.prune(sel)
+    res = reconstruct_layers(student, teacher, kept, _batches())
+    assert "grouped conv" in res.skipped["dw"]
+    assert "conv2" in res.layers
+
+
+def test_bad_layers_value():
+    teacher = _teacher()
+    with pytest.raises(ValueError, match="layers must be"):
+        reconstruct_layers(copy.deepcopy(teacher), teacher, {}, _batches(), layers="some")
