@@ -162,3 +162,28 @@ def test_bad_layers_value():
     teacher = _teacher()
     with pytest.raises(ValueError, match="layers must be"):
         reconstruct_layers(copy.deepcopy(teacher), teacher, {}, _batches(), layers="some")
+
+
+def test_conv1d_layers_are_unfolded_as_their_weights_are_laid_out():
+    class Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv1d(2, 12, 3, padding=1)
+            self.c2 = nn.Conv1d(12, 8, 5, stride=2, padding=2, bias=False)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            x = F.relu(self.c2(F.relu(self.c1(x))))
+            return self.fc(x.mean(-1))
+
+    torch.manual_seed(0)
+    teacher = Seq().eval()
+    student = copy.deepcopy(teacher)
+    graph = ChannelGraph(student, torch.zeros(1, 2, 16))
+    sel = {g: g.score("l2").argsort()[: g.size // 2].tolist() for g in graph.groups}
+    kept = graph.kept_channels(sel)
+    graph.prune(sel)
+    xs = [torch.randn(16, 2, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    res = reconstruct_layers(student, teacher, kept, xs)
+    assert res.layers == ["c2", "fc"] and not res.skipped
+    assert all(res.error_after[n] < res.error_before[n] for n in res.layers)
