@@ -96,7 +96,8 @@ design ("ours" where it is not in an abstract); each piece names what it rests o
   rounding, if the rounded network is more than ``CORRECT_TOL`` (1 %, inside the benchmark's 3 %) off f
   (aimed at the measure's counter, calibrated at the rounding), :func:`correct_to_target` re-decides
   marginal channel gates: above, live units of lowest θ go; below, dead units of highest θ come back
-  (ties: the smoothed gate gradient), one at a time, never crossing the far side of the band, never
+  (ties: the unit's weight magnitude within its group, then the smoothed gate gradient), one at a time,
+  never crossing the far side of the band, never
   emptying a group; below with no unit left, a block removed by the rounding returns (highest φ first).
   ``info["macs_target"]``: target, achieved (counter), λ's path, the gates re-decided, deferrals.
 - **Knobs**: λ (``lam``), β (``beta``), γ (``gamma``) are the user's, with ``epochs`` and ``start``;
@@ -392,9 +393,12 @@ def correct_to_target(gated, z, zb, target: float, tol: float = CORRECT_TOL):
     rounded network (0/1 values ``z``, block values ``zb``) until its MACs are within ``tol`` (relative)
     of ``target`` × the full network's, where the granularity allows.  Returns (new z, record).
 
-    Above the band: switch off the live units of lowest θ (ties: the largest smoothed gate gradient
-    ``vel``, i.e. the most pushed towards 0), below it: switch on the dead units of highest θ (ties: the
-    smallest ``vel``); one unit at a time, the first in that order whose flip does not cross the far
+    Above the band: switch off the live units of lowest θ (ties: the smallest weight magnitude relative
+    to the unit's group, :func:`unit_magnitudes`, then the largest smoothed gate gradient ``vel``, i.e.
+    the most pushed towards 0), below it: switch on the dead units of highest θ (ties: the largest
+    magnitude, then the smallest ``vel``); where that order gets stuck outside the band, again with
+    ``vel`` alone breaking the ties, keeping the closer result (``record["ranking"]``); one unit at a
+    time, the first in that order whose flip does not cross the far
     edge of the band (so a cheap unit may go before an expensive one of the same rank), until inside
     or no unit fits.  A flip's MACs change is exact (E[MACs] is multilinear, so affine in each gate).
     Safeguards: a group never loses its last live unit (so no block is removed by the correction and no
@@ -417,52 +421,86 @@ def correct_to_target(gated, z, zb, target: float, tol: float = CORRECT_TOL):
         if gg.block >= 0 and float(zb[gg.block]) == 0.0:
             live_block[gg.offset:gg.offset + gg.size] = False
 
-    def macs_and_grad(zz):
+    def macs_and_grad(zz, zzb):
         t = zz.clone().to(gated.device).requires_grad_(True)
-        m, _ = gated.expected(t, zb.to(gated.device))
+        m, _ = gated.expected(t, zzb.to(gated.device))
         if t.numel() == 0:
             return float(m.detach()), torch.zeros(0)
         (g,) = torch.autograd.grad(m, [t], allow_unused=True)
         return float(m.detach()), (torch.zeros_like(z) if g is None else g.detach().cpu())
 
-    start, _ = macs_and_grad(z)
-    macs, flips, direction = start, [], None
-    if not lo <= macs <= hi:
-        direction = "off" if macs > hi else "on"
-        # rank once: θ first, the smoothed gradient breaking ties
-        order = sorted(range(z.numel()), key=(lambda u: (float(theta[u]), -float(vel[u]))) if direction == "off"
-                       else (lambda u: (-float(theta[u]), float(vel[u]))))
-        while not lo <= macs <= hi:
-            macs, grad = macs_and_grad(z)
+    def greedy(order, direction):
+        """Flip units in ``order`` (the first that fits, one at a time) until inside the band or stuck."""
+        zz, zzb, alive = z.clone(), zb.clone(), live_block.clone()
+        flips = []
+        while True:
+            macs, grad = macs_and_grad(zz, zzb)
             if lo <= macs <= hi:
                 break
             live = torch.zeros(len(gated.groups), dtype=torch.long)
-            live.index_add_(0, group_of, z.long()) if z.numel() else None
+            live.index_add_(0, group_of, zz.long()) if zz.numel() else None
             pick = None
             for u in order:
-                if not bool(live_block[u]) or grad[u] <= 0:
+                if not bool(alive[u]) or grad[u] <= 0:
                     continue
                 if direction == "off":
-                    if float(z[u]) != 1.0 or int(live[group_of[u]]) <= 1 or macs - float(grad[u]) < lo:
+                    if float(zz[u]) != 1.0 or int(live[group_of[u]]) <= 1 or macs - float(grad[u]) < lo:
                         continue
-                elif float(z[u]) != 0.0 or macs + float(grad[u]) > hi:
+                elif float(zz[u]) != 0.0 or macs + float(grad[u]) > hi:
                     continue
                 pick = u
                 break
             if pick is None and direction == "on":
-                pick = _block_back(gated, z, zb, phi, theta, hi, live_block)
+                pick = _block_back(gated, zz, zzb, phi, theta, hi, alive)
                 if pick is not None:
                     flips.extend(pick)
                     continue
             if pick is None:
                 break  # granularity: no unit left that moves towards the band without crossing it
-            z[pick] = 0.0 if direction == "off" else 1.0
+            zz[pick] = 0.0 if direction == "off" else 1.0
             flips.append(pick)
-        macs, _ = macs_and_grad(z)
+        return zz, zzb, macs_and_grad(zz, zzb)[0], flips
+
+    start, _ = macs_and_grad(z, zb)
+    macs, flips, direction, ranking = start, [], None, None
+    if not lo <= macs <= hi:
+        direction = "off" if macs > hi else "on"
+        # θ first; ties (every committed gate sits at exactly 0 or 1) broken by the unit's weight magnitude
+        # relative to its group's (magnitude pruning of what the gates decided alike), then by the smoothed
+        # gradient; where that order gets stuck outside the band (coarse groups: every unit left would
+        # cross it), the smoothed gradient alone breaks the ties, and the closer result is kept
+        mag, sign = unit_magnitudes(gated), (1.0 if direction == "off" else -1.0)
+        orders = {"magnitude": sorted(range(z.numel()), key=lambda u: (sign * float(theta[u]), sign * float(mag[u]),
+                                                                       -sign * float(vel[u]))),
+                  "gradient": sorted(range(z.numel()), key=lambda u: (sign * float(theta[u]),
+                                                                      -sign * float(vel[u])))}
+        best = None
+        for ranking, order in orders.items():
+            cand = greedy(order, direction)
+            if best is None or abs(cand[2] - goal) < abs(best[1][2] - goal):
+                best = (ranking, cand)
+            if lo <= cand[2] <= hi:
+                break
+        ranking, (z, zb, macs, flips) = best
     record = {"target": target, "tolerance": tol, "rounded": start / gated.macs0, "corrected": macs / gated.macs0,
-              "direction": direction, "gates_redecided": len(flips),
+              "direction": direction, "ranking": ranking, "gates_redecided": len(flips),
               "within_tolerance": bool(lo <= macs <= hi)}
     return z, zb, record
+
+
+def unit_magnitudes(gated):
+    """One figure per gated unit: the L2 magnitude of its group's weights (Torch-Pruning's group magnitude,
+    as ``magnitude`` ranks channels) divided by the mean over the group's units, so that units of
+    different layers compare by how they stand in their own layer."""
+    import torch
+
+    out = torch.zeros(gated.theta.numel())
+    for gg in gated.groups:
+        s = gg.group.score("l2")
+        if s is None or s.numel() != gg.size:
+            continue
+        out[gg.offset:gg.offset + gg.size] = s / s.mean().clamp_min(1e-12)
+    return out
 
 
 def _block_back(gated, z, zb, phi, theta, hi: float, live_block) -> list | None:
