@@ -187,3 +187,30 @@ def test_conv1d_layers_are_unfolded_as_their_weights_are_laid_out():
     res = reconstruct_layers(student, teacher, kept, xs)
     assert res.layers == ["c2", "fc"] and not res.skipped
     assert all(res.error_after[n] < res.error_before[n] for n in res.layers)
+
+
+@pytest.mark.parametrize("channels, rows, max_bytes, expected", [
+    ([16, 32, 64], 16384, 1 << 30, 16384),  # small nets: every layer gets the full sample
+    ([2048] * 16, 16384, 1 << 30, (1 << 30) // (4 * 2048 * 16)),  # wide ones share the budget
+    ([10 ** 9], 16384, 1 << 30, 1),  # never zero rows
+])
+def test_rows_per_layer_keeps_the_held_rows_in_budget(channels, rows, max_bytes, expected):
+    from sweep.engine.reconstruct import rows_per_layer
+
+    got = rows_per_layer(channels, rows, max_bytes)
+    assert got == expected
+    assert got == 1 or got * 4 * sum(channels) <= max_bytes
+
+
+def test_a_smaller_budget_samples_fewer_rows(monkeypatch):
+    import sweep.engine.reconstruct as rec
+
+    teacher = _teacher()
+    student, kept = _pruned(teacher)
+    res = rec.reconstruct_layers(student, teacher, kept, _batches())
+    assert res.rows == rec.ROWS and res.info()["rows"] == rec.ROWS
+    # 100 rows of conv2's, conv3's and fc's kept outputs (12, 10 and 5 channels)
+    monkeypatch.setattr(rec, "MAX_HELD_BYTES", 4 * 100 * (12 + 10 + 5))
+    student, kept = _pruned(teacher)
+    res = rec.reconstruct_layers(student, teacher, kept, _batches())
+    assert res.rows == 100 and res.layers == ["conv2", "conv3", "fc"]

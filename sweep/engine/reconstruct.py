@@ -23,7 +23,10 @@ reconstruction error"), there with the *pruned* network's own outputs before pru
   calibration inputs do not excite keep their pruned weights instead of growing without bound;
 * ``ROWS = 16384`` (ours): of a layer's N × H × W output positions at most this many, drawn with a seeded
   generator, enter its normal equations (solved in float64); only those rows of the teacher's outputs are
-  kept between the two passes;
+  kept between the two passes (float32), at most ``MAX_HELD_BYTES`` (1 GiB) for all layers together: where
+  ROWS rows of every re-fitted layer would take more, every layer gets fewer (``rows_per_layer``; ResNet-20:
+  9 layers, 10 MB; a ResNet-50 with every layer re-fitted: about 10,000 rows each, still twice the widest
+  layer's unknowns);
 * a layer with a bias gets a column of ones; grouped / depthwise convs, transposed convs and layers whose
   normal equations would exceed ``MAX_UNKNOWNS`` unknowns per output are left as they are and listed;
 * a re-fit that would not lower the layer's reconstruction error on the calibration rows is not applied.
@@ -41,6 +44,7 @@ from typing import Any
 
 RIDGE = 1e-3
 ROWS = 16384
+MAX_HELD_BYTES = 1 << 30
 MAX_UNKNOWNS = 4609  # 512 input channels x 3 x 3 + a bias: the widest layer of a VGG / ResNet-34
 
 
@@ -51,13 +55,14 @@ class ReconstructionResult:
     error_before: dict[str, float] = field(default_factory=dict)  # relative squared error, pruned weights
     error_after: dict[str, float] = field(default_factory=dict)  # the same with the re-fitted weights
     inputs: int = 0  # calibration inputs
+    rows: int = 0  # sampled output positions per layer
     forwards: float = 0.0  # forward passes of one calibration input, teacher and pruned network together
 
     def info(self) -> dict:
         return {"layers": list(self.layers), "skipped": dict(self.skipped),
                 "error_before": {k: round(v, 6) for k, v in self.error_before.items()},
                 "error_after": {k: round(v, 6) for k, v in self.error_after.items()},
-                "inputs": self.inputs, "forward_passes": round(self.forwards, 1)}
+                "inputs": self.inputs, "rows": self.rows, "forward_passes": round(self.forwards, 1)}
 
 
 def reconstruct_layers(student, teacher, kept: Mapping[str, tuple[Sequence[int], Sequence[int]]],
@@ -106,6 +111,8 @@ def reconstruct_layers(student, teacher, kept: Mapping[str, tuple[Sequence[int],
             targets.append(name)
     if not targets:
         return result
+    rows = rows_per_layer([len(_kept(kept, n, t_mods[n])[0]) for n in targets], rows, MAX_HELD_BYTES)
+    result.rows = rows
 
     # the teacher's outputs at the kept channels, on a seeded sample of output positions per layer
     picks: dict[str, Any] = {}
@@ -118,7 +125,7 @@ def reconstruct_layers(student, teacher, kept: Mapping[str, tuple[Sequence[int],
             Y = _out_rows(t_mods[name], output)[:, list(_kept(kept, name, t_mods[name])[0])]
             gen = torch.Generator().manual_seed(seed * 1_000_003 + order.index(name))
             picks[name] = torch.randperm(len(Y), generator=gen)[:rows].sort().values.to(Y.device)
-            wanted[name] = Y[picks[name]].double()
+            wanted[name] = Y[picks[name]].float()
         return hook
 
     def student_hook(name):
@@ -128,7 +135,7 @@ def reconstruct_layers(student, teacher, kept: Mapping[str, tuple[Sequence[int],
             X = _in_rows(mod, inputs[0], picks[name])
             if mod.bias is not None:
                 X = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype, device=X.device)], 1)
-            X, Y = X.double(), wanted[name]
+            X, Y = X.double(), wanted[name].double()
             A, B, yy = X.T @ X, X.T @ Y, (Y * Y).sum()
             W0 = _flat_weight(mod).double()
             lam = ridge * float(A.diagonal().mean())
@@ -158,6 +165,13 @@ def reconstruct_layers(student, teacher, kept: Mapping[str, tuple[Sequence[int],
             h.remove()
     result.forwards = 2.0 * result.inputs
     return result
+
+
+def rows_per_layer(out_channels: Sequence[int], rows: int = ROWS, max_bytes: int = MAX_HELD_BYTES) -> int:
+    """Sampled rows per layer: ``rows``, or fewer where the teacher's rows of every re-fitted layer (of
+    ``out_channels`` kept outputs each, float32) would exceed ``max_bytes`` together."""
+    per_row = 4 * max(1, sum(out_channels))
+    return max(1, min(int(rows), max_bytes // per_row))
 
 
 def _input_of(batch):
