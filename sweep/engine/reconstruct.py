@@ -138,7 +138,8 @@ def reconstruct_layers(student, teacher, kept: Mapping[str, tuple[Sequence[int],
             X, Y = X.double(), wanted[name].double()
             A, B, yy = X.T @ X, X.T @ Y, (Y * Y).sum()
             W0 = _flat_weight(mod).double()
-            lam = ridge * float(A.diagonal().mean())
+            scale = float(A.diagonal().mean())
+            lam = ridge * scale if scale > 0 else 1.0  # inputs all zero: the ridge alone keeps W₀
             W = torch.linalg.solve(A + lam * torch.eye(A.shape[0], dtype=A.dtype, device=A.device), B + lam * W0.T).T
             before, after = _rel_error(W0, A, B, yy), _rel_error(W, A, B, yy)
             result.error_before[name], result.error_after[name] = before, after
