@@ -107,21 +107,42 @@ driver._ray_shutdown(True, print)  # as a sweep ends: the embedded Ray's session
 """
 
 
-@pytest.mark.integration
-def test_a_trial_of_the_embedded_ray_runs_in_a_worker_started_before_tune_with_torch_loaded(tmp_path):
+def _probe(tmp_path: Path, attempt: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in (driver.PRELOAD_ENV, "RAY_ADDRESS")}
     env["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    p = subprocess.run([sys.executable, "-c", PROBE, str(ROOT), "8"], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=240)
+    cwd = tmp_path / f"attempt{attempt}"
+    cwd.mkdir()
+    p = subprocess.run([sys.executable, "-c", PROBE, str(ROOT), str(BASELINE_S)], cwd=cwd, env=env,
+                       capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert len(out["trials"]) == 2
-    # an idle worker is as old as the driver's "baseline" (8 s); a fresh process a moment older than t0.
-    # Without the change every trial actor gets a fresh process; with it, Ray's worker pool still starts a
-    # replacement worker now and then around Tune's start (one trial of two, once in three runs on 2 busy
-    # cores), so at least one trial must run in an idle worker, and every one that does has the imports.
-    warm = [m for m in out["trials"] if out["t0"] - m["created"] > 4]
-    assert warm, "every trial's actor got a fresh process, none an idle worker"
-    for m in warm:
-        assert m["torch"] and m["dynamo"], "the idle worker had not imported what a trial needs"
     assert not out["env_left"]
+    return out
+
+
+# what the probe's driver spends before Tune starts; the idle workers import meanwhile, at nice 15 (with 12 s,
+# one attempt in five ran both trials in fresh processes, likely while the idle ones were still importing;
+# with 20 s, none of four)
+BASELINE_S = 20
+ATTEMPTS = 3
+
+
+@pytest.mark.integration
+def test_a_trial_of_the_embedded_ray_runs_in_a_worker_started_before_tune_with_torch_loaded(tmp_path):
+    # An idle worker is as old as the driver's "baseline" (BASELINE_S); a fresh process a moment older than
+    # t0. Without the change every trial actor gets a fresh process; with it, Ray's worker pool still starts
+    # a replacement worker now and then around Tune's start (one trial of two, once in three runs on 2 busy
+    # cores; both trials where the idle workers were still importing), which a driver cannot prevent. So each
+    # attempt is a fresh embedded Ray, at least one of ATTEMPTS must run a trial in an idle worker, and every
+    # trial that runs in one must find the imports done.
+    seen = []
+    for attempt in range(ATTEMPTS):
+        out = _probe(tmp_path, attempt)
+        warm = [m for m in out["trials"] if out["t0"] - m["created"] > BASELINE_S / 2]
+        for m in warm:
+            assert m["torch"] and m["dynamo"], "the idle worker had not imported what a trial needs"
+        seen.append(len(warm))
+        if warm:
+            break
+    assert any(seen), f"every trial's actor got a fresh process in {ATTEMPTS} embedded Rays, none an idle worker"
