@@ -33,7 +33,8 @@ from .criteria import make_importance
 from .skip import resolve_layers, skipped_layers
 from .trace import first_line, trace
 
-__all__ = ["ChannelGraph", "ChannelGroup", "GroupMember", "channel_groups", "prune_groups", "resolve_layers"]
+__all__ = ["ChannelGraph", "ChannelGroup", "GroupMember", "channel_groups", "out_in_channels", "prune_groups",
+           "resolve_layers"]
 
 
 @dataclass(frozen=True)
@@ -350,7 +351,7 @@ class ChannelGraph:
         out = {}
         for name, gone in removed.items():
             mod = modules[name]
-            n_out, n_in = _out_in_channels(mod)
+            n_out, n_in = out_in_channels(mod)
             out[name] = (tuple(c for c in range(n_out) if c not in gone.get("out", ())),
                          tuple(c for c in range(n_in) if c not in gone.get("in", ())))
         return out
@@ -399,7 +400,7 @@ class ChannelGraph:
             self.DG.module2node[new].module = new
 
 
-def _out_in_channels(mod: nn.Module) -> tuple[int, int]:
+def out_in_channels(mod: nn.Module) -> tuple[int, int]:
     """(output channels, input channels) of a conv or linear layer, as Torch-Pruning counts them."""
     if isinstance(mod, nn.Linear):
         return mod.out_features, mod.in_features

@@ -82,6 +82,8 @@ def reconstruct_layers(student, teacher, kept: Mapping[str, tuple[Sequence[int],
     import torch
     from torch import nn
 
+    from .groups import out_in_channels
+
     if layers not in ("pruned_inputs", "all"):
         raise ValueError(f"layers must be 'pruned_inputs' or 'all', but got layers={layers!r} (reconstruct_layers)")
     xs = [_input_of(b) for b in batches]
@@ -98,7 +100,7 @@ def reconstruct_layers(student, teacher, kept: Mapping[str, tuple[Sequence[int],
         t_mod, s_mod = t_mods[name], s_mods.get(name)
         out_kept, in_kept = _kept(kept, name, t_mod)
         why = _unsupported(t_mod, s_mod)
-        if why is None and layers == "pruned_inputs" and len(in_kept) == _out_in(t_mod)[1]:
+        if why is None and layers == "pruned_inputs" and len(in_kept) == out_in_channels(t_mod)[1]:
             continue  # its inputs are the teacher's: nothing to make up for
         if why is None and tuple(s_mod.weight.shape[:2]) != (len(out_kept), len(in_kept)):
             why = (f"its weight is {tuple(s_mod.weight.shape[:2])} (out, in), not the kept "
@@ -150,20 +152,8 @@ def reconstruct_layers(student, teacher, kept: Mapping[str, tuple[Sequence[int],
             result.layers.append(name)
         return hook
 
-    hooks = [t_mods[n].register_forward_hook(teacher_hook(n)) for n in targets]
-    try:
-        with torch.no_grad():
-            teacher(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    hooks = [s_mods[n].register_forward_pre_hook(student_hook(n)) for n in targets]
-    try:
-        with torch.no_grad():
-            student(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward_with(teacher, x, [t_mods[n].register_forward_hook(teacher_hook(n)) for n in targets])
+    _forward_with(student, x, [s_mods[n].register_forward_pre_hook(student_hook(n)) for n in targets])
     result.forwards = 2.0 * result.inputs
     return result
 
@@ -175,24 +165,28 @@ def rows_per_layer(out_channels: Sequence[int], rows: int = ROWS, max_bytes: int
     return max(1, min(int(rows), max_bytes // per_row))
 
 
-def _input_of(batch):
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
-def _execution_order(model, x, types: tuple) -> list[str]:
-    """Names of ``model``'s layers of ``types`` in the order one forward pass runs them (first call)."""
+def _forward_with(model, x, hooks: list) -> None:
+    """One forward pass of ``model`` on ``x`` without gradients; the ``hooks`` are removed afterwards."""
     import torch
 
-    names = {m: n for n, m in model.named_modules() if isinstance(m, types)}
-    order: list[str] = []
-    hooks = [m.register_forward_pre_hook(lambda m, _i: order.append(names[m]) if names[m] not in order else None)
-             for m in names]
     try:
         with torch.no_grad():
             model(x)
     finally:
         for h in hooks:
             h.remove()
+
+
+def _input_of(batch):
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def _execution_order(model, x, types: tuple) -> list[str]:
+    """Names of ``model``'s layers of ``types`` in the order one forward pass runs them (first call)."""
+    names = {m: n for n, m in model.named_modules() if isinstance(m, types)}
+    order: list[str] = []
+    _forward_with(model, x, [m.register_forward_pre_hook(
+        lambda m, _i: order.append(names[m]) if names[m] not in order else None) for m in names])
     return order
 
 
@@ -249,17 +243,13 @@ def _unsupported(t_mod, s_mod) -> str | None:
     return None
 
 
-def _out_in(mod) -> tuple[int, int]:
-    from torch import nn
-
-    return (mod.out_features, mod.in_features) if isinstance(mod, nn.Linear) else (mod.out_channels, mod.in_channels)
-
-
 def _kept(kept: Mapping, name: str, t_mod) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    from .groups import out_in_channels
+
     if name in kept:
         out, inp = kept[name]
         return tuple(out), tuple(inp)
-    n_out, n_in = _out_in(t_mod)
+    n_out, n_in = out_in_channels(t_mod)
     return tuple(range(n_out)), tuple(range(n_in))
 
 
