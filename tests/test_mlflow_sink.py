@@ -267,3 +267,29 @@ def test_parent_metrics_keep_every_step_in_a_few_writes(sink, monkeypatch):
     assert [(m.step, m.value) for m in sink.client.get_metric_history(parent, "hypervolume")] == [
         (s, s / 100) for s in range(1, 41)]
     mirror.close()
+
+
+def test_the_embedded_store_writes_ahead_and_syncs_at_checkpoints_while_other_sqlite_files_are_left_alone(
+        sink, store_dir, tmp_path):
+    import sqlite3
+
+    from sqlalchemy import create_engine, text
+
+    from sweep.results.mlflow_sink import _sqlite_file
+
+    def pragmas(url: str) -> tuple:
+        engine = create_engine(url)
+        try:
+            with engine.connect() as c:  # a new connection, as MLflow's engine opens them
+                return (c.execute(text("PRAGMA journal_mode")).scalar(), c.execute(text("PRAGMA synchronous")).scalar())
+        finally:
+            engine.dispose()
+
+    sink.start_parent("wal-probe", {"a": 1})  # the store is in use
+    assert sqlite3.connect(store_dir / "mlflow.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert pragmas(f"sqlite:///{store_dir}/mlflow.db") == ("wal", 1)  # 1: NORMAL
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
+    assert pragmas(f"sqlite:///{other}") == ("delete", 2)  # sqlite's defaults: a rollback journal, FULL
+    assert _sqlite_file("sqlite:///relative/m.db?mode=rw").endswith("/relative/m.db")
+    assert _sqlite_file("sqlite:///:memory:") is None and _sqlite_file("http://127.0.0.1:5000") is None

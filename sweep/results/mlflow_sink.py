@@ -19,9 +19,63 @@ PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
+# The embedded sqlite stores this process has opened (their files' real paths): their connections get
+# :data:`SQLITE_PRAGMAS` (see :func:`_tune_sqlite`).
+_SQLITE_FILES: set[str] = set()
+# Write-ahead logging, synced at checkpoints rather than at every commit.  sqlite's default (a rollback
+# journal, synchronous=FULL) syncs the database file and its journal at each transaction, and a trial's run
+# takes three: measured 22-30 ms of driver CPU (and 27-38 ms of the mirror's wall time) per trial's run,
+# against 14-20 ms and 15-21 ms this way.  WAL with synchronous=NORMAL stays consistent after any crash;
+# after a power loss the last few transactions may be gone -- trials.parquet (synced) still holds every
+# trial, and ``sweep resume`` opens a run for each finished trial that has none.
+SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL")
+
+
+def _sqlite_file(uri: str) -> str | None:
+    """The real path of the database file of a ``sqlite:///`` URI (None: not a sqlite file)."""
+    import os
+
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if path in ("", ":memory:") else os.path.realpath(path)
+
+
+def _set_pragmas(dbapi_connection, connection_record) -> None:
+    """SQLAlchemy ``connect`` hook: :data:`SQLITE_PRAGMAS` on connections to the files in :data:`_SQLITE_FILES`."""
+    import os
+    import sqlite3
+
+    if not isinstance(dbapi_connection, sqlite3.Connection):
+        return
+    rows = dbapi_connection.execute("PRAGMA database_list").fetchall()
+    if not any(name == "main" and file and os.path.realpath(file) in _SQLITE_FILES for _, name, file in rows):
+        return
+    for pragma in SQLITE_PRAGMAS:
+        dbapi_connection.execute(pragma)
+
+
+def _tune_sqlite(uri: str) -> None:
+    """Open the embedded store at ``uri`` (if it is a sqlite file) with :data:`SQLITE_PRAGMAS`.
+
+    MLflow builds its SQLAlchemy engine itself, so the pragmas go in through a ``connect`` listener on every
+    engine of this process, limited to the stores the sinks here opened; other sqlite databases are left as
+    they are.  Registered before the first client for the URI, so every connection of its engine gets them."""
+    file = _sqlite_file(uri)
+    if file is None:
+        return
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    _SQLITE_FILES.add(file)
+    if not event.contains(Engine, "connect", _set_pragmas):
+        event.listen(Engine, "connect", _set_pragmas)
+
+
 def _client(uri: str):
     import os
 
+    _tune_sqlite(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     # with an http server MLflow would print "View run ..." at every run's end (and fetch the URL for it)
