@@ -219,10 +219,10 @@ def test_a_smaller_budget_samples_fewer_rows(monkeypatch):
 def test_a_layer_whose_inputs_are_all_zero_keeps_its_weights():
     """Nothing to fit (X = 0): the solve is still defined and the weights stay the pruned ones."""
     teacher = _teacher()
-    with torch.no_grad():
-        teacher.bn2.weight.zero_()
-        teacher.bn2.bias.fill_(-1.0)  # conv3's inputs relu(bn2(...)) are then all zero (and it has no bias)
     student, kept = _pruned(teacher)
+    with torch.no_grad():  # the student's conv3 inputs relu(bn2(...)) are all zero (and it has no bias)
+        student.bn2.weight.zero_()
+        student.bn2.bias.fill_(-1.0)
     before = student.conv3.weight.detach().clone()
     res = reconstruct_layers(student, teacher, kept, _batches())
     assert "conv3" not in res.layers and "re-fit would not lower" in res.skipped["conv3"]

@@ -355,6 +355,45 @@ def test_macs_fraction_with_remove_blocks_keeps_the_given_order():
     assert info["target_reached"] and abs(count_macs(res.model, x) / macs0 - 0.78) <= 0.78 * 0.03
 
 
+@pytest.mark.parametrize("values", [
+    {"remove_blocks": [2, 5, 7]},  # blocks only: every later layer sees other inputs, no width changed
+    {"remove_blocks": [2, 5], "macs_fraction": 0.5},  # blocks, then channels (the kept map by the new names)
+])
+def test_reconstruction_brings_the_pruned_network_closer_to_the_unpruned_one(values):
+    from sweep.engine.depth import module_names
+
+    x = torch.zeros(1, 1, 16, 16)
+    held_out = torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+    dense = _resnet20().eval()
+    with torch.no_grad():
+        want = dense(held_out)
+    errors, infos = {}, {}
+    for recon in (False, True):
+        model = copy.deepcopy(dense)
+        names = module_names(model)
+        ctx = nets.make_ctx(model, method="sr_init", shape=(1, 16, 16), num_classes=10, evaluate=lambda m: 0.5)
+        res = run(model, {**values, "reconstruct": recon}, ctx, x)
+        with torch.no_grad():
+            errors[recon] = float(F.mse_loss(res.model.eval()(held_out), want))
+        infos[recon] = res.info
+        renamed = {n: names[id(m)] for n, m in res.model.named_modules() if id(m) in names}
+    assert "layer_reconstruction" not in infos[False]
+    rec = infos[True]["layer_reconstruction"]
+    assert errors[True] < 0.5 * errors[False]  # on inputs the re-fit never saw
+    assert rec["inputs"] == 4 * 16 and rec["layers"]  # recon_batches (4) of the unlabeled loader
+    # keyed by the unpruned network's names: a removed block's layers have no counterpart, a renumbered
+    # block's layers are re-fitted under their old names
+    gone = [infos[True]["blocks"][b]["name"] for b in infos[True]["removed"]]
+    assert all(any(k.startswith(g + ".") for g in gone) for k, why in rec["skipped"].items() if "no layer" in why)
+    assert {k for k in rec["skipped"] if "no layer" in k or "no layer" in rec["skipped"][k]} == {
+        n for n, m in dense.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+        and any(n.startswith(g + ".") for g in gone)}
+    assert set(rec["layers"]) <= set(renamed.values())
+    assert "already computes" in rec["skipped"]["layer1.0.conv1"]  # before the first removed block: unchanged
+    assert all(rec["error_after"][k] < rec["error_before"][k] for k in rec["layers"])
+    json.dumps(infos[True], allow_nan=False)
+
+
 # ----------------------------------------------------------------------------- the authors' fine-tuning
 def _authors_run(qualities, monkeypatch, epochs=3):
     """TinyResNet, block 1 removed, recipe "authors" on the runner's context (sweep lr 0.05, wd 5e-4);
@@ -423,7 +462,8 @@ def test_registered_with_knobs():
     spec = get_method("sr_init")
     cfg = spec.make_config({})
     assert dict(cfg) == {"tau": 0.60, "seeds": 1, "max_removed": None, "channel_ratio": 0.0,
-                         "remove_blocks": None, "macs_fraction": None, "recipe": "sweep"}
+                         "remove_blocks": None, "macs_fraction": None, "recipe": "sweep", "reconstruct": False,
+                         "recon_batches": 4}
     assert spec.make_config({"tau": 0.6185, "seeds": 10, "max_removed": 3, "channel_ratio": 0.3}).tau == 0.6185
 
 

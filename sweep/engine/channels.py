@@ -561,7 +561,7 @@ def prune_to_target(model, example_inputs, *, ratio: float | None = None, macs_f
                     ignored_layers: Sequence | None = None, keep_layers: Sequence = (),
                     max_layer_ratio: float = 0.9, tolerance: float = TOLERANCE, max_iter: int = 16,
                     latency_kw: dict | None = None, inplace: bool = True, latency_lut: Any = None,
-                    stage_ratios: Sequence[float] | None = None):
+                    stage_ratios: Sequence[float] | None = None, kept: dict | None = None):
     """Prune ``model`` to exactly one target and return ``(model, info)``.
 
     Targets: ``ratio`` (fraction of prunable channels removed), or the fraction of the model's current
@@ -584,6 +584,9 @@ def prune_to_target(model, example_inputs, *, ratio: float | None = None, macs_f
     the table is timed (default: ``latency_kw["batch"]`` or the example batch, ``latency_kw["threads"]`` or
     the current threads, ``latency_kw["runtime"]``),
     and ``info["latency_ms_per_channel"]`` holds each group's cost.
+    ``kept`` (a dict) is filled with the kept output / input channels of every conv / linear layer the
+    pruning touches, in the input model's coordinates (:meth:`~sweep.engine.groups.ChannelGraph.kept_channels`),
+    e.g. for :mod:`sweep.engine.reconstruct`.
     """
     from ..errors import ConfigError
     from .groups import ChannelGraph
@@ -610,6 +613,8 @@ def prune_to_target(model, example_inputs, *, ratio: float | None = None, macs_f
     info = {"importance": importance if isinstance(importance, str) else type(importance).__name__,
             "global_pruning": global_pruning, "round_to": AUTO if round_to in (AUTO, 0) else (round_to or 1),
             "max_layer_ratio": max_layer_ratio, **sol.info()}
+    if kept is not None:
+        kept.update(graph.kept_channels(sol.selection))
     if inplace:
         graph.prune(sol.selection)
         return model, info
@@ -696,17 +701,19 @@ def _refine(plan: ChannelPlan, fraction, target: float, kept: tuple, aim: float,
 
 def prune_channels(model, example_inputs, *, ratio: float, importance: str = "l2",
                    global_pruning: bool = True, ignored_layers: Sequence | None = None, keep_layers: Sequence = (),
-                   round_to: int | str | None = None, max_layer_ratio: float = 0.9):
+                   round_to: int | str | None = None, max_layer_ratio: float = 0.9, kept: dict | None = None):
     """Remove ``ratio`` of the prunable channels in place and return the model.
 
     ``max_layer_ratio`` stops global pruning from emptying a layer (a zero-width layer breaks the net).
-    ``round_to=None`` does not round; ``ignored_layers`` / ``keep_layers`` as for :func:`prune_to_target`.
+    ``round_to=None`` does not round; ``ignored_layers`` / ``keep_layers`` / ``kept`` as for
+    :func:`prune_to_target`.
     """
     if ratio <= 0:
         return model
     model, _ = prune_to_target(model, example_inputs, ratio=ratio, importance=importance,
                                global_pruning=global_pruning, ignored_layers=ignored_layers,
-                               keep_layers=keep_layers, round_to=round_to, max_layer_ratio=max_layer_ratio)
+                               keep_layers=keep_layers, round_to=round_to, max_layer_ratio=max_layer_ratio,
+                               kept=kept)
     return model
 
 

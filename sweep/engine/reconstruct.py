@@ -29,11 +29,13 @@ reconstruction error"), there with the *pruned* network's own outputs before pru
   layer's unknowns);
 * a layer with a bias gets a column of ones; grouped / depthwise convs, transposed convs and layers whose
   normal equations would exceed ``MAX_UNKNOWNS`` unknowns per output are left as they are and listed;
-* a re-fit that would not lower the layer's reconstruction error on the calibration rows is not applied.
+* a re-fit that would not lower the layer's reconstruction error on the calibration rows is not applied, nor
+  one of a layer that already matches (relative error at most ``MATCHED``, rounding).
 
 Label-free: only the inputs of the batches are read (a tensor, or the first item of a tuple / list).  The
-teacher and the pruned network must share layer names (channel pruning keeps them; a network whose blocks
-were removed has layers with no counterpart, which are left as they are).
+teacher and the pruned network share layer names (channel pruning keeps them), or ``student_names`` maps
+them (a network whose blocks were removed: its stages are renumbered, and the removed blocks' layers have no
+counterpart and are listed as skipped).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ from typing import Any
 RIDGE = 1e-3
 ROWS = 16384
 MAX_HELD_BYTES = 1 << 30
+# a relative error at or below this is rounding: the layer already computes the teacher's outputs (e.g. the
+# layers before the first removed block) and is left as it is
+MATCHED = 1e-9
 MAX_UNKNOWNS = 4609  # 512 input channels x 3 x 3 + a bias: the widest layer of a VGG / ResNet-34
 
 
@@ -67,7 +72,8 @@ class ReconstructionResult:
 
 def reconstruct_layers(student, teacher, kept: Mapping[str, tuple[Sequence[int], Sequence[int]]],
                        batches: Iterable, *, layers: str = "pruned_inputs", ridge: float = RIDGE,
-                       rows: int = ROWS, seed: int = 0, device: str = "cpu") -> ReconstructionResult:
+                       rows: int = ROWS, seed: int = 0, device: str = "cpu",
+                       student_names: Mapping[str, str] | None = None) -> ReconstructionResult:
     """Re-fit ``student``'s layers in place towards ``teacher`` on ``batches`` (unlabeled inputs).
 
     ``kept``: ``{layer name: (kept output channels, kept input channels)}`` in the teacher's coordinates,
@@ -78,6 +84,11 @@ def reconstruct_layers(student, teacher, kept: Mapping[str, tuple[Sequence[int],
     Cost: one forward pass of the teacher and one of the student over the batches, joined into one batch
     (the layers are re-fitted inside the student's pass, each before it runs, so that later layers see the
     re-fitted ones); memory is that of one forward pass over all of them.
+
+    ``student_names``: ``{teacher layer name: student layer name}`` for networks whose names differ (one
+    whose blocks were removed has its stages renumbered); given, it is the whole map: a teacher layer missing
+    from it has no counterpart (its block is gone) and is skipped.  None: the same names.  Results are keyed
+    by the teacher's names.
     """
     import torch
     from torch import nn
@@ -93,7 +104,9 @@ def reconstruct_layers(student, teacher, kept: Mapping[str, tuple[Sequence[int],
     x = torch.cat(xs).to(device)
     teacher.to(device).eval()
     student.to(device).eval()
-    t_mods, s_mods = dict(teacher.named_modules()), dict(student.named_modules())
+    t_mods, s_by_name = dict(teacher.named_modules()), dict(student.named_modules())
+    counterpart = {t: t for t in t_mods} if student_names is None else student_names
+    s_mods = {t: s_by_name.get(counterpart.get(t, "\0")) for t in t_mods}  # teacher name -> student layer or None
     order = _execution_order(teacher, x[:1], (nn.Conv2d, nn.Conv1d, nn.Linear))
     targets = []
     for name in order:
@@ -145,6 +158,9 @@ def reconstruct_layers(student, teacher, kept: Mapping[str, tuple[Sequence[int],
             W = torch.linalg.solve(A + lam * torch.eye(A.shape[0], dtype=A.dtype, device=A.device), B + lam * W0.T).T
             before, after = _rel_error(W0, A, B, yy), _rel_error(W, A, B, yy)
             result.error_before[name], result.error_after[name] = before, after
+            if before <= MATCHED:
+                result.skipped[name] = f"it already computes the teacher's outputs (relative error {before:.2g})"
+                return
             if not after < before:
                 result.skipped[name] = f"the re-fit would not lower its error ({after:.4g} >= {before:.4g})"
                 return

@@ -44,6 +44,7 @@ fine-tuning to the runner, with the sweep's settings.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 
@@ -97,6 +98,11 @@ def _preflight(model, example_inputs) -> None:
              help="MACs kept as a fraction of the input's (within 3 %): blocks by delta, then channels"),
         Knob("recipe", "categorical", "sweep", choices=RECIPES,
              help="fine-tuning: the sweep's (by the runner) or the authors' (SGD lr 0.01, wd 5e-3, best epoch)"),
+        Knob("reconstruct", "bool", False,
+             help="after the surgery, re-fit every conv / linear layer to the unpruned network's outputs of "
+                  "the same layer on unlabeled inputs (least squares), before fine-tuning"),
+        Knob("recon_batches", "int", 4, low=1, high=200,
+             help="unlabeled training batches the layer-wise reconstruction is fitted on"),
     ],
 )
 def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneResult:
@@ -134,6 +140,7 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
         taken, trail = blocks_towards(model, example_inputs, refs, order, target, TOLERANCE)
     removed = sorted(taken)
     names = module_names(model)  # widths are recorded by these names: remove_blocks renumbers a stage
+    teacher = copy.deepcopy(model) if cfg.reconstruct else None  # the unpruned network, for the re-fit
     remove_blocks(model, removed, example_inputs)
     params1, macs1 = count_params(model), count_macs(model, example_inputs)
     depths1 = stage_depths(model)
@@ -142,13 +149,14 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
     # the context's final list, less the layers of removed blocks (unset: the engine's skipped_layers)
     ignored = [m for m in ctx.ignored_layers or () if id(m) in present] or None
     channel_step = None
+    kept: dict = {}  # the channel step's kept channels, by the names after the depth surgery
     if target is not None and macs1 > target * (1 + TOLERANCE):
         _, solved = prune_to_target(model, example_inputs, macs_fraction=target / macs1,
-                                    ignored_layers=ignored)
+                                    ignored_layers=ignored, kept=kept)
         channel_step = {k: solved[k] for k in ("target", "achieved", "within_tolerance", "channel_ratio",
                                                "groups_pruned", "prunable_groups", "round_to")}
     elif cfg.channel_ratio > 0:
-        prune_channels(model, example_inputs, ratio=cfg.channel_ratio, ignored_layers=ignored)
+        prune_channels(model, example_inputs, ratio=cfg.channel_ratio, ignored_layers=ignored, kept=kept)
     macs2 = count_macs(model, example_inputs) if (channel_step or cfg.channel_ratio > 0) else macs1
 
     blocks = [{"index": r.index, "name": r.name, "stage": r.stage, "removable": r.removable,
@@ -173,10 +181,32 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
             "macs_fraction_after_depth": macs1 / macs0, "achieved_macs_fraction": achieved,
             "target_reached": abs(achieved - cfg.macs_fraction) <= cfg.macs_fraction * TOLERANCE,
             "channel_step": channel_step})
+    if teacher is not None:
+        info["layer_reconstruction"] = _reconstruct(model, teacher, names, kept, cfg, ctx)
     if cfg.recipe == "authors":
         info.update(_authors_finetune(model, ctx, example_inputs.device))
         return PruneResult(model=model, info=info, finetuned=True)
     return PruneResult(model=model, info=info, finetuned=False)
+
+
+def _reconstruct(model, teacher, names: dict, kept: dict, cfg: MethodConfig, ctx: PruneContext) -> dict:
+    """Re-fit every conv / linear layer of the pruned ``model`` to the same layer of ``teacher`` (the network
+    before the surgery) on ``recon_batches`` unlabeled training batches (:mod:`sweep.engine.reconstruct`,
+    ``layers="all"``: removing a block changes the inputs of every later layer, not only their widths).
+    ``names``: ``{id(module): name in the teacher}``, taken before the blocks were removed."""
+    from itertools import islice
+
+    from ..engine.reconstruct import reconstruct_layers
+
+    teacher_name = {n: names[id(m)] for n, m in model.named_modules() if id(m) in names}
+    batches = list(islice(ctx.unlabeled_loader, cfg.recon_batches))
+    if not batches:
+        raise TrialFailure("sr_init reconstruct=true needs unlabeled training inputs, but the unlabeled "
+                           "loader is empty")
+    res = reconstruct_layers(model, teacher, {teacher_name[n]: v for n, v in kept.items()}, batches,
+                             layers="all", seed=ctx.seed, device=ctx.device,
+                             student_names={t: n for n, t in teacher_name.items()})
+    return res.info()
 
 
 _RECIPE_KWARGS = ("epochs", "keep_best", *AUTHORS_RECIPE)
