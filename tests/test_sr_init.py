@@ -111,7 +111,8 @@ def test_removes_exactly_blocks_with_delta_at_most_tau(tau, removed):
     model = trained_stats(TinyResNet())
     orig = copy.deepcopy(model)
     calls = []
-    res = run(model, {"tau": tau}, oracle_ctx(model, calls=calls))
+    # the paper's surgery alone: the survivors keep their trained weights (the re-fit, ours, is tested below)
+    res = run(model, {"tau": tau, "reconstruct": False}, oracle_ctx(model, calls=calls))
     info = res.info
     assert res.finetuned is False and res.model is model
     assert info["removed"] == removed and info["tau"] == tau
@@ -462,7 +463,7 @@ def test_registered_with_knobs():
     spec = get_method("sr_init")
     cfg = spec.make_config({})
     assert dict(cfg) == {"tau": 0.60, "seeds": 1, "max_removed": None, "channel_ratio": 0.0,
-                         "remove_blocks": None, "macs_fraction": None, "recipe": "sweep", "reconstruct": False,
+                         "remove_blocks": None, "macs_fraction": None, "recipe": "sweep", "reconstruct": True,
                          "recon_batches": 4}
     assert spec.make_config({"tau": 0.6185, "seeds": 10, "max_removed": 3, "channel_ratio": 0.3}).tau == 0.6185
 

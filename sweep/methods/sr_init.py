@@ -32,6 +32,17 @@ down to the remaining fraction.  ``info`` records the order tried, the blocks re
 the MACs after the blocks (``macs_after_depth``) and after the channels (``macs_after``), the solver's
 record (``channel_step``) and whether the target was met (``target_reached``).
 
+``reconstruct`` (ours, on by default): after the surgery and before any fine-tuning, every conv / linear
+layer of the pruned network is re-fitted in closed form so that its outputs on ``recon_batches`` unlabeled
+training batches match the unpruned network's outputs of the same layer (at the kept channels): the
+least-squares reconstruction of He et al., ICCV 2017, §3.1 / ThiNet, ICCV 2017, §3.3, with the network
+before the surgery as the target (:mod:`sweep.engine.reconstruct`, ``layers="all"``: removing a block changes
+the inputs of every later layer, not only their widths).  Layers are matched through the names they had
+before the blocks were removed; ``info["layer_reconstruction"]`` lists the re-fitted layers and their
+relative errors before and after.  Label-free (only inputs are read).  Measured with
+``bench/methods_matched.py`` (ResNet-20 on Fashion-MNIST, 3 seeds, 2 epochs of fine-tuning): test accuracy
+0.897 -> 0.916 at 2x fewer MACs and 0.863 -> 0.896 at 4x, against magnitude pruning's 0.913 and 0.887.
+
 ``recipe="authors"`` fine-tunes inside :func:`prune` (the runner then does not): the authors'
 hyper-parameters for the sweep's fine-tune epochs (``ctx.finetune_config.epochs``) through the one
 training loop (``ctx.finetune`` with ``keep_best=ctx.evaluate``), keeping the weights of the epoch with
@@ -98,7 +109,7 @@ def _preflight(model, example_inputs) -> None:
              help="MACs kept as a fraction of the input's (within 3 %): blocks by delta, then channels"),
         Knob("recipe", "categorical", "sweep", choices=RECIPES,
              help="fine-tuning: the sweep's (by the runner) or the authors' (SGD lr 0.01, wd 5e-3, best epoch)"),
-        Knob("reconstruct", "bool", False,
+        Knob("reconstruct", "bool", True,
              help="after the surgery, re-fit every conv / linear layer to the unpruned network's outputs of "
                   "the same layer on unlabeled inputs (least squares), before fine-tuning"),
         Knob("recon_batches", "int", 4, low=1, high=200,
