@@ -208,16 +208,21 @@ def test_lnpt_criterion_keeps_more_accuracy_than_reversed_or_random(runs, traine
     assert acc > sum(rand) / len(rand), (acc, rand)
 
 
-def test_lnpt_reconstruction_keeps_more_accuracy_right_after_pruning(runs, trained):
-    """The layer re-fit to the teacher's outputs: on the trained net, the same channels removed, the
-    re-fitted network is more accurate before any training step than the one left as pruned."""
-    spec = get_method("lnpt")
+@pytest.mark.parametrize("method, values", [
+    ("lnpt", {"ratio": 0.3, "epochs": 0}),  # the layers that lost inputs, to the teacher's outputs
+    ("magnitude", {"ratio": 0.3}),  # every layer, to the unpruned network's outputs
+])
+def test_reconstruction_keeps_more_accuracy_right_after_pruning(runs, trained, method, values):
+    """The layer re-fit: on the trained net, the same channels removed, the re-fitted network is more
+    accurate before any training step than the one left as pruned."""
+    spec = get_method(method)
     accs = {}
     for on in (False, True):
         model = trained.model()
-        res = spec.prune(model, example(), spec.make_config({"ratio": 0.3, "epochs": 0, "reconstruct": on}),
-                         runs.context(model, "lnpt"))
+        res = spec.prune(model, example(), spec.make_config({**values, "reconstruct": on}),
+                         runs.context(model, method))
         accs[on] = (trained.accuracy(res.model), res.info["channels"])
+        assert ("layer_reconstruction" in res.info) == on or method == "lnpt"
     assert accs[True][1] == accs[False][1]
     assert accs[True][0] >= accs[False][0] + 0.1, accs
 

@@ -293,3 +293,20 @@ def _rel_error(W, A, B, yy) -> float:
     """‖Y − XWᵀ‖² / ‖Y‖² from the normal equations (A = XᵀX, B = XᵀY, yy = ‖Y‖²)."""
     err = yy - 2 * (W.T * B).sum() + (W @ A * W).sum()
     return float(err / yy) if float(yy) > 0 else 0.0
+
+
+def refit_after_surgery(model, teacher, names: Mapping[int, str], kept: Mapping[str, tuple], batches: Iterable, *,
+                        layers: str = "all", seed: int = 0, device: str = "cpu") -> ReconstructionResult:
+    """:func:`reconstruct_layers` for a network pruned in place (blocks removed, channels removed, or both)
+    against ``teacher``, a copy of it taken before the surgery.
+
+    ``names``: ``{id(module): name}`` of the network before the surgery (:func:`sweep.engine.depth.module_names`:
+    removing blocks renumbers a stage, module objects survive); ``kept``: the channel step's kept channels
+    (:func:`sweep.engine.channels.prune_to_target`'s ``kept``), keyed by the names the layers have now
+    (channel pruning renames nothing).  ``layers="all"`` by default: a removed block or a thinner layer
+    upstream changes the inputs of every later layer, not only their widths; layers that still compute the
+    teacher's outputs are left as they are."""
+    teacher_name = {n: names[id(m)] for n, m in model.named_modules() if id(m) in names}
+    return reconstruct_layers(model, teacher, {teacher_name.get(n, n): v for n, v in kept.items()}, batches,
+                              layers=layers, seed=seed, device=device,
+                              student_names={t: n for n, t in teacher_name.items()})

@@ -110,3 +110,18 @@ def _need(loaders: Any, method: str, no_data: str) -> None:
     if loaders is None:
         raise ConfigError(f"method {method} trains or evaluates while pruning, so it needs data, but none was "
                           f"given{' (' + no_data + ')' if no_data else ''}")
+
+
+def calibration_batches(ctx: PruneContext, n: int, what: str) -> list:
+    """The inputs of the first ``n`` unlabeled training batches (``ctx.unlabeled_loader``), e.g. for a
+    layer re-fit; a :class:`~sweep.errors.TrialFailure` naming ``what`` needs them when there are none."""
+    from ..errors import TrialFailure
+
+    out = []
+    for batch in ctx.unlabeled_loader:
+        out.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+        if len(out) >= n:
+            break
+    if not out:
+        raise TrialFailure(f"{what} needs unlabeled training inputs, but the unlabeled loader is empty")
+    return out

@@ -94,6 +94,7 @@ from typing import Any, Iterable
 
 from ..errors import ConfigError, TrialFailure
 from .base import Knob, MethodConfig, PruneContext, PruneResult, register_method
+from .context import calibration_batches
 
 
 def _check(cfg: MethodConfig, where: str) -> None:
@@ -173,7 +174,7 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
 
         # --- criterion: one score tensor per coupled group, from unlabeled inputs only
         model.to(device)
-        batches = _take(train_inputs, cfg.cal_batches)
+        batches = calibration_batches(ctx, cfg.cal_batches, "lnpt")
         if cfg.criterion == "teacher_fisher":
             criterion = "teacher_fisher"
             raw = teacher_fisher_scores(model, teacher, graph.groups, batches, seed=ctx.seed, device=device)
@@ -199,7 +200,7 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
         model.to(device)
 
         # --- teacher-guided layer-wise reconstruction (closed form, unlabeled inputs)
-        recon = _reconstruct(model, teacher, kept, train_inputs, cfg, ctx)
+        recon = _reconstruct(model, teacher, kept, cfg, ctx)
 
         # --- label-free retraining, the learning gap logged per epoch
         log = retrain(model, teacher, head, t_head, keep_feat, train_inputs, val_inputs, cfg, ctx)
@@ -220,7 +221,7 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
     return PruneResult(model=model, info=info, finetuned=True)
 
 
-def _reconstruct(model, teacher, kept: dict, train_inputs, cfg: MethodConfig, ctx: PruneContext) -> dict:
+def _reconstruct(model, teacher, kept: dict, cfg: MethodConfig, ctx: PruneContext) -> dict:
     """Re-fit the pruned layers to the teacher's outputs (:mod:`sweep.engine.reconstruct`) where the student
     starts from the teacher; ``{"applied": False, "why": ...}`` where it does not."""
     from ..engine.reconstruct import reconstruct_layers
@@ -229,7 +230,8 @@ def _reconstruct(model, teacher, kept: dict, train_inputs, cfg: MethodConfig, ct
         return {"applied": False, "why": "reconstruct: false"}
     if cfg.init != "teacher":
         return {"applied": False, "why": f"init: {cfg.init} (the student's layers are not the teacher's)"}
-    res = reconstruct_layers(model, teacher, kept, _take(train_inputs, cfg.recon_batches), seed=ctx.seed,
+    batches = calibration_batches(ctx, cfg.recon_batches, "lnpt")
+    res = reconstruct_layers(model, teacher, kept, batches, seed=ctx.seed,
                              device=ctx.device)
     return {"applied": True, **res.info()}
 
@@ -245,17 +247,6 @@ def _target(cfg: MethodConfig) -> tuple[str, Any]:
     if cfg.stage_ratios is not None:
         return STAGES, cfg.stage_ratios
     return "ratio", cfg.ratio
-
-
-def _take(loader: Iterable, n: int) -> list:
-    out = []
-    for batch in loader:
-        out.append(batch[0])
-        if len(out) >= n:
-            break
-    if not out:
-        raise TrialFailure("lnpt needs unlabeled training inputs, but the unlabeled loader is empty")
-    return out
 
 
 # ----------------------------------------------------------------------------------- model helpers

@@ -17,9 +17,18 @@ that take 0, 1/4 ... all of the MACs cut as blocks (lowest BatchNorm scale first
 the sweep's latency runtime, batch and threads, and the fastest is kept
 (:mod:`sweep.engine.depth_width`); ``info["depth"]`` records every plan. On a net without removable blocks
 it is the plain channel cut.
+
+``reconstruct: true`` (ours, off by default so that plain magnitude pruning stays the sweeps' reference):
+after the cut and before fine-tuning, every conv / linear layer is re-fitted in closed form so that its
+outputs on ``recon_batches`` unlabeled training batches match the unpruned network's outputs of the same
+layer at the kept channels (:func:`sweep.engine.reconstruct.refit_after_surgery`; He et al., ICCV 2017,
+§3.1 / ThiNet, ICCV 2017, §3.3, with the unpruned network as the target). Channel cuts only: with ``depth:
+true`` it is recorded as not applied.
 """
 
 from __future__ import annotations
+
+import copy
 
 from ..engine.channels import TARGETS
 from ..engine.criteria import IMPORTANCES, LATENCY_IMPORTANCES
@@ -59,10 +68,18 @@ from .base import Knob, MethodConfig, PruneContext, PruneResult, register_method
         Knob("depth", "bool", False,
              help="with macs_fraction: also remove whole residual blocks where the latency runtime measures "
                   "that it pays"),
+        Knob("reconstruct", "bool", False,
+             help="after pruning, re-fit every conv / linear layer to the unpruned network's outputs of the "
+                  "same layer on unlabeled inputs (least squares), before fine-tuning; channel cuts only"),
+        Knob("recon_batches", "int", 4, low=1, high=200,
+             help="unlabeled training batches the layer-wise reconstruction is fitted on"),
     ],
 )
 def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneResult:
     from ..engine.channels import AUTO, channel_counts, prune_to_target
+    from ..engine.depth import module_names
+    from ..engine.reconstruct import refit_after_surgery
+    from .context import calibration_batches
 
     target = {k: cfg[k] for k in TARGETS[1:] if cfg[k] is not None}
     if not target and cfg.stage_ratios is None:
@@ -71,11 +88,20 @@ def prune(model, example_inputs, cfg: MethodConfig, ctx: PruneContext) -> PruneR
               round_to=AUTO if cfg.round_to is None else cfg.round_to,
               ignored_layers=ctx.ignored_layers or None,  # unset: the engine's skipped_layers
               max_layer_ratio=cfg.max_layer_ratio, latency_kw=ctx.latency or None)
+    teacher = copy.deepcopy(model) if cfg.reconstruct and not cfg.depth else None  # the unpruned network
+    names = module_names(model)
+    kept: dict = {}
     if cfg.depth:
         from ..engine.depth_width import prune_depth_and_width
 
         model, info = prune_depth_and_width(model, example_inputs, macs_fraction=cfg.macs_fraction, **kw)
     else:
-        model, info = prune_to_target(model, example_inputs, **target, **kw)
+        model, info = prune_to_target(model, example_inputs, **target, **kw, kept=kept)
     info.setdefault("channels", channel_counts(model))  # depth: keyed by the input's names already
+    if teacher is not None:
+        batches = calibration_batches(ctx, cfg.recon_batches, "magnitude reconstruct=true")
+        info["layer_reconstruction"] = refit_after_surgery(model, teacher, names, kept, batches, seed=ctx.seed,
+                                                           device=ctx.device).info()
+    elif cfg.reconstruct:  # the depth plans are pruned copies, whose layers this one cannot match by object
+        info["layer_reconstruction"] = {"applied": False, "why": "depth: true (the re-fit runs on channel cuts)"}
     return PruneResult(model=model, info=info)

@@ -205,19 +205,11 @@ def _reconstruct(model, teacher, names: dict, kept: dict, cfg: MethodConfig, ctx
     before the surgery) on ``recon_batches`` unlabeled training batches (:mod:`sweep.engine.reconstruct`,
     ``layers="all"``: removing a block changes the inputs of every later layer, not only their widths).
     ``names``: ``{id(module): name in the teacher}``, taken before the blocks were removed."""
-    from itertools import islice
+    from ..engine.reconstruct import refit_after_surgery
+    from .context import calibration_batches
 
-    from ..engine.reconstruct import reconstruct_layers
-
-    teacher_name = {n: names[id(m)] for n, m in model.named_modules() if id(m) in names}
-    batches = list(islice(ctx.unlabeled_loader, cfg.recon_batches))
-    if not batches:
-        raise TrialFailure("sr_init reconstruct=true needs unlabeled training inputs, but the unlabeled "
-                           "loader is empty")
-    res = reconstruct_layers(model, teacher, {teacher_name[n]: v for n, v in kept.items()}, batches,
-                             layers="all", seed=ctx.seed, device=ctx.device,
-                             student_names={t: n for n, t in teacher_name.items()})
-    return res.info()
+    batches = calibration_batches(ctx, cfg.recon_batches, "sr_init reconstruct=true")
+    return refit_after_surgery(model, teacher, names, kept, batches, seed=ctx.seed, device=ctx.device).info()
 
 
 _RECIPE_KWARGS = ("epochs", "keep_best", *AUTHORS_RECIPE)
