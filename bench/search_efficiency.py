@@ -382,6 +382,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-rung0", action="store_true", help="skip the rung-0 Spearman measurement")
     ap.add_argument("--no-random", action="store_true", help="skip the random sweeps (TPE vs TPE+MO-ASHA only; "
                     "tpe_n_over_random_2n is then nan)")
+    ap.add_argument("--reconstruct", action="store_true", help="magnitude re-fits every layer to the unpruned "
+                    "network's outputs before fine-tuning (reconstruct: true, fixed), in every strategy's space")
     ap.add_argument("--verbose", action="store_true", help="the sweeps' progress lines on stderr")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (printed)")
     args = ap.parse_args(argv)
@@ -408,6 +410,9 @@ def main(argv=None) -> int:
         args.dataset = "digits"
         args.data = {"name": "digits"}
     args.knobs, method_line = magnitude_knobs(args, args.data)
+    if args.reconstruct:
+        args.knobs["reconstruct"] = True
+        method_line += ", reconstruct: true (every layer re-fitted to the unpruned network before fine-tuning)"
     strategies = tuple(s for s in STRATEGIES if not (args.no_random and s == "random"))
 
     from importlib.metadata import version
