@@ -15,7 +15,9 @@ Overhead per trial, for both, as ``sweep run`` prints it (``sweep/cli.py::_finis
     slot  = (fit_s * concurrency - sum(trial wall_s)) / trials     slot-seconds each trial costs beyond its own work
     wall  = (fit_s - sum(trial wall_s) / concurrency) / trials     = slot / concurrency: sweep seconds added per trial
 
-The last line reports ``slot`` (the figure ``sweep run`` prints).  A breakdown from the trials' own
+The last line reports ``wall``: ``(sweep wall - sum(trial wall) / concurrency) / trials``, with the sweep's
+wall taken over its Ray Tune part (``fit_s``, both runs alike); the table gives ``slot`` too (the figure
+``sweep run`` prints, ``concurrency`` times larger).  A breakdown from the trials' own
 timestamps follows: per concurrency slot, the gap between Tune starting and a slot's first trial (worker
 start-up, imports, dataset load, MLflow client) and between consecutive trials of one slot (driver
 callback, searcher, scheduling, per-trial MLflow run set-up); for ours also the wall_s of each worker's
@@ -451,7 +453,7 @@ def main(argv=None) -> int:
         print(f"# kept {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"overhead: ours_s_per_trial={o_slot:.3f} ray_s_per_trial={r_slot:.3f}")
+    print(f"overhead: ours_s_per_trial={o_wall:.3f} ray_s_per_trial={r_wall:.3f}")
     return 0
 
 

@@ -36,6 +36,7 @@ from .pareto import DIRECTIONS
 from .results.schema import FINISHED, TrialRecord, with_front
 from .results.store import TrialStore
 from .trial import TrialSpec, load_splits, prepare_baseline, run_trial, trial_threads, use_shipped_splits
+from .warm import PRELOAD_ENV, READY_ENV
 
 EXPERIMENT = "tune"
 RUNG = "rung"  # key of a rung report (fine-tune epochs so far) in the results a trial sends Tune
@@ -190,26 +191,20 @@ def _violations(cfg: SweepConfig, rec: TrialRecord) -> list[float]:
 
 def _model_inbox():
     """An actor on the driver's node that holds each trial's pruned model (bytes) until the driver takes it
-    and writes it into the sweep folder; no CPU reserved.  Models travel through Ray, not a shared disk."""
+    and writes it into the sweep folder (:class:`sweep.inbox.ModelInbox`); no CPU reserved."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    @ray.remote(num_cpus=0, max_restarts=0)
-    class ModelInbox:
-        def __init__(self):
-            self.models: dict[str, bytes] = {}
-
-        def put(self, rel: str, data: bytes) -> None:
-            self.models[rel] = data
-
-        def take(self, rel: str) -> bytes | None:
-            return self.models.pop(rel, None)
+    from .inbox import ModelInbox
+    from .warm import INBOX_ROLE, ROLE_ENV
 
     here = ray.get_runtime_context().get_node_id()
     # an environment of its own, so that it starts in a new process and leaves Ray's idle workers (torch
-    # already imported: _preload_modules) to the trials
-    return ModelInbox.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
-                              runtime_env={"env_vars": {"SWEEP_ROLE": "model-inbox"}}).remote()
+    # already imported: _preload_modules) to the trials; that process imports neither torch (sweep.warm
+    # skips it) nor anything but sweep.inbox
+    return ray.remote(num_cpus=0, max_restarts=0)(ModelInbox).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+        runtime_env={"env_vars": {ROLE_ENV: INBOX_ROLE}}).remote()
 
 
 def _received(st, rec: TrialRecord) -> TrialRecord:
@@ -717,13 +712,24 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None, log=print,
             _EMBEDDED_TMP.append(tmp)  # removed with its logs at shutdown (_ray_shutdown)
             cpus = cpus or os.cpu_count() or 1
             preload = _preload_modules(cfg, cpus) if cfg is not None else None
-            with _env(PRELOAD_ENV, preload):  # read by the raylet as it starts; a value the user set wins
+            ready = _warm_folder(tmp, cpus) if preload and PRELOAD_ENV not in os.environ else None
+            # read by the raylet as it starts (and passed on to its workers); a value the user set wins
+            with _env(PRELOAD_ENV, preload), _env(READY_ENV, ready):
                 ray.init(num_cpus=cpus, include_dashboard=False,
                          logging_level=logging.ERROR, log_to_driver=False, _temp_dir=tmp, configure_logging=True)
     finally:
         if main and caller_sigterm not in (None, signal.SIG_DFL):
             signal.signal(signal.SIGTERM, caller_sigterm)
     return True
+
+
+def _warm_folder(tmp: str, workers: int) -> str:
+    """The folder the embedded Ray's ``workers`` idle workers mark themselves ready in (see
+    :func:`_await_warm_workers`), inside its session folder."""
+    folder = os.path.join(tmp, "warm")
+    os.makedirs(folder, exist_ok=True)
+    _WARM.update(dir=folder, workers=workers)
+    return folder
 
 
 @contextmanager
@@ -740,26 +746,53 @@ def _env(name: str, value: str | None):
         os.environ.pop(name, None)
 
 
-# what an idle worker of the embedded Ray imports before it takes work: what every trial imports first.
-# CPU seconds on 2 cores: torch 2, torch._dynamo 1.2 (with sympy; torch.optim imports it at the first
-# optimizer), onnx 0.8 (the ONNX export for latency), torchvision 0.4
-WORKER_PRELOAD = ("torch", "torch._dynamo", "onnx", "sympy", "torchvision", "torch_pruning", "onnxruntime",
-                  "sweep.driver")
-PRELOAD_ENV = "RAY_preload_python_modules"
+# how long the driver waits, before Tune starts, for the embedded Ray's idle workers to finish importing
+WARM_WAIT_S = 120.0
 
 
 def _preload_modules(cfg: SweepConfig, cpus: int) -> str | None:
-    """The modules the embedded Ray's idle workers import as they start, or None.
+    """What the embedded Ray's idle workers import as they start (:mod:`sweep.warm`), or None.
 
     Ray starts one idle Python worker per CPU with the driver, while the driver trains or loads the
     baseline; a trial's actor starts in one of them (see :func:`_trial_actors_on_idle_workers`), so with
     torch already imported there its first trial starts at once instead of after a fresh interpreter's
     imports.  Only when trials will use every one of those workers: each holds its imports (a few hundred
-    MB) whether a trial comes or not.  Where CPUs are idle while the baseline trains, the imports
-    are free; on 2 busy cores they compete with it (quickstart, 3 runs each: trials 14.4 s instead of
-    16.4, the whole sweep 42.0 s instead of 42.6)."""
+    MB) whether a trial comes or not.  Where CPUs are idle while the baseline trains, the imports are
+    free; on busy cores they finish once the baseline is done, and the driver waits for them
+    (:func:`_await_warm_workers`)."""
     trial_workers = min(cfg.search.concurrency, max(1, int(cpus // cfg.search.cpus_per_trial)))
-    return ",".join(WORKER_PRELOAD) if trial_workers >= cpus else None
+    return "sweep.warm" if trial_workers >= cpus else None
+
+
+# the embedded Ray's warm-up, while it runs: the folder its workers mark themselves ready in, and how many
+_WARM: dict = {}
+
+
+def _await_warm_workers(log, timeout: float = WARM_WAIT_S) -> float:
+    """Wait until the embedded Ray's idle workers have imported what a trial needs (:mod:`sweep.warm`);
+    returns the seconds waited.  Ray's worker pool passes over a worker that is still importing and starts a
+    fresh process for the trial instead: it imports everything again on the same cores, and the warm worker
+    is killed as surplus once done (quickstart on 2 busy cores: each slot's first trial started 6.8 s after
+    Tune, in a fresh process).  After ``timeout`` the sweep goes on (Ray then starts fresh workers)."""
+    folder, want = _WARM.get("dir"), _WARM.get("workers", 0)
+    if not folder or not want:
+        return 0.0
+    t0 = time.time()
+    ready = 0
+    while time.time() - t0 < timeout and not _STOP:
+        try:
+            ready = len(os.listdir(folder))
+        except OSError:
+            break
+        if ready >= want:
+            break
+        time.sleep(0.05)
+    waited = time.time() - t0
+    if waited >= 1.0 or ready < want:
+        log(f"Ray's {want} worker process(es) imported what a trial needs: {min(ready, want)} ready after "
+            f"waiting {waited:.1f} s" + ("" if ready >= want else " (the others start trials as fresh processes)"))
+    _WARM.clear()  # once per Ray: a resumed or later Tune run in this process does not wait again
+    return waited
 
 
 @contextmanager
@@ -839,6 +872,7 @@ def _ray_shutdown(started: bool, log) -> None:
         ray.shutdown()
     except Exception as e:
         log(f"warning: Ray did not shut down cleanly: {type(e).__name__}: {e}")
+    _WARM.clear()
     while _EMBEDDED_TMP:
         shutil.rmtree(_EMBEDDED_TMP.pop(), ignore_errors=True)
 
@@ -1148,6 +1182,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
             log(f"running {cfg.search.trials - progress.done} trial(s), {cfg.search.concurrency} at a time "
                 f"({cfg.search.sampler} sampler; objectives: {', '.join(cfg.search.objectives)})")
             st.fit_t0 = progress.t0 = time.time()
+            _await_warm_workers(log)  # on the trials' clock (time budget, overhead): it is what they wait for
             _beat(st, phase="trials")
             interrupted = False
             st.recorder = _Recorder(st)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep import driver
+from sweep import driver, warm
 from sweep.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,13 +44,86 @@ def test_idle_workers_preload_only_when_trials_use_every_one_of_them(concurrency
     got = driver._preload_modules(_cfg(concurrency, cpus_per_trial), cpus)
     assert (got is not None) is preloads
     if preloads:
-        assert got.split(",") == list(driver.WORKER_PRELOAD)
+        assert got == "sweep.warm"
 
 
-@pytest.mark.parametrize("module", driver.WORKER_PRELOAD)
+@pytest.mark.parametrize("module", warm.MODULES)
 def test_every_preloaded_module_imports(module):
     # Ray logs a module it cannot import and goes on: a misspelt name would silently preload nothing
     assert importlib.import_module(module) is not None
+
+
+def test_a_worker_imports_what_a_trial_needs_then_marks_itself_ready(tmp_path, monkeypatch):
+    monkeypatch.delenv(warm.ROLE_ENV, raising=False)
+    assert warm.warm_up(str(tmp_path)) == []
+    assert os.listdir(tmp_path) == [str(os.getpid())]
+    assert all(m in sys.modules for m in warm.MODULES)
+
+
+def test_the_inbox_worker_imports_nothing_and_is_not_counted(tmp_path):
+    # a fresh interpreter, as Ray starts the inbox's worker: the warm-up, then the actor's module
+    env = {**os.environ, warm.ROLE_ENV: warm.INBOX_ROLE}
+    code = ("import sys, sweep.warm, sweep.inbox; sweep.warm.warm_up(sys.argv[1]); "
+            "print(sorted(m for m in ('torch', 'ray', 'onnx') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("preload", ["sweep.warm", "torch,sweep.warm", "", "torch"])
+def test_importing_it_outside_a_ray_worker_warms_nothing_up(tmp_path, preload):
+    # a driver whose shell exported the nodes' settings, or the CLI: the module gives its constants only
+    env = {**os.environ, warm.PRELOAD_ENV: preload, warm.READY_ENV: str(tmp_path)}
+    env.pop(warm.ROLE_ENV, None)
+    code = "import sys, sweep.warm; print(sweep.warm.preloaded_by_ray(), 'torch' in sys.modules)"
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                       cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["False", "False"]
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_worker_whose_ready_folder_is_gone_still_starts(tmp_path, monkeypatch):
+    monkeypatch.delenv(warm.ROLE_ENV, raising=False)
+    assert warm.warm_up(str(tmp_path / "gone")) == []  # Ray would lose a worker whose preload raises
+
+
+def test_a_failed_import_is_reported_not_raised(tmp_path, monkeypatch):
+    monkeypatch.delenv(warm.ROLE_ENV, raising=False)
+    monkeypatch.setattr(warm, "MODULES", ("json", "no_such_module_anywhere"))
+    assert warm.warm_up(str(tmp_path)) == ["no_such_module_anywhere"]
+    assert os.listdir(tmp_path) == [str(os.getpid())]
+
+
+@pytest.mark.parametrize("marks, want, waited_at_least, logged", [
+    (2, 2, 0.0, False),   # both workers ready: no wait, nothing to say
+    (1, 2, 0.3, True),    # one never comes: the driver gives up after the timeout and says so
+])
+def test_the_driver_waits_for_the_workers_marks_until_its_timeout(tmp_path, monkeypatch, marks, want,
+                                                                   waited_at_least, logged):
+    for i in range(marks):
+        (tmp_path / str(1000 + i)).touch()
+    monkeypatch.setattr(driver, "_WARM", {"dir": str(tmp_path), "workers": want})
+    lines = []
+    waited = driver._await_warm_workers(lines.append, timeout=0.3)
+    assert waited >= waited_at_least
+    assert waited < 5
+    assert bool(lines) is logged
+    if logged:
+        assert f"{marks} ready" in lines[0]
+    assert driver._WARM == {}  # once per Ray
+    assert driver._await_warm_workers(lines.append, timeout=10) == 0.0
+
+
+def test_the_driver_stops_waiting_as_soon_as_the_last_worker_is_ready(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(driver, "_WARM", {"dir": str(tmp_path), "workers": 1})
+    threading.Timer(0.3, (tmp_path / "42").touch).start()
+    waited = driver._await_warm_workers(lambda line: None, timeout=30)
+    assert 0.2 <= waited < 10
 
 
 def test_the_preload_variable_lives_only_while_ray_starts_and_a_users_value_wins(monkeypatch):
@@ -84,7 +157,7 @@ PROBE = r"""
 import json, os, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from sweep import driver
+from sweep import driver, warm
 from sweep.config import load_config
 cfg = load_config(Path(sys.argv[1]) / "search_spaces" / "quickstart.yaml")
 assert driver._ray_init(None, Path.cwd(), 2, print, cfg)  # cwd: the test's tmp_path
@@ -97,12 +170,14 @@ def trainable(config):
                  "dynamo": "torch._dynamo" in sys.modules})
 
 time.sleep(float(sys.argv[2]))  # the driver's baseline: the idle workers import meanwhile
+waited = driver._await_warm_workers(print, timeout=180)  # as the sweep does before Tune starts
 t0 = time.time()
 with driver._trial_actors_on_idle_workers():
     grid = tune.Tuner(tune.with_resources(trainable, {"cpu": 1}),
                       tune_config=tune.TuneConfig(num_samples=2, max_concurrent_trials=2, reuse_actors=True),
                       run_config=tune.RunConfig(storage_path=str(Path.cwd() / "tune"), verbose=0)).fit()
-print(json.dumps({"t0": t0, "trials": [r.metrics for r in grid], "env_left": driver.PRELOAD_ENV in os.environ}))
+print(json.dumps({"t0": t0, "waited": waited, "trials": [r.metrics for r in grid],
+                  "env_left": driver.PRELOAD_ENV in os.environ}))
 driver._ray_shutdown(True, print)  # as a sweep ends: the embedded Ray's session folder goes too
 """
 
@@ -121,28 +196,27 @@ def _probe(tmp_path: Path, attempt: int) -> dict:
     return out
 
 
-# what the probe's driver spends before Tune starts; the idle workers import meanwhile, at nice 15 (with 12 s,
-# one attempt in five ran both trials in fresh processes, likely while the idle ones were still importing;
-# with 20 s, none of four)
-BASELINE_S = 20
+# what the probe's driver spends before Tune starts (the sweep's baseline); the idle workers import meanwhile
+# and the driver then waits for the rest (the idle workers import at nice 15 on 2 shared cores)
+BASELINE_S = 3
 ATTEMPTS = 3
 
 
 @pytest.mark.integration
 def test_a_trial_of_the_embedded_ray_runs_in_a_worker_started_before_tune_with_torch_loaded(tmp_path):
-    # An idle worker is as old as the driver's "baseline" (BASELINE_S); a fresh process a moment older than
-    # t0. Without the change every trial actor gets a fresh process; with it, Ray's worker pool still starts
-    # a replacement worker now and then around Tune's start (one trial of two, once in three runs on 2 busy
-    # cores; both trials where the idle workers were still importing), which a driver cannot prevent. So each
-    # attempt is a fresh embedded Ray, at least one of ATTEMPTS must run a trial in an idle worker, and every
-    # trial that runs in one must find the imports done.
+    # An idle worker is as old as the embedded Ray (at least BASELINE_S before t0); a fresh process is a moment
+    # older than t0. Without the change every trial actor gets a fresh process. With it and the wait, both
+    # trials ran in idle workers in every run seen; Ray's worker pool may still start a replacement worker
+    # around Tune's start, which a driver cannot prevent, so each attempt is a fresh embedded Ray and at least
+    # one of ATTEMPTS must run a trial in an idle worker, and every trial that runs in one must find the
+    # imports done.
     seen = []
     for attempt in range(ATTEMPTS):
         out = _probe(tmp_path, attempt)
-        warm = [m for m in out["trials"] if out["t0"] - m["created"] > BASELINE_S / 2]
-        for m in warm:
+        warm_trials = [m for m in out["trials"] if out["t0"] - m["created"] > BASELINE_S / 2]
+        for m in warm_trials:
             assert m["torch"] and m["dynamo"], "the idle worker had not imported what a trial needs"
-        seen.append(len(warm))
-        if warm:
+        seen.append(len(warm_trials))
+        if len(warm_trials) == 2:
             break
     assert any(seen), f"every trial's actor got a fresh process in {ATTEMPTS} embedded Rays, none an idle worker"
