@@ -5,7 +5,11 @@
    in its own session (``start_new_session``), so that each ``ray start`` and every daemon it leaves behind
    share one process group whose id is that ``ray start``'s pid.  The script waits until ``ray.nodes()``
    shows every node alive.  Token authentication is on (a fresh token, in ``RAY_AUTH_TOKEN``) for the cluster and
-   both drivers.
+   both drivers.  Each side gets a fresh cluster, started as its users start theirs: ours with warm workers
+   (``clusters/README.md``: ``RAY_enable_worker_prestart=1 RAY_preload_python_modules=sweep.warm``, and the
+   script waits until every node's idle worker has imported what a trial needs, as on a cluster that is up
+   before the sweep; ``--cold-nodes``: plain nodes), raw on plain ``ray start`` nodes (a warm node would make
+   raw's fresh trial workers import torch).
 2. ours: ``sweep run SPACE --address 127.0.0.1:PORT --trials N --concurrency 4`` in a subprocess, on a
    trivial space: a tiny synthetic dataset (1x8x8, 4 classes, 64/32/32 images), ``small_cnn``,
    ``magnitude`` over the ratio, ``baseline.epochs: 1``, ``finetune.epochs: 0``, ``measure.repeats: 3``,
@@ -13,7 +17,7 @@
    finished trial, flushed) are stamped as they arrive; at each one the driver's CPU time
    (``/proc/PID/stat`` utime+stime: all its threads) and RSS (psutil, else ``/proc/PID/status`` VmRSS) are
    read from outside, so the measuring costs the driver nothing.
-3. raw: this process connects to the same cluster and runs plain ``tune.Tuner`` + ``OptunaSearch``
+3. raw: this process connects to its cluster and runs plain ``tune.Tuner`` + ``OptunaSearch``
    (``RandomSampler``) with the same trial count, concurrency and Tune settings; trial i sleeps our trial
    i's ``wall_s`` (same mean duration; a no-op that leaves the CPUs free; with ``--raw-busy``, a control, it
    keeps its CPU busy as long instead).  A Tune ``Callback`` samples
@@ -104,9 +108,12 @@ def rss_mb(pid: int) -> float:
 class Cluster(LocalCluster):
     """``nodes`` Ray nodes of one CPU each (see :mod:`sweep.localcluster`)."""
 
-    def __init__(self, nodes: int, object_store_mb: int):
-        super().__init__(head_cpus=1, object_store_mb=object_store_mb, ray_bin=str(VENV_BIN / "ray"))
+    def __init__(self, nodes: int, object_store_mb: int, warm: bool, auth: dict | None = None):
+        super().__init__(head_cpus=1, object_store_mb=object_store_mb, ray_bin=str(VENV_BIN / "ray"), warm=warm)
         self.n = nodes
+        if auth:  # a driver process presents one token for good (Ray reads it once): every cluster shares it
+            self.auth = dict(auth)
+            self.env.update(auth)
 
     def start(self) -> float:
         t0 = time.time()
@@ -117,6 +124,19 @@ class Cluster(LocalCluster):
 
     def alive_nodes(self, timeout: float = 120.0) -> int:  # type: ignore[override]
         return super().alive_nodes(self.n, timeout)
+
+    def up(self, label: str) -> None:
+        """Start every node, wait until all are alive and (warm nodes) every idle worker is warm; say so."""
+        up_s = self.start()
+        alive = self.alive_nodes()
+        t0 = time.time()
+        warm = self.warm_workers(self.n, timeout=300)
+        print(f"# cluster for {label} {self.address} (temp dir {self.tmp}): {alive} of {self.n} nodes alive after "
+              f"{up_s:.1f} s of `ray start`; " + (f"{warm} of {self.n} warm workers ready {time.time() - t0:.1f} s "
+                                                  f"later; " if self.warm_dir else "plain nodes (no warm workers); ")
+              + f"process groups {self.groups}", flush=True)
+        if alive < self.n:
+            raise SystemExit(f"only {alive} of {self.n} Ray nodes came up")
 
 
 # ------------------------------------------------------------------------------------------ ours
@@ -280,6 +300,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary sweep folder (printed)")
     ap.add_argument("--raw-busy", action="store_true", help="a control: raw's trial i keeps its CPU busy for "
                     "ours' wall_s[i] instead of sleeping (the load of real trials, or more); not the goal's figure")
+    ap.add_argument("--cold-nodes", action="store_true", help="start ours' nodes as plain `ray start` too (no "
+                    "warm workers): each trial actor's worker then starts and imports torch when its first trial comes")
     ap.add_argument("--py-spy", metavar="FILE", help="sample our driver with py-spy while Tune runs (on-CPU "
                     "stacks per thread, raw collapsed format, to FILE); sampling costs CPU: take figures from a "
                     "run without it")
@@ -293,9 +315,9 @@ def main(argv=None) -> int:
     space = work / "space.yaml"
     space.write_text(SPACE.format(trials=args.trials, concurrency=args.concurrency))
     folder = work / "ours"
-    # Ray reads its auth mode once, when first imported: the cluster's token goes in the environment first
-    cluster = Cluster(args.nodes, args.object_store_mb)
-    os.environ.update(cluster.auth)  # both drivers present the cluster's token
+    # Ray reads its auth mode once, when first imported: the clusters' token goes in the environment first
+    cluster = Cluster(args.nodes, args.object_store_mb, warm=not args.cold_nodes)
+    os.environ.update(cluster.auth)  # both drivers present the clusters' token
 
     import ray
 
@@ -305,6 +327,9 @@ def main(argv=None) -> int:
     print("# ours: sweep run --address (synthetic 1x8x8, small_cnn, magnitude, baseline 1 epoch, finetune 0, "
           "repeats 3, remeasure none, random sampler); raw: Tune + OptunaSearch(RandomSampler), trial i "
           f"{'spins the CPU for' if args.raw_busy else 'sleeps'} ours' wall_s[i]")
+    print("# each on a fresh cluster: ours on nodes started as clusters/README.md says (" +
+          ("--cold-nodes: plain `ray start`" if args.cold_nodes else "warm workers: RAY_enable_worker_prestart=1 "
+           "RAY_preload_python_modules=sweep.warm") + "), raw on plain `ray start` nodes", flush=True)
     print(f"# load avg (1/5/15 min) at start {load()}", flush=True)
 
     def on_signal(signum, frame):
@@ -312,14 +337,12 @@ def main(argv=None) -> int:
 
     prev_term = signal.signal(signal.SIGTERM, on_signal)
     try:
-        up_s = cluster.start()
-        alive = cluster.alive_nodes()
-        print(f"# cluster {cluster.address} (temp dir {cluster.tmp}): {alive} of {args.nodes} nodes alive after "
-              f"{up_s:.1f} s of `ray start`; process groups {cluster.groups}", flush=True)
-        if alive < args.nodes:
-            raise SystemExit(f"only {alive} of {args.nodes} Ray nodes came up")
-
-        ours = run_ours(space, folder, cluster.address, args.trials, args.concurrency, args.timeout, args.py_spy)
+        try:
+            cluster.up("ours")
+            ours = run_ours(space, folder, cluster.address, args.trials, args.concurrency, args.timeout,
+                            args.py_spy)
+        finally:
+            print(f"# cluster for ours: {cluster.stop()}", flush=True)
         load_mid = load()
         if ours["rc"] != 0:
             print("\n".join("  | " + ln for ln in ours["tail"][-25:]))
@@ -334,14 +357,17 @@ def main(argv=None) -> int:
               f"wall_s {mean_wall:.3f} s; {ours['fit_line'] or 'no `trials ran` line'}; load avg {load_mid}",
               flush=True)
 
-        alive = cluster.alive_nodes(timeout=30)
-        raw = run_raw(cluster.address, work, durations, args.trials, args.concurrency, 0, args.raw_busy)
+        cluster = Cluster(args.nodes, args.object_store_mb, warm=False, auth=cluster.auth)
+        try:
+            cluster.up("raw")
+            raw = run_raw(cluster.address, work, durations, args.trials, args.concurrency, 0, args.raw_busy)
+        finally:
+            print(f"# cluster for raw: {cluster.stop()}", flush=True)
         load_end = load()
-        print(f"# raw: {raw['done']} of {args.trials} trials finished, {alive} nodes alive before it; fit "
-              f"{raw['fit_s']:.1f} s; load avg at end {load_end}")
+        print(f"# raw: {raw['done']} of {args.trials} trials finished; fit {raw['fit_s']:.1f} s; load avg at end "
+              f"{load_end}")
     finally:
         signal.signal(signal.SIGTERM, prev_term)
-        print(f"# cluster: {cluster.stop()}", flush=True)
 
     fo = figures(ours["samples"], ours["start"], args.mark, args.trials)
     fr = figures(raw["samples"], raw["start"], args.mark, args.trials)

@@ -11,6 +11,11 @@ for drivers that connect; a process without it is refused.
 ``private`` worker nodes start inside their own mount namespace (``unshare -m``, root only) with an empty
 tmpfs over each of the given folders: a process of such a node that opens a file there finds nothing, as
 a node without the driver's disk would.
+
+Nodes start with warm workers unless asked not to (``warm=False``): ``RAY_enable_worker_prestart=1`` and
+``RAY_preload_python_modules=sweep.warm``, as ``clusters/README.md`` tells users to start theirs, so each
+node starts one idle worker per CPU that imports what a trial needs (:mod:`sweep.warm`) and marks itself
+ready in ``<temp dir>/warm``; :meth:`LocalCluster.warm_workers` counts those marks.
 """
 
 from __future__ import annotations
@@ -90,7 +95,8 @@ def kill_node(group: int) -> list[int]:
 class LocalCluster:
     """A head node and worker nodes on 127.0.0.1; remembers the process group of every node."""
 
-    def __init__(self, *, head_cpus: int = 1, object_store_mb: int = 150, ray_bin: str | None = None):
+    def __init__(self, *, head_cpus: int = 1, object_store_mb: int = 150, ray_bin: str | None = None,
+                 warm: bool = True):
         self.store = object_store_mb * 2**20
         self.head_cpus = head_cpus
         self.ray = ray_bin or str(Path(sys.executable).parent / "ray")
@@ -101,6 +107,13 @@ class LocalCluster:
         self.nodes: list[dict] = []  # per node: group, role, cpus, private folders
         self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
         self.env = {**os.environ, **self.auth}  # for nodes and drivers: never printed
+        self.warm_dir = os.path.join(self.tmp, "warm") if warm else None
+        self.node_env = {}  # for nodes only
+        if self.warm_dir:
+            from .warm import PRELOAD_ENV, READY_ENV
+
+            os.makedirs(self.warm_dir)
+            self.node_env = {"RAY_enable_worker_prestart": "1", PRELOAD_ENV: "sweep.warm", READY_ENV: self.warm_dir}
 
     def _start(self, args: list[str], cpus: int, role: str, private: tuple = ()) -> int:
         cmd = [self.ray, "start", *args, *_START, f"--num-cpus={cpus}", f"--object-store-memory={self.store}"]
@@ -108,8 +121,8 @@ class LocalCluster:
             mounts = " && ".join(f"mount -t tmpfs tmpfs {shlex_quote(str(p))}" for p in private)
             cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
                    f"{mounts} && exec {' '.join(shlex_quote(c) for c in cmd)}"]
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
-                             start_new_session=True)
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**self.env, **self.node_env}, start_new_session=True)
         self.groups.append(p.pid)  # its session and process group: every daemon it starts inherits it
         self.nodes.append({"group": p.pid, "role": role, "cpus": cpus, "private": [str(x) for x in private]})
         out, _ = p.communicate(timeout=180)
@@ -139,6 +152,18 @@ class LocalCluster:
                 return n
             time.sleep(2)
         return n
+
+    def warm_workers(self, want: int, timeout: float = 120.0) -> int:
+        """Wait until ``want`` of the nodes' idle workers have imported what a trial needs (or ``timeout``
+        passed); returns how many have.  0 at once for a cluster started with ``warm=False``."""
+        if not self.warm_dir:
+            return 0
+        deadline = time.time() + timeout
+        while True:
+            n = len(os.listdir(self.warm_dir))
+            if n >= want or time.time() >= deadline:
+                return n
+            time.sleep(0.2)
 
     kill_node = staticmethod(kill_node)  # one node switched off (the module function)
 
@@ -184,24 +209,29 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="worker nodes (default 2)")
     ap.add_argument("--cpus-per-worker", type=int, default=1)
     ap.add_argument("--head-cpus", type=int, default=0, help="CPUs of the head (default 0: trials run on workers)")
+    ap.add_argument("--cold", action="store_true", help="nodes without warm workers (each trial's worker starts "
+                    "and imports torch when the trial comes)")
     ap.add_argument("--kill", type=int, metavar="GROUP", help="kill the worker node of this process group")
     args = ap.parse_args(argv)
     if args.kill is not None:
         pids = kill_node(args.kill)
         print(f"killed {len(pids)} process(es) of the node with process group {args.kill}")
         return 0 if pids else 1
-    c = LocalCluster(head_cpus=args.head_cpus)
+    c = LocalCluster(head_cpus=args.head_cpus, warm=not args.cold)
     stop = []
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
     try:
         c.start_head()
         workers = [c.add_worker(cpus=args.cpus_per_worker) for _ in range(args.workers)]
         alive = c.alive_nodes(1 + args.workers)
+        cpus = args.head_cpus + args.workers * args.cpus_per_worker
+        warm = c.warm_workers(cpus) if c.warm_dir else None
         token = Path(c.tmp) / "auth_token"
         token.touch(mode=0o600)
         token.write_text(c.auth["RAY_AUTH_TOKEN"])
         print(f"Ray cluster at {c.address}: {alive} node(s) alive (head with {args.head_cpus} CPU(s), "
-              f"{args.workers} worker(s) with {args.cpus_per_worker} each), token authentication on.\n"
+              f"{args.workers} worker(s) with {args.cpus_per_worker} each), token authentication on"
+              + (f"; {warm} of {cpus} warm worker process(es) ready" if warm is not None else "") + ".\n"
               f"In another shell:\n"
               f"  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token}\n"
               f"  sweep run search_spaces/quickstart.yaml --address {c.address}")
