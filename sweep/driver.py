@@ -37,6 +37,7 @@ from .results.schema import FINISHED, TrialRecord, with_front
 from .results.store import TrialStore
 from .trial import TrialSpec, load_splits, prepare_baseline, run_trial, trial_threads, use_shipped_splits
 from .warm import PRELOAD_ENV, READY_ENV
+from .warm import STARTED as WARM_STARTED
 
 EXPERIMENT = "tune"
 RUNG = "rung"  # key of a rung report (fine-tune epochs so far) in the results a trial sends Tune
@@ -748,6 +749,8 @@ def _env(name: str, value: str | None):
 
 # how long the driver waits, before Tune starts, for the embedded Ray's idle workers to finish importing
 WARM_WAIT_S = 120.0
+# ... and how long for the first of them to begin (a worker that cannot import sweep.warm never does)
+WARM_START_S = 30.0
 
 
 def _preload_modules(cfg: SweepConfig, cpus: int) -> str | None:
@@ -768,27 +771,33 @@ def _preload_modules(cfg: SweepConfig, cpus: int) -> str | None:
 _WARM: dict = {}
 
 
-def _await_warm_workers(log, timeout: float = WARM_WAIT_S) -> float:
+def _await_warm_workers(log, timeout: float = WARM_WAIT_S, start_timeout: float = WARM_START_S) -> float:
     """Wait until the embedded Ray's idle workers have imported what a trial needs (:mod:`sweep.warm`);
     returns the seconds waited.  Ray's worker pool passes over a worker that is still importing and starts a
     fresh process for the trial instead: it imports everything again on the same cores, and the warm worker
     is killed as surplus once done (quickstart on 2 busy cores: each slot's first trial started 6.8 s after
-    Tune, in a fresh process).  After ``timeout`` the sweep goes on (Ray then starts fresh workers)."""
+    Tune, in a fresh process).  After ``timeout`` the sweep goes on (Ray then starts fresh workers), and after
+    ``start_timeout`` if no worker has even begun the warm-up (its workers cannot import ``sweep``)."""
     folder, want = _WARM.get("dir"), _WARM.get("workers", 0)
     if not folder or not want:
         return 0.0
     t0 = time.time()
-    ready = 0
+    ready = begun = 0
     while time.time() - t0 < timeout and not _STOP:
         try:
-            ready = len(os.listdir(folder))
+            names = os.listdir(folder)
         except OSError:
             break
-        if ready >= want:
+        begun, ready = len(names), sum(1 for n in names if not n.endswith(WARM_STARTED))
+        if ready >= want or (not begun and time.time() - t0 >= start_timeout):
             break
         time.sleep(0.05)
     waited = time.time() - t0
-    if waited >= 1.0 or ready < want:
+    if not begun:
+        log(f"note: none of Ray's {want} idle worker process(es) began importing what a trial needs within "
+            f"{waited:.0f} s (can they import `sweep`? it should be installed, e.g. `pip install -e .`); trials "
+            f"start in fresh processes")
+    elif waited >= 1.0 or ready < want:
         log(f"Ray's {want} worker process(es) imported what a trial needs: {min(ready, want)} ready after "
             f"waiting {waited:.1f} s" + ("" if ready >= want else " (the others start trials as fresh processes)"))
     _WARM.clear()  # once per Ray: a resumed or later Tune run in this process does not wait again

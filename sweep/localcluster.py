@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .warm import STARTED as WARM_STARTED
+
 # what a node's processes must not write: Ray's usage reporting and the dashboard
 _START = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
 
@@ -160,7 +162,7 @@ class LocalCluster:
             return 0
         deadline = time.time() + timeout
         while True:
-            n = len(os.listdir(self.warm_dir))
+            n = sum(1 for name in os.listdir(self.warm_dir) if not name.endswith(WARM_STARTED))
             if n >= want or time.time() >= deadline:
                 return n
             time.sleep(0.2)

@@ -38,25 +38,40 @@ ROLE_ENV = "SWEEP_ROLE"
 INBOX_ROLE = "model-inbox"
 
 
+STARTED = ".importing"  # suffix of a worker's mark while it imports; the bare pid once it is done
+
+
 def warm_up(ready_dir: str | None) -> list[str]:
     """Import :data:`MODULES` (the inbox's worker: none), then mark this process ready in ``ready_dir`` (if
-    any); returns the modules that failed to import (logged by nobody: a trial then imports them itself)."""
+    any): ``<pid>.importing`` while it imports, ``<pid>`` once done, so that the driver can tell workers that
+    are slow from workers that never started the warm-up.  Returns the modules that failed to import
+    (logged by nobody: a trial then imports them itself)."""
     failed: list[str] = []
     if os.environ.get(ROLE_ENV) == INBOX_ROLE:
         return failed
+    started = _mark(ready_dir, str(os.getpid()) + STARTED) if ready_dir else None
     for name in MODULES:
         try:
             importlib.import_module(name)
         except Exception:
             failed.append(name)
-    if not ready_dir:
-        return failed
-    try:
-        with open(os.path.join(ready_dir, str(os.getpid())), "w"):
+    if started:
+        try:
+            os.replace(started, os.path.join(ready_dir, str(os.getpid())))
+        except OSError:  # the driver's session folder is gone: it no longer waits
             pass
-    except OSError:  # the driver's session folder is gone: it no longer waits
-        pass
     return failed
+
+
+def _mark(folder: str, name: str) -> str | None:
+    """An empty file ``name`` in ``folder``; its path, or None where it cannot be written."""
+    path = os.path.join(folder, name)
+    try:
+        with open(path, "w"):
+            pass
+    except OSError:
+        return None
+    return path
 
 
 def preloaded_by_ray() -> bool:

@@ -368,10 +368,18 @@ class Solution:
     target: str
     value: float
     tolerance: float
-    figures: dict
+    figures: dict | None  # None until :meth:`measured` (``defer_figures``)
     baseline: dict
     evaluations: int | None = None  # pruned copies the search measured (None where it needed none)
     extra: dict = field(default_factory=dict)  # latency details for ``info``
+
+    def measured(self, pruned, example_inputs) -> Solution:
+        """Fill deferred :attr:`figures` from ``pruned``, the model this solution's selection was applied to."""
+        if self.figures is None:
+            from ..measure import count_macs, count_params
+
+            self.figures = {"macs": count_macs(pruned, example_inputs), "params": count_params(pruned)}
+        return self
 
     @property
     def selection(self) -> dict:
@@ -436,7 +444,8 @@ def solve_for_target(graph: ChannelGraph, *, target: str, value: float, importan
                      scores: Mapping[str, Any] | None = None, global_pruning: bool = True,
                      round_to: int | str | None = AUTO, max_layer_ratio: float = 0.9, tolerance: float = TOLERANCE,
                      max_iter: int = 16, match_ratio: bool = False, latency_kw: dict | None = None,
-                     latency_lut: Any = None, stage_ratios: Sequence[float] | None = None) -> Solution:
+                     latency_lut: Any = None, stage_ratios: Sequence[float] | None = None,
+                     defer_figures: bool = False) -> Solution:
     """The plan of ``graph``'s groups that meets one target (``target`` in :data:`TARGETS`, = ``value``).
 
     With ``round_to="auto"`` the wide groups' grid is :func:`round_wide`; where no plan on it meets a
@@ -444,6 +453,9 @@ def solve_for_target(graph: ChannelGraph, *, target: str, value: float, importan
     CIFAR ResNet whose widest groups are 64 channels, on a grid of 16), the grid is halved until one does
     (down to 8, then unrounded), and the closest plan is kept if none does. See :func:`_solve_on_grid`.
     ``info["round_unit"]`` is the unit of the widest groups on the grid used.
+    ``defer_figures``: where the target is met by construction (a ratio cut as given, per-stage ratios
+    alone), leave :attr:`Solution.figures` None instead of measuring a pruned copy: the caller measures
+    the model it prunes (:meth:`Solution.measured`), one copy and one MACs count fewer.
     """
     grids = [round_to]
     if round_to in (AUTO, 0) and target in TARGETS[1:]:
@@ -454,7 +466,7 @@ def solve_for_target(graph: ChannelGraph, *, target: str, value: float, importan
         sol = _solve_on_grid(graph, target=target, value=value, importance=importance, scores=scores,
                              global_pruning=global_pruning, round_to=grid, max_layer_ratio=max_layer_ratio,
                              tolerance=tolerance, max_iter=max_iter, match_ratio=match_ratio, latency_kw=latency_kw,
-                             latency_lut=latency_lut, stage_ratios=stage_ratios)
+                             latency_lut=latency_lut, stage_ratios=stage_ratios, defer_figures=defer_figures)
         if sol.within_tolerance:
             return sol
         if best is None or sol.error < best.error:
@@ -466,7 +478,8 @@ def _solve_on_grid(graph: ChannelGraph, *, target: str, value: float, importance
                    scores: Mapping[str, Any] | None = None, global_pruning: bool = True,
                    round_to: int | str | None = AUTO, max_layer_ratio: float = 0.9, tolerance: float = TOLERANCE,
                    max_iter: int = 16, match_ratio: bool = False, latency_kw: dict | None = None,
-                   latency_lut: Any = None, stage_ratios: Sequence[float] | None = None) -> Solution:
+                   latency_lut: Any = None, stage_ratios: Sequence[float] | None = None,
+                   defer_figures: bool = False) -> Solution:
     """:func:`solve_for_target` on one rounding grid, ``round_to``.
 
     Channels are ranked by ``importance`` or by a method's precomputed ``scores`` (``{group name: one
@@ -549,7 +562,12 @@ def _solve_on_grid(graph: ChannelGraph, *, target: str, value: float, importance
                 and abs(fraction(kept) - value) > value * tolerance / 2):
             kept = _refine(plan, fraction, value, kept, tolerance / 4)
         evaluations = len(cache) - 1
-    fig = figures(kept) if plan.selection(kept) else dict(baseline)
+    if not plan.selection(kept):
+        fig = dict(baseline)
+    elif defer_figures and evaluations is None:  # cut as given: nothing was measured on the way
+        fig = None
+    else:
+        fig = figures(kept)
     return Solution(plan=plan, kept=kept, ratio=r, target=target, value=value, tolerance=tolerance, figures=fig,
                     baseline=baseline, evaluations=evaluations, extra=extra)
 
@@ -609,16 +627,18 @@ def prune_to_target(model, example_inputs, *, ratio: float | None = None, macs_f
     sol = solve_for_target(graph, target=kind, value=value, importance=importance, global_pruning=global_pruning,
                            round_to=round_to, max_layer_ratio=max_layer_ratio, tolerance=tolerance,
                            max_iter=max_iter, latency_kw=latency_kw, latency_lut=latency_lut,
-                           stage_ratios=stage_ratios)
-    info = {"importance": importance if isinstance(importance, str) else type(importance).__name__,
-            "global_pruning": global_pruning, "round_to": AUTO if round_to in (AUTO, 0) else (round_to or 1),
-            "max_layer_ratio": max_layer_ratio, **sol.info()}
+                           stage_ratios=stage_ratios, defer_figures=True)
     if kept is not None:
-        kept.update(graph.kept_channels(sol.selection))
+        kept.update(graph.kept_channels(sol.selection))  # in the input model's coordinates: before pruning
     if inplace:
         graph.prune(sol.selection)
-        return model, info
-    return graph.pruned_copy(sol.selection), info
+        out = model
+    else:
+        out = graph.pruned_copy(sol.selection)
+    info = {"importance": importance if isinstance(importance, str) else type(importance).__name__,
+            "global_pruning": global_pruning, "round_to": AUTO if round_to in (AUTO, 0) else (round_to or 1),
+            "max_layer_ratio": max_layer_ratio, **sol.measured(out, graph.example_inputs).info()}
+    return out, info
 
 
 def _latency(model, example_inputs, latency_kw: dict | None) -> float:
