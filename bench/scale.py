@@ -5,11 +5,10 @@
    in its own session (``start_new_session``), so that each ``ray start`` and every daemon it leaves behind
    share one process group whose id is that ``ray start``'s pid.  The script waits until ``ray.nodes()``
    shows every node alive.  Token authentication is on (a fresh token, in ``RAY_AUTH_TOKEN``) for the cluster and
-   both drivers.  Each side gets a fresh cluster, started as its users start theirs: ours with warm workers
-   (``clusters/README.md``: ``RAY_enable_worker_prestart=1 RAY_preload_python_modules=sweep.warm``, and the
-   script waits until every node's idle worker has imported what a trial needs, as on a cluster that is up
-   before the sweep; ``--cold-nodes``: plain nodes), raw on plain ``ray start`` nodes (a warm node would make
-   raw's fresh trial workers import torch).
+   both drivers.  Each side gets a fresh cluster of plain nodes; with ``--warm-nodes`` ours' nodes start
+   with warm workers (``RAY_enable_worker_prestart=1 RAY_preload_python_modules=sweep.warm``, and the script
+   waits until every node's idle worker has imported what a trial needs), raw's stay plain (a warm node
+   would make raw's fresh trial workers import torch).
 2. ours: ``sweep run SPACE --address 127.0.0.1:PORT --trials N --concurrency 4`` in a subprocess, on a
    trivial space: a tiny synthetic dataset (1x8x8, 4 classes, 64/32/32 images), ``small_cnn``,
    ``magnitude`` over the ratio, ``baseline.epochs: 1``, ``finetune.epochs: 0``, ``measure.repeats: 3``,
@@ -300,8 +299,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary sweep folder (printed)")
     ap.add_argument("--raw-busy", action="store_true", help="a control: raw's trial i keeps its CPU busy for "
                     "ours' wall_s[i] instead of sleeping (the load of real trials, or more); not the goal's figure")
-    ap.add_argument("--cold-nodes", action="store_true", help="start ours' nodes as plain `ray start` too (no "
-                    "warm workers): each trial actor's worker then starts and imports torch when its first trial comes")
+    ap.add_argument("--warm-nodes", action="store_true", help="start ours' nodes with warm workers (idle workers "
+                    "that import what a trial needs as the node starts; an experiment, see bench/README.md)")
     ap.add_argument("--py-spy", metavar="FILE", help="sample our driver with py-spy while Tune runs (on-CPU "
                     "stacks per thread, raw collapsed format, to FILE); sampling costs CPU: take figures from a "
                     "run without it")
@@ -316,7 +315,7 @@ def main(argv=None) -> int:
     space.write_text(SPACE.format(trials=args.trials, concurrency=args.concurrency))
     folder = work / "ours"
     # Ray reads its auth mode once, when first imported: the clusters' token goes in the environment first
-    cluster = Cluster(args.nodes, args.object_store_mb, warm=not args.cold_nodes)
+    cluster = Cluster(args.nodes, args.object_store_mb, warm=args.warm_nodes)
     os.environ.update(cluster.auth)  # both drivers present the clusters' token
 
     import ray
@@ -327,9 +326,9 @@ def main(argv=None) -> int:
     print("# ours: sweep run --address (synthetic 1x8x8, small_cnn, magnitude, baseline 1 epoch, finetune 0, "
           "repeats 3, remeasure none, random sampler); raw: Tune + OptunaSearch(RandomSampler), trial i "
           f"{'spins the CPU for' if args.raw_busy else 'sleeps'} ours' wall_s[i]")
-    print("# each on a fresh cluster: ours on nodes started as clusters/README.md says (" +
-          ("--cold-nodes: plain `ray start`" if args.cold_nodes else "warm workers: RAY_enable_worker_prestart=1 "
-           "RAY_preload_python_modules=sweep.warm") + "), raw on plain `ray start` nodes", flush=True)
+    print("# each on a fresh cluster: ours on " + ("nodes with warm workers (--warm-nodes: "
+          "RAY_enable_worker_prestart=1 RAY_preload_python_modules=sweep.warm)" if args.warm_nodes
+          else "plain `ray start` nodes") + ", raw on plain `ray start` nodes", flush=True)
     print(f"# load avg (1/5/15 min) at start {load()}", flush=True)
 
     def on_signal(signum, frame):

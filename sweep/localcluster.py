@@ -12,10 +12,11 @@ for drivers that connect; a process without it is refused.
 tmpfs over each of the given folders: a process of such a node that opens a file there finds nothing, as
 a node without the driver's disk would.
 
-Nodes start with warm workers unless asked not to (``warm=False``): ``RAY_enable_worker_prestart=1`` and
-``RAY_preload_python_modules=sweep.warm``, as ``clusters/README.md`` tells users to start theirs, so each
-node starts one idle worker per CPU that imports what a trial needs (:mod:`sweep.warm`) and marks itself
-ready in ``<temp dir>/warm``; :meth:`LocalCluster.warm_workers` counts those marks.
+With ``warm=True`` (an experiment, not a recommendation: see ``bench/README.md``, ``scale.py``) nodes start
+with ``RAY_enable_worker_prestart=1`` and ``RAY_preload_python_modules=sweep.warm``: each node starts one
+idle worker per CPU that imports what a trial needs (:mod:`sweep.warm`) and marks itself ready in
+``<temp dir>/warm``; :meth:`LocalCluster.warm_workers` counts those marks.  Ray now and then replaces such a
+worker as a driver's job starts, and sweeps on such nodes were measured running fewer trials at a time.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class LocalCluster:
     """A head node and worker nodes on 127.0.0.1; remembers the process group of every node."""
 
     def __init__(self, *, head_cpus: int = 1, object_store_mb: int = 150, ray_bin: str | None = None,
-                 warm: bool = True):
+                 warm: bool = False):
         self.store = object_store_mb * 2**20
         self.head_cpus = head_cpus
         self.ray = ray_bin or str(Path(sys.executable).parent / "ray")
@@ -211,15 +212,15 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="worker nodes (default 2)")
     ap.add_argument("--cpus-per-worker", type=int, default=1)
     ap.add_argument("--head-cpus", type=int, default=0, help="CPUs of the head (default 0: trials run on workers)")
-    ap.add_argument("--cold", action="store_true", help="nodes without warm workers (each trial's worker starts "
-                    "and imports torch when the trial comes)")
+    ap.add_argument("--warm", action="store_true", help="nodes with warm workers (an experiment: see "
+                    "bench/README.md, scale.py)")
     ap.add_argument("--kill", type=int, metavar="GROUP", help="kill the worker node of this process group")
     args = ap.parse_args(argv)
     if args.kill is not None:
         pids = kill_node(args.kill)
         print(f"killed {len(pids)} process(es) of the node with process group {args.kill}")
         return 0 if pids else 1
-    c = LocalCluster(head_cpus=args.head_cpus, warm=not args.cold)
+    c = LocalCluster(head_cpus=args.head_cpus, warm=args.warm)
     stop = []
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
     try:

@@ -8,10 +8,12 @@ for it:
 - the embedded Ray: the driver sets ``RAY_preload_python_modules=sweep.warm`` and ``SWEEP_WARM_DIR``
   (:data:`READY_ENV`) while it starts Ray, when trials will use every one of the idle workers Ray starts
   with it (:func:`sweep.driver._preload_modules`);
-- the nodes of a ``ray start`` cluster, started with ``RAY_preload_python_modules=sweep.warm`` and
-  ``RAY_enable_worker_prestart=1`` (``clusters/README.md``, :class:`sweep.localcluster.LocalCluster`): each
+- the nodes of a ``ray start`` cluster started with ``RAY_preload_python_modules=sweep.warm`` and
+  ``RAY_enable_worker_prestart=1`` (:class:`sweep.localcluster.LocalCluster` with ``warm=True``): each
   raylet then starts one idle worker per CPU at once, those workers import what a trial needs while the
-  node waits, and the sweep's trial actors start in them.
+  node waits, and the sweep's trial actors start in them -- an experiment, not a recommendation: Ray now
+  and then replaces such a worker as the driver's job starts, and sweeps on such nodes were measured
+  running fewer trials at a time (``bench/README.md``, ``scale.py``).
 
 A worker of the model inbox (``SWEEP_ROLE=model-inbox`` in its runtime environment) imports nothing: it
 only holds bytes.  Every other worker imports :data:`MODULES`, then, where ``SWEEP_WARM_DIR`` names a

@@ -76,31 +76,3 @@ def test_the_dockerfile_installs_as_the_readme_does():
     assert "ENV RAY_AUTH_MODE=token" in text
     copied = {w for line in text.splitlines() if line.startswith("COPY") for w in line.split()[1:-1]}
     assert {"requirements.txt", "pyproject.toml", "sweep"} <= copied
-
-
-def _warm(env: dict) -> bool:
-    from sweep.warm import PRELOAD_ENV
-
-    return env.get("RAY_enable_worker_prestart") == "1" and "sweep.warm" in env.get(PRELOAD_ENV, "").split(",")
-
-
-@pytest.mark.parametrize("name", ["ray-cluster.yaml", "ray-cluster-onprem.yaml"])
-def test_launcher_worker_nodes_start_with_warm_workers(name):
-    raw = yaml.safe_load((CLUSTERS / name).read_text())
-    starts = [c for c in raw["worker_start_ray_commands"] if "ray start" in c]
-    assert starts
-    for command in starts:
-        env = {}
-        for word in shlex.split(command.split(";")[-1]):  # the VAR=value words before the program
-            if "=" not in word:
-                break
-            key, value = word.split("=", 1)
-            env[key] = value
-        assert _warm(env), command
-
-
-def test_rayjob_worker_groups_start_with_warm_workers():
-    job = yaml.safe_load((CLUSTERS / "rayjob.yaml").read_text())
-    for group in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
-        for container in group["template"]["spec"]["containers"]:
-            assert _warm({e["name"]: e["value"] for e in container.get("env", [])}), group["groupName"]

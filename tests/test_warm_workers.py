@@ -273,8 +273,9 @@ def _cluster_probe(tmp_path: Path, warm_nodes: bool) -> dict:
 @pytest.mark.integration
 @pytest.mark.parametrize("warm_nodes", [True, False])
 def test_a_cluster_trial_runs_in_a_worker_its_node_warmed_up_before_the_sweep(tmp_path, warm_nodes):
-    # Nodes started as clusters/README.md says (LocalCluster's default) hold one idle worker per CPU that has
-    # imported what a trial needs; the control (warm=False) shows the probe can tell: a fresh process there.
+    # Nodes started with warm workers (LocalCluster(warm=True), an experiment: sweep/warm.py) hold one idle
+    # worker per CPU that has imported what a trial needs; the control (warm=False, the default) shows the
+    # probe can tell: a fresh process there.
     # Now and then (one run in four under pytest, none in twelve of a plain script) the node's idle worker
     # exits as the driver's job starts and Ray starts a fresh one for the trial, which a driver cannot
     # prevent: so at least one of ATTEMPTS fresh clusters must run the trials in the warm worker, and a trial
