@@ -36,8 +36,7 @@ from .pareto import DIRECTIONS
 from .results.schema import FINISHED, TrialRecord, with_front
 from .results.store import TrialStore
 from .trial import TrialSpec, load_splits, prepare_baseline, run_trial, trial_threads, use_shipped_splits
-from .warm import PRELOAD_ENV, READY_ENV
-from .warm import STARTED as WARM_STARTED
+from .warm import PRELOAD_ENV, READY_ENV, marks
 
 EXPERIMENT = "tune"
 RUNG = "rung"  # key of a rung report (fine-tune epochs so far) in the results a trial sends Tune
@@ -785,10 +784,9 @@ def _await_warm_workers(log, timeout: float = WARM_WAIT_S, start_timeout: float 
     ready = begun = 0
     while time.time() - t0 < timeout and not _STOP:
         try:
-            names = os.listdir(folder)
+            begun, ready = marks(folder)
         except OSError:
             break
-        begun, ready = len(names), sum(1 for n in names if not n.endswith(WARM_STARTED))
         if ready >= want or (not begun and time.time() - t0 >= start_timeout):
             break
         time.sleep(0.05)

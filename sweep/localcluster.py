@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .warm import STARTED as WARM_STARTED
+from .warm import PRELOAD_ENV, READY_ENV, marks
 
 # what a node's processes must not write: Ray's usage reporting and the dashboard
 _START = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
@@ -113,8 +113,6 @@ class LocalCluster:
         self.warm_dir = os.path.join(self.tmp, "warm") if warm else None
         self.node_env = {}  # for nodes only
         if self.warm_dir:
-            from .warm import PRELOAD_ENV, READY_ENV
-
             os.makedirs(self.warm_dir)
             self.node_env = {"RAY_enable_worker_prestart": "1", PRELOAD_ENV: "sweep.warm", READY_ENV: self.warm_dir}
 
@@ -163,7 +161,7 @@ class LocalCluster:
             return 0
         deadline = time.time() + timeout
         while True:
-            n = sum(1 for name in os.listdir(self.warm_dir) if not name.endswith(WARM_STARTED))
+            _, n = marks(self.warm_dir)
             if n >= want or time.time() >= deadline:
                 return n
             time.sleep(0.2)

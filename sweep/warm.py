@@ -76,6 +76,13 @@ def _mark(folder: str, name: str) -> str | None:
     return path
 
 
+def marks(ready_dir: str) -> tuple[int, int]:
+    """``(begun, ready)``: how many workers have marked ``ready_dir`` at all, and how many are done importing
+    (raises OSError where the folder cannot be read)."""
+    names = os.listdir(ready_dir)
+    return len(names), sum(1 for name in names if not name.endswith(STARTED))
+
+
 def preloaded_by_ray() -> bool:
     """Whether this process is a Ray worker whose raylet was told to preload this module (a driver is not,
     nor a worker that imports it through :mod:`sweep.driver` without being told to)."""
