@@ -24,6 +24,12 @@ of :data:`RUNTIMES`:
 The default (:func:`default_runtime`) is ``onnxruntime`` on a CPU where it is installed, else
 ``torch`` (said once per process), and ``torch`` on CUDA. Every runtime follows the same protocol
 (warm-up, timed repeats, median and IQR) and every :class:`Latency` names its runtime and version.
+
+**MACs are a function of the architecture.** A network's MACs depend on its modules, their settings and
+shapes and the input's shape, never on its weights' values (the networks here are static graphs: the
+ONNX export traces each to one fixed graph, and checks it on a fresh input). :func:`count_macs` therefore
+remembers the count of each :func:`architecture_key` in this process: a trial counts the dense network
+before pruning, the pruned one after, and the sweep's other trials meet the same architectures again.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import re
 import statistics
 import sys
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -62,16 +69,60 @@ def count_params(model) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
+_SETTING_TYPES = (bool, int, float, str, tuple, type(None))
+
+
+def _input_key(x) -> tuple:
+    """Shapes and dtypes of (nested) example inputs; other values by their repr."""
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return ("tensor", tuple(x.shape), str(x.dtype))
+    if isinstance(x, (tuple, list)):
+        return (type(x).__name__, *(_input_key(v) for v in x))
+    if isinstance(x, dict):
+        return ("dict", *((k, _input_key(v)) for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))))
+    return ("value", repr(x))
+
+
+def architecture_key(model, example_inputs=None) -> tuple:
+    """What fixes a static network's costs, as a hashable key: every module's name, class, settings
+    (``extra_repr`` and its plain public attributes: strides, flags, the training mode) and its own
+    parameters' and buffers' names, shapes and dtypes, with the inputs' shapes and dtypes -- not the
+    weights' values."""
+    mods = []
+    for name, m in model.named_modules():
+        settings = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in vars(m).items()
+                                if not k.startswith("_") and isinstance(v, (*_SETTING_TYPES, list))
+                                and (not isinstance(v, list) or all(isinstance(e, _SETTING_TYPES) for e in v))))
+        tensors = tuple((n, tuple(t.shape), str(t.dtype)) for n, t in
+                        (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)) if t is not None)
+        mods.append((name, f"{type(m).__module__}.{type(m).__qualname__}", m.extra_repr(), settings, tensors))
+    return tuple(mods), _input_key(example_inputs)
+
+
+_MACS: OrderedDict = OrderedDict()  # architecture_key -> MACs, most recently used last
+MACS_REMEMBERED = 256  # architectures: a sweep's trials draw from far fewer per worker process
+
+
 def count_macs(model, example_inputs) -> int:
-    """MACs of one forward pass (Torch-Pruning's counter, which works on a copy)."""
+    """MACs of one forward pass (Torch-Pruning's counter, which works on a copy), remembered per
+    architecture in this process (see the module docstring)."""
     import torch
     import torch_pruning as tp
 
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        macs, _ = tp.utils.count_ops_and_params(model, example_inputs)
-    model.train(was_training)
+    try:
+        key = architecture_key(model, example_inputs)
+        if key in _MACS:
+            _MACS.move_to_end(key)
+            return _MACS[key]
+        with torch.no_grad():
+            macs, _ = tp.utils.count_ops_and_params(model, example_inputs)
+    finally:
+        model.train(was_training)
+    _MACS[key] = int(macs)
+    if len(_MACS) > MACS_REMEMBERED:
+        _MACS.popitem(last=False)
     return int(macs)
 
 

@@ -171,11 +171,23 @@ def measure_all(cfg: SweepConfig, model, splits, data: TrialData, threads: int, 
     return Figures(**scores, params=params, macs=macs, latency=lat.to_dict(), agreement=agree)
 
 
-def skipped_layers(cfg: SweepConfig, model, example) -> list:
-    """Layers no method prunes: the engine's rule plus the YAML's ``model.keep_layers``."""
-    from .engine.skip import skipped_layers as engine_skipped
+_SKIPPED: dict = {}  # (architecture_key, keep_layers) -> names of the skipped layers, in this process
 
-    return engine_skipped(model, example, cfg.model.keep_layers, what=f"{cfg.source}: model.keep_layers")
+
+def skipped_layers(cfg: SweepConfig, model, example) -> list:
+    """Layers no method prunes: the engine's rule plus the YAML's ``model.keep_layers``. Every trial asks
+    this of the same dense network, so the names are found (one trace) once per architecture and process."""
+    from .engine.skip import skipped_layers as engine_skipped
+    from .measure import architecture_key
+
+    key = (architecture_key(model, example), tuple(map(str, cfg.model.keep_layers or ())))
+    if key not in _SKIPPED:
+        names = {id(m): n for n, m in model.named_modules()}
+        found = engine_skipped(model, example, cfg.model.keep_layers, what=f"{cfg.source}: model.keep_layers")
+        if not all(id(m) in names for m in found):  # a layer outside the module tree: not remembered by name
+            return found
+        _SKIPPED[key] = tuple(names[id(m)] for m in found)
+    return [model.get_submodule(n) for n in _SKIPPED[key]]
 
 
 def trial_threads(cfg: SweepConfig) -> int:

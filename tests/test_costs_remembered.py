@@ -1,0 +1,101 @@
+"""MACs and skipped layers are functions of the architecture: counted / traced once per architecture and
+process, and what is remembered equals a fresh count."""
+
+from __future__ import annotations
+
+import copy
+
+import nets
+import pytest
+import torch
+import torch_pruning as tp
+
+from sweep import measure, trial
+from sweep.config import parse_config
+from sweep.engine.channels import prune_to_target
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Forget remembered counts; record each call of Torch-Pruning's counter."""
+    monkeypatch.setattr(measure, "_MACS", type(measure._MACS)())
+    calls = []
+    real = tp.utils.count_ops_and_params
+
+    def counting(model, example_inputs, *a, **kw):
+        calls.append(model)
+        return real(model, example_inputs, *a, **kw)
+
+    monkeypatch.setattr(tp.utils, "count_ops_and_params", counting)
+    return calls
+
+
+def _strided(net: nets.PlainCNN) -> nets.PlainCNN:
+    out = copy.deepcopy(net)
+    first = next(m for m in out.modules() if isinstance(m, torch.nn.Conv2d))
+    first.stride = (2, 2)
+    return out
+
+
+@pytest.mark.parametrize("change, same", [
+    (lambda n: n, True),
+    (lambda n: [p.data.normal_() for p in n.parameters()] and n, True),  # other weights: same architecture
+    (lambda n: n.train(), True),  # count_macs counts in eval mode, whatever the mode it is given in
+    (_strided, False),  # a setting (extra_repr) of one layer
+    (lambda n: prune_to_target(n, nets.example(), ratio=0.5)[0], False),  # other shapes
+])
+def test_architecture_key_is_the_architecture_not_the_weights(change, same):
+    net = nets.PlainCNN().eval()
+    key = measure.architecture_key(net, nets.example())
+    other = change(copy.deepcopy(net)).eval()
+    assert (measure.architecture_key(other, nets.example()) == key) is same
+
+
+def test_the_input_shape_is_part_of_the_key():
+    net = nets.PlainCNN().eval()
+    assert measure.architecture_key(net, nets.example()) != measure.architecture_key(net, torch.randn(2, 3, 16, 16))
+
+
+def test_each_architecture_is_counted_once_and_remembered_counts_equal_fresh_ones(counted):
+    dense = nets.PlainCNN().eval()
+    first = measure.count_macs(dense, nets.example())
+    again = copy.deepcopy(dense)
+    for p in again.parameters():
+        p.data.mul_(3.0)
+    assert measure.count_macs(again, nets.example()) == first
+    assert len(counted) == 1
+    pruned, _ = prune_to_target(copy.deepcopy(dense), nets.example(), ratio=0.5)
+    calls = len(counted)
+    remembered = measure.count_macs(pruned, nets.example())
+    assert len(counted) == calls  # prune_to_target counted the pruned net already
+    fresh, _ = tp.utils.count_ops_and_params(copy.deepcopy(pruned).eval(), nets.example())
+    assert remembered == int(fresh) < first
+    assert dense.training is False and pruned.training is False
+
+
+def test_count_macs_leaves_the_training_mode_as_given(counted):
+    net = nets.PlainCNN().train()
+    measure.count_macs(net, nets.example())
+    measure.count_macs(net, nets.example())  # remembered: same promise
+    assert net.training and len(counted) == 1
+
+
+def test_skipped_layers_are_traced_once_per_architecture_and_are_the_given_models_modules(monkeypatch):
+    from sweep.engine import trace as trace_mod
+
+    cfg = parse_config({"name": "t", "model": {"name": "small_cnn"},
+                        "dataset": {"name": "synthetic", "num_classes": 3, "input_shape": [1, 8, 8]},
+                        "search": {"trials": 1}, "methods": {"magnitude": {"ratio": 0.5}}}, source="t.yaml")
+    monkeypatch.setattr(trial, "_SKIPPED", {})
+    traces = []
+    real = trace_mod.trace
+    monkeypatch.setattr(trace_mod, "trace", lambda *a, **kw: traces.append(1) or real(*a, **kw))
+    from sweep.models import build_model
+
+    nets_ = [build_model("small_cnn", num_classes=3, in_channels=1, input_size=8).eval() for _ in range(2)]
+    x = torch.randn(1, 1, 8, 8)
+    first, second = (trial.skipped_layers(cfg, n, x) for n in nets_)
+    assert len(traces) == 1 and first
+    names = [dict((id(m), k) for k, m in n.named_modules()) for n in nets_]
+    assert [names[0][id(m)] for m in first] == [names[1][id(m)] for m in second]
+    assert all(any(m is o for o in nets_[1].modules()) for m in second)
