@@ -19,8 +19,8 @@ inputs, the same protocol for all: calls are timed in blocks (a block lasts >= 2
 method), methods interleaved round after round, the median block mean over --repeats rounds, divided by
 the batch. Speed-up = MBN per-sample time / student per-sample time at the same batch.
 
-    python bench/mbn.py                        # Fashion-MNIST: fit 6,000, extra 53,994, test 2,000 (~5 min)
-    python bench/mbn.py --quick                # fit 1,000, extra 3,000, test 1,000, one width (~1 min)
+    python bench/mbn.py                        # Fashion-MNIST: fit 12,000, extra 24,000, test 2,000, V 500 (~15 min)
+    python bench/mbn.py --quick                # fit 1,000, extra 3,000, test 1,000, V 100, one width (~1 min)
     python bench/mbn.py --dataset digits       # the embedded digits (fit 1,000, the rest of the training split)
 
 Last line: ``mbn: kmeans_raw_acc=<a> mbn_acc=<b> student_agreement=<c> speedup=<x>`` — clustering accuracies on
@@ -46,6 +46,11 @@ sys.path.insert(0, str(ROOT))
 
 from latency_efficiency import cpu_name  # noqa: E402  (bench/ is on sys.path: the script's folder)
 from overhead import load as load_avg  # noqa: E402
+
+# MBN's bottom-layer k as a share of the fit set: a fifteenth (800 of 12,000), not the papers' half. Coarser
+# bottom partitions make MBN's clusters a function a small network can learn (agreement 0.943 at k1 = N/2 ->
+# 0.97 at N/10-N/15, measured 2026-12-04, bench/README.md); our choice for the benchmark, not a paper's constant.
+K1_SHARE = 15
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -144,23 +149,26 @@ def time_per_sample(fns: dict, repeats: int, batch: int, min_block_s: float = 0.
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "digits"))
-    ap.add_argument("--train", type=int, default=6000, help="fit set size (default 6000)")
-    ap.add_argument("--extra", type=int, default=54000,
-                    help="unlabeled points MBN labels for the students (default 54000: the rest of Fashion-MNIST's "
-                         "training split)")
+    ap.add_argument("--train", type=int, default=12000, help="fit set size (default 12000)")
+    ap.add_argument("--extra", type=int, default=24000,
+                    help="unlabeled points MBN labels for the students (default 24000)")
     ap.add_argument("--test", type=int, default=2000, help="held-out test points")
-    ap.add_argument("--V", type=int, default=100, help="MBN clusterings per layer (default 100)")
+    ap.add_argument("--V", type=int, default=500, help="MBN clusterings per layer (default 500)")
+    ap.add_argument("--k1", type=int, default=None, help="MBN's bottom-layer k (default: a fifteenth of the fit "
+                    "set, 800 of 12,000; see bench/README.md)")
     ap.add_argument("--clusters", type=int, default=10)
-    ap.add_argument("--widths", default="64,256", help="student hidden widths (two hidden layers each)")
+    ap.add_argument("--widths", default="64,128,256", help="student hidden widths (two hidden layers each)")
     ap.add_argument("--epochs", type=int, default=15, help="student training epochs")
     ap.add_argument("--batches", default="1,256", help="prediction batch sizes timed; the first is the headline")
     ap.add_argument("--repeats", type=int, default=15, help="timing rounds")
+    ap.add_argument("--min-speedup", type=float, default=1000.0, help="the best student is the most agreeing of "
+                    "those at least this many times faster than MBN at the first batch (default 1000)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for everything timed (default 1)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="fit 1000, extra 3000, test 1000, width 256, 8 epochs")
+    ap.add_argument("--quick", action="store_true", help="fit 1000, extra 3000, test 1000, V 100, width 256, 8 epochs")
     args = ap.parse_args(argv)
     if args.quick:
-        args.train, args.extra, args.test, args.widths, args.epochs = 1000, 3000, 1000, "256", 8
+        args.train, args.extra, args.test, args.widths, args.epochs, args.V = 1000, 3000, 1000, "256", 8, 100
     widths = [int(w) for w in args.widths.split(",") if w.strip()]
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
 
@@ -181,7 +189,9 @@ def main(argv=None) -> int:
     if note:
         print(f"# NOTE: {note}")
     print(f"# data: {name}, {x_fit.shape[1]} features; fit set {len(x_fit)} points (sized for a 2-core machine: "
-          f"MBN's bottom layer compares every point with V x k1 = {args.V} x {len(x_fit) // 2} centroids), "
+          f"MBN's bottom layer compares every point with V x k1 = {args.V} x "
+          f"{args.k1 or max(2, round(len(x_fit) / K1_SHARE))} "
+          f"centroids), "
           f"extra unlabeled {len(x_extra)}, held-out test {len(x_test)}; labels read only for the figures")
     c = args.clusters
     rows = []  # (name, fit acc, fit nmi, test acc, test nmi, test predictions)
@@ -195,12 +205,13 @@ def main(argv=None) -> int:
     rows.append((f"kmeans pca{c}", kmp.labels_, kmp.predict(pca.transform(x_test)), time.time() - t0))
 
     t0 = time.time()
-    cfg = MBNConfig(V=args.V, clusters=c, seed=args.seed)
+    cfg = MBNConfig(V=args.V, k1=args.k1 or max(2, round(len(x_fit) / K1_SHARE)), clusters=c, seed=args.seed)
     mbn = MBN(cfg).fit(x_fit)
     fit_s = time.time() - t0
     mbn_test = mbn.predict(x_test).numpy()
     rows.append(("mbn + kmeans", mbn.train_labels_.numpy(), mbn_test, fit_s))
-    print(f"# MBN: V={cfg.V}, k per layer {mbn.ks} (k1 = fit set / 2, delta={cfg.delta}, floor "
+    k1_what = f"fit set / {K1_SHARE:g}" if args.k1 is None else args.k1
+    print(f"# MBN: V={cfg.V}, k per layer {mbn.ks} (k1 = {k1_what}, delta={cfg.delta}, floor "
           f"ceil({cfg.k_floor} x {c})), feature ratio {cfg.feature_ratio}, PCA to {c}, k-means {c}; "
           f"fit {fit_s:.1f} s")
     # prediction of fitted points (in other batches than the fit's) must give the fitted codes back
@@ -249,14 +260,17 @@ def main(argv=None) -> int:
     print("# agree MBN: the fraction of test points with MBN's cluster index (k-means rows: after matching their "
           "clusters to MBN's, Hungarian)")
 
-    # the best student: the smallest whose test agreement is within 0.5 point of the highest (a wider one
-    # that agrees on a handful more points is not worth its latency)
+    # the best student, as `sweep select` picks within a budget: the most agreeing among the students at
+    # least --min-speedup times faster than MBN at the first batch (none is: the most agreeing of all)
     agree_of = {w: agreement(mbn_test, student_predict(students[w][0], x_test).numpy()) for w in widths}
-    top = max(agree_of.values())
-    best = min((w for w in widths if agree_of[w] >= top - 0.005), key=lambda w: students[w][1])
+    speed_of = {w: lat[batches[0]]["mbn + kmeans"] / lat[batches[0]][f"student w={w}"] for w in widths}
+    fast = [w for w in widths if speed_of[w] >= args.min_speedup] or widths
+    best = max(fast, key=lambda w: (agree_of[w], -students[w][1]))
     best_agree = agree_of[best]
     speed = {b: lat[b]["mbn + kmeans"] / lat[b][f"student w={best}"] for b in batches}
-    print(f"\n# best student (the smallest within 0.5 point of the highest agreement): w={best} "
+    rule = (f"the most agreeing of those >= {args.min_speedup:g}x faster than MBN at batch {batches[0]}"
+            if speed_of[best] >= args.min_speedup else f"none is {args.min_speedup:g}x faster: the most agreeing")
+    print(f"\n# best student ({rule}): w={best} "
           f"({students[best][1]:,} params), agreement with MBN on the held-out test "
           f"set {best_agree:.3f} (on the fit set "
           f"{agreement(mbn.train_labels_.numpy(), student_predict(students[best][0], x_fit).numpy()):.3f})")
