@@ -188,10 +188,9 @@ def main(argv=None) -> int:
                                                                    args.seed)
     if note:
         print(f"# NOTE: {note}")
+    k1 = args.k1 or max(2, round(len(x_fit) / K1_SHARE))
     print(f"# data: {name}, {x_fit.shape[1]} features; fit set {len(x_fit)} points (sized for a 2-core machine: "
-          f"MBN's bottom layer compares every point with V x k1 = {args.V} x "
-          f"{args.k1 or max(2, round(len(x_fit) / K1_SHARE))} "
-          f"centroids), "
+          f"MBN's bottom layer compares every point with V x k1 = {args.V} x {k1} centroids), "
           f"extra unlabeled {len(x_extra)}, held-out test {len(x_test)}; labels read only for the figures")
     c = args.clusters
     rows = []  # (name, fit acc, fit nmi, test acc, test nmi, test predictions)
@@ -205,7 +204,7 @@ def main(argv=None) -> int:
     rows.append((f"kmeans pca{c}", kmp.labels_, kmp.predict(pca.transform(x_test)), time.time() - t0))
 
     t0 = time.time()
-    cfg = MBNConfig(V=args.V, k1=args.k1 or max(2, round(len(x_fit) / K1_SHARE)), clusters=c, seed=args.seed)
+    cfg = MBNConfig(V=args.V, k1=k1, clusters=c, seed=args.seed)
     mbn = MBN(cfg).fit(x_fit)
     fit_s = time.time() - t0
     mbn_test = mbn.predict(x_test).numpy()
