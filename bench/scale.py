@@ -287,6 +287,22 @@ def figures(samples: list, start: dict, mark: int, n: int) -> dict:
     return out
 
 
+def print_stretches(name: str, by: dict, start: dict, n: int) -> None:
+    """Per tenth of the run: trials/s, the driver's CPU seconds per trial and its RSS in that stretch."""
+    if not by or start.get("t") is None:
+        return
+    step = max(1, n // 10)
+    print(f"# {name + ' by stretch:':<17}{'trials':>11} {'trials/s':>9} {'CPU s/trial':>12} {'RSS MB':>8}")
+    prev = (0, start["t"], start["cpu"])
+    for k in range(step, max(by) + 1, step):
+        if k not in by:
+            continue
+        t, c, r = by[k]
+        print(f"# {'':<16}{prev[0]:>5}..{k:<5} {(k - prev[0]) / (t - prev[1]):>9.3f} "
+              f"{(c - prev[2]) / (k - prev[0]):>12.4f} {r:>8.0f}")
+        prev = (k, t, c)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=1000)
@@ -381,20 +397,9 @@ def main(argv=None) -> int:
               f"{f['cpu_mark']:>17.4f}{f['cpu_end']:>17.4f}{f['cpu_end'] / f['cpu_mark']:>7.2f}")
     print(f"# throughput ratio ours/raw {ratio:.3f}; CPU windows: trials {max(1, m - m // 2)}..{m + m // 2} and "
           f"{n - m}..{n}")
-    # the curve: per tenth of the run, our driver's CPU per trial, RSS and throughput in that stretch
-    by = fo["curve"]
-    if by:
-        step = max(1, n // 10)
-        print(f"# ours by stretch: {'trials':>11} {'trials/s':>9} {'CPU s/trial':>12} {'RSS MB':>8}")
-        prev = (0, ours["start"].get("t"), ours["start"].get("cpu"))
-        for k in range(step, max(by) + 1, step):
-            if k not in by:
-                continue
-            t, c, r = by[k]
-            if prev[1] is not None:
-                print(f"# {'':<16}{prev[0]:>5}..{k:<5} {(k - prev[0]) / (t - prev[1]):>9.3f} "
-                      f"{(c - prev[2]) / (k - prev[0]):>12.4f} {r:>8.0f}")
-            prev = (k, t, c)
+    # the curves: per tenth of the run, each driver's CPU per trial, RSS and throughput in that stretch
+    for name, f, start in (("ours", fo, ours["start"]), ("raw", fr, raw["start"])):
+        print_stretches(name, f["curve"], start, n)
     if args.keep:
         print(f"# kept {work}")
     else:

@@ -934,14 +934,15 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
     kw: dict = dict(space=define_by_run(cfg, len(told), used), metric=list(cfg.search.objectives),
                     mode=[DIRECTIONS[o] for o in cfg.search.objectives])
     constraints = len(cfg.search.constraints.items()) if cfg.search.constraints else 0
+    eta = cfg.search.scheduler.reduction_factor if cfg.search.scheduler is not None else 1
     if told or rerun:
         sampler = make_sampler(cfg.search.sampler, seed=(cfg.seed * 1_000_003 + len(told)) % 2**31,
-                               n_trials=cfg.search.trials, constraints=constraints)
+                               n_trials=cfg.search.trials, constraints=constraints, reduction_factor=eta)
         storage, name = study_with_history(cfg, told, rerun + [(p["method"], None) for p in first], sampler)
         kw.update(sampler=sampler, storage=storage, study_name=name)
     else:  # a new sweep: exactly the searcher of a first run
         kw.update(sampler=make_sampler(cfg.search.sampler, seed=cfg.seed, n_trials=cfg.search.trials,
-                                       constraints=constraints),
+                                       constraints=constraints, reduction_factor=eta),
                   points_to_evaluate=first or None)
     searcher = _sweep_search(OptunaSearch)(**kw)
     return tune.Tuner(
@@ -1125,7 +1126,8 @@ def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | No
 
 def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | None, address: str | None,
                   tracking_uri: str | None, log, ray_started: bool, t0: float) -> SweepOutcome:
-    from .results.mlflow_sink import MlflowSink, TrialMirror
+    from .results.mirror_process import open_mirror
+    from .results.mlflow_sink import MlflowSink
 
     state = folder.state()
     uri = tracking_uri or state.get("tracking_uri") or folder.default_tracking_uri
@@ -1149,7 +1151,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
     store = folder.store
     progress = _Progress(cfg.search.trials, 0, log)
     st = _CallbackState(store, cfg, {}, progress, sink, parent_id, folder,
-                        mirror=TrialMirror(sink, parent_id, log, _sweep_params(cfg)),
+                        mirror=open_mirror(sink, experiment, parent_id, log, _sweep_params(cfg)),
                         budget_used0=float(state.get(BUDGET_USED) or 0.0))
     _beat(st, phase="baseline", outcome=None)
     timing: dict = {}

@@ -101,28 +101,43 @@ def knobs_from_config(config: dict) -> tuple[str, dict]:
     return method, knobs
 
 
-def make_sampler(name: str, *, seed: int, n_trials: int, constraints: int = 0):
+def make_sampler(name: str, *, seed: int, n_trials: int, constraints: int = 0, reduction_factor: int = 1):
     """The Optuna sampler named in the YAML (``search.sampler``); with ``constraints`` budgets
     (search.constraints), TPE, NSGA-II and GP sample knowing which trials kept them (Optuna's
-    ``constraints_func``; random sampling ignores them)."""
+    ``constraints_func``; random sampling ignores them).  ``reduction_factor`` is successive halving's η
+    when trials may stop early (``search.scheduler: mo_asha``), else 1; see :func:`guided_after`."""
     import optuna
 
     from .constraints import constraints_func
 
     cons = {"constraints_func": constraints_func(constraints)} if constraints else {}
-
-    # Random start-up trials before the model-based samplers take over: a third of the budget,
-    # at least 3 and at most Optuna's default of 10, so that short sweeps still get guided trials.
-    startup = min(10, max(3, n_trials // 3))
+    startup = guided_after(n_trials, reduction_factor)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, **cons)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, n_trials // 3)), **cons)
+        population = max(4, min(50, n_trials // max(1, reduction_factor) // 3))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population, **cons)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, **cons)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, but got sampler={name!r} (search.sampler)")
+
+
+def guided_after(n_trials: int, reduction_factor: int = 1) -> int:
+    """How many random start-up trials a model-based sampler draws before its model takes over: a third of
+    the sweep's budget, at least 3 and at most Optuna's default of 10, so that short sweeps still get
+    guided trials.
+
+    The budget is counted in fully fine-tuned trials.  Under successive halving with reduction factor η
+    (``search.scheduler: mo_asha``) about one trial in η goes past its first judged rung, so ``n_trials``
+    trials cost about ``n_trials / η`` full fine-tunes, and the start-up is a third of that: a sweep of 4N
+    trials with MO-ASHA starts guiding as soon as a sweep of N fully fine-tuned trials would, rather than
+    spending its first 10 candidates (and, since the first results at every rung go on, most of its early
+    fine-tune epochs) on random ones.  A reconstruction of "a third of the budget" for early stopping, not
+    taken from a paper; ``bench/search_efficiency.py`` measures its effect (bench/README.md)."""
+    budget = n_trials // max(1, reduction_factor)
+    return min(10, max(3, budget // 3))
 
 
 def distributions(cfg: SweepConfig, method: str) -> dict:

@@ -126,13 +126,29 @@ def _record(tid: str, status: str = "ok", **kw):
                        macs=2000, latency_ms=0.5, seed=3, knobs={"ratio": 0.5}, **kw)
 
 
-def test_trial_mirror_writes_each_trial_in_order_off_the_callers_thread(sink):
+def _thread_mirror(sink, parent, **kw):
+    from sweep.results.mlflow_sink import TrialMirror
+
+    return TrialMirror(sink, parent, **kw)
+
+
+def _process_mirror(sink, parent, **kw):
+    from sweep.results.mirror_process import MirrorProcess
+
+    return MirrorProcess(sink.uri, EXPERIMENT, parent, **kw)
+
+
+MIRRORS = pytest.mark.parametrize("make_mirror", [_thread_mirror, _process_mirror], ids=["thread", "process"])
+
+
+@MIRRORS
+def test_trial_mirror_writes_each_trial_in_order_off_the_callers_thread(sink, make_mirror):
     import threading
 
-    from sweep.results.mlflow_sink import PARENT_TAG, TrialMirror
+    from sweep.results.mlflow_sink import PARENT_TAG
 
     parent = sink.start_parent("mirrored", {})
-    mirror = TrialMirror(sink, parent, sweep_params={"model": "small_cnn", "dataset": "digits"})
+    mirror = make_mirror(sink, parent, sweep_params={"model": "small_cnn", "dataset": "digits"})
     callers = {threading.get_ident()}
     mirror.started("t1", "magnitude-t1", {"method": "magnitude", "ratio": 0.5})
     mirror.started("t2", "magnitude-t2", {"method": "magnitude", "ratio": 0.25})
@@ -140,7 +156,10 @@ def test_trial_mirror_writes_each_trial_in_order_off_the_callers_thread(sink):
     mirror.finished(_record("t2", "failed", error="diverged: loss nan"))
     mirror.parent_metrics({"hypervolume": 0.25}, step=2)
     assert mirror.flush()
-    assert mirror._thread.ident not in callers
+    if hasattr(mirror, "_thread"):
+        assert mirror._thread.ident not in callers
+    else:  # written by another process
+        assert mirror.alive and mirror._proc.pid != __import__("os").getpid()
     r1, r2 = (sink.client.get_run(mirror.run_ids[t]) for t in ("t1", "t2"))
     assert r1.data.tags[PARENT_TAG] == parent and r1.data.tags["sweep.trial_id"] == "t1"
     assert r1.data.params == {"model": "small_cnn", "dataset": "digits", "method": "magnitude", "ratio": "0.5"}
@@ -162,15 +181,14 @@ def test_trial_mirror_writes_each_trial_in_order_off_the_callers_thread(sink):
     mirror.close()
 
 
-def test_trial_mirror_stops_and_catches_up(sink):
+@MIRRORS
+def test_trial_mirror_stops_and_catches_up(sink, make_mirror):
     """Stopped trials' runs end KILLED with the reason; a finished record with no run (its driver died before
     mirroring it) gets one, and the run an earlier driver left for it is tagged superseded."""
-    from sweep.results.mlflow_sink import TrialMirror
-
     parent = sink.start_parent("caught-up", {})
     old = sink.start_child(parent, "magnitude-t9", {}, tags={"sweep.trial_id": "t9"})
     sink.end(old, "KILLED")
-    mirror = TrialMirror(sink, parent)
+    mirror = make_mirror(sink, parent)
     mirror.started("t8", "magnitude-t8", {})
     mirror.stopped(["t8", "never-started"], "terminated (SIGTERM)")
     mirror.finished(_record("t9"))
@@ -198,6 +216,38 @@ def test_trial_mirror_never_raises_and_warns_once_per_kind(sink):
     assert {w.split()[2] for w in warnings} == {"finish", "parent_metrics"}
     mirror.close()
     assert not mirror._thread.is_alive()
+
+
+def test_the_mirror_process_outlives_ctrl_c_ends_when_closed_and_says_once_if_it_dies(sink):
+    """Ctrl-C reaches the whole process group: the mirror process ignores it (the driver still has runs to
+    close), ends when closed, and if it dies anyway the driver gets one warning line and flush says False."""
+    import os
+    import signal
+
+    from sweep.results.mirror_process import MirrorProcess
+
+    parent = sink.start_parent("process", {})
+    warnings: list[str] = []
+    mirror = MirrorProcess(sink.uri, EXPERIMENT, parent, warn=warnings.append)
+    assert mirror.flush()  # up, with the store open
+    os.kill(mirror._proc.pid, signal.SIGINT)
+    mirror.started("p1", "magnitude-p1", {"ratio": 0.5}, at_ms=1_000)
+    mirror.finished(_record("p1"), at_ms=2_000)
+    assert mirror.flush() and mirror.alive
+    run = sink.client.get_run(mirror.run_ids["p1"])
+    assert (run.info.status, run.info.start_time, run.info.end_time) == ("FINISHED", 1_000, 2_000)
+    mirror.close()
+    assert mirror._proc.returncode == 0 and warnings == []
+
+    dying = MirrorProcess(sink.uri, EXPERIMENT, parent, warn=warnings.append)
+    assert dying.flush()
+    dying._proc.kill()
+    dying._proc.wait()
+    dying.started("p2", "magnitude-p2", {})
+    assert not dying.flush(timeout_s=5)
+    dying.close()
+    assert len(warnings) == 1 and "MLflow mirror process ended" in warnings[0]
+    assert "trials.parquet holds every trial" in warnings[0]
 
 
 def _count_writes(sink, monkeypatch) -> list:

@@ -183,6 +183,22 @@ def test_make_sampler(name, cls):
     assert type(s) is cls
 
 
+@pytest.mark.parametrize("n_trials, eta, startup", [
+    (12, 1, 4),    # a third of the trials
+    (6, 1, 3),     # at least 3
+    (60, 1, 10),   # at most Optuna's default
+    (48, 3, 5),    # MO-ASHA: 48 trials cost about 16 full fine-tunes, a third of them random
+    (12, 3, 3),
+    (48, 1, 10),
+])
+def test_random_startup_is_a_third_of_the_fine_tune_budget(n_trials, eta, startup):
+    from sweep.space import guided_after
+
+    assert guided_after(n_trials, eta) == startup
+    tpe = make_sampler("tpe", seed=0, n_trials=n_trials, reduction_factor=eta)
+    assert tpe._n_startup_trials == startup
+
+
 def test_make_sampler_unknown():
     from sweep.errors import ConfigError
 

@@ -262,18 +262,18 @@ class TrialMirror:
         self._thread.start()
 
     # ---------------------------------------------------------------- queued (O(1) for the caller)
-    def started(self, trial_id: str, name: str, params: dict) -> None:
+    def started(self, trial_id: str, name: str, params: dict, at_ms: int | None = None) -> None:
         """Open the trial's child run (tagged ``sweep.trial_id``), with its parameters; its start time is
-        now, however late the writer gets to it."""
-        self._q.put((self._start, (trial_id, name, params, _now_ms())))
+        ``at_ms`` (default: now), however late the writer gets to it."""
+        self._q.put((self._start, (trial_id, name, params, _now_ms() if at_ms is None else at_ms)))
 
-    def finished(self, record, history: list | tuple = ()) -> None:
+    def finished(self, record, history: list | tuple = (), at_ms: int | None = None) -> None:
         """Close the trial's run with its record: ``history`` is ``(key, value, step, timestamp_ms)``
         tuples (the trajectory the method logged), then the final metrics; FINISHED, or FAILED with the
-        error as a tag; its end time is now.  A record whose run was never opened (a sweep resumed after
-        the driver died before writing it) gets one, and runs an earlier driver left for it are tagged
-        superseded."""
-        self._q.put((self._finish, (record, list(history), _now_ms())))
+        error as a tag; its end time is ``at_ms`` (default: now).  A record whose run was never opened (a
+        sweep resumed after the driver died before writing it) gets one, and runs an earlier driver left for
+        it are tagged superseded."""
+        self._q.put((self._finish, (record, list(history), _now_ms() if at_ms is None else at_ms)))
 
     def stopped(self, trial_ids, reason: str) -> None:
         """Close the runs of trials the driver stopped as KILLED, tagged ``sweep.stopped``."""
