@@ -250,6 +250,21 @@ def test_the_mirror_process_outlives_ctrl_c_ends_when_closed_and_says_once_if_it
     assert "trials.parquet holds every trial" in warnings[0]
 
 
+def test_a_mirror_process_whose_driver_died_writes_what_finished_and_opens_no_run_left_running(sink):
+    from sweep.results import mirror_process as mp
+
+    parent = sink.start_parent("orphan", {})
+    mirror = mp.MirrorProcess(sink.uri, EXPERIMENT, parent)
+    assert mirror.flush()
+    mirror.started("done", "magnitude-done", {})
+    mirror.finished(_record("done"))
+    mirror.started("in-flight", "magnitude-in-flight", {})  # held: its run is not opened yet
+    mirror._q.put(mp._CLOSE)  # its stdin ends without the driver's close: the driver died
+    assert mirror._proc.wait(timeout=60) == 0
+    runs = {r.data.tags["sweep.trial_id"]: r.info.status for r in sink.children(parent)}
+    assert runs == {"done": "FINISHED"}
+
+
 def _count_writes(sink, monkeypatch) -> list:
     """(call, run id) of every write the client makes from now on."""
     calls = []

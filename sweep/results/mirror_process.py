@@ -7,7 +7,10 @@ then one :class:`~sweep.results.mlflow_sink.TrialMirror` call per line, ``{"op":
 for a reply.  Process -> driver (a private copy of the process's stdout; its ``sys.stdout`` and file
 descriptor 1 go to stderr, so no library can write into the channel): ``{"run": [trial_id, run_id]}`` as each
 run is opened, ``{"warn": line}`` for the mirror's warning lines, ``{"flushed": n, "ok": bool}``.  The end
-of its stdin is the end: the process writes what is queued and exits.
+of its stdin is the end: the process writes what is queued and exits.  The driver closes it with ``{"op":
+"close"}`` first; an end without it means the driver died, and then the trials still running get no run
+opened (their starts are dropped; ``sweep resume`` runs them again), so that no run the dead driver
+started is left RUNNING.
 
 Why a process: a trial's run costs the tracking store three transactions, 10-17 ms of SQLAlchemy's CPU per
 trial, and in a thread of the driver that time holds the interpreter lock Ray Tune's loop needs to hand the
@@ -127,6 +130,7 @@ class MirrorProcess:
         """Write what is queued, then end the process (killed if it has not ended :data:`EXIT_WAIT_S` later)."""
         self.flush(timeout_s)
         self._closing = True
+        self._q.put(("close",))
         self._q.put(_CLOSE)
         try:
             self._proc.wait(timeout=EXIT_WAIT_S)
@@ -191,6 +195,8 @@ def _encoded(item) -> dict:
     op, *rest = item
     if op == "flush":
         return {"op": "flush", "id": rest[0], "timeout": rest[1]}
+    if op == "close":
+        return {"op": "close"}
     args = list(rest[0])
     if op == "finished":
         args[0] = args[0].to_json()
@@ -253,12 +259,16 @@ def main() -> int:
                      f"{opening.get('uri')!r}: {type(e).__name__}: {e}"})
         return 1
     mirror.run_ids = _Announced(say)
+    closed = False
     for line in sys.stdin:
         try:
             msg = json.loads(line)
         except ValueError:
             continue
         op = msg.get("op")
+        if op == "close":
+            closed = True
+            continue
         if op == "flush":
             say({"flushed": msg["id"], "ok": mirror.flush(float(msg.get("timeout", 120.0)))})
             continue
@@ -270,6 +280,8 @@ def main() -> int:
         elif op == "remeasured":
             args[0] = [TrialRecord.from_json(r) for r in args[0]]
         getattr(mirror, op)(*args)
+    if not closed:  # the driver died (module docstring)
+        mirror.forget_held()
     mirror.close()
     return 0
 

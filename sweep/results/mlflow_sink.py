@@ -298,6 +298,14 @@ class TrialMirror:
             self._parent_queued = True
         self._q.put((self._parent_metrics, (False,)))
 
+    def forget_held(self) -> None:
+        """Drop the starts still held (runs not opened yet): their trials' ends will never come, because the
+        driver that ran them is gone; ``sweep resume`` runs those trials again, under runs of their own."""
+        self._q.put((self._forget_held, ()))
+
+    def _forget_held(self) -> None:
+        self._held.clear()
+
     # ---------------------------------------------------------------- waiting
     def flush(self, timeout_s: float = 120.0) -> bool:
         """Write everything queued, held starts and parent metrics included (wait at most ``timeout_s``);
