@@ -99,3 +99,72 @@ def test_skipped_layers_are_traced_once_per_architecture_and_are_the_given_model
     names = [dict((id(m), k) for k, m in n.named_modules()) for n in nets_]
     assert [names[0][id(m)] for m in first] == [names[1][id(m)] for m in second]
     assert all(any(m is o for o in nets_[1].modules()) for m in second)
+
+
+# ------------------------------------------------------------------------------- the ONNX graph to time
+@pytest.fixture
+def traced(monkeypatch):
+    """Forget remembered graphs; record each trace of the ONNX exporter."""
+    monkeypatch.setattr(measure, "_ONNX", type(measure._ONNX)())
+    calls = []
+    real = torch.onnx.export
+
+    def tracing(model, *a, **kw):
+        calls.append(model)
+        return real(model, *a, **kw)
+
+    monkeypatch.setattr(torch.onnx, "export", tracing)
+    return calls
+
+
+def _trained_like(net: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """``net`` with every parameter and BatchNorm statistic drawn afresh: no two tensors equal, as after training."""
+    out = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in out.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.rand(t.shape, generator=g) + (0.5 if "running_var" in name else -0.5))
+    return out.eval()
+
+
+def _ort_outputs(onnx_model: bytes, x: torch.Tensor):
+    sess = measure.ort_session(onnx_model, threads=1)
+    return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+
+
+def test_a_graph_to_time_is_traced_once_per_architecture_and_carries_each_models_own_weights(traced):
+    x = torch.randn(1, 3, 16, 16)
+    a, b = _trained_like(nets.PlainCNN(), 1), _trained_like(nets.PlainCNN(), 2)
+    ga = measure.export_onnx(a, x, remember=True)
+    gb = measure.export_onnx(b, x, remember=True)
+    assert len(traced) == 1  # b has a's architecture: a's graph with b's weights
+    with torch.no_grad():
+        for model, graph in ((a, ga), (b, gb)):
+            assert torch.allclose(_ort_outputs(graph, x), model(x), atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(a(x), b(x), atol=1e-3)
+    measure.export_onnx(_strided(b), x, remember=True)  # another architecture
+    measure.export_onnx(b, torch.randn(2, 3, 16, 16), remember=True)  # another input shape
+    measure.export_onnx(b, x)  # a graph to keep (sweep select's file): traced, constants folded
+    assert len(traced) == 4
+
+
+def test_a_graph_is_not_remembered_when_one_initializer_stands_for_several_tensors(traced):
+    x = torch.randn(1, 3, 16, 16)
+    fresh = nets.PlainCNN().eval()  # BatchNorm weights all ones: the exporter keeps one tensor for them
+    measure.export_onnx(fresh, x, remember=True)
+    measure.export_onnx(_trained_like(fresh, 3), x, remember=True)
+    assert len(traced) == 2 and len(measure._ONNX) == 1
+
+
+def test_a_remembered_graph_that_does_not_fit_is_forgotten_and_the_model_traced_afresh(traced):
+    x = torch.randn(1, 3, 16, 16)
+    a = _trained_like(nets.PlainCNN(), 4)
+    measure.export_onnx(a, x, remember=True)
+    key = next(iter(measure._ONNX))
+    other = _trained_like(_strided(nets.PlainCNN()), 5)
+    measure._ONNX[key] = measure.export_onnx(other, x, remember=True)  # a wrong graph under a's key
+    graph = measure.export_onnx(a, x, remember=True)
+    with torch.no_grad():
+        assert torch.allclose(_ort_outputs(graph, x), a(x), atol=1e-4, rtol=1e-4)
+    assert len(traced) == 3 and measure._ONNX[key] == graph  # traced again, and remembered right
