@@ -224,12 +224,15 @@ def test_the_mirror_process_outlives_ctrl_c_ends_when_closed_and_says_once_if_it
     import os
     import signal
 
+    from sweep.results import mirror_process as mp
     from sweep.results.mirror_process import MirrorProcess
 
     parent = sink.start_parent("process", {})
     warnings: list[str] = []
     mirror = MirrorProcess(sink.uri, EXPERIMENT, parent, warn=warnings.append)
     assert mirror.flush()  # up, with the store open
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, mirror._proc.pid) == min(19, own + mp.NICENESS)  # the trials go first
     os.kill(mirror._proc.pid, signal.SIGINT)
     mirror.started("p1", "magnitude-p1", {"ratio": 0.5}, at_ms=1_000)
     mirror.finished(_record("p1"), at_ms=2_000)

@@ -18,6 +18,11 @@ next trial out (``bench/scale.py``'s space on 4 nodes, 2 cores: the driver's CPU
 the steady state 19.5 -> 25 trials/s with the mirror's writes left out; bench/README.md).  Elsewhere the
 mirror's work runs on another core.
 
+The process runs at a lower priority (:data:`NICENESS`): on a busy machine the trials' own work goes first,
+e.g. the trial workers' start-up (torch's import) when a sweep begins, which it overlaps with its own import
+of MLflow; the mirror catches up when a core is free, and :meth:`MirrorProcess.flush` waits for it where it
+must (stopped trials, the end of the sweep).
+
 The process ignores SIGINT and SIGTERM: Ctrl-C in a terminal reaches the whole process group, and the
 driver, which stops the sweep on either signal, still has runs to close (its stopped trials, as KILLED)
 before it closes the mirror.  If the driver dies without closing it, the end of its stdin ends it too.
@@ -36,6 +41,8 @@ from pathlib import Path
 
 # what the driver may ask of the process besides "flush": TrialMirror's queued calls
 OPS = ("started", "finished", "stopped", "superseded", "remeasured", "parent_metrics")
+# added to the process's nice value (module docstring)
+NICENESS = 10
 # how long close() waits for the process to end once its stdin is closed (it has written what was
 # queued by then: close() flushes first), before killing it
 EXIT_WAIT_S = 30.0
@@ -236,6 +243,10 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver ends this process (module docstring)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        os.nice(NICENESS)
+    except OSError:  # not allowed here: the mirror runs at the driver's priority
+        pass
     channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
