@@ -275,7 +275,8 @@ def _cluster_probe(tmp_path: Path, warm_nodes: bool) -> dict:
 def test_a_cluster_trial_runs_in_a_worker_its_node_warmed_up_before_the_sweep(tmp_path, warm_nodes):
     # Nodes started with warm workers (LocalCluster(warm=True), an experiment: sweep/warm.py) hold one idle
     # worker per CPU that has imported what a trial needs; the control (warm=False, the default) shows the
-    # probe can tell: a fresh process there.
+    # probe can tell: a process there that has imported nothing of a trial's.  (Not its age: a plain node may
+    # start the job's worker while the probe's ray.init runs, before the probe's t0 -- seen once, 0.7 s.)
     # Now and then (one run in four under pytest, none in twelve of a plain script) the node's idle worker
     # exits as the driver's job starts and Ray starts a fresh one for the trial, which a driver cannot
     # prevent: so at least one of ATTEMPTS fresh clusters must run the trials in the warm worker, and a trial
@@ -284,7 +285,7 @@ def test_a_cluster_trial_runs_in_a_worker_its_node_warmed_up_before_the_sweep(tm
         out = _cluster_probe(tmp_path / str(attempt), warm_nodes)
         old = [out["t0"] - m["created"] > 0.5 for m in out["trials"]]
         if not warm_nodes:
-            assert not any(old), out
+            assert not any(m["torch"] or m["dynamo"] for m in out["trials"]), out
             return
         for m, was_warm in zip(out["trials"], old):
             if was_warm:
