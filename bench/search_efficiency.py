@@ -441,11 +441,12 @@ def main(argv=None) -> int:
     # One embedded Ray for every sweep, started by sweep's own start-up (token auth, private temp folder, Tune
     # settings) before the first: run_sweep then uses it and leaves it up, so nine sweeps pay one Ray start.
     # Ray is not imported before this, or the embedded Ray would run without its token.
-    from sweep.driver import _ray_init
+    from sweep.driver import _ray_init, _ray_shutdown
 
-    _ray_init(None, work, None, log=lambda msg: print(f"# {msg}", file=sys.stderr))
-    import ray
+    def note(msg: str) -> None:
+        print(f"# {msg}", file=sys.stderr)
 
+    started = _ray_init(None, work, None, log=note)
     try:
         for i, seed in enumerate(seeds):
             runs = sweeps[seed] = {}
@@ -464,9 +465,8 @@ def main(argv=None) -> int:
                 print(f"# seed {seed}: rung 0 of the TPE trials, pruned again ... (load {load()})", file=sys.stderr,
                       flush=True)
                 rho[seed] = rung0_qualities(runs["tpe"], args)
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
+    finally:  # sweep's own shutdown: its session folder goes with it
+        _ray_shutdown(started, note)
     load_end = load()
 
     # ---------------------------------------------------------------- per seed
