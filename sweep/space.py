@@ -115,7 +115,7 @@ def make_sampler(name: str, *, seed: int, n_trials: int, constraints: int = 0, r
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, **cons)
     if name == "nsga2":
-        population = max(4, min(50, n_trials // max(1, reduction_factor) // 3))
+        population = max(4, min(50, fine_tune_budget(n_trials, reduction_factor) // 3))
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population, **cons)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, **cons)
@@ -136,8 +136,13 @@ def guided_after(n_trials: int, reduction_factor: int = 1) -> int:
     spending its first 10 candidates (and, since the first results at every rung go on, most of its early
     fine-tune epochs) on random ones.  A reconstruction of "a third of the budget" for early stopping, not
     taken from a paper; ``bench/search_efficiency.py`` measures its effect (bench/README.md)."""
-    budget = n_trials // max(1, reduction_factor)
-    return min(10, max(3, budget // 3))
+    return min(10, max(3, fine_tune_budget(n_trials, reduction_factor) // 3))
+
+
+def fine_tune_budget(n_trials: int, reduction_factor: int = 1) -> int:
+    """A sweep's budget in fully fine-tuned trials: ``n_trials``, or about ``n_trials / η`` under successive
+    halving (see :func:`guided_after`)."""
+    return n_trials // max(1, reduction_factor)
 
 
 def distributions(cfg: SweepConfig, method: str) -> dict:

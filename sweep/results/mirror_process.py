@@ -39,6 +39,8 @@ import threading
 import time
 from pathlib import Path
 
+from .mlflow_sink import _now_ms  # one clock for both mirrors (the module imports MLflow only when writing)
+
 # what the driver may ask of the process besides "flush": TrialMirror's queued calls
 OPS = ("started", "finished", "stopped", "superseded", "remeasured", "parent_metrics")
 # added to the process's nice value (module docstring)
@@ -47,10 +49,6 @@ NICENESS = 10
 # queued by then: close() flushes first), before killing it
 EXIT_WAIT_S = 30.0
 _CLOSE = object()
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _text_params(params: dict) -> dict:
