@@ -188,7 +188,9 @@ class MirrorProcess:
                     self._replies[int(msg["flushed"])] = bool(msg.get("ok"))
                     self._cond.notify_all()
         code = self._proc.wait()
-        if not self._closing:
+        # judged by how it ended, not by whether close() has begun: the writer can meet the broken pipe of a
+        # killed process first, and close() then starts before this thread gets here
+        if not (self._closing and code == 0):
             self._warn(f"warning: the MLflow mirror process ended (exit code {code}); MLflow gets no more of this "
                        f"sweep's runs, trials.parquet holds every trial, and `sweep resume` opens the missing runs")
         self._drain()
