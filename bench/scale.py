@@ -90,6 +90,42 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
 
 
+def _proc_table() -> dict[int, tuple[int, int, float]]:
+    """Every process now: pid -> (parent pid, process group, CPU seconds so far)."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        out[int(name)] = (int(fields[1]), int(fields[2]), (int(fields[11]) + int(fields[12])) / TICK)
+    return out
+
+
+def sweep_cpu_s(groups: list[int], driver: int) -> float:
+    """CPU seconds so far of everything one side runs: the cluster's daemons (the process groups of its
+    ``ray start``s), the driver, and every process any of them started (trial workers, the MLflow mirror,
+    the model inbox).  Processes that ended are not counted; in the steady state the workers live on."""
+    table = _proc_table()
+    mine = {pid for pid, (_, pgrp, _) in table.items() if pgrp in groups or pid == driver}
+    grew = True
+    while grew:
+        more = {pid for pid, (ppid, _, _) in table.items() if ppid in mine and pid not in mine}
+        mine |= more
+        grew = bool(more)
+    return sum(table[pid][2] for pid in mine)
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores have spent busy since boot (``/proc/stat``: every process, ours or not)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / TICK
+
+
 def rss_mb(pid: int) -> float:
     try:
         import psutil
@@ -140,7 +176,7 @@ class Cluster(LocalCluster):
 
 # ------------------------------------------------------------------------------------------ ours
 def run_ours(space: Path, folder: Path, address: str, trials: int, conc: int, timeout: float,
-             spy_out: str | None = None) -> dict:
+             groups: list[int], spy_out: str | None = None) -> dict:
     """`sweep run` in a subprocess; its progress lines stamped with its CPU and RSS read from outside.
     With ``spy_out``, py-spy samples the driver (on-CPU stacks, per thread) from Tune's start to its end."""
     exe = VENV_BIN / "sweep"
@@ -153,6 +189,8 @@ def run_ours(space: Path, folder: Path, address: str, trials: int, conc: int, ti
     tail: list[str] = []
     seen: set[int] = set()
     spy: list = []
+    whole: dict[int, tuple[float, float, float]] = {}  # (wall, CPU s of all its processes, machine busy s)
+    step = max(1, trials // 10)
 
     def read() -> None:
         for line in p.stdout:
@@ -166,13 +204,15 @@ def run_ours(space: Path, folder: Path, address: str, trials: int, conc: int, ti
             del tail[:-40]
             if not start and re.match(r"running \d+ trial", line):
                 start.update(t=now, cpu=cpu, rss=rss)
+                whole[0] = (now, sweep_cpu_s(groups, p.pid), machine_busy_s())
                 if spy_out:
                     spy.append(py_spy(p.pid, spy_out))
             m = PROGRESS.match(line)
             if m and int(m[1]) not in seen:
                 seen.add(int(m[1]))
                 samples.append((int(m[1]), now, cpu, rss))
-                if int(m[1]) % max(1, trials // 10) == 0:
+                if int(m[1]) % step == 0:
+                    whole[int(m[1])] = (now, sweep_cpu_s(groups, p.pid), machine_busy_s())
                     print(f"  | {line[:110]}", file=sys.stderr, flush=True)
 
     reader = threading.Thread(target=read, daemon=True)
@@ -195,7 +235,7 @@ def run_ours(space: Path, folder: Path, address: str, trials: int, conc: int, ti
             except subprocess.TimeoutExpired:
                 proc.kill()
     fit = next((ln for ln in tail if ln.startswith("trials ran ")), "")
-    return dict(rc=rc, samples=samples, start=start, tail=tail, fit_line=fit)
+    return dict(rc=rc, samples=samples, start=start, tail=tail, fit_line=fit, whole=whole, end=time.time())
 
 
 def py_spy(pid: int, out: str, rate: int = 100):
@@ -230,7 +270,7 @@ def raw_trainable(config: dict, durations: list, busy: bool = False) -> None:
 
 
 def run_raw(address: str, work: Path, durations: list[float], trials: int, conc: int, seed: int,
-            busy: bool = False) -> dict:
+            groups: list[int], busy: bool = False) -> dict:
     import logging
 
     import ray
@@ -239,10 +279,14 @@ def run_raw(address: str, work: Path, durations: list[float], trials: int, conc:
 
     samples: list[tuple[int, float, float, float]] = []
     me = os.getpid()
+    whole: dict[int, tuple[float, float, float]] = {}
+    step = max(1, trials // 10)
 
     class Sampler(tune.Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
             samples.append((len(samples) + 1, time.time(), cpu_s(me), rss_mb(me)))
+            if len(samples) % step == 0:
+                whole[len(samples)] = (time.time(), sweep_cpu_s(groups, me), machine_busy_s())
 
     os.environ.update(TUNE_ENV)
     ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
@@ -257,12 +301,13 @@ def run_raw(address: str, work: Path, durations: list[float], trials: int, conc:
                            run_config=tune.RunConfig(name="raw", storage_path=str(work / "raw"), verbose=0,
                                                      callbacks=[Sampler()]))
         start = dict(t=time.time(), cpu=cpu_s(me), rss=rss_mb(me))
+        whole[0] = (start["t"], sweep_cpu_s(groups, me), machine_busy_s())
         results = tuner.fit()
         fit_s = time.time() - start["t"]
         done = sum(1 for r in results if r.error is None)
     finally:
         ray.shutdown()
-    return dict(samples=samples, start=start, fit_s=fit_s, done=done)
+    return dict(samples=samples, start=start, fit_s=fit_s, done=done, whole=whole)
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -301,6 +346,26 @@ def print_stretches(name: str, by: dict, start: dict, n: int) -> None:
         print(f"# {'':<16}{prev[0]:>5}..{k:<5} {(k - prev[0]) / (t - prev[1]):>9.3f} "
               f"{(c - prev[2]) / (k - prev[0]):>12.4f} {r:>8.0f}")
         prev = (k, t, c)
+
+
+def print_whole(name: str, whole: dict, mark: int, n: int) -> None:
+    """The steady state of everything a side runs, from trial ``mark`` to the last sample before the last
+    tenth (by the last trial Tune has ended the trial workers, and a process that ended no longer counts):
+    throughput, CPU per trial of all its processes (:func:`sweep_cpu_s`), the cores that takes and the
+    machine's busy cores, and the most trials/s this machine's cores allow at that CPU per trial."""
+    ks = sorted(k for k in whole if mark <= k <= n - max(1, n // 10))
+    if len(ks) < 2:
+        return
+    (t0, c0, b0), (t1, c1, b1) = whole[ks[0]], whole[ks[-1]]
+    k, dt, cores = ks[-1] - ks[0], t1 - t0, os.cpu_count() or 1
+    if dt <= 0 or k <= 0:
+        return
+    per = (c1 - c0) / k
+    print(f"# {name} steady state, trials {ks[0]}..{ks[-1]}: {k / dt:.1f} trials/s; all its processes (cluster "
+          f"daemons, trial workers, driver and its children) {per * 1000:.1f} ms of CPU per trial = "
+          f"{(c1 - c0) / dt:.2f} cores; the machine {(b1 - b0) / dt:.2f} of {cores} cores busy (anyone's); "
+          f"{cores} cores allow at most {cores / per if per > 0 else float('inf'):.1f} trials/s at that CPU per "
+          f"trial")
 
 
 def main(argv=None) -> int:
@@ -355,7 +420,7 @@ def main(argv=None) -> int:
         try:
             cluster.up("ours")
             ours = run_ours(space, folder, cluster.address, args.trials, args.concurrency, args.timeout,
-                            args.py_spy)
+                            cluster.groups, args.py_spy)
         finally:
             print(f"# cluster for ours: {cluster.stop()}", flush=True)
         load_mid = load()
@@ -375,7 +440,8 @@ def main(argv=None) -> int:
         cluster = Cluster(args.nodes, args.object_store_mb, warm=False, auth=cluster.auth)
         try:
             cluster.up("raw")
-            raw = run_raw(cluster.address, work, durations, args.trials, args.concurrency, 0, args.raw_busy)
+            raw = run_raw(cluster.address, work, durations, args.trials, args.concurrency, 0, cluster.groups,
+                          args.raw_busy)
         finally:
             print(f"# cluster for raw: {cluster.stop()}", flush=True)
         load_end = load()
@@ -400,6 +466,11 @@ def main(argv=None) -> int:
     # the curves: per tenth of the run, each driver's CPU per trial, RSS and throughput in that stretch
     for name, f, start in (("ours", fo, ours["start"]), ("raw", fr, raw["start"])):
         print_stretches(name, f["curve"], start, n)
+    for name, side in (("ours", ours), ("raw", raw)):
+        print_whole(name, side["whole"], m, n)
+    if fo["done"]:
+        print(f"# ours: the sweep ended {ours['end'] - fo['curve'][fo['done']][0]:.1f} s after its last trial's "
+              f"progress line (the MLflow mirror catching up, the table compacted, the report)")
     if args.keep:
         print(f"# kept {work}")
     else:

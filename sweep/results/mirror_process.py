@@ -18,10 +18,12 @@ next trial out (``bench/scale.py``'s space on 4 nodes, 2 cores: the driver's CPU
 the steady state 19.5 -> 25 trials/s with the mirror's writes left out; bench/README.md).  Elsewhere the
 mirror's work runs on another core.
 
-The process runs at a lower priority (:data:`NICENESS`): on a busy machine the trials' own work goes first,
-e.g. the trial workers' start-up (torch's import) when a sweep begins, which it overlaps with its own import
-of MLflow; the mirror catches up when a core is free, and :meth:`MirrorProcess.flush` waits for it where it
-must (stopped trials, the end of the sweep).
+The process runs at the lowest priority there is (nice :data:`NICENESS`): on a busy machine the trials' own
+work goes first, e.g. the trial workers' start-up (torch's import) when a sweep begins, which it overlaps with
+its own import of MLflow.  The lowest, not merely lower than the driver: Ray runs its workers, where trials
+compute, at nice 15 (its ``worker_niceness``), and a mirror at nice 10 had three times a trial worker's share
+of a busy core.  The mirror catches up when a core is free, and :meth:`MirrorProcess.flush` waits for it where
+it must (stopped trials, the end of the sweep).
 
 The process ignores SIGINT and SIGTERM: Ctrl-C in a terminal reaches the whole process group, and the
 driver, which stops the sweep on either signal, still has runs to close (its stopped trials, as KILLED)
@@ -43,8 +45,8 @@ from .mlflow_sink import _now_ms  # one clock for both mirrors (the module impor
 
 # what the driver may ask of the process besides "flush": TrialMirror's queued calls
 OPS = ("started", "finished", "stopped", "superseded", "remeasured", "parent_metrics")
-# added to the process's nice value (module docstring)
-NICENESS = 10
+# the process's nice value, the lowest priority (module docstring); a process may always lower its own
+NICENESS = 19
 # how long close() waits for the process to end once its stdin is closed (it has written what was
 # queued by then: close() flushes first), before killing it
 EXIT_WAIT_S = 30.0
@@ -244,7 +246,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver ends this process (module docstring)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        os.nice(NICENESS)
+        os.setpriority(os.PRIO_PROCESS, 0, max(NICENESS, os.getpriority(os.PRIO_PROCESS, 0)))
     except OSError:  # not allowed here: the mirror runs at the driver's priority
         pass
     channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
