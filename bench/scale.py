@@ -28,8 +28,8 @@ trials centred on trial ``--mark`` (trials mark/2 .. 3 mark/2) and in the last `
 (N - mark .. N), and their ratio; trials lost = trials asked - finished rows (ok or failed) in the sweep's
 results (``trials.parquet`` and its journal, merged).  For each side's steady state, the CPU per trial of
 everything it runs (:func:`sweep_cpu_s`) and the most trials/s the machine's cores allow at that figure: on a
-small machine, whether a side is bound by its CPU or by Ray Tune's turnaround.  At the end every process group recorded at
-``ray start`` is sent SIGTERM, then SIGKILL after a grace period; any process still carrying the
+small machine, whether a side is bound by its CPU or by Ray Tune's turnaround.  At the end every process
+group recorded at ``ray start`` is sent SIGTERM, then SIGKILL after a grace period; any process still carrying the
 cluster's private temp dir on its command line (a worker one of our raylets spawned) is killed by pid.
 Nothing else is touched (no ``ray stop``).
 
