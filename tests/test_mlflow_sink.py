@@ -202,6 +202,42 @@ def test_trial_mirror_stops_and_catches_up(sink, make_mirror):
     mirror.close()
 
 
+@pytest.mark.parametrize("stall_s, expect", [(0.4, True), (4.0, False)], ids=["writing", "stalled"])
+def test_flush_waits_for_a_backlog_being_written_however_long_but_not_for_one_that_stands_still(
+        sink, monkeypatch, stall_s, expect):
+    """At a sweep's end the mirror may be far behind (it writes last on a busy machine): flush waits as long
+    as writes get done, each within the timeout, and gives up (one warning) only after a timeout without any."""
+    import time
+
+    from sweep.results.mlflow_sink import TrialMirror
+
+    real = sink.start_child
+    calls = []
+
+    def slow_start(*args, **kw):
+        calls.append(1)
+        time.sleep(stall_s if len(calls) == 2 else 0.4)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(sink, "start_child", slow_start)
+    parent = sink.start_parent("backlog", {})
+    warnings, progress = [], []
+    mirror = TrialMirror(sink, parent, warn=warnings.append)
+    for i in range(5):
+        mirror.finished(_record(f"b{i}"))
+    t0 = time.monotonic()
+    assert mirror.flush(timeout_s=1.5, on_progress=progress.append) is expect
+    if expect:  # five writes of 0.4 s each: longer than the timeout in all, each well within it
+        assert time.monotonic() - t0 >= 1.9 and warnings == [] and len(mirror.run_ids) == 5
+        assert progress and progress == sorted(progress, reverse=True) and min(progress) >= 1
+    else:  # the second write stands still for 4 s: given up after 1.5 s without a write
+        assert time.monotonic() - t0 < 3.9 and len(warnings) == 1 and "none written in 1.5 s" in warnings[0]
+        assert mirror.flush(timeout_s=10.0)  # and it is all written once the store moves again
+        assert len(mirror.run_ids) == 5
+    assert all(status(sink, mirror.run_ids[f"b{i}"]) == "FINISHED" for i in range(5))
+    mirror.close()
+
+
 def test_trial_mirror_never_raises_and_warns_once_per_kind(sink):
     from sweep.results.mlflow_sink import TrialMirror
 

@@ -6,7 +6,8 @@ then one :class:`~sweep.results.mlflow_sink.TrialMirror` call per line, ``{"op":
 (records as :meth:`TrialRecord.to_json` text), or ``{"op": "flush", "id": n, "timeout": s}``, which asks
 for a reply.  Process -> driver (a private copy of the process's stdout; its ``sys.stdout`` and file
 descriptor 1 go to stderr, so no library can write into the channel): ``{"run": [trial_id, run_id]}`` as each
-run is opened, ``{"warn": line}`` for the mirror's warning lines, ``{"flushed": n, "ok": bool}``.  The end
+run is opened, ``{"warn": line}`` for the mirror's warning lines, ``{"progress": writes_left}`` while it
+flushes a backlog, ``{"flushed": n, "ok": bool}``.  The end
 of its stdin is the end: the process writes what is queued and exits.  The driver closes it with ``{"op":
 "close"}`` first; an end without it means the driver died, and then the trials still running get no run
 opened (their starts are dropped; ``sweep resume`` runs them again), so that no run the dead driver
@@ -77,6 +78,7 @@ class MirrorProcess:
         self._asked = 0
         self._closing = False
         self._ended = False  # the process's channel reached its end
+        self._heard = time.monotonic()  # when the process last said anything (flush's patience counts from it)
         self._q: queue.Queue = queue.Queue()
         root = str(Path(__file__).resolve().parents[2])  # the folder that holds the `sweep` package
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
@@ -114,23 +116,24 @@ class MirrorProcess:
 
     # ---------------------------------------------------------------- waiting
     def flush(self, timeout_s: float = 120.0) -> bool:
-        """Wait until the process has written everything asked of it so far (at most ``timeout_s`` and a
-        little more for the reply); False if writes are left, or the process has ended."""
+        """Wait until the process has written everything asked of it so far, as long as it keeps writing (it
+        says so as it goes: :meth:`TrialMirror.flush`); False if writes are left after ``timeout_s`` (and a
+        little more for the reply) in which the process said nothing, or if the process has ended."""
         with self._cond:
             if self._ended:
                 return False
             self._asked += 1
             n = self._asked
         self._q.put(("flush", n, timeout_s))
-        deadline = time.monotonic() + timeout_s + 10.0
+        asked = time.monotonic()
         with self._cond:
             while n not in self._replies and not self._ended:
-                left = deadline - time.monotonic()
+                left = max(asked, self._heard) + timeout_s + 10.0 - time.monotonic()
                 if left <= 0:
-                    self._warn(f"warning: MLflow writes still queued after {timeout_s:g} s; trials.parquet holds "
-                               f"every trial regardless")
+                    self._warn(f"warning: MLflow writes still queued and none written in {timeout_s:g} s; "
+                               f"trials.parquet holds every trial regardless")
                     return False
-                self._cond.wait(left)
+                self._cond.wait(min(left, 1.0))
             return self._replies.pop(n, False)
 
     def close(self, timeout_s: float = 120.0) -> None:
@@ -176,6 +179,7 @@ class MirrorProcess:
 
     def _read_loop(self) -> None:
         for line in self._proc.stdout:
+            self._heard = time.monotonic()
             try:
                 msg = json.loads(line)
             except ValueError:
@@ -283,7 +287,8 @@ def main() -> int:
             closed = True
             continue
         if op == "flush":
-            say({"flushed": msg["id"], "ok": mirror.flush(float(msg.get("timeout", 120.0)))})
+            ok = mirror.flush(float(msg.get("timeout", 120.0)), on_progress=lambda left: say({"progress": left}))
+            say({"flushed": msg["id"], "ok": ok})
             continue
         if op not in OPS:
             continue

@@ -307,22 +307,34 @@ class TrialMirror:
         self._held.clear()
 
     # ---------------------------------------------------------------- waiting
-    def flush(self, timeout_s: float = 120.0) -> bool:
-        """Write everything queued, held starts and parent metrics included (wait at most ``timeout_s``);
-        False if some writes are still left."""
+    def flush(self, timeout_s: float = 120.0, on_progress=None) -> bool:
+        """Write everything queued, held starts and parent metrics included; False if some writes are still
+        left after ``timeout_s`` in which none was done.  A backlog that is being written is waited for,
+        however long (a sweep of thousands of trials on a busy machine, where the mirror writes last); one that
+        stands still is not.  ``on_progress(left)``, if given, hears of each write done while it waits."""
         if not self._thread.is_alive():  # closed: nothing writes any more
             return self._q.unfinished_tasks == 0
         self._q.put((self._write_held, ()))
         deadline = time.monotonic() + timeout_s
-        with self._q.all_tasks_done:
-            while self._q.unfinished_tasks:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._warn(f"warning: {self._q.unfinished_tasks} MLflow write(s) still queued after "
-                               f"{timeout_s:g} s; trials.parquet holds every trial regardless")
-                    return False
-                self._q.all_tasks_done.wait(left)
-        return True
+        left = self._q.unfinished_tasks
+        while True:
+            with self._q.all_tasks_done:
+                now = self._q.unfinished_tasks
+                if now and now >= left:
+                    wait = deadline - time.monotonic()
+                    if wait > 0:
+                        self._q.all_tasks_done.wait(min(wait, 1.0))
+                        continue
+            if not now:
+                return True
+            if now < left:  # written meanwhile: patience starts again
+                left, deadline = now, time.monotonic() + timeout_s
+                if on_progress is not None:
+                    on_progress(left)
+                continue
+            self._warn(f"warning: {now} MLflow write(s) still queued and none written in {timeout_s:g} s; "
+                       f"trials.parquet holds every trial regardless")
+            return False
 
     def close(self, timeout_s: float = 120.0) -> None:
         self.flush(timeout_s)
@@ -348,13 +360,16 @@ class TrialMirror:
                     batch.append(self._q.get_nowait())
                 except queue.Empty:
                     break
+            pending = len(batch)
             try:
                 for item in batch:
                     if item is not None:
                         self._take(*item)
+                    self._q.task_done()  # one by one: a flush sees a long backlog move (its patience)
+                    pending -= 1
                 self._write_held(due_only=True)
             finally:
-                for _ in batch:
+                for _ in range(pending):
                     self._q.task_done()
             if batch[-1] is None:
                 return
