@@ -289,6 +289,29 @@ def test_compaction_folds_the_journal_in_and_never_applies_a_part_twice(tmp_path
     assert {r.trial_id: r.latency_ms for r in store.records()[0]}["t_0001"] == 0.6
 
 
+def test_a_reader_beside_a_compacting_driver_reads_every_trial(tmp_path, monkeypatch):
+    """`sweep status` reads while the driver compacts: a journal part listed, then folded into the table and
+    deleted before it is read, sends the reader back to the new table, not to an error."""
+    writer = TrialStore(tmp_path)
+    writer.write(records()[:1], META)
+    for r in records()[1:]:
+        writer.append(r)
+    reader = TrialStore(tmp_path)
+    real = TrialStore._read
+    compacted = []
+
+    def read(self, path):
+        if self is reader and path != self.path and not compacted:  # listed; the driver compacts right now
+            compacted.append(path)
+            writer.write(*writer.records())
+        return real(self, path)
+
+    monkeypatch.setattr(TrialStore, "_read", read)
+    recs, meta = reader.records()
+    assert compacted and not compacted[0].exists()
+    assert sorted(r.trial_id for r in recs) == sorted(r.trial_id for r in records()) and meta["name"] == "demo"
+
+
 def test_writes_are_synced_before_they_count(tmp_path, monkeypatch):
     import os
 

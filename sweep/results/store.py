@@ -33,6 +33,11 @@ FILENAME = "trials.parquet"
 JOURNAL = "trials.journal"
 META_KEY = b"sweep"
 JOURNAL_KEY = "journal_upto"  # in the table's metadata: the last journal part it includes
+READ_TRIES = 5  # reads of the table and its journal while a driver compacts them (TrialStore.records)
+
+
+class _PartGone(Exception):
+    """A journal part listed a moment ago was deleted by a compaction: the table includes it now."""
 
 
 def _knob_array(values: list) -> pa.Array:
@@ -86,7 +91,19 @@ class TrialStore:
         return records_to_table(records, meta).to_pylist(), meta
 
     def records(self) -> tuple[list[TrialRecord], dict]:
-        """The typed view: one :class:`TrialRecord` per trial (journal merged), and the sweep metadata."""
+        """The typed view: one :class:`TrialRecord` per trial (journal merged), and the sweep metadata.
+
+        Safe beside a live driver (``sweep status``, a report while the sweep runs): each file is read through
+        one open handle, so a table renamed into place meanwhile is read whole, old or new; a journal part
+        that a compaction deleted after it was listed means the table now holds it, so the read starts again."""
+        for _ in range(READ_TRIES - 1):
+            try:
+                return self._records_once()
+            except _PartGone:
+                continue
+        return self._records_once()
+
+    def _records_once(self) -> tuple[list[TrialRecord], dict]:
         table = self._table()
         meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}")) if table is not None else {}
         records = [TrialRecord.from_row(r) for r in table.to_pylist()] if table is not None else []
@@ -141,7 +158,12 @@ class TrialStore:
 
     def _read(self, path: Path) -> pa.Table:
         try:
-            return pq.read_table(path)
+            with open(path, "rb") as f:  # one inode, whatever is renamed over the path meanwhile
+                return pq.read_table(f)
+        except FileNotFoundError:
+            if path == self.path:
+                raise
+            raise _PartGone(path) from None  # compacted meanwhile (records() reads again)
         except Exception as e:  # a corrupt file is the user's to know about, in one line
             what = FILENAME if path == self.path else f"{FILENAME} journal part {path.name}"
             raise SweepDirError(f"sweep folder must hold a readable {what}, but reading it failed: "
