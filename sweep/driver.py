@@ -1101,8 +1101,11 @@ def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = P
 
 def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | None, address: str | None,
                 tracking_uri: str | None, resume: bool, log) -> SweepOutcome:
+    from .results.mirror_process import niceness
+
     t0 = time.time()
     _STOP.clear()
+    niceness()  # the environment's say on the MLflow mirror's priority, checked before anything is written
     if address is None:
         _check_schedulable(cfg, None)  # before anything is written
     if not resume:
@@ -1270,11 +1273,11 @@ def _reconciled(st: _CallbackState, records: list[TrialRecord]) -> list[TrialRec
     ``stopped`` records whose configuration already finished (re-run before a hard kill) are dropped."""
     stale = _reruns(records, [r for r in records if r.status != "stopped"])
     st.records = {r.trial_id: r for r in records if r.trial_id not in stale}
-    if st.mirror is not None:  # finished trials an earlier driver died before mirroring get their runs now
-        for r in st.records.values():
-            if not r.is_baseline and r.status in FINISHED and r.mlflow_run_id is None:
-                st.mirror.finished(r)
-        _settle(st)
+    missing = [r for r in st.records.values() if not r.is_baseline and r.status in FINISHED and r.mlflow_run_id is None]
+    if st.mirror is not None and missing:  # finished trials an earlier driver died before mirroring get runs now
+        for r in missing:
+            st.mirror.finished(r)
+        _settle(st)  # their run ids go into the table (a new sweep waits for nothing here)
     _update_front(st, set(st.records))
     _compact(st)
     return list(st.records.values())

@@ -1,11 +1,15 @@
 """Shared test settings: one torch thread (tests measure behaviour, not speed, and two threads on a
-busy 2-core machine make small forwards orders of magnitude slower)."""
+busy 2-core machine make small forwards orders of magnitude slower), and the MLflow mirror process at the
+driver's priority: at its default, the lowest, other work on a shared machine can hold it off for tens of
+seconds, and tests wait for it (their own flushes, each sweep's end); tests/test_mlflow_sink.py checks the
+default itself."""
 
 import os
 
 import pytest
 
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("SWEEP_MIRROR_NICENESS", "0")  # sweep.results.mirror_process.NICENESS_ENV
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -307,6 +307,17 @@ def test_run_with_a_trial_no_node_can_hold_fails_before_anything_runs(cwd, capsy
     assert not (cwd / "runs" / "clitest" / "sweep.yaml").exists()  # nothing of a sweep was written
 
 
+@pytest.mark.parametrize("value", ["low", "20", "-1"])
+def test_a_bad_mirror_niceness_in_the_environment_fails_before_anything_is_written(cwd, capsys, monkeypatch,
+                                                                                      value):
+    monkeypatch.setenv("SWEEP_MIRROR_NICENESS", value)
+    space = write(cwd, GOOD)
+    assert main(["run", str(space)]) == 2
+    assert_one_line_error(capsys, f"SWEEP_MIRROR_NICENESS must be a whole number from 0 to 19, but got "
+                                  f"SWEEP_MIRROR_NICENESS={value!r} (environment)")
+    assert not (cwd / "runs" / "clitest" / "trials.parquet").exists()
+
+
 def test_a_password_in_the_tracking_uri_is_refused_and_never_shown(cwd, capsys):
     space = write(cwd, GOOD)
     assert main(["run", str(space), "--tracking-uri", "http://ann:s3cret@mlflow.example:5000"]) == 2

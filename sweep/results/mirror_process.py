@@ -1,10 +1,10 @@
 """The MLflow mirror in a process of its own, so that its writes never hold the driver's interpreter.
 
 Convention: the driver and the mirror process speak one JSON object per line, and nothing is pickled.
-Driver -> process (the process's stdin): first ``{"uri", "experiment", "parent_run_id", "sweep_params"}``,
-then one :class:`~sweep.results.mlflow_sink.TrialMirror` call per line, ``{"op": <method>, "args": [...]}``
-(records as :meth:`TrialRecord.to_json` text), or ``{"op": "flush", "id": n, "timeout": s}``, which asks
-for a reply.  Process -> driver (a private copy of the process's stdout; its ``sys.stdout`` and file
+Driver -> process (the process's stdin): first ``{"uri", "experiment", "parent_run_id", "sweep_params",
+"niceness"}``, then one :class:`~sweep.results.mlflow_sink.TrialMirror` call per line, ``{"op": <method>,
+"args": [...]}`` (records as :meth:`TrialRecord.to_json` text), or ``{"op": "flush", "id": n, "timeout": s}``,
+which asks for a reply.  Process -> driver (a private copy of the process's stdout; its ``sys.stdout`` and file
 descriptor 1 go to stderr, so no library can write into the channel): ``{"run": [trial_id, run_id]}`` as each
 run is opened, ``{"warn": line}`` for the mirror's warning lines, ``{"progress": writes_left}`` while it
 flushes a backlog, ``{"flushed": n, "ok": bool}``.  The end
@@ -19,12 +19,13 @@ next trial out (``bench/scale.py``'s space on 4 nodes, 2 cores: the driver's CPU
 the steady state 19.5 -> 25 trials/s with the mirror's writes left out; bench/README.md).  Elsewhere the
 mirror's work runs on another core.
 
-The process runs at the lowest priority there is (nice :data:`NICENESS`): on a busy machine the trials' own
-work goes first, e.g. the trial workers' start-up (torch's import) when a sweep begins, which it overlaps with
-its own import of MLflow.  The lowest, not merely lower than the driver: Ray runs its workers, where trials
-compute, at nice 15 (its ``worker_niceness``), and a mirror at nice 10 had three times a trial worker's share
-of a busy core.  The mirror catches up when a core is free, and :meth:`MirrorProcess.flush` waits for it where
-it must (stopped trials, the end of the sweep).
+The process runs at the lowest priority there is (nice :data:`NICENESS`, unless :data:`NICENESS_ENV` says
+otherwise): on a busy machine the trials' own work goes first, e.g. the trial workers' start-up (torch's
+import) when a sweep begins, which it overlaps with its own import of MLflow.  The lowest, not merely lower
+than the driver: Ray runs its workers, where trials compute, at nice 15 (its ``worker_niceness``), and a mirror
+at nice 10 had three times a trial worker's share of a busy core.  The mirror catches up when a core is free,
+and :meth:`MirrorProcess.flush` waits for it where it must (stopped trials, the end of the sweep, a resumed
+sweep's trials that an earlier driver did not mirror); nothing waits for it while trials run.
 
 The process ignores SIGINT and SIGTERM: Ctrl-C in a terminal reaches the whole process group, and the
 driver, which stops the sweep on either signal, still has runs to close (its stopped trials, as KILLED)
@@ -42,16 +43,35 @@ import threading
 import time
 from pathlib import Path
 
+from ..errors import ConfigError
 from .mlflow_sink import _now_ms  # one clock for both mirrors (the module imports MLflow only when writing)
 
 # what the driver may ask of the process besides "flush": TrialMirror's queued calls
 OPS = ("started", "finished", "stopped", "superseded", "remeasured", "parent_metrics")
 # the process's nice value, the lowest priority (module docstring); a process may always lower its own
 NICENESS = 19
+# another nice value for it, 0-19 (e.g. 0: the driver's priority, where the machine's other work would starve
+# it; the test suite runs it so); a process cannot be given more priority than its driver has
+NICENESS_ENV = "SWEEP_MIRROR_NICENESS"
 # how long close() waits for the process to end once its stdin is closed (it has written what was
 # queued by then: close() flushes first), before killing it
 EXIT_WAIT_S = 30.0
 _CLOSE = object()
+
+
+def niceness() -> int:
+    """The mirror process's nice value: :data:`NICENESS`, or the one :data:`NICENESS_ENV` names."""
+    text = os.environ.get(NICENESS_ENV)
+    if text is None:
+        return NICENESS
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 19:
+        raise ConfigError(f"{NICENESS_ENV} must be a whole number from 0 to 19, but got {NICENESS_ENV}={text!r} "
+                          f"(environment)")
+    return value
 
 
 def _text_params(params: dict) -> dict:
@@ -80,12 +100,13 @@ class MirrorProcess:
         self._ended = False  # the process's channel reached its end
         self._heard = time.monotonic()  # when the process last said anything (flush's patience counts from it)
         self._q: queue.Queue = queue.Queue()
+        nice = niceness()
         root = str(Path(__file__).resolve().parents[2])  # the folder that holds the `sweep` package
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         self._proc = subprocess.Popen([sys.executable, "-m", "sweep.results.mirror_process"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, env=env, text=True, encoding="utf-8")
         self._q.put({"uri": uri, "experiment": experiment, "parent_run_id": parent_run_id,
-                     "sweep_params": _text_params(sweep_params or {})})
+                     "sweep_params": _text_params(sweep_params or {}), "niceness": nice})
         self._writer = threading.Thread(target=self._write_loop, name="sweep-mlflow-mirror-out", daemon=True)
         self._reader = threading.Thread(target=self._read_loop, name="sweep-mlflow-mirror-in", daemon=True)
         self._writer.start()
@@ -249,10 +270,6 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver ends this process (module docstring)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, max(NICENESS, os.getpriority(os.PRIO_PROCESS, 0)))
-    except OSError:  # not allowed here: the mirror runs at the driver's priority
-        pass
     channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
@@ -264,6 +281,11 @@ def main() -> int:
             channel.flush()
 
     opening = json.loads(sys.stdin.readline() or "{}")
+    try:  # before MLflow's import, which is most of its start-up
+        os.setpriority(os.PRIO_PROCESS, 0, max(int(opening.get("niceness", NICENESS)),
+                                               os.getpriority(os.PRIO_PROCESS, 0)))
+    except OSError:  # not allowed here: the mirror runs at the driver's priority
+        pass
     try:
         from .mlflow_sink import MlflowSink, TrialMirror
         from .schema import TrialRecord
