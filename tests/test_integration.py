@@ -73,11 +73,18 @@ def test_sweep_end_to_end(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     space = _write_space(tmp_path, "itest", trials=3)
-    ray_dirs = set(Path(tempfile.gettempdir()).glob("sweep-ray-*"))
-    assert main(["run", str(space)]) == 0
+    # the embedded Ray's temp folder lands in a folder of this test's own (short: Ray's unix socket paths),
+    # where nothing else on the machine puts one
+    own_tmp, shared_tmp = Path(tempfile.mkdtemp(prefix="swe", dir="/tmp")), tempfile.tempdir
+    tempfile.tempdir = str(own_tmp)
+    try:
+        assert main(["run", str(space)]) == 0
+        # the embedded Ray's session folder went with it
+        assert list(own_tmp.glob("sweep-ray-*")) == []
+    finally:
+        tempfile.tempdir = shared_tmp
+        shutil.rmtree(own_tmp, ignore_errors=True)
     out = capsys.readouterr().out
-    # the embedded Ray's session folder went with it
-    assert set(Path(tempfile.gettempdir()).glob("sweep-ray-*")) <= ray_dirs
     assert "Pareto front" in out and "[  3/3]" in out
     running = [int(m) for m in re.findall(r"\] running (\d+) ·", out)]
     assert running and max(running) <= 2  # never more in flight than the concurrency (2)

@@ -384,6 +384,7 @@ def test_digits_sweep_with_an_mbn_teacher_end_to_end(tmp_path, monkeypatch, caps
 
     from sweep.cli import main
     from sweep.report.teacher import fmt_speedup
+    from sweep.select import speed_words
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mbn_e2e.yaml").write_text(E2E_SPACE)
@@ -439,9 +440,10 @@ def test_digits_sweep_with_an_mbn_teacher_end_to_end(tmp_path, monkeypatch, caps
     assert {k: vs["student_latency"][k] for k in ("batch", "threads", "device", "runtime")} == \
         {k: teacher["latency"][k] for k in ("batch", "threads", "device", "runtime")}
     assert vs["speedup"] == pytest.approx(teacher["latency"]["median_ms"] / vs["student_latency"]["median_ms"])
-    assert vs["speedup"] > 1
-    assert f"chosen: {vs['speedup']:.0f}x faster per sample than the MBN teacher" in capsys.readouterr().out
-    assert f"{vs['speedup']:.0f}x faster per sample" in (sweep_dir / "selected" / "selection.md").read_text()
+    # (faster or not is the benchmark's to show, bench/mbn.py: here two timings minutes apart on a busy machine)
+    words = speed_words(vs["speedup"])
+    assert f"chosen: {words} per sample than the MBN teacher" in capsys.readouterr().out
+    assert f"{words} per sample" in (sweep_dir / "selected" / "selection.md").read_text()
     assert main(["select", str(sweep_dir), "--min-agreement", f"{min(best + 0.01, 1.0):.6f}", "--no-export",
                  "--no-register"]) == 2  # the other spelling of the same bound
     err = capsys.readouterr().err.strip().splitlines()
