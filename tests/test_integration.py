@@ -52,10 +52,7 @@ def _runs(sweep_dir: Path, name: str):
     return parents[0], [r for r in runs if r.data.tags.get("sweep.role") == "trial"]
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch):
-    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "WARNING")
-    yield
+def _no_ray_left() -> None:
     try:
         import ray
 
@@ -63,6 +60,14 @@ def _env(monkeypatch):
             ray.shutdown()
     except Exception:
         pass
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch):
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "WARNING")
+    _no_ray_left()  # each sweep here starts its own embedded Ray, whatever an earlier test left running
+    yield
+    _no_ray_left()
 
 
 def test_sweep_end_to_end(tmp_path, monkeypatch, capsys):
