@@ -1232,7 +1232,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
 
             out_dir = report_dir(cfg.name, report_root)
             build_report(folder.path, out_dir)
-        _log_parent_artifacts(sink, parent_id, records, cfg, base, out_dir)
+        _log_parent_artifacts(sink, parent_id, records, cfg, base, out_dir, log)
         _end_parent(st, "FINISHED", reason or "finished")
         _beat(st, phase="done", outcome=reason or "finished")
         return SweepOutcome(folder.path, out_dir, records, False, time.time() - t0, tracking_uri=uri,
@@ -1407,7 +1407,10 @@ def _mark_stopped(st: _CallbackState, reason: str) -> None:
         _upsert(st, new)
 
 
-def _log_parent_artifacts(sink, parent_id, records: list[TrialRecord], cfg, base, out_dir) -> None:
+def _log_parent_artifacts(sink, parent_id, records: list[TrialRecord], cfg, base, out_dir, log) -> None:
+    """The front (CSV, Parquet), the report and the final figures on the parent run.  MLflow is a mirror: a
+    tracking store that fails here is one warning line, and the finished sweep stays finished (its table and
+    report hold all of it)."""
     import pandas as pd
 
     front = pd.DataFrame([r.to_row() for r in records if r.on_front])
@@ -1423,5 +1426,8 @@ def _log_parent_artifacts(sink, parent_id, records: list[TrialRecord], cfg, base
                     sink.log_artifact(parent_id, p, "report")
         hv = _hypervolume(records, cfg.search.objectives, base)
         sink.log_metrics(parent_id, {"final_hypervolume": hv, "final_front_size": len(front)})
+    except Exception as e:  # whatever the store raises (an HTTP error, a locked database)
+        log(f"warning: the front and report could not be logged to the MLflow parent run: {type(e).__name__}: "
+            f"{' '.join(str(e).split())[:300]}; trials.parquet and the report hold them")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

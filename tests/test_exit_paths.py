@@ -513,3 +513,20 @@ def test_progress_line_counts_a_delivered_trial_as_no_longer_running():
     progress.ending.add("zzz")  # a trial that is not running does not lower the count
     progress.line()
     assert "running 2 ·" in lines[-1]
+
+
+def test_a_tracking_store_that_fails_at_the_end_is_one_warning_not_a_failed_sweep(cfg, tmp_path):
+    """After the last trial, the front and report go to the parent run: a store that fails then (a server
+    gone, a locked database) costs one warning line, not the finished sweep's exit status."""
+    import sweep.driver as driver
+
+    class Gone:
+        def log_artifact(self, *a, **k):
+            raise OSError("connection refused\n(details)")
+
+        log_metrics = log_artifact
+
+    lines: list[str] = []
+    driver._log_parent_artifacts(Gone(), "parent", [], cfg, {}, None, lines.append)
+    assert lines == ["warning: the front and report could not be logged to the MLflow parent run: OSError: "
+                     "connection refused (details); trials.parquet and the report hold them"]
