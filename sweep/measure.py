@@ -37,6 +37,7 @@ weights put in (checked like a fresh export); see :func:`export_onnx`.
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 import sys
@@ -471,6 +472,21 @@ def time_runs(runner: Runner, *, warmup: int, repeats: int) -> list[float]:
             runner.sync()
             times.append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def fmt_speedup(x: float) -> str:
+    """A speed-up (reference time / this time) as the report and the logs write it: ``812x``; ``3.25x`` under
+    10; ``-`` when unknown."""
+    if not math.isfinite(x) or x <= 0:
+        return "-"
+    return f"{x:.0f}x" if x >= 10 else f"{x:.3g}x"
+
+
+def speed_words(speedup: float) -> str:
+    """``speedup`` in words: "812x faster", "3.25x faster", "2.5x slower" (below 1), "of unknown speed"."""
+    if not (math.isfinite(speedup) and speedup > 0):
+        return "of unknown speed"
+    return f"{fmt_speedup(speedup)} faster" if speedup >= 1 else f"{fmt_speedup(1 / speedup)} slower"
 
 
 def device_label(device: str) -> str:

@@ -59,7 +59,7 @@ def run_prune(job: PruneJob, log=print) -> dict:
     from .config import TrainConfig
     from .engine.check import check_prunable
     from .engine.skip import skipped_layers
-    from .measure import accuracy, compare_latency, count_macs, count_params
+    from .measure import accuracy, compare_latency, count_macs, count_params, speed_words
     from .methods import get_method
     from .methods.context import build_context, make_loaders
     from .models import build_model
@@ -163,7 +163,7 @@ def run_prune(job: PruneJob, log=print) -> dict:
     log(f"latency {lat0.median_ms:.3f} -> {lat1.median_ms:.3f} ms (batch {job.latency_batch}, {lat1.threads} "
         f"thread(s), {job.device}, {lat1.runtime}, measured interleaved)")
     log(f"pruned: {params1:,} params ({params1 / params0:.1%}), {macs1:,} MACs ({macs1 / macs0:.1%}), "
-        f"{lat1.median_ms:.3f} ms ({lat0.median_ms / lat1.median_ms:.2f}x faster)"
+        f"{lat1.median_ms:.3f} ms ({speed_words(lat0.median_ms / lat1.median_ms)})"
         + (f", test accuracy {acc1:.4f}" if acc1 is not None else ""))
     log(f"wrote {out / 'model.pt'} and {out / 'summary.json'}")
     return summary

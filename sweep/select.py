@@ -289,17 +289,9 @@ def _register(state: dict, name: str, chosen: TrialRecord, model, example, out: 
         return {"error": f"{type(e).__name__}: {e}"[:500]}
 
 
-def speed_words(speedup: float) -> str:
-    """``speedup`` (teacher's time / student's) in words, as the report writes speed-ups: "812x faster",
-    "3.25x faster", "2.5x slower"."""
-    from .report.teacher import fmt_speedup
-
-    if not speedup > 0:
-        return "of unknown speed"
-    return f"{fmt_speedup(speedup)} faster" if speedup >= 1 else f"{fmt_speedup(1 / speedup)} slower"
-
-
 def vs_teacher_line(v: dict) -> str:
+    from .measure import speed_words
+
     t, s = v["teacher_latency"], v["student_latency"]
     return (f"{speed_words(v['speedup'])} per sample than the {(v.get('kind') or '').upper() or 'non-neural'} "
             f"teacher ({s['median_ms']:.3g} ms vs {t['median_ms']:.3g} ms at batch {t['batch']}, "

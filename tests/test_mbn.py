@@ -383,8 +383,8 @@ def test_digits_sweep_with_an_mbn_teacher_end_to_end(tmp_path, monkeypatch, caps
     import pandas as pd
 
     from sweep.cli import main
+    from sweep.measure import speed_words
     from sweep.report.teacher import fmt_speedup
-    from sweep.select import speed_words
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mbn_e2e.yaml").write_text(E2E_SPACE)

@@ -113,6 +113,6 @@ def test_excess_of_nan_metric_is_infinite():
 @pytest.mark.parametrize("speedup, words", [(812.4, "812x faster"), (3.254, "3.25x faster"), (1.0, "1x faster"),
                                             (0.4, "2.5x slower"), (float("nan"), "of unknown speed")])
 def test_a_speed_up_over_the_teacher_reads_as_the_report_writes_it_and_says_slower_below_one(speedup, words):
-    from sweep.select import speed_words
+    from sweep.measure import speed_words
 
     assert speed_words(speedup) == words

@@ -165,7 +165,7 @@ def prepare_mbn_baseline(cfg, folder, log: Callable[[str], None] = print):
     import os
 
     from ..data import make_loader
-    from ..measure import measure_latency
+    from ..measure import measure_latency, speed_words
     from ..models import build_model
     from ..results.schema import BASELINE_ID, TrialRecord
     from ..train import train
@@ -250,7 +250,7 @@ def prepare_mbn_baseline(cfg, folder, log: Callable[[str], None] = print):
            f"{figures['val']['teacher_acc']:.3f} vs {figures['val']['student_acc']:.3f}")
     log(f"teacher vs dense student: clustering accuracy (val) {acc}, agreement {fig.agreement:.3f}, latency "
         f"{t_lat.median_ms:.3f} ms vs "
-        f"{s_lat.median_ms:.3f} ms (torch, batch {cfg.measure.latency_batch}): {speedup:.0f}x faster")
+        f"{s_lat.median_ms:.3f} ms (torch, batch {cfg.measure.latency_batch}): {speed_words(speedup)}")
 
     reference = _logged_reference(cfg, model, splits, data, log, judge=teacher)
     teacher_info = {"kind": "mbn", "path": TEACHER_FILE, "settings": tcfg.settings(), "ks": mbn.ks,

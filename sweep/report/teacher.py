@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
+from ..measure import fmt_speedup
 from .rows import info, is_baseline, num, text
 
 LABEL = "MBN teacher"
@@ -132,13 +133,6 @@ def same_conditions(teacher: Teacher, row: Any) -> bool:
             and (not device or not teacher.device or device == teacher.device)
             and (not math.isfinite(threads) or not math.isfinite(teacher.threads) or threads == teacher.threads)
             and (not math.isfinite(batch) or batch == teacher.batch))
-
-
-def fmt_speedup(x: float) -> str:
-    """``812x``; ``3.25x`` under 10; ``-`` when unknown."""
-    if not math.isfinite(x) or x <= 0:
-        return "-"
-    return f"{x:.0f}x" if x >= 10 else f"{x:.3g}x"
 
 
 def speedup_cell(teacher: Teacher, row: Any) -> str:
