@@ -33,6 +33,11 @@ Figures, mean +- std over seeds:
 * TPE with N trials against random with 2N trials (same seeds): ratio of final hypervolumes (the sweep's
   hypervolume, which holds the baseline's fixed volume; the ratio of the gains over the baseline alone is
   printed next to it);
+* a hard budget (first seed only; ``--budget 0`` skips it): TPE with N trials and ``search.constraints:
+  {max_macs: 0.5 x the dense baseline's MACs}`` beside the same seed's TPE sweep without it -- the fine-tune
+  epochs each spends on candidates that break the budget (the issue's goal: none with the budget), how many
+  of them come in the first and the second half of the trials (the sampler is told, so it should learn the
+  feasible region), and the hypervolume of the candidates inside the budget;
 * rung-0 Spearman rho: every ``ok`` trial of the TPE sweep is pruned again (same method, knobs, seed and
   baseline: ``sweep.trial.run_trial`` on the TPE sweep's folder, with the MO-ASHA rung-0 setting), its
   quality after adaptive BN (the figure the scheduler judges at rung 0) taken from the rung-0 report and the
@@ -70,13 +75,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 STRATEGIES = ("random", "tpe", "tpe+asha")
-LABELS = {"random": "random (2N)", "tpe": "TPE (N)", "tpe+asha": "TPE+MO-ASHA"}
+LABELS = {"random": "random (2N)", "tpe": "TPE (N)", "tpe+asha": "TPE+MO-ASHA", "tpe+budget": "TPE (N), budget"}
 OBJECTIVES = ["accuracy", "macs"]
 STAGE_RATIOS = {"stages": 4, "low": 0.0, "high": 0.8}  # issue 12, item 4
 GLOBAL_RATIO = {"low": 0.1, "high": 0.8}  # search_spaces/fashion_mnist.yaml's range
 SCHEDULER = {"type": "mo_asha", "reduction_factor": 3, "min_epochs": 1, "rung0": True, "selection": "hypervolume"}
 # budgets at which the hypervolume curves are printed, as fractions of the TPE sweep's total
 CURVE_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0)
+
+# the budget sweep (first seed only): TPE with search.constraints {max_macs: this x the baseline's MACs};
+# per-stage ratios in [0, 0.8] leave a candidate 0.04-1 of the MACs, about 0.4 on average (each stage's
+# convolutions keep (1 - r)^2), so about half of an unconstrained sweep's candidates break this budget
+BUDGET_MACS_FRACTION = 0.5
 
 # TPE+MO-ASHA's trials per TPE trial (M = ASHA_TRIALS_PER_N * N), see the module docstring
 ASHA_TRIALS_PER_N = 4
@@ -111,13 +121,17 @@ def dataset_options(args) -> dict:
     return opts
 
 
-def space_dict(args, *, seed: int, strategy: str, knobs: dict, baseline: Path | None, dataset: dict) -> dict:
-    """The search space of one sweep, as the YAML would hold it."""
-    search = {"trials": {"random": 2 * args.trials, "tpe": args.trials, "tpe+asha": args.asha_trials}[strategy],
+def space_dict(args, *, seed: int, strategy: str, knobs: dict, baseline: Path | None, dataset: dict,
+               constraints: dict | None = None) -> dict:
+    """The search space of one sweep, as the YAML would hold it (``constraints``: its search.constraints)."""
+    search = {"trials": {"random": 2 * args.trials, "tpe": args.trials, "tpe+asha": args.asha_trials,
+                         "tpe+budget": args.trials}[strategy],
               "concurrency": args.concurrency, "sampler": "random" if strategy == "random" else "tpe",
               "objectives": list(OBJECTIVES), "cpus_per_trial": 1}
     if strategy == "tpe+asha":
         search["scheduler"] = dict(SCHEDULER)
+    if constraints:
+        search["constraints"] = dict(constraints)
     return {
         "name": f"se-{strategy.replace('+', '-')}-s{seed}",
         "seed": seed,
@@ -185,14 +199,15 @@ class Sweep:
 
 
 def run_one(args, work: Path, *, seed: int, strategy: str, knobs: dict, baseline: Path | None,
-            dataset: dict) -> Sweep:
+            dataset: dict, constraints: dict | None = None) -> Sweep:
     from sweep.config import parse_config
     from sweep.driver import run_sweep
     from sweep.results.store import TrialStore
 
     folder = work / f"s{seed}-{strategy.replace('+', '-')}"
     cfg = parse_config(space_dict(args, seed=seed, strategy=strategy, knobs=knobs, baseline=baseline,
-                                  dataset=dataset), source=f"bench/search_efficiency.py ({strategy}, seed {seed})")
+                                  dataset=dataset, constraints=constraints),
+                       source=f"bench/search_efficiency.py ({strategy}, seed {seed})")
 
     def log(msg: str) -> None:
         if args.verbose:
@@ -209,7 +224,8 @@ def run_one(args, work: Path, *, seed: int, strategy: str, knobs: dict, baseline
                baseline=next((r for r in records if r.trial_id == "baseline"), None))
     sw.curve = curve(sw)
     print(f"#   done in {wall:.0f} s: {len(sw.records)} rows, {sw.count('ok')} ok, {sw.count('stopped_early')} "
-          f"stopped early, {sw.epochs:.0f} fine-tune epochs, HV {sw.hv:.4f}", file=sys.stderr, flush=True)
+          f"stopped early, {sw.count('infeasible')} infeasible, {sw.epochs:.0f} fine-tune epochs, HV {sw.hv:.4f}",
+          file=sys.stderr, flush=True)
     return sw
 
 
@@ -264,6 +280,57 @@ def export_baseline(sw: Sweep, out: Path) -> Path:
 
     torch.save(SweepFolder(sw.folder).load_baseline_model().state_dict(), out)
     return out
+
+
+# ------------------------------------------------------------------------------------------ budgets
+def budget_of(ref: Sweep, fraction: float) -> dict:
+    """search.constraints for the budget sweep: MACs at most ``fraction`` of the dense baseline's."""
+    return {"max_macs": float(fraction * ref.baseline.macs)}
+
+
+def by_number(rows: list) -> list:
+    """Rows in the order the sampler proposed them (trial numbers)."""
+    return sorted(rows, key=lambda r: r.trial_number if r.trial_number is not None else 0)
+
+
+def print_budget_part(ref: Sweep, budget: Sweep, fraction: float) -> int:
+    """What a hard budget does to a sweep, side by side with the same seed's sweep without it: the epochs each
+    spends on candidates that break the budget (goal: none in the budget sweep), how many of its candidates
+    break it early and late (the sampler is told, so it should learn to stay inside), and the hypervolume
+    of the candidates inside the budget.  Returns the budget sweep's fine-tune epochs on infeasible rows."""
+    limit = budget_of(ref, fraction)["max_macs"]
+
+    def breaking(rows: list) -> list:
+        return [r for r in rows if r.macs is not None and r.macs > limit]
+
+    inside = [r for r in ref.records if r.status == "ok" and r.macs is not None and r.macs <= limit]
+    wasted_ref = sum(float(r.finetune_epochs or 0) for r in breaking(ref.records))
+    infeasible = [r for r in budget.records if r.status == "infeasible"]
+    wasted = sum(float(r.finetune_epochs or 0) for r in infeasible + breaking(
+        [r for r in budget.records if r.status != "infeasible"]))
+    rows = by_number(budget.records)
+    half = len(rows) // 2
+    early = sum(r.status == "infeasible" for r in rows[:half])
+    late = sum(r.status == "infeasible" for r in rows[half:])
+    ref_rows = by_number(ref.records)
+    ref_early, ref_late = len(breaking(ref_rows[:half])), len(breaking(ref_rows[half:]))
+    print(f"# budget: search.constraints max_macs = {fraction:g} x the dense baseline's MACs = {limit:,.0f} "
+          f"(seed {ref.seed}, TPE, {len(rows)} trials), against the same seed's TPE sweep without it")
+    head = (f"{'sweep':<16}{'rows':>5}{'ok':>4}{'infeasible':>11}{'fail':>5}{'ft epochs':>10}"
+            f"{'on over-budget':>16}{'over budget 1st/2nd half':>26}{'HV inside budget':>18}")
+    print(head)
+    print("-" * len(head))
+    print(f"{'TPE, no budget':<16}{len(ref.records):>5}{ref.count('ok'):>4}{'-':>11}{ref.count('failed'):>5}"
+          f"{ref.epochs:>10.0f}{wasted_ref:>16.0f}{f'{ref_early}/{half} {ref_late}/{len(ref_rows) - half}':>26}"
+          f"{hv_of(ref, inside):>18.4f}")
+    print(f"{'TPE, budget':<16}{len(rows):>5}{budget.count('ok'):>4}{len(infeasible):>11}{budget.count('failed'):>5}"
+          f"{budget.epochs:>10.0f}{wasted:>16.0f}{f'{early}/{half} {late}/{len(rows) - half}':>26}"
+          f"{hv_of(budget, [r for r in budget.records if r.status == 'ok']):>18.4f}")
+    print("# 'on over-budget': fine-tune epochs spent on candidates whose MACs break the budget (goal: 0 with the "
+          "budget); 'over budget': such candidates among the first and the second half of the trials, by trial "
+          "number (the sampler is told the budget sweep's); 'HV inside budget': the hypervolume of the ok rows "
+          "within the budget, baseline included")
+    return int(wasted)
 
 
 # ------------------------------------------------------------------------------------------ rung 0
@@ -384,6 +451,9 @@ def main(argv=None) -> int:
                     "tpe_n_over_random_2n is then nan)")
     ap.add_argument("--reconstruct", action="store_true", help="magnitude re-fits every layer to the unpruned "
                     "network's outputs before fine-tuning (reconstruct: true, fixed), in every strategy's space")
+    ap.add_argument("--budget", type=float, default=BUDGET_MACS_FRACTION,
+                    help="the budget sweep's max_macs as a fraction of the dense baseline's MACs "
+                         f"(default {BUDGET_MACS_FRACTION}); 0: no budget sweep")
     ap.add_argument("--verbose", action="store_true", help="the sweeps' progress lines on stderr")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (printed)")
     args = ap.parse_args(argv)
@@ -419,6 +489,8 @@ def main(argv=None) -> int:
 
     import torch
 
+    budget_line = (f"budget sweep (seed {seeds[0]}): TPE {args.trials}, max_macs {args.budget:g} x the baseline's"
+                   if args.budget > 0 else "no budget sweep")
     print(f"# search_efficiency  {_dt.datetime.now().isoformat(timespec='seconds')}  sweep {version('sweep')}  "
           f"ray {version('ray')}  optuna {version('optuna')}  torch {torch.__version__}  torch-pruning "
           f"{version('torch-pruning')}  python {sys.version.split()[0]}  {os.cpu_count()} cores  preset {preset}")
@@ -431,8 +503,9 @@ def main(argv=None) -> int:
           f"{'skipped (--no-random)' if args.no_random else str(2 * args.trials) + ' trials'}, TPE {args.trials}, "
           f"TPE+MO-ASHA {args.asha_trials} (reduction_factor "
           f"{SCHEDULER['reduction_factor']}, min_epochs {SCHEDULER['min_epochs']}, rung0, selection "
-          f"{SCHEDULER['selection']}); {args.concurrency} "
-          f"at a time, 1 CPU each")
+          f"{SCHEDULER['selection']}); "
+          f"{budget_line}; "
+          f"{args.concurrency} at a time, 1 CPU each")
     print(f"# load avg (1/5/15 min) at start {load_start}", flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="bench-search-"))
@@ -461,6 +534,10 @@ def main(argv=None) -> int:
                     continue
                 runs[strategy] = run_one(args, work, seed=seed, strategy=strategy, knobs=args.knobs,
                                          baseline=state, dataset=args.data)
+            if args.budget > 0 and i == 0:
+                runs["tpe+budget"] = run_one(args, work, seed=seed, strategy="tpe+budget", knobs=args.knobs,
+                                             baseline=state, dataset=args.data,
+                                             constraints=budget_of(runs["tpe"], args.budget))
             if not args.no_rung0:
                 print(f"# seed {seed}: rung 0 of the TPE trials, pruned again ... (load {load()})", file=sys.stderr,
                       flush=True)
@@ -561,6 +638,12 @@ def main(argv=None) -> int:
               f"{mean_std(rho_raw)}")
     else:
         print("# rung 0: not measured (--no-rung0)")
+
+    budget_seed = next((s for s in seeds if "tpe+budget" in sweeps[s]), None)
+    if budget_seed is not None:
+        print_budget_part(sweeps[budget_seed]["tpe"], sweeps[budget_seed]["tpe+budget"], args.budget)
+    else:
+        print("# budget: not measured (--budget 0)")
 
     took = time.time() - t_start
     print(f"# took {took:.0f} s ({took / 60:.1f} min); load avg (1/5/15 min) at end {load_end}")

@@ -77,7 +77,8 @@ def _finish(outcome, cfg) -> int:
     _log(f"MLflow:  mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"MLflow:  {uri}")
     if outcome.report_dir is not None:
         _log(f"report:  {(outcome.report_dir / 'index.html').resolve()}")
-    _log(f"choose:  sweep select {outcome.sweep_dir} --max-latency-ms X | --max-params N | --min-{cfg.quality} A")
+    _log(f"choose:  sweep select {outcome.sweep_dir} --max-latency-ms X | --max-params N | --min-{cfg.quality} A"
+         + (" (without flags: the sweep's search.constraints)" if cfg.search.constraints else ""))
     return 0
 
 

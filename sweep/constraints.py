@@ -119,6 +119,12 @@ class Constraints:
         return out
 
 
+def budget_words(budgets: Mapping[str, float]) -> str:
+    """Budgets (name -> limit, as :meth:`Constraints.items` gives them) in words: ``max_params 150,000,
+    min_quality 0.9``; ``-`` for none."""
+    return ", ".join(f"{k} {_num(v)}" for k, v in budgets.items()) or "-"
+
+
 def parse_constraints(data: Any, where: str = "search.constraints") -> Constraints:
     """``search.constraints`` -> :class:`Constraints` (empty for None or ``{}``).  Unknown budget names and
     values out of range are one-line ConfigErrors: ``max_params must be a number > 0, but got

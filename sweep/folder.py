@@ -284,9 +284,12 @@ def sweep_meta(cfg, baseline: dict) -> dict:
     place later readers take it from."""
     figures: dict[str, Any] = {k: baseline.get(k, 1.0) for k in
                                ("accuracy", "test_accuracy", "agreement", "params", "macs", "latency_ms")}
+    limits = cfg.search.constraints
     return {"name": cfg.name, "objectives": list(cfg.search.objectives), "baseline": figures,
             "labels": cfg.labels, "quality": cfg.quality, "model": cfg.model.name, "dataset": cfg.dataset.name,
-            "methods": [m.name for m in cfg.methods], "trials": cfg.search.trials}
+            "methods": [m.name for m in cfg.methods], "trials": cfg.search.trials,
+            # search.constraints (budget -> limit; {} without): the report draws them
+            "constraints": dict(limits.items()) if limits else {}}
 
 
 BASELINE_FIGURES = ("accuracy", "test_accuracy", "params", "macs", "latency_ms")

@@ -97,8 +97,9 @@ def architecture_key(model, example_inputs=None) -> tuple:
         settings = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in vars(m).items()
                                 if not k.startswith("_") and isinstance(v, (*_SETTING_TYPES, list))
                                 and (not isinstance(v, list) or all(isinstance(e, _SETTING_TYPES) for e in v))))
-        tensors = tuple((n, tuple(t.shape), str(t.dtype)) for n, t in
-                        (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)) if t is not None)
+        # the module's own tables, not named_parameters(recurse=False): those walk a generator per module
+        tensors = tuple((n, tuple(t.shape), str(t.dtype)) for own in (m._parameters, m._buffers)
+                        for n, t in own.items() if t is not None)
         mods.append((name, f"{type(m).__module__}.{type(m).__qualname__}", m.extra_repr(), settings, tensors))
     return tuple(mods), _input_key(example_inputs)
 

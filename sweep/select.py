@@ -115,6 +115,17 @@ def _budget_text(b: Budget) -> str:
     return ", ".join(f"{k.replace('_', '-')} {_num(v)}" for k, v in b.items()) or "no limits"
 
 
+def sweep_budget(budget: Budget, constraints, log=print) -> Budget:
+    """``budget`` as given; where it sets no limit, the sweep's own hard budgets (``constraints``, its
+    search.constraints), so that a selection never picks what the sweep itself ruled out (a trial whose
+    quality or re-measured latency breaks them).  Budget flags, when given, replace them all."""
+    if budget.items() or not constraints:
+        return budget
+    own = Budget(**constraints.budget_kwargs())
+    log(f"budget: the sweep's search.constraints ({_budget_text(own)}); give budget flags to choose otherwise")
+    return own
+
+
 def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: bool = True,
            register: bool = True, log=print) -> dict:
     from .measure import measure_latency
@@ -124,6 +135,7 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
     records, meta = folder.results()
     cfg, state = folder.config(), folder.state()
     quality = meta.get("quality", "accuracy")
+    budget = sweep_budget(budget, cfg.search.constraints, log)
     ordered = choose(records, budget, quality)
     if not cfg.labelled_data:
         log(f"note: {NO_LABELS_NOTE}")

@@ -415,3 +415,16 @@ def test_successive_halving_and_budgets_steer_a_real_sweep(tmp_path, monkeypatch
     status = "\n".join(__import__("sweep.status", fromlist=["x"]).status_lines(SweepFolder(tmp_path / "runs" /
                                                                                            "ithalving").path))
     assert f"{len(early)} stopped early" in status and f"{len(infeasible)} infeasible" in status
+    # the budget travels with the results: the report names it, and `sweep select` without flags keeps to it
+    import pyarrow.parquet as pq
+
+    assert json.loads(pq.read_schema(tmp_path / "runs" / "ithalving" / "trials.parquet").metadata[b"sweep"])[
+        "constraints"] == {"max_params": 20000}
+    summary = (tmp_path / "reports" / "ithalving" / "summary.md").read_text()
+    assert f"max_params 20,000: {len(infeasible)} candidate(s) broke a cost budget" in summary
+    assert "(without flags: the sweep's search.constraints)" in out
+    assert main(["select", str(tmp_path / "runs" / "ithalving"), "--no-export", "--no-register"]) == 0
+    chosen = capsys.readouterr().out
+    assert "budget: the sweep's search.constraints (max-params 20,000)" in chosen
+    picked = chosen.split("chosen: trial ")[1].split(" ")[0]
+    assert picked in set(ok["trial_id"]) and int(ok.set_index("trial_id").loc[picked, "params"]) <= 20000

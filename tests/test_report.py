@@ -500,6 +500,40 @@ def test_stopped_early_and_infeasible_rows_are_shown_apart_never_on_the_front(tm
     assert f"1 {status.replace('_', ' ')}" in index  # the summary's trial counts
 
 
+def test_the_sweeps_budgets_are_named_in_the_summary_and_drawn_on_the_plots_of_their_axes(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sweep.report.plots import _plot_budgets
+
+    rows = write_trials(tmp_path / "sweep")
+    over = _row("tover", "magnitude", "ok", 0.5, 0.1, 30)  # 90 % of the params: over the budget, not fine-tuned
+    over.update(status="infeasible", error="infeasible: params 900,000 > max_params 500,000", finetune_epochs=0)
+    for k in KNOBS:
+        over.setdefault(k, None)
+    budgets = {"max_params": 500_000.0, "min_quality": 0.7}
+    write_table(tmp_path / "sweep", [*rows, over], {"name": "demo", "objectives": ["accuracy", "latency_ms"],
+                                                    "baseline": BASELINE, "constraints": budgets})
+    out = tmp_path / "report"
+    report.build_report(tmp_path / "sweep", out)
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert ("Budgets (search.constraints):** max_params 500,000, min_quality 0.7: 1 candidate(s) broke a cost "
+            "budget right after pruning and were not fine-tuned (infeasible)") in summary
+    # each view draws the budgets of its own axes: max_params across the params view, min_quality on every one
+    for cost, want in (("params", {"budget: max_params 500,000", "budget: min_quality 0.7"}),
+                       ("latency_ms", {"budget: min_quality 0.7"})):
+        fig, ax = plt.subplots()
+        _plot_budgets(ax, budgets, cost)
+        assert {line.get_label() for line in ax.get_lines()} == want
+        plt.close(fig)
+    # a table written before budgets were recorded (or a sweep without any) has no such line
+    write_trials(tmp_path / "plain")
+    report.build_report(tmp_path / "plain", tmp_path / "plain_report")
+    assert "Budgets" not in (tmp_path / "plain_report" / "summary.md").read_text(encoding="utf-8")
+
+
 def test_no_apart_section_without_such_rows(built) -> None:
     sweep_dir, _, _ = built
     index = (sweep_dir / "report" / "index.html").read_text(encoding="utf-8")

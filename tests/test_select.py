@@ -116,3 +116,21 @@ def test_a_speed_up_over_the_teacher_reads_as_the_report_writes_it_and_says_slow
     from sweep.measure import speed_words
 
     assert speed_words(speedup) == words
+
+
+def test_without_budget_flags_a_sweep_keeps_to_its_own_constraints():
+    from sweep.constraints import parse_constraints
+    from sweep.select import sweep_budget
+
+    lines = []
+    own = parse_constraints({"max_params": 300_000, "min_quality": 0.8})
+    budget = sweep_budget(Budget(), own, lines.append)
+    assert budget == Budget(max_params=300_000, min_accuracy=0.8)
+    assert lines == ["budget: the sweep's search.constraints (max-params 300,000, min-accuracy 0.8); give budget "
+                     "flags to choose otherwise"]
+    assert [r.trial_id for r in choose(ROWS, budget)] == ["c"]  # a and b break the params, d the quality
+    # flags replace the sweep's budgets; a sweep without constraints leaves the budget as given
+    given = Budget(max_latency_ms=1.0)
+    assert sweep_budget(given, own, lines.append) is given
+    assert sweep_budget(Budget(), parse_constraints(None), lines.append) == Budget()
+    assert sweep_budget(Budget(), None, lines.append) == Budget() and len(lines) == 1

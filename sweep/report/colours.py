@@ -19,6 +19,7 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
            "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "<", ">")
 BASELINE_COLOUR = "#ffd700"  # gold: the dense model stands apart from every method's colour
+BUDGET_COLOUR = "#ff8c00"  # dark orange, dotted: a hard budget's limit (search.constraints) across a plot
 BASELINE = "baseline"
 
 

@@ -256,7 +256,7 @@ def _render(sweep_dir: Path, tmp: Path) -> list[str]:
 
     names = []
     for cost, name in PLOT_FILES.items():
-        plot_projection(df, quality, cost, front_ids, styles, tmp / name, teacher)
+        plot_projection(df, quality, cost, front_ids, styles, tmp / name, teacher, meta.get("constraints"))
         names.append(name)
     plot_hypervolume(df, meta, tmp / HV_FILE)
     plot_parallel(df, quality, styles, tmp / PARALLEL_FILE)

@@ -27,8 +27,9 @@ import numpy as np
 import pandas as pd
 
 from sweep import pareto
+from sweep.constraints import budget_words
 
-from .colours import BASELINE_COLOUR, colour_of
+from .colours import BASELINE_COLOUR, BUDGET_COLOUR, colour_of
 from .colours import method_styles as method_styles  # re-exported: callers took it from here before
 from .rows import (
     info,
@@ -153,12 +154,22 @@ def _plot_teacher(ax, teacher: Teacher | None, quality: str, cost: str) -> None:
                 fontsize=9, bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
 
 
+def _plot_budgets(ax, budgets: dict | None, cost: str) -> None:
+    """The budgets of this view's axes: ``max_<cost>`` as a vertical line, ``min_quality`` as a horizontal one."""
+    for key, limit in (budgets or {}).items():
+        line = ax.axvline if key == f"max_{cost}" else ax.axhline if key == "min_quality" else None
+        if line is not None:
+            line(float(limit), color=BUDGET_COLOUR, linestyle=":", linewidth=1.5,
+                 label=f"budget: {budget_words({key: limit})}")
+
+
 def plot_projection(
     df: pd.DataFrame, quality: str, cost: str, front_ids: set[str], styles: dict, path: Path,
-    teacher: Teacher | None = None,
+    teacher: Teacher | None = None, budgets: dict | None = None,
 ) -> pd.DataFrame:
     """Write ``quality`` against ``cost``: trials per method, the view's staircase, the sweep's front
-    ringed, the baseline starred, an MBN ``teacher`` as a reference; return the staircase rows."""
+    ringed, the baseline starred, an MBN ``teacher`` as a reference, the hard ``budgets`` (search.constraints,
+    budget -> limit) of these axes as dotted lines; return the staircase rows."""
     fig, ax = _new_axes((7.5, 5))
     points = projection_points(df, quality, cost)
     y = points[quality].to_numpy(dtype=float)
@@ -194,6 +205,7 @@ def plot_projection(
                         bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
         mark = teacher_mark(teacher, quality, cost)
         _plot_teacher(ax, teacher, quality, cost)
+        _plot_budgets(ax, budgets, cost)
         if is_log_scale(np.append(x, mark.x) if mark is not None and mark.kind == "point" else x):
             ax.set_xscale("log")
         if cost != "latency_ms":

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from sweep import pareto
+from sweep.constraints import budget_words
 
 from .rows import (
     apart_rows,
@@ -136,6 +137,7 @@ def summary(df: pd.DataFrame, meta: dict[str, Any], front: pd.DataFrame) -> dict
         "reference": _reference_summary(df, quality),
         # the `unlabeled` dataset is device data alone: no accuracy anywhere, quality is agreement
         "labelled": meta.get("dataset") != "unlabeled",
+        "budgets": dict(meta.get("constraints") or {}),  # search.constraints; tables written before lack it
     }
 
 
@@ -216,8 +218,16 @@ def summary_items(s: dict[str, Any]) -> list[tuple[str, str]]:
                                f"{s['noise']['robust']} point(s); {s['noise']['duplicates']} ok row(s) duplicate "
                                f"an earlier row's structure"),
         ("Final hypervolume", f"{s['hypervolume']:.4f}"),
+        *([("Budgets (search.constraints)", _budgets_line(s))] if s.get("budgets") else []),
         *([] if s.get("labelled", True) else [("Labels", NO_LABELLED_SET)]),
     ]
+
+
+def _budgets_line(s: dict[str, Any]) -> str:
+    """The summary's budgets line: the hard budgets and what they cost the sweep's candidates."""
+    n = s.get("infeasible", 0)
+    return (f"{budget_words(s['budgets'])}: {n} candidate(s) broke a cost budget right after pruning and were not "
+            f"fine-tuned (infeasible); drawn dotted on the plots of their axes")
 
 
 # --------------------------------------------------------------------------- front and methods
