@@ -528,6 +528,9 @@ def test_the_sweeps_budgets_are_named_in_the_summary_and_drawn_on_the_plots_of_t
         _plot_budgets(ax, budgets, cost)
         assert {line.get_label() for line in ax.get_lines()} == want
         plt.close(fig)
+    # the interactive scatter (quality vs latency) draws the budgets of its axes alone
+    text = (out / "interactive.html").read_text(encoding="utf-8")
+    assert "budget: min_quality 0.7" in text and "budget: max_params" not in text
     # a table written before budgets were recorded (or a sweep without any) has no such line
     write_trials(tmp_path / "plain")
     report.build_report(tmp_path / "plain", tmp_path / "plain_report")

@@ -10,6 +10,8 @@ Conventions:
 * Colours are the methods' colours of :mod:`sweep.report.colours`, the same as in the PNGs.
 * A sweep with an MBN teacher shows it on the scatter as a trace of its own, ``MBN teacher`` (a dark
   diamond at its latency and agreement 1; :mod:`sweep.report.teacher`).
+* The sweep's hard budgets of the scatter's axes (``max_latency_ms``, ``min_quality``) are dotted lines, as on
+  the PNGs.
 * Text from the table is HTML-escaped (plotly renders hover text as HTML).
 * Without plotly installed nothing is written and :func:`write_interactive` returns False.
 """
@@ -24,7 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .colours import BASELINE, BASELINE_COLOUR, colour_of
+from sweep.constraints import budget_words
+
+from .colours import BASELINE, BASELINE_COLOUR, BUDGET_COLOUR, colour_of
 from .parallel import parallel_figure
 from .plots import QUALITY_LABELS, interactive_traces, is_log_scale
 from .teacher import COLOUR as TEACHER_COLOUR
@@ -51,9 +55,11 @@ def _marker(name: str, colour: str) -> dict:
     return {"size": 9, "color": colour}
 
 
-def scatter_figure(df: pd.DataFrame, quality: str, styles: dict, teacher: Teacher | None = None) -> Any:
+def scatter_figure(df: pd.DataFrame, quality: str, styles: dict, teacher: Teacher | None = None,
+                   budgets: dict | None = None) -> Any:
     """``quality`` vs latency, one coloured trace per method, the baseline a gold star, an MBN ``teacher`` a
-    dark diamond."""
+    dark diamond, the sweep's ``max_latency_ms`` and ``min_quality`` budgets (search.constraints) as dotted
+    lines."""
     import plotly.graph_objects as go
 
     traces = interactive_traces(df, quality, styles, teacher)
@@ -69,6 +75,11 @@ def scatter_figure(df: pd.DataFrame, quality: str, styles: dict, teacher: Teache
     latencies = np.concatenate([t["x"] for t in traces]) if traces else np.zeros(0)
     fig.update_layout(title=f"{quality} vs latency", xaxis_title="latency (ms)", yaxis_title=QUALITY_LABELS[quality],
                       xaxis_type="log" if is_log_scale(latencies) else "linear", template="plotly_white")  # fmt: skip
+    for key, limit in (budgets or {}).items():
+        line = fig.add_vline if key == "max_latency_ms" else fig.add_hline if key == "min_quality" else None
+        if line is not None:
+            line(float(limit), line_dash="dot", line_color=BUDGET_COLOUR,
+                 annotation_text=html.escape(f"budget: {budget_words({key: limit})}"))
     return fig
 
 
@@ -121,13 +132,15 @@ def interactive_html(title: str, sections: Sequence[tuple[str, str]]) -> str:
 def write_interactive(df: pd.DataFrame, quality: str, styles: dict, path: Path, title: str = "Sweep report",
                       budget: tuple[Sequence[str], Sequence[Sequence[str]]] = ((), ()),
                       widths: Widths | None = None, widths_heading: str = "",
-                      teacher: Teacher | None = None) -> bool:  # fmt: skip
-    """Write ``interactive.html`` (see the module docstring); False (nothing written) without plotly."""
+                      teacher: Teacher | None = None, budgets: dict | None = None) -> bool:  # fmt: skip
+    """Write ``interactive.html`` (see the module docstring; ``budgets``: search.constraints, budget -> limit);
+    False (nothing written) without plotly."""
     try:
         import plotly  # noqa: F401
     except ImportError:
         return False
-    sections = [(f"{quality} vs latency", _figure_div(scatter_figure(df, quality, styles, teacher), "scatter"))]
+    sections = [(f"{quality} vs latency", _figure_div(scatter_figure(df, quality, styles, teacher, budgets),
+                                                                 "scatter"))]
     parallel = parallel_figure(df, quality, styles)
     if parallel is not None:
         sections.append(("Knobs to objectives (parallel coordinates)", _figure_div(parallel, "parallel")))

@@ -263,7 +263,8 @@ def _render(sweep_dir: Path, tmp: Path) -> list[str]:
     names += [HV_FILE, PARALLEL_FILE]
     widths_plot, widths = _widths_plot(df, sweep_dir, quality, styles, tmp)
     interactive = write_interactive(df, quality, styles, tmp / INTERACTIVE_FILE, _title(s), budget, widths,
-                                    widths_plot.alt if widths_plot else "", teacher)  # fmt: skip
+                                    widths_plot.alt if widths_plot else "", teacher,
+                                    meta.get("constraints"))  # fmt: skip
     block_plots = write_block_plots(front, tmp)
     detail_plots = write_detail_plots(front, tmp, styles)
     names += [p.file for p in (*block_plots, *detail_plots, *([widths_plot] if widths_plot else []))]
