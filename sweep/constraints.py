@@ -111,18 +111,18 @@ class Constraints:
             col, op = _column(key, quality), LIMITS[key][1]
             v = _value(figures, col)
             if v is None:
-                out.append(f"{col} unknown ({key} {_num(limit)})")
+                out.append(f"{col} unknown ({key} {fmt_limit(limit)})")
             elif op == "<=" and v > limit:
-                out.append(f"{col} {_num(v)} > {key} {_num(limit)}")
+                out.append(f"{col} {fmt_limit(v)} > {key} {fmt_limit(limit)}")
             elif op == ">=" and v < limit:
-                out.append(f"{col} {_num(v)} < {key} {_num(limit)}")
+                out.append(f"{col} {fmt_limit(v)} < {key} {fmt_limit(limit)}")
         return out
 
 
 def budget_words(budgets: Mapping[str, float]) -> str:
     """Budgets (name -> limit, as :meth:`Constraints.items` gives them) in words: ``max_params 150,000,
     min_quality 0.9``; ``-`` for none."""
-    return ", ".join(f"{k} {_num(v)}" for k, v in budgets.items()) or "-"
+    return ", ".join(f"{k} {fmt_limit(v)}" for k, v in budgets.items()) or "-"
 
 
 def parse_constraints(data: Any, where: str = "search.constraints") -> Constraints:
@@ -197,8 +197,9 @@ def _value(figures: Mapping[str, Any], col: str) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _num(v) -> str:
-    # as sweep.select._num: thousands separators for large whole numbers, else 4 significant digits
+def fmt_limit(v) -> str:
+    """A budget's limit or a figure compared with one, as every budget message writes it (here and in ``sweep
+    select``): thousands separators for large whole numbers, else 4 significant digits."""
     if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 1000):
         return f"{int(v):,}"
     return f"{v:.4g}"

@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .constraints import fmt_limit
 from .errors import BudgetError
 from .folder import SweepFolder
 from .results.schema import TrialRecord
@@ -50,9 +51,9 @@ class Budget:
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 out.append(f"{col} unknown")
             elif op == "<=" and v > limit:
-                out.append(f"{col} {_num(v)} > {_num(limit)}")
+                out.append(f"{col} {fmt_limit(v)} > {fmt_limit(limit)}")
             elif op == ">=" and v < limit:
-                out.append(f"{col} {_num(v)} < {_num(limit)}")
+                out.append(f"{col} {fmt_limit(v)} < {fmt_limit(limit)}")
         return out
 
     def excess(self, row: TrialRecord, quality: str = "accuracy") -> float:
@@ -67,12 +68,6 @@ class Budget:
             rel = (v - limit) / abs(limit) if op == "<=" else (limit - v) / abs(limit)
             total += max(0.0, rel)
         return total
-
-
-def _num(v) -> str:
-    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 1000):
-        return f"{int(v):,}"
-    return f"{v:.4g}"
 
 
 NO_LABELS_NOTE = ("no labelled set was given (dataset.unlabeled alone), so accuracy is unknown: the choice is "
@@ -112,7 +107,7 @@ def choose(records: list[TrialRecord], budget: Budget, quality: str = "accuracy"
 
 
 def _budget_text(b: Budget) -> str:
-    return ", ".join(f"{k.replace('_', '-')} {_num(v)}" for k, v in b.items()) or "no limits"
+    return ", ".join(f"{k.replace('_', '-')} {fmt_limit(v)}" for k, v in b.items()) or "no limits"
 
 
 def sweep_budget(budget: Budget, constraints, log=print) -> Budget:

@@ -26,11 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sweep.constraints import budget_words
-
 from .colours import BASELINE, BASELINE_COLOUR, BUDGET_COLOUR, colour_of
 from .parallel import parallel_figure
-from .plots import QUALITY_LABELS, interactive_traces, is_log_scale
+from .plots import QUALITY_LABELS, budget_lines, interactive_traces, is_log_scale
 from .teacher import COLOUR as TEACHER_COLOUR
 from .teacher import LABEL as TEACHER_LABEL
 from .teacher import Teacher
@@ -75,11 +73,9 @@ def scatter_figure(df: pd.DataFrame, quality: str, styles: dict, teacher: Teache
     latencies = np.concatenate([t["x"] for t in traces]) if traces else np.zeros(0)
     fig.update_layout(title=f"{quality} vs latency", xaxis_title="latency (ms)", yaxis_title=QUALITY_LABELS[quality],
                       xaxis_type="log" if is_log_scale(latencies) else "linear", template="plotly_white")  # fmt: skip
-    for key, limit in (budgets or {}).items():
-        line = fig.add_vline if key == "max_latency_ms" else fig.add_hline if key == "min_quality" else None
-        if line is not None:
-            line(float(limit), line_dash="dot", line_color=BUDGET_COLOUR,
-                 annotation_text=html.escape(f"budget: {budget_words({key: limit})}"))
+    for axis, limit, label in budget_lines(budgets, "latency_ms"):
+        (fig.add_vline if axis == "x" else fig.add_hline)(limit, line_dash="dot", line_color=BUDGET_COLOUR,
+                                                          annotation_text=html.escape(label))
     return fig
 
 

@@ -154,13 +154,18 @@ def _plot_teacher(ax, teacher: Teacher | None, quality: str, cost: str) -> None:
                 fontsize=9, bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
 
 
+def budget_lines(budgets: dict | None, cost: str) -> list[tuple[str, float, str]]:
+    """The hard budgets (search.constraints, budget -> limit) on a view of quality against ``cost``, as
+    ``(axis, limit, label)``: ``max_<cost>`` across the x axis (``"x"``: a vertical line), ``min_quality``
+    across the y axis; the others bound figures this view does not show."""
+    return [("x" if key == f"max_{cost}" else "y", float(limit), f"budget: {budget_words({key: limit})}")
+            for key, limit in (budgets or {}).items() if key in (f"max_{cost}", "min_quality")]
+
+
 def _plot_budgets(ax, budgets: dict | None, cost: str) -> None:
-    """The budgets of this view's axes: ``max_<cost>`` as a vertical line, ``min_quality`` as a horizontal one."""
-    for key, limit in (budgets or {}).items():
-        line = ax.axvline if key == f"max_{cost}" else ax.axhline if key == "min_quality" else None
-        if line is not None:
-            line(float(limit), color=BUDGET_COLOUR, linestyle=":", linewidth=1.5,
-                 label=f"budget: {budget_words({key: limit})}")
+    for axis, limit, label in budget_lines(budgets, cost):
+        (ax.axvline if axis == "x" else ax.axhline)(limit, color=BUDGET_COLOUR, linestyle=":", linewidth=1.5,
+                                                    label=label)
 
 
 def plot_projection(
