@@ -199,6 +199,36 @@ def test_random_startup_is_a_third_of_the_fine_tune_budget(n_trials, eta, startu
     assert tpe._n_startup_trials == startup
 
 
+def test_tpe_with_budgets_models_the_knobs_jointly_and_samples_a_conditional_space():
+    """With search.constraints TPE is multivariate and grouped (budgets depend on the knobs together), and it
+    still samples a space whose knobs depend on the method, told each trial's constraint values as the driver
+    tells them; seeded, it repeats itself.  Without budgets it keeps Optuna's multi-objective default."""
+    from sweep.constraints import CONSTRAINTS_ATTR
+
+    assert make_sampler("tpe", seed=0, n_trials=12)._multivariate is None
+    space = define_by_run(cfg_for({"magnitude": {"ratio": {"low": 0.1, "high": 0.9}},
+                                   "sr_init": {"tau": {"low": 0.0, "high": 0.5}}}))
+
+    def draws(seed: int) -> list[dict]:
+        sampler = make_sampler("tpe", seed=seed, n_trials=12, constraints=1)
+        assert sampler._multivariate is True and sampler._group is True
+        st, out = study(sampler), []
+        for _ in range(12):
+            t = st.ask()
+            space(t)
+            ratio = t.params.get("magnitude.ratio")
+            t.set_user_attr(CONSTRAINTS_ATTR, [0.5 - ratio if ratio is not None else -1.0])  # ratio >= 0.5 keeps it
+            st.tell(t, [0.5, 1.0])
+            out.append(dict(t.params))
+        return out
+
+    a = draws(3)
+    assert {p[METHOD_PARAM] for p in a} == {"magnitude", "sr_init"}
+    assert all(set(p) == {METHOD_PARAM, f"{p[METHOD_PARAM]}.{'ratio' if p[METHOD_PARAM] == 'magnitude' else 'tau'}"}
+               for p in a)
+    assert a == draws(3)
+
+
 def test_make_sampler_unknown():
     from sweep.errors import ConfigError
 
