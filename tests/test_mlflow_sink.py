@@ -305,7 +305,10 @@ def test_the_mirror_process_outlives_ctrl_c_ends_when_closed_and_says_once_if_it
     assert "trials.parquet holds every trial" in warnings[0]
 
 
-def test_a_mirror_process_whose_driver_died_writes_what_finished_and_opens_no_run_left_running(sink):
+def test_a_mirror_process_whose_driver_died_writes_what_finished_and_leaves_no_run_running(sink):
+    """The driver dies with trials in flight: what finished is written; a trial whose run is not opened yet
+    (its start held) gets none, and one whose run is open already (held long enough, or flushed) is closed as
+    KILLED with the reason, whichever the mirror process met first."""
     from sweep.results import mirror_process as mp
 
     parent = sink.start_parent("orphan", {})
@@ -313,11 +316,17 @@ def test_a_mirror_process_whose_driver_died_writes_what_finished_and_opens_no_ru
     assert mirror.flush()
     mirror.started("done", "magnitude-done", {})
     mirror.finished(_record("done"))
+    mirror.started("opened", "magnitude-opened", {})
+    assert mirror.flush()  # a flush opens held runs: this one is RUNNING now
     mirror.started("in-flight", "magnitude-in-flight", {})  # held: its run is not opened yet
     mirror._q.put(mp._CLOSE)  # its stdin ends without the driver's close: the driver died
     assert mirror._proc.wait(timeout=60) == 0
-    runs = {r.data.tags["sweep.trial_id"]: r.info.status for r in sink.children(parent)}
-    assert runs == {"done": "FINISHED"}
+    runs = {r.data.tags["sweep.trial_id"]: r for r in sink.children(parent)}
+    assert {t: r.info.status for t, r in runs.items() if t != "in-flight"} == {"done": "FINISHED",
+                                                                              "opened": "KILLED"}
+    assert runs["opened"].data.tags["sweep.stopped"] == mp.DRIVER_GONE
+    # a held start that came due before the end was read is closed the same way: never RUNNING
+    assert "in-flight" not in runs or runs["in-flight"].info.status == "KILLED"
 
 
 def _count_writes(sink, monkeypatch) -> list:

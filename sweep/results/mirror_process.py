@@ -10,8 +10,9 @@ run is opened, ``{"warn": line}`` for the mirror's warning lines, ``{"progress":
 flushes a backlog, ``{"flushed": n, "ok": bool}``.  The end
 of its stdin is the end: the process writes what is queued and exits.  The driver closes it with ``{"op":
 "close"}`` first; an end without it means the driver died, and then the trials still running get no run
-opened (their starts are dropped; ``sweep resume`` runs them again), so that no run the dead driver
-started is left RUNNING.
+opened (their starts are dropped) and the runs already opened for them are closed as KILLED, tagged
+``sweep.stopped`` (:data:`DRIVER_GONE`; ``sweep resume`` runs those trials again), so that no run the dead
+driver started is left RUNNING.
 
 Why a process: a trial's run costs the tracking store three transactions, 10-17 ms of SQLAlchemy's CPU per
 trial, and in a thread of the driver that time holds the interpreter lock Ray Tune's loop needs to hand the
@@ -56,6 +57,8 @@ NICENESS_ENV = "SWEEP_MIRROR_NICENESS"
 # how long close() waits for the process to end once its stdin is closed (it has written what was
 # queued by then: close() flushes first), before killing it
 EXIT_WAIT_S = 30.0
+# the sweep.stopped tag of the runs the process closes when its driver died (stdin ended without a close)
+DRIVER_GONE = "the sweep's driver ended without closing its MLflow runs; `sweep resume` runs the trial again"
 _CLOSE = object()
 
 
@@ -321,7 +324,7 @@ def main() -> int:
             args[0] = [TrialRecord.from_json(r) for r in args[0]]
         getattr(mirror, op)(*args)
     if not closed:  # the driver died (module docstring)
-        mirror.forget_held()
+        mirror.orphaned(DRIVER_GONE)
     mirror.close()
     return 0
 

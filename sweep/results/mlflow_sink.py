@@ -258,6 +258,7 @@ class TrialMirror:
         self._parent_at = -math.inf  # time.monotonic() of the last parent write
         self._parent_due = False  # metrics are waiting for PARENT_METRICS_EVERY_S to pass
         self._held: dict[str, tuple] = {}  # trial id -> (its start's arguments, time.monotonic() when held)
+        self._running: set[str] = set()  # trial ids whose run this mirror opened RUNNING and has not closed
         self._thread = threading.Thread(target=self._loop, name="sweep-mlflow-mirror", daemon=True)
         self._thread.start()
 
@@ -298,13 +299,16 @@ class TrialMirror:
             self._parent_queued = True
         self._q.put((self._parent_metrics, (False,)))
 
-    def forget_held(self) -> None:
-        """Drop the starts still held (runs not opened yet): their trials' ends will never come, because the
-        driver that ran them is gone; ``sweep resume`` runs those trials again, under runs of their own."""
-        self._q.put((self._forget_held, ()))
+    def orphaned(self, reason: str) -> None:
+        """The driver is gone, and with it the ends of the trials still running: drop the starts still held
+        (runs not opened yet) and close the runs opened for such trials as KILLED, tagged ``sweep.stopped``
+        with ``reason``.  No run is left RUNNING; ``sweep resume`` runs those trials again, under runs of
+        their own."""
+        self._q.put((self._orphaned, (reason,)))
 
-    def _forget_held(self) -> None:
+    def _orphaned(self, reason: str) -> None:
         self._held.clear()
+        self._stop(sorted(self._running), reason)
 
     # ---------------------------------------------------------------- waiting
     def flush(self, timeout_s: float = 120.0, on_progress=None) -> bool:
@@ -440,6 +444,7 @@ class TrialMirror:
             return
         self.run_ids[trial_id] = self.sink.start_child(self.parent_id, name, self._child_params(params),
                                                        tags={"sweep.trial_id": trial_id}, start_ms=start_ms)
+        self._running.add(trial_id)
 
     def _finish(self, rec, history: list, end_ms: int, opening: tuple | None = None) -> None:
         from mlflow.entities import Metric
@@ -472,6 +477,7 @@ class TrialMirror:
         else:
             self.sink.log_batch(run_id, metrics=metrics, tags=tags)
         self.sink.end(run_id, status, end_ms=end_ms)
+        self._running.discard(rec.trial_id)
 
     def _remeasured(self, records: list) -> None:
         for r in records:
@@ -489,6 +495,7 @@ class TrialMirror:
             if run_id is not None:
                 self.sink.set_tags(run_id, {"sweep.stopped": reason})
                 self.sink.end(run_id, "KILLED")
+                self._running.discard(tid)
 
     def _supersede(self, trial_ids: list) -> None:
         self.sink.supersede_trial_runs(self.parent_id, trial_ids)
