@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from .constraints import budget_words
 from .folder import HEARTBEAT_EVERY_S, SweepFolder, pid_alive
 
 # trials listed by a heartbeat older than this are not reported as running (the driver missed 3 beats)
@@ -28,7 +29,8 @@ def _ago(seconds: float) -> str:
 
 
 def status_lines(sweep_dir: Path, now: float | None = None) -> list[str]:
-    """One line per fact: the sweep, its baseline, done, stopped, running, remaining, the driver, the last end."""
+    """One line per fact: the sweep, its baseline, done, its budgets (if any), stopped, running, remaining, the
+    driver, the last end."""
     now = time.time() if now is None else now
     folder = SweepFolder(sweep_dir)
     cfg = folder.config()  # the usual one-line error on a folder that is not a sweep
@@ -61,6 +63,9 @@ def status_lines(sweep_dir: Path, now: float | None = None) -> list[str]:
         lines.append("baseline: not trained yet")
     more = (f", {early} stopped early" if early else "") + (f", {infeasible} infeasible" if infeasible else "")
     lines.append(f"done: {done} of {total} trials ({ok} ok, {failed} failed{more})")
+    if cfg.search.constraints:
+        lines.append(f"budgets: {budget_words(dict(cfg.search.constraints.items()))} (search.constraints; "
+                     f"{infeasible} candidate(s) over them, not fine-tuned)")
     if stopped:
         why = "; ".join(f"{n} × {reason}" if n > 1 else reason
                         for reason, n in Counter(r.error or "?" for r in stopped).most_common())

@@ -415,6 +415,8 @@ def test_successive_halving_and_budgets_steer_a_real_sweep(tmp_path, monkeypatch
     status = "\n".join(__import__("sweep.status", fromlist=["x"]).status_lines(SweepFolder(tmp_path / "runs" /
                                                                                            "ithalving").path))
     assert f"{len(early)} stopped early" in status and f"{len(infeasible)} infeasible" in status
+    assert (f"budgets: max_params 20,000 (search.constraints; {len(infeasible)} candidate(s) over them, not "
+            "fine-tuned)") in status
     # the budget travels with the results: the report names it, and `sweep select` without flags keeps to it
     import pyarrow.parquet as pq
 
