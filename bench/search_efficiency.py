@@ -129,7 +129,7 @@ def space_dict(args, *, seed: int, strategy: str, knobs: dict, baseline: Path | 
               "concurrency": args.concurrency, "sampler": "random" if strategy == "random" else "tpe",
               "objectives": list(OBJECTIVES), "cpus_per_trial": 1}
     if strategy == "tpe+asha":
-        search["scheduler"] = dict(SCHEDULER)
+        search["scheduler"] = {**SCHEDULER, "rung0": not args.asha_no_rung0}
     if constraints:
         search["constraints"] = dict(constraints)
     return {
@@ -451,6 +451,9 @@ def main(argv=None) -> int:
                     "tpe_n_over_random_2n is then nan)")
     ap.add_argument("--reconstruct", action="store_true", help="magnitude re-fits every layer to the unpruned "
                     "network's outputs before fine-tuning (reconstruct: true, fixed), in every strategy's space")
+    ap.add_argument("--asha-no-rung0", action="store_true",
+                    help="TPE+MO-ASHA without rung 0: every candidate fine-tunes at least min_epochs before it is "
+                         "judged (rungs 1, 3, 9)")
     ap.add_argument("--budget", type=float, default=BUDGET_MACS_FRACTION,
                     help="the budget sweep's max_macs as a fraction of the dense baseline's MACs "
                          f"(default {BUDGET_MACS_FRACTION}); 0: no budget sweep")
@@ -502,7 +505,8 @@ def main(argv=None) -> int:
           f"{args.finetune_epochs} epochs; seeds {','.join(map(str, seeds))}; N={args.trials}: random "
           f"{'skipped (--no-random)' if args.no_random else str(2 * args.trials) + ' trials'}, TPE {args.trials}, "
           f"TPE+MO-ASHA {args.asha_trials} (reduction_factor "
-          f"{SCHEDULER['reduction_factor']}, min_epochs {SCHEDULER['min_epochs']}, rung0, selection "
+          f"{SCHEDULER['reduction_factor']}, min_epochs {SCHEDULER['min_epochs']}, "
+          f"{'no rung 0' if args.asha_no_rung0 else 'rung0'}, selection "
           f"{SCHEDULER['selection']}); "
           f"{budget_line}; "
           f"{args.concurrency} at a time, 1 CPU each")
