@@ -10,11 +10,13 @@ row with the broken budgets in words (:meth:`Constraints.broken_costs`).  ``min_
 quality (``accuracy``, or ``agreement`` in a label-free sweep), known only after fine-tuning, so it never
 stops a candidate early; it counts in :meth:`Constraints.broken` and in what the sampler is told.
 
-The sampler learns the feasible region through Optuna's ``constraints_func`` (TPE, NSGA-II, NSGA-III and GP
-samplers take one; a value ``<= 0`` is satisfied).  :meth:`Constraints.violations` gives one value per budget,
+The sampler learns the feasible region from each finished trial's constraint values, set on its Optuna trial
+by :func:`tell_constraints` (``Trial.set_constraint``, one value per budget, ``<= 0`` when kept), which
+Optuna's TPE, NSGA-II, NSGA-III and GP samplers read from the trials themselves (Optuna 5: the samplers'
+``constraints_func`` argument is deprecated for it).  :meth:`Constraints.violations` gives one value per budget,
 relative to the budget (``(value - limit) / |limit|`` for a maximum), so that the violations of different
 budgets add up on one scale: Optuna's constrained TPE and NSGA-II rank infeasible trials by their summed
-violation (Optuna docs, ``TPESampler`` / ``NSGAIISampler``, argument ``constraints_func``).  ``sweep select``'s
+violation (Optuna docs, ``TPESampler`` / ``NSGAIISampler``, constrained optimisation).  ``sweep select``'s
 :meth:`~sweep.select.Budget.excess` measures the distance to a budget the same way.
 
 The wording of a broken budget follows :meth:`sweep.select.Budget.broken` (the figure's column, its value,
@@ -25,7 +27,7 @@ the comparison, the limit, numbers formatted alike), with the budget's name adde
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,9 +47,6 @@ COST_LIMITS = ("max_latency_ms", "max_params", "max_macs")  # known right after 
 # budget): certainly infeasible, and still finite, so summed violations stay ordered.
 UNKNOWN_VIOLATION = 1.0e6
 
-# where a trial's constraint values travel: the key of the trial's report (driver) and the Optuna user
-# attribute the constraints function reads
-CONSTRAINTS_ATTR = "constraints"
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ class Constraints:
         return self._broken(figures, "accuracy", [k for k, _ in self.items() if k in COST_LIMITS])
 
     def violations(self, figures: Mapping[str, Any], quality: str = "accuracy") -> list[float]:
-        """One value per budget set (:meth:`items` order) for Optuna's ``constraints_func``: ``<= 0`` when
+        """One value per budget set (:meth:`items` order), as Optuna's constraint values: ``<= 0`` when
         satisfied, else how far over relative to the budget; an unknown figure gives
         :data:`UNKNOWN_VIOLATION`."""
         out = []
@@ -141,24 +140,21 @@ def parse_constraints(data: Any, where: str = "search.constraints") -> Constrain
     return Constraints(**values, where=where)
 
 
-def constraints_func(n: int) -> ConstraintsFunc:
-    """Optuna's ``constraints_func`` for a sweep with ``n`` budgets (see :class:`ConstraintsFunc`)."""
-    return ConstraintsFunc(n)
+def budget_names(constraints: Constraints | None) -> tuple[str, ...]:
+    """The names of the budgets set, in :meth:`Constraints.items` order (the order of their values); none for
+    None."""
+    return tuple(k for k, _ in constraints.items()) if constraints else ()
 
 
-@dataclass(frozen=True)
-class ConstraintsFunc:
-    """Reads a trial's constraint values from its user attribute :data:`CONSTRAINTS_ATTR` (put there by the
-    driver before the trial is told); a trial without them counts as breaking every budget.  A class, not a
-    closure: Ray Tune pickles the searcher, and with it the sampler and this function."""
-
-    n: int
-
-    def __call__(self, trial) -> list[float]:
-        values = trial.user_attrs.get(CONSTRAINTS_ATTR)
-        if values is None or len(values) != self.n:
-            return [UNKNOWN_VIOLATION] * self.n
-        return [UNKNOWN_VIOLATION if not math.isfinite(float(v)) else float(v) for v in values]
+def tell_constraints(trial, budgets: Sequence[str], values: Sequence[float] | None) -> None:
+    """Puts a finished trial's constraint values (:meth:`Constraints.violations`, one per budget named in
+    ``budgets``, same order) on its Optuna trial -- a live ``optuna.Trial`` or a ``FrozenTrial`` for a resumed
+    study -- through ``set_constraint``, keyed by budget name.  Values that are missing, too few or not finite
+    count as :data:`UNKNOWN_VIOLATION`: a trial the sweep cannot place counts as breaking every budget."""
+    values = list(values or [])
+    for i, name in enumerate(budgets):
+        v = float(values[i]) if i < len(values) else math.nan
+        trial.set_constraint(name, v if math.isfinite(v) else UNKNOWN_VIOLATION)
 
 
 # ------------------------------------------------------------------------------- helpers

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import SweepConfig
+from .constraints import budget_names
 from .errors import SweepError
 from .folder import BASELINE_MODEL, HEARTBEAT_EVERY_S, HEARTBEAT_MIN_S, SweepFolder, report_dir, sweep_meta
 from .pareto import DIRECTIONS
@@ -40,7 +41,7 @@ from .warm import PRELOAD_ENV, READY_ENV, marks
 
 EXPERIMENT = "tune"
 RUNG = "rung"  # key of a rung report (fine-tune epochs so far) in the results a trial sends Tune
-CONSTRAINTS_KEY = "constraints"  # key of a result's search.constraints values (Optuna's constraints_func)
+CONSTRAINTS_KEY = "constraints"  # key of a result's search.constraints values (told to Optuna as constraints)
 # trials.parquet is rewritten (the journal folded in) at most this often while trials run; every finished
 # trial is durable in the journal at once (see sweep.results.store)
 COMPACT_EVERY_S = 10.0
@@ -933,7 +934,7 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
     used = [r.trial_number for r in finished if r.trial_number is not None]
     kw: dict = dict(space=define_by_run(cfg, len(told), used), metric=list(cfg.search.objectives),
                     mode=[DIRECTIONS[o] for o in cfg.search.objectives])
-    constraints = len(cfg.search.constraints.items()) if cfg.search.constraints else 0
+    constraints = len(budget_names(cfg.search.constraints))
     eta = cfg.search.scheduler.reduction_factor if cfg.search.scheduler is not None else 1
     if told or rerun:
         sampler = make_sampler(cfg.search.sampler, seed=(cfg.seed * 1_000_003 + len(told)) % 2**31,
@@ -944,7 +945,7 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
         kw.update(sampler=make_sampler(cfg.search.sampler, seed=cfg.seed, n_trials=cfg.search.trials,
                                        constraints=constraints, reduction_factor=eta),
                   points_to_evaluate=first or None)
-    searcher = _sweep_search(OptunaSearch)(**kw)
+    searcher = _sweep_search(OptunaSearch, budget_names(cfg.search.constraints))(**kw)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo, scheduler=_scheduler(cfg, finished),
@@ -968,12 +969,13 @@ def _stopped_at_rung(result: dict | None) -> bool:
     return bool(result) and RUNG in result and "record_json" not in result
 
 
-def _sweep_search(base):
-    """Ray's OptunaSearch as the sweep tells it finished trials:
+def _sweep_search(base, budgets: tuple[str, ...] = ()):
+    """Ray's OptunaSearch as the sweep tells it finished trials (``budgets``: the names of the sweep's
+    ``search.constraints``, in :meth:`~sweep.constraints.Constraints.items` order):
 
-    - each trial's ``search.constraints`` values go to Optuna (a user attribute that
-      :class:`sweep.constraints.ConstraintsFunc` reads), so constrained TPE / NSGA-II / GP learn where the
-      budgets hold;
+    - each trial's ``search.constraints`` values go to Optuna as the trial's constraints
+      (:func:`sweep.constraints.tell_constraints`, one per budget in ``budgets``), so constrained TPE /
+      NSGA-II / GP learn where the budgets hold;
     - a trial that successive halving stopped at a rung is told as PRUNED, without values (Ray's
       OptunaSearch would tell its rung quality as a final one, COMPLETE): its quality there is a lower bound
       after fewer epochs, and a sampler that took it as final would see a cheap, under-trained candidate as
@@ -985,16 +987,15 @@ def _sweep_search(base):
 
     import optuna
 
-    from .constraints import CONSTRAINTS_ATTR
+    from .constraints import tell_constraints
 
     class SweepOptunaSearch(base):
         def on_trial_complete(self, trial_id, result=None, error=False):
             ot = self._ot_trials.get(trial_id)
             if ot is None or trial_id in self._completed_trials:
                 return super().on_trial_complete(trial_id, result=result, error=error)
-            values = (result or {}).get(CONSTRAINTS_KEY)
-            if values:  # [] without budgets
-                ot.set_user_attr(CONSTRAINTS_ATTR, [float(v) for v in values])
+            if budgets and not error:  # a failed trial is no point of the search: Optuna ignores it
+                tell_constraints(ot, budgets, (result or {}).get(CONSTRAINTS_KEY))
             if error:  # Ray would tell an errored trial's last report (a rung's) as final
                 state = optuna.trial.TrialState.FAIL
             elif _stopped_at_rung(result):

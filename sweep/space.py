@@ -102,24 +102,21 @@ def knobs_from_config(config: dict) -> tuple[str, dict]:
 
 
 def make_sampler(name: str, *, seed: int, n_trials: int, constraints: int = 0, reduction_factor: int = 1):
-    """The Optuna sampler named in the YAML (``search.sampler``); with ``constraints`` budgets
-    (search.constraints), TPE, NSGA-II and GP sample knowing which trials kept them (Optuna's
-    ``constraints_func``; random sampling ignores them).  ``reduction_factor`` is successive halving's η
+    """The Optuna sampler named in the YAML (``search.sampler``).  With ``constraints`` budgets
+    (search.constraints) TPE models the knobs jointly; TPE, NSGA-II and GP learn where the budgets hold from
+    the constraint values each finished trial carries (:func:`sweep.constraints.tell_constraints`; random
+    sampling ignores them).  ``reduction_factor`` is successive halving's η
     when trials may stop early (``search.scheduler: mo_asha``), else 1; see :func:`guided_after`."""
     import optuna
 
-    from .constraints import constraints_func
-
-    cons = {"constraints_func": constraints_func(constraints)} if constraints else {}
     startup = guided_after(n_trials, reduction_factor)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, **cons,
-                                          **(_JOINT if constraints else {}))
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, **(_JOINT if constraints else {}))
     if name == "nsga2":
         population = max(4, min(50, fine_tune_budget(n_trials, reduction_factor) // 3))
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population, **cons)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, **cons)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, but got sampler={name!r} (search.sampler)")
@@ -210,19 +207,19 @@ def study_with_history(cfg: SweepConfig, told: list[Told], rerun: list, sampler,
     study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
                                 directions=["maximize" if DIRECTIONS[o] == "max" else "minimize"
                                             for o in cfg.search.objectives])
-    from .constraints import CONSTRAINTS_ATTR
+    from .constraints import budget_names, tell_constraints
 
+    budgets = budget_names(cfg.search.constraints)
     states = {"complete": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
               "fail": optuna.trial.TrialState.FAIL}
     for t in told:
         dists = distributions(cfg, t.method)
         params = {n: _param_value(t.method, n, t.knobs) for n in dists}
         values = t.values if t.state == "complete" else None
-        # add_trial runs no sampler hook: the constraints go where Optuna keeps them after a trial
-        extra = {"system_attrs": {"constraints": tuple(t.constraints)},
-                 "user_attrs": {CONSTRAINTS_ATTR: list(t.constraints)}} if t.constraints else {}
-        study.add_trial(optuna.trial.create_trial(state=states[t.state], values=values, params=params,
-                                                  distributions=dists, **extra))
+        trial = optuna.trial.create_trial(state=states[t.state], values=values, params=params, distributions=dists)
+        if budgets and t.state != "fail":  # as the live sweep tells them (driver._sweep_search)
+            tell_constraints(trial, budgets, t.constraints)
+        study.add_trial(trial)
     for method, knobs in rerun:
         dists = distributions(cfg, method)
         study.enqueue_trial({n: _param_value(method, n, knobs) for n in dists} if knobs is not None

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import math
-import pickle
 
 import pytest
 
 from sweep.constraints import (
-    CONSTRAINTS_ATTR,
     UNKNOWN_VIOLATION,
     Constraints,
-    constraints_func,
+    budget_names,
     parse_constraints,
+    tell_constraints,
 )
 from sweep.errors import ConfigError
 
@@ -81,35 +80,44 @@ def test_violations_for_optuna():
     assert Constraints().violations({"params": 1}) == []
 
 
-def test_constraints_func_reads_the_trial_attribute():
-    class FakeTrial:
-        def __init__(self, attrs):
-            self.user_attrs = attrs
+def test_tell_constraints_sets_one_value_per_budget_by_name():
+    class Trial:  # what the driver and a resumed study hand it: an Optuna trial's set_constraint
+        def __init__(self):
+            self.constraints = {}
 
-    f = constraints_func(2)
-    assert f(FakeTrial({CONSTRAINTS_ATTR: [0.2, -0.5]})) == [0.2, -0.5]
-    assert f(FakeTrial({})) == [UNKNOWN_VIOLATION] * 2
-    assert f(FakeTrial({CONSTRAINTS_ATTR: [math.nan, 0.0]})) == [UNKNOWN_VIOLATION, 0.0]
-    # Ray Tune pickles the searcher, its sampler and so this function
-    assert pickle.loads(pickle.dumps(f))(FakeTrial({CONSTRAINTS_ATTR: [1.0, 2.0]})) == [1.0, 2.0]
+        def set_constraint(self, key, value):
+            self.constraints[key] = value
+
+    names = budget_names(Constraints(max_params=10, min_quality=0.5))
+    assert names == ("max_params", "min_quality") and budget_names(None) == budget_names(Constraints()) == ()
+    cases = [([0.2, -0.5], {"max_params": 0.2, "min_quality": -0.5}),
+             (None, {"max_params": UNKNOWN_VIOLATION, "min_quality": UNKNOWN_VIOLATION}),   # nothing reported
+             ([math.nan, 0.0], {"max_params": UNKNOWN_VIOLATION, "min_quality": 0.0}),     # Optuna refuses NaN
+             ([1.0], {"max_params": 1.0, "min_quality": UNKNOWN_VIOLATION})]                # too few values
+    for values, want in cases:
+        t = Trial()
+        tell_constraints(t, names, values)
+        assert t.constraints == want
 
 
-def test_constrained_tpe_learns_the_feasible_region():
-    """End to end with Optuna: values told through the user attribute steer TPE to the feasible side."""
+def test_constrained_tpe_learns_the_feasible_region_from_the_trials_constraints(recwarn):
+    """End to end with Optuna: values set on each trial as the driver sets them steer TPE to the feasible side,
+    without the samplers' deprecated ``constraints_func``."""
     optuna = pytest.importorskip("optuna")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     c = Constraints(max_params=1_000)
-    sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=8, constraints_func=constraints_func(1))
+    sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=8)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     for _ in range(40):
         t = study.ask()
         ratio = t.suggest_float("ratio", 0.0, 1.0)
         params = int(2_000 * (1 - ratio))  # feasible when ratio > 0.5
-        t.set_user_attr(CONSTRAINTS_ATTR, c.violations({"params": params}))
+        tell_constraints(t, budget_names(c), c.violations({"params": params}))
         study.tell(t, [1 - ratio, params])
     late = [t.params["ratio"] for t in study.trials[20:]]
     assert sum(r > 0.5 for r in late) >= 0.8 * len(late)
-    assert all(t.system_attrs.get("constraints") is not None for t in study.trials)
+    assert all(set(t.constraints) == {"max_params"} for t in study.trials)
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
 
 
 def test_budget_kwargs():

@@ -377,8 +377,8 @@ def test_successive_halving_and_budgets_steer_a_real_sweep(tmp_path, monkeypatch
 
     searchers = []  # the live searcher, to read what Optuna was told
 
-    def keep(base, make=driver._sweep_search):
-        cls = make(base)
+    def keep(base, budgets, make=driver._sweep_search):
+        cls = make(base, budgets)
 
         class Kept(cls):
             def __init__(self, *a, **kw):
@@ -410,6 +410,9 @@ def test_successive_halving_and_budgets_steer_a_real_sweep(tmp_path, monkeypatch
     # Optuna was told the stopped ones as PRUNED (no values), the others with their figures
     states = [t.state.name for t in searchers[0]._ot_study.trials]
     assert states.count("PRUNED") == len(early) and states.count("COMPLETE") == len(ok) + len(infeasible)
+    # ... and every trial's budget as a constraint of its own, over it (> 0) exactly for the infeasible ones
+    told = [t.constraints for t in searchers[0]._ot_study.trials]
+    assert all(set(c) == {"max_params"} for c in told) and sum(c["max_params"] > 0 for c in told) == len(infeasible)
     assert (f"sweep ithalving: {len(ok)} ok, 0 failed, {len(early)} stopped early, {len(infeasible)} infeasible "
             "trial(s) in ") in out
     status = "\n".join(__import__("sweep.status", fromlist=["x"]).status_lines(SweepFolder(tmp_path / "runs" /

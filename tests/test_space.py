@@ -203,7 +203,7 @@ def test_tpe_with_budgets_models_the_knobs_jointly_and_samples_a_conditional_spa
     """With search.constraints TPE is multivariate and grouped (budgets depend on the knobs together), and it
     still samples a space whose knobs depend on the method, told each trial's constraint values as the driver
     tells them; seeded, it repeats itself.  Without budgets it keeps Optuna's multi-objective default."""
-    from sweep.constraints import CONSTRAINTS_ATTR
+    from sweep.constraints import tell_constraints
 
     assert make_sampler("tpe", seed=0, n_trials=12)._multivariate is None
     space = define_by_run(cfg_for({"magnitude": {"ratio": {"low": 0.1, "high": 0.9}},
@@ -217,7 +217,7 @@ def test_tpe_with_budgets_models_the_knobs_jointly_and_samples_a_conditional_spa
             t = st.ask()
             space(t)
             ratio = t.params.get("magnitude.ratio")
-            t.set_user_attr(CONSTRAINTS_ATTR, [0.5 - ratio if ratio is not None else -1.0])  # ratio >= 0.5 keeps it
+            tell_constraints(t, ["max_macs"], [0.5 - ratio if ratio is not None else -1.0])  # ratio >= 0.5 keeps it
             st.tell(t, [0.5, 1.0])
             out.append(dict(t.params))
         return out

@@ -11,7 +11,7 @@ pytest.importorskip("ray.tune.search.optuna")
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from sweep.config import parse_config  # noqa: E402
-from sweep.constraints import CONSTRAINTS_ATTR  # noqa: E402
+from sweep.constraints import UNKNOWN_VIOLATION  # noqa: E402
 from sweep.driver import CONSTRAINTS_KEY, RUNG, _sweep_search, _told  # noqa: E402
 from sweep.results.schema import TrialRecord  # noqa: E402
 from sweep.space import Told, study_with_history  # noqa: E402
@@ -25,9 +25,9 @@ def _space(trial):
     trial.suggest_float("x", 0.0, 1.0)
 
 
-def searcher(sampler=None):
-    return _sweep_search(OptunaSearch)(space=_space, metric=OBJECTIVES, mode=["max", "min"],
-                                       sampler=sampler or optuna.samplers.RandomSampler(seed=0))
+def searcher(sampler=None, budgets=()):
+    return _sweep_search(OptunaSearch, budgets)(space=_space, metric=OBJECTIVES, mode=["max", "min"],
+                                                sampler=sampler or optuna.samplers.RandomSampler(seed=0))
 
 
 RUNG_REPORT = {RUNG: 1, "accuracy": 0.3, "params": 10.0, "partial_json": "{}"}
@@ -53,24 +53,35 @@ def test_live_states(result, error, state, values):
 @pytest.mark.parametrize("result", [{**RUNG_REPORT, CONSTRAINTS_KEY: [0.5, -1.0]},
                                     {**FINAL, CONSTRAINTS_KEY: [0.5, -1.0]}])
 def test_constraint_values_reach_optuna_whatever_the_state(result):
-    s = searcher()
+    s = searcher(budgets=("max_params", "min_quality"))
     s.suggest("t1")
     s.on_trial_complete("t1", result=result)
-    assert s._ot_study.trials[0].user_attrs[CONSTRAINTS_ATTR] == [0.5, -1.0]
+    assert s._ot_study.trials[0].constraints == {"max_params": 0.5, "min_quality": -1.0}
 
 
-def test_no_budget_sets_no_attribute_and_a_second_completion_changes_nothing():
+def test_a_failed_trial_gets_no_constraints_and_one_that_reported_none_breaks_every_budget():
+    s = searcher(budgets=("max_params",))
+    for tid in ("failed", "silent"):
+        s.suggest(tid)
+    s.on_trial_complete("failed", result=None, error=True)
+    s.on_trial_complete("silent", result=FINAL)  # a record without constraint values: the sweep cannot place it
+    failed, silent = s._ot_study.trials
+    assert failed.state == S.FAIL and failed.constraints == {}
+    assert silent.state == S.COMPLETE and silent.constraints == {"max_params": UNKNOWN_VIOLATION}
+
+
+def test_no_budget_sets_no_constraint_and_a_second_completion_changes_nothing():
     s = searcher()
     s.suggest("t1")
     s.on_trial_complete("t1", result={**RUNG_REPORT, CONSTRAINTS_KEY: []})
     s.on_trial_complete("t1", result=FINAL)  # Ray warns and ignores it
     (t,) = s._ot_study.trials
-    assert t.state == S.PRUNED and CONSTRAINTS_ATTR not in t.user_attrs
+    assert t.state == S.PRUNED and t.constraints == {}
 
 
-def cfg():
+def cfg(constraints=None):
     return parse_config({"name": "s", "model": {"name": "small_cnn"}, "dataset": "digits",
-                         "search": {"objectives": OBJECTIVES},
+                         "search": {"objectives": OBJECTIVES, "constraints": constraints},
                          "methods": {"magnitude": {"ratio": {"low": 0.1, "high": 0.9}}}}, source="space.yaml")
 
 
@@ -92,13 +103,16 @@ def test_resume_tells_what_the_live_sweep_told(status, state, values):
     assert t.params == {"magnitude.ratio": 0.5}
 
 
-def test_resume_keeps_constraint_values_of_a_pruned_trial():
-    told = Told("magnitude", {"ratio": 0.5}, None, (0.5, -1.0), "pruned")
-    storage, name = study_with_history(cfg(), [told], [], optuna.samplers.RandomSampler(seed=0))
+@pytest.mark.parametrize("state", ["pruned", "complete"])
+def test_resume_keeps_constraint_values_as_the_live_sweep_set_them(state):
+    budgets = {"max_params": 50, "min_quality": 0.5}
+    told = Told("magnitude", {"ratio": 0.5}, None if state == "pruned" else [0.9, 100.0], (0.5, -1.0), state)
+    storage, name = study_with_history(cfg(budgets), [told], [], optuna.samplers.RandomSampler(seed=0))
     (t,) = optuna.load_study(study_name=name, storage=storage).trials
-    assert t.state == S.PRUNED
-    assert t.user_attrs[CONSTRAINTS_ATTR] == [0.5, -1.0]
-    assert tuple(t.system_attrs["constraints"]) == (0.5, -1.0)
+    live = searcher(budgets=tuple(budgets))
+    live.suggest("t1")
+    live.on_trial_complete("t1", result={**(RUNG_REPORT if state == "pruned" else FINAL), CONSTRAINTS_KEY: [0.5, -1.0]})
+    assert t.constraints == live._ot_study.trials[0].constraints == {"max_params": 0.5, "min_quality": -1.0}
 
 
 def test_a_refused_tell_is_a_warning_not_the_end_of_the_sweep(caplog):
