@@ -78,7 +78,7 @@ def _finish(outcome, cfg) -> int:
     if outcome.report_dir is not None:
         _log(f"report:  {(outcome.report_dir / 'index.html').resolve()}")
     _log(f"choose:  sweep select {outcome.sweep_dir} --max-latency-ms X | --max-params N | --min-{cfg.quality} A"
-         + (" (without flags: the sweep's search.constraints)" if cfg.search.constraints else ""))
+         + (" (the sweep's search.constraints apply too)" if cfg.search.constraints else ""))
     return 0
 
 
@@ -249,7 +249,8 @@ def cmd_select(args) -> int:
     # one writer: no selection while a sweep writes the folder (a folder that is no sweep: select says so)
     with folder.lock("sweep select") if folder.is_sweep() else nullcontext():
         d = select(Path(args.sweep_dir), budget, out=Path(args.out) if args.out else None,
-                   export=not args.no_export, register=not args.no_register, log=_log)
+                   export=not args.no_export, register=not args.no_register,
+                   keep_sweep_budgets=not args.ignore_sweep_budgets, log=_log)
     c = d["chosen"]
     agree = f"agreement {c['agreement']:.4f} (val), " if d["quality"] == "agreement" else ""
     acc = (f"accuracy {c['accuracy']:.4f} (val), {c.get('test_accuracy', float('nan')):.4f} (test)"
@@ -411,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--min-accuracy", "--min-agreement", dest="min_accuracy", type=_fraction,
                      help="minimum validation accuracy (0-1); in a label-free sweep: minimum agreement with the "
                           "teacher (either spelling bounds the sweep's quality)")
+    sel.add_argument("--ignore-sweep-budgets", action="store_true",
+                     help="choose by the flags alone; by default the sweep's search.constraints apply too, each "
+                          "flag in place of the sweep's limit of the same name")
     sel.add_argument("--out", help="export folder (default: <sweep>/selected)")
     sel.add_argument("--no-export", action="store_true", help="skip torch.export and ONNX")
     sel.add_argument("--no-register", action="store_true", help="skip the MLflow model registry")

@@ -110,19 +110,29 @@ def _budget_text(b: Budget) -> str:
     return ", ".join(f"{k.replace('_', '-')} {fmt_limit(v)}" for k, v in b.items()) or "no limits"
 
 
-def sweep_budget(budget: Budget, constraints, log=print) -> Budget:
-    """``budget`` as given; where it sets no limit, the sweep's own hard budgets (``constraints``, its
-    search.constraints), so that a selection never picks what the sweep itself ruled out (a trial whose
-    quality or re-measured latency breaks them).  Budget flags, when given, replace them all."""
-    if budget.items() or not constraints:
+def sweep_budget(budget: Budget, constraints, log=print, *, keep_sweep: bool = True) -> Budget:
+    """The limits a selection keeps: the sweep's own hard budgets (``constraints``, its search.constraints), so
+    that a selection never picks what the sweep itself ruled out (a trial whose quality or re-measured latency
+    breaks them), together with the limits given in ``budget`` (the flags); a flag sets its limit in place of
+    the sweep's of the same name, so it can tighten, loosen or add one.  ``keep_sweep=False``
+    (``--ignore-sweep-budgets``): the flags alone.  Says in one line where each limit came from."""
+    if not keep_sweep or not constraints:
         return budget
-    own = Budget(**constraints.budget_kwargs())
-    log(f"budget: the sweep's search.constraints ({_budget_text(own)}); give budget flags to choose otherwise")
-    return own
+    own, given = dict(Budget(**constraints.budget_kwargs()).items()), dict(budget.items())
+    merged = Budget(**{**own, **given})
+
+    def source(k: str) -> str:
+        if k not in given:
+            return "search.constraints"
+        return f"flag, for the sweep's {fmt_limit(own[k])}" if k in own else "flag"
+
+    log("budget: " + ", ".join(f"{k.replace('_', '-')} {fmt_limit(v)} ({source(k)})" for k, v in merged.items())
+        + "; --ignore-sweep-budgets leaves out the sweep's search.constraints")
+    return merged
 
 
 def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: bool = True,
-           register: bool = True, log=print) -> dict:
+           register: bool = True, keep_sweep_budgets: bool = True, log=print) -> dict:
     from .measure import measure_latency
     from .trial import load_splits, trial_threads
 
@@ -130,7 +140,7 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
     records, meta = folder.results()
     cfg, state = folder.config(), folder.state()
     quality = meta.get("quality", "accuracy")
-    budget = sweep_budget(budget, cfg.search.constraints, log)
+    budget = sweep_budget(budget, cfg.search.constraints, log, keep_sweep=keep_sweep_budgets)
     ordered = choose(records, budget, quality)
     if not cfg.labelled_data:
         log(f"note: {NO_LABELS_NOTE}")

@@ -420,16 +420,17 @@ def test_successive_halving_and_budgets_steer_a_real_sweep(tmp_path, monkeypatch
     assert f"{len(early)} stopped early" in status and f"{len(infeasible)} infeasible" in status
     assert (f"budgets: max_params 20,000 (search.constraints; {len(infeasible)} candidate(s) over them, not "
             "fine-tuned)") in status
-    # the budget travels with the results: the report names it, and `sweep select` without flags keeps to it
+    # the budget travels with the results: the report names it, and `sweep select` keeps to it beside its flags
     import pyarrow.parquet as pq
 
     assert json.loads(pq.read_schema(tmp_path / "runs" / "ithalving" / "trials.parquet").metadata[b"sweep"])[
         "constraints"] == {"max_params": 20000}
     summary = (tmp_path / "reports" / "ithalving" / "summary.md").read_text()
     assert f"max_params 20,000: {len(infeasible)} candidate(s) broke a cost budget" in summary
-    assert "(without flags: the sweep's search.constraints)" in out
-    assert main(["select", str(tmp_path / "runs" / "ithalving"), "--no-export", "--no-register"]) == 0
+    assert "(the sweep's search.constraints apply too)" in out
+    assert main(["select", str(tmp_path / "runs" / "ithalving"), "--min-accuracy", "0.01", "--no-export",
+                 "--no-register"]) == 0
     chosen = capsys.readouterr().out
-    assert "budget: the sweep's search.constraints (max-params 20,000)" in chosen
+    assert "budget: max-params 20,000 (search.constraints), min-accuracy 0.01 (flag); " in chosen
     picked = chosen.split("chosen: trial ")[1].split(" ")[0]
     assert picked in set(ok["trial_id"]) and int(ok.set_index("trial_id").loc[picked, "params"]) <= 20000

@@ -118,19 +118,37 @@ def test_a_speed_up_over_the_teacher_reads_as_the_report_writes_it_and_says_slow
     assert speed_words(speedup) == words
 
 
-def test_without_budget_flags_a_sweep_keeps_to_its_own_constraints():
+SWEEP_OWN = {"max_params": 300_000, "min_quality": 0.8}
+KEPT = "; --ignore-sweep-budgets leaves out the sweep's search.constraints"
+
+
+@pytest.mark.parametrize("flags, keep, want, line", [
+    ({}, True, Budget(max_params=300_000, min_accuracy=0.8),
+     "budget: max-params 300,000 (search.constraints), min-accuracy 0.8 (search.constraints)" + KEPT),
+    ({"max_latency_ms": 1.0}, True, Budget(max_latency_ms=1.0, max_params=300_000, min_accuracy=0.8),  # adds one
+     "budget: max-latency-ms 1 (flag), max-params 300,000 (search.constraints), min-accuracy 0.8 (search.constraints)"
+     + KEPT),
+    ({"max_params": 500_000}, True, Budget(max_params=500_000, min_accuracy=0.8),  # loosens the sweep's
+     "budget: max-params 500,000 (flag, for the sweep's 300,000), min-accuracy 0.8 (search.constraints)" + KEPT),
+    ({"max_latency_ms": 1.0}, False, Budget(max_latency_ms=1.0), None),  # --ignore-sweep-budgets: flags alone
+    ({}, False, Budget(), None),
+])
+def test_a_selection_keeps_to_the_sweeps_own_constraints_each_flag_in_place_of_its_namesake(flags, keep, want, line):
     from sweep.constraints import parse_constraints
     from sweep.select import sweep_budget
 
     lines = []
-    own = parse_constraints({"max_params": 300_000, "min_quality": 0.8})
-    budget = sweep_budget(Budget(), own, lines.append)
-    assert budget == Budget(max_params=300_000, min_accuracy=0.8)
-    assert lines == ["budget: the sweep's search.constraints (max-params 300,000, min-accuracy 0.8); give budget "
-                     "flags to choose otherwise"]
+    assert sweep_budget(Budget(**flags), parse_constraints(SWEEP_OWN), lines.append, keep_sweep=keep) == want
+    assert lines == ([line] if line else [])
+
+
+def test_the_sweeps_constraints_rule_out_what_they_rule_out_and_a_sweep_without_them_leaves_the_flags():
+    from sweep.constraints import parse_constraints
+    from sweep.select import sweep_budget
+
+    lines = []
+    budget = sweep_budget(Budget(), parse_constraints(SWEEP_OWN), lines.append)
     assert [r.trial_id for r in choose(ROWS, budget)] == ["c"]  # a and b break the params, d the quality
-    # flags replace the sweep's budgets; a sweep without constraints leaves the budget as given
     given = Budget(max_latency_ms=1.0)
-    assert sweep_budget(given, own, lines.append) is given
-    assert sweep_budget(Budget(), parse_constraints(None), lines.append) == Budget()
+    assert sweep_budget(given, parse_constraints(None), lines.append) is given
     assert sweep_budget(Budget(), None, lines.append) == Budget() and len(lines) == 1
