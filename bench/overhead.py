@@ -10,14 +10,14 @@
    sleeps for our trial i's measured ``wall_s`` (``time.sleep``: equally long, but idle, so it leaves the
    CPUs to the driver, which our trials do not) and reports made-up objective values.
 
-Overhead per trial, for both, as ``sweep run`` prints it (``sweep/cli.py::_finish``):
+Overhead per trial, for both, as ``sweep run`` prints it (``sweep.driver.overhead_per_trial``):
 
     slot  = (fit_s * concurrency - sum(trial wall_s)) / trials     slot-seconds each trial costs beyond its own work
     wall  = (fit_s - sum(trial wall_s) / concurrency) / trials     = slot / concurrency: sweep seconds added per trial
 
 The last line reports ``wall``: ``(sweep wall - sum(trial wall) / concurrency) / trials``, with the sweep's
-wall taken over its Ray Tune part (``fit_s``, both runs alike); the table gives ``slot`` too (the figure
-``sweep run`` prints, ``concurrency`` times larger).  A breakdown from the trials' own
+wall taken over its Ray Tune part (``fit_s``, both runs alike); the table gives ``slot`` too
+(``concurrency`` times larger; ``sweep run`` prints both).  A breakdown from the trials' own
 timestamps follows: per concurrency slot, the gap between Tune starting and a slot's first trial (worker
 start-up, imports, dataset load, MLflow client) and between consecutive trials of one slot (driver
 callback, searcher, scheduling, per-trial MLflow run set-up); for ours also the wall_s of each worker's
@@ -91,10 +91,12 @@ def optuna_sampler(name: str, seed: int, n_trials: int):
 
 
 def overhead(fit_s: float, trial_s: float, n: int, c: int) -> tuple[float, float]:
-    """(slot, wall) overhead per trial; see the module docstring."""
-    if not n:
-        return float("nan"), float("nan")
-    return (fit_s * c - trial_s) / n, (fit_s - trial_s / c) / n
+    """(slot, wall) overhead per trial; see the module docstring (sweep's own function, which ``sweep run``
+    prints)."""
+    from sweep.driver import overhead_per_trial
+
+    wall, slot = overhead_per_trial(fit_s, trial_s, n, c)
+    return slot, wall
 
 
 def slot_gaps(spans: list[tuple[float, float]], c: int, t0: float | None,
@@ -232,7 +234,7 @@ def run_ours_cli(space: Path, work: Path, trials: int, conc: int) -> dict:
         raise SystemExit(f"sweep run failed with exit code {p.returncode}")
     m = re.search(r"trials ran ([\d.]+) s \((\d+) trials, (\d+) at a time, ([\d.]+) s of trial compute\)", p.stdout)
     if not m:
-        raise SystemExit("sweep run did not print its `trials ran ... s overhead per trial` line")
+        raise SystemExit("sweep run did not print its `trials ran ...: overhead ... s per trial` line")
     return dict(folder=folder, wall_s=wall, fit_s=float(m[1]), trials_run=int(m[2]), concurrency=int(m[3]),
                 trial_s=float(m[4]), records=store_records(folder), fit_t0=None)
 

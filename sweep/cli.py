@@ -63,10 +63,10 @@ def _finish(outcome, cfg) -> int:
         _log(f"{outcome.stop_reason}: {sum(count.values())} of {cfg.search.trials} trials finished; continue with "
              f"`sweep resume {outcome.sweep_dir}`")
     if outcome.fit_s and outcome.trials_run:
-        c = outcome.concurrency
-        overhead = (outcome.fit_s * c - outcome.trial_s) / outcome.trials_run
-        _log(f"trials ran {outcome.fit_s:.1f} s ({outcome.trials_run} trials, {c} at a time, "
-             f"{outcome.trial_s:.1f} s of trial compute): {overhead:.2f} s overhead per trial")
+        wall, slot = outcome.overhead()
+        _log(f"trials ran {outcome.fit_s:.1f} s ({outcome.trials_run} trials, {outcome.concurrency} at a time, "
+             f"{outcome.trial_s:.1f} s of trial compute): overhead {wall:.2f} s per trial ({slot:.2f} s of a "
+             f"slot's time)")
     _log("Pareto front (" + ", ".join(cfg.search.objectives) + "):")
     _log(front_table(df, list(cfg.search.objectives), quality=cfg.quality))
     if not cfg.labelled_data:

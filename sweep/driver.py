@@ -75,6 +75,22 @@ class SweepOutcome:
     tracking_uri: str = ""
     stop_reason: str | None = None  # why the sweep ended before its trials were all done (None: it did not)
 
+    def overhead(self) -> tuple[float, float]:
+        """(wall, slot) orchestration overhead per trial of this call (:func:`overhead_per_trial`)."""
+        return overhead_per_trial(self.fit_s, self.trial_s, self.trials_run, self.concurrency)
+
+
+def overhead_per_trial(fit_s: float, trial_s: float, n: int, concurrency: int) -> tuple[float, float]:
+    """(wall, slot) orchestration overhead per trial, from the Ray Tune part's wall time ``fit_s``, the summed
+    wall time of its ``n`` trials ``trial_s`` and the concurrency: ``wall = (fit_s - trial_s / concurrency) /
+    n`` is what each trial adds to the sweep beyond its own work spread over the slots (``bench/overhead.py``'s
+    figure); ``slot = concurrency * wall``, the seconds a slot spends per trial outside any trial.  NaN for
+    no trial."""
+    if not n:
+        return math.nan, math.nan
+    wall = (fit_s - trial_s / concurrency) / n
+    return wall, wall * concurrency
+
 
 # ------------------------------------------------------------------------------- trainable (Ray worker)
 @dataclass(frozen=True)

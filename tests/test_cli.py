@@ -5,6 +5,7 @@ No test here starts Ray: every `run` fails in the config or the preflight, befor
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 
@@ -326,3 +327,20 @@ def test_a_password_in_the_tracking_uri_is_refused_and_never_shown(cwd, capsys):
                                 "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
     assert "s3cret" not in err
     assert not (cwd / "runs").exists()
+
+
+@pytest.mark.parametrize("fit_s, trial_s, n, c, wall", [
+    (15.5, 18.3, 12, 2, (15.5 - 18.3 / 2) / 12),  # the quickstart: 2 at a time
+    (10.0, 10.0, 5, 1, 0.0),                       # one at a time, nothing between trials
+    (10.0, 0.0, 0, 2, math.nan),                   # no trial ran
+])
+def test_the_overhead_sweep_run_prints_is_the_benchmarks_wall_figure_and_a_slots_share(fit_s, trial_s, n, c, wall):
+    from sweep.driver import SweepOutcome, overhead_per_trial
+
+    got = SweepOutcome(Path("."), None, [], False, 0.0, fit_s=fit_s, trial_s=trial_s, trials_run=n,
+                       concurrency=c).overhead()
+    assert got == overhead_per_trial(fit_s, trial_s, n, c)
+    if math.isnan(wall):
+        assert all(math.isnan(x) for x in got)
+    else:
+        assert got == pytest.approx((wall, wall * c))
