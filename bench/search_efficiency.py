@@ -130,6 +130,8 @@ def space_dict(args, *, seed: int, strategy: str, knobs: dict, baseline: Path | 
               "objectives": list(OBJECTIVES), "cpus_per_trial": 1}
     if strategy == "tpe+asha":
         search["scheduler"] = {**SCHEDULER, "rung0": not args.asha_no_rung0}
+        if args.asha_rung0_eta is not None:
+            search["scheduler"]["rung0_reduction_factor"] = args.asha_rung0_eta
     if constraints:
         search["constraints"] = dict(constraints)
     return {
@@ -454,6 +456,8 @@ def main(argv=None) -> int:
     ap.add_argument("--asha-no-rung0", action="store_true",
                     help="TPE+MO-ASHA without rung 0: every candidate fine-tunes at least min_epochs before it is "
                          "judged (rungs 1, 3, 9)")
+    ap.add_argument("--asha-rung0-eta", type=int, help="TPE+MO-ASHA's rung0_reduction_factor: keep the top "
+                    "⌊n/η₀⌋ + 1 at rung 0 (default: the reduction factor, 3)")
     ap.add_argument("--budget", type=float, default=BUDGET_MACS_FRACTION,
                     help="the budget sweep's max_macs as a fraction of the dense baseline's MACs "
                          f"(default {BUDGET_MACS_FRACTION}); 0: no budget sweep")
@@ -471,6 +475,9 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.trials < 1 or args.asha_trials < 1 or not seeds or args.finetune_epochs < 1:
         ap.error("--trials, --asha-trials and --finetune-epochs must be >= 1, and --seeds non-empty")
+    if args.asha_rung0_eta is not None and (args.asha_no_rung0 or args.asha_rung0_eta < 2):
+        ap.error(f"--asha-rung0-eta must be an integer >= 2 and needs rung 0 (no --asha-no-rung0), but got "
+                 f"--asha-rung0-eta {args.asha_rung0_eta}")
 
     quiet()
     t_start = time.time()
@@ -506,7 +513,8 @@ def main(argv=None) -> int:
           f"{'skipped (--no-random)' if args.no_random else str(2 * args.trials) + ' trials'}, TPE {args.trials}, "
           f"TPE+MO-ASHA {args.asha_trials} (reduction_factor "
           f"{SCHEDULER['reduction_factor']}, min_epochs {SCHEDULER['min_epochs']}, "
-          f"{'no rung 0' if args.asha_no_rung0 else 'rung0'}, selection "
+          f"{'no rung 0' if args.asha_no_rung0 else 'rung0'}"
+          f"{'' if args.asha_rung0_eta is None else f' with rung0_reduction_factor {args.asha_rung0_eta}'}, selection "
           f"{SCHEDULER['selection']}); "
           f"{budget_line}; "
           f"{args.concurrency} at a time, 1 CPU each")

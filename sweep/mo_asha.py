@@ -77,7 +77,7 @@ from .errors import ConfigError
 from .pareto import DIRECTIONS, hypervolume, non_dominated_sort, reference_point, to_minimisation
 
 SCHEDULERS = ("fifo", "mo_asha")
-SCHEDULER_KEYS = ("type", "reduction_factor", "min_epochs", "rung0", "selection")
+SCHEDULER_KEYS = ("type", "reduction_factor", "min_epochs", "rung0", "rung0_reduction_factor", "selection")
 # how the front that does not fit whole into a rung's top k is cut (module docstring)
 SELECTIONS = ("hypervolume", "crowding")
 
@@ -101,7 +101,9 @@ STOP = "stop"
 class MOASHASettings:
     """``search.scheduler: {type: mo_asha, ...}``.  ``max_epochs`` is the full fine-tune (``finetune.epochs``);
     ``rung0`` adds a rung before any fine-tuning (quality after adaptive BN, see
-    :mod:`sweep.engine.adaptive_bn`); ``selection`` cuts the front that does not fit whole into a rung's top
+    :mod:`sweep.engine.adaptive_bn`), where ``rung0_reduction_factor`` (default: ``reduction_factor``) takes
+    the place of η -- a rung-0 result costs no fine-tune epoch, so a sweep may screen more candidates there
+    and keep fewer of them; ``selection`` cuts the front that does not fit whole into a rung's top
     (``hypervolume`` contribution or ``crowding`` distance).  Validates itself; ``where`` only names the YAML
     place in errors."""
 
@@ -110,6 +112,7 @@ class MOASHASettings:
     max_epochs: int | None = None
     rung0: bool = False
     selection: str = DEFAULT_SELECTION
+    rung0_reduction_factor: int | None = None
     where: str = field(default="search.scheduler", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +120,11 @@ class MOASHASettings:
         _check_int("min_epochs", self.min_epochs, 1, self.where)
         if not isinstance(self.rung0, bool):
             raise ConfigError(f"rung0 must be true or false, but got rung0={self.rung0!r} ({self.where}.rung0)")
+        if self.rung0_reduction_factor is not None:
+            _check_int("rung0_reduction_factor", self.rung0_reduction_factor, 2, self.where)
+            if not self.rung0:
+                raise ConfigError(f"rung0_reduction_factor applies to rung 0, which needs rung0: true, but got "
+                                  f"rung0={self.rung0!r} ({self.where}.rung0_reduction_factor)")
         if self.selection not in SELECTIONS:
             raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, but got selection={self.selection!r} "
                               f"({self.where}.selection)")
@@ -128,6 +136,12 @@ class MOASHASettings:
                 raise ConfigError(f"the full fine-tune must last at least min_epochs={self.min_epochs} epochs for "
                                   f"successive halving to have a rung, but got finetune.epochs={self.max_epochs} "
                                   f"({self.where}.min_epochs)")
+
+    def eta(self, rung: int) -> int:
+        """η at ``rung`` (epochs): ``rung0_reduction_factor`` at rung 0 where set, else ``reduction_factor``."""
+        if rung == 0 and self.rung0_reduction_factor is not None:
+            return self.rung0_reduction_factor
+        return self.reduction_factor
 
     def rungs(self) -> tuple[int, ...]:
         """Fine-tune epochs at which a trial is judged, ascending: ``0`` (with ``rung0``), then
@@ -154,7 +168,8 @@ def parse_scheduler(data: Any, where: str = "search.scheduler", *, max_epochs: i
     """The YAML ``search.scheduler`` value -> settings, or None for no early stopping.
 
     ``None``, ``fifo`` or ``{type: fifo}`` give None (every trial fine-tunes fully); ``mo_asha`` or
-    ``{type: mo_asha, reduction_factor: 3, min_epochs: 1, rung0: true, selection: hypervolume}`` give
+    ``{type: mo_asha, reduction_factor: 3, min_epochs: 1, rung0: true, rung0_reduction_factor: 9, selection:
+    hypervolume}`` give
     :class:`MOASHASettings`.
     ``max_epochs`` is the sweep's ``finetune.epochs``.  ``where`` names the place (``file: search.scheduler``)."""
     if data is None:
@@ -180,6 +195,7 @@ def parse_scheduler(data: Any, where: str = "search.scheduler", *, max_epochs: i
         min_epochs=_default(data, "min_epochs", DEFAULT_MIN_EPOCHS),
         max_epochs=max_epochs,
         rung0=_default(data, "rung0", False),
+        rung0_reduction_factor=data.get("rung0_reduction_factor"),
         selection=_default(data, "selection", DEFAULT_SELECTION),
         where=where,
     )
@@ -314,7 +330,7 @@ class Decision:
     action: str  # CONTINUE or STOP
     rung: int | None = None
     reached: int = 0  # trials recorded at the rung, this one included
-    kept: int = 0  # how many of them the rung keeps (⌊reached / η⌋ + 1)
+    kept: int = 0  # how many of them the rung keeps (⌊reached / η⌋ + 1, η of that rung)
     front: int | None = None  # this trial's non-dominated front at the rung (1 = first)
     reason: str = ""
 
@@ -412,7 +428,7 @@ class MOASHA:
     def _judge(self, rung: int, trial_id: str) -> Decision:
         recorded = self._recorded[rung]
         ids = list(recorded)
-        n, eta = len(ids), self.settings.reduction_factor
+        n, eta = len(ids), self.settings.eta(rung)
         what = "rung 0 (before fine-tuning)" if rung == 0 else f"rung {rung} ({_epochs(rung)})"
         k = n // eta + 1
         F = np.stack([recorded[t] for t in ids])

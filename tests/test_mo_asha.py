@@ -261,6 +261,21 @@ def test_rung0_judges_before_fine_tuning():
     assert d.action == STOP and d.rung == 0 and "before fine-tuning" in d.reason
 
 
+@pytest.mark.parametrize("rung0_eta, kept_at_rung0", [(None, 2), (9, 1)])
+def test_rung0_may_keep_fewer_and_later_rungs_keep_their_eta(rung0_eta, kept_at_rung0):
+    """A rung-0 result costs no fine-tune epoch: with rung0_reduction_factor 9 the third arrival keeps only the
+    best (⌊3/9⌋ + 1), where η = 3 keeps two; rung 1 still keeps ⌊n/3⌋ + 1."""
+    s = MOASHA(MOASHASettings(reduction_factor=3, max_epochs=9, rung0=True, rung0_reduction_factor=rung0_eta), OBJ)
+    rep(s, "best", 0, 0.9, 100)
+    rep(s, "worst", 0, 0.1, 300)
+    d = rep(s, "second", 0, 0.5, 200)  # dominated by "best" only
+    assert (d.kept, d.stop) == (kept_at_rung0, kept_at_rung0 == 1)
+    rep(s, "best", 1, 0.9, 100)
+    rep(s, "worst", 1, 0.1, 300)
+    d = rep(s, "second", 1, 0.5, 200)
+    assert (d.kept, d.stop) == (2, False)
+
+
 def test_record_replays_history_without_deciding():
     s = sched(eta=3)
     s.record("old", 1, {"accuracy": 0.9, "params": 10})
@@ -293,6 +308,8 @@ def test_parse_scheduler():
     assert s.rungs() == (0, 1, 3)
     assert parse_scheduler("mo_asha", max_epochs=3) == MOASHASettings(3, 1, 3, False)
     assert parse_scheduler("mo_asha").selection == "hypervolume"
+    s = parse_scheduler({"type": "mo_asha", "rung0": True, "rung0_reduction_factor": 9}, max_epochs=9)
+    assert (s.eta(0), s.eta(1), s.eta(3)) == (9, 3, 3) and MOASHASettings(rung0=True).eta(0) == 3
 
 
 @pytest.mark.parametrize("selection", ["hypervolume", "crowding"])
@@ -309,6 +326,12 @@ def test_parse_selection(selection):
     ({"type": "mo_asha", "min_epochs": 0}, r"^min_epochs must be an integer >= 1, but got min_epochs=0 "),
     ({"type": "mo_asha", "min_epochs": True}, r"min_epochs must be an integer"),
     ({"type": "mo_asha", "rung0": "yes"}, r"^rung0 must be true or false, but got rung0='yes' "),
+    ({"type": "mo_asha", "rung0": True, "rung0_reduction_factor": 1},
+     r"^rung0_reduction_factor must be an integer >= 2, but got rung0_reduction_factor=1 "
+     r"\(x.yaml: search.scheduler.rung0_reduction_factor\)$"),
+    ({"type": "mo_asha", "rung0_reduction_factor": 9}, r"^rung0_reduction_factor applies to rung 0, which needs "
+                                                       r"rung0: true, but got rung0=False \(x.yaml: search.scheduler"
+                                                       r".rung0_reduction_factor\)$"),
     ({"type": "mo_asha", "min_epochs": 20}, r"at least min_epochs=20 epochs .* but got finetune.epochs=9 "
                                             r"\(x.yaml: search.scheduler.min_epochs\)$"),
     ({"type": "mo_asha", "selection": "epsnet"}, r"^selection must be one of hypervolume, crowding, but got "
