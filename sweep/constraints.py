@@ -48,7 +48,6 @@ COST_LIMITS = ("max_latency_ms", "max_params", "max_macs")  # known right after 
 UNKNOWN_VIOLATION = 1.0e6
 
 
-
 @dataclass(frozen=True)
 class Constraints:
     """The budgets of ``search.constraints``; unset ones are None.  Falsy when none is set."""
