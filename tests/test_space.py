@@ -199,6 +199,7 @@ def test_random_startup_is_a_third_of_the_fine_tune_budget(n_trials, eta, startu
     assert tpe._n_startup_trials == startup
 
 
+@pytest.mark.filterwarnings("ignore:Argument ``group`` is an experimental feature")
 def test_tpe_with_budgets_models_the_knobs_jointly_and_samples_a_conditional_space():
     """With search.constraints TPE is multivariate and grouped (budgets depend on the knobs together), and it
     still samples a space whose knobs depend on the method, told each trial's constraint values as the driver
