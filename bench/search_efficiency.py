@@ -62,6 +62,7 @@ import datetime as _dt
 import math
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -218,7 +219,9 @@ def run_one(args, work: Path, *, seed: int, strategy: str, knobs: dict, baseline
     print(f"# seed {seed}: {LABELS[strategy]}, {cfg.search.trials} trials ... (load {load()})", file=sys.stderr,
           flush=True)
     t0 = time.time()
-    run_sweep(cfg, folder, report_root=None, log=log)
+    outcome = run_sweep(cfg, folder, report_root=None, log=log)
+    if outcome.interrupted:  # Ctrl-C or SIGTERM while its trials ran: the benchmark stops, not only this sweep
+        raise KeyboardInterrupt(f"the {strategy} sweep of seed {seed} was interrupted")
     wall = time.time() - t0
     records, meta = TrialStore(folder).records()
     sw = Sweep(strategy, seed, folder, wall, meta=meta,
@@ -531,7 +534,12 @@ def main(argv=None) -> int:
     def note(msg: str) -> None:
         print(f"# {msg}", file=sys.stderr)
 
+    def on_sigterm(signum, frame):  # outside a sweep's trials (a sweep handles SIGTERM itself, above)
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     started = _ray_init(None, work, None, log=note)
+    finished = False
     try:
         for i, seed in enumerate(seeds):
             runs = sweeps[seed] = {}
@@ -554,8 +562,11 @@ def main(argv=None) -> int:
                 print(f"# seed {seed}: rung 0 of the TPE trials, pruned again ... (load {load()})", file=sys.stderr,
                       flush=True)
                 rho[seed] = rung0_qualities(runs["tpe"], args)
-    finally:  # sweep's own shutdown: its session folder goes with it
+        finished = True
+    finally:  # sweep's own shutdown: its session folder goes with it; an interrupted run leaves nothing behind
         _ray_shutdown(started, note)
+        if not finished and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     load_end = load()
 
     # ---------------------------------------------------------------- per seed
@@ -669,4 +680,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: Ray shut down, the temporary folder removed
+        print(f"search_efficiency: stopped ({stop or 'Ctrl-C'}); nothing was kept", file=sys.stderr)
+        sys.exit(130)
