@@ -512,10 +512,20 @@ def _counted(st: _CallbackState, rec: TrialRecord, history: list) -> None:
         what = (f"{rec.trial_id} {rec.method} acc {acc}{agree} "
                 f"lat {rec.latency_ms:.3f} ms params {rec.params:,}")
     elif rec.status == "failed":
-        what = f"{rec.trial_id} {rec.method} FAILED: {rec.error.splitlines()[0][:100]}"
+        what = f"{rec.trial_id} {rec.method} FAILED: {clipped(rec.error, 100)}"
     else:  # stopped_early, infeasible: the reason says where and why
-        what = f"{rec.trial_id} {rec.method} {rec.status}: {rec.error.splitlines()[0][:140]}"
+        what = f"{rec.trial_id} {rec.method} {rec.status}: {clipped(rec.error, 140)}"
     progress.line(what)
+
+
+def clipped(text: str, n: int) -> str:
+    """The first line of ``text`` in at most about ``n`` characters, for a progress line: cut at the last word
+    boundary before ``n``, with an ellipsis (the table keeps the whole text)."""
+    line = text.splitlines()[0] if text else ""
+    if len(line) <= n:
+        return line
+    cut = line.rfind(" ", 0, n)
+    return line[:cut if cut > n // 2 else n].rstrip(" ,;:(") + " …"
 
 
 def _compact(st: _CallbackState) -> None:
@@ -651,7 +661,7 @@ def _make_callback():
                 st.mirror.finished(rec)
             st.progress.done += 1
             st.progress.failed += 1
-            st.progress.line(f"{trial.trial_id} FAILED: {err[:100]}")
+            st.progress.line(f"{trial.trial_id} FAILED: {clipped(err, 100)}")
 
         def on_step_end(self, iteration, trials, **info):
             st = _live_state()

@@ -344,3 +344,19 @@ def test_the_overhead_sweep_run_prints_is_the_benchmarks_wall_figure_and_a_slots
         assert all(math.isnan(x) for x in got)
     else:
         assert got == pytest.approx((wall, wall * c))
+
+
+@pytest.mark.parametrize("text, n, want", [
+    ("short reason", 140, "short reason"),
+    ("first line\nsecond line", 140, "first line"),
+    ("rung 0 (before fine-tuning): outside the top 9 of 26 trials (front 2, then hypervolume)", 60,
+     "rung 0 (before fine-tuning): outside the top 9 of 26 trials …"),   # at a word
+    ("rung 0 (before fine-tuning): outside the top 9 of 26 trials (front 2, then hypervolume)", 72,
+     "rung 0 (before fine-tuning): outside the top 9 of 26 trials (front 2 …"),  # no dangling comma
+    ("x" * 300, 100, "x" * 100 + " …"),                                  # no word boundary: cut where it must
+    ("", 10, ""),
+])
+def test_a_progress_line_clips_a_reason_at_a_word(text, n, want):
+    from sweep.driver import clipped
+
+    assert clipped(text, n) == want
