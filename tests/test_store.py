@@ -342,3 +342,17 @@ def test_trials_that_finish_together_share_one_durable_part(tmp_path, monkeypatc
     assert recs[2] == b and recs[3].error == "cut short"  # the later record of a trial wins
     store.append_many([])
     assert len(synced) == 2 and len(list(store.journal.iterdir())) == 1
+
+
+def test_a_short_process_that_reads_the_table_exits_cleanly(tmp_path):
+    """`sweep status` is a short process that reads the table and ends: a threaded read from the open file left
+    Arrow's thread pool busy as the interpreter ended, and most such processes aborted ("terminate called
+    without an active exception", exit 134).  Ten in a row must all exit 0."""
+    import subprocess
+    import sys
+
+    TrialStore(tmp_path).write(records(), META)
+    code = "import sys; from sweep.results.store import TrialStore; TrialStore(sys.argv[1]).records()"
+    for _ in range(10):
+        res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]

@@ -159,7 +159,10 @@ class TrialStore:
     def _read(self, path: Path) -> pa.Table:
         try:
             with open(path, "rb") as f:  # one inode, whatever is renamed over the path meanwhile
-                return pq.read_table(f)
+                # one thread: a threaded read from a file object leaves Arrow's pool busy at exit, and a short
+                # process (`sweep status`) then aborts as the interpreter ends ("terminate called without an
+                # active exception", seen with pyarrow 25); these tables are small
+                return pq.read_table(f, use_threads=False)
         except FileNotFoundError:
             if path == self.path:
                 raise
