@@ -183,11 +183,9 @@ def test_trial_mirror_writes_each_trial_in_order_off_the_callers_thread(sink, ma
 
 @MIRRORS
 def test_trial_mirror_stops_and_catches_up(sink, make_mirror):
-    """Stopped trials' runs end KILLED with the reason; a finished record with no run (its driver died before
-    mirroring it) gets one, and the run an earlier driver left for it is tagged superseded."""
+    """Stopped trials' runs end KILLED with the reason; a finished record with no run anywhere (its driver died
+    before mirroring it) gets one."""
     parent = sink.start_parent("caught-up", {})
-    old = sink.start_child(parent, "magnitude-t9", {}, tags={"sweep.trial_id": "t9"})
-    sink.end(old, "KILLED")
     mirror = make_mirror(sink, parent)
     mirror.started("t8", "magnitude-t8", {})
     mirror.stopped(["t8", "never-started"], "terminated (SIGTERM)")
@@ -196,9 +194,46 @@ def test_trial_mirror_stops_and_catches_up(sink, make_mirror):
     stopped = sink.client.get_run(mirror.run_ids["t8"])
     assert stopped.info.status == "KILLED" and stopped.data.tags["sweep.stopped"] == "terminated (SIGTERM)"
     fresh = sink.client.get_run(mirror.run_ids["t9"])
-    assert fresh.info.run_id != old and fresh.info.status == "FINISHED" and fresh.data.params["seed"] == "3"
-    assert sink.client.get_run(old).data.tags["sweep.superseded"] == "true"
-    assert "sweep.superseded" not in fresh.data.tags
+    assert fresh.info.status == "FINISHED" and fresh.data.params["seed"] == "3"
+    assert fresh.data.metrics["accuracy"] == 0.7 and "sweep.superseded" not in fresh.data.tags
+    assert [r.info.run_id for r in sink.children(parent, trial_id="t9")] == [fresh.info.run_id]
+    mirror.close()
+
+
+@MIRRORS
+@pytest.mark.parametrize("earlier", ["killed-open", "complete", "two"])
+def test_a_resumed_sweep_adopts_the_run_an_earlier_driver_wrote_instead_of_doubling_it(sink, make_mirror,
+                                                                                          earlier):
+    """The driver died after the mirror wrote a trial's run but before the table learned its id: the resumed
+    sweep's mirror takes that run (completing it if it was left open and then closed as KILLED), so each trial
+    keeps one current run; of two earlier runs the older is tagged superseded."""
+    import time
+
+    parent = sink.start_parent(f"adopt-{earlier}", {})
+    runs = []
+    for _ in range(2 if earlier == "two" else 1):
+        runs.append(sink.start_child(parent, "magnitude-t5", {"seed": 3}, tags={"sweep.trial_id": "t5"},
+                                     start_ms=int(time.time() * 1000) + len(runs)))
+    old = runs[-1]
+    if earlier == "complete":
+        sink.log_metrics(old, {k: _record("t5").get(k) for k in ("accuracy", "params", "macs", "latency_ms")})
+        sink.end(old, "FINISHED", end_ms=1234)
+    else:  # left RUNNING by the killed driver, then closed by the resume's start, as close_stale_children does
+        sink.set_tags(old, {"sweep.stopped": "killed"})
+        for r in runs:
+            sink.end(r, "KILLED")
+    mirror = make_mirror(sink, parent)
+    mirror.finished(_record("t5"))
+    assert mirror.flush()
+    assert mirror.run_ids["t5"] == old
+    run = sink.client.get_run(old)
+    assert run.info.status == "FINISHED" and run.data.metrics["accuracy"] == 0.7
+    assert "sweep.stopped" not in run.data.tags and "sweep.superseded" not in run.data.tags
+    if earlier == "complete":
+        assert run.info.end_time == 1234  # left as it was
+    current = [r for r in sink.children(parent, trial_id="t5") if r.data.tags.get("sweep.superseded") != "true"]
+    assert [r.info.run_id for r in current] == [old]
+    assert len(sink.children(parent, trial_id="t5")) == len(runs)
     mirror.close()
 
 

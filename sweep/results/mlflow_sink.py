@@ -271,9 +271,9 @@ class TrialMirror:
     def finished(self, record, history: list | tuple = (), at_ms: int | None = None) -> None:
         """Close the trial's run with its record: ``history`` is ``(key, value, step, timestamp_ms)``
         tuples (the trajectory the method logged), then the final metrics; FINISHED, or FAILED with the
-        error as a tag; its end time is ``at_ms`` (default: now).  A record whose run was never opened (a
-        sweep resumed after the driver died before writing it) gets one, and runs an earlier driver left for
-        it are tagged superseded."""
+        error as a tag; its end time is ``at_ms`` (default: now).  A record whose run this mirror never opened
+        (a sweep resumed after the driver died) takes the run an earlier driver opened for it, if any
+        (completed if still open: see :meth:`_earlier_run`), or gets a new one."""
         self._q.put((self._finish, (record, list(history), _now_ms() if at_ms is None else at_ms)))
 
     def stopped(self, trial_ids, reason: str) -> None:
@@ -462,12 +462,16 @@ class TrialMirror:
             tags["error"] = (rec.error or "")[:5000]
         status = "FINISHED" if measured else "KILLED" if rec.status == "stopped" else "FAILED"
         run_id = self.run_ids.get(rec.trial_id)
+        if run_id is None and opening is None:  # a record this mirror never saw start: a resumed sweep's
+            run_id, complete = self._earlier_run(rec.trial_id, status, {m.key for m in metrics})
+            if run_id is not None:
+                self.run_ids[rec.trial_id] = run_id
+                if complete:
+                    return
         if run_id is None:  # opened now, finished: its start (queued, or the record's) and everything at once
             if opening is not None:
                 _, name, params, start_ms = opening
             else:
-                for r in self.sink.children(self.parent_id, trial_id=rec.trial_id):
-                    self.sink.set_tags(r.info.run_id, {"sweep.superseded": "true"})
                 name = f"{rec.method}-{rec.trial_id}"
                 params = {"method": rec.method, "seed": rec.seed, "trial_id": rec.trial_id, **rec.knobs}
                 start_ms = int(rec.started_at.timestamp() * 1000) if rec.started_at else None
@@ -478,6 +482,28 @@ class TrialMirror:
             self.sink.log_batch(run_id, metrics=metrics, tags=tags)
         self.sink.end(run_id, status, end_ms=end_ms)
         self._running.discard(rec.trial_id)
+
+    def _earlier_run(self, trial_id: str, status: str, metric_keys: set) -> tuple[str | None, bool]:
+        """The run an earlier driver opened for this trial, and whether it is complete already (``status``, and
+        every metric in ``metric_keys``): (None, False) when there is none.
+
+        A driver that dies after the mirror wrote a trial's run but before the run's id reached
+        ``trials.parquet`` (the table learns it at the next compaction) leaves the resumed sweep a finished
+        row without a run id.  Its run is this trial's own (trial ids are unique, and a trial re-run after a
+        kill gets a new one), so it is adopted -- completed if the driver died while it was open, left as it
+        is if complete -- rather than doubled by a new run.  If there are several, the latest is kept and the
+        others are tagged superseded."""
+        runs = [r for r in self.sink.children(self.parent_id, trial_id=trial_id)
+                if r.data.tags.get("sweep.superseded") != "true"]
+        if not runs:
+            return None, False
+        runs.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
+        for r in runs[:-1]:
+            self.sink.set_tags(r.info.run_id, {"sweep.superseded": "true"})
+        run = runs[-1]
+        if "sweep.stopped" in run.data.tags:  # closed as KILLED by an exit path that did not know it finished
+            self.sink.client.delete_tag(run.info.run_id, "sweep.stopped")
+        return run.info.run_id, run.info.status == status and metric_keys <= set(run.data.metrics)
 
     def _remeasured(self, records: list) -> None:
         for r in records:
