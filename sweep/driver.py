@@ -51,6 +51,8 @@ MODEL_FETCH_TIMEOUT_S = 120.0
 # why a sweep stopped early: the ``error`` of its stopped rows, the parent run's ``sweep.ended`` tag
 CTRL_C = "interrupted (Ctrl-C)"
 SIGTERM = "terminated (SIGTERM)"
+# ... and the tag of a trial's MLflow run that an earlier driver left open (it was killed or lost its machine)
+DRIVER_DIED = "the driver died before the trial ended"
 
 
 # state.json's count of seconds spent running trials, over every run of the sweep (search.time_budget_s)
@@ -1165,7 +1167,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
     sink = MlflowSink(uri, experiment, artifact_dir=folder.artifacts_dir)
     parent_id = state.get("parent_run_id")
     if parent_id:
-        n = sink.close_stale_children(parent_id)
+        n = sink.close_stale_children(parent_id, DRIVER_DIED)
         if n:
             log(f"closed {n} MLflow run(s) left RUNNING by the interruption as KILLED")
         sink.reopen(parent_id)
@@ -1386,7 +1388,7 @@ def _close_books(st: _CallbackState, reason: str) -> None:
     st.mirror.stopped(stopped, reason)
     st.mirror.flush()
     try:  # any run still RUNNING that the mirror does not know of (opened by an earlier driver)
-        n = st.sink.close_stale_children(st.parent_id)
+        n = st.sink.close_stale_children(st.parent_id, reason)
         if n:
             log(f"closed {n} more MLflow run(s) left RUNNING as KILLED")
     except Exception as e:

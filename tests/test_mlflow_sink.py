@@ -96,11 +96,14 @@ def test_close_stale_children(sink):
     sink.end(failed, "FAILED")
     assert all(status(sink, r) == "RUNNING" for r in running)
 
-    assert sink.close_stale_children(parent) == 2
+    assert sink.close_stale_children(parent, "the driver died before the trial ended") == 2
     assert all(status(sink, r) == "KILLED" for r in running)
+    assert {sink.client.get_run(r).data.tags["sweep.stopped"] for r in running} == {
+        "the driver died before the trial ended"}
+    assert "sweep.stopped" not in sink.client.get_run(done).data.tags
     assert status(sink, done) == "FINISHED"
     assert status(sink, failed) == "FAILED"
-    assert sink.close_stale_children(parent) == 0  # idempotent
+    assert sink.close_stale_children(parent, "again") == 0  # idempotent
     # the parent itself is not a child
     assert status(sink, parent) == "RUNNING"
     sink.end(parent)

@@ -127,12 +127,14 @@ class MlflowSink:
         self.log_batch(run.info.run_id, metrics=metrics or (), params=params)
         return run.info.run_id
 
-    def close_stale_children(self, parent_run_id: str) -> int:
-        """Mark child runs left RUNNING by an interrupted sweep as KILLED; return how many."""
+    def close_stale_children(self, parent_run_id: str, reason: str) -> int:
+        """Mark child runs left RUNNING by an interrupted sweep as KILLED, tagged ``sweep.stopped`` with
+        ``reason`` (so a run that ended without a result says why); return how many."""
         runs = self.client.search_runs([self.experiment_id],
                                        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' "
                                                      f"and attributes.status = 'RUNNING'")
         for r in runs:
+            self.set_tags(r.info.run_id, {"sweep.stopped": reason})
             self.client.set_terminated(r.info.run_id, status="KILLED")
         return len(runs)
 
