@@ -1320,7 +1320,10 @@ def _release_inbox(st: _CallbackState) -> None:
     try:
         import ray
 
-        ray.kill(st.inbox, no_restart=True)
+        # on a way out Ray may be shut down already (and the actor with it): a Ray call now would start a
+        # new local Ray just to find nothing to kill
+        if ray.is_initialized():
+            ray.kill(st.inbox, no_restart=True)
     except Exception:  # already gone with its node or with Ray
         pass
     st.inbox = None

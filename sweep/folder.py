@@ -36,6 +36,9 @@ CONFIG_FILE = "sweep.yaml"
 STATE_FILE = "state.json"
 BASELINE_MODEL = "baseline/model.pt"
 BASELINE_SUMMARY = "baseline/summary.json"
+# the dense baseline's training state after its latest epoch, while it trains (sweep.train.EpochCheckpoint):
+# a sweep killed while the baseline trains goes on from there; removed once the baseline is written
+BASELINE_TRAINING = "baseline/training.pt"
 MODELS_DIR = "models"
 RAY_DIR = "ray"
 SELECTED_DIR = "selected"
@@ -210,6 +213,10 @@ class SweepFolder:
         rel = self.save_model(model, BASELINE_MODEL)
         _write_atomic(self.path / BASELINE_SUMMARY, json.dumps(summary, indent=2))
         return rel
+
+    @property
+    def baseline_training_path(self) -> Path:
+        return self.path / BASELINE_TRAINING
 
     def load_baseline_model(self):
         return self.load_model(BASELINE_MODEL)

@@ -59,6 +59,9 @@ def status_lines(sweep_dir: Path, now: float | None = None) -> list[str]:
     if base is not None and base.status == "ok":
         lines.append(f"baseline: {cfg.quality} {base.get(cfg.quality, base.accuracy):.4f} (val) · params "
                      f"{base.params:,} · latency {base.latency_ms:.3f} ms")
+    elif folder.baseline_training_path.is_file():
+        lines.append("baseline: not trained yet; its training state after the latest epoch is saved (a resumed "
+                     "sweep goes on from there)")
     else:
         lines.append("baseline: not trained yet")
     more = (f", {early} stopped early" if early else "") + (f", {infeasible} infeasible" if infeasible else "")

@@ -16,13 +16,20 @@ Conventions:
   and a non-finite quality never counts as best (:func:`best_epoch`).
 - **Divergence is a trial failure**, never a model full of NaNs: a non-finite loss raises
   :class:`TrialFailure` ("diverged: ...") at once, and so do non-finite weights at the end of an epoch.
+- **Epoch checkpoints** (``checkpoint=EpochCheckpoint(path, key)``, optional): after every epoch the whole
+  training state (weights, optimiser and schedule, the epoch losses and best-epoch bookkeeping, torch's RNG and
+  the loader's epoch) is written durably; a later call with a checkpoint of the same ``key`` goes on after its
+  last epoch instead of starting over, and ends with the weights an uninterrupted run would have had.  For a
+  network whose shapes stay fixed (no ``on_step`` surgery).
 - No method-specific branches here: a method brings its loss function and, where it changes the
   network while training (``cat``), an ``on_step`` hook.
 """
 
 from __future__ import annotations
 
+import io
 import math
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from .errors import TrialFailure
@@ -51,10 +58,63 @@ def best_epoch(qualities: Iterable[float]) -> int | None:
     return at
 
 
+class EpochCheckpoint:
+    """Where :func:`fit` keeps its state after each epoch (module docstring), at ``path``; ``key`` names the
+    training it belongs to (its settings), so that a checkpoint of other settings is never resumed from.
+
+    Written with :func:`sweep.results.store.durable_write` (all or nothing, fsynced) and read back with
+    ``torch.load(weights_only=True)``: tensors, numbers and lists only, never arbitrary objects.  A file that
+    cannot be read, or belongs to another ``key``, is not used (:attr:`why` says why) and training starts over."""
+
+    def __init__(self, path: str | Path, key: str):
+        self.path, self.key = Path(path), str(key)
+        self.why: str | None = None
+
+    def load(self) -> dict | None:
+        """The saved state, or None (none saved, or not usable: :attr:`why`)."""
+        import torch
+
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            self.why = f"{self.path} could not be read ({type(e).__name__})"
+            return None
+        if not isinstance(state, dict) or state.get("key") != self.key:
+            self.why = f"{self.path} was written for other settings"
+            return None
+        return state
+
+    def epochs_done(self) -> int:
+        """How many epochs the saved state has (0: none usable)."""
+        state = self.load()
+        return int(state["epoch"]) if state else 0
+
+    def save(self, state: dict) -> None:
+        import torch
+
+        from .results.store import durable_write
+
+        buf = io.BytesIO()
+        torch.save({**state, "key": self.key}, buf)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        durable_write(self.path, buf.getvalue())
+
+    def clear(self) -> None:
+        """Remove the saved state (and its folder, if nothing else is in it)."""
+        self.path.unlink(missing_ok=True)
+        try:
+            self.path.parent.rmdir()
+        except OSError:  # holds other files, or is gone
+            pass
+
+
 def fit(model, loader: Iterable, loss_fn: LossFn, *, epochs: int, hp: Mapping[str, Any], device: str = "cpu",
         on_epoch: Callable[[int, float], None] | None = None,
         on_step: Callable[[int], bool] | None = None,
-        keep_best: Callable[[Any], float] | None = None) -> list[float]:
+        keep_best: Callable[[Any], float] | None = None,
+        checkpoint: EpochCheckpoint | None = None) -> list[float]:
     """Train ``model`` in place for ``epochs`` epochs on ``loss_fn``; return the mean loss of each epoch.
 
     ``on_epoch(epoch, mean_loss)`` runs after each epoch (``epoch`` counts from 0), the model in train
@@ -68,18 +128,35 @@ def fit(model, loader: Iterable, loss_fn: LossFn, *, epochs: int, hp: Mapping[st
     weights (the whole state dict, BatchNorm statistics included) of the epoch :func:`best_epoch` picks
     are restored.  A surgery (``on_step`` -> True) after that epoch changes the shapes: restoring then
     raises a ValueError.
+
+    ``checkpoint`` (an :class:`EpochCheckpoint`): the state is saved after every epoch, and training goes on
+    after the last saved epoch (``on_epoch`` and ``keep_best`` run for the epochs trained in this call only).
     """
     import torch
 
     if epochs <= 0:
         return []
+    if checkpoint is not None and on_step is not None:
+        raise ValueError("checkpoint needs a network whose shapes stay fixed, but got an on_step hook (fit)")
     model.to(device)
     opt, sched = make_optimizer(trainable(model), hp, total_steps=total_steps(loader, epochs))
     losses: list[float] = []
     qualities: list[float] = []
     best_state, last_surgery = None, 0  # last_surgery: the epoch (1-based) of the latest surgery
-    step = 0
-    for epoch in range(epochs):
+    step = start = 0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        start, step = min(int(saved["epoch"]), epochs), int(saved["step"])
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["schedule"])
+        losses, qualities = [float(v) for v in saved["losses"]], [float(v) for v in saved["qualities"]]
+        if saved.get("best") is not None:
+            best_state = (int(saved["best_epoch"]), saved["best"])
+        torch.set_rng_state(saved["rng"])
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(int(saved["loader_epoch"]))
+    for epoch in range(start, epochs):
         model.train()
         total, n = 0.0, 0
         for batch in loader:
@@ -108,6 +185,12 @@ def fit(model, loader: Iterable, loss_fn: LossFn, *, epochs: int, hp: Mapping[st
             model.train()
             if best_epoch(qualities) == epoch:
                 best_state = (epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        if checkpoint is not None:
+            checkpoint.save({"epoch": epoch + 1, "step": step, "model": model.state_dict(),
+                             "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "losses": losses,
+                             "qualities": qualities, "best_epoch": best_state[0] if best_state else -1,
+                             "best": best_state[1] if best_state else None, "rng": torch.get_rng_state(),
+                             "loader_epoch": int(getattr(loader, "epoch", epoch + 1))})
     if best_state is not None and best_state[0] != epochs - 1:
         if last_surgery > best_state[0] + 1:
             raise ValueError(f"keep_best must not be combined with a surgery after the best epoch, but got the "
@@ -222,12 +305,12 @@ def distillation(teacher, *, temperature: float, feature_weight: float = 0.0, fe
 def train(model, loader: Iterable, *, epochs: int, lr: float, momentum: float = 0.9,
           weight_decay: float = 5e-4, optimizer: str = "sgd", device: str = "cpu",
           on_epoch: Callable[[int, float], None] | None = None, nesterov: bool | None = None,
-          keep_best: Callable[[Any], float] | None = None) -> list[float]:
+          keep_best: Callable[[Any], float] | None = None, checkpoint: EpochCheckpoint | None = None) -> list[float]:
     """Train ``model`` in place with cross-entropy; return the mean loss of each epoch (see :func:`fit`
-    for ``keep_best``; ``nesterov=None``: Nesterov when momentum > 0)."""
+    for ``keep_best`` and ``checkpoint``; ``nesterov=None``: Nesterov when momentum > 0)."""
     hp = hyper(lr=lr, momentum=momentum, weight_decay=weight_decay, optimizer=optimizer, nesterov=nesterov)
     return fit(model, loader, cross_entropy(device), epochs=epochs, hp=hp, device=device, on_epoch=on_epoch,
-               keep_best=keep_best)
+               keep_best=keep_best, checkpoint=checkpoint)
 
 
 def distill(student, teacher, loader: Iterable, *, epochs: int, lr: float, temperature: float = 4.0,

@@ -211,7 +211,7 @@ def _prepare_baseline(cfg: SweepConfig, folder: SweepFolder, log) -> TrialRecord
     import torch
 
     from .models import build_model
-    from .train import train
+    from .train import EpochCheckpoint, train
 
     started = time.time()
     torch.manual_seed(cfg.seed)
@@ -221,22 +221,30 @@ def _prepare_baseline(cfg: SweepConfig, folder: SweepFolder, log) -> TrialRecord
     model = build_model(cfg.model.name, num_classes=splits.num_classes, in_channels=c, input_size=h,
                         checkpoint=ckpt, where=f"{cfg.source}: model")
     data = trial_data(cfg, splits, cfg.seed)
-    b, epochs = cfg.baseline.train, 0
+    b, epochs, resumable = cfg.baseline.train, 0, None
     if cfg.baseline.path is None and b.epochs > 0:
         epochs = b.epochs
         what = (f"the teacher on a labelled cloud split ({cfg.baseline.cloud_fraction:.0%} of the training data, "
                 f"kept apart from the unlabeled device data)" if cfg.baseline.cloud_fraction else
                 f"the teacher on the labelled {cfg.dataset.name} training split (the device data is "
                 f"{splits.unlabeled_source})" if splits.unlabeled_source else "the dense baseline")
-        log(f"training {what}: {cfg.model.name} on {cfg.dataset.name}, {b.epochs} epochs")
+        resumable = EpochCheckpoint(folder.baseline_training_path, baseline_training_key(cfg))
+        done = resumable.epochs_done()
+        if resumable.why:
+            log(f"note: {resumable.why}; the baseline trains from the start")
+        log(f"training {what}: {cfg.model.name} on {cfg.dataset.name}, {b.epochs} epochs"
+            + (f" (going on after epoch {done}, where an interrupted run left it)" if done else ""))
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     # nothing is written before the model is trained and measured: a failure leaves no baseline behind
     try:
         if epochs:
             train(model, data.teacher_train, epochs=b.epochs, lr=b.lr, momentum=b.momentum,
-                  weight_decay=b.weight_decay, optimizer=b.optimizer, device=cfg.measure.device)
+                  weight_decay=b.weight_decay, optimizer=b.optimizer, device=cfg.measure.device,
+                  checkpoint=resumable)
         fig = measure_all(cfg, model, splits, data, trial_threads(cfg))
     except TrialFailure as e:
+        if resumable is not None:  # a diverged training is not worth going on from
+            resumable.clear()
         raise _baseline_failure(cfg, folder, str(e), trained=bool(epochs)) from None
     reference = _logged_reference(cfg, model, splits, data, log, judge=model if cfg.label_free else None)
     summary = {"accuracy": fig.accuracy, "test_accuracy": fig.test_accuracy, "agreement": 1.0, "params": fig.params,
@@ -245,6 +253,8 @@ def _prepare_baseline(cfg: SweepConfig, folder: SweepFolder, log) -> TrialRecord
                "input_shape": list(splits.input_shape), "num_classes": splits.num_classes,
                **({"reference": reference} if reference else {})}
     rel = folder.write_baseline(model.to("cpu"), summary)
+    if resumable is not None:
+        resumable.clear()
     ended = time.time()
     return TrialRecord(
         sweep=cfg.name, trial_id=BASELINE_ID, status="ok", method="baseline",
@@ -254,6 +264,17 @@ def _prepare_baseline(cfg: SweepConfig, folder: SweepFolder, log) -> TrialRecord
         params_ratio=1.0, macs_ratio=1.0, latency_ratio=1.0,
         model_path=rel, seed=cfg.seed, finetune_epochs=epochs, wall_s=ended - started,
         started_at=started, ended_at=ended, info=json.dumps({"summary": summary}))
+
+
+def baseline_training_key(cfg: SweepConfig) -> str:
+    """What the dense baseline's training depends on (seed, label mode, model, data, baseline settings,
+    device), as a digest: an epoch checkpoint is resumed only under the same key."""
+    import hashlib
+    from dataclasses import asdict
+
+    what = {"seed": cfg.seed, "labels": cfg.labels, "model": asdict(cfg.model), "dataset": asdict(cfg.dataset),
+            "baseline": asdict(cfg.baseline), "device": cfg.measure.device}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _logged_reference(cfg: SweepConfig, model, splits, data: TrialData, log, judge=None) -> dict | None:

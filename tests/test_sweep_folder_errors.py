@@ -316,6 +316,9 @@ def test_diverging_baseline_is_one_line_and_leaves_no_baseline(tmp_path, monkeyp
     assert not (out / "baseline").exists() and not folder.has_baseline()
     assert not (out / "trials.parquet").exists() and not (out / "models").exists()
     assert not (tmp_path / "reports").exists()
+    import ray
+
+    assert not ray.is_initialized()  # shut down on the way out, and no Ray call started a new one after
 
 
 def test_a_checkpoint_with_non_finite_outputs_is_named(tmp_path):

@@ -276,3 +276,80 @@ def test_context_finetune_overrides_the_sweep_settings(monkeypatch):
     assert built[0] == {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "optimizer": "sgd", "nesterov": None}
     assert built[1] == {"lr": 0.01, "momentum": 0.8, "weight_decay": 5e-3, "optimizer": "sgd", "nesterov": False}
     assert calls == [1, 1]
+
+
+# ----------------------------------------------------------------------------- epoch checkpoints
+class _Killed(Exception):
+    """Stands for the process dying after an epoch's checkpoint was written."""
+
+
+@pytest.mark.parametrize("best", [False, True], ids=["last", "keep_best"])
+@pytest.mark.parametrize("killed_after", [1, 3, 4])
+def test_training_killed_after_an_epoch_goes_on_from_its_checkpoint_to_the_same_weights(tmp_path, best, killed_after):
+    """A fresh network and loader with the checkpoint of an interrupted run end bit for bit where an
+    uninterrupted run ends: weights, epoch losses, best epoch; the loader's shuffling and torch's RNG go on
+    where they were.  Killed after the last epoch, nothing is trained again."""
+    from sweep.data.loaders import make_loader
+    from sweep.train import EpochCheckpoint
+
+    g = torch.Generator().manual_seed(3)
+    ds = torch.utils.data.TensorDataset(torch.randn(40, 8, generator=g), torch.randint(0, 3, (40,), generator=g))
+    qualities = iter([0.1, 0.5, 0.3, 0.5] * 2)
+
+    def quality(model):
+        return next(qualities)
+
+    def run(checkpoint=None, kill_at=None):
+        torch.manual_seed(7)
+        model, loader = net(), make_loader(ds, 8, shuffle=True, seed=5)
+        seen = []
+
+        def on_epoch(epoch, loss):
+            seen.append(epoch)
+            if kill_at is not None and epoch == kill_at:
+                raise _Killed
+
+        losses = fit(model, loader, cross_entropy(), epochs=4, hp=hyper(lr=0.05), on_epoch=on_epoch,
+                     keep_best=quality if best else None, checkpoint=checkpoint)
+        return model, losses, seen
+
+    whole, whole_losses, _ = run()
+    qualities = iter([0.1, 0.5, 0.3, 0.5] * 2)
+    ck = EpochCheckpoint(tmp_path / "training.pt", key="k")
+    if killed_after < 4:  # on_epoch of epoch `killed_after` (0-based) runs before that epoch's checkpoint
+        with pytest.raises(_Killed):
+            run(ck, kill_at=killed_after)
+    else:  # every epoch done, killed before the caller saved the result
+        run(ck)
+    done = ck.epochs_done()
+    assert done == killed_after
+    qualities = iter([0.1, 0.5, 0.3, 0.5][done:])
+    resumed, losses, seen = run(ck)
+    assert same_weights(resumed, whole)
+    assert losses == whole_losses
+    assert seen == list(range(done, 4))  # only the epochs left were trained
+
+
+def test_a_checkpoint_of_other_settings_or_unreadable_is_not_resumed_from(tmp_path):
+    from sweep.train import EpochCheckpoint
+
+    data = batches()
+    train(net(), data, epochs=2, lr=0.05, checkpoint=EpochCheckpoint(tmp_path / "c.pt", key="a"))
+    other = EpochCheckpoint(tmp_path / "c.pt", key="b")
+    assert other.epochs_done() == 0 and "other settings" in other.why
+    fresh, ref = net(), net()
+    train(fresh, data, epochs=2, lr=0.05, checkpoint=other)
+    train(ref, data, epochs=2, lr=0.05)
+    assert same_weights(fresh, ref)  # trained from the start (and the checkpoint is now b's)
+    assert EpochCheckpoint(tmp_path / "c.pt", key="b").epochs_done() == 2
+    (tmp_path / "c.pt").write_bytes(b"not a checkpoint")
+    broken = EpochCheckpoint(tmp_path / "c.pt", key="b")
+    assert broken.load() is None and "could not be read" in broken.why
+
+
+def test_a_checkpoint_refuses_a_surgery_hook(tmp_path):
+    from sweep.train import EpochCheckpoint
+
+    with pytest.raises(ValueError, match="shapes stay fixed"):
+        fit(net(), batches(), cross_entropy(), epochs=1, hp=hyper(), on_step=lambda s: False,
+            checkpoint=EpochCheckpoint(tmp_path / "c.pt", key="k"))

@@ -226,3 +226,53 @@ def test_a_baseline_or_trial_run_in_process_leaves_torch_threads_as_found(swept,
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(prev)
+
+
+def test_a_baseline_killed_while_it_trains_goes_on_from_its_last_epoch(tmp_path, monkeypatch):
+    """The driver dies after two of three baseline epochs: the next prepare_baseline says where it goes on,
+    trains only the last epoch, and saves the network an uninterrupted run saves; the epoch checkpoint is
+    removed once the baseline is written."""
+    import torch
+
+    from sweep.folder import BASELINE_TRAINING
+    from sweep.train import EpochCheckpoint
+
+    cfg = parse_config(SPACE, source="t.yaml")
+    whole = SweepFolder(tmp_path / "whole")
+    prepare_baseline(cfg, whole, log=lambda m: None)
+
+    folder = SweepFolder(tmp_path / "killed")
+    folder.create(cfg)
+    real_save = EpochCheckpoint.save
+
+    def save_then_die(self, state):
+        real_save(self, state)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt  # what the process sees of its end, as far as this test can tell
+
+    monkeypatch.setattr(EpochCheckpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_baseline(cfg, folder, log=lambda m: None)
+    monkeypatch.setattr(EpochCheckpoint, "save", real_save)
+    assert (folder.path / BASELINE_TRAINING).is_file() and not folder.has_baseline()
+    from sweep.status import status_lines
+
+    assert ("baseline: not trained yet; its training state after the latest epoch is saved (a resumed sweep goes on "
+            "from there)") in status_lines(folder.path)
+
+    lines, epochs = [], []
+    real_fit = __import__("sweep.train", fromlist=["fit"]).fit
+
+    def counting_fit(*a, **kw):
+        on_epoch = kw.get("on_epoch")
+        kw["on_epoch"] = lambda e, loss: (epochs.append(e), on_epoch and on_epoch(e, loss))
+        return real_fit(*a, **kw)
+
+    monkeypatch.setattr("sweep.train.fit", counting_fit)
+    row = prepare_baseline(cfg, folder, log=lines.append)
+    assert any("3 epochs (going on after epoch 2, where an interrupted run left it)" in x for x in lines), lines
+    assert epochs[:1] == [2]  # the baseline's own training trained its last epoch only (then the reference's)
+    a, b = folder.load_baseline_model().state_dict(), whole.load_baseline_model().state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert row["accuracy"] == whole.baseline()["accuracy"]
+    assert not (folder.path / BASELINE_TRAINING).exists()
