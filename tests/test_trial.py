@@ -228,7 +228,14 @@ def test_a_baseline_or_trial_run_in_process_leaves_torch_threads_as_found(swept,
         torch.set_num_threads(prev)
 
 
-def test_a_baseline_killed_while_it_trains_goes_on_from_its_last_epoch(tmp_path, monkeypatch):
+# a label-free space whose baseline is the dense student of an MBN teacher (sweep.mbn.teacher)
+MBN_SPACE = {**SPACE, "labels": "none", "search": {"trials": 2, "objectives": ["agreement", "params"]},
+             "baseline": {"teacher": {"mbn": {"V": 8, "clusters": 3}}, "epochs": 3, "lr": 0.05},
+             "measure": {"repeats": 3, "warmup": 1, "runtime": "torch"}}
+
+
+@pytest.mark.parametrize("space", [SPACE, MBN_SPACE], ids=["supervised", "mbn-student"])
+def test_a_baseline_killed_while_it_trains_goes_on_from_its_last_epoch(tmp_path, monkeypatch, space):
     """The driver dies after two of three baseline epochs: the next prepare_baseline says where it goes on,
     trains only the last epoch, and saves the network an uninterrupted run saves; the epoch checkpoint is
     removed once the baseline is written."""
@@ -237,7 +244,7 @@ def test_a_baseline_killed_while_it_trains_goes_on_from_its_last_epoch(tmp_path,
     from sweep.folder import BASELINE_TRAINING
     from sweep.train import EpochCheckpoint
 
-    cfg = parse_config(SPACE, source="t.yaml")
+    cfg = parse_config(space, source="t.yaml")
     whole = SweepFolder(tmp_path / "whole")
     prepare_baseline(cfg, whole, log=lambda m: None)
 
@@ -274,5 +281,5 @@ def test_a_baseline_killed_while_it_trains_goes_on_from_its_last_epoch(tmp_path,
     assert epochs[:1] == [2]  # the baseline's own training trained its last epoch only (then the reference's)
     a, b = folder.load_baseline_model().state_dict(), whole.load_baseline_model().state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
-    assert row["accuracy"] == whole.baseline()["accuracy"]
+    assert row[cfg.quality] == whole.baseline()[cfg.quality]
     assert not (folder.path / BASELINE_TRAINING).exists()

@@ -168,11 +168,12 @@ def prepare_mbn_baseline(cfg, folder, log: Callable[[str], None] = print):
     from ..measure import measure_latency, speed_words
     from ..models import build_model
     from ..results.schema import BASELINE_ID, TrialRecord
-    from ..train import train
+    from ..train import EpochCheckpoint, train
     from ..trial import (
         _baseline_failure,
         _latency_fields,
         _logged_reference,
+        baseline_training_key,
         load_splits,
         measure_all,
         trial_data,
@@ -219,14 +220,22 @@ def prepare_mbn_baseline(cfg, folder, log: Callable[[str], None] = print):
     b = cfg.baseline.train
     # the student's training data: the training inputs and the teacher's clusters, nothing else
     loader = make_loader(torch.utils.data.TensorDataset(x_train, targets), b.batch_size, shuffle=True, seed=cfg.seed)
-    log(f"training the dense student on the teacher's clusters: {cfg.model.name}, {b.epochs} epochs")
+    # the teacher is saved above, so a resumed sweep reads it; the student's epochs are checkpointed too
+    resumable = EpochCheckpoint(folder.baseline_training_path, baseline_training_key(cfg)) if b.epochs else None
+    done = resumable.epochs_done() if resumable is not None else 0
+    if resumable is not None and resumable.why:
+        log(f"note: {resumable.why}; the dense student trains from the start")
+    log(f"training the dense student on the teacher's clusters: {cfg.model.name}, {b.epochs} epochs"
+        + (f" (going on after epoch {done}, where an interrupted run left it)" if done else ""))
     try:
         if b.epochs:
             train(model, loader, epochs=b.epochs, lr=b.lr, momentum=b.momentum, weight_decay=b.weight_decay,
-                  optimizer=b.optimizer, device=device)
+                  optimizer=b.optimizer, device=device, checkpoint=resumable)
         threads = trial_threads(cfg)
         fig = measure_all(cfg, model, splits, data, threads, teacher=teacher)
     except TrialFailure as e:
+        if resumable is not None:  # a diverged training is not worth going on from
+            resumable.clear()
         raise _baseline_failure(cfg, folder, str(e), trained=bool(b.epochs)) from None
 
     # clustering figures (labels of val / test read here only) for the student and the teacher
@@ -270,6 +279,8 @@ def prepare_mbn_baseline(cfg, folder, log: Callable[[str], None] = print):
                "input_shape": list(splits.input_shape), "num_classes": tcfg.clusters,
                **({"reference": reference} if reference else {})}
     rel = folder.write_baseline(model.to("cpu"), summary)
+    if resumable is not None:
+        resumable.clear()
     ended = time.time()
     return TrialRecord(
         sweep=cfg.name, trial_id=BASELINE_ID, status="ok", method="baseline",
