@@ -10,9 +10,12 @@ re-measurement and the report.
    private ``TMPDIR``, so every Ray process of its embedded cluster carries that folder on its command line).
 2. After a delay drawn uniformly from ``[--min-delay, --window]`` seconds, the driver's process group and
    every process carrying the private folder get SIGKILL -- a lost machine, not a signal the driver could
-   handle.  ``sweep status`` is run on the folder (it must exit 0 and never report more done than asked)
-   and the next attempt is ``sweep resume`` (or ``sweep run`` again while the folder holds no ``sweep.yaml``
-   yet: killed before the sweep existed).
+   handle.  With ``--signal term`` the driver gets SIGTERM instead (what a cluster scheduler sends), with
+   ``--signal int`` its process group gets SIGINT (Ctrl-C in a terminal): it must then exit by itself within
+   ``--grace`` seconds, with 143 / 130, without a traceback, and leave no Ray process behind.  ``sweep
+   status`` is run on the folder (it must exit 0 and never report more done than asked) and the next attempt
+   is ``sweep resume`` (or ``sweep run`` again while the folder holds no ``sweep.yaml`` yet: stopped before
+   the sweep existed).
 3. After ``--kills`` kills, one last ``sweep resume`` runs to the end (exit 0 expected).  An attempt that
    ends by itself before its kill counts as the end (exit 0) or as a failure (anything else).
 
@@ -59,6 +62,8 @@ sys.path.insert(0, str(ROOT))
 from sweep.localcluster import kill_node, pids_with  # noqa: E402
 
 NAME = "resumebench"
+# --signal: how an attempt is stopped, and the exit code a graceful stop must give
+SIGNALS = {"kill": (signal.SIGKILL, None), "term": (signal.SIGTERM, 143), "int": (signal.SIGINT, 130)}
 # a progress line: "[  3/8] running ..."
 PROGRESS = re.compile(r"^\[\s*(\d+)/(\d+)\]", re.M)
 
@@ -157,6 +162,11 @@ def main(argv=None) -> int:
                     help="latest kill moment, seconds after an attempt starts (default 30: on 2 cores the "
                          "quickstart's start-up, baseline and first trials, or a resume's start-up and a few trials)")
     ap.add_argument("--min-delay", type=float, default=0.5)
+    ap.add_argument("--signal", choices=sorted(SIGNALS), default="kill",
+                    help="kill (default): SIGKILL to everything, a lost machine; term: SIGTERM to the driver, what a "
+                         "cluster scheduler sends; int: SIGINT to its process group, Ctrl-C in a terminal")
+    ap.add_argument("--grace", type=float, default=90.0,
+                    help="seconds a driver stopped by SIGTERM or SIGINT may take to exit (default 90)")
     ap.add_argument("--seed", type=int, default=0, help="draws the kill moments")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds the last, uninterrupted resume may take")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (its path is printed)")
@@ -183,6 +193,7 @@ def main(argv=None) -> int:
     proc = None
     over_count = []  # progress lines that counted more done than asked
     kills = 0
+    graceful: list[str] = []  # stops by SIGTERM / SIGINT that did not exit cleanly
     outcome = "not reached"
 
     def stop(signum, frame):
@@ -210,19 +221,42 @@ def main(argv=None) -> int:
                           file=sys.stderr)
                     kill_everything(proc.pid, ray_tmp)
                     return 1
-                killed = kill_everything(proc.pid, ray_tmp)
-                proc.wait()
-                rc = "KILL"
-                kills += 1
+                sig, want = SIGNALS[args.signal]
+                if want is None:
+                    killed = kill_everything(proc.pid, ray_tmp)
+                    proc.wait()
+                    rc = "KILL"
+                else:  # a graceful stop: the driver must close the books itself, in time, and take its Ray along
+                    killed = 0
+                    if sig == signal.SIGINT:
+                        os.killpg(proc.pid, sig)  # a terminal's Ctrl-C reaches the whole foreground group
+                    else:
+                        proc.send_signal(sig)
+                    try:
+                        rc = proc.wait(timeout=args.grace)
+                    except subprocess.TimeoutExpired:
+                        killed = kill_everything(proc.pid, ray_tmp)
+                        proc.wait()
+                        rc = "HUNG"
+                    time.sleep(2.0)  # Ray's daemons end a moment after the driver that shut them down
+                    left_now = pids_with(ray_tmp)
+                    text_now = (work / f"attempt{attempt}.txt").read_text(errors="replace")
+                    if rc not in (want, 0) or "Traceback" in text_now or left_now:
+                        graceful.append(f"attempt {attempt}: exit {rc} (want {want}), traceback "
+                                        f"{'Traceback' in text_now}, {len(left_now)} process(es) left")
+                        killed += kill_everything(proc.pid, ray_tmp)
             ended = time.time() - t0
             proc = None
             text = out_path.read_text(errors="replace")
             over_count += [m.group(0) for m in PROGRESS.finditer(text) if int(m.group(1)) > int(m.group(2))]
             tail = (text.strip().splitlines() or ["(no output)"])[-1][:70]
-            after = f"{tail[:60]:60}  | {status_check(sweep_dir, env, args.trials)}" if rc == "KILL" else tail
+            # a graceful stop that came too late (the sweep had ended: exit 0) is no stop
+            stopped = rc in ("KILL", "HUNG") or (at is not None and rc == SIGNALS[args.signal][1])
+            kills += stopped
+            after = f"{tail[:60]:60}  | {status_check(sweep_dir, env, args.trials)}" if stopped else tail
             print(f"{attempt:>3} {command:7} {'-' if at is None else f'{at:.1f}':>8} {ended:>8.1f} {rc!s:>5} "
                   f"{killed:>6}  {after}", flush=True)
-            if rc != "KILL":
+            if not stopped:
                 if rc != 0:
                     print(f"resume: `sweep {command}` exited {rc} without being killed; its output ends:\n"
                           + "\n".join(text.strip().splitlines()[-15:]), file=sys.stderr)
@@ -258,6 +292,10 @@ def main(argv=None) -> int:
         f"report written: {report}": report,
         f"processes left behind: {len(left)}": not left,
     }
+    if args.signal != "kill":
+        checks[f"stops by SIG{args.signal.upper()} that exited uncleanly: {len(graceful)}"] = not graceful
+        for g in graceful:
+            print(f"  {g}")
     print(f"# took {time.time() - t_start:.0f} s, load {load()}")
     for what, held in checks.items():
         print(f"  {'ok  ' if held else 'FAIL'}  {what}")

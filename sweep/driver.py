@@ -712,8 +712,9 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None, log=print,
     """Start (or connect to) Ray; True when this call did, False when Ray was already up.
 
     The embedded Ray's idle workers import what a trial needs as they start (see :func:`_preload_modules`).
-    ``ray.init`` installs its own SIGTERM handler (exit at once); a handler the caller installed (the
-    CLI's: stop the sweep like Ctrl-C) is put back."""
+    ``ray.init`` installs its own SIGTERM handler (exit at once, with code 15 and no word); a handler the
+    caller installed (the CLI's: stop the sweep like Ctrl-C) stays in place while Ray starts
+    (:func:`_callers_sigterm_kept`) and is put back after."""
     import logging
 
     if address is None:
@@ -733,7 +734,8 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None, log=print,
     caller_sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         if address:
-            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+            with _callers_sigterm_kept(caller_sigterm):
+                ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         else:
             # embedded local Ray: session files in a short private temp folder (unix socket paths are
             # limited to ~107 characters, too short for most sweep folders); authentication: _embedded_auth
@@ -743,13 +745,34 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None, log=print,
             preload = _preload_modules(cfg, cpus) if cfg is not None else None
             ready = _warm_folder(tmp, cpus) if preload and PRELOAD_ENV not in os.environ else None
             # read by the raylet as it starts (and passed on to its workers); a value the user set wins
-            with _env(PRELOAD_ENV, preload), _env(READY_ENV, ready):
+            with _env(PRELOAD_ENV, preload), _env(READY_ENV, ready), _callers_sigterm_kept(caller_sigterm):
                 ray.init(num_cpus=cpus, include_dashboard=False,
                          logging_level=logging.ERROR, log_to_driver=False, _temp_dir=tmp, configure_logging=True)
     finally:
         if main and caller_sigterm not in (None, signal.SIG_DFL):
             signal.signal(signal.SIGTERM, caller_sigterm)
     return True
+
+
+@contextmanager
+def _callers_sigterm_kept(handler):
+    """While Ray starts, leave the caller's SIGTERM ``handler`` (a Python function) in place: ``ray.init``
+    replaces it, early on, with one that exits at once (``sys.exit(15)``), so a SIGTERM in the second or
+    two Ray takes to start ended a sweep with exit code 15, no message and its books left to the next run.
+    Ray's own ``set_sigterm_handler`` is made a no-op for that time; a Ray without it is left as it is."""
+    try:
+        from ray._private import utils as ray_utils
+    except ImportError:
+        ray_utils = None
+    saved = getattr(ray_utils, "set_sigterm_handler", None)
+    if not callable(handler) or saved is None:
+        yield
+        return
+    ray_utils.set_sigterm_handler = lambda h: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = saved
 
 
 def _warm_folder(tmp: str, workers: int) -> str:
