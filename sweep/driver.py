@@ -712,9 +712,9 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None, log=print,
     """Start (or connect to) Ray; True when this call did, False when Ray was already up.
 
     The embedded Ray's idle workers import what a trial needs as they start (see :func:`_preload_modules`).
-    ``ray.init`` installs its own SIGTERM handler (exit at once, with code 15 and no word); a handler the
-    caller installed (the CLI's: stop the sweep like Ctrl-C) stays in place while Ray starts
-    (:func:`_callers_sigterm_kept`) and is put back after."""
+    ``ray.init`` installs its own SIGTERM handler (exit at once, with code 15 and no word); a SIGTERM or SIGINT
+    while Ray starts goes to the caller's handler (the CLI's: stop the sweep like Ctrl-C) once Ray is up
+    (:func:`_stops_held_while_ray_starts`), and the caller's SIGTERM handler is put back after."""
     import logging
 
     if address is None:
@@ -732,9 +732,10 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None, log=print,
         return False
     main = threading.current_thread() is threading.main_thread()
     caller_sigterm = signal.getsignal(signal.SIGTERM) if main else None
+    caller_sigint = signal.getsignal(signal.SIGINT) if main else None
     try:
         if address:
-            with _callers_sigterm_kept(caller_sigterm):
+            with _stops_held_while_ray_starts(caller_sigterm, caller_sigint):
                 ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         else:
             # embedded local Ray: session files in a short private temp folder (unix socket paths are
@@ -745,7 +746,8 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None, log=print,
             preload = _preload_modules(cfg, cpus) if cfg is not None else None
             ready = _warm_folder(tmp, cpus) if preload and PRELOAD_ENV not in os.environ else None
             # read by the raylet as it starts (and passed on to its workers); a value the user set wins
-            with _env(PRELOAD_ENV, preload), _env(READY_ENV, ready), _callers_sigterm_kept(caller_sigterm):
+            with (_env(PRELOAD_ENV, preload), _env(READY_ENV, ready),
+                  _stops_held_while_ray_starts(caller_sigterm, caller_sigint)):
                 ray.init(num_cpus=cpus, include_dashboard=False,
                          logging_level=logging.ERROR, log_to_driver=False, _temp_dir=tmp, configure_logging=True)
     finally:
@@ -755,24 +757,41 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None, log=print,
 
 
 @contextmanager
-def _callers_sigterm_kept(handler):
-    """While Ray starts, leave the caller's SIGTERM ``handler`` (a Python function) in place: ``ray.init``
-    replaces it, early on, with one that exits at once (``sys.exit(15)``), so a SIGTERM in the second or
-    two Ray takes to start ended a sweep with exit code 15, no message and its books left to the next run.
-    Ray's own ``set_sigterm_handler`` is made a no-op for that time; a Ray without it is left as it is."""
+def _stops_held_while_ray_starts(sigterm, sigint):
+    """While Ray starts, a SIGTERM or SIGINT the caller handles (``sigterm`` / ``sigint``: its handlers, e.g.
+    the CLI's stop-like-Ctrl-C and Python's KeyboardInterrupt) is held, and handed to the caller's handler once
+    ``ray.init`` has returned.
+
+    ``ray.init`` replaces the SIGTERM handler early on with one that exits at once (``sys.exit(15)``: exit code
+    15, no message, the books left to the next run), and once its core worker is up a C++ handler catches
+    SIGTERM too; an exception raised half-way through connecting left the process to abort at exit (exit code
+    -6).  So Ray's ``set_sigterm_handler`` is made a no-op for that time (where the caller handles SIGTERM and
+    Ray has that function), and the signals are only noted.  Signals the caller does not handle are left as
+    they are."""
     try:
         from ray._private import utils as ray_utils
     except ImportError:
         ray_utils = None
     saved = getattr(ray_utils, "set_sigterm_handler", None)
-    if not callable(handler) or saved is None:
+    callers = {s: h for s, h in ((signal.SIGTERM, sigterm), (signal.SIGINT, sigint)) if callable(h)}
+    if not callers:
         yield
         return
-    ray_utils.set_sigterm_handler = lambda h: None
+    held: list[int] = []
+    for s in callers:
+        signal.signal(s, lambda signum, frame: held.append(signum))
+    patch = saved is not None and signal.SIGTERM in callers
+    if patch:
+        ray_utils.set_sigterm_handler = lambda h: None
     try:
         yield
     finally:
-        ray_utils.set_sigterm_handler = saved
+        if patch:
+            ray_utils.set_sigterm_handler = saved
+        for s, h in callers.items():
+            signal.signal(s, h)
+    if held:  # Ray is up: now the caller's way out (which shuts it down)
+        callers[held[0]](held[0], None)
 
 
 def _warm_folder(tmp: str, workers: int) -> str:

@@ -202,37 +202,46 @@ def test_a_driver_error_in_tune_stops_the_running_trials_and_fails_the_parent(cf
     assert SweepFolder(sweep_dir).lock_holder() is None
 
 
-# a SIGTERM that arrives while Ray starts (sent from inside ray.init, after Ray would have put in its own
-# handler): the caller's handler must get it, and the process go on
-SIGTERM_IN_RAY_INIT = r"""
+# a stop signal that arrives while Ray starts (sent from inside ray.init: before its core worker connects,
+# where Ray's Python handler would exit 15, or after, where its C++ handler catches SIGTERM): the caller's
+# handler must get it once, after ray.init has returned, and the process go on
+SIGNAL_IN_RAY_INIT = r"""
 import json, os, signal, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
+import ray
 import ray._private.worker as worker
 from sweep import driver
+sig, where = getattr(signal, sys.argv[2]), sys.argv[3]
 seen = []
-signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+signal.signal(sig, lambda signum, frame: seen.append((signum, ray.is_initialized())))
 real_connect = worker.connect
 def connect(*a, **k):
-    os.kill(os.getpid(), signal.SIGTERM)
-    return real_connect(*a, **k)
+    if where == "before":
+        os.kill(os.getpid(), sig)
+    r = real_connect(*a, **k)
+    if where == "after":
+        os.kill(os.getpid(), sig)
+    return r
 worker.connect = connect
 assert driver._ray_init(None, Path.cwd(), 1, print, None)
-after = signal.getsignal(signal.SIGTERM)
+after = signal.getsignal(sig)
 driver._ray_shutdown(True, print)
 print(json.dumps({"seen": seen, "handler_kept": getattr(after, "__name__", "") == "<lambda>"}))
 """
 
 
-def test_a_sigterm_while_ray_starts_reaches_the_callers_handler(tmp_path):
-    """ray.init puts in a SIGTERM handler of its own early on (exit 15 at once, no word): a scheduler's SIGTERM
-    in the second or two Ray takes to start must still take the sweep's way out (the CLI's handler)."""
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("where", ["before", "after"], ids=["before-connect", "after-connect"])
+def test_a_stop_signal_while_ray_starts_reaches_the_callers_handler_once_ray_is_up(tmp_path, sig, where):
+    """A scheduler's SIGTERM (or a Ctrl-C) in the second or two Ray takes to start must take the sweep's way
+    out (the CLI's handler), not Ray's exit 15 nor an abort of a half-connected driver."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    p = subprocess.run([sys.executable, "-c", SIGTERM_IN_RAY_INIT, str(Path(__file__).resolve().parents[1])],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    p = subprocess.run([sys.executable, "-c", SIGNAL_IN_RAY_INIT, str(Path(__file__).resolve().parents[1]), sig,
+                        where], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, (p.returncode, p.stderr[-3000:])
     out = json.loads(p.stdout.strip().splitlines()[-1])
-    assert out == {"seen": [signal.SIGTERM], "handler_kept": True}
+    assert out == {"seen": [[int(getattr(signal, sig)), True]], "handler_kept": True}
 
 
 def test_sigterm_stops_the_sweep_like_ctrl_c_with_exit_code_143(sweep_dir, tmp_path, monkeypatch, capsys):
