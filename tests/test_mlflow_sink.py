@@ -460,3 +460,31 @@ def test_the_embedded_store_writes_ahead_and_syncs_at_checkpoints_while_other_sq
     assert pragmas(f"sqlite:///{other}") == ("delete", 2)  # sqlite's defaults: a rollback journal, FULL
     assert _sqlite_file("sqlite:///relative/m.db?mode=rw").endswith("/relative/m.db")
     assert _sqlite_file("sqlite:///:memory:") is None and _sqlite_file("http://127.0.0.1:5000") is None
+
+
+def test_a_new_embedded_store_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """MLflow makes a new store's tables with a chain of migrations: a process killed half-way must not leave
+    a database that later opens fail on.  The store is made beside its place and renamed in once complete; a
+    half-made one of a dead process is removed by the next open."""
+    import sweep.results.mlflow_sink as ms
+    import sweep.results.store as store
+    from sweep.results.mlflow_sink import MlflowSink
+
+    db = tmp_path / "mlflow.db"
+
+    def killed(src, dst):
+        raise KeyboardInterrupt  # the process ends with the tables made but not renamed in
+
+    monkeypatch.setattr(store, "durable_rename", killed)
+    with pytest.raises(KeyboardInterrupt):
+        MlflowSink(f"sqlite:///{db}", "whole", artifact_dir=tmp_path / "art")
+    assert not db.exists()
+    half = list(tmp_path.glob("mlflow.db.new-*"))
+    assert len(half) == 1
+    half[0].rename(tmp_path / "mlflow.db.new-999999999")  # as left by a process that is gone
+    monkeypatch.undo()
+    sink = MlflowSink(f"sqlite:///{db}", "whole", artifact_dir=tmp_path / "art")
+    run = sink.start_parent("p", {"a": 1})
+    assert sink.client.get_run(run).data.params == {"a": "1"}
+    assert db.is_file() and not list(tmp_path.glob("mlflow.db.new-*"))
+    assert ms._sqlite_file(f"sqlite:///{db}") in ms._SQLITE_FILES  # the store is tuned (WAL) as before

@@ -72,9 +72,54 @@ def _tune_sqlite(uri: str) -> None:
         event.listen(Engine, "connect", _set_pragmas)
 
 
-def _client(uri: str):
+def _pid_alive(pid: int) -> bool:
     import os
 
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _create_sqlite_store(file: str, artifact_dir: Path | None) -> None:
+    """A new embedded store at ``file``, all or nothing.
+
+    MLflow makes a new database's tables by running its schema migrations one after another (seconds on a
+    small machine); a process killed half-way left a database that every later open failed on (``table
+    _alembic_tmp_jobs already exists``), so ``sweep resume`` could not go on.  So the tables are made in a
+    temporary file beside it (``<file>.new-<pid>``), which is synced and renamed into place once complete;
+    one left by a process that died is removed."""
+    import glob
+    import os
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from .store import durable_rename
+
+    for stale in glob.glob(glob.escape(file) + ".new-*"):
+        pid = stale.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not _pid_alive(int(pid)):
+            for part in (stale, stale + "-wal", stale + "-shm", stale + "-journal"):
+                if os.path.exists(part):
+                    os.unlink(part)
+    tmp = f"{file}.new-{os.getpid()}"
+    uri = f"sqlite:///{tmp}"
+    root = Path(artifact_dir) if artifact_dir is not None else Path("mlruns")
+    store = SqlAlchemyStore(uri, root.resolve().as_uri())
+    store.engine.dispose()
+    getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)  # MLflow caches an engine per URI
+    durable_rename(Path(tmp), Path(file))
+
+
+def _client(uri: str, artifact_dir: Path | None = None):
+    import os
+
+    file = _sqlite_file(uri)
+    if file is not None and not os.path.exists(file):
+        _create_sqlite_store(file, artifact_dir)
     _tune_sqlite(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
@@ -93,7 +138,7 @@ def _param(v: Any) -> str:
 class MlflowSink:
     def __init__(self, tracking_uri: str, experiment: str, artifact_dir: Path | None = None):
         self.uri = tracking_uri
-        self.client = _client(tracking_uri)
+        self.client = _client(tracking_uri, artifact_dir)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             # local stores keep artefacts inside the sweep folder; a tracking server keeps its own

@@ -194,17 +194,22 @@ def durable_write(path: Path, data: bytes) -> None:
     _durably(Path(path), lambda tmp: tmp.write_bytes(data))
 
 
-def _durably(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    fd = os.open(tmp, os.O_RDONLY)
+def durable_rename(src: Path, dst: Path) -> None:
+    """``src`` (a complete file) becomes ``dst``: fsync of the file, rename over ``dst``, fsync of the folder."""
+    fd = os.open(src, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
+    os.replace(src, dst)
+    dfd = os.open(Path(dst).parent, os.O_RDONLY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def _durably(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    durable_rename(tmp, path)
