@@ -31,8 +31,8 @@ from pathlib import Path
 
 from .config import SweepConfig
 from .constraints import budget_names
-from .errors import SweepError
-from .folder import BASELINE_MODEL, HEARTBEAT_EVERY_S, HEARTBEAT_MIN_S, SweepFolder, report_dir, sweep_meta
+from .errors import SweepDirError, SweepError
+from .folder import BASELINE_MODEL, HEARTBEAT_EVERY_S, HEARTBEAT_MIN_S, MLFLOW_DB, SweepFolder, report_dir, sweep_meta
 from .pareto import DIRECTIONS
 from .results.schema import FINISHED, TrialRecord, with_front
 from .results.store import TrialStore
@@ -1201,13 +1201,18 @@ def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | No
 def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | None, address: str | None,
                   tracking_uri: str | None, log, ray_started: bool, t0: float) -> SweepOutcome:
     from .results.mirror_process import open_mirror
-    from .results.mlflow_sink import MlflowSink
 
     state = folder.state()
     uri = tracking_uri or state.get("tracking_uri") or folder.default_tracking_uri
     experiment = state.get("experiment") or cfg.name
-    sink = MlflowSink(uri, experiment, artifact_dir=folder.artifacts_dir)
+    sink = _open_sink(uri, experiment, folder)
     parent_id = state.get("parent_run_id")
+    rebuild = bool(parent_id) and not sink.has_run(parent_id)
+    if rebuild:
+        log(f"note: the sweep's MLflow parent run {parent_id} is not in the tracking store {uri} (a new or "
+            f"replaced store): a new parent run is opened, and every finished trial's run is written again from "
+            f"trials.parquet")
+        parent_id = None
     if parent_id:
         n = sink.close_stale_children(parent_id, DRIVER_DIED)
         if n:
@@ -1246,7 +1251,12 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
                 f"(batch {cfg.measure.latency_batch}, {base['latency']['threads']} thread(s), {cfg.measure.device})")
         base = folder.baseline()
         meta = st.meta = sweep_meta(cfg, base)
-        records = _reconciled(st, store.records()[0])
+        records = store.records()[0]
+        if rebuild:  # the runs the table names are gone with the old store: each finished trial gets a new one
+            records = [r.replace(mlflow_run_id=parent_id if r.is_baseline else None) for r in records]
+            sink.log_metrics(parent_id, {f"baseline_{k}": base[k] for k in
+                                         ("accuracy", "test_accuracy", "params", "macs", "latency_ms")})
+        records = _reconciled(st, records)
         progress.done = progress.done0 = _finished(records)
         reason = None
         budget = cfg.search.time_budget_s
@@ -1331,6 +1341,21 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
             st.recorder.close()
         _release_inbox(st)
         st.mirror.close()
+
+
+def _open_sink(uri: str, experiment: str, folder: SweepFolder):
+    """The sweep's MLflow sink; a tracking store that cannot be opened is one line saying what to do (the
+    table holds every trial, and a sweep resumed on a new store writes their runs again)."""
+    from .results.mlflow_sink import MlflowSink
+
+    try:
+        return MlflowSink(uri, experiment, artifact_dir=folder.artifacts_dir)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise SweepDirError(f"the sweep's MLflow tracking store must open, but got {type(e).__name__}: {first} "
+                            f"(tracking URI {uri}); trials.parquet holds every trial: repair the store, or move "
+                            f"it aside (the embedded one is {folder.path / MLFLOW_DB}) and `sweep resume` "
+                            f"{folder.path}, which opens a new store and writes every trial's run again") from None
 
 
 def _sweep_params(cfg: SweepConfig) -> dict:

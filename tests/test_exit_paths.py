@@ -374,6 +374,64 @@ def test_a_re_run_configuration_replaces_the_stale_stopped_row(cfg, sweep_dir, t
     assert children["lost"].data.tags["sweep.superseded"] == "true"
 
 
+def _finish_trial(cb, trial_id: str, number: int, ratio: float) -> None:
+    from sweep.results.schema import TrialRecord
+
+    start_trial(cb, trial_id, number)
+    rec = TrialRecord(sweep="exitpaths", trial_id=trial_id, trial_number=number, status="ok", method="magnitude",
+                      accuracy=0.9, params=1000, macs=2000, latency_ms=0.1, knobs={"ratio": ratio})
+    cb.on_trial_result(iteration=1, trials=[], trial=SimpleNamespace(trial_id=trial_id),
+                       result={"record_json": rec.to_json()})
+
+
+def test_a_lost_or_replaced_tracking_store_is_rebuilt_from_the_table(cfg, sweep_dir, tmp_path, monkeypatch):
+    """MLflow mirrors the table: with its store gone (moved aside, or a new tracking server), `sweep resume`
+    opens a new parent run, writes a run for every finished trial again, and goes on."""
+    run_with(monkeypatch, lambda cb: _finish_trial(cb, "t1", 0, 0.3), cfg, sweep_dir, tmp_path)
+    old_parent, old_children = mlflow_runs(sweep_dir)
+    assert set(old_children) == {"t1"}
+    (sweep_dir / "mlflow.db").rename(tmp_path / "mlflow.db.aside")
+    for extra in sweep_dir.glob("mlflow.db-*"):  # sqlite's write-ahead log and index go with it
+        extra.rename(tmp_path / extra.name)
+
+    lines = []
+
+    def script(cb):
+        _finish_trial(cb, "t2", 1, 0.6)
+
+    import sweep.driver as driver
+
+    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None:
+                        FakeTuner(callback, script))
+    monkeypatch.setattr(driver, "_ray_init", lambda *a, **k: False)
+    monkeypatch.setattr(driver, "_model_inbox", lambda: None)
+    driver.run_sweep(cfg, sweep_dir, report_root=tmp_path / "reports", resume=True, log=lines.append)
+    assert any(f"parent run {old_parent.info.run_id} is not in the tracking store" in x for x in lines), lines
+    parent, children = mlflow_runs(sweep_dir)
+    assert parent.info.run_id != old_parent.info.run_id
+    assert set(children) == {"t1", "t2"} and all(r.info.status == "FINISHED" for r in children.values())
+    assert children["t1"].data.metrics["accuracy"] == 0.9
+    got = rows(sweep_dir)
+    assert got["t1"].mlflow_run_id == children["t1"].info.run_id  # the table names the new runs
+    assert got["baseline"].mlflow_run_id == parent.info.run_id
+    assert SweepFolder(sweep_dir).state()["parent_run_id"] == parent.info.run_id
+    assert "baseline_params" in parent.data.metrics
+
+
+def test_a_tracking_store_that_cannot_be_opened_is_one_line(cfg, sweep_dir, tmp_path, capsys):
+    from sweep.cli import main
+
+    (sweep_dir / "mlflow.db").write_bytes(b"this is not a database" * 100)
+    for extra in sweep_dir.glob("mlflow.db-*"):
+        extra.unlink()
+    assert main(["resume", str(sweep_dir), "--reports", str(tmp_path / "reports")]) == 2
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err and len(err.strip().splitlines()) == 1, err
+    assert "the sweep's MLflow tracking store must open, but got " in err
+    assert f"move it aside (the embedded one is {sweep_dir / 'mlflow.db'}) and `sweep resume` {sweep_dir}" in err
+    assert SweepFolder(sweep_dir).lock_holder() is None
+
+
 # ----------------------------------------------------------------------------- sweep status
 def write_results(sweep_dir: Path, cfg) -> None:
     """A folder as a sweep leaves it, written without Ray: 2 ok, 1 failed, 1 stopped of 6 trials."""

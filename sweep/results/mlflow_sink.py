@@ -109,9 +109,36 @@ def _create_sqlite_store(file: str, artifact_dir: Path | None) -> None:
     uri = f"sqlite:///{tmp}"
     root = Path(artifact_dir) if artifact_dir is not None else Path("mlruns")
     store = SqlAlchemyStore(uri, root.resolve().as_uri())
+    _drop_cached_engines(uri)
     store.engine.dispose()
-    getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)  # MLflow caches an engine per URI
     durable_rename(Path(tmp), Path(file))
+    # an engine this process holds for the store's URI reads the file that was there before (moved aside)
+    _drop_cached_engines(f"sqlite:///{file}")
+
+
+def _drop_cached_engines(uri: str) -> None:
+    """Forget the SQLAlchemy engines MLflow's tracking and registry stores keep for ``uri`` (one per URI and
+    process), so that the next client opens the file now at that path."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for cls in (SqlAlchemyStore, RegistryStore):
+        engine = getattr(cls, "_engine_map", {}).pop(uri, None)
+        if engine is not None:
+            engine.dispose()
+
+
+def _check_sqlite_file(file: str) -> None:
+    """Raise ``sqlite3.DatabaseError`` at once if ``file`` is not a readable sqlite database: MLflow would
+    retry opening it with a growing back-off for about 100 s (meant for a database server still starting)."""
+    import sqlite3
+    from urllib.request import pathname2url
+
+    con = sqlite3.connect(f"file:{pathname2url(file)}?mode=ro", uri=True)
+    try:
+        con.execute("PRAGMA schema_version").fetchone()
+    finally:
+        con.close()
 
 
 def _client(uri: str, artifact_dir: Path | None = None):
@@ -120,6 +147,8 @@ def _client(uri: str, artifact_dir: Path | None = None):
     file = _sqlite_file(uri)
     if file is not None and not os.path.exists(file):
         _create_sqlite_store(file, artifact_dir)
+    elif file is not None:
+        _check_sqlite_file(file)
     _tune_sqlite(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
@@ -150,6 +179,18 @@ class MlflowSink:
         # MLflow 3 opens an untagged experiment in its GenAI view (traces); a sweep is model training
         if (exp is None or exp.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING):
             self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+
+    def has_run(self, run_id: str) -> bool:
+        """Whether the store holds run ``run_id`` (False: not there, e.g. a store that was replaced)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+        except MlflowException as e:
+            if getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+        return True
 
     # ---------------------------------------------------------------- parent
     def start_parent(self, name: str, params: dict, tags: dict | None = None) -> str:
