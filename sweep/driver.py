@@ -558,11 +558,34 @@ def _config_key(r: TrialRecord) -> tuple:
 
 
 def _reruns(records, new: list[TrialRecord]) -> set[str]:
-    """Ids of ``stopped`` records (not among ``new``) that a record of ``new`` ran again, by configuration."""
-    done = {_config_key(r) for r in new if r.status != "stopped" and r.knobs}
+    """Ids of ``stopped`` records (not among ``new``) that a record of ``new`` ran again, by configuration --
+    finished, or cut short again (a re-run stopped by a later interruption): one ``stopped`` row per
+    configuration, so a configuration is enqueued to run again once."""
+    done = {_config_key(r) for r in new if r.knobs}
     ids = {r.trial_id for r in new}
     return {r.trial_id for r in records if r.status == "stopped" and r.trial_id not in ids and r.knobs
             and _config_key(r) in done}
+
+
+def _stopped_twice(records) -> set[str]:
+    """Ids of ``stopped`` records whose configuration a later ``stopped`` record holds too (a table written
+    before re-runs replaced stopped rows of their configuration): all but the latest of each configuration."""
+    def when(r: TrialRecord) -> float:
+        return r.ended_at.timestamp() if r.ended_at is not None else 0.0
+
+    latest: dict[tuple, TrialRecord] = {}
+    older: set[str] = set()
+    for r in records:
+        if r.status != "stopped" or not r.knobs:
+            continue
+        key, prev = _config_key(r), latest.get(_config_key(r))
+        if prev is None or when(r) >= when(prev):
+            latest[key] = r
+            if prev is not None:
+                older.add(prev.trial_id)
+        else:
+            older.add(r.trial_id)
+    return older
 
 
 def _update_front(st: _CallbackState, changed: set[str]) -> None:
@@ -1367,7 +1390,7 @@ def _sweep_params(cfg: SweepConfig) -> dict:
 def _reconciled(st: _CallbackState, records: list[TrialRecord]) -> list[TrialRecord]:
     """The table at the start of a run, compacted (the journal folded in), in memory with its front;
     ``stopped`` records whose configuration already finished (re-run before a hard kill) are dropped."""
-    stale = _reruns(records, [r for r in records if r.status != "stopped"])
+    stale = _reruns(records, [r for r in records if r.status != "stopped"]) | _stopped_twice(records)
     st.records = {r.trial_id: r for r in records if r.trial_id not in stale}
     missing = [r for r in st.records.values() if not r.is_baseline and r.status in FINISHED and r.mlflow_run_id is None]
     if st.mirror is not None and missing:  # finished trials an earlier driver died before mirroring get runs now

@@ -344,9 +344,11 @@ def test_the_time_budget_counts_every_run_of_the_sweep(cfg, sweep_dir, tmp_path,
     assert parent.info.status == "FINISHED"
 
 
-def test_a_re_run_configuration_replaces_the_stale_stopped_row(cfg, sweep_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("again", ["finished", "cut-short-again"])
+def test_a_re_run_configuration_replaces_the_stale_stopped_row(cfg, sweep_dir, tmp_path, monkeypatch, again):
     """A trial cut short keeps its stopped row (with its configuration) only until ``resume`` has run that
-    configuration again: then the new trial's row replaces it and its MLflow run is marked superseded."""
+    configuration again: then the new trial's row replaces it -- also when the re-run is cut short in turn,
+    so that the configuration is enqueued once, not twice -- and its MLflow run is marked superseded."""
     from sweep.results.schema import TrialRecord
 
     folder = SweepFolder(sweep_dir)
@@ -360,18 +362,39 @@ def test_a_re_run_configuration_replaces_the_stale_stopped_row(cfg, sweep_dir, t
 
         st = driver._ACTIVE["sweep"]  # the lost trial's MLflow run, closed when it was stopped
         st.sink.end(st.sink.start_child(st.parent_id, "magnitude-lost", {}, tags={"sweep.trial_id": "lost"}), "KILLED")
-        start_trial(cb, "again", 0)
-        rec = TrialRecord(sweep="exitpaths", trial_id="again", trial_number=0, status="ok", method="magnitude",
-                          accuracy=0.9, params=1000, macs=2000, latency_ms=0.1, knobs={"ratio": 0.5})
-        cb.on_trial_result(iteration=1, trials=[], trial=SimpleNamespace(trial_id="again"),
-                           result={"record_json": rec.to_json()})
+        cb.on_trial_start(iteration=0, trials=[], trial=SimpleNamespace(
+            trial_id="again", config={"method": "magnitude", "trial_number": 0, "magnitude.ratio": 0.5}))
+        if again == "finished":
+            rec = TrialRecord(sweep="exitpaths", trial_id="again", trial_number=0, status="ok", method="magnitude",
+                              accuracy=0.9, params=1000, macs=2000, latency_ms=0.1, knobs={"ratio": 0.5})
+            cb.on_trial_result(iteration=1, trials=[], trial=SimpleNamespace(trial_id="again"),
+                               result={"record_json": rec.to_json()})
+        # else: Tune returns with it running (Ctrl-C): it becomes a stopped row of the same configuration
 
     outcome = run_with(monkeypatch, script, cfg, sweep_dir, tmp_path)
-    assert outcome.stop_reason == "interrupted (Ctrl-C)"  # Tune returned with 2 of 3 trials left
+    assert outcome.stop_reason == "interrupted (Ctrl-C)"  # Tune returned with trials left
     got = rows(sweep_dir)
-    assert "lost" not in got and got["again"].status == "ok"
+    assert "lost" not in got
+    assert got["again"].status == ("ok" if again == "finished" else "stopped")
+    assert got["again"].knobs == {"ratio": 0.5}
+    assert [r.trial_id for r in got.values() if r.status == "stopped"] == ([] if again == "finished" else ["again"])
     _, children = mlflow_runs(sweep_dir)
     assert children["lost"].data.tags["sweep.superseded"] == "true"
+
+
+def test_of_stopped_rows_with_one_configuration_only_the_latest_is_run_again():
+    """A table written before re-runs replaced the stopped rows of their configuration may hold two: the
+    resumed sweep keeps the latest, so that the configuration is enqueued once."""
+    from sweep.driver import _stopped_twice
+    from sweep.results.schema import TrialRecord
+
+    def stopped(tid, at, ratio):
+        return TrialRecord.unfinished("s", tid, "stopped", "x", method="magnitude", ended_at=at).replace(
+            knobs={"ratio": ratio})
+
+    rows_ = [stopped("a", 10.0, 0.5), stopped("b", 30.0, 0.5), stopped("c", 20.0, 0.5), stopped("d", 5.0, 0.7),
+             TrialRecord.unfinished("s", "e", "stopped", "x", method="magnitude", ended_at=1.0)]  # no knobs
+    assert _stopped_twice(rows_) == {"a", "c"}
 
 
 def _finish_trial(cb, trial_id: str, number: int, ratio: float) -> None:
