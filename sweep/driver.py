@@ -335,8 +335,24 @@ def interrupt(reason: str, frame=None) -> None:
 def _stop_tune(frame=None) -> None:
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
-        handler(signal.SIGINT, frame)
+        handler(signal.SIGINT, frame)  # Ray Tune's returns (it stops Tune); Python's raises KeyboardInterrupt
+        _STOP["delivered"] = "tune"
     else:  # SIGINT ignored or default: nothing would stop Tune gracefully
+        raise KeyboardInterrupt
+
+
+def _stop_lost() -> bool:
+    """A stop was asked for (:func:`interrupt`) and its KeyboardInterrupt never arrived: a signal handler that
+    runs while Ray's compiled code calls back into Python raises into code that ignores the exception
+    ("Exception ignored in ..."), and the sweep would go on to its end.  Checked between the phases and at
+    each step of Ray Tune, where the stop is asked for again."""
+    return "reason" in _STOP and "delivered" not in _STOP
+
+
+def _stop_if_lost() -> None:
+    """Outside Ray Tune: raise the KeyboardInterrupt a lost stop should have raised (see :func:`_stop_lost`)."""
+    if _stop_lost():
+        _STOP["delivered"] = "again"
         raise KeyboardInterrupt
 
 
@@ -690,6 +706,8 @@ def _make_callback():
 
         def on_step_end(self, iteration, trials, **info):
             st = _live_state()
+            if _stop_lost():  # a SIGTERM whose KeyboardInterrupt was swallowed before Tune ran: stop Tune now
+                _stop_tune()
             _collect(st)
             now = time.time()
             budget = st.cfg.search.time_budget_s
@@ -1272,6 +1290,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
             log(f"baseline: accuracy {acc} · params {base['params']:,} · "
                 f"MACs {base['macs']:,} · latency {base['latency_ms']:.3f} ms "
                 f"(batch {cfg.measure.latency_batch}, {base['latency']['threads']} thread(s), {cfg.measure.device})")
+        _stop_if_lost()
         base = folder.baseline()
         meta = st.meta = sweep_meta(cfg, base)
         records = store.records()[0]
@@ -1299,6 +1318,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
                 f"({cfg.search.sampler} sampler; objectives: {', '.join(cfg.search.objectives)})")
             st.fit_t0 = progress.t0 = time.time()
             _await_warm_workers(log)  # on the trials' clock (time budget, overhead): it is what they wait for
+            _stop_if_lost()
             _beat(st, phase="trials")
             interrupted = False
             st.recorder = _Recorder(st)

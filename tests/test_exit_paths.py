@@ -275,6 +275,35 @@ def test_sigterm_stops_the_sweep_like_ctrl_c_with_exit_code_143(sweep_dir, tmp_p
     assert parent.info.status == "KILLED" and parent.data.tags["sweep.ended"] == "terminated (SIGTERM)"
 
 
+@pytest.mark.parametrize("where", ["before-tune", "in-tune"])
+def test_a_sigterm_whose_interrupt_was_swallowed_still_stops_the_sweep(cfg, sweep_dir, tmp_path, monkeypatch, where):
+    """A signal handler that runs while Ray's compiled code calls back into Python raises into code that
+    ignores the exception ("Exception ignored in ..."): the stop is asked for again between the phases and at
+    Tune's next step, instead of the sweep running to its end."""
+    import sweep.driver as driver
+
+    def swallowed():
+        try:
+            driver.interrupt(driver.SIGTERM)
+        except KeyboardInterrupt:
+            pass  # what the compiled code does with it
+
+    reached = []
+    if where == "before-tune":
+        real = SweepFolder.has_baseline
+        monkeypatch.setattr(SweepFolder, "has_baseline", lambda self: (swallowed(), real(self))[1])
+
+    def script(cb):
+        if where == "in-tune":
+            swallowed()
+            cb.on_step_end(iteration=1, trials=[])
+        reached.append(True)
+
+    outcome = run_with(monkeypatch, script, cfg, sweep_dir, tmp_path)
+    assert outcome.interrupted and outcome.stop_reason == "terminated (SIGTERM)"
+    assert not reached  # stopped before Tune ran, or at Tune's next step
+
+
 def test_the_time_budget_is_a_normal_end(cfg, sweep_dir, tmp_path, monkeypatch):
     """The callback enforces search.time_budget_s: running trials become stopped rows, the sweep goes on to
     re-measurement and the report, and the parent run is FINISHED.  The heartbeat lists the trials in
