@@ -192,7 +192,10 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
     if os.geteuid() == 0:
         args.insert(1, "--no-sandbox")  # Chromium's sandbox refuses to run as root (CI containers)
     log = (profile.parent / "chromium.log").open("wb")
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    # Chromium's own scratch folders (org.chromium.Chromium.*) go to TMPDIR; stopped by its pid, it leaves
+    # them behind: they go with the test's temporary folders instead of piling up in /tmp
+    env = {**os.environ, "TMPDIR": str(tmp_path_factory.mktemp("chromium-tmp"))}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, env=env)
     try:
         yield _wait_ready(proc, profile / "DevToolsActivePort")
     finally:
