@@ -399,17 +399,6 @@ def read_lock_holder(path: Path) -> dict | None:
     return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    return True
-
-
 def _in_use(lock_path: Path, holder: dict | None) -> str:
     if holder is None:
         return (f"sweep folder must have one writer at a time, but another process holds it (it has not "

@@ -13,7 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 from .constraints import budget_words
-from .folder import HEARTBEAT_EVERY_S, SweepFolder, pid_alive
+from .folder import HEARTBEAT_EVERY_S, SweepFolder
+from .results.store import pid_alive
 
 # trials listed by a heartbeat older than this are not reported as running (the driver missed 3 beats)
 RECENT_S = 3 * HEARTBEAT_EVERY_S

@@ -69,6 +69,7 @@ class EpochCheckpoint:
     def __init__(self, path: str | Path, key: str):
         self.path, self.key = Path(path), str(key)
         self.why: str | None = None
+        self._read: tuple | None = None  # (the file's (mtime, size), what load returned): read once, not twice
 
     def load(self) -> dict | None:
         """The saved state, or None (none saved, or not usable: :attr:`why`)."""
@@ -76,14 +77,19 @@ class EpochCheckpoint:
 
         if not self.path.is_file():
             return None
+        st = self.path.stat()
+        stamp = (st.st_mtime_ns, st.st_size)
+        if self._read is not None and self._read[0] == stamp:
+            return self._read[1]
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as e:
             self.why = f"{self.path} could not be read ({type(e).__name__})"
-            return None
-        if not isinstance(state, dict) or state.get("key") != self.key:
+            state = None
+        if state is not None and (not isinstance(state, dict) or state.get("key") != self.key):
             self.why = f"{self.path} was written for other settings"
-            return None
+            state = None
+        self._read = (stamp, state)
         return state
 
     def epochs_done(self) -> int:
@@ -100,10 +106,12 @@ class EpochCheckpoint:
         torch.save({**state, "key": self.key}, buf)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         durable_write(self.path, buf.getvalue())
+        self._read = None
 
     def clear(self) -> None:
         """Remove the saved state (and its folder, if nothing else is in it)."""
         self.path.unlink(missing_ok=True)
+        self._read = None
         try:
             self.path.parent.rmdir()
         except OSError:  # holds other files, or is gone

@@ -72,18 +72,6 @@ def _tune_sqlite(uri: str) -> None:
         event.listen(Engine, "connect", _set_pragmas)
 
 
-def _pid_alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def _create_sqlite_store(file: str, artifact_dir: Path | None) -> None:
     """A new embedded store at ``file``, all or nothing.
 
@@ -97,11 +85,11 @@ def _create_sqlite_store(file: str, artifact_dir: Path | None) -> None:
 
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    from .store import durable_rename
+    from .store import durable_rename, pid_alive
 
     for stale in glob.glob(glob.escape(file) + ".new-*"):
         pid = stale.rsplit("-", 1)[-1]
-        if not pid.isdigit() or not _pid_alive(int(pid)):
+        if not pid.isdigit() or not pid_alive(int(pid)):
             for part in (stale, stale + "-wal", stale + "-shm", stale + "-journal"):
                 if os.path.exists(part):
                     os.unlink(part)

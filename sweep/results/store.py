@@ -194,6 +194,18 @@ def durable_write(path: Path, data: bytes) -> None:
     _durably(Path(path), lambda tmp: tmp.write_bytes(data))
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (the holder of a sweep folder's lock, the maker of a
+    half-written file)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
 def durable_rename(src: Path, dst: Path) -> None:
     """``src`` (a complete file) becomes ``dst``: fsync of the file, rename over ``dst``, fsync of the folder."""
     fd = os.open(src, os.O_RDONLY)
