@@ -2,7 +2,8 @@
 
 Every user-facing error (a :class:`SweepError`) becomes one line on stderr and exit code 2;
 ``--debug`` shows the traceback.  Ctrl-C exits with 130 after saving what finished; SIGTERM (what a
-cluster scheduler sends) takes the same path during ``run`` / ``resume`` and exits with 143.
+cluster scheduler sends) takes the same path during ``run`` / ``resume`` and exits with 143, and so does a
+closed output (``sweep run ... | head``: the reader went away), with 141.
 Heavy libraries are imported inside the commands so that ``sweep --help`` and ``sweep methods`` are quick.
 """
 
@@ -17,9 +18,46 @@ from pathlib import Path
 
 from .errors import SweepError
 
+# a sweep is running in this process (`run` / `resume`): a closed output stops it (see _log)
+_SWEEP_RUNNING: list[bool] = []
+# stdout's reader has gone: lines go to stderr from then on
+_OUTPUT_CLOSED: list[bool] = []
+
 
 def _log(msg: str) -> None:
-    print(msg, flush=True)
+    """One line on stdout; once its reader has gone (``sweep run ... | head``), on stderr.
+
+    A closed pipe stops a running sweep as SIGTERM does -- the Unix way for a writer whose reader left, with
+    the books closed (finished trials kept, running ones recorded as stopped, runs closed) and exit code 141
+    -- instead of ending it with a driver error; other commands finish their work."""
+    if _OUTPUT_CLOSED:
+        print(msg, file=sys.stderr, flush=True)
+        return
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:
+        _output_closed(msg)
+
+
+def _output_closed(msg: str) -> None:
+    """stdout's reader has gone while writing ``msg``: it and the lines after it go to stderr, and a running
+    sweep is stopped (from the main thread at once, from another at Ray Tune's next step)."""
+    import threading
+
+    from .driver import OUTPUT_CLOSED, ask_stop, interrupt
+
+    _OUTPUT_CLOSED.append(True)
+    # the interpreter flushes stdout at exit: onto /dev/null now, not into the closed pipe (another error)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    print(msg, file=sys.stderr, flush=True)
+    if not _SWEEP_RUNNING:
+        return
+    if threading.current_thread() is threading.main_thread():
+        interrupt(OUTPUT_CLOSED)
+    else:
+        ask_stop(OUTPUT_CLOSED)
 
 
 def _quiet_libraries() -> None:
@@ -45,12 +83,12 @@ def _quiet_libraries() -> None:
 
 
 def _finish(outcome, cfg) -> int:
-    from .driver import SIGTERM
+    from .driver import OUTPUT_CLOSED, SIGTERM
     from .report import front_table
     from .results.schema import FINISHED
 
     if outcome.interrupted:
-        return 143 if outcome.stop_reason == SIGTERM else 130
+        return {SIGTERM: 143, OUTPUT_CLOSED: 141}.get(outcome.stop_reason, 130)
     import pandas as pd
 
     df = pd.DataFrame([r.to_row() for r in outcome.records])
@@ -121,13 +159,19 @@ def _check_tracking_uri(uri: str | None) -> None:
 def _run_until_done(cfg, run_sweep, sweep_dir: Path, **kwargs) -> int:
     """``run_sweep`` with SIGTERM turned into the Ctrl-C path (see :func:`_sigterm_as_ctrl_c`)."""
     with _sigterm_as_ctrl_c() as terminated:
+        _SWEEP_RUNNING.append(True)
         try:
             outcome = run_sweep(cfg, sweep_dir, log=_log, **kwargs)
         except KeyboardInterrupt:
-            if not terminated:
-                raise
-            print("sweep: terminated", file=sys.stderr)
-            return 143
+            if terminated:
+                print("sweep: terminated", file=sys.stderr)
+                return 143
+            if _OUTPUT_CLOSED:
+                print("sweep: stopped: its output was closed (broken pipe)", file=sys.stderr)
+                return 141
+            raise
+        finally:
+            _SWEEP_RUNNING.clear()
     return _finish(outcome, cfg)
 
 

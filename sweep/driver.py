@@ -51,6 +51,7 @@ MODEL_FETCH_TIMEOUT_S = 120.0
 # why a sweep stopped early: the ``error`` of its stopped rows, the parent run's ``sweep.ended`` tag
 CTRL_C = "interrupted (Ctrl-C)"
 SIGTERM = "terminated (SIGTERM)"
+OUTPUT_CLOSED = "stopped: its output was closed (broken pipe)"  # `sweep run ... | head`: the reader went away
 # ... and the tag of a trial's MLflow run that an earlier driver left open (it was killed or lost its machine)
 DRIVER_DIED = "the driver died before the trial ended"
 
@@ -330,6 +331,12 @@ def interrupt(reason: str, frame=None) -> None:
     Either way ``run_sweep`` closes the books with ``reason``."""
     _STOP.setdefault("reason", reason)
     _stop_tune(frame)
+
+
+def ask_stop(reason: str) -> None:
+    """Stop the running sweep with ``reason`` from any thread: set here, delivered at Ray Tune's next step or
+    between the phases (:func:`_stop_lost`); from the main thread :func:`interrupt` stops it at once."""
+    _STOP.setdefault("reason", reason)
 
 
 def _stop_tune(frame=None) -> None:

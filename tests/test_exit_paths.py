@@ -275,6 +275,80 @@ def test_sigterm_stops_the_sweep_like_ctrl_c_with_exit_code_143(sweep_dir, tmp_p
     assert parent.info.status == "KILLED" and parent.data.tags["sweep.ended"] == "terminated (SIGTERM)"
 
 
+class ClosingPipe:
+    """stdout whose reader goes away (``sweep run ... | head``) once ``gone`` is set: every write after that
+    raises BrokenPipeError."""
+
+    def __init__(self, fd: int):
+        self.fd, self.gone, self.lines, self.broken_writes = fd, False, [], 0
+
+    def write(self, text):
+        if self.gone:
+            self.broken_writes += 1
+            raise BrokenPipeError(32, "Broken pipe")
+        self.lines.append(text)
+
+    def flush(self):
+        pass
+
+    def fileno(self):
+        return self.fd
+
+
+@pytest.mark.parametrize("thread", ["main", "other"])
+def test_a_closed_output_stops_the_sweep_with_the_books_closed_and_exit_code_141(sweep_dir, tmp_path, monkeypatch,
+                                                                                 capsys, thread):
+    """`sweep run ... | head`: once the reader has gone the sweep stops the way SIGTERM stops it (not with a
+    driver error), its later lines (the one that failed first) go to stderr, and it can be resumed.  A line
+    from another thread (the recorder's, the mirror's) asks for the stop, which Tune's next step delivers."""
+    import threading
+
+    import sweep.cli as cli
+    import sweep.driver as driver
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    pipe = ClosingPipe(write_end)
+    reached = []
+
+    def script(cb):
+        start_trial(cb, "t1", 0)  # its result never comes
+        pipe.gone = True
+        if thread == "main":
+            cli._log("a progress line")
+        else:
+            t = threading.Thread(target=cli._log, args=("a progress line",))
+            t.start()
+            t.join()
+            cb.on_step_end(iteration=1, trials=[])
+        reached.append(True)
+
+    monkeypatch.setattr(driver, "_ray_init", lambda *a, **k: False)
+    monkeypatch.setattr(driver, "_model_inbox", lambda: None)
+    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None:
+                        FakeTuner(callback, script))
+    monkeypatch.setattr(cli, "_OUTPUT_CLOSED", [])
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        m.setattr(sys, "stdout", pipe)
+        code = cli.main(["resume", str(sweep_dir), "--reports", str(tmp_path / "reports")])
+    os.close(write_end)
+    assert code == 141
+    assert not reached or thread == "other"  # from the main thread the stop comes at once
+    assert pipe.broken_writes == 1  # after the first broken write nothing more was tried on the closed pipe
+    assert any(line.startswith("running 3 trial(s)") for line in pipe.lines)
+    err = capsys.readouterr().err
+    assert err.startswith("a progress line\n")
+    assert (f"{driver.OUTPUT_CLOSED}: 0 of 3 trials finished and kept; continue with `sweep resume {sweep_dir}`"
+            in err)
+    assert "Traceback" not in err and "driver error" not in err
+    r = rows(sweep_dir)["t1"]
+    assert (r.status, r.error) == ("stopped", driver.OUTPUT_CLOSED)
+    parent, children = mlflow_runs(sweep_dir)
+    assert children["t1"].info.status == "KILLED"
+    assert parent.info.status == "KILLED" and parent.data.tags["sweep.ended"] == driver.OUTPUT_CLOSED
+
+
 @pytest.mark.parametrize("where", ["before-tune", "in-tune"])
 def test_a_sigterm_whose_interrupt_was_swallowed_still_stops_the_sweep(cfg, sweep_dir, tmp_path, monkeypatch, where):
     """A signal handler that runs while Ray's compiled code calls back into Python raises into code that
