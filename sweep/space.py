@@ -111,7 +111,11 @@ def make_sampler(name: str, *, seed: int, n_trials: int, constraints: int = 0, r
 
     startup = guided_after(n_trials, reduction_factor)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, **(_JOINT if constraints else {}))
+        # under successive halving most trials end PRUNED: the good set then holds finished trials only
+        tpe = optuna.samplers.TPESampler
+        if reduction_factor > 1:
+            from .tpe import EarlyStopTPESampler as tpe
+        return tpe(seed=seed, n_startup_trials=startup, **(_JOINT if constraints else {}))
     if name == "nsga2":
         population = max(4, min(50, fine_tune_budget(n_trials, reduction_factor) // 3))
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 
+import numpy as np
 import optuna
 import pytest
 
@@ -197,6 +198,65 @@ def test_random_startup_is_a_third_of_the_fine_tune_budget(n_trials, eta, startu
     assert guided_after(n_trials, eta) == startup
     tpe = make_sampler("tpe", seed=0, n_trials=n_trials, reduction_factor=eta)
     assert tpe._n_startup_trials == startup
+
+
+def _region_share(sampler, finished_in_region: int) -> float:
+    """Share of 30 TPE draws of x in [0, 1] that land in [0, 0.1], in a two-objective study whose first three
+    trials lie there and were stopped early (PRUNED), followed by 17 PRUNED ones anywhere and
+    ``finished_in_region`` COMPLETE ones in [0.05, 0.1]."""
+    from optuna.distributions import FloatDistribution
+
+    d = {"x": FloatDistribution(0, 1)}
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        x = float(rng.uniform(0, 0.1) if i < 3 else rng.uniform(0, 1))
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={"x": x},
+                                                  distributions=d))
+    for i in range(finished_in_region):
+        study.add_trial(optuna.trial.create_trial(values=[0.9, 1.0 + i], params={"x": 0.05 + 0.01 * i},
+                                                  distributions=d))
+    xs = []
+    for _ in range(30):
+        t = study.ask(d)
+        xs.append(t.params["x"])
+        study.tell(t, state=optuna.trial.TrialState.PRUNED)
+    return float(np.mean(np.array(xs) < 0.1))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tpe_under_successive_halving_never_takes_stopped_trials_for_good_ones(seed):
+    """Optuna's multi-objective TPE fills its good set with the earliest PRUNED trials while fewer have finished
+    (they all score alike): it then draws near the first candidates the rungs stopped.  The sweep's TPE for
+    MO-ASHA keeps them out of it, and draws where finished trials lie once there are some."""
+    from sweep.tpe import EarlyStopTPESampler
+
+    assert type(make_sampler("tpe", seed=seed, n_trials=48, reduction_factor=3)) is EarlyStopTPESampler
+    assert type(make_sampler("tpe", seed=seed, n_trials=48)) is optuna.samplers.TPESampler  # no early stops
+    optuna_default = optuna.samplers.TPESampler(seed=seed, n_startup_trials=0)
+    assert _region_share(optuna_default, 0) >= 0.25  # 2.5x the prior's 0.1: drawn to the stopped trials
+    assert _region_share(EarlyStopTPESampler(seed=seed, n_startup_trials=0), 0) <= 0.15  # the prior, away
+    assert _region_share(EarlyStopTPESampler(seed=seed, n_startup_trials=0), 4) >= 0.25  # finished ones lead
+
+
+def test_tpe_good_set_size_is_optunas_capped_at_the_trials_finished_in_budget():
+    from sweep.tpe import EarlyStopTPESampler, finished_in_budget, optuna_gamma
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    add = study.add_trial
+    for _ in range(30):
+        add(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
+    for v in (0.0, -1.0, 2.0):  # the last one breaks its budget: Optuna puts it with the infeasible
+        t = optuna.trial.create_trial(values=[0.5, 1.0])
+        t.set_constraint("max_macs", v)
+        add(t)
+    assert finished_in_budget(study) == 2
+    s = EarlyStopTPESampler(seed=0)
+    s._study = study
+    assert optuna_gamma(33, 2) == 4 and s.good_set_size(33) == 2
+    assert s.good_set_size(10) == 1  # Optuna's own when enough trials finished
+    s._study = None
+    assert s.good_set_size(33) == 4
 
 
 @pytest.mark.filterwarnings("ignore:Argument ``group`` is an experimental feature")
