@@ -125,6 +125,7 @@ def cmd_run(args) -> int:
 
     from .config import load_config
     from .driver import run_sweep
+    from .folder import output_folder
 
     cfg = load_config(args.space, name=args.name)
     if args.trials or args.concurrency:
@@ -137,6 +138,7 @@ def cmd_run(args) -> int:
     _preflight(cfg)
     _check_tracking_uri(args.tracking_uri)
     sweep_dir = Path(args.out) if args.out else Path("runs") / cfg.name
+    output_folder(sweep_dir, "--out" if args.out else "the sweep folder (runs/<name>)")
     _quiet_libraries()
     return _run_until_done(cfg, run_sweep, sweep_dir, report_root=Path(args.reports), address=args.address,
                            tracking_uri=args.tracking_uri)
@@ -268,13 +270,14 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .folder import SweepFolder, report_dir
+    from .folder import SweepFolder, output_folder, report_dir
     from .report import build_report
 
     sweep_dir = Path(args.sweep_dir)
     _, meta = SweepFolder(sweep_dir).results()
     out = Path(args.out) if args.out else report_dir(meta.get("name", sweep_dir.name),
                                                      where=f"the name in {sweep_dir}'s trials.parquet")
+    output_folder(out, "--out" if args.out else "the report folder (reports/<name>)")
     paths = build_report(sweep_dir, out)
     _log(f"report: {(out / 'index.html').resolve()} ({len(paths)} files)")
     return 0
@@ -283,7 +286,7 @@ def cmd_report(args) -> int:
 def cmd_select(args) -> int:
     from contextlib import nullcontext
 
-    from .folder import SweepFolder
+    from .folder import SELECTION_FILE, SweepFolder
     from .select import Budget, select
 
     budget = Budget(max_latency_ms=args.max_latency_ms, max_params=args.max_params, max_macs=args.max_macs,
@@ -305,7 +308,7 @@ def cmd_select(args) -> int:
         from .select import vs_teacher_line
 
         _log(f"chosen: {vs_teacher_line(d['vs_teacher'])}")
-    files = [str(v) for k, v in d["exports"].items() if not k.endswith("error")] + ["selection.json", "selection.md"]
+    files = [str(v) for k, v in d["exports"].items() if not k.endswith("error")] + [SELECTION_FILE, "selection.md"]
     _log(f"exported to {d['out']}: " + ", ".join(files))
     return 0
 

@@ -42,6 +42,7 @@ BASELINE_TRAINING = "baseline/training.pt"
 MODELS_DIR = "models"
 RAY_DIR = "ray"
 SELECTED_DIR = "selected"
+SELECTION_FILE = "selection.json"  # what `sweep select` decided, in its output folder
 MLFLOW_DB = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 LOCK_FILE = ".lock"
@@ -63,6 +64,31 @@ def report_dir(name: str, root: Path | str | None = None, where: str = "the swee
         raise SweepDirError(f"sweep name must match {NAME_RE.pattern} (a plain folder name), but got "
                             f"name={name!r} ({where}); pass --out to choose the report folder")
     return Path(REPORTS_ROOT if root is None else root) / name
+
+
+def output_folder(path: Path | str, flag: str, *, empty: bool = False, reuse: str | None = None) -> Path:
+    """A folder a command writes its output into (``flag``: the option it came from), checked before any work:
+    it must not be a file, and with ``empty`` it must be new or empty -- or, with ``reuse``, hold that file,
+    the mark of an earlier output of the same command, which the command may move aside.  A folder of the
+    user's own is never moved nor written into.  Returned absolute (``--out .`` names the current folder)."""
+    out = Path(path).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise SweepDirError(f"{flag} must be a folder, but got {flag}={path}, which is a file; choose another {flag}")
+    if empty and out.is_dir() and any(out.iterdir()) and not (reuse and (out / reuse).is_file()):
+        earlier = f" or an earlier output of this command (holding {reuse})" if reuse else ""
+        raise SweepDirError(f"{flag} must be a new or empty folder{earlier}, but got {flag}={path}, which holds "
+                            f"other files; choose another {flag}")
+    return out
+
+
+def moved_aside(path: Path) -> Path:
+    """A free name beside ``path`` to keep an earlier output under (``<name>-<unix time>``, then ``-2``, ...)."""
+    stamp = f"{path.name}-{int(time.time())}"
+    aside, n = path.with_name(stamp), 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{stamp}-{n}")
+    return aside
 
 
 @dataclass(frozen=True)

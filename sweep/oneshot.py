@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, SweepDirError
+from .errors import ConfigError
+from .folder import output_folder
 
 
 @dataclass
@@ -64,9 +65,7 @@ def run_prune(job: PruneJob, log=print) -> dict:
     from .methods.context import build_context, make_loaders
     from .models import build_model
 
-    out = Path(job.out)
-    if out.exists() and any(out.iterdir()):
-        raise SweepDirError(f"output folder is not empty: {out} (choose another --out)")
+    out = output_folder(job.out, "--out", empty=True)
     spec = get_method(job.method, where="--method")
     torch.manual_seed(job.seed)
     splits = None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .constraints import fmt_limit
 from .errors import BudgetError
-from .folder import SweepFolder
+from .folder import SELECTION_FILE, SweepFolder, moved_aside, output_folder
 from .results.schema import TrialRecord
 
 # budget flag -> (column, comparison)
@@ -137,6 +137,7 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
     from .trial import load_splits, trial_threads
 
     folder = SweepFolder(sweep_dir)
+    out = output_folder(out, "--out", empty=True, reuse=SELECTION_FILE) if out else folder.selected_dir
     records, meta = folder.results()
     cfg, state = folder.config(), folder.state()
     quality = meta.get("quality", "accuracy")
@@ -178,7 +179,6 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
                               "agreement": r.agreement,
                               "why": ", ".join(why) if why else f"inside the budget but lower {quality} "
                                                                   f"(or equal and slower)"})
-    out = Path(out) if out else folder.selected_dir
     out.parent.mkdir(parents=True, exist_ok=True)
     # a fresh private folder beside `out` (never a fixed name: a folder we did not create is never removed)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -200,17 +200,17 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
         torch.save(chosen_model, tmp / "model.pt")
         if export:
             decision["exports"] = _export(chosen_model, splits.example_input(1), tmp, log)
-        (tmp / "selection.json").write_text(json.dumps(decision, indent=2, default=str))
+        (tmp / SELECTION_FILE).write_text(json.dumps(decision, indent=2, default=str))
         (tmp / "selection.md").write_text(_markdown(decision))
-        if out.exists():  # keep the previous selection: no finished result is lost
-            out.rename(out.with_name(f"{out.name}-{int(time.time())}"))
+        if out.exists() and any(out.iterdir()):  # an earlier selection (output_folder): kept, no result is lost
+            out.rename(moved_aside(out))
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # ours: made above
         raise
     if register:
         decision["registry"] = _register(state, cfg.name, chosen, chosen_model, splits.example_input(1), out, log)
-        (out / "selection.json").write_text(json.dumps(decision, indent=2, default=str))
+        (out / SELECTION_FILE).write_text(json.dumps(decision, indent=2, default=str))
     decision["out"] = str(out)
     return decision
 

@@ -296,7 +296,8 @@ def test_prune_writes_a_truthful_summary(cwd, capsys):
     assert sum(p.numel() for p in model.parameters()) == s["params_after"]
     assert main(["prune", "--model", "small_cnn", "--dataset", "digits", "--ratio", "0.5",
                  "--out", str(out)]) == 2  # never overwrites a finished result
-    assert_one_line_error(capsys, "not empty")
+    assert_one_line_error(capsys, None, f"--out must be a new or empty folder, but got --out={out}, which holds "
+                          "other files; choose another --out")
 
 
 @pytest.mark.parametrize("key, value", [("cpus_per_trial", "1e12"), ("gpus_per_trial", "1e6")])

@@ -367,3 +367,41 @@ def test_select_never_removes_a_folder_it_did_not_create(sweep_dir, capsys):
     assert (theirs / "notes.txt").read_text() == "keep me"
     assert (sweep_dir / "selected" / "selection.json").is_file()
     assert not [p for p in sweep_dir.iterdir() if p.name.startswith(".selected.")]  # ours is gone
+
+
+# ----------------------------------------------------------------------------- where outputs go
+def test_select_never_moves_nor_writes_into_a_folder_of_the_users_own(sweep_dir, tmp_path, capsys, monkeypatch):
+    """`select --out` onto a folder holding the user's files (or the current folder, `--out .`) is refused
+    before anything is measured; an earlier selection there is kept beside the new one."""
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "code.py").write_text("x = 1\n")
+    monkeypatch.chdir(mine)
+    for out in (str(mine), "."):
+        assert main(select_argv(sweep_dir, "--max-params", "10000000", "--out", out)) == 2
+        assert_one_line_error(capsys, f"--out must be a new or empty folder or an earlier output of this command "
+                                      f"(holding selection.json), but got --out={out}, which holds other files; "
+                                      f"choose another --out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project", "s"]  # nothing moved aside, nothing new
+    assert [p.name for p in mine.iterdir()] == ["code.py"]
+    sel = tmp_path / "sel"
+    for _ in range(2):  # the second one keeps the first beside it
+        assert main(select_argv(sweep_dir, "--max-params", "10000000", "--out", str(sel))) == 0
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("sel-")]
+    assert len(kept) == 1 and (kept[0] / "selection.json").is_file() and (sel / "selection.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["run", "report", "select", "prune"])
+def test_an_output_folder_that_is_a_file_is_one_line(sweep_dir, tmp_path, capsys, command):
+    f = tmp_path / "notes.txt"
+    f.write_text("mine\n")
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE, sort_keys=False))
+    argv = {"run": ["run", str(space), "--out", str(f)],
+            "report": ["report", str(sweep_dir), "--out", str(f)],
+            "select": select_argv(sweep_dir, "--max-params", "10000000", "--out", str(f)),
+            "prune": ["prune", "--model", "small_cnn", "--input-shape", "1,8,8", "--num-classes", "3", "--ratio", "0.5",
+                      "--out", str(f)]}[command]
+    assert main(argv) == 2
+    assert_one_line_error(capsys, f"--out must be a folder, but got --out={f}, which is a file; choose another --out")
+    assert f.read_text() == "mine\n"

@@ -92,10 +92,10 @@ def selected_trial_id(sweep_dir: Path) -> str | None:
     nothing was selected or the file cannot be read (the report then draws the best trial instead)."""
     import json
 
-    from sweep.folder import SELECTED_DIR
+    from sweep.folder import SELECTED_DIR, SELECTION_FILE
 
     try:
-        decision = json.loads((Path(sweep_dir) / SELECTED_DIR / "selection.json").read_text(encoding="utf-8"))
+        decision = json.loads((Path(sweep_dir) / SELECTED_DIR / SELECTION_FILE).read_text(encoding="utf-8"))
         trial_id = decision["chosen"]["trial_id"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
