@@ -784,7 +784,14 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None, log=print,
     try:
         if address:
             with _stops_held_while_ray_starts(caller_sigterm, caller_sigint):
-                ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+                try:
+                    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+                except ConnectionError as e:  # e.g. something answers at the address, but not a Ray head
+                    from .errors import ConfigError
+
+                    raise ConfigError(f"--address must be a running Ray cluster's head, but connecting failed: "
+                                      f"{str(e).strip().splitlines()[0][:300]} (--address={address}); check "
+                                      f"the address (`ray status --address {address}` on the head)") from None
         else:
             # embedded local Ray: session files in a short private temp folder (unix socket paths are
             # limited to ~107 characters, too short for most sweep folders); authentication: _embedded_auth
@@ -968,6 +975,39 @@ def _check_schedulable(cfg: SweepConfig, address: str | None) -> None:
             raise ConfigError(f"search.{what} must fit on one Ray node (the largest has {most:g} {key}s, "
                               f"{len(nodes)} node(s) in all), but got {what}={asked:g} "
                               f"({cfg.source}: search.{what}); lower it there and run again")
+
+
+# how long the driver tries to reach a Ray cluster's head (--address) before saying it cannot
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+def _check_reachable(address: str) -> None:
+    """A Ray address nothing answers at is one line before anything is written: ``ray.init`` would retry for
+    ever, printing Ray's "Failed to connect to GCS" every 30 s (with Ctrl-C held while Ray starts, see
+    :func:`_stops_held_while_ray_starts`).  ``auto`` (the cluster this machine runs) is left to Ray."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from .errors import ConfigError
+
+    if address in ("auto", "local"):
+        return
+    try:
+        parts = urlsplit(address if "://" in address else f"ray://{address}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or port is None:
+        raise ConfigError(f"--address must be a Ray head's host:port (e.g. 127.0.0.1:6379), ray://host:port or "
+                          f"auto, but got --address={address!r} (--address)")
+    try:
+        socket.create_connection((host, port), timeout=RAY_CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        why = e.strerror or type(e).__name__ if not isinstance(e, TimeoutError) else \
+            f"no answer within {RAY_CONNECT_TIMEOUT_S:g} s"
+        raise ConfigError(f"--address must be a running Ray cluster's head, but nothing answers at {host}:{port} "
+                          f"({why}) (--address={address}); start the head (`ray start --head --port {port}`) or "
+                          f"correct the address") from None
 
 
 def _cluster_line(address: str) -> str:
@@ -1209,6 +1249,8 @@ def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = P
               log=print) -> SweepOutcome:
     """Run (or, with ``resume``, continue) the sweep in ``sweep_dir``, holding the folder's lock throughout."""
     folder = SweepFolder(sweep_dir)
+    if address is not None:
+        _check_reachable(address)  # before anything is written, the lock included
     with folder.lock("sweep resume" if resume else "sweep run", new=not resume) as lock:
         prev = lock.previous
         if prev is not None and prev["pid"] != os.getpid():
@@ -1227,14 +1269,15 @@ def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | No
     niceness()  # the environment's say on the MLflow mirror's priority, checked before anything is written
     if address is None:
         _check_schedulable(cfg, None)  # before anything is written
-    if not resume:
-        folder.create(cfg)
     ray_started = False
-    if _finished(folder.store.records()[0]) < cfg.search.trials:
+    if not resume or _finished(folder.store.records()[0]) < cfg.search.trials:
         # Ray first: it starts its processes (idle workers importing torch: _preload_modules) while the
-        # driver sets up MLflow and trains or loads the baseline
+        # driver sets up MLflow and trains or loads the baseline; a cluster that cannot be reached stops a
+        # new sweep before its folder is written
         ray_started = _ray_init(address, folder.path, None, log, cfg)
     try:
+        if not resume:
+            folder.create(cfg)
         if ray_started or address is not None:
             _check_schedulable(cfg, address)
         if address is not None:

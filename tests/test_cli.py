@@ -296,7 +296,7 @@ def test_prune_writes_a_truthful_summary(cwd, capsys):
     assert sum(p.numel() for p in model.parameters()) == s["params_after"]
     assert main(["prune", "--model", "small_cnn", "--dataset", "digits", "--ratio", "0.5",
                  "--out", str(out)]) == 2  # never overwrites a finished result
-    assert_one_line_error(capsys, None, f"--out must be a new or empty folder, but got --out={out}, which holds "
+    assert_one_line_error(capsys, f"--out must be a new or empty folder, but got --out={out}, which holds "
                           "other files; choose another --out")
 
 
@@ -361,3 +361,37 @@ def test_a_progress_line_clips_a_reason_at_a_word(text, n, want):
     from sweep.driver import clipped
 
     assert clipped(text, n) == want
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", ["run", "resume"])
+@pytest.mark.parametrize("address, needles", [
+    ("127.0.0.1:{port}", ["--address must be a running Ray cluster's head, but nothing answers at 127.0.0.1:{port} "
+                          "(Connection refused) (--address=127.0.0.1:{port}); start the head"]),
+    ("127.0.0.1:six", ["--address must be a Ray head's host:port (e.g. 127.0.0.1:6379), ray://host:port or auto, "
+                       "but got --address='127.0.0.1:six' (--address)"]),
+])
+def test_a_ray_address_nothing_answers_at_is_one_line_before_anything_is_written(cwd, capsys, command, address,
+                                                                                  needles):
+    """`ray.init` would retry such an address for ever (with Ctrl-C held while Ray starts)."""
+    port = _free_port()
+    address = address.format(port=port)
+    space = write(cwd, GOOD)
+    argv = ["run", str(space), "--address", address] if command == "run" else None
+    if command == "resume":  # a sweep folder with nothing finished yet
+        from sweep.config import load_config
+        from sweep.folder import SweepFolder
+
+        SweepFolder(cwd / "runs" / "clitest").create(load_config(space))
+        argv = ["resume", str(cwd / "runs" / "clitest"), "--address", address]
+    before = listing(cwd)
+    assert main(argv) == 2
+    assert_one_line_error(capsys, *(n.format(port=port) for n in needles))
+    assert listing(cwd) == before  # not even the folder's lock
