@@ -1035,12 +1035,31 @@ def _ray_shutdown(started: bool, log) -> None:
     try:
         import ray
 
-        ray.shutdown()
+        with _stop_handlers_rearmed():
+            ray.shutdown()
     except Exception as e:
         log(f"warning: Ray did not shut down cleanly: {type(e).__name__}: {e}")
     _WARM.clear()
     while _EMBEDDED_TMP:
         shutil.rmtree(_EMBEDDED_TMP.pop(), ignore_errors=True)
+
+
+@contextmanager
+def _stop_handlers_rearmed():
+    """The process's SIGTERM and SIGINT handlers in force again after the block (``ray.shutdown``).
+
+    Ray's core worker handles SIGTERM in C++; shutting it down sets the signal's disposition back to the
+    default underneath Python, whose handler (the CLI's stop-like-Ctrl-C) Python still reports as installed:
+    a SIGTERM during the re-measurement or the report killed the driver outright (exit -15, no message, the
+    lock left stale, the report never written).  Installing Python's handlers again re-registers them."""
+    main = threading.current_thread() is threading.main_thread()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        yield
+    finally:
+        for s, h in handlers.items():
+            if h is not None:
+                signal.signal(s, h)
 
 
 @contextmanager
