@@ -126,6 +126,7 @@ def cmd_run(args) -> int:
     from .config import load_config
     from .driver import run_sweep
     from .folder import output_folder
+    from .measure import check_device_here
 
     cfg = load_config(args.space, name=args.name)
     if args.trials or args.concurrency:
@@ -135,6 +136,8 @@ def cmd_run(args) -> int:
         cfg.raw["search"] = {**(cfg.raw.get("search") or {}), "trials": cfg.search.trials,
                              "concurrency": cfg.search.concurrency}
     # fail on the data and model before any process starts
+    if args.address is None:  # on a cluster latencies are timed on its nodes
+        check_device_here(cfg.measure.device, f"{cfg.source}: measure.device")
     _preflight(cfg)
     _check_tracking_uri(args.tracking_uri)
     sweep_dir = Path(args.out) if args.out else Path("runs") / cfg.name
@@ -253,9 +256,12 @@ def _warn_skipped(skipped: list) -> None:
 def cmd_resume(args) -> int:
     from .driver import run_sweep
     from .folder import SweepFolder
+    from .measure import check_device_here
 
     sweep_dir = Path(args.sweep_dir)
     cfg = SweepFolder(sweep_dir).config()
+    if args.address is None:
+        check_device_here(cfg.measure.device, f"{cfg.source}: measure.device")
     _quiet_libraries()
     return _run_until_done(cfg, run_sweep, sweep_dir, report_root=Path(args.reports), address=args.address,
                            resume=True)

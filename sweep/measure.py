@@ -563,3 +563,21 @@ def compare_latency(models, input_shape, *, batch: int = 1, warmup: int = 10, re
             out.append(Latency(median_ms=med, iqr_ms=iqr, batch=batch, repeats=len(t), threads=r.threads,
                                device=device, runtime=r.label))
         return out
+
+
+def check_device_here(device: str, where: str) -> None:
+    """The device latencies are timed on must exist on this machine: a sweep asking for ``cuda`` on a machine
+    without one would train its baseline, then fail at its first measurement."""
+    import torch
+
+    from .errors import ConfigError
+
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= count:
+            raise ConfigError(f"device must be one this machine has ({count} CUDA device(s)), but got "
+                              f"device={device!r} ({where}); use cpu here, or run where the GPU is")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device must be one this machine has (no MPS here), but got device={device!r} ({where}); "
+                          f"use cpu here")

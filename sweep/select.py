@@ -133,13 +133,14 @@ def sweep_budget(budget: Budget, constraints, log=print, *, keep_sweep: bool = T
 
 def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: bool = True,
            register: bool = True, keep_sweep_budgets: bool = True, log=print) -> dict:
-    from .measure import measure_latency
+    from .measure import check_device_here, measure_latency
     from .trial import load_splits, trial_threads
 
     folder = SweepFolder(sweep_dir)
     out = output_folder(out, "--out", empty=True, reuse=SELECTION_FILE) if out else folder.selected_dir
     records, meta = folder.results()
     cfg, state = folder.config(), folder.state()
+    check_device_here(cfg.measure.device, f"{cfg.source}: measure.device")  # the chosen model is timed here
     quality = meta.get("quality", "accuracy")
     budget = sweep_budget(budget, cfg.search.constraints, log, keep_sweep=keep_sweep_budgets)
     ordered = choose(records, budget, quality)

@@ -395,3 +395,13 @@ def test_a_ray_address_nothing_answers_at_is_one_line_before_anything_is_written
     assert main(argv) == 2
     assert_one_line_error(capsys, *(n.format(port=port) for n in needles))
     assert listing(cwd) == before  # not even the folder's lock
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_a_device_this_machine_lacks_is_one_line_before_anything_is_written(cwd, capsys):
+    """`measure.device: cuda` without a GPU trained the baseline, then failed with a traceback."""
+    space = write(cwd, GOOD + "measure:\n  device: cuda\n")
+    assert main(["run", str(space)]) == 2
+    assert_one_line_error(capsys, "device must be one this machine has (0 CUDA device(s)), but got "
+                                  f"device='cuda' ({space}: measure.device); use cpu here")
+    assert listing(cwd) == ["space.yaml"]
