@@ -159,6 +159,23 @@ def _check_tracking_uri(uri: str | None) -> None:
                                + (f":{parts.port}" if parts.port else "")).geturl()
         raise ConfigError(f"--tracking-uri must not hold a password, but got {shown} (--tracking-uri); give the "
                           f"credentials in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
+    if parts is not None and parts.scheme in ("http", "https"):
+        # MLflow retries a server that does not answer for minutes before it gives up
+        import socket
+
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            socket.create_connection((parts.hostname or "", port), timeout=TRACKING_CONNECT_TIMEOUT_S).close()
+        except (OSError, ValueError) as e:
+            why = f"no answer within {TRACKING_CONNECT_TIMEOUT_S:g} s" if isinstance(e, TimeoutError) else \
+                getattr(e, "strerror", None) or str(e) or type(e).__name__
+            raise ConfigError(f"--tracking-uri must be an MLflow server that answers, but nothing answers at "
+                              f"{uri} ({why}) (--tracking-uri); start the server (`mlflow server`) or correct the "
+                              f"URI") from None
+
+
+# how long `sweep run` waits for an MLflow tracking server (--tracking-uri http://...) to accept a connection
+TRACKING_CONNECT_TIMEOUT_S = 10.0
 
 
 def _run_until_done(cfg, run_sweep, sweep_dir: Path, **kwargs) -> int:

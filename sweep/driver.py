@@ -1288,6 +1288,8 @@ def _run_locked(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | No
     niceness()  # the environment's say on the MLflow mirror's priority, checked before anything is written
     if address is None:
         _check_schedulable(cfg, None)  # before anything is written
+    if not resume and tracking_uri is not None:  # a store that cannot be opened stops a new sweep before it starts
+        _open_sink(tracking_uri, cfg.name, folder)
     ray_started = False
     if not resume or _finished(folder.store.records()[0]) < cfg.search.trials:
         # Ray first: it starts its processes (idle workers importing torch: _preload_modules) while the
@@ -1464,10 +1466,13 @@ def _open_sink(uri: str, experiment: str, folder: SweepFolder):
         return MlflowSink(uri, experiment, artifact_dir=folder.artifacts_dir)
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0][:300]
+        if uri == folder.default_tracking_uri:
+            hint = (f"trials.parquet holds every trial: repair the store, or move it aside ({folder.path / MLFLOW_DB})"
+                    f" and `sweep resume {folder.path}`, which opens a new store and writes every trial's run again")
+        else:
+            hint = "check the URI and that its server is up"
         raise SweepDirError(f"the sweep's MLflow tracking store must open, but got {type(e).__name__}: {first} "
-                            f"(tracking URI {uri}); trials.parquet holds every trial: repair the store, or move "
-                            f"it aside (the embedded one is {folder.path / MLFLOW_DB}) and `sweep resume` "
-                            f"{folder.path}, which opens a new store and writes every trial's run again") from None
+                            f"(tracking URI {uri}); {hint}") from None
 
 
 def _sweep_params(cfg: SweepConfig) -> dict:

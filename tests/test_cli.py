@@ -405,3 +405,22 @@ def test_a_device_this_machine_lacks_is_one_line_before_anything_is_written(cwd,
     assert_one_line_error(capsys, "device must be one this machine has (0 CUDA device(s)), but got "
                                   f"device='cuda' ({space}: measure.device); use cpu here")
     assert listing(cwd) == ["space.yaml"]
+
+
+@pytest.mark.parametrize("uri, needles", [
+    ("bogus://x", ["the sweep's MLflow tracking store must open, but got ", "(tracking URI bogus://x); check the URI "
+                   "and that its server is up"]),
+    ("http://127.0.0.1:{port}", ["--tracking-uri must be an MLflow server that answers, but nothing answers at "
+                                 "http://127.0.0.1:{port} (Connection refused) (--tracking-uri); start the server"]),
+])
+def test_a_tracking_uri_that_cannot_be_opened_stops_a_new_sweep_before_its_folder_is_written(cwd, capsys, uri,
+                                                                                              needles):
+    """Before, the sweep folder was left with its sweep.yaml (a second `run` then refused it as an existing
+    sweep, and `resume` fell back to the embedded store), a server that did not answer was retried for
+    minutes, and the error told the user to move an embedded store that was never made aside."""
+    port = _free_port()
+    space = write(cwd, GOOD)
+    assert main(["run", str(space), "--tracking-uri", uri.format(port=port)]) == 2
+    line = assert_one_line_error(capsys, *(n.format(port=port) for n in needles))
+    assert "mlflow.db" not in line
+    assert not (cwd / "runs" / "clitest" / "sweep.yaml").exists()
