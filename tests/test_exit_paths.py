@@ -557,7 +557,7 @@ def test_a_tracking_store_that_cannot_be_opened_is_one_line(cfg, sweep_dir, tmp_
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err and len(err.strip().splitlines()) == 1, err
     assert "the sweep's MLflow tracking store must open, but got " in err
-    assert f"move it aside (the embedded one is {sweep_dir / 'mlflow.db'}) and `sweep resume` {sweep_dir}" in err
+    assert f"move it aside ({sweep_dir / 'mlflow.db'}) and `sweep resume {sweep_dir}`, which opens a new store" in err
     assert SweepFolder(sweep_dir).lock_holder() is None
 
 
