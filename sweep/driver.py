@@ -386,6 +386,25 @@ def _beat(st: _CallbackState, *, soon: bool = False, **fields) -> None:
             st.progress.log(f"warning: the heartbeat in state.json could not be written: {type(e).__name__}: {e}")
 
 
+@contextmanager
+def _beating(st: _CallbackState):
+    """The heartbeat rewritten every :data:`~sweep.folder.HEARTBEAT_EVERY_S` seconds from a thread of its own
+    while the block runs (a phase without Ray Tune's steps to beat in: the baseline's training)."""
+    done = threading.Event()
+
+    def beat():
+        while not done.wait(HEARTBEAT_EVERY_S):
+            _beat(st)
+
+    t = threading.Thread(target=beat, name="sweep-heartbeat", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join()
+
+
 # The callback object is pickled into Ray's experiment state and unpickled by `Tuner.restore` (as a call
 # to `_make_callback`); it must hold no state of its own, or a resumed sweep would report into the
 # interrupted process's objects.  It looks the live state up here instead.
@@ -1351,7 +1370,8 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
             st.inbox = _model_inbox()
         records, _ = store.records()
         if not any(r.is_baseline for r in records) or not folder.has_baseline():
-            brec = prepare_baseline(cfg, folder, log=log).replace(mlflow_run_id=parent_id)
+            with _beating(st):  # training it may take hours: `sweep status` must still see a live driver
+                brec = prepare_baseline(cfg, folder, log=log).replace(mlflow_run_id=parent_id)
             base = folder.baseline()
             records = with_front([r for r in records if not r.is_baseline] + [brec], cfg.search.objectives)
             store.write(records, sweep_meta(cfg, base))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ SELECTION_FILE = "selection.json"  # what `sweep select` decided, in its output 
 MLFLOW_DB = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 LOCK_FILE = ".lock"
+# state.json's writers in this process, one at a time (a heartbeat's read and rewrite is one step)
+_STATE_WRITE = threading.RLock()
 HEARTBEAT_EVERY_S = 30.0  # the driver rewrites state.json's heartbeat at least this often while trials run
 # ... and, when a trial starts or ends, within this long (not at once: trials may start and end many times a
 # second, and each rewrite of state.json costs the driver milliseconds)
@@ -185,14 +188,17 @@ class SweepFolder:
         return state
 
     def write_state(self, state: dict) -> None:
-        _write_atomic(self.state_path, json.dumps(state, indent=2, default=str))
+        with _STATE_WRITE:
+            _write_atomic(self.state_path, json.dumps(state, indent=2, default=str))
 
     def write_heartbeat(self, running, **fields) -> None:
         """The driver is alive: ``state.json``'s ``heartbeat`` (epoch seconds) and the trials running now
-        (``running``: trial ids), plus any ``fields`` (e.g. ``outcome`` when the driver ends)."""
-        state = self.state()
-        state.update(heartbeat=time.time(), running=sorted(running), driver_pid=os.getpid(), **fields)
-        self.write_state(state)
+        (``running``: trial ids), plus any ``fields`` (e.g. ``outcome`` when the driver ends).  Read and
+        rewritten as one step among this process's writers (the heartbeat may come from a thread of its own)."""
+        with _STATE_WRITE:
+            state = self.state()
+            state.update(heartbeat=time.time(), running=sorted(running), driver_pid=os.getpid(), **fields)
+            self.write_state(state)
 
     # ------------------------------------------------------------------ the writer's lock
     def lock(self, command: str, *, new: bool = False) -> "FolderLock":

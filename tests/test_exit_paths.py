@@ -759,3 +759,25 @@ def test_a_tracking_store_that_fails_at_the_end_is_one_warning_not_a_failed_swee
     driver._log_parent_artifacts(Gone(), "parent", [], cfg, {}, None, lines.append)
     assert lines == ["warning: the front and report could not be logged to the MLflow parent run: OSError: "
                      "connection refused (details); trials.parquet and the report hold them"]
+
+
+def test_the_heartbeat_goes_on_while_the_baseline_trains(sweep_dir, monkeypatch):
+    """A baseline may train for hours with no Ray Tune step to beat in: a thread rewrites the heartbeat, so
+    `sweep status` does not see a driver gone quiet (it printed "heartbeat 79 s ago" and counting)."""
+    import sweep.driver as driver
+
+    monkeypatch.setattr(driver, "HEARTBEAT_EVERY_S", 0.05)
+    folder = SweepFolder(sweep_dir)
+    st = SimpleNamespace(last_beat=0.0, beat_due=False, folder=folder, budget_used0=0.0, fit_t0=None,
+                         beat_warned=False, progress=SimpleNamespace(running=set(), log=print))
+    seen = set()
+    with driver._beating(st):
+        t0 = time.time()
+        while time.time() - t0 < 2.0 and len(seen) < 3:
+            seen.add(folder.state().get("heartbeat"))
+            time.sleep(0.02)
+    seen.discard(None)
+    assert len(seen) >= 3  # rewritten again and again while the block ran
+    last = folder.state()["heartbeat"]
+    time.sleep(0.2)
+    assert folder.state()["heartbeat"] == last  # and no more after it
