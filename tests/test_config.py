@@ -301,6 +301,20 @@ def test_integer_knob_rejects_fractions_and_bad_step(tmp_path):
     assert "step and log cannot be combined" in msg
 
 
+@pytest.mark.parametrize("rng, needles", [
+    ("{low: 0.1, high: 0.5, step: 0.15}", ["step must be a divisor of high - low (a range holds both ends), but "
+                                          "got step=0.15 for low=0.1, high=0.5: 2.67 steps", "try high 0.4 or a step"]),
+    ("{low: 0.1, high: 0.5, step: 0.7}", ["step=0.7", "0.571 steps", "try a step that divides 0.4"]),
+])
+def test_a_step_that_does_not_divide_the_range_is_refused(tmp_path, rng, needles):
+    """Optuna would move high down to the last whole step, or make the range one value, without a word."""
+    p = with_methods(tmp_path, f"magnitude:\n  ratio: {rng}\n")
+    msg = error_of(p)
+    _assert_template(msg, p, "methods.magnitude.ratio")
+    for n in needles:
+        assert n in msg, (n, msg)
+
+
 def test_valid_space_forms(tmp_path):
     cfg = load_config(with_methods(tmp_path, """\
         magnitude:

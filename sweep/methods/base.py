@@ -402,6 +402,14 @@ def _parse_distribution(knob: Knob, d: Mapping, loc: str) -> dict:
             raise ConfigError(f"step and log cannot be combined, but got step={step!r}, log=true ({loc})")
         if knob.kind == "int" and float(step) != int(step):
             raise ConfigError(f"step of an integer knob must be an integer, but got step={step!r} ({loc})")
+        # Optuna would quietly move high down to the last whole step (or make the range a single value)
+        steps = (high - low) / step
+        if abs(steps - round(steps)) > 1e-9 * max(1.0, steps) or round(steps) < 1:
+            whole = math.floor(steps + 1e-9)
+            fix = f"high {low + whole * step:g} or " if whole >= 1 else ""
+            raise ConfigError(f"step must be a divisor of high - low (a range holds both ends), but got "
+                              f"step={step!r} for low={low!r}, high={high!r}: {steps:.3g} steps, so try {fix}a step "
+                              f"that divides {high - low:g} ({loc})")
     out = {"low": low, "high": high, "log": log}
     if step is not None:
         out["step"] = int(step) if knob.kind == "int" else float(step)
