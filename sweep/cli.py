@@ -259,7 +259,10 @@ def _preflight(cfg) -> None:
     for m in cfg.methods:
         spec = get_method(m.name)
         if spec.preflight is not None:
-            spec.preflight(model, example)
+            try:
+                spec.preflight(model, example, m.knobs)
+            except ConfigError as e:
+                raise ConfigError(f"{e} ({cfg.source}: methods.{m.name})") from None
 
 
 def _warn_skipped(skipped: list) -> None:

@@ -424,3 +424,21 @@ def test_a_tracking_uri_that_cannot_be_opened_stops_a_new_sweep_before_its_folde
     line = assert_one_line_error(capsys, *(n.format(port=port) for n in needles))
     assert "mlflow.db" not in line
     assert not (cwd / "runs" / "clitest" / "sweep.yaml").exists()
+
+
+def test_remove_blocks_this_model_lacks_is_one_line_before_anything_is_written(cwd, capsys):
+    """Before, the baseline trained and then every trial failed (the sweep ended 0 ok, exit 0)."""
+    space = write(cwd, """\
+        name: clitest
+        model:
+          name: cifar_resnet20
+        dataset:
+          name: digits
+        methods:
+          sr_init:
+            remove_blocks: [1, 99]
+        """)
+    assert main(["run", str(space)]) == 2
+    assert_one_line_error(capsys, "block index must be in [0, 8], but got 99 (9 residual blocks) "
+                                  f"(remove_blocks=[1, 99]) ({space}: methods.sr_init)")
+    assert listing(cwd) == ["space.yaml"]

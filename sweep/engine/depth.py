@@ -262,6 +262,18 @@ def _resolve(refs: list[BlockRef], which: Iterable) -> list[BlockRef]:
     return [out[i] for i in sorted(out)]
 
 
+def blocks_to_remove(refs: list[BlockRef], which: Iterable) -> list[BlockRef]:
+    """The blocks of ``refs`` that ``which`` names (indices, module names or :class:`BlockRef`), in index order,
+    each removable; a :class:`ConfigError` naming the first that is not (or does not exist)."""
+    chosen = _resolve(refs, which)
+    bad = [r for r in chosen if not r.removable]
+    if bad:
+        r = bad[0]
+        raise ConfigError(f"block to remove must be removable, but block {r.index} ({r.name}, {r.cls}) is not: "
+                          f"{r.reason}; removable blocks: {[x.index for x in refs if x.removable]}")
+    return chosen
+
+
 def remove_blocks(model, indices: Iterable, example_inputs=None, *, keep: Iterable = (),
                   keep_first_of_stage: bool = True):
     """Delete the residual blocks ``indices`` (indices, module names or :class:`BlockRef`) in place.
@@ -275,12 +287,7 @@ def remove_blocks(model, indices: Iterable, example_inputs=None, *, keep: Iterab
     if not indices:
         return model
     refs = removable_blocks(model, example_inputs, keep, keep_first_of_stage=keep_first_of_stage)
-    chosen = _resolve(refs, indices)
-    bad = [r for r in chosen if not r.removable]
-    if bad:
-        r = bad[0]
-        raise ConfigError(f"block to remove must be removable, but block {r.index} ({r.name}, {r.cls}) is not: "
-                          f"{r.reason}; removable blocks: {[x.index for x in refs if x.removable]}")
+    chosen = blocks_to_remove(refs, indices)
     modules = dict(model.named_modules())
     by_stage: dict[str, list[BlockRef]] = {}
     for r in chosen:

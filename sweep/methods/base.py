@@ -236,8 +236,9 @@ class MethodSpec:
     exclusive: tuple[tuple[str, ...], ...] = ()  # knobs of which a space may set at most one
     # knob -> knobs of which one must be given (fixed or searched) where that knob is or may be true
     requires: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    # run before a sweep starts, on the dense model: raise a ConfigError when the method cannot apply
-    preflight: Callable[[Any, Any], None] | None = None
+    # run before a sweep starts, on the dense model and the method's space (MethodSpace.knobs): raise a
+    # ConfigError when the method cannot apply, or a knob value the space holds cannot apply to this model
+    preflight: Callable[[Any, Any, dict], None] | None = None
 
     def knob(self, name: str, where: str = "") -> Knob:
         """The knob ``name``: one of :attr:`knobs`, or one stage ``<member>_<i>`` of a ``stages`` knob."""
@@ -421,7 +422,7 @@ METHODS: Registry[MethodSpec] = Registry("method")
 
 def register_method(name: str, *, knobs: list[Knob], summary: str = "", needs_labels: bool = True,
                     check: Callable[[MethodConfig, str], None] | None = None,
-                    exclusive: list[tuple[str, ...]] = (), preflight: Callable[[Any, Any], None] | None = None,
+                    exclusive: list[tuple[str, ...]] = (), preflight: Callable[[Any, Any, dict], None] | None = None,
                     requires: Mapping[str, Sequence[str]] | None = None):
     """Register ``prune`` under ``name``; duplicate names raise."""
 

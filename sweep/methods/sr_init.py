@@ -75,14 +75,22 @@ AUTHORS_BATCH_SIZE = 256  # recorded in info only
 RECIPES = ("sweep", "authors")
 
 
-def _preflight(model, example_inputs) -> None:
-    """Before a sweep: SR-init needs at least one removable residual block."""
-    from ..engine.depth import removable_blocks
+def _preflight(model, example_inputs, space: dict) -> None:
+    """Before a sweep: SR-init needs at least one removable residual block, and a ``remove_blocks`` the space
+    fixes must name removable blocks of this model (else every trial of it would fail)."""
+    from ..engine.depth import blocks_to_remove, removable_blocks
     from ..errors import ConfigError
 
-    if not removable_blocks(model, example_inputs):
+    refs = removable_blocks(model, example_inputs)
+    if not refs:
         raise ConfigError(f"method sr_init needs residual blocks with an identity shortcut, but model "
                           f"{type(model).__name__} has none; see sweep/engine/depth.py for the rule")
+    blocks = (space.get("remove_blocks") or {}).get("fixed")  # a list knob is fixed, never searched
+    if blocks is not None:
+        try:
+            blocks_to_remove(refs, blocks)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (remove_blocks={list(blocks)})") from None
 
 
 @register_method(
