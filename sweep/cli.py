@@ -378,6 +378,9 @@ def cmd_prune(args) -> int:
     given = [f for f, v in (("--target-macs", args.target_macs), ("--target-params", args.target_params)) if v]
     if len(given) > 1:
         raise ConfigError(f"give one pruning target, but got {' and '.join(given)}")
+    if args.finetune_epochs and not args.dataset:
+        raise ConfigError(f"--finetune-epochs must come with --dataset (the data to fine-tune on), but got "
+                          f"--finetune-epochs={args.finetune_epochs} without it (--finetune-epochs)")
     job = PruneJob(model=args.model, out=Path(args.out), method=args.method, knobs=knobs,
                    checkpoint=args.checkpoint, num_classes=args.num_classes,
                    input_shape=parse_shape(args.input_shape) if args.input_shape else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,21 +152,44 @@ def run_prune(job: PruneJob, log=print) -> dict:
     }
     if loaders:
         summary.update(dataset=job.dataset, accuracy_before=acc0, accuracy_after=acc1, accuracy_split="test")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(pruned, tmp / "model.pt")
-    (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    if out.exists():
-        out.rmdir()  # empty (checked above)
-    os.replace(tmp, out)
+    missed = _targets_missed(job, macs1, params1)
+    summary["targets_missed"] = missed
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh private folder beside `out` (never a fixed name: a folder we did not create is never removed)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp's 0700 would become the output's own mode
+        torch.save(pruned, tmp / "model.pt")
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours: made above
+        raise
     log(f"latency {lat0.median_ms:.3f} -> {lat1.median_ms:.3f} ms (batch {job.latency_batch}, {lat1.threads} "
         f"thread(s), {job.device}, {lat1.runtime}, measured interleaved)")
     log(f"pruned: {params1:,} params ({params1 / params0:.1%}), {macs1:,} MACs ({macs1 / macs0:.1%}), "
         f"{lat1.median_ms:.3f} ms ({speed_words(lat0.median_ms / lat1.median_ms)})"
         + (f", test accuracy {acc1:.4f}" if acc1 is not None else ""))
+    for line in missed:
+        log(f"warning: {line}")
     log(f"wrote {out / 'model.pt'} and {out / 'summary.json'}")
     return summary
+
+
+def _targets_missed(job: PruneJob, macs: int, params: int) -> list[str]:
+    """A line per ``--target-macs`` / ``--target-params`` the pruned model misses by more than the engine's
+    tolerance (the method could not go that far on this model)."""
+    from .engine.channels import TOLERANCE
+
+    out = []
+    for flag, target, got, what in (("--target-macs", job.target_macs, macs, "MACs"),
+                                    ("--target-params", job.target_params, params, "params")):
+        if target and abs(got - target) > TOLERANCE * target:
+            out.append(f"the target was not reached: {got:,} {what} against {flag} {target:,} ({got / target:.3g}x, "
+                       f"tolerance {TOLERANCE:.0%}); {job.method} cannot prune this model that far")
+    return out
 
 
 def _absolute_targets(job: PruneJob, spec, macs0: int, params0: int) -> dict:

@@ -442,3 +442,21 @@ def test_remove_blocks_this_model_lacks_is_one_line_before_anything_is_written(c
     assert_one_line_error(capsys, "block index must be in [0, 8], but got 99 (9 residual blocks) "
                                   f"(remove_blocks=[1, 99]) ({space}: methods.sr_init)")
     assert listing(cwd) == ["space.yaml"]
+
+
+def test_prune_says_when_its_target_is_missed_and_refuses_finetuning_without_data(cwd, capsys):
+    import json
+
+    out = cwd / "p"
+    assert main(["prune", "--model", "cifar_resnet20", "--input-shape", "1,8,8", "--num-classes", "10",
+                 "--target-macs", "100", "--threads", "1", "--repeats", "6", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    warned = [line for line in text.splitlines() if line.startswith("warning: the target was not reached: ")]
+    assert len(warned) == 1 and "against --target-macs 100 (" in warned[0], text
+    assert json.loads((out / "summary.json").read_text())["targets_missed"] == [warned[0][len("warning: "):]]
+    assert not [p for p in cwd.iterdir() if p.name.endswith(".tmp")]  # its scratch folder is gone
+    assert main(["prune", "--model", "small_cnn", "--input-shape", "1,8,8", "--num-classes", "3",
+                 "--finetune-epochs", "2", "--out", str(cwd / "q")]) == 2
+    assert_one_line_error(capsys, "--finetune-epochs must come with --dataset (the data to fine-tune on), but got "
+                                  "--finetune-epochs=2 without it (--finetune-epochs)")
+    assert not (cwd / "q").exists()
