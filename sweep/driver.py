@@ -1258,7 +1258,6 @@ def _remeasure(cfg: SweepConfig, folder: SweepFolder, records: list[TrialRecord]
     if "latency_ms" not in objectives or cfg.measure.remeasure == "none":
         return with_front(records, objectives)
     splits = load_splits(cfg)
-    base_lat = next(r for r in records if r.is_baseline).latency_ms
     rounds = 1 if cfg.measure.remeasure == "all" else 3
     for _ in range(rounds):
         records = with_front(records, objectives)
@@ -1275,6 +1274,8 @@ def _remeasure(cfg: SweepConfig, folder: SweepFolder, records: list[TrialRecord]
             fresh[r.trial_id] = dict(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, threads=lat.threads,
                                      latency_runtime=lat.runtime, latency_alone=True)
         records = [r.replace(**fresh[r.trial_id]) if r.trial_id in fresh else r for r in records]
+        # ratios against the baseline's figure in the table (its own re-measurement where it had one: 1.0)
+        base_lat = next(r for r in records if r.is_baseline).latency_ms
         if base_lat:
             records = [r.replace(latency_ratio=r.latency_ms / base_lat) if r.latency_ms is not None else r
                        for r in records]

@@ -103,6 +103,10 @@ def test_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     assert (trials["params"] < df.loc[df["trial_id"] == "baseline", "params"].iloc[0]).all()
     assert df["on_front"].any()
     assert df.loc[df["status"] == "ok", "latency_alone"].all()  # every ok trial re-measured alone (default)
+    # ratios against the baseline's re-measured figure: the baseline's own is 1
+    base_lat = df.loc[df["trial_id"] == "baseline", "latency_ms"].iloc[0]
+    assert df["latency_ratio"].to_numpy() == pytest.approx((df["latency_ms"] / base_lat).to_numpy())
+    assert df.loc[df["trial_id"] == "baseline", "latency_ratio"].iloc[0] == 1.0
     for p in trials["model_path"]:
         assert (sweep_dir / p).is_file()
 
