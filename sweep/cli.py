@@ -402,8 +402,14 @@ def _add_flag_knobs(parser) -> None:
     flags = flag_knobs()
     for name, owners in flags.items():
         methods = ", ".join(m for m, _ in owners)
+        helps = {k.help for _, k in owners}
+        # a knob several methods share may say more for one of them (cat's macs_fraction adapts its lam): the
+        # plainest of their texts, named as that method's, and where the others' are
+        plain = min(owners, key=lambda o: len(o[1].help))
+        what = helps.pop() if len(helps) == 1 else f"{plain[1].help} (as {plain[0]} reads it; `sweep methods` " \
+                                                    f"shows each method's)"
         parser.add_argument(f"--{name.replace('_', '-')}", dest=f"knob__{name}", metavar="V",
-                            help=f"{owners[0][1].help} (knob {name} of {methods})".replace("%", "%%"))
+                            help=f"{what} (knob {name} of {methods})".replace("%", "%%"))
     parser.set_defaults(flag_knobs=sorted(flags))
 
 
