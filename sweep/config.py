@@ -26,7 +26,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 class _Section:
     """Reads one mapping of the YAML, remembering where each value came from."""
 
-    def __init__(self, data: Any, where: str, allowed: tuple[str, ...]):
+    def __init__(self, data: Any, where: str, allowed: tuple[str, ...], sep: str = "."):
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
@@ -37,10 +37,10 @@ class _Section:
                 f"unknown key {unknown[0]!r} in {where}; allowed keys: {', '.join(allowed)}"
             )
         self.data = dict(data)
-        self.where = where
+        self.where, self.sep = where, sep  # the file's top level: "x.yaml: seed", a section's "x.yaml: model.name"
 
     def loc(self, key: str) -> str:
-        return f"{self.where}.{key}"
+        return f"{self.where}{self.sep}{key}"
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.data.get(key, default)
@@ -323,7 +323,7 @@ def _with_name(cfg: SweepConfig, name: str) -> SweepConfig:
 
 
 def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
-    top = _Section(data, source, TOP_KEYS)
+    top = _Section(data, source, TOP_KEYS, sep=": ")
     name = top.str("name", None) or Path(source).stem
     if not NAME_RE.match(name):
         raise ConfigError(f"sweep name must match {NAME_RE.pattern}, but got name={name!r} ({source}: name)")

@@ -66,7 +66,12 @@ def load_splits(cfg: SweepConfig):
     In a label-free sweep every split and subset is drawn without reading a label (no stratification),
     so labels never decide which items the device side sees."""
     key = _splits_key(cfg)
-    return _SHIPPED[key] if key in _SHIPPED else _splits(*key)
+    if key in _SHIPPED:
+        return _SHIPPED[key]
+    from .data.base import DATASETS
+
+    DATASETS.get(cfg.dataset.name, f"{cfg.source}: dataset.name")  # an unknown name says where it came from
+    return _splits(*key)
 
 
 def use_shipped_splits(cfg: SweepConfig, fetch) -> None:

@@ -460,3 +460,14 @@ def test_prune_says_when_its_target_is_missed_and_refuses_finetuning_without_dat
     assert_one_line_error(capsys, "--finetune-epochs must come with --dataset (the data to fine-tune on), but got "
                                   "--finetune-epochs=2 without it (--finetune-epochs)")
     assert not (cwd / "q").exists()
+
+
+@pytest.mark.parametrize("yaml_text, expected", [
+    (GOOD.replace("name: clitest\n", "name: clitest\nseed: abc\n"),
+     "seed must be an integer, but got seed='abc' ({space}: seed)"),
+    (GOOD.replace("name: digits", "name: nope"), "unknown dataset 'nope' ({space}: dataset.name); valid names: "),
+])
+def test_top_level_and_dataset_errors_name_the_file_and_key(cwd, capsys, yaml_text, expected):
+    space = write(cwd, yaml_text)
+    assert main(["run", str(space)]) == 2
+    assert_one_line_error(capsys, expected.format(space=space))
