@@ -557,8 +557,9 @@ def _counted(st: _CallbackState, rec: TrialRecord, history: list) -> None:
                 f"lat {rec.latency_ms:.3f} ms params {rec.params:,}")
     elif rec.status == "failed":
         what = f"{rec.trial_id} {rec.method} FAILED: {clipped(rec.error, 100)}"
-    else:  # stopped_early, infeasible: the reason says where and why
-        what = f"{rec.trial_id} {rec.method} {rec.status}: {clipped(rec.error, 140)}"
+    else:  # stopped_early, infeasible: the reason says where and why (once: an infeasible row's starts so)
+        why = (rec.error or "").removeprefix(f"{rec.status}: ")
+        what = f"{rec.trial_id} {rec.method} {rec.status}: {clipped(why, 140)}"
     progress.line(what)
 
 
@@ -1279,7 +1280,9 @@ def _remeasure(cfg: SweepConfig, folder: SweepFolder, records: list[TrialRecord]
         if base_lat:
             records = [r.replace(latency_ratio=r.latency_ms / base_lat) if r.latency_ms is not None else r
                        for r in records]
-        log(f"re-measured the latency of {len(todo)} trial(s) alone")
+        with_base = any(r.is_baseline and r.trial_id in todo for r in records)
+        log(f"re-measured the latency of {'the baseline and ' if with_base else ''}{len(todo) - with_base} "
+            f"trial(s) alone")
     return with_front(records, objectives)
 
 
