@@ -1438,6 +1438,9 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
                 _close_books(st, reason)
             if reason is not None and reason != st.budget_reason:
                 return _interrupted(st, reason, t0, uri, timing)
+        else:  # a resumed sweep whose trials had all finished: its end (re-measurement, report) again
+            log(f"all {cfg.search.trials} trials had finished: nothing left to run; the latencies are re-measured "
+                f"where due and the report drawn again")
         _beat(st, phase="remeasure")
         _ray_shutdown(ray_started, log)  # the re-measurement has the machine to itself
         ray_started = False
