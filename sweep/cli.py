@@ -304,7 +304,7 @@ def cmd_report(args) -> int:
     out = Path(args.out) if args.out else report_dir(meta.get("name", sweep_dir.name),
                                                      where=f"the name in {sweep_dir}'s trials.parquet")
     output_folder(out, "--out" if args.out else "the report folder (reports/<name>)")
-    paths = build_report(sweep_dir, out)
+    paths = build_report(sweep_dir, out, log=_log)
     _log(f"report: {(out / 'index.html').resolve()} ({len(paths)} files)")
     return 0
 

@@ -1453,7 +1453,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
             from .report import build_report
 
             out_dir = report_dir(cfg.name, report_root)
-            build_report(folder.path, out_dir)
+            build_report(folder.path, out_dir, log=log)
         _log_parent_artifacts(sink, parent_id, records, cfg, base, out_dir, log)
         _end_parent(st, "FINISHED", reason or "finished")
         _beat(st, phase="done", outcome=reason or "finished")

@@ -653,3 +653,17 @@ def test_a_second_render_drops_per_trial_plots_it_no_longer_draws(tmp_path: Path
     assert not (out / "layers_gone.png").exists() and not (out / "widths_gone.png").exists()
     assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
     assert written <= {p.name for p in out.iterdir()}
+
+
+def test_a_report_of_another_sweep_folder_is_not_replaced_without_a_word(tmp_path: Path) -> None:
+    """Two sweeps of one name (`sweep run x.yaml --out runs/try2`) share reports/<name>: the second says whose
+    report it replaces, and how to draw that one again; drawing the same sweep again says nothing."""
+    for d in ("a", "b"):
+        write_trials(tmp_path / d)
+    out, said = tmp_path / "reports" / "same", []
+    report.build_report(tmp_path / "a", out, log=said.append)
+    report.build_report(tmp_path / "a", out, log=said.append)
+    assert said == []
+    report.build_report(tmp_path / "b", out, log=said.append)
+    assert said == [f"note: {out} held the report of {(tmp_path / 'a').resolve()}; it now holds this sweep's "
+                    f"(`sweep report {(tmp_path / 'a').resolve()} --out DIR` draws that one again)"]

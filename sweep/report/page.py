@@ -277,17 +277,30 @@ def _render(sweep_dir: Path, tmp: Path) -> list[str]:
     return [*names, "index.html", "summary.md"]
 
 
-def build_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
+# in a report folder: the sweep folder it was drawn from (resolved), so that a report of another sweep of the
+# same name is not replaced without a word
+SOURCE_FILE = ".sweep-folder"
+
+
+def build_report(sweep_dir: Path, out_dir: Path, log=None) -> list[Path]:
     """Write the report of ``sweep_dir/trials.parquet`` into ``out_dir``; return the written paths.
 
     Files are rendered into a temporary folder beside ``out_dir`` and moved into place only once
-    all of them exist, so a failure leaves no half-written report.
+    all of them exist, so a failure leaves no half-written report.  ``log`` (if given) hears of a report
+    of another sweep folder that this one replaces (two sweeps of one name share ``reports/<name>``).
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    source = str(Path(sweep_dir).resolve())
+    other = _drawn_from(out_dir)
+    if log is not None and other not in (None, source) and Path(other).is_dir():
+        log(f"note: {out_dir} held the report of {other}; it now holds this sweep's (`sweep report {other} "
+            f"--out DIR` draws that one again)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         names = _render(Path(sweep_dir), tmp)
+        (tmp / SOURCE_FILE).write_text(source + "\n", encoding="utf-8")
+        names.append(SOURCE_FILE)
         if not out_dir.exists():
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; a report folder should be readable
             tmp.rename(out_dir)  # the whole report appears at once
@@ -301,4 +314,12 @@ def build_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
                     (out_dir / stale).unlink()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return [out_dir / name for name in names]
+    return [out_dir / name for name in names if name != SOURCE_FILE]
+
+
+def _drawn_from(out_dir: Path) -> str | None:
+    """The sweep folder the report in ``out_dir`` was drawn from, or None (no report, or one from before)."""
+    try:
+        return (out_dir / SOURCE_FILE).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
