@@ -428,7 +428,8 @@ def cmd_methods(args) -> int:
     return 0
 
 
-def _positive(kind):
+def _positive(kind, least: float | None = None):
+    """An argparse type: a number > 0 (or >= ``least``, as the YAML's own bound for the same setting)."""
     def parse(s: str):
         try:
             f = float(s)
@@ -437,6 +438,8 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"must be a finite number, but got {s!r}") from None
         if not math.isfinite(v) or v <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, but got {s!r}")
+        if least is not None and v < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least:g}, but got {s!r}")
         return v
 
     return parse
@@ -521,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--lr", type=_positive(float), default=0.01)
     pr.add_argument("--latency-batch", type=_positive(int), default=1)
     pr.add_argument("--threads", type=_positive(int), help="torch threads for latency (default: torch's)")
-    pr.add_argument("--repeats", type=_positive(int), default=50)
+    pr.add_argument("--repeats", type=_positive(int, least=3), default=50,
+                    help="timed runs of each model (>= 3, as measure.repeats: the spread is their IQR)")
     pr.add_argument("--runtime", choices=RUNTIMES,
                     help="where latency is timed (default: onnxruntime on a CPU where installed, else torch)")
     pr.add_argument("--seed", type=int, default=0)
