@@ -117,6 +117,10 @@ def _finish(outcome, cfg) -> int:
         _log(f"report:  {(outcome.report_dir / 'index.html').resolve()}")
     _log(f"choose:  sweep select {outcome.sweep_dir} --max-latency-ms X | --max-params N | --min-{cfg.quality} A"
          + (" (the sweep's search.constraints apply too)" if cfg.search.constraints else ""))
+    if count["failed"] and count["failed"] == len(trials):  # a script's `sweep run ... && ...` must not go on
+        print(f"sweep: every trial failed ({count['failed']}): their errors are in the table's error column "
+              f"(`sweep status {outcome.sweep_dir}` counts them); fix the space and run again", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -781,3 +781,22 @@ def test_the_heartbeat_goes_on_while_the_baseline_trains(sweep_dir, monkeypatch)
     last = folder.state()["heartbeat"]
     time.sleep(0.2)
     assert folder.state()["heartbeat"] == last  # and no more after it
+
+
+@pytest.mark.parametrize("failed, code", [(3, 1), (2, 0)])
+def test_a_sweep_whose_every_trial_failed_exits_1(cfg, sweep_dir, capsys, failed, code):
+    """`sweep run ... && sweep select ...` in a script must not go on as if the sweep had worked; one ok
+    trial (or stopped_early / infeasible ones) is a sweep that worked."""
+    from sweep.cli import _finish
+    from sweep.results.schema import TrialRecord
+
+    base = rows(sweep_dir)["baseline"]
+    bad = [TrialRecord.unfinished("exitpaths", f"f{i}", "failed", "ValueError: x", method="magnitude")
+           for i in range(failed)]
+    good = [base.replace(trial_id="ok1")] if failed < 3 else []
+    outcome = SimpleNamespace(interrupted=False, records=[base, *bad, *good], stop_reason=None, fit_s=0.0,
+                              trials_run=0, sweep_dir=sweep_dir, tracking_uri="sqlite:///x.db", report_dir=None,
+                              wall_s=1.0)
+    assert _finish(outcome, cfg) == code
+    err = capsys.readouterr().err
+    assert ("sweep: every trial failed (3)" in err) == (code == 1)
