@@ -410,6 +410,10 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
     f = _Section(top.get("finetune"), f"{source}: finetune", ("epochs", "lr", "temperature"))
     finetune = TrainConfig(epochs=f.int("epochs", 3, lo=0), lr=f.float("lr", 0.01, lo=0.0, lo_open=True),
                            temperature=f.float("temperature", 4.0, lo=0.0, lo_open=True), **common)
+    if f.get("temperature") is not None and labels != "none":  # it would be read by nothing
+        raise ConfigError(f"temperature must be left out unless labels is none (label-free fine-tuning distils "
+                          f"the teacher at that temperature), but got temperature={f.get('temperature')!r} with "
+                          f"labels={labels} ({f.loc('temperature')})")
 
     s = _Section(top.get("search"), f"{source}: search",
                  ("trials", "concurrency", "sampler", "objectives", "cpus_per_trial", "time_budget_s", "retries",

@@ -486,3 +486,13 @@ def test_every_shipped_space_loads_and_is_documented(space, tmp_path, monkeypatc
     assert cfg.name == Path(space).stem
     assert cfg.methods and {m.name for m in cfg.methods} <= set(method_names())
     assert f"| `{space}` |" in (ROOT / "README.md").read_text(encoding="utf-8")  # its row in the spaces table
+
+
+def test_a_distillation_temperature_in_a_supervised_space_is_refused(tmp_path):
+    """finetune.temperature is read by label-free fine-tuning alone: a supervised space that sets it would
+    believe it had an effect."""
+    p = with_methods(tmp_path, "magnitude:\n  ratio: 0.5\n")
+    p.write_text(p.read_text() + "finetune:\n  temperature: 2.0\n")
+    msg = error_of(p)
+    _assert_template(msg, p, "finetune.temperature")
+    assert "with labels=supervised" in msg
