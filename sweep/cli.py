@@ -165,14 +165,15 @@ def _check_tracking_uri(uri: str | None) -> None:
                           f"credentials in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
     if parts is not None and parts.scheme in ("http", "https"):
         # MLflow retries a server that does not answer for minutes before it gives up
-        import socket
+        from .localcluster import unanswered
 
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
-            socket.create_connection((parts.hostname or "", port), timeout=TRACKING_CONNECT_TIMEOUT_S).close()
-        except (OSError, ValueError) as e:
-            why = f"no answer within {TRACKING_CONNECT_TIMEOUT_S:g} s" if isinstance(e, TimeoutError) else \
-                getattr(e, "strerror", None) or str(e) or type(e).__name__
+        except ValueError as e:
+            raise ConfigError(f"--tracking-uri must have a numeric port, but got {uri} ({e}) "
+                              f"(--tracking-uri)") from None
+        why = unanswered(parts.hostname or "", port, TRACKING_CONNECT_TIMEOUT_S)
+        if why is not None:
             raise ConfigError(f"--tracking-uri must be an MLflow server that answers, but nothing answers at "
                               f"{uri} ({why}) (--tracking-uri); start the server (`mlflow server`) or correct the "
                               f"URI") from None

@@ -1005,10 +1005,10 @@ def _check_reachable(address: str) -> None:
     """A Ray address nothing answers at is one line before anything is written: ``ray.init`` would retry for
     ever, printing Ray's "Failed to connect to GCS" every 30 s (with Ctrl-C held while Ray starts, see
     :func:`_stops_held_while_ray_starts`).  ``auto`` (the cluster this machine runs) is left to Ray."""
-    import socket
     from urllib.parse import urlsplit
 
     from .errors import ConfigError
+    from .localcluster import unanswered
 
     if address in ("auto", "local"):
         return
@@ -1020,11 +1020,8 @@ def _check_reachable(address: str) -> None:
     if not host or port is None:
         raise ConfigError(f"--address must be a Ray head's host:port (e.g. 127.0.0.1:6379), ray://host:port or "
                           f"auto, but got --address={address!r} (--address)")
-    try:
-        socket.create_connection((host, port), timeout=RAY_CONNECT_TIMEOUT_S).close()
-    except OSError as e:
-        why = e.strerror or type(e).__name__ if not isinstance(e, TimeoutError) else \
-            f"no answer within {RAY_CONNECT_TIMEOUT_S:g} s"
+    why = unanswered(host, port, RAY_CONNECT_TIMEOUT_S)
+    if why is not None:
         raise ConfigError(f"--address must be a running Ray cluster's head, but nothing answers at {host}:{port} "
                           f"({why}) (--address={address}); start the head (`ray start --head --port {port}`) or "
                           f"correct the address") from None

@@ -38,6 +38,19 @@ from .warm import PRELOAD_ENV, READY_ENV, marks
 _START = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
 
 
+def unanswered(host: str, port: int, timeout: float) -> str | None:
+    """Why nothing accepts a TCP connection at ``host:port`` within ``timeout`` seconds (the name does not
+    resolve, the connection is refused, no answer), or None when something does: a server named on the
+    command line (a Ray head, an MLflow server) is probed before a client library would retry it for minutes."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except (OSError, ValueError) as e:
+        return getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

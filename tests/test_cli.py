@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from servers import free_port
 
 from sweep.cli import main
 from sweep.errors import ConfigError, SweepDirError
@@ -363,14 +364,6 @@ def test_a_progress_line_clips_a_reason_at_a_word(text, n, want):
     assert clipped(text, n) == want
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("command", ["run", "resume"])
 @pytest.mark.parametrize("address, needles", [
     ("127.0.0.1:{port}", ["--address must be a running Ray cluster's head, but nothing answers at 127.0.0.1:{port} "
@@ -381,7 +374,7 @@ def _free_port() -> int:
 def test_a_ray_address_nothing_answers_at_is_one_line_before_anything_is_written(cwd, capsys, command, address,
                                                                                   needles):
     """`ray.init` would retry such an address for ever (with Ctrl-C held while Ray starts)."""
-    port = _free_port()
+    port = free_port()
     address = address.format(port=port)
     space = write(cwd, GOOD)
     argv = ["run", str(space), "--address", address] if command == "run" else None
@@ -418,7 +411,7 @@ def test_a_tracking_uri_that_cannot_be_opened_stops_a_new_sweep_before_its_folde
     """Before, the sweep folder was left with its sweep.yaml (a second `run` then refused it as an existing
     sweep, and `resume` fell back to the embedded store), a server that did not answer was retried for
     minutes, and the error told the user to move an embedded store that was never made aside."""
-    port = _free_port()
+    port = free_port()
     space = write(cwd, GOOD)
     assert main(["run", str(space), "--tracking-uri", uri.format(port=port)]) == 2
     line = assert_one_line_error(capsys, *(n.format(port=port) for n in needles))
