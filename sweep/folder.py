@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +85,25 @@ def output_folder(path: Path | str, flag: str, *, empty: bool = False, reuse: st
         raise SweepDirError(f"{flag} must be a new or empty folder{earlier}, but got {flag}={path}, which holds "
                             f"other files; choose another {flag}")
     return out
+
+
+@contextmanager
+def written_whole(out: Path):
+    """A private scratch folder beside ``out`` to write an output into; once the block ends it becomes ``out``
+    at once (an earlier output there is kept beside it, :func:`moved_aside`), and if the block fails it is
+    removed, so no half-written output is ever seen.  Never a fixed name: a folder we did not create is
+    never removed.  ``out`` should have passed :func:`output_folder`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp's 0700 would become the output's own mode
+        yield tmp
+        if out.exists() and any(out.iterdir()):  # no finished result is lost
+            out.rename(moved_aside(out))
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours: made above
+        raise
 
 
 def moved_aside(path: Path) -> Path:

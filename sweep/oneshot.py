@@ -8,15 +8,12 @@ dataset, measures before and after on this machine, and writes the pruned model 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
-from .folder import output_folder
+from .folder import output_folder, written_whole
 
 
 @dataclass
@@ -154,19 +151,9 @@ def run_prune(job: PruneJob, log=print) -> dict:
         summary.update(dataset=job.dataset, accuracy_before=acc0, accuracy_after=acc1, accuracy_split="test")
     missed = _targets_missed(job, macs1, params1)
     summary["targets_missed"] = missed
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # a fresh private folder beside `out` (never a fixed name: a folder we did not create is never removed)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp's 0700 would become the output's own mode
+    with written_whole(out) as tmp:  # `out` is new or empty (output_folder)
         torch.save(pruned, tmp / "model.pt")
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # ours: made above
-        raise
     log(f"latency {lat0.median_ms:.3f} -> {lat1.median_ms:.3f} ms (batch {job.latency_batch}, {lat1.threads} "
         f"thread(s), {job.device}, {lat1.runtime}, measured interleaved)")
     log(f"pruned: {params1:,} params ({params1 / params0:.1%}), {macs1:,} MACs ({macs1 / macs0:.1%}), "

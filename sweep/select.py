@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .constraints import fmt_limit
 from .errors import BudgetError
-from .folder import SELECTION_FILE, SweepFolder, moved_aside, output_folder
+from .folder import SELECTION_FILE, SweepFolder, output_folder, written_whole
 from .results.schema import TrialRecord
 
 # budget flag -> (column, comparison)
@@ -180,11 +177,7 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
                               "agreement": r.agreement,
                               "why": ", ".join(why) if why else f"inside the budget but lower {quality} "
                                                                   f"(or equal and slower)"})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # a fresh private folder beside `out` (never a fixed name: a folder we did not create is never removed)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would become the selection's own mode
-    try:
+    with written_whole(out) as tmp:
         decision = {
             "sweep": cfg.name, "quality": quality, "budget": dict(budget.items()), "chosen": _public(chosen),
             "latency_remeasured": chosen_lat.to_dict(), "rejected_front_points": front_rejects,
@@ -203,12 +196,6 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
             decision["exports"] = _export(chosen_model, splits.example_input(1), tmp, log)
         (tmp / SELECTION_FILE).write_text(json.dumps(decision, indent=2, default=str))
         (tmp / "selection.md").write_text(_markdown(decision))
-        if out.exists() and any(out.iterdir()):  # an earlier selection (output_folder): kept, no result is lost
-            out.rename(moved_aside(out))
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # ours: made above
-        raise
     if register:
         decision["registry"] = _register(state, cfg.name, chosen, chosen_model, splits.example_input(1), out, log)
         (out / SELECTION_FILE).write_text(json.dumps(decision, indent=2, default=str))
