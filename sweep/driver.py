@@ -258,11 +258,13 @@ def _hypervolume(records: list[TrialRecord], objectives, baseline: dict) -> floa
 class _Progress:
     """One readable line per event instead of Ray's tables: done/total, running, failed, ETA, front."""
 
-    def __init__(self, total: int, already_done: int, log):
+    def __init__(self, total: int, already_done: int, log, concurrency: int = 1):
         self.total, self.done0, self.log = total, already_done, log
+        self.concurrency = max(1, concurrency)
         self.t0 = time.time()
         self.done = already_done
         self.failed = 0
+        self.trial_walls: list[float] = []  # wall_s of this run's first finished trials (the ETA's early pace)
         self.running: dict[str, tuple] = {}  # trial id -> (method, trial number), in flight now
         # trials whose final result Tune delivered but that are not durable yet: still in ``running`` (a
         # driver killed now would run them again) but no longer counted as running on the progress line,
@@ -273,14 +275,27 @@ class _Progress:
 
     def line(self, extra: str = "") -> None:
         el = time.time() - self.t0
-        new = self.done - self.done0
-        left = self.total - self.done
-        eta = (el / new * left) if new else float("nan")
+        eta = self.eta_s(el)
         eta_s = _hms(eta) if math.isfinite(eta) else "?"
         msg = (f"[{self.done:>3}/{self.total}] running {self.in_flight()} · failed {self.failed} · "
                f"elapsed {_hms(el)} · ETA {eta_s} · front {self.front}")
         self.log(msg + (f" · {extra}" if extra else ""))
         self.last_print = time.time()
+
+    def eta_s(self, elapsed: float) -> float:
+        """Seconds until the last trial ends, NaN before any finished in this run.
+
+        Until every slot has finished two trials, the pace is the slots' (``concurrency`` trials per mean
+        trial wall time): the rate so far would count the workers' start-up and, with several slots, the
+        first trials that all end together, as if they ran one after another (a 12-trial sweep, 2 at a time,
+        would read about twice its length after its first trial).  From then on it is the rate observed."""
+        new = self.done - self.done0
+        left = self.total - self.done
+        if not new:
+            return math.nan
+        if new < 2 * self.concurrency and self.trial_walls:
+            return left * (sum(self.trial_walls) / len(self.trial_walls)) / self.concurrency
+        return elapsed / new * left
 
     def in_flight(self) -> int:
         """Trials running now: started and without a delivered final result."""
@@ -545,6 +560,8 @@ def _counted(st: _CallbackState, rec: TrialRecord, history: list) -> None:
     _beat(st, soon=True)
     progress.done += 1
     progress.failed += rec.status == "failed"
+    if len(progress.trial_walls) < 2 * progress.concurrency and rec.wall_s is not None and math.isfinite(rec.wall_s):
+        progress.trial_walls.append(rec.wall_s)
     if st.mirror is not None:
         if st.hv is None:  # the front changed: dominated records add nothing
             st.hv = _hypervolume(st.front, st.cfg.search.objectives, st.meta["baseline"])
@@ -687,18 +704,19 @@ def _make_callback():
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             st = _live_state()
-            if "record_json" in result:
-                rec = TrialRecord.from_json(result["record_json"])
-            elif result.get("done") and "partial_json" in result:
+            payload = _taken_payload(result)
+            if payload["record_json"]:
+                rec = TrialRecord.from_json(payload["record_json"])
+            elif result.get("done") and payload["partial_json"]:
                 # a rung report; the scheduler stopped the trial when Tune marks it done: its rung row is final
                 why = st.stopped_early.pop(trial.trial_id, "stopped by successive halving")
-                rec = TrialRecord.from_json(result["partial_json"]).replace(error=why, ended_at=time.time())
+                rec = TrialRecord.from_json(payload["partial_json"]).replace(error=why, ended_at=time.time())
             else:
                 return
             # durable on the recorder's thread; counted (table, MLflow, progress) by _collect once it is
             st.progress.ending.add(trial.trial_id)
             st.recorder.put(rec.replace(retried=st.retried.get(trial.trial_id, 0)),
-                            json.loads(result.get("history_json") or "[]"))
+                            json.loads(payload["history_json"] or "[]"))
             _collect(st)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
@@ -751,6 +769,22 @@ def _make_callback():
                 st.progress.line()
 
     return SweepCallback()
+
+
+_PAYLOAD = ("record_json", "partial_json", "history_json")
+
+
+def _taken_payload(result: dict) -> dict:
+    """A trial result's record, rung row and trajectory (JSON text), taken out of ``result``.
+
+    Ray Tune keeps each trial's last result for the whole sweep, in the driver's memory and in every
+    experiment-state snapshot it writes, and lets callbacks change the result in place: once read, the texts
+    (a few KB a trial) go.  ``record_json`` stays as an empty marker: the searcher and the scheduler tell a
+    trial's final report from a rung report by it (:func:`_stopped_at_rung`)."""
+    payload = {key: result.pop(key, None) for key in _PAYLOAD}
+    if payload["record_json"] is not None:
+        result["record_json"] = ""
+    return payload
 
 
 def _embedded_auth() -> str | None:
@@ -1360,7 +1394,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
     folder.write_state(state)
 
     store = folder.store
-    progress = _Progress(cfg.search.trials, 0, log)
+    progress = _Progress(cfg.search.trials, 0, log, cfg.search.concurrency)
     st = _CallbackState(store, cfg, {}, progress, sink, parent_id, folder,
                         mirror=open_mirror(sink, experiment, parent_id, log, _sweep_params(cfg)),
                         budget_used0=float(state.get(BUDGET_USED) or 0.0))

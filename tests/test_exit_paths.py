@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -800,3 +801,18 @@ def test_a_sweep_whose_every_trial_failed_exits_1(cfg, sweep_dir, capsys, failed
     assert _finish(outcome, cfg) == code
     err = capsys.readouterr().err
     assert ("sweep: every trial failed (3)" in err) == (code == 1)
+
+
+@pytest.mark.parametrize("done, walls, elapsed, expected", [
+    (1, [10.0], 14.0, 11 * 10.0 / 2),  # first trial of two slots: the slots' pace, not 14 s x 11 one after another
+    (3, [10.0, 12.0, 11.0], 30.0, 9 * 11.0 / 2),  # a slot has not finished twice yet: still the slots' pace
+    (4, [10.0] * 4, 24.0, 24.0 / 4 * 8),  # every slot twice: the rate observed
+    (0, [], 5.0, math.nan),
+])
+def test_progress_eta_early_is_the_slots_pace_then_the_rate(done, walls, elapsed, expected):
+    from sweep.driver import _Progress
+
+    progress = _Progress(12, 0, lambda line: None, concurrency=2)
+    progress.done, progress.trial_walls = done, walls
+    eta = progress.eta_s(elapsed)
+    assert (math.isnan(eta) and math.isnan(expected)) or eta == pytest.approx(expected)

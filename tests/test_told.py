@@ -122,3 +122,19 @@ def test_a_refused_tell_is_a_warning_not_the_end_of_the_sweep(caplog):
     s.on_trial_complete("t1", result=RUNG_REPORT)
     assert s._ot_study.trials[0].state == S.COMPLETE
     assert "could not tell Optuna that trial t1 is PRUNED" in caplog.text
+
+
+@pytest.mark.parametrize("result,state", [(RUNG_REPORT, S.PRUNED), (FINAL, S.COMPLETE)])
+def test_a_result_whose_texts_the_callback_took_is_told_the_same(result, state):
+    """The sweep's callback takes the record, rung row and trajectory out of the result Tune keeps as the
+    trial's last; what is left still tells a final report from a rung report."""
+    from sweep.driver import _PAYLOAD, _taken_payload
+
+    kept = {**result, "history_json": "[[1]]"}
+    payload = _taken_payload(kept)
+    assert payload == {k: {**result, "history_json": "[[1]]"}.get(k) for k in _PAYLOAD}
+    assert not any(kept.get(k) for k in _PAYLOAD) and set(kept) - set(_PAYLOAD) == set(result) - set(_PAYLOAD)
+    s = searcher()
+    s.suggest("t1")
+    s.on_trial_complete("t1", result=kept)
+    assert s._ot_study.trials[0].state == state
