@@ -152,6 +152,36 @@ def test_a_sweep_runs_on_two_nodes_that_cannot_see_its_folder(cluster, tmp_path)
     assert refused.returncode != 0 and "NodeID" not in refused.stdout
 
 
+def test_successive_halving_stops_trials_on_worker_nodes(cluster, tmp_path):
+    """search.scheduler mo_asha on the cluster: the rung reports of trials on worker nodes reach the driver's
+    scheduler through Ray, a trial it stops there ends as a ``stopped_early`` row with the quality and node of
+    its rung (its record sent through Ray, the folder unseen by the node), and only full trials keep a model.
+    One trial at a time, a seeded random sampler and no latency objective (as the local integration test):
+    the same trials stop at every run.  Runs before the node-lost test (both worker nodes alive)."""
+    c, hidden, groups = cluster
+    cmd, sweep_dir = _sweep(c, hidden, tmp_path, "halving", 3)
+    space = Path(cmd[4])
+    space.write_text(space.read_text().replace(
+        "search: {trials: 4, concurrency: 2, sampler: random, objectives: [accuracy, latency_ms, params]}",
+        "search: {trials: 8, concurrency: 1, sampler: random, objectives: [accuracy, params],\n"
+        "         scheduler: {type: mo_asha, reduction_factor: 3, min_epochs: 1, rung0: true}}"))
+    run = subprocess.run(cmd, cwd=tmp_path, env={**c.env, "MLFLOW_LOGGING_LEVEL": "WARNING"}, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+
+    trials, runs = _trials_and_runs(sweep_dir, "halving")
+    assert len(trials) == 8 and set(trials["status"]) <= {"ok", "stopped_early"}, trials[["status", "error"]]
+    early, ok = trials[trials["status"] == "stopped_early"], trials[trials["status"] == "ok"]
+    assert len(early) >= 1 and len(ok) >= 1, run.stdout[-3000:]
+    assert early["error"].str.startswith("rung ").all() and set(early["finetune_epochs"]) <= {0, 1}
+    assert early["accuracy"].notna().all() and early["model_path"].isna().all() and not early["on_front"].any()
+    assert (ok["finetune_epochs"] == 3).all() and all((sweep_dir / p).stat().st_size > 0 for p in ok["model_path"])
+    assert set(trials["node_id"]) <= set(groups)  # every row, stopped or not, names the worker node it ran on
+    assert {r.info.status for r in runs.values()} == {"FINISHED"} and len(runs) == 8
+    assert {runs[t].data.tags.get("sweep.status") for t in early["trial_id"]} == {"stopped_early"}
+    assert f"sweep halving: {len(ok)} ok, 0 failed, {len(early)} stopped early" in run.stdout
+
+
 def test_a_node_lost_mid_trial_runs_that_trial_again_elsewhere(cluster, tmp_path):
     """Both worker nodes busy, one is killed (raylet, daemons, workers): the trial it ran is run again on the
     other node (``retried`` 1), the sweep finishes, and no row is lost or doubled.  Runs after the test
