@@ -84,6 +84,7 @@ def _quiet_libraries() -> None:
 
 def _finish(outcome, cfg) -> int:
     from .driver import OUTPUT_CLOSED, SIGTERM
+    from .folder import SweepFolder
     from .report import front_table
     from .results.schema import FINISHED
 
@@ -97,9 +98,10 @@ def _finish(outcome, cfg) -> int:
     more = "".join(f", {count[k]} {k.replace('_', ' ')}" for k in ("stopped_early", "infeasible") if count[k])
     _log("")
     _log(f"sweep {cfg.name}: {count['ok']} ok, {count['failed']} failed{more} trial(s) in {outcome.wall_s:.0f} s")
-    if outcome.stop_reason:  # the time budget: a normal end, with the trials it has
-        _log(f"{outcome.stop_reason}: {sum(count.values())} of {cfg.search.trials} trials finished; continue with "
-             f"`sweep resume {outcome.sweep_dir}`")
+    if outcome.stop_reason:  # a budget (time, epochs): a normal end, with the trials it has
+        _log(f"{outcome.stop_reason}: {sum(count.values())} of {cfg.search.trials} trials finished; to run the "
+             f"rest, raise the budget in {SweepFolder(outcome.sweep_dir).config_path} and `sweep resume "
+             f"{outcome.sweep_dir}`")
     if outcome.fit_s and outcome.trials_run:
         wall, slot = outcome.overhead()
         _log(f"trials ran {outcome.fit_s:.1f} s ({outcome.trials_run} trials, {outcome.concurrency} at a time, "

@@ -157,6 +157,9 @@ class SearchConfig:
     objectives: tuple[str, ...] = ("accuracy", "latency_ms")
     cpus_per_trial: float = 1.0
     time_budget_s: float | None = None
+    # fine-tune epochs the finished trials may spend in all, over every run of the sweep: once spent, no trial
+    # starts (the running ones finish); the budget of a successive-halving sweep, whose trials cost 0-N epochs
+    epoch_budget: int | None = None
     # a trial whose worker died (its node lost, killed for memory) runs again this many times; a trial's own
     # error is a failed row, never retried (it would fail again)
     retries: int = 1
@@ -417,7 +420,7 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
 
     s = _Section(top.get("search"), f"{source}: search",
                  ("trials", "concurrency", "sampler", "objectives", "cpus_per_trial", "time_budget_s", "retries",
-                  "gpus_per_trial", "scheduler", "constraints"))
+                  "gpus_per_trial", "scheduler", "constraints", "epoch_budget"))
     quality = "agreement" if labels == "none" else "accuracy"
     objectives = s.get("objectives", [quality, "latency_ms"])
     if not isinstance(objectives, list) or not objectives:
@@ -446,11 +449,16 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
         objectives=tuple(objectives),
         cpus_per_trial=s.float("cpus_per_trial", 1.0, lo=0.0, lo_open=True),
         time_budget_s=s.float("time_budget_s", None, lo=0.0, lo_open=True),
+        epoch_budget=s.int("epoch_budget", None, lo=1),
         retries=s.int("retries", 1, lo=0),
         gpus_per_trial=s.float("gpus_per_trial", 0.0, lo=0.0),
         scheduler=parse_scheduler(s.get("scheduler"), s.loc("scheduler"), max_epochs=finetune.epochs),
         constraints=parse_constraints(s.get("constraints"), s.loc("constraints")),
     )
+    if search.epoch_budget is not None and finetune.epochs == 0:
+        raise ConfigError(f"epoch_budget must be left out when trials fine-tune no epoch (it counts fine-tune "
+                          f"epochs), but got epoch_budget={search.epoch_budget} with finetune.epochs=0 "
+                          f"({s.loc('epoch_budget')})")
 
     ms = _Section(top.get("measure"), f"{source}: measure",
                   ("latency_batch", "warmup", "repeats", "device", "threads", "remeasure", "runtime"))

@@ -12,7 +12,8 @@ runs are closed as KILLED, and the parent run ends KILLED (Ctrl-C, SIGTERM throu
 FINISHED (the time budget ran out: a normal end, re-measured and reported with the trials it has) or
 FAILED (the driver's own exception, re-raised).  Ctrl-C, SIGTERM and the time budget all stop Ray Tune
 the same way (its SIGINT handler: it saves its state with the running trials still to run, which is
-what ``sweep resume`` restores).
+what ``sweep resume`` restores).  The epoch budget stops nothing: once it is spent the searcher gives no
+trial more, the running ones finish, and the sweep ends as with the time budget.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .constraints import budget_names
 from .errors import SweepDirError, SweepError
 from .folder import BASELINE_MODEL, HEARTBEAT_EVERY_S, HEARTBEAT_MIN_S, MLFLOW_DB, SweepFolder, report_dir, sweep_meta
 from .pareto import DIRECTIONS
-from .results.schema import FINISHED, TrialRecord, with_front
+from .results.schema import FINISHED, TrialRecord, epochs_spent, with_front
 from .results.store import TrialStore
 from .trial import TrialSpec, load_splits, prepare_baseline, run_trial, trial_threads, use_shipped_splits
 from .warm import PRELOAD_ENV, READY_ENV, marks
@@ -62,6 +63,10 @@ BUDGET_USED = "trials_s_used"
 
 def budget_reason(seconds: float) -> str:
     return f"time budget of {seconds:g} s ran out"
+
+
+def epoch_budget_reason(epochs: int) -> str:
+    return f"epoch budget of {epochs} fine-tune epochs spent"
 
 
 @dataclass
@@ -323,6 +328,9 @@ class _CallbackState:
     fit_t0: float | None = None  # when Ray Tune started in this call (the time budget counts from here)
     budget_reason: str | None = None  # set once the time budget ran out
     budget_used0: float = 0.0  # seconds of trials that earlier runs of this sweep spent (the budget counts them)
+    time_up: bool = False  # the time budget ran out in this run
+    epochs_reason: str | None = None  # set once the epoch budget is spent
+    epochs: int = 0  # fine-tune epochs of the finished trials, every run of the sweep (search.epoch_budget)
     last_beat: float = 0.0
     beat_due: bool = False  # a trial started or ended since the last heartbeat (written within HEARTBEAT_MIN_S)
     beat_warned: bool = False
@@ -713,7 +721,9 @@ def _make_callback():
                 rec = TrialRecord.from_json(payload["partial_json"]).replace(error=why, ended_at=time.time())
             else:
                 return
-            # durable on the recorder's thread; counted (table, MLflow, progress) by _collect once it is
+            # durable on the recorder's thread; counted (table, MLflow, progress) by _collect once it is; its
+            # epochs at once, before Tune asks the searcher for the next trial (search.epoch_budget)
+            st.epochs += int(rec.finetune_epochs or 0) if rec.status in FINISHED else 0
             st.progress.ending.add(trial.trial_id)
             st.recorder.put(rec.replace(retried=st.retried.get(trial.trial_id, 0)),
                             json.loads(payload["history_json"] or "[]"))
@@ -756,10 +766,11 @@ def _make_callback():
             _collect(st)
             now = time.time()
             budget = st.cfg.search.time_budget_s
-            if (budget is not None and st.budget_reason is None and st.fit_t0 is not None
+            if (budget is not None and not st.time_up and st.fit_t0 is not None
                     and st.budget_used0 + now - st.fit_t0 >= budget):
-                st.budget_reason = budget_reason(budget)
-                st.progress.log(f"{st.budget_reason}: stopping the {len(st.progress.running)} running trial(s)")
+                st.time_up = True
+                st.budget_reason = st.budget_reason or budget_reason(budget)
+                st.progress.log(f"{budget_reason(budget)}: stopping the {len(st.progress.running)} running trial(s)")
                 _stop_tune()
             if now - st.last_beat >= (HEARTBEAT_MIN_S if st.beat_due else HEARTBEAT_EVERY_S):
                 _beat(st)
@@ -1192,6 +1203,25 @@ def _told(cfg: SweepConfig, rec: TrialRecord):
     return Told(rec.method, rec.knobs, values, tuple(_violations(cfg, rec)), state)
 
 
+def _epoch_budget_spent() -> bool:
+    """Whether the live sweep's finished trials have spent its ``search.epoch_budget``; the first time, the
+    sweep's budget reason is set and one line says so (the trials running then finish: the budget may be
+    exceeded by what they spend)."""
+    try:
+        st = _live_state()
+    except KeyError:  # no live sweep (a searcher driven by hand)
+        return False
+    budget = st.cfg.search.epoch_budget
+    if budget is None or st.epochs < budget:
+        return False
+    if st.epochs_reason is None:
+        st.epochs_reason = epoch_budget_reason(budget)
+        st.budget_reason = st.budget_reason or st.epochs_reason
+        st.progress.log(f"{st.epochs_reason} ({st.epochs} by the finished trials): no trial starts any more; the "
+                        f"{st.progress.in_flight()} running finish")
+    return True
+
+
 def _stopped_at_rung(result: dict | None) -> bool:
     """A trial's last result is a rung report (no record): successive halving stopped it there."""
     return bool(result) and RUNG in result and "record_json" not in result
@@ -1214,10 +1244,16 @@ def _sweep_search(base, budgets: tuple[str, ...] = ()):
     import logging
 
     import optuna
+    from ray.tune.search import Searcher
 
     from .constraints import tell_constraints
 
     class SweepOptunaSearch(base):
+        def suggest(self, trial_id):
+            if _epoch_budget_spent():  # no trial starts; Tune ends once the running ones have finished
+                return Searcher.FINISHED
+            return super().suggest(trial_id)
+
         def on_trial_complete(self, trial_id, result=None, error=False):
             ot = self._ot_trials.get(trial_id)
             if ot is None or trial_id in self._completed_trials:
@@ -1426,12 +1462,18 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
                                          ("accuracy", "test_accuracy", "params", "macs", "latency_ms")})
         records = _reconciled(st, records)
         progress.done = progress.done0 = _finished(records)
+        st.epochs = epochs_spent(records)
         reason = None
-        budget = cfg.search.time_budget_s
+        budget, epochs = cfg.search.time_budget_s, cfg.search.epoch_budget
         if progress.done < cfg.search.trials and budget is not None and st.budget_used0 >= budget:
             reason = st.budget_reason = budget_reason(budget)
             log(f"{reason}: earlier runs of this sweep spent {st.budget_used0:.0f} s on trials; to run the "
                 f"{cfg.search.trials - progress.done} trial(s) left, raise search.time_budget_s in "
+                f"{folder.config_path} and resume")
+        elif progress.done < cfg.search.trials and epochs is not None and st.epochs >= epochs:
+            reason = st.budget_reason = st.epochs_reason = epoch_budget_reason(epochs)
+            log(f"{reason}: earlier runs of this sweep spent {st.epochs} fine-tune epochs on trials; to run the "
+                f"{cfg.search.trials - progress.done} trial(s) left, raise search.epoch_budget in "
                 f"{folder.config_path} and resume")
         elif progress.done < cfg.search.trials:
             if not ray_started and address is None:  # e.g. a trial row went missing since the start

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .constraints import budget_words
 from .folder import HEARTBEAT_EVERY_S, SweepFolder
+from .results.schema import epochs_spent
 from .results.store import pid_alive
 
 # trials listed by a heartbeat older than this are not reported as running (the driver missed 3 beats)
@@ -67,6 +68,8 @@ def status_lines(sweep_dir: Path, now: float | None = None) -> list[str]:
         lines.append("baseline: not trained yet")
     more = (f", {early} stopped early" if early else "") + (f", {infeasible} infeasible" if infeasible else "")
     lines.append(f"done: {done} of {total} trials ({ok} ok, {failed} failed{more})")
+    if cfg.search.epoch_budget is not None:
+        lines.append(f"fine-tune epochs: {epochs_spent(rows)} spent of search.epoch_budget={cfg.search.epoch_budget}")
     if cfg.search.constraints:
         lines.append(f"budgets: {budget_words(dict(cfg.search.constraints.items()))} (search.constraints; "
                      f"{infeasible} candidate(s) over them, not fine-tuned)")

@@ -389,6 +389,9 @@ def test_unknown_sampler(tmp_path):
     ("search", "trials", 0),
     ("search", "concurrency", -1),
     ("search", "cpus_per_trial", 0),
+    ("search", "epoch_budget", 0),
+    ("search", "epoch_budget", 2.5),
+    ("search", "epoch_budget", "true"),
     ("finetune", "lr", 0),
     ("finetune", "epochs", -1),
     ("train", "momentum", 1.5),
@@ -399,6 +402,15 @@ def test_numeric_section_values_follow_template(tmp_path, section, key, value):
     msg = error_of(p)
     _assert_template(msg, p, f"{section}.{key}")
     assert f"{key}=" in msg
+
+
+def test_epoch_budget_needs_fine_tune_epochs_to_count(tmp_path):
+    assert load_config(write(tmp_path, BASE + "search:\n  epoch_budget: 30\n")).search.epoch_budget == 30
+    assert load_config(write(tmp_path, BASE)).search.epoch_budget is None
+    p = write(tmp_path, BASE + "search:\n  epoch_budget: 30\nfinetune:\n  epochs: 0\n")
+    msg = error_of(p)
+    _assert_template(msg, p, "search.epoch_budget")
+    assert "epoch_budget=30 with finetune.epochs=0" in msg
 
 
 def test_measure_device_checked(tmp_path):

@@ -259,7 +259,8 @@ def test_time_budget_ends_the_sweep_normally_with_the_trials_it_has(tmp_path, mo
     df = pd.read_parquet(sweep_dir / "trials.parquet")
     trials = df[df["trial_id"] != "baseline"]  # those running when the budget ran out (concurrency 2)
     assert f"time budget of 30 s ran out: stopping the {len(trials)} running trial(s)" in out
-    assert f"time budget of 30 s ran out: 0 of 4 trials finished; continue with `sweep resume {sweep_dir}`" in out
+    assert (f"time budget of 30 s ran out: 0 of 4 trials finished; to run the rest, raise the budget in "
+            f"{sweep_dir / 'sweep.yaml'} and `sweep resume {sweep_dir}`") in out
     assert 1 <= len(trials) <= 2 and set(trials["status"]) == {"stopped"}
     assert set(trials["error"]) == {"time budget of 30 s ran out"}
     assert set(trials["trial_number"].astype(int)) <= {0, 1}
@@ -270,6 +271,42 @@ def test_time_budget_ends_the_sweep_normally_with_the_trials_it_has(tmp_path, mo
     facts = dict(line.split(": ", 1) for line in status_lines(sweep_dir))
     assert facts["remaining"] == "4 of 4 trials" and facts["running"] == "0"
     assert facts["last run ended"] == "time budget of 30 s ran out"
+
+
+def test_epoch_budget_starts_no_trial_once_spent_and_resume_says_so(tmp_path, monkeypatch, capsys):
+    """search.epoch_budget: one trial at a time, 2 fine-tune epochs each, a budget of 3: the second trial
+    brings the finished trials' epochs to 4, so no third starts, and the sweep ends normally (re-measured,
+    reported, exit 0) with 2 of 6 trials; `sweep resume` runs none and says which budget to raise."""
+    import pandas as pd
+
+    from sweep.cli import main
+    from sweep.status import status_lines
+
+    monkeypatch.chdir(tmp_path)
+    space = _write_space(tmp_path, "itepochs", trials=6, ft=2, extra=", epoch_budget: 3")
+    space.write_text(space.read_text().replace("concurrency: 2", "concurrency: 1"))
+    assert main(["run", str(space)]) == 0
+    sweep_dir = tmp_path / "runs" / "itepochs"
+    out = capsys.readouterr().out
+    reason = "epoch budget of 3 fine-tune epochs spent"
+    assert f"{reason} (4 by the finished trials): no trial starts any more; the 0 running finish" in out
+    assert (f"{reason}: 2 of 6 trials finished; to run the rest, raise the budget in {sweep_dir / 'sweep.yaml'} "
+            f"and `sweep resume {sweep_dir}`") in out
+    trials = pd.read_parquet(sweep_dir / "trials.parquet").query("trial_id != 'baseline'")
+    assert len(trials) == 2 and set(trials["status"]) == {"ok"} and set(trials["finetune_epochs"]) == {2}
+    parent, children = _runs(sweep_dir, "itepochs")
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.ended"] == reason
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+    assert (tmp_path / "reports" / "itepochs" / "index.html").is_file()
+    facts = dict(line.split(": ", 1) for line in status_lines(sweep_dir))
+    assert facts["remaining"] == "4 of 6 trials" and facts["last run ended"] == reason
+    assert facts["fine-tune epochs"] == "4 spent of search.epoch_budget=3"
+
+    assert main(["resume", str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    assert (f"{reason}: earlier runs of this sweep spent 4 fine-tune epochs on trials; to run the 4 trial(s) "
+            f"left, raise search.epoch_budget in {sweep_dir / 'sweep.yaml'} and resume") in out
+    assert len(pd.read_parquet(sweep_dir / "trials.parquet")) == 3  # the baseline and the same 2 trials
 
 
 def _rows_so_far(sweep_dir: Path) -> int:

@@ -33,6 +33,12 @@ STATUSES = ("ok", "failed", "stopped", "stopped_early", "infeasible")
 FINISHED = ("ok", "failed", "stopped_early", "infeasible")
 
 
+def epochs_spent(records) -> int:
+    """Fine-tune epochs the finished trials among ``records`` spent (``search.epoch_budget`` counts them):
+    ``stopped_early`` rows the epochs they got, ``infeasible`` ones none; ``stopped`` rows, run again, not."""
+    return sum(int(r.finetune_epochs or 0) for r in records if not r.is_baseline and r.status in FINISHED)
+
+
 def _col(typ: pa.DataType, doc: str, default: Any = None):
     return field(default=default, metadata={"arrow": typ, "doc": doc})
 
