@@ -122,6 +122,12 @@ def dataset_options(args) -> dict:
     return opts
 
 
+def asha_epoch_budget(args) -> int:
+    """The TPE+MO-ASHA sweeps' ``search.epoch_budget`` (``--asha-epoch-budget``): that fraction of the
+    fine-tune epochs the TPE sweep spends (N trials x the full fine-tune)."""
+    return max(1, round(args.asha_epoch_budget * args.trials * args.finetune_epochs))
+
+
 def space_dict(args, *, seed: int, strategy: str, knobs: dict, baseline: Path | None, dataset: dict,
                constraints: dict | None = None) -> dict:
     """The search space of one sweep, as the YAML would hold it (``constraints``: its search.constraints)."""
@@ -133,6 +139,8 @@ def space_dict(args, *, seed: int, strategy: str, knobs: dict, baseline: Path | 
         search["scheduler"] = {**SCHEDULER, "rung0": not args.asha_no_rung0}
         if args.asha_rung0_eta is not None:
             search["scheduler"]["rung0_reduction_factor"] = args.asha_rung0_eta
+        if args.asha_epoch_budget:
+            search["epoch_budget"] = asha_epoch_budget(args)
     if constraints:
         search["constraints"] = dict(constraints)
     return {
@@ -461,6 +469,9 @@ def main(argv=None) -> int:
                          "judged (rungs 1, 3, 9)")
     ap.add_argument("--asha-rung0-eta", type=int, help="TPE+MO-ASHA's rung0_reduction_factor: keep the top "
                     "⌊n/η₀⌋ + 1 at rung 0 (default: the reduction factor, 3)")
+    ap.add_argument("--asha-epoch-budget", type=float, help="the TPE+MO-ASHA sweeps' search.epoch_budget, as a "
+                    "fraction of the TPE sweep's fine-tune epochs (e.g. 1: as many as TPE's; --asha-trials then "
+                    "only caps the candidates); default: none, the sweep ends with its trials")
     ap.add_argument("--budget", type=float, default=BUDGET_MACS_FRACTION,
                     help="the budget sweep's max_macs as a fraction of the dense baseline's MACs "
                          f"(default {BUDGET_MACS_FRACTION}); 0: no budget sweep")
@@ -478,6 +489,8 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.trials < 1 or args.asha_trials < 1 or not seeds or args.finetune_epochs < 1:
         ap.error("--trials, --asha-trials and --finetune-epochs must be >= 1, and --seeds non-empty")
+    if args.asha_epoch_budget is not None and not args.asha_epoch_budget > 0:
+        ap.error(f"--asha-epoch-budget must be > 0, but got --asha-epoch-budget {args.asha_epoch_budget}")
     if args.asha_rung0_eta is not None and (args.asha_no_rung0 or args.asha_rung0_eta < 2):
         ap.error(f"--asha-rung0-eta must be an integer >= 2 and needs rung 0 (no --asha-no-rung0), but got "
                  f"--asha-rung0-eta {args.asha_rung0_eta}")
@@ -518,7 +531,8 @@ def main(argv=None) -> int:
           f"{SCHEDULER['reduction_factor']}, min_epochs {SCHEDULER['min_epochs']}, "
           f"{'no rung 0' if args.asha_no_rung0 else 'rung0'}"
           f"{'' if args.asha_rung0_eta is None else f' with rung0_reduction_factor {args.asha_rung0_eta}'}, selection "
-          f"{SCHEDULER['selection']}); "
+          f"{SCHEDULER['selection']}"
+          f"{'' if not args.asha_epoch_budget else f', epoch_budget {asha_epoch_budget(args)}'}); "
           f"{budget_line}; "
           f"{args.concurrency} at a time, 1 CPU each")
     print(f"# load avg (1/5/15 min) at start {load_start}", flush=True)

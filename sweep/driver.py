@@ -1175,14 +1175,16 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
                     mode=[DIRECTIONS[o] for o in cfg.search.objectives])
     constraints = len(budget_names(cfg.search.constraints))
     eta = cfg.search.scheduler.reduction_factor if cfg.search.scheduler is not None else 1
+    # the full fine-tunes an epoch budget pays for: with it, the sweep's budget in the sampler's start-up
+    cap = cfg.search.epoch_budget // max(1, cfg.finetune.epochs) if cfg.search.epoch_budget else None
     if told or rerun:
         sampler = make_sampler(cfg.search.sampler, seed=(cfg.seed * 1_000_003 + len(told)) % 2**31,
-                               n_trials=cfg.search.trials, constraints=constraints, reduction_factor=eta)
+                               n_trials=cfg.search.trials, constraints=constraints, reduction_factor=eta, cap=cap)
         storage, name = study_with_history(cfg, told, rerun + [(p["method"], None) for p in first], sampler)
         kw.update(sampler=sampler, storage=storage, study_name=name)
     else:  # a new sweep: exactly the searcher of a first run
         kw.update(sampler=make_sampler(cfg.search.sampler, seed=cfg.seed, n_trials=cfg.search.trials,
-                                       constraints=constraints, reduction_factor=eta),
+                                       constraints=constraints, reduction_factor=eta, cap=cap),
                   points_to_evaluate=first or None)
     searcher = _sweep_search(OptunaSearch, budget_names(cfg.search.constraints))(**kw)
     return tune.Tuner(

@@ -101,15 +101,17 @@ def knobs_from_config(config: dict) -> tuple[str, dict]:
     return method, knobs
 
 
-def make_sampler(name: str, *, seed: int, n_trials: int, constraints: int = 0, reduction_factor: int = 1):
+def make_sampler(name: str, *, seed: int, n_trials: int, constraints: int = 0, reduction_factor: int = 1,
+                 cap: int | None = None):
     """The Optuna sampler named in the YAML (``search.sampler``).  With ``constraints`` budgets
     (search.constraints) TPE models the knobs jointly; TPE, NSGA-II and GP learn where the budgets hold from
     the constraint values each finished trial carries (:func:`sweep.constraints.tell_constraints`; random
     sampling ignores them).  ``reduction_factor`` is successive halving's η
-    when trials may stop early (``search.scheduler: mo_asha``), else 1; see :func:`guided_after`."""
+    when trials may stop early (``search.scheduler: mo_asha``), else 1; ``cap`` the full fine-tunes an epoch
+    budget pays for (``search.epoch_budget`` // ``finetune.epochs``); see :func:`guided_after`."""
     import optuna
 
-    startup = guided_after(n_trials, reduction_factor)
+    startup = guided_after(n_trials, reduction_factor, cap)
     if name == "tpe":
         # under successive halving most trials end PRUNED: the good set then holds finished trials only
         tpe = optuna.samplers.TPESampler
@@ -117,7 +119,7 @@ def make_sampler(name: str, *, seed: int, n_trials: int, constraints: int = 0, r
             from .tpe import EarlyStopTPESampler as tpe
         return tpe(seed=seed, n_startup_trials=startup, **(_JOINT if constraints else {}))
     if name == "nsga2":
-        population = max(4, min(50, fine_tune_budget(n_trials, reduction_factor) // 3))
+        population = max(4, min(50, fine_tune_budget(n_trials, reduction_factor, cap) // 3))
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
@@ -137,7 +139,7 @@ def make_sampler(name: str, *, seed: int, n_trials: int, constraints: int = 0, r
 _JOINT = {"multivariate": True, "group": True}
 
 
-def guided_after(n_trials: int, reduction_factor: int = 1) -> int:
+def guided_after(n_trials: int, reduction_factor: int = 1, cap: int | None = None) -> int:
     """How many random start-up trials a model-based sampler draws before its model takes over: a third of
     the sweep's budget, at least 3 and at most Optuna's default of 10, so that short sweeps still get
     guided trials.
@@ -148,14 +150,16 @@ def guided_after(n_trials: int, reduction_factor: int = 1) -> int:
     trials with MO-ASHA starts guiding as soon as a sweep of N fully fine-tuned trials would, rather than
     spending its first 10 candidates (and, since the first results at every rung go on, most of its early
     fine-tune epochs) on random ones.  A reconstruction of "a third of the budget" for early stopping, not
-    taken from a paper; ``bench/search_efficiency.py`` measures its effect (bench/README.md)."""
-    return min(10, max(3, fine_tune_budget(n_trials, reduction_factor) // 3))
+    taken from a paper; ``bench/search_efficiency.py`` measures its effect (bench/README.md).  An epoch budget
+    (``search.epoch_budget``) pays for at most ``cap`` full fine-tunes, whatever the trial count."""
+    return min(10, max(3, fine_tune_budget(n_trials, reduction_factor, cap) // 3))
 
 
-def fine_tune_budget(n_trials: int, reduction_factor: int = 1) -> int:
+def fine_tune_budget(n_trials: int, reduction_factor: int = 1, cap: int | None = None) -> int:
     """A sweep's budget in fully fine-tuned trials: ``n_trials``, or about ``n_trials / η`` under successive
-    halving (see :func:`guided_after`)."""
-    return n_trials // max(1, reduction_factor)
+    halving (see :func:`guided_after`); no more than ``cap``, the full fine-tunes an epoch budget pays for."""
+    budget = n_trials // max(1, reduction_factor)
+    return budget if cap is None else min(budget, cap)
 
 
 def distributions(cfg: SweepConfig, method: str) -> dict:

@@ -184,19 +184,21 @@ def test_make_sampler(name, cls):
     assert type(s) is cls
 
 
-@pytest.mark.parametrize("n_trials, eta, startup", [
-    (12, 1, 4),    # a third of the trials
-    (6, 1, 3),     # at least 3
-    (60, 1, 10),   # at most Optuna's default
-    (48, 3, 5),    # MO-ASHA: 48 trials cost about 16 full fine-tunes, a third of them random
-    (12, 3, 3),
-    (48, 1, 10),
+@pytest.mark.parametrize("n_trials, eta, cap, startup", [
+    (12, 1, None, 4),    # a third of the trials
+    (6, 1, None, 3),     # at least 3
+    (60, 1, None, 10),   # at most Optuna's default
+    (48, 3, None, 5),    # MO-ASHA: 48 trials cost about 16 full fine-tunes, a third of them random
+    (12, 3, None, 3),
+    (48, 1, None, 10),
+    (120, 3, 12, 4),     # an epoch budget paying for 12 full fine-tunes: a third of those, not of 40
+    (12, 1, 60, 4),      # a budget beyond the trials changes nothing
 ])
-def test_random_startup_is_a_third_of_the_fine_tune_budget(n_trials, eta, startup):
+def test_random_startup_is_a_third_of_the_fine_tune_budget(n_trials, eta, cap, startup):
     from sweep.space import guided_after
 
-    assert guided_after(n_trials, eta) == startup
-    tpe = make_sampler("tpe", seed=0, n_trials=n_trials, reduction_factor=eta)
+    assert guided_after(n_trials, eta, cap) == startup
+    tpe = make_sampler("tpe", seed=0, n_trials=n_trials, reduction_factor=eta, cap=cap)
     assert tpe._n_startup_trials == startup
 
 
