@@ -270,6 +270,7 @@ class _Progress:
         self.done = already_done
         self.failed = 0
         self.trial_walls: list[float] = []  # wall_s of this run's first finished trials (the ETA's early pace)
+        self.closed = False  # no trial starts any more (the epoch budget is spent): only those running are left
         self.running: dict[str, tuple] = {}  # trial id -> (method, trial number), in flight now
         # trials whose final result Tune delivered but that are not durable yet: still in ``running`` (a
         # driver killed now would run them again) but no longer counted as running on the progress line,
@@ -295,7 +296,7 @@ class _Progress:
         first trials that all end together, as if they ran one after another (a 12-trial sweep, 2 at a time,
         would read about twice its length after its first trial).  From then on it is the rate observed."""
         new = self.done - self.done0
-        left = self.total - self.done
+        left = self.in_flight() if self.closed else self.total - self.done
         if not new:
             return math.nan
         if new < 2 * self.concurrency and self.trial_walls:
@@ -1219,6 +1220,7 @@ def _epoch_budget_spent() -> bool:
     if st.epochs_reason is None:
         st.epochs_reason = epoch_budget_reason(budget)
         st.budget_reason = st.budget_reason or st.epochs_reason
+        st.progress.closed = True
         st.progress.log(f"{st.epochs_reason} ({st.epochs} by the finished trials): no trial starts any more; the "
                         f"{st.progress.in_flight()} running finish")
     return True

@@ -816,3 +816,15 @@ def test_progress_eta_early_is_the_slots_pace_then_the_rate(done, walls, elapsed
     progress.done, progress.trial_walls = done, walls
     eta = progress.eta_s(elapsed)
     assert (math.isnan(eta) and math.isnan(expected)) or eta == pytest.approx(expected)
+
+
+def test_progress_eta_once_no_trial_starts_counts_only_those_running():
+    """The epoch budget spent: what is left is the trials running, not the rest of search.trials."""
+    from sweep.driver import _Progress
+
+    progress = _Progress(12, 0, lambda line: None, concurrency=2)
+    progress.done, progress.trial_walls, progress.closed = 6, [10.0] * 4, True
+    progress.running.update({"a": ("magnitude", 6, {})})
+    assert progress.eta_s(60.0) == pytest.approx(60.0 / 6 * 1)
+    progress.ending.add("a")
+    assert progress.eta_s(60.0) == 0
