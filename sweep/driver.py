@@ -327,7 +327,7 @@ class _CallbackState:
     retried: dict = field(default_factory=dict)  # trial id -> times Tune ran it again after its worker died
     stopped_early: dict = field(default_factory=dict)  # trial id -> why successive halving stopped it
     fit_t0: float | None = None  # when Ray Tune started in this call (the time budget counts from here)
-    budget_reason: str | None = None  # set once the time budget ran out
+    budget_reason: str | None = None  # set once a budget (time, epochs) ended the sweep: a normal end
     budget_used0: float = 0.0  # seconds of trials that earlier runs of this sweep spent (the budget counts them)
     time_up: bool = False  # the time budget ran out in this run
     epochs_reason: str | None = None  # set once the epoch budget is spent
