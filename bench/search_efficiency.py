@@ -596,9 +596,15 @@ def main(argv=None) -> int:
     ratio, gain_ratio, random_n = [], [], []
     for seed in seeds:
         ref = sweeps[seed]["tpe"]
+        ran_out = []
         for strategy in strategies:
             sw = sweeps[seed][strategy]
             ep, secs = reach(sw, ref.hv)
+            if strategy != "tpe" and math.isinf(ep) and sw.epochs < ref.epochs:
+                # not reached, with compute left: its trials ran out, not its budget (bench/README.md)
+                ran_out.append(f"#   seed {seed}: {LABELS[strategy]} ran out of trials: {len(sw.records)} ended after "
+                               f"{sw.epochs:.0f} fine-tune epochs ({sw.epochs / ref.epochs:.2f} of TPE's) at HV "
+                               f"{sw.hv:.4f} against TPE's {ref.hv:.4f}")
             fe = ep / ref.epochs if ref.epochs else math.nan
             fs = secs / ref.seconds if ref.seconds else math.nan
             frac_e[strategy].append(fe)
@@ -607,13 +613,8 @@ def main(argv=None) -> int:
                   f"{sw.count('stopped_early'):>6}{sw.count('failed'):>5}{sw.epochs:>10.0f}{sw.seconds:>9.0f}"
                   f"{sw.wall_s:>9.0f}{sw.hv:>8.4f}{sw.hv - sw.hv0:>9.4f}{fmt(ep, 0):>14}{fmt(fe, 2):>8}"
                   f"{fmt(secs, 0):>13}{fmt(fs, 2):>8}")
-        for strategy in strategies:
-            sw = sweeps[seed][strategy]
-            if strategy != "tpe" and math.isinf(reach(sw, ref.hv)[0]) and sw.epochs < ref.epochs:
-                # not reached, with compute left: its trials ran out, not its budget (bench/README.md)
-                print(f"#   seed {seed}: {LABELS[strategy]} ran out of trials: {len(sw.records)} ended after "
-                      f"{sw.epochs:.0f} fine-tune epochs ({sw.epochs / ref.epochs:.2f} of TPE's) at HV {sw.hv:.4f} "
-                      f"against TPE's {ref.hv:.4f}")
+        for line in ran_out:
+            print(line)
         if "random" not in strategies:
             continue
         rnd = sweeps[seed]["random"]

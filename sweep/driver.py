@@ -724,7 +724,7 @@ def _make_callback():
                 return
             # durable on the recorder's thread; counted (table, MLflow, progress) by _collect once it is; its
             # epochs at once, before Tune asks the searcher for the next trial (search.epoch_budget)
-            st.epochs += int(rec.finetune_epochs or 0) if rec.status in FINISHED else 0
+            st.epochs += epochs_spent([rec])
             st.progress.ending.add(trial.trial_id)
             st.recorder.put(rec.replace(retried=st.retried.get(trial.trial_id, 0)),
                             json.loads(payload["history_json"] or "[]"))
