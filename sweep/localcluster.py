@@ -15,8 +15,10 @@ a node without the driver's disk would.
 With ``warm=True`` (an experiment, not a recommendation: see ``bench/README.md``, ``scale.py``) nodes start
 with ``RAY_enable_worker_prestart=1`` and ``RAY_preload_python_modules=sweep.warm``: each node starts one
 idle worker per CPU that imports what a trial needs (:mod:`sweep.warm`) and marks itself ready in
-``<temp dir>/warm``; :meth:`LocalCluster.warm_workers` counts those marks.  Ray now and then replaces such a
-worker as a driver's job starts, and sweeps on such nodes were measured running fewer trials at a time.
+``<temp dir>/warm``; :meth:`LocalCluster.warm_workers` counts those marks.  Ray replaces such a worker as a
+driver's job starts now and then; with Ray's default ``prestart_worker_first_driver`` (more workers started
+for the first job, over the node's limit of idle workers, so the warm one went) in every one of four probes,
+with it off (set here) in two of four.  Sweeps on such nodes were measured running fewer trials at a time.
 """
 
 from __future__ import annotations
@@ -127,7 +129,8 @@ class LocalCluster:
         self.node_env = {}  # for nodes only
         if self.warm_dir:
             os.makedirs(self.warm_dir)
-            self.node_env = {"RAY_enable_worker_prestart": "1", PRELOAD_ENV: "sweep.warm", READY_ENV: self.warm_dir}
+            self.node_env = {"RAY_enable_worker_prestart": "1", "RAY_prestart_worker_first_driver": "0",
+                             PRELOAD_ENV: "sweep.warm", READY_ENV: self.warm_dir}
 
     def _start(self, args: list[str], cpus: int, role: str, private: tuple = ()) -> int:
         cmd = [self.ray, "start", *args, *_START, f"--num-cpus={cpus}", f"--object-store-memory={self.store}"]

@@ -2,7 +2,14 @@
 busy 2-core machine make small forwards orders of magnitude slower), and the MLflow mirror process at the
 driver's priority: at its default, the lowest, other work on a shared machine can hold it off for tens of
 seconds, and tests wait for it (their own flushes, each sweep's end); tests/test_mlflow_sink.py checks the
-default itself."""
+default itself.
+
+Run order, for the README's test command (``pytest-xdist``, two processes, whole files per process in the
+order collected): the files with ``integration`` tests (real Ray sweeps, a minute or more each) come first, so
+each process starts on one of those and the short unit-test files fill in after; files in their collected
+order would leave the longest for last, with one process idle.  ``serial`` tests (they judge how Ray's
+processes start, which a second test process on the same cores disturbs) are left out of that run and run
+after it on their own."""
 
 import os
 
@@ -10,6 +17,21 @@ import pytest
 
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("SWEEP_MIRROR_NICENESS", "0")  # sweep.results.mirror_process.NICENESS_ENV
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with ``integration`` tests first (stable otherwise), the longest of them first."""
+    heavy: dict[str, int] = {}
+    for item in items:
+        if item.get_closest_marker("integration") is not None:
+            heavy[item.path.name] = heavy.get(item.path.name, 0) + 1
+    order = {name: i for i, name in enumerate(sorted(heavy, key=lambda n: -HEAVIEST.get(n, 0)))}
+    items.sort(key=lambda item: order.get(item.path.name, len(order)))
+
+
+# rough seconds of each file's integration tests on 2 cores (only their order matters)
+HEAVIEST = {"test_integration.py": 350, "test_cluster.py": 190, "test_warm_workers.py": 90,
+            "test_mlflow_server.py": 50, "test_mbn.py": 30}
 
 
 @pytest.fixture(autouse=True, scope="session")

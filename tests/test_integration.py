@@ -179,41 +179,40 @@ def test_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     assert (report / "index.html").is_file()
 
 
-@pytest.mark.parametrize("sig, code, reason", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
-                                               (signal.SIGTERM, 143, "terminated (SIGTERM)")],
-                         ids=["ctrl-c", "sigterm"])
-def test_interrupt_then_resume_loses_and_duplicates_nothing(tmp_path, sig, code, reason):
-    """Ctrl-C or SIGTERM mid-sweep, then `sweep resume`: every trial once, none lost, no run left RUNNING."""
-    import pandas as pd
-
-    trials = 4
-    space = _write_space(tmp_path, "itresume", trials=trials, ft=30)
-    sweep_dir = tmp_path / "runs" / "itresume"
+def _stop_mid_sweep(cmd: list[str], cwd: Path, sweep_dir: Path, sig: int, finished_before: int) -> tuple[int, str]:
+    """Run ``sweep <cmd>`` until one more trial than ``finished_before`` has finished while another one runs
+    (the heartbeat says so), then send ``sig``; the exit code and output."""
     env = {**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING"}
-    cmd = [sys.executable, "-m", "sweep.cli", "run", str(space)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    parquet, state = sweep_dir / "trials.parquet", sweep_dir / "state.json"
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.cli", *cmd], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 240
-        while time.time() < deadline:  # a trial finished and another one runs (the heartbeat says so)
-            if _rows_so_far(sweep_dir) >= 2 and json.loads(state.read_text() or "{}").get("running"):
+        while time.time() < deadline:
+            if (_finished_so_far(sweep_dir) > finished_before
+                    and json.loads((sweep_dir / "state.json").read_text() or "{}").get("running")):
                 break
             time.sleep(0.5)
         else:
-            pytest.fail("the sweep never had a finished trial and a running one")
+            pytest.fail(f"`sweep {cmd[0]}` never had a new finished trial and a running one")
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == code, out
+    return proc.returncode, out
+
+
+def _books_closed_after_stop(sweep_dir: Path, code: int, out: str, want: int, reason: str) -> set[str]:
+    """What a Ctrl-C or SIGTERM must leave: its exit code, the line saying how to go on, the trials that were
+    running as `stopped` rows with the reason and their MLflow runs KILLED, the parent run KILLED; returns
+    the finished trials' ids."""
+    import pandas as pd
+
+    assert code == want, out
     assert f"continue with `sweep resume {sweep_dir.resolve()}`" in out
-    before = pd.read_parquet(parquet)
-    finished = set(before.loc[before["status"] == "ok", "trial_id"]) - {"baseline"}
-    assert 1 <= len(finished) < trials
-    stopped = before[before["status"] == "stopped"]
+    table = pd.read_parquet(sweep_dir / "trials.parquet")
+    stopped = table[table["status"] == "stopped"]
     assert len(stopped) >= 1 and set(stopped["error"]) == {reason}
     parent, children = _runs(sweep_dir, "itresume")
     assert parent.info.status == "KILLED" and parent.data.tags["sweep.ended"] == reason
@@ -221,16 +220,37 @@ def test_interrupt_then_resume_loses_and_duplicates_nothing(tmp_path, sig, code,
     by_trial = {r.data.tags["sweep.trial_id"]: r for r in children}
     assert all(by_trial[t].info.status == "KILLED" and by_trial[t].data.tags["sweep.stopped"] == reason
                for t in stopped["trial_id"] if t in by_trial)
+    return set(table.loc[table["status"] == "ok", "trial_id"]) - {"baseline"}
 
+
+def test_ctrl_c_then_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
+    """Ctrl-C mid-sweep, `sweep resume`, SIGTERM (a cluster scheduler's stop) mid-resume, `sweep resume`: each
+    stop closes the books; in the end every trial once, none lost or run again, no run left RUNNING."""
+    import pandas as pd
+
+    trials = 5  # 2 at a time: a finished trial and a running one in the run and in the first resume
+    space = _write_space(tmp_path, "itresume", trials=trials, ft=30)
+    sweep_dir = tmp_path / "runs" / "itresume"
+    parquet = sweep_dir / "trials.parquet"
+
+    code, out = _stop_mid_sweep(["run", str(space)], tmp_path, sweep_dir, signal.SIGINT, 0)
+    finished = _books_closed_after_stop(sweep_dir, code, out, 130, "interrupted (Ctrl-C)")
+    assert 1 <= len(finished) < trials
+    code, out = _stop_mid_sweep(["resume", str(sweep_dir)], tmp_path, sweep_dir, signal.SIGTERM, len(finished))
+    later = _books_closed_after_stop(sweep_dir, code, out, 143, "terminated (SIGTERM)")
+    assert finished < later and len(later) < trials
+    before = pd.read_parquet(parquet)
+
+    env = {**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING"}
     res = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", str(sweep_dir)], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout + res.stderr
     after = pd.read_parquet(parquet)
     assert after["trial_id"].is_unique
     assert (after["status"] == "ok").sum() == trials + 1  # and the baseline; no stopped row left
-    assert finished <= set(after["trial_id"])
-    kept = after.set_index("trial_id").loc[sorted(finished)]
-    old = before.set_index("trial_id").loc[sorted(finished)]
+    assert later <= set(after["trial_id"])
+    kept = after.set_index("trial_id").loc[sorted(later)]
+    old = before.set_index("trial_id").loc[sorted(later)]
     assert (kept["ended_at"] == old["ended_at"]).all()  # finished trials were not run again
     assert sorted(after["trial_number"].dropna().astype(int)) == list(range(trials))
 
@@ -309,12 +329,10 @@ def test_epoch_budget_starts_no_trial_once_spent_and_resume_says_so(tmp_path, mo
     assert len(pd.read_parquet(sweep_dir / "trials.parquet")) == 3  # the baseline and the same 2 trials
 
 
-def _rows_so_far(sweep_dir: Path) -> int:
-    """Rows of a running sweep: trials.parquet and the journal it folds in every few seconds."""
-    from sweep.results.store import TrialStore
-
+def _finished_so_far(sweep_dir: Path) -> int:
+    """Finished trials of a running sweep: trials.parquet and the journal it folds in every few seconds."""
     try:
-        return len(TrialStore(sweep_dir).records()[0])
+        return len(_finished_trials(sweep_dir))
     except Exception:  # not written yet, or a part being renamed into place right now
         return 0
 

@@ -202,10 +202,11 @@ def _probe(tmp_path: Path, attempt: int) -> dict:
 # what the probe's driver spends before Tune starts (the sweep's baseline); the idle workers import meanwhile
 # and the driver then waits for the rest (the idle workers import at nice 15 on 2 shared cores)
 BASELINE_S = 3
-ATTEMPTS = 6
+ATTEMPTS = 8  # each a fresh Ray: ~35 s on 2 cores
 
 
 @pytest.mark.integration
+@pytest.mark.serial
 def test_a_trial_of_the_embedded_ray_runs_in_a_worker_started_before_tune_with_torch_loaded(tmp_path):
     # An idle worker is as old as the embedded Ray (at least BASELINE_S before t0); a fresh process is a moment
     # older than t0. Without the change every trial actor gets a fresh process. With it and the wait, both
@@ -275,16 +276,17 @@ def _cluster_probe(tmp_path: Path, warm_nodes: bool) -> dict | None:
 
 
 @pytest.mark.integration
+@pytest.mark.serial
 @pytest.mark.parametrize("warm_nodes", [True, False])
 def test_a_cluster_trial_runs_in_a_worker_its_node_warmed_up_before_the_sweep(tmp_path, warm_nodes):
     # Nodes started with warm workers (LocalCluster(warm=True), an experiment: sweep/warm.py) hold one idle
     # worker per CPU that has imported what a trial needs; the control (warm=False, the default) shows the
     # probe can tell: a process there that has imported nothing of a trial's.  (Not its age: a plain node may
     # start the job's worker while the probe's ray.init runs, before the probe's t0 -- seen once, 0.7 s.)
-    # Now and then (one run in four under pytest, none in twelve of a plain script) the node's idle worker
-    # exits as the driver's job starts and Ray starts a fresh one for the trial, which a driver cannot
-    # prevent: so at least one of ATTEMPTS fresh clusters must run the trials in the warm worker, and a trial
-    # that runs in one must find the imports done.
+    # Now and then the node's idle worker exits as the driver's job starts and Ray starts a fresh one for the
+    # trial, which a driver cannot prevent (two probes in four on a busy 2-core machine, with Ray's first-job
+    # prestart off; four in four with it on): so at least one of ATTEMPTS fresh clusters must run the trials
+    # in the warm worker, and a trial that runs in one must find the imports done.
     for attempt in range(ATTEMPTS if warm_nodes else 1):
         out = _cluster_probe(tmp_path / str(attempt), warm_nodes)
         if out is None:
