@@ -2,7 +2,7 @@
 busy 2-core machine make small forwards orders of magnitude slower), and the MLflow mirror process at the
 driver's priority: at its default, the lowest, other work on a shared machine can hold it off for tens of
 seconds, and tests wait for it (their own flushes, each sweep's end); tests/test_mlflow_sink.py checks the
-default itself.
+default itself; the cache of a new MLflow store's tables in a folder of the test session's own.
 
 Run order, for the README's test command (``pytest-xdist``, two processes, whole files per process in the
 order collected): the files with ``integration`` tests (real Ray sweeps, a minute or more each) come first, so
@@ -11,12 +11,18 @@ order would leave the longest for last, with one process idle.  ``serial`` tests
 processes start, which a second test process on the same cores disturbs) are left out of that run and run
 after it on their own."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("SWEEP_MIRROR_NICENESS", "0")  # sweep.results.mirror_process.NICENESS_ENV
+if "SWEEP_CACHE_DIR" not in os.environ:  # sweep.results.mlflow_sink.CACHE_ENV: not the user's cache folder
+    os.environ["SWEEP_CACHE_DIR"] = tempfile.mkdtemp(prefix="sweep-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SWEEP_CACHE_DIR"], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -462,6 +462,57 @@ def test_the_embedded_store_writes_ahead_and_syncs_at_checkpoints_while_other_sq
     assert _sqlite_file("sqlite:///:memory:") is None and _sqlite_file("http://127.0.0.1:5000") is None
 
 
+def _default_and_own_experiment(db) -> list:
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT experiment_id, artifact_location FROM experiments ORDER BY 1").fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("template", ["none yet", "garbage", "truncated", "no cache folder"])
+def test_a_new_store_takes_its_tables_from_the_template_the_first_one_left(tmp_path, monkeypatch, template):
+    """The first new store's tables are made by MLflow's migrations and kept (less the default experiment) in
+    the cache folder; the next new store is a copy that runs no migration, with its own default experiment.
+    A template that is not one is replaced; a cache folder that cannot be made changes nothing."""
+    import mlflow.store.db.utils as db_utils
+
+    import sweep.results.mlflow_sink as ms
+    from sweep.results.mlflow_sink import MlflowSink
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(ms.CACHE_ENV, str(cache))
+    kept = ms._template()
+    if template == "garbage":
+        kept.write_bytes(b"not a database at all" * 100)
+    elif template == "truncated":
+        MlflowSink(f"sqlite:///{tmp_path / 'first.db'}", "first", artifact_dir=tmp_path / "a0")
+        kept.write_bytes(kept.read_bytes()[:8192])
+    elif template == "no cache folder":
+        cache.rmdir()
+        cache.write_text("a file where the folder should be")
+
+    first = MlflowSink(f"sqlite:///{tmp_path / 'one.db'}", EXPERIMENT, artifact_dir=tmp_path / "a1")
+    assert _default_and_own_experiment(tmp_path / "one.db")[0] == (0, (tmp_path / "a1").resolve().as_uri() + "/0")
+    if template == "no cache folder":
+        assert ms._template() is None and cache.read_text() == "a file where the folder should be"
+        return
+    assert [e for e, _ in _default_and_own_experiment(kept)] == []  # the tables, no experiment
+
+    made = []
+    monkeypatch.setattr(db_utils, "_initialize_tables", lambda engine: made.append(engine))
+    second = MlflowSink(f"sqlite:///{tmp_path / 'two.db'}", EXPERIMENT, artifact_dir=tmp_path / "a2")
+    assert made == []  # no migration ran
+    assert _default_and_own_experiment(tmp_path / "two.db") == [
+        (0, (tmp_path / "a2").resolve().as_uri() + "/0"), (1, (tmp_path / "a2").resolve().as_uri())]
+    run = second.start_parent("p", {"a": 1})
+    assert second.client.get_run(run).data.params == {"a": "1"}
+    assert first.client.get_run(first.start_parent("q", {})).info.status == "RUNNING"
+    assert not list(tmp_path.glob("*.new-*")) and not list(cache.glob("*.new-*"))
+
+
 def test_a_new_embedded_store_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     """MLflow makes a new store's tables with a chain of migrations: a process killed half-way must not leave
     a database that later opens fail on.  The store is made beside its place and renamed in once complete; a

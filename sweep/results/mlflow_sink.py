@@ -79,7 +79,8 @@ def _create_sqlite_store(file: str, artifact_dir: Path | None) -> None:
     small machine); a process killed half-way left a database that every later open failed on (``table
     _alembic_tmp_jobs already exists``), so ``sweep resume`` could not go on.  So the tables are made in a
     temporary file beside it (``<file>.new-<pid>``), which is synced and renamed into place once complete;
-    one left by a process that died is removed."""
+    one left by a process that died is removed.  The tables come from :func:`_template` where it has them
+    (a copy opens in milliseconds); otherwise they are made, and kept there for the next new store."""
     import glob
     import os
 
@@ -90,18 +91,101 @@ def _create_sqlite_store(file: str, artifact_dir: Path | None) -> None:
     for stale in glob.glob(glob.escape(file) + ".new-*"):
         pid = stale.rsplit("-", 1)[-1]
         if not pid.isdigit() or not pid_alive(int(pid)):
-            for part in (stale, stale + "-wal", stale + "-shm", stale + "-journal"):
-                if os.path.exists(part):
-                    os.unlink(part)
+            _remove_sqlite(stale)
     tmp = f"{file}.new-{os.getpid()}"
     uri = f"sqlite:///{tmp}"
-    root = Path(artifact_dir) if artifact_dir is not None else Path("mlruns")
-    store = SqlAlchemyStore(uri, root.resolve().as_uri())
-    _drop_cached_engines(uri)
-    store.engine.dispose()
+    root = (Path(artifact_dir) if artifact_dir is not None else Path("mlruns")).resolve().as_uri()
+    template = _template()
+    if not (template is not None and _copied(template, tmp, root)):
+        _remove_sqlite(tmp)
+        store = SqlAlchemyStore(uri, root)
+        _drop_cached_engines(uri)
+        store.engine.dispose()
+        if template is not None:
+            _keep_as_template(tmp, template)
     durable_rename(Path(tmp), Path(file))
     # an engine this process holds for the store's URI reads the file that was there before (moved aside)
     _drop_cached_engines(f"sqlite:///{file}")
+
+
+# Where a new embedded store's tables are kept once made (:func:`_template`); unset: the user's cache folder.
+CACHE_ENV = "SWEEP_CACHE_DIR"
+
+
+def _template() -> Path | None:
+    """The file that holds an empty store's tables for this MLflow version (it may not exist yet), or None
+    where no cache folder can be made.
+
+    Measured on 2 cores: MLflow's migrations make a new store's tables in 1.8 s, a copy of them opens in
+    0.04 s -- paid by every new sweep (and by every test that makes one).  The template lacks only the
+    default experiment (id 0), whose artifact location is the store's own: MLflow adds it as a store opens."""
+    import os
+
+    from mlflow.version import VERSION
+
+    folder = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sweep")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return None
+    return Path(folder) / f"mlflow-{VERSION}-tables.db"
+
+
+def _copied(template: Path, tmp: str, root: str) -> bool:
+    """Whether a copy of ``template`` at ``tmp`` opened as a store (MLflow checks that its schema is this
+    version's and adds the default experiment with artifact root ``root``); False where there is no template
+    or it is not one (a truncated or foreign file: the tables are made instead, and the template replaced)."""
+    import shutil
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    uri = f"sqlite:///{tmp}"
+    try:
+        shutil.copyfile(template, tmp)
+        _check_sqlite_file(tmp)
+        store = SqlAlchemyStore(uri, root)
+        ok = store.get_experiment("0").artifact_location == f"{root}/0"
+        store.engine.dispose()
+        return ok
+    except Exception:
+        return False
+    finally:
+        _drop_cached_engines(uri)
+
+
+def _keep_as_template(made: str, template: Path) -> None:
+    """Keep a copy of the store just made at ``made``, less its default experiment, as ``template`` (all or
+    nothing: copied beside it, then renamed); a cache that cannot be written is passed over."""
+    import os
+    import shutil
+    import sqlite3
+
+    from .store import durable_rename
+
+    part = f"{template}.new-{os.getpid()}"
+    try:
+        shutil.copyfile(made, part)
+        con = sqlite3.connect(part)
+        try:
+            con.execute("DELETE FROM experiments WHERE experiment_id = 0")
+            con.commit()
+        finally:
+            con.close()
+        durable_rename(Path(part), template)
+    except (OSError, sqlite3.Error):
+        _remove_sqlite(part)
+
+
+def _remove_sqlite(file: str) -> None:
+    """A sqlite file and its journals, where they exist."""
+    import os
+
+    for path in (file, file + "-wal", file + "-shm", file + "-journal"):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def _drop_cached_engines(uri: str) -> None:
