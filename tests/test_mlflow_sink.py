@@ -472,7 +472,7 @@ def _default_and_own_experiment(db) -> list:
         con.close()
 
 
-@pytest.mark.parametrize("template", ["none yet", "garbage", "truncated", "no cache folder"])
+@pytest.mark.parametrize("template", ["none yet", "garbage", "truncated", "a full store", "no cache folder"])
 def test_a_new_store_takes_its_tables_from_the_template_the_first_one_left(tmp_path, monkeypatch, template):
     """The first new store's tables are made by MLflow's migrations and kept (less the default experiment) in
     the cache folder; the next new store is a copy that runs no migration, with its own default experiment.
@@ -490,12 +490,19 @@ def test_a_new_store_takes_its_tables_from_the_template_the_first_one_left(tmp_p
     elif template == "truncated":
         MlflowSink(f"sqlite:///{tmp_path / 'first.db'}", "first", artifact_dir=tmp_path / "a0")
         kept.write_bytes(kept.read_bytes()[:8192])
+    elif template == "a full store":  # another store's tables, experiments and runs: not copied
+        other = MlflowSink(f"sqlite:///{tmp_path / 'other.db'}", "other", artifact_dir=tmp_path / "a0")
+        other.start_parent("somebody else's", {})
+        other.client._tracking_client.store.engine.dispose()
+        kept.write_bytes((tmp_path / "other.db").read_bytes())
+        assert ms._rows(str(kept), "experiments") == 2 and ms._rows(str(kept), "runs") == 1
     elif template == "no cache folder":
         cache.rmdir()
         cache.write_text("a file where the folder should be")
 
     first = MlflowSink(f"sqlite:///{tmp_path / 'one.db'}", EXPERIMENT, artifact_dir=tmp_path / "a1")
-    assert _default_and_own_experiment(tmp_path / "one.db")[0] == (0, (tmp_path / "a1").resolve().as_uri() + "/0")
+    assert _default_and_own_experiment(tmp_path / "one.db") == [
+        (0, (tmp_path / "a1").resolve().as_uri() + "/0"), (1, (tmp_path / "a1").resolve().as_uri())]
     if template == "no cache folder":
         assert ms._template() is None and cache.read_text() == "a file where the folder should be"
         return

@@ -143,7 +143,8 @@ def _copied(template: Path, tmp: str, root: str) -> bool:
     uri = f"sqlite:///{tmp}"
     try:
         shutil.copyfile(template, tmp)
-        _check_sqlite_file(tmp)
+        if _rows(tmp, "experiments") or _rows(tmp, "runs"):  # not an empty store's tables: not ours
+            return False
         store = SqlAlchemyStore(uri, root)
         ok = store.get_experiment("0").artifact_location == f"{root}/0"
         store.engine.dispose()
@@ -152,6 +153,17 @@ def _copied(template: Path, tmp: str, root: str) -> bool:
         return False
     finally:
         _drop_cached_engines(uri)
+
+
+def _rows(file: str, table: str) -> int:
+    """How many rows ``table`` of the sqlite database ``file`` holds (raises where it is no such database)."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{file}?mode=ro", uri=True)
+    try:
+        return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    finally:
+        con.close()
 
 
 def _keep_as_template(made: str, template: Path) -> None:
