@@ -15,10 +15,11 @@ a node without the driver's disk would.
 With ``warm=True`` (an experiment, not a recommendation: see ``bench/README.md``, ``scale.py``) nodes start
 with ``RAY_enable_worker_prestart=1`` and ``RAY_preload_python_modules=sweep.warm``: each node starts one
 idle worker per CPU that imports what a trial needs (:mod:`sweep.warm`) and marks itself ready in
-``<temp dir>/warm``; :meth:`LocalCluster.warm_workers` counts those marks.  Ray replaces such a worker as a
-driver's job starts now and then; with Ray's default ``prestart_worker_first_driver`` (more workers started
-for the first job, over the node's limit of idle workers, so the warm one went) in every one of four probes,
-with it off (set here) in two of four.  Sweeps on such nodes were measured running fewer trials at a time.
+``<temp dir>/warm``; :meth:`LocalCluster.warm_workers` counts those marks.  Ray often replaces such a worker
+as a driver's job starts (the new one imports the same before it takes a trial, so the trial waits for it):
+with Ray's default ``prestart_worker_first_driver`` (more workers started for the first job, over the node's
+limit of idle workers, so the warm one went) in four probes of four; with it off (set here) in two of four on
+one run, eight of eight on another.  Sweeps on such nodes were measured running fewer trials at a time.
 """
 
 from __future__ import annotations
