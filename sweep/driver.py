@@ -38,7 +38,7 @@ from .pareto import DIRECTIONS
 from .results.schema import FINISHED, TrialRecord, epochs_spent, with_front
 from .results.store import TrialStore
 from .trial import TrialSpec, load_splits, prepare_baseline, run_trial, trial_threads, use_shipped_splits
-from .warm import PRELOAD_ENV, READY_ENV, marks
+from .warm import KEEP_IDLE_ENV, PRELOAD_ENV, READY_ENV, marks
 
 EXPERIMENT = "tune"
 RUNG = "rung"  # key of a rung report (fine-tune epochs so far) in the results a trial sends Tune
@@ -866,8 +866,9 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None, log=print,
             cpus = cpus or os.cpu_count() or 1
             preload = _preload_modules(cfg, cpus) if cfg is not None else None
             ready = _warm_folder(tmp, cpus) if preload and PRELOAD_ENV not in os.environ else None
-            # read by the raylet as it starts (and passed on to its workers); a value the user set wins
-            with (_env(PRELOAD_ENV, preload), _env(READY_ENV, ready),
+            # read by the raylet as it starts (and passed on to its workers); a value the user set wins. The
+            # warm workers are kept until the trials take them (KEEP_IDLE_ENV)
+            with (_env(PRELOAD_ENV, preload), _env(READY_ENV, ready), _env(KEEP_IDLE_ENV, "0" if ready else None),
                   _stops_held_while_ray_starts(caller_sigterm, caller_sigint)):
                 ray.init(num_cpus=cpus, include_dashboard=False,
                          logging_level=logging.ERROR, log_to_driver=False, _temp_dir=tmp, configure_logging=True)

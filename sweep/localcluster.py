@@ -15,11 +15,12 @@ a node without the driver's disk would.
 With ``warm=True`` (an experiment, not a recommendation: see ``bench/README.md``, ``scale.py``) nodes start
 with ``RAY_enable_worker_prestart=1`` and ``RAY_preload_python_modules=sweep.warm``: each node starts one
 idle worker per CPU that imports what a trial needs (:mod:`sweep.warm`) and marks itself ready in
-``<temp dir>/warm``; :meth:`LocalCluster.warm_workers` counts those marks.  Ray often replaces such a worker
-as a driver's job starts (the new one imports the same before it takes a trial, so the trial waits for it):
-with Ray's default ``prestart_worker_first_driver`` (more workers started for the first job, over the node's
-limit of idle workers, so the warm one went) in four probes of four; with it off (set here) in two of four on
-one run, eight of eight on another.  Sweeps on such nodes were measured running fewer trials at a time.
+``<temp dir>/warm``; :meth:`LocalCluster.warm_workers` counts those marks.  Such nodes also start with the
+raylet's idle-worker killer off (``RAY_kill_idle_workers_interval_ms=0``, :data:`sweep.warm.KEEP_IDLE_ENV`)
+and Ray's first-job prestart off (``RAY_prestart_worker_first_driver=0``): otherwise the warm worker was
+killed as the driver's job reserved the node's CPUs and a fresh process imported everything again before
+the trial could start (3 probes of 4 with the prestart off; with both off the trials ran in the warm worker
+in 4 of 4).  Sweeps on such nodes were measured running fewer trials at a time (before the killer was off).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .warm import PRELOAD_ENV, READY_ENV, marks
+from .warm import KEEP_IDLE_ENV, PRELOAD_ENV, READY_ENV, marks
 
 # what a node's processes must not write: Ray's usage reporting and the dashboard
 _START = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
@@ -131,7 +132,7 @@ class LocalCluster:
         if self.warm_dir:
             os.makedirs(self.warm_dir)
             self.node_env = {"RAY_enable_worker_prestart": "1", "RAY_prestart_worker_first_driver": "0",
-                             PRELOAD_ENV: "sweep.warm", READY_ENV: self.warm_dir}
+                             KEEP_IDLE_ENV: "0", PRELOAD_ENV: "sweep.warm", READY_ENV: self.warm_dir}
 
     def _start(self, args: list[str], cpus: int, role: str, private: tuple = ()) -> int:
         cmd = [self.ray, "start", *args, *_START, f"--num-cpus={cpus}", f"--object-store-memory={self.store}"]

@@ -5,15 +5,15 @@ raylet's ``RAY_preload_python_modules`` names ``sweep.warm``); anywhere else (th
 trial's worker that imports :mod:`sweep.driver`), importing it just gives the constants.  Two places ask
 for it:
 
-- the embedded Ray: the driver sets ``RAY_preload_python_modules=sweep.warm`` and ``SWEEP_WARM_DIR``
-  (:data:`READY_ENV`) while it starts Ray, when trials will use every one of the idle workers Ray starts
-  with it (:func:`sweep.driver._preload_modules`);
-- the nodes of a ``ray start`` cluster started with ``RAY_preload_python_modules=sweep.warm`` and
-  ``RAY_enable_worker_prestart=1`` (:class:`sweep.localcluster.LocalCluster` with ``warm=True``): each
-  raylet then starts one idle worker per CPU at once, those workers import what a trial needs while the
-  node waits, and the sweep's trial actors start in them -- an experiment, not a recommendation: Ray now
-  and then replaces such a worker as the driver's job starts, and sweeps on such nodes were measured
-  running fewer trials at a time (``bench/README.md``, ``scale.py``).
+- the embedded Ray: the driver sets ``RAY_preload_python_modules=sweep.warm``, ``SWEEP_WARM_DIR``
+  (:data:`READY_ENV`) and ``RAY_kill_idle_workers_interval_ms=0`` (:data:`KEEP_IDLE_ENV`) while it starts
+  Ray, when trials will use every one of the idle workers Ray starts with it
+  (:func:`sweep.driver._preload_modules`);
+- the nodes of a ``ray start`` cluster started with ``RAY_preload_python_modules=sweep.warm``,
+  ``RAY_enable_worker_prestart=1`` and the idle-worker killer off (:class:`sweep.localcluster.LocalCluster`
+  with ``warm=True``): each raylet then starts one idle worker per CPU at once, those workers import what a
+  trial needs while the node waits, and the sweep's trial actors start in them -- an experiment, not a
+  recommendation yet (``bench/README.md``, ``scale.py``).
 
 A worker of the model inbox (``SWEEP_ROLE=model-inbox`` in its runtime environment) imports nothing: it
 only holds bytes.  Every other worker imports :data:`MODULES`, then, where ``SWEEP_WARM_DIR`` names a
@@ -36,6 +36,13 @@ MODULES = ("torch", "torch._dynamo", "onnx", "sympy", "torchvision", "torch_prun
            "sweep.driver")
 READY_ENV = "SWEEP_WARM_DIR"
 PRELOAD_ENV = "RAY_preload_python_modules"  # read by the raylet as it starts, and inherited by its workers
+# Set to "0" (read by the raylet as it starts) wherever workers are warmed: it turns off the raylet's killing
+# of idle workers.  Ray keeps as many idle workers as the node has CPUs *available*; once Tune's placement
+# groups reserve the trials' CPUs, none are, so the warm workers count as surplus, and where the raylet's
+# periodic check (every 200 ms) runs before the trial actors' leases take them, it kills them as "idle for a
+# long time" and starts fresh processes for the trials, which import everything again (quickstart on 2
+# cores: both warm workers killed in 2 of 6 sweeps, first trials 8 s after Tune instead of 2.5; with it 0 of 6).
+KEEP_IDLE_ENV = "RAY_kill_idle_workers_interval_ms"
 ROLE_ENV = "SWEEP_ROLE"
 INBOX_ROLE = "model-inbox"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -141,6 +142,29 @@ def test_the_preload_variable_lives_only_while_ray_starts_and_a_users_value_wins
         assert os.environ[driver.PRELOAD_ENV] == "numpy"
 
 
+@pytest.mark.parametrize("concurrency, warms", [(2, True), (1, False)])
+def test_the_raylet_keeps_idle_workers_only_where_they_are_warmed(monkeypatch, concurrency, warms):
+    # Ray reads RAY_* settings from the environment as its raylet starts: what ray.init sees is what it gets
+    import ray
+
+    seen = {}
+    monkeypatch.delenv(driver.KEEP_IDLE_ENV, raising=False)
+    monkeypatch.delenv(driver.PRELOAD_ENV, raising=False)
+    monkeypatch.setattr(driver, "_embedded_auth", lambda: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(
+        {k: os.environ.get(k) for k in (driver.KEEP_IDLE_ENV, driver.PRELOAD_ENV)}))
+    try:
+        assert driver._ray_init(None, Path("."), 2, print, _cfg(concurrency))
+    finally:
+        driver._WARM.clear()
+        while driver._EMBEDDED_TMP:
+            shutil.rmtree(driver._EMBEDDED_TMP.pop(), ignore_errors=True)
+    assert seen == ({driver.KEEP_IDLE_ENV: "0", driver.PRELOAD_ENV: "sweep.warm"} if warms
+                    else {driver.KEEP_IDLE_ENV: None, driver.PRELOAD_ENV: None})
+    assert driver.KEEP_IDLE_ENV not in os.environ  # only while Ray starts
+
+
 def test_tune_actors_lose_only_the_lightning_variable_while_the_sweep_runs():
     from ray.tune.execution import class_cache
 
@@ -184,12 +208,10 @@ driver._ray_shutdown(True, print)  # as a sweep ends: the embedded Ray's session
 """
 
 
-def _probe(tmp_path: Path, attempt: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in (driver.PRELOAD_ENV, "RAY_ADDRESS")}
+def _probe(tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in (driver.PRELOAD_ENV, driver.KEEP_IDLE_ENV, "RAY_ADDRESS")}
     env["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    cwd = tmp_path / f"attempt{attempt}"
-    cwd.mkdir()
-    p = subprocess.run([sys.executable, "-c", PROBE, str(ROOT), str(BASELINE_S)], cwd=cwd, env=env,
+    p = subprocess.run([sys.executable, "-c", PROBE, str(ROOT), str(BASELINE_S)], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
@@ -201,32 +223,22 @@ def _probe(tmp_path: Path, attempt: int) -> dict:
 # what the probe's driver spends before Tune starts (the sweep's baseline); the idle workers import meanwhile
 # and the driver then waits for the rest (the idle workers import at nice 15 on 2 shared cores)
 BASELINE_S = 3
-ATTEMPTS = 8  # each a fresh Ray: ~35 s on 2 cores
 
 
 @pytest.mark.integration
 @pytest.mark.serial
 def test_a_trial_of_the_embedded_ray_runs_in_a_worker_started_before_tune_with_torch_loaded(tmp_path):
     # An idle worker is as old as the embedded Ray (at least BASELINE_S before t0); a fresh process is a moment
-    # older than t0. Without the change every trial actor gets a fresh process. With it and the wait, both
-    # trials ran in idle workers in every run seen; Ray's worker pool may still start a replacement worker
-    # around Tune's start, which a driver cannot prevent, so each attempt is a fresh embedded Ray and at least
-    # one of ATTEMPTS must run a trial in an idle worker, and every trial that runs in one must find the
-    # imports done.
-    seen = []
-    for attempt in range(ATTEMPTS):
-        out = _probe(tmp_path, attempt)
-        warm_trials = [m for m in out["trials"] if out["t0"] - m["created"] > BASELINE_S / 2]
-        for m in warm_trials:
-            assert m["torch"] and m["dynamo"], "the idle worker had not imported what a trial needs"
-        seen.append(len(warm_trials))
-        if len(warm_trials) == 2:
-            break
-    assert any(seen), f"every trial's actor got a fresh process in {ATTEMPTS} embedded Rays, none an idle worker"
+    # older than t0. Without the change every trial actor gets a fresh process; without the raylet's idle
+    # killer off (warm.KEEP_IDLE_ENV) the idle workers were killed as Tune reserved the CPUs in 2 sweeps of 6.
+    out = _probe(tmp_path)
+    ages = [out["t0"] - m["created"] for m in out["trials"]]
+    assert all(age > BASELINE_S / 2 for age in ages), f"a trial's actor got a fresh process: ages {ages}"
+    assert all(m["torch"] and m["dynamo"] for m in out["trials"]), "the idle worker had not imported a trial's needs"
 
 
 CLUSTER_PROBE = r"""
-import json, logging, sys, time
+import json, logging, os, sys, time
 import ray
 from ray import tune
 from sweep import driver
@@ -234,8 +246,7 @@ ray.init(address=sys.argv[1], logging_level=logging.ERROR, log_to_driver=False)
 
 def trainable(config):
     import psutil
-    tune.report({"created": psutil.Process().create_time(), "torch": "torch" in sys.modules,
-                 "dynamo": "torch._dynamo" in sys.modules})
+    tune.report({"pid": os.getpid(), "torch": "torch" in sys.modules, "dynamo": "torch._dynamo" in sys.modules})
 
 t0 = time.time()
 with driver._trial_actors_on_idle_workers():
@@ -246,8 +257,9 @@ print(json.dumps({"t0": t0, "trials": [r.metrics for r in grid]}))
 """
 
 
-def _cluster_probe(tmp_path: Path, warm_nodes: bool) -> dict:
-    """One fresh LocalCluster (a head without CPUs, one 1-CPU worker node), the probe's two trials on it."""
+def _cluster_probe(tmp_path: Path, warm_nodes: bool) -> tuple[dict, list[int]]:
+    """One fresh LocalCluster (a head without CPUs, one 1-CPU worker node), the probe's two trials on it; its
+    output and the pids of the node's workers warmed before the probe started."""
     from sweep.localcluster import LocalCluster, group_alive
 
     c = LocalCluster(head_cpus=0, warm=warm_nodes)
@@ -257,6 +269,7 @@ def _cluster_probe(tmp_path: Path, warm_nodes: bool) -> dict:
         assert c.alive_nodes(2) == 2
         # a warm node's idle worker has imported what a trial needs before the sweep starts
         assert c.warm_workers(1, timeout=180) == (1 if warm_nodes else 0)
+        warmed = [int(name) for name in os.listdir(c.warm_dir)] if warm_nodes else []
         env = {k: v for k, v in c.env.items() if k != "RAY_ADDRESS"}
         env["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
         p = subprocess.run([sys.executable, "-c", CLUSTER_PROBE, c.address, str(tmp_path / "tune")], env=env,
@@ -267,21 +280,20 @@ def _cluster_probe(tmp_path: Path, warm_nodes: bool) -> dict:
         c.stop()
         assert not [g for g in c.groups if group_alive(g)]
     assert len(out["trials"]) == 2
-    return out
+    return out, warmed
 
 
 @pytest.mark.integration
 @pytest.mark.serial
 @pytest.mark.parametrize("warm_nodes", [True, False])
-def test_a_cluster_trial_on_a_warm_node_finds_what_it_needs_imported(tmp_path, warm_nodes):
+def test_a_cluster_trial_on_a_warm_node_runs_in_the_worker_warmed_before_the_sweep(tmp_path, warm_nodes):
     # Nodes started with warm workers (LocalCluster(warm=True), an experiment: sweep/warm.py) hold one idle
-    # worker per CPU that has imported what a trial needs before the sweep; every worker such a node starts
-    # imports it too, so a trial there never imports torch itself.  The control (warm=False, the default)
-    # shows the probe can tell: a process there has imported nothing of a trial's.  Not asserted: that the
-    # trial runs in the very worker warmed before the sweep.  Ray often replaces that worker as the driver's
-    # job starts (the trial's worker then started with the job, and imports before it takes the trial), which
-    # a driver cannot prevent: with Ray's first-job prestart off (LocalCluster sets it) two probes in four
-    # kept it on one run, none in eight on another, on a busy 2-core machine.
-    out = _cluster_probe(tmp_path, warm_nodes)
+    # worker per CPU that has imported what a trial needs before the sweep, and the trials run in it: with the
+    # raylet's idle killer on, that worker was killed as the driver's job reserved the CPU in 3 probes of 4
+    # (the trial then waited for a fresh process's imports), with it off (warm.KEEP_IDLE_ENV) in none of 4.
+    # The control (warm=False, the default) shows the probe can tell: a process there has imported nothing.
+    out, warmed = _cluster_probe(tmp_path, warm_nodes)
     imported = [m["torch"] and m["dynamo"] for m in out["trials"]]
     assert imported == [warm_nodes, warm_nodes], out
+    if warm_nodes:
+        assert [m["pid"] for m in out["trials"]] == [warmed[0]] * 2, (out, warmed)
