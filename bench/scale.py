@@ -6,9 +6,10 @@
    share one process group whose id is that ``ray start``'s pid.  The script waits until ``ray.nodes()``
    shows every node alive.  Token authentication is on (a fresh token, in ``RAY_AUTH_TOKEN``) for the cluster and
    both drivers.  Each side gets a fresh cluster of plain nodes; with ``--warm-nodes`` ours' nodes start
-   with warm workers (``RAY_enable_worker_prestart=1 RAY_preload_python_modules=sweep.warm``, and the script
-   waits until every node's idle worker has imported what a trial needs), raw's stay plain (a warm node
-   would make raw's fresh trial workers import torch).
+   with warm workers (``RAY_enable_worker_prestart=1 RAY_preload_python_modules=sweep.warm``, the raylet's
+   idle-worker killer off: ``sweep.localcluster.LocalCluster(warm=True)``; the script waits until every
+   node's idle worker has imported what a trial needs), raw's stay plain (a warm node would make raw's fresh
+   trial workers import torch).
 2. ours: ``sweep run SPACE --address 127.0.0.1:PORT --trials N --concurrency 4`` in a subprocess, on a
    trivial space: a tiny synthetic dataset (1x8x8, 4 classes, 64/32/32 images), ``small_cnn``,
    ``magnitude`` over the ratio, ``baseline.epochs: 1``, ``finetune.epochs: 0``, ``measure.repeats: 3``,
