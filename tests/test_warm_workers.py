@@ -245,7 +245,6 @@ from sweep import driver
 ray.init(address=sys.argv[1], logging_level=logging.ERROR, log_to_driver=False)
 
 def trainable(config):
-    import psutil
     tune.report({"pid": os.getpid(), "torch": "torch" in sys.modules, "dynamo": "torch._dynamo" in sys.modules})
 
 t0 = time.time()
