@@ -28,11 +28,11 @@ driver RSS when Tune starts and at the last trial; driver CPU seconds per trial 
 trials centred on trial ``--mark`` (trials mark/2 .. 3 mark/2) and in the last ``--mark`` trials
 (N - mark .. N), and their ratio; trials lost = trials asked - finished rows (ok or failed) in the sweep's
 results (``trials.parquet`` and its journal, merged).  For each side's steady state, the CPU per trial of
-everything it runs (:func:`sweep_cpu_s`) and the most trials/s the machine's cores allow at that figure: on a
-small machine, whether a side is bound by its CPU or by Ray Tune's turnaround.  At the end every process
-group recorded at ``ray start`` is sent SIGTERM, then SIGKILL after a grace period; any process still carrying the
-cluster's private temp dir on its command line (a worker one of our raylets spawned) is killed by pid.
-Nothing else is touched (no ``ray stop``).
+everything it runs (:func:`sweep_cpu`), also by kind of process, and the most trials/s the machine's cores
+allow at that figure: on a small machine, whether a side is bound by its CPU or by Ray Tune's turnaround.
+At the end every process group recorded at ``ray start`` is sent SIGTERM, then SIGKILL after a grace
+period; any process still carrying the cluster's private temp dir on its command line (a worker one of our
+raylets spawned) is killed by pid.  Nothing else is touched (no ``ray stop``).
 
     python bench/scale.py                          # 1000 trials, mark 100
     python bench/scale.py --trials 200 --mark 20   # a reduced run for a small machine
@@ -108,10 +108,35 @@ def _proc_table() -> dict[int, tuple[int, int, float]]:
     return out
 
 
-def sweep_cpu_s(groups: list[int], driver: int) -> float:
-    """CPU seconds so far of everything one side runs: the cluster's daemons (the process groups of its
-    ``ray start``s), the driver, and every process any of them started (trial workers, the MLflow mirror,
-    the model inbox).  Processes that ended are not counted; in the steady state the workers live on."""
+def process_kind(pid: int, driver: int) -> str:
+    """What process ``pid`` is, by its command line: ``driver``; a Ray worker by its process title
+    (``ray::ImplicitFunc`` for a trial's actor, ``ray::_ModelInbox``, ``ray::IDLE``; a method name after
+    the dot dropped); a daemon by its executable (``raylet``, ``gcs_server``); a Python process by its
+    ``-m`` module or script (``sweep.results.mirror_process``, ``agent.py``)."""
+    if pid == driver:
+        return "driver"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return "?"
+    if not argv:
+        return "?"
+    if argv[0].startswith("ray::"):  # a worker's title, one string: ray::<actor or task>[.<method>] ...
+        return argv[0].split()[0].split(".")[0]
+    exe = os.path.basename(argv[0])
+    if exe.startswith("python"):
+        rest = argv[1:]
+        if "-m" in rest[:-1]:
+            return rest[rest.index("-m") + 1]
+        return os.path.basename(next((a for a in rest if not a.startswith("-")), exe))
+    return exe
+
+
+def sweep_cpu(groups: list[int], driver: int) -> dict[int, tuple[str, float]]:
+    """Everything one side runs, now: pid -> (:func:`process_kind`, CPU seconds so far) for the cluster's
+    daemons (the process groups of its ``ray start``s), the driver, and every process any of them started
+    (trial workers, the MLflow mirror, the model inbox).  Processes that ended are not in it."""
     table = _proc_table()
     mine = {pid for pid, (_, pgrp, _) in table.items() if pgrp in groups or pid == driver}
     grew = True
@@ -119,7 +144,17 @@ def sweep_cpu_s(groups: list[int], driver: int) -> float:
         more = {pid for pid, (ppid, _, _) in table.items() if ppid in mine and pid not in mine}
         mine |= more
         grew = bool(more)
-    return sum(table[pid][2] for pid in mine)
+    return {pid: (process_kind(pid, driver), table[pid][2]) for pid in mine}
+
+
+def cpu_by_kind(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds each kind of process spent between two :func:`sweep_cpu` readings: per pid alive at the
+    second (one started meanwhile counts from 0; one that ended meanwhile is not counted), under the kind it
+    has then (a worker's title changes when an actor starts in it)."""
+    out: dict[str, float] = {}
+    for pid, (kind, c) in after.items():
+        out[kind] = out.get(kind, 0.0) + c - before.get(pid, (kind, 0.0))[1]
+    return out
 
 
 def machine_busy_s() -> float:
@@ -207,7 +242,7 @@ def run_ours(space: Path, folder: Path, address: str, trials: int, conc: int, ti
             del tail[:-40]
             if not start and re.match(r"running \d+ trial", line):
                 start.update(t=now, cpu=cpu, rss=rss)
-                whole[0] = (now, sweep_cpu_s(groups, p.pid), machine_busy_s())
+                whole[0] = (now, sweep_cpu(groups, p.pid), machine_busy_s())
                 if spy_out:
                     spy.append(py_spy(p.pid, spy_out))
             m = PROGRESS.match(line)
@@ -215,7 +250,7 @@ def run_ours(space: Path, folder: Path, address: str, trials: int, conc: int, ti
                 seen.add(int(m[1]))
                 samples.append((int(m[1]), now, cpu, rss))
                 if int(m[1]) % step == 0:
-                    whole[int(m[1])] = (now, sweep_cpu_s(groups, p.pid), machine_busy_s())
+                    whole[int(m[1])] = (now, sweep_cpu(groups, p.pid), machine_busy_s())
                     print(f"  | {line[:110]}", file=sys.stderr, flush=True)
 
     reader = threading.Thread(target=read, daemon=True)
@@ -289,7 +324,7 @@ def run_raw(address: str, work: Path, durations: list[float], trials: int, conc:
         def on_trial_complete(self, iteration, trials, trial, **info):
             samples.append((len(samples) + 1, time.time(), cpu_s(me), rss_mb(me)))
             if len(samples) % step == 0:
-                whole[len(samples)] = (time.time(), sweep_cpu_s(groups, me), machine_busy_s())
+                whole[len(samples)] = (time.time(), sweep_cpu(groups, me), machine_busy_s())
 
     os.environ.update(TUNE_ENV)
     ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
@@ -304,7 +339,7 @@ def run_raw(address: str, work: Path, durations: list[float], trials: int, conc:
                            run_config=tune.RunConfig(name="raw", storage_path=str(work / "raw"), verbose=0,
                                                      callbacks=[Sampler()]))
         start = dict(t=time.time(), cpu=cpu_s(me), rss=rss_mb(me))
-        whole[0] = (start["t"], sweep_cpu_s(groups, me), machine_busy_s())
+        whole[0] = (start["t"], sweep_cpu(groups, me), machine_busy_s())
         results = tuner.fit()
         fit_s = time.time() - start["t"]
         done = sum(1 for r in results if r.error is None)
@@ -354,8 +389,9 @@ def print_stretches(name: str, by: dict, start: dict, n: int) -> None:
 def print_whole(name: str, whole: dict, mark: int, n: int) -> None:
     """The steady state of everything a side runs, from trial ``mark`` to the last sample before the last
     tenth (by the last trial Tune has ended the trial workers, and a process that ended no longer counts):
-    throughput, CPU per trial of all its processes (:func:`sweep_cpu_s`), the cores that takes and the
-    machine's busy cores, and the most trials/s this machine's cores allow at that CPU per trial."""
+    throughput, CPU per trial of all its processes (:func:`sweep_cpu`), the cores that takes and the
+    machine's busy cores, the most trials/s this machine's cores allow at that CPU per trial, and the CPU
+    per trial by kind of process (:func:`cpu_by_kind`): where a side's CPU goes."""
     ks = sorted(k for k in whole if mark <= k <= n - max(1, n // 10))
     if len(ks) < 2:
         return
@@ -363,12 +399,17 @@ def print_whole(name: str, whole: dict, mark: int, n: int) -> None:
     k, dt, cores = ks[-1] - ks[0], t1 - t0, os.cpu_count() or 1
     if dt <= 0 or k <= 0:
         return
-    per = (c1 - c0) / k
+    kinds = cpu_by_kind(c0, c1)
+    per = sum(kinds.values()) / k
     print(f"# {name} steady state, trials {ks[0]}..{ks[-1]}: {k / dt:.1f} trials/s; all its processes (cluster "
           f"daemons, trial workers, driver and its children) {per * 1000:.1f} ms of CPU per trial = "
-          f"{(c1 - c0) / dt:.2f} cores; the machine {(b1 - b0) / dt:.2f} of {cores} cores busy (anyone's); "
+          f"{per * k / dt:.2f} cores; the machine {(b1 - b0) / dt:.2f} of {cores} cores busy (anyone's); "
           f"{cores} cores allow at most {cores / per if per > 0 else float('inf'):.1f} trials/s at that CPU per "
           f"trial")
+    top = sorted(kinds.items(), key=lambda kv: -kv[1])
+    shown = [f"{kind} {c / k * 1000:.1f}" for kind, c in top if c / k >= 0.0005]
+    rest = sum(c for _, c in top if c / k < 0.0005) / k * 1000
+    print(f"# {name} CPU ms per trial by process: " + ", ".join(shown) + (f", others {rest:.1f}" if rest else ""))
 
 
 def main(argv=None) -> int:

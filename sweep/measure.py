@@ -272,7 +272,7 @@ _ONNX: OrderedDict = OrderedDict()
 ONNX_REMEMBERED_BYTES = 64 * 2**20
 
 
-def export_onnx(model, example, *, check: bool = True, remember: bool = False) -> bytes:
+def export_onnx(model, example, *, check: bool = True, remember: bool = False, threads: int = 1) -> bytes:
     """``model`` as an ONNX model (serialised bytes) for a fixed input of ``example``'s shape.
 
     The TorchScript-tracing exporter (``dynamo=False``) first: on this project's models (plain, residual
@@ -294,6 +294,10 @@ def export_onnx(model, example, *, check: bool = True, remember: bool = False) -
     convolutions with their BatchNorm itself (``ORT_ENABLE_ALL``): the unfolded graph of ResNet-20 and of
     ``small_cnn`` ran as fast as the folded one (median ratio 0.999 and 1.006, interleaved runs).
     Without ``remember`` (``sweep select``'s exported file), constants are folded as before.
+
+    The check runs the graph in an ONNX Runtime session with ``threads`` intra-op threads; that session is
+    kept for the next :func:`make_runner` of the very same bytes (see :func:`_checked_session`), so a graph
+    exported to be timed is loaded into a session once, not twice.
     """
     import contextlib
     import io
@@ -307,7 +311,7 @@ def export_onnx(model, example, *, check: bool = True, remember: bool = False) -
         try:
             onnx_model = _with_weights(_ONNX[key], model)
             if check:
-                _check_export(model, example, onnx_model)
+                _check_export(model, example, onnx_model, threads)
             _ONNX.move_to_end(key)
             return onnx_model
         except Exception:  # not this model's graph after all: forget it and trace afresh
@@ -328,7 +332,7 @@ def export_onnx(model, example, *, check: bool = True, remember: bool = False) -
                                                 output_names=["output"])
                     onnx_model = program.model_proto.SerializeToString()
             if check:
-                _check_export(model, example, onnx_model)
+                _check_export(model, example, onnx_model, threads)
             if key is not None and not dynamo:
                 _remember_graph(key, onnx_model, model)
             return onnx_model
@@ -368,18 +372,25 @@ def _with_weights(onnx_model: bytes, model) -> bytes:
     return proto.SerializeToString()
 
 
-def _check_export(model, example, onnx_model: bytes) -> None:
+# the session the last successful export check ran in, kept for make_runner (see _checked_session)
+_CHECKED: dict = {}
+
+
+def _check_export(model, example, onnx_model: bytes, threads: int = 1) -> None:
     """Raise unless the exported graph gives the model's outputs on a *fresh* input: tracing records one
-    path through the code, so a data-dependent forward would otherwise be timed as a different network."""
+    path through the code, so a data-dependent forward would otherwise be timed as a different network.
+    The session it ran in (``threads`` intra-op threads) is kept in :data:`_CHECKED` for ``onnx_model``."""
     import torch
 
+    _CHECKED.clear()
     with torch.random.fork_rng(devices=[]), torch.no_grad():  # leave the caller's RNG where it was
         torch.manual_seed(0)
         x = torch.randn_like(example)
         want = model(x)
     if not isinstance(want, torch.Tensor):
         return  # several outputs: the export itself is the check
-    sess = ort_session(onnx_model, threads=1, device="cpu" if example.device.type == "cpu" else str(example.device))
+    device = "cpu" if example.device.type == "cpu" else str(example.device)
+    sess = ort_session(onnx_model, threads=threads, device=device)
     got = sess.run(None, {sess.get_inputs()[0].name: x.cpu().numpy()})[0]
     want = want.detach().cpu().numpy()
     scale = float(abs(want).max()) or 1.0
@@ -387,6 +398,19 @@ def _check_export(model, example, onnx_model: bytes) -> None:
     if not diff <= 1e-3 * scale + 1e-5:  # float32 kernels differ in summation order, not more
         raise ValueError(f"the exported graph's outputs differ from the model's (max abs difference {diff:.3g}, "
                          f"output scale {scale:.3g}, shapes {got.shape} and {want.shape})")
+    _CHECKED.update(graph=onnx_model, threads=int(threads), device=device, session=sess)
+
+
+def _checked_session(onnx_model: bytes, threads: int, device: str):
+    """The session :func:`_check_export` last ran ``onnx_model`` in -- these very bytes (the object the
+    export returned), with these threads on this device -- taken out of the cache; None otherwise.  A
+    session's options are fixed when it is made, so such a session is the one :func:`ort_session` would
+    make now, already loaded and optimised."""
+    if _CHECKED.get("graph") is onnx_model and _CHECKED["threads"] == int(threads) and _CHECKED["device"] == device:
+        sess = _CHECKED["session"]
+        _CHECKED.clear()
+        return sess
+    return None
 
 
 def ort_session(onnx_model: bytes, threads: int, device: str = "cpu"):
@@ -438,8 +462,8 @@ def make_runner(model, input_shape, *, batch: int, threads: int, device: str = "
     if runtime == "onnxruntime":
         model = model.to(device).eval()
         if onnx_model is None:
-            onnx_model = export_onnx(model, x, check=check, remember=True)
-        sess = ort_session(onnx_model, threads, device)
+            onnx_model = export_onnx(model, x, check=check, remember=True, threads=threads)
+        sess = _checked_session(onnx_model, threads, device) or ort_session(onnx_model, threads, device)
         # a host array: on CUDA each run includes its copy to the device, as serving from numpy does
         feed = {sess.get_inputs()[0].name: x.cpu().numpy()}
         return Runner(lambda: sess.run(None, feed), lambda: None, threads, runtime_label(runtime))

@@ -260,9 +260,9 @@ def model_requirement() -> str:
 def _register(state: dict, name: str, chosen: TrialRecord, model, example, out: Path, log) -> dict:
     """Log the chosen model to its trial's MLflow run, register it, and point the alias at it."""
     try:
-        import mlflow
+        from .results.mlflow_sink import _client  # noqa: I001 (first: it keeps MLflow's telemetry off)
 
-        from .results.mlflow_sink import _client
+        import mlflow
 
         uri = state["tracking_uri"]
         client = _client(uri)

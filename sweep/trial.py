@@ -146,9 +146,11 @@ def sweep_quality(cfg: SweepConfig, model, data: TrialData, judge) -> float:
 
 
 def measure_all(cfg: SweepConfig, model, splits, data: TrialData, threads: int, teacher=None,
-                costs: dict | None = None) -> Figures:
+                costs: dict | None = None, quality: float | None = None) -> Figures:
     """Accuracy (labels read here only, for reporting), agreement with the teacher, params, MACs, latency
-    (``costs`` when already measured: pruning fixed them)."""
+    (``costs`` when already measured: pruning fixed them).  ``quality``: the sweep's quality objective
+    (:func:`sweep_quality`, with ``teacher`` as its judge) already measured on this very network -- nothing
+    trained it since --, taken as it is rather than measured again."""
     from .measure import accuracy, agreement, count_macs, count_params, measure_latency
 
     device = cfg.measure.device
@@ -160,9 +162,16 @@ def measure_all(cfg: SweepConfig, model, splits, data: TrialData, threads: int, 
 
             acc, nmi = cluster_scores(model, loader, device) if loader is not None else (None, None)
             scores[f"{split}accuracy"], scores[f"{split}nmi"] = acc, nmi
+        elif split == "" and quality is not None and not cfg.label_free:  # sweep_quality: this accuracy
+            scores["accuracy"] = quality
         else:
             scores[f"{split}accuracy"] = accuracy(model, loader, device) if loader is not None else None
-    agree = 1.0 if teacher is None else agreement(model, teacher.to(device), data.method.val_inputs, device)
+    if teacher is None:
+        agree = 1.0
+    elif quality is not None and cfg.label_free:  # sweep_quality: agreement with this teacher on these inputs
+        agree = quality
+    else:
+        agree = agreement(model, teacher.to(device), data.method.val_inputs, device)
     if costs is not None:
         return Figures(**scores, params=costs["params"], macs=costs["macs"], latency=costs["latency"],
                        agreement=agree)
@@ -485,8 +494,10 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder, log_metric, ru
     if sched is not None and sched.rung0 and not tuned_by_method:
         rung(0, pruned_quality, costs)
     epochs = 0
+    quality = pruned_quality  # the quality of the network as it is now (None: trained since it was measured)
     if not tuned_by_method and cfg.finetune.epochs > 0:
         on_epoch = None
+        quality = None  # rungs sit below the last epoch (mo_asha.SchedulerSettings.rungs): measured again
         if sched is not None:
             rungs = set(sched.rungs())
 
@@ -498,6 +509,6 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder, log_metric, ru
         epochs = cfg.finetune.epochs
     elif tuned_by_method:
         epochs = int(result.info.get("epochs", 0)) if isinstance(result.info, dict) else 0
-    fig = measure_all(cfg, model, splits, data, threads, teacher=judge, costs=costs)
+    fig = measure_all(cfg, model, splits, data, threads, teacher=judge, costs=costs, quality=quality)
     rel = folder.save_model(model.to("cpu"), folder.model_rel(spec.trial_id))
     return _Outcome("ok", fig=fig, info=result.info, rel=rel, epochs=epochs)

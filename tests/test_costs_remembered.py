@@ -168,3 +168,49 @@ def test_a_remembered_graph_that_does_not_fit_is_forgotten_and_the_model_traced_
     with torch.no_grad():
         assert torch.allclose(_ort_outputs(graph, x), a(x), atol=1e-4, rtol=1e-4)
     assert len(traced) == 3 and measure._ONNX[key] == graph  # traced again, and remembered right
+
+
+@pytest.fixture
+def sessions(monkeypatch):
+    """Each ONNX Runtime session made, with its intra-op threads."""
+    made = []
+    real = measure.ort_session
+
+    def making(onnx_model, threads, device="cpu"):
+        made.append(threads)
+        return real(onnx_model, threads, device)
+
+    monkeypatch.setattr(measure, "ort_session", making)
+    monkeypatch.setattr(measure, "_CHECKED", {})
+    return made
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("remembered", [False, True])
+def test_a_latency_on_onnxruntime_loads_its_graph_into_one_session_the_checked_one(sessions, threads, remembered):
+    net = _trained_like(nets.PlainCNN(), 6)
+    if remembered:  # its architecture's graph already traced: the remembered graph with its weights
+        measure.export_onnx(_trained_like(nets.PlainCNN(), 7), torch.randn(1, 3, 16, 16), remember=True)
+        sessions.clear()
+    lat = measure.measure_latency(net, (3, 16, 16), warmup=1, repeats=2, threads=threads, runtime="onnxruntime")
+    assert sessions == [threads] and lat.threads == threads and measure._CHECKED == {}
+
+
+def test_a_checked_session_serves_only_its_own_graph_threads_and_device(sessions):
+    x = torch.randn(1, 3, 16, 16)
+    graph = measure.export_onnx(_trained_like(nets.PlainCNN(), 8), x, threads=1)
+    assert measure._checked_session(graph[:1] + graph[1:], 1, "cpu") is None  # equal bytes, another object
+    assert measure._checked_session(graph, 2, "cpu") is None
+    assert measure._checked_session(graph, 1, "cuda:0") is None
+    sess = measure._checked_session(graph, 1, "cpu")
+    assert sess is not None and measure._checked_session(graph, 1, "cpu") is None  # handed out once
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(out), _ort_outputs(graph, x), atol=1e-5)
+
+
+def test_a_failed_check_keeps_no_session(sessions):
+    x = torch.randn(1, 3, 16, 16)
+    good = measure.export_onnx(_trained_like(nets.PlainCNN(), 9), x)
+    with pytest.raises(ValueError, match="outputs differ"):
+        measure._check_export(_trained_like(nets.PlainCNN(), 10), x, good)  # another network's weights
+    assert measure._CHECKED == {}

@@ -546,3 +546,29 @@ def test_a_new_embedded_store_appears_whole_or_not_at_all(tmp_path, monkeypatch)
     assert sink.client.get_run(run).data.params == {"a": "1"}
     assert db.is_file() and not list(tmp_path.glob("mlflow.db.new-*"))
     assert ms._sqlite_file(f"sqlite:///{db}") in ms._SQLITE_FILES  # the store is tuned (WAL) as before
+
+
+@pytest.mark.parametrize("sweep_first, opted_in, reports", [
+    (True, False, False),  # a sweep's process: MLflow reports nothing
+    (True, True, True),  # the user opted in: as they asked
+    (False, False, True),  # the control: MLflow alone would report from this environment
+])
+def test_mlflow_reports_no_usage_from_a_sweep_unless_the_user_opts_in(tmp_path, sweep_first, opted_in, reports):
+    """MLflow starts its usage telemetry when imported, unless switched off first (tests and CI switch it
+    off themselves: the child process runs without those variables, in a home folder of its own)."""
+    import os
+    import subprocess
+    import sys
+
+    # what mlflow.telemetry.utils reads as "CI or testing", and the two switches themselves
+    ci = {"PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "CI", "CIRCLECI", "GITLAB_CI", "JENKINS_URL", "TRAVIS", "TF_BUILD",
+          "BITBUCKET_BUILD_NUMBER", "CODEBUILD_BUILD_ARN", "BUILDKITE", "TEAMCITY_VERSION", "CLOUD_RUN_EXECUTION",
+          "RUNBOT_HOST_URL", "RUNBOT_BUILD_NAME", "RUNBOT_WORKER_ID", "DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY"}
+    env = {k: v for k, v in os.environ.items() if k not in ci}
+    env.update(HOME=str(tmp_path), **({"MLFLOW_DISABLE_TELEMETRY": "false"} if opted_in else {}))
+    code = ("import sweep.results.mlflow_sink\n" if sweep_first else "") + (
+        "import mlflow\nfrom mlflow.telemetry import get_telemetry_client\n"
+        "print(get_telemetry_client() is not None)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == str(reports)

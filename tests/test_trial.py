@@ -92,6 +92,37 @@ def test_trial_ok_row_is_smaller_and_saved(swept):
     assert "channels" in json.loads(row["info"])
 
 
+@pytest.mark.parametrize("finetune, scheduler, passes", [
+    (0, None, 1),  # measured once, right after pruning: nothing trains it after
+    (1, None, 2),  # after pruning, then the fine-tuned network
+    (3, {"type": "mo_asha", "min_epochs": 1, "rung0": True}, 3),  # rung 0 (after pruning), rung 1, the end
+], ids=["no-finetune", "finetune", "successive-halving"])
+def test_a_trial_measures_its_validation_quality_once_per_network(swept, monkeypatch, finetune, scheduler, passes):
+    """The validation accuracy a trial records is that of its final network, measured once for it."""
+    from sweep import measure, trial
+
+    _, d, _ = swept
+    cfg = parse_config({**SPACE, "finetune": {**SPACE["finetune"], "epochs": finetune},
+                        "search": {**SPACE["search"], **({"scheduler": scheduler} if scheduler else {})}},
+                       source="t.yaml")
+    assert cfg.search.scheduler is None or cfg.search.scheduler.rungs() == (0, 1)
+    splits = trial.load_splits(cfg)  # the splits every trial of this process uses (remembered)
+    seen = []
+    real = measure.accuracy
+
+    def counting(model, loader, device):
+        seen.append(loader.dataset is splits.val)
+        return real(model, loader, device)
+
+    monkeypatch.setattr(measure, "accuracy", counting)
+    row = run_trial(cfg, TrialSpec(str(d), f"q{finetune}{bool(scheduler)}", "magnitude", {"ratio": 0.4}, seed=7))
+    assert row["status"] == "ok", row["error"]
+    assert seen.count(True) == passes and seen.count(False) == 1  # the test split: once, at the end
+    final = SweepFolder(d).load_model(row["model_path"])
+    val = trial.trial_data(cfg, splits, seed=7).val
+    assert row["accuracy"] == pytest.approx(real(final, val, "cpu"), abs=1e-12)
+
+
 def test_diverging_trial_is_a_failed_row(swept):
     cfg, d, _ = swept
     bad = replace(cfg, finetune=replace(cfg.finetune, lr=1e30))

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+# MLflow 3 reports usage to its makers from every process that imports it (a client started at import, an
+# installation id written in the home folder, a config fetched over the network).  A sweep sends nothing
+# to anyone its user did not point it at: off unless the user set it (MLFLOW_DISABLE_TELEMETRY=false opts
+# in).  Set here, before this process imports mlflow: everything that uses MLflow imports this module first.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
@@ -33,8 +40,6 @@ SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL")
 
 def _sqlite_file(uri: str) -> str | None:
     """The real path of the database file of a ``sqlite:///`` URI (None: not a sqlite file)."""
-    import os
-
     if not uri.startswith("sqlite:///"):
         return None
     path = uri.removeprefix("sqlite:///").split("?", 1)[0]
@@ -43,7 +48,6 @@ def _sqlite_file(uri: str) -> str | None:
 
 def _set_pragmas(dbapi_connection, connection_record) -> None:
     """SQLAlchemy ``connect`` hook: :data:`SQLITE_PRAGMAS` on connections to the files in :data:`_SQLITE_FILES`."""
-    import os
     import sqlite3
 
     if not isinstance(dbapi_connection, sqlite3.Connection):
@@ -82,7 +86,6 @@ def _create_sqlite_store(file: str, artifact_dir: Path | None) -> None:
     one left by a process that died is removed.  The tables come from :func:`_template` where it has them
     (a copy opens in milliseconds); otherwise they are made, and kept there for the next new store."""
     import glob
-    import os
 
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
@@ -119,8 +122,6 @@ def _template() -> Path | None:
     Measured on 2 cores: MLflow's migrations make a new store's tables in 1.8 s, a copy of them opens in
     0.04 s -- paid by every new sweep (and by every test that makes one).  The template lacks only the
     default experiment (id 0), whose artifact location is the store's own: MLflow adds it as a store opens."""
-    import os
-
     from mlflow.version import VERSION
 
     folder = os.environ.get(CACHE_ENV) or os.path.join(
@@ -169,7 +170,6 @@ def _rows(file: str, table: str) -> int:
 def _keep_as_template(made: str, template: Path) -> None:
     """Keep a copy of the store just made at ``made``, less its default experiment, as ``template`` (all or
     nothing: copied beside it, then renamed); a cache that cannot be written is passed over."""
-    import os
     import shutil
     import sqlite3
 
@@ -191,8 +191,6 @@ def _keep_as_template(made: str, template: Path) -> None:
 
 def _remove_sqlite(file: str) -> None:
     """A sqlite file and its journals, where they exist."""
-    import os
-
     for path in (file, file + "-wal", file + "-shm", file + "-journal"):
         try:
             os.unlink(path)
@@ -226,8 +224,6 @@ def _check_sqlite_file(file: str) -> None:
 
 
 def _client(uri: str, artifact_dir: Path | None = None):
-    import os
-
     file = _sqlite_file(uri)
     if file is not None and not os.path.exists(file):
         _create_sqlite_store(file, artifact_dir)
