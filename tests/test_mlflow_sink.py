@@ -572,3 +572,22 @@ def test_mlflow_reports_no_usage_from_a_sweep_unless_the_user_opts_in(tmp_path, 
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == str(reports)
+
+
+@pytest.mark.parametrize("folder", ["plain", "a folder with spaces", "odd#1?x=%20"])
+def test_rows_counts_the_table_of_the_file_named_whatever_its_path(tmp_path, folder):
+    import sqlite3
+
+    import sweep.results.mlflow_sink as ms
+
+    (tmp_path / folder).mkdir()
+    file = tmp_path / folder / "store.db"
+    con = sqlite3.connect(file)
+    con.execute("CREATE TABLE runs (a)")
+    con.executemany("INSERT INTO runs VALUES (?)", [(1,), (2,)])
+    con.commit()
+    con.close()
+    assert ms._rows(str(file), "runs") == 2
+    with pytest.raises(sqlite3.OperationalError):  # read-only: nothing is created where there is nothing
+        ms._rows(str(tmp_path / folder / "absent.db"), "runs")
+    assert not (tmp_path / folder / "absent.db").exists()

@@ -160,7 +160,8 @@ def _rows(file: str, table: str) -> int:
     """How many rows ``table`` of the sqlite database ``file`` holds (raises where it is no such database)."""
     import sqlite3
 
-    con = sqlite3.connect(f"file:{file}?mode=ro", uri=True)
+    # a URI, read-only: the path percent-encoded, so that a '?', '#' or '%' in it names the file, not a query
+    con = sqlite3.connect(Path(file).resolve().as_uri() + "?mode=ro", uri=True)
     try:
         return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     finally:
