@@ -131,7 +131,7 @@ def cmd_run(args) -> int:
 
     from .config import load_config
     from .driver import run_sweep
-    from .folder import output_folder
+    from .folder import check_embedded_store_path, output_folder
     from .measure import check_device_here
 
     cfg = load_config(args.space, name=args.name)
@@ -147,7 +147,10 @@ def cmd_run(args) -> int:
     _preflight(cfg)
     _check_tracking_uri(args.tracking_uri)
     sweep_dir = Path(args.out) if args.out else Path("runs") / cfg.name
-    output_folder(sweep_dir, "--out" if args.out else "the sweep folder (runs/<name>)")
+    flag = "--out" if args.out else "the sweep folder (runs/<name>)"
+    resolved = output_folder(sweep_dir, flag)
+    if args.tracking_uri is None:
+        check_embedded_store_path(resolved, flag)
     _quiet_libraries()
     return _run_until_done(cfg, run_sweep, sweep_dir, report_root=Path(args.reports), address=args.address,
                            tracking_uri=args.tracking_uri)

@@ -87,6 +87,21 @@ def output_folder(path: Path | str, flag: str, *, empty: bool = False, reuse: st
     return out
 
 
+# characters a ``sqlite:///`` URI cannot carry in a path: SQLAlchemy reads '?' as the start of a query (the
+# store would silently be made elsewhere) and MLflow unquotes '%' (a path with '%20' is not found)
+_URI_UNSAFE = "?%"
+
+
+def check_embedded_store_path(folder: Path, flag: str) -> None:
+    """``folder`` (absolute) can hold the embedded MLflow store, or a :class:`SweepDirError` says why not."""
+    bad = sorted({c for c in str(folder) if c in _URI_UNSAFE})
+    if bad:
+        raise SweepDirError(f"{flag} must be a path without {' or '.join(repr(c) for c in _URI_UNSAFE)} to hold the "
+                            f"embedded MLflow store (its sqlite URI cannot name such a path), but got {flag}={folder}, "
+                            f"which has {' and '.join(repr(c) for c in bad)}; choose another {flag} or log to a "
+                            f"tracking server with --tracking-uri")
+
+
 @contextmanager
 def written_whole(out: Path):
     """A private scratch folder beside ``out`` to write an output into; once the block ends it becomes ``out``

@@ -405,3 +405,16 @@ def test_an_output_folder_that_is_a_file_is_one_line(sweep_dir, tmp_path, capsys
     assert main(argv) == 2
     assert_one_line_error(capsys, f"--out must be a folder, but got --out={f}, which is a file; choose another --out")
     assert f.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("name, bad", [("exp?1", "'?'"), ("exp%201", "'%'"), ("a?b%c", "'%' and '?'")])
+def test_a_sweep_folder_the_embedded_store_cannot_be_named_in_is_one_line_and_nothing_written(tmp_path, capsys,
+                                                                                               name, bad):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE, sort_keys=False))
+    out = tmp_path / name
+    assert main(["run", str(space), "--out", str(out)]) == 2
+    assert_one_line_error(capsys, f"--out must be a path without '?' or '%' to hold the embedded MLflow store (its "
+                                  f"sqlite URI cannot name such a path), but got --out={out}, which has {bad}; "
+                                  f"choose another --out or log to a tracking server with --tracking-uri")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]
