@@ -157,11 +157,12 @@ def cpu_by_kind(before: dict, after: dict) -> dict[str, float]:
     return out
 
 
-def machine_busy_s() -> float:
-    """CPU seconds all cores have spent busy since boot (``/proc/stat``: every process, ours or not)."""
+def machine_busy_s() -> tuple[float, float]:
+    """CPU seconds all cores have spent busy since boot (``/proc/stat``: every process, ours or not, and the
+    time the hypervisor gave this machine's CPUs to someone else), and of those the stolen ones alone."""
     with open("/proc/stat") as f:
         user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / TICK
+    return (user + nice + system + irq + softirq + steal) / TICK, steal / TICK
 
 
 def rss_mb(pid: int) -> float:
@@ -395,7 +396,7 @@ def print_whole(name: str, whole: dict, mark: int, n: int) -> None:
     ks = sorted(k for k in whole if mark <= k <= n - max(1, n // 10))
     if len(ks) < 2:
         return
-    (t0, c0, b0), (t1, c1, b1) = whole[ks[0]], whole[ks[-1]]
+    (t0, c0, (b0, s0)), (t1, c1, (b1, s1)) = whole[ks[0]], whole[ks[-1]]
     k, dt, cores = ks[-1] - ks[0], t1 - t0, os.cpu_count() or 1
     if dt <= 0 or k <= 0:
         return
@@ -403,7 +404,8 @@ def print_whole(name: str, whole: dict, mark: int, n: int) -> None:
     per = sum(kinds.values()) / k
     print(f"# {name} steady state, trials {ks[0]}..{ks[-1]}: {k / dt:.1f} trials/s; all its processes (cluster "
           f"daemons, trial workers, driver and its children) {per * 1000:.1f} ms of CPU per trial = "
-          f"{per * k / dt:.2f} cores; the machine {(b1 - b0) / dt:.2f} of {cores} cores busy (anyone's); "
+          f"{per * k / dt:.2f} cores; the machine {(b1 - b0) / dt:.2f} of {cores} cores busy (anyone's; "
+          f"{(s1 - s0) / dt:.2f} of them stolen by the hypervisor); "
           f"{cores} cores allow at most {cores / per if per > 0 else float('inf'):.1f} trials/s at that CPU per "
           f"trial")
     top = sorted(kinds.items(), key=lambda kv: -kv[1])
