@@ -58,6 +58,7 @@ from pathlib import Path
 from overhead import OBJECTIVES_DIR, TUNE_ENV, load, optuna_sampler, quiet, store_records
 
 from sweep.localcluster import LocalCluster  # noqa: E402
+from sweep.warm import KEEP_IDLE_ENV  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -182,9 +183,12 @@ def rss_mb(pid: int) -> float:
 class Cluster(LocalCluster):
     """``nodes`` Ray nodes of one CPU each (see :mod:`sweep.localcluster`)."""
 
-    def __init__(self, nodes: int, object_store_mb: int, warm: bool, auth: dict | None = None):
+    def __init__(self, nodes: int, object_store_mb: int, warm: bool, auth: dict | None = None,
+                 keep_idle: bool = False):
         super().__init__(head_cpus=1, object_store_mb=object_store_mb, ray_bin=str(VENV_BIN / "ray"), warm=warm)
         self.n = nodes
+        if keep_idle:  # the raylets' idle-worker killer off (warm nodes have it off already)
+            self.node_env = {**self.node_env, KEEP_IDLE_ENV: "0"}
         if auth:  # a driver process presents one token for good (Ray reads it once): every cluster shares it
             self.auth = dict(auth)
             self.env.update(auth)
@@ -428,6 +432,9 @@ def main(argv=None) -> int:
                     "ours' wall_s[i] instead of sleeping (the load of real trials, or more); not the goal's figure")
     ap.add_argument("--warm-nodes", action="store_true", help="start ours' nodes with warm workers (idle workers "
                     "that import what a trial needs as the node starts; an experiment, see bench/README.md)")
+    ap.add_argument("--keep-idle-workers", action="store_true", help="start every node of both sides with the "
+                    "raylet's idle-worker killer off (RAY_kill_idle_workers_interval_ms=0): no idle worker started and "
+                    "ended again and again while trial actors hold every CPU")
     ap.add_argument("--py-spy", metavar="FILE", help="sample our driver with py-spy while Tune runs (on-CPU "
                     "stacks per thread, raw collapsed format, to FILE); sampling costs CPU: take figures from a "
                     "run without it")
@@ -442,7 +449,7 @@ def main(argv=None) -> int:
     space.write_text(SPACE.format(trials=args.trials, concurrency=args.concurrency))
     folder = work / "ours"
     # Ray reads its auth mode once, when first imported: the clusters' token goes in the environment first
-    cluster = Cluster(args.nodes, args.object_store_mb, warm=args.warm_nodes)
+    cluster = Cluster(args.nodes, args.object_store_mb, warm=args.warm_nodes, keep_idle=args.keep_idle_workers)
     os.environ.update(cluster.auth)  # both drivers present the clusters' token
 
     import ray
@@ -455,7 +462,9 @@ def main(argv=None) -> int:
           f"{'spins the CPU for' if args.raw_busy else 'sleeps'} ours' wall_s[i]")
     print("# each on a fresh cluster: ours on " + ("nodes with warm workers (--warm-nodes: "
           "RAY_enable_worker_prestart=1 RAY_preload_python_modules=sweep.warm)" if args.warm_nodes
-          else "plain `ray start` nodes") + ", raw on plain `ray start` nodes", flush=True)
+          else "plain `ray start` nodes") + ", raw on plain `ray start` nodes"
+          + ("; every node with the idle-worker killer off (--keep-idle-workers: RAY_kill_idle_workers_interval_ms=0)"
+             if args.keep_idle_workers else ""), flush=True)
     print(f"# load avg (1/5/15 min) at start {load()}", flush=True)
 
     def on_signal(signum, frame):
@@ -483,7 +492,8 @@ def main(argv=None) -> int:
               f"wall_s {mean_wall:.3f} s; {ours['fit_line'] or 'no `trials ran` line'}; load avg {load_mid}",
               flush=True)
 
-        cluster = Cluster(args.nodes, args.object_store_mb, warm=False, auth=cluster.auth)
+        cluster = Cluster(args.nodes, args.object_store_mb, warm=False, auth=cluster.auth,
+                          keep_idle=args.keep_idle_workers)
         try:
             cluster.up("raw")
             raw = run_raw(cluster.address, work, durations, args.trials, args.concurrency, 0, cluster.groups,
