@@ -159,10 +159,11 @@ class TrialStore:
     def _read(self, path: Path) -> pa.Table:
         try:
             with open(path, "rb") as f:  # one inode, whatever is renamed over the path meanwhile
-                # one thread: a threaded read from a file object leaves Arrow's pool busy at exit, and a short
-                # process (`sweep status`) then aborts as the interpreter ends ("terminate called without an
-                # active exception", seen with pyarrow 25); these tables are small
-                return pq.read_table(f, use_threads=False)
+                # no Arrow thread at all: a thread of Arrow's pools still busy as the interpreter ends aborts a
+                # short process (`sweep status`: "terminate called without an active exception", pyarrow 25).
+                # `read_table(use_threads=False)` still pre-buffers on the I/O pool; this reader starts none.
+                # These tables are small.
+                return pq.ParquetFile(f, pre_buffer=False).read(use_threads=False)
         except FileNotFoundError:
             if path == self.path:
                 raise
