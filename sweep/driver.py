@@ -33,7 +33,16 @@ from pathlib import Path
 from .config import SweepConfig
 from .constraints import budget_names
 from .errors import SweepDirError, SweepError
-from .folder import BASELINE_MODEL, HEARTBEAT_EVERY_S, HEARTBEAT_MIN_S, MLFLOW_DB, SweepFolder, report_dir, sweep_meta
+from .folder import (
+    BASELINE_MODEL,
+    EMBEDDED_KEY,
+    HEARTBEAT_EVERY_S,
+    HEARTBEAT_MIN_S,
+    MLFLOW_DB,
+    SweepFolder,
+    report_dir,
+    sweep_meta,
+)
 from .pareto import DIRECTIONS
 from .results.schema import FINISHED, TrialRecord, epochs_spent, with_front
 from .results.store import TrialStore
@@ -1465,7 +1474,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
     from .results.mirror_process import open_mirror
 
     state = folder.state()
-    uri = tracking_uri or state.get("tracking_uri") or folder.default_tracking_uri
+    uri = tracking_uri or folder.tracking_uri(state)  # a moved or copied folder keeps its own embedded store
     experiment = state.get("experiment") or cfg.name
     sink = _open_sink(uri, experiment, folder)
     parent_id = state.get("parent_run_id")
@@ -1486,7 +1495,8 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
             "methods": ",".join(m.name for m in cfg.methods), "finetune_epochs": cfg.finetune.epochs,
             "seed": cfg.seed})
         sink.log_artifact(parent_id, folder.config_path)
-    state.update(tracking_uri=uri, experiment=experiment, parent_run_id=parent_id, name=cfg.name)
+    state.update(tracking_uri=uri, experiment=experiment, parent_run_id=parent_id, name=cfg.name,
+                 **{EMBEDDED_KEY: uri == folder.default_tracking_uri})
     folder.write_state(state)
 
     store = folder.store

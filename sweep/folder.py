@@ -48,6 +48,7 @@ RAY_DIR = "ray"
 SELECTED_DIR = "selected"
 SELECTION_FILE = "selection.json"  # what `sweep select` decided, in its output folder
 MLFLOW_DB = "mlflow.db"
+EMBEDDED_KEY = "embedded_store"  # state.json: the sweep tracks to its folder's own store (SweepFolder.tracking_uri)
 ARTIFACTS_DIR = "mlartifacts"
 LOCK_FILE = ".lock"
 # state.json's writers in this process, one at a time (a heartbeat's read and rewrite is one step)
@@ -167,6 +168,22 @@ class SweepFolder:
     def default_tracking_uri(self) -> str:
         """The embedded MLflow store: sqlite in the folder (absolute, so it works from any cwd)."""
         return f"sqlite:///{self.path / MLFLOW_DB}"
+
+    def tracking_uri(self, state: dict | None = None) -> str:
+        """The MLflow tracking store of this folder's sweep: the one named in ``state.json`` (``state``, read
+        when not given), except that a sweep on the embedded store keeps the store in *this* folder.
+
+        ``state.json`` holds the URI absolute; a folder moved or copied (to another machine, a backup, a new
+        name) would otherwise write its runs into the store where it used to be -- the original's, for a copy.
+        The embedded store is recognised by ``embedded_store`` in the state, or, in a state written before
+        that key, by a recorded sqlite file named ``mlflow.db`` while this folder holds its own."""
+        state = self.state() if state is None else state
+        uri = state.get("tracking_uri")
+        if not uri or state.get(EMBEDDED_KEY):
+            return self.default_tracking_uri
+        legacy = (EMBEDDED_KEY not in state and uri.startswith("sqlite:///")
+                  and Path(uri.removeprefix("sqlite:///")).name == MLFLOW_DB and (self.path / MLFLOW_DB).is_file())
+        return self.default_tracking_uri if legacy else uri
 
     @property
     def store(self) -> TrialStore:

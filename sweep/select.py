@@ -197,7 +197,8 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
         (tmp / SELECTION_FILE).write_text(json.dumps(decision, indent=2, default=str))
         (tmp / "selection.md").write_text(_markdown(decision))
     if register:
-        decision["registry"] = _register(state, cfg.name, chosen, chosen_model, splits.example_input(1), out, log)
+        decision["registry"] = _register(folder, state, cfg.name, chosen, chosen_model, splits.example_input(1), out,
+                                          log)
         (out / SELECTION_FILE).write_text(json.dumps(decision, indent=2, default=str))
     decision["out"] = str(out)
     return decision
@@ -257,15 +258,17 @@ def model_requirement() -> str:
     return f"torch=={torch.__version__.split('+')[0]}"
 
 
-def _register(state: dict, name: str, chosen: TrialRecord, model, example, out: Path, log) -> dict:
-    """Log the chosen model to its trial's MLflow run, register it, and point the alias at it."""
+def _register(folder: SweepFolder, state: dict, name: str, chosen: TrialRecord, model, example, out: Path,
+              log) -> dict:
+    """Log the chosen model to its trial's MLflow run, register it, and point the alias at it (in the sweep's
+    store: :meth:`SweepFolder.tracking_uri`, the folder's own where the sweep used the embedded one)."""
     try:
         from .results.mlflow_sink import _client  # noqa: I001 (first: it keeps MLflow's telemetry off)
 
         import mlflow
 
-        uri = state["tracking_uri"]
-        client = _client(uri)
+        uri = folder.tracking_uri(state)
+        client = _client(uri, folder.artifacts_dir if uri == folder.default_tracking_uri else None)
         mlflow.set_tracking_uri(uri)
         run_id = chosen.mlflow_run_id or state.get("parent_run_id")
         reg_name = f"{name}-selected"

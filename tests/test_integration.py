@@ -178,6 +178,18 @@ def test_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     assert main(["report", str(sweep_dir)]) == 0
     assert (report / "index.html").is_file()
 
+    # a copy of the folder (a backup, rsync to another machine) selects into its own MLflow store and
+    # artifacts; the original's store keeps what it had
+    copy = tmp_path / "elsewhere" / "itest copy"
+    shutil.copytree(sweep_dir, copy)
+    versions = len(client.search_model_versions("name = 'itest-selected'"))
+    assert main(["select", str(copy), "--max-params", str(limit)]) == 0
+    assert len(client.search_model_versions("name = 'itest-selected'")) == versions
+    mine = MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    mv = mine.get_model_version_by_alias("itest-selected", "selected")
+    assert int(mv.version) == versions + 1
+    assert mine.get_model_version_download_uri("itest-selected", mv.version).startswith((copy / "mlartifacts").as_uri())
+
 
 def _stop_mid_sweep(cmd: list[str], cwd: Path, sweep_dir: Path, sig: int, finished_before: int) -> tuple[int, str]:
     """Run ``sweep <cmd>`` until one more trial than ``finished_before`` has finished while another one runs

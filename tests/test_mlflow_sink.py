@@ -591,3 +591,47 @@ def test_rows_counts_the_table_of_the_file_named_whatever_its_path(tmp_path, fol
     with pytest.raises(sqlite3.OperationalError):  # read-only: nothing is created where there is nothing
         ms._rows(str(tmp_path / folder / "absent.db"), "runs")
     assert not (tmp_path / folder / "absent.db").exists()
+
+
+@pytest.mark.parametrize("how", ["copied", "moved"])
+def test_a_sweep_folder_moved_or_copied_keeps_its_artifacts_in_itself_and_leaves_the_original_alone(tmp_path, how):
+    """MLflow records artifact locations as absolute URIs: a sweep folder moved or copied (a new name, a
+    backup, rsync to a laptop) would log its artifacts where it used to be.  Opened from its new place, the
+    folder's own store is pointed at its own artifacts, every run and model under it; the original's store is
+    untouched; a sqlite store that is not a folder's own (not beside the artifacts) is never rewritten."""
+    import shutil
+
+    from sweep.results.mlflow_sink import MlflowSink, relocate_artifacts
+
+    a, b = tmp_path / "sweeps" / "a", tmp_path / "elsewhere" / "b 50%"
+    a.mkdir(parents=True)
+    sink = MlflowSink(f"sqlite:///{a}/mlflow.db", EXPERIMENT, artifact_dir=a / "mlartifacts")
+    run = sink.start_parent("p", {})
+    (tmp_path / "note.txt").write_text("kept")
+    sink.log_artifact(run, tmp_path / "note.txt")
+    sink.client._tracking_client.store.engine.dispose()
+    b.parent.mkdir()
+    (shutil.copytree if how == "copied" else shutil.move)(a, b)
+    before = (a / "mlflow.db").read_bytes() if how == "copied" else None
+
+    moved = MlflowSink(f"sqlite:///{b}/mlflow.db", EXPERIMENT, artifact_dir=b / "mlartifacts")
+    new_root = (b / "mlartifacts").resolve().as_uri()
+    assert moved.client.get_experiment(moved.experiment_id).artifact_location == new_root
+    assert moved.client.get_run(run).info.artifact_uri.startswith(new_root + "/")
+    assert [f.path for f in moved.client.list_artifacts(run)] == ["note.txt"]  # read from b's own copy
+    (tmp_path / "more.txt").write_text("new")
+    moved.log_artifact(run, tmp_path / "more.txt")
+    assert sorted(p.name for p in (b / "mlartifacts").rglob("*.txt")) == ["more.txt", "note.txt"]
+    if how == "copied":
+        assert (a / "mlflow.db").read_bytes() == before and not list((a / "mlartifacts").rglob("more.txt"))
+    else:
+        assert not a.exists()  # nothing written where it used to be
+    assert relocate_artifacts(str(b / "mlflow.db"), b / "mlartifacts") == []  # once is enough
+
+    # a store other sweeps may share (not beside the artifacts): left as it is
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    one = MlflowSink(f"sqlite:///{shared}/mlflow.db", "one", artifact_dir=a / "mlartifacts")
+    one.client._tracking_client.store.engine.dispose()
+    again = MlflowSink(f"sqlite:///{shared}/mlflow.db", "one", artifact_dir=b / "mlartifacts")
+    assert again.client.get_experiment(again.experiment_id).artifact_location == (a / "mlartifacts").resolve().as_uri()

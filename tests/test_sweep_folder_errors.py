@@ -418,3 +418,27 @@ def test_a_sweep_folder_the_embedded_store_cannot_be_named_in_is_one_line_and_no
                                   f"sqlite URI cannot name such a path), but got --out={out}, which has {bad}; "
                                   f"choose another --out or log to a tracking server with --tracking-uri")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]
+
+
+@pytest.mark.parametrize("state, own_db, want", [
+    ({}, False, "own"),
+    ({"tracking_uri": "sqlite:////old/place/mlflow.db", "embedded_store": True}, True, "own"),
+    ({"tracking_uri": "sqlite:////old/place/mlflow.db"}, True, "own"),  # a state from before embedded_store
+    ({"tracking_uri": "sqlite:////shared/mlflow.db"}, False, "recorded"),  # a store the user named
+    ({"tracking_uri": "sqlite:////shared/mlflow.db", "embedded_store": False}, True, "recorded"),
+    ({"tracking_uri": "postgresql://u@127.0.0.1:5432/mlflow"}, True, "recorded"),
+    ({"tracking_uri": "http://127.0.0.1:5000", "embedded_store": False}, False, "recorded"),
+])
+def test_the_sweeps_tracking_store_is_its_own_folders_wherever_the_folder_now_is(tmp_path, state, own_db, want):
+    """state.json records the tracking URI absolute; a sweep on the embedded store keeps to the store in the
+    folder it is in now (moved or copied), one the user named stays that one."""
+    from sweep.folder import SweepFolder
+
+    folder = SweepFolder(tmp_path / "moved")
+    folder.path.mkdir()
+    if own_db:
+        (folder.path / "mlflow.db").write_bytes(b"")
+    expected = folder.default_tracking_uri if want == "own" else state["tracking_uri"]
+    assert folder.tracking_uri(state) == expected
+    folder.write_state(state)
+    assert folder.tracking_uri() == expected

@@ -224,12 +224,82 @@ def _check_sqlite_file(file: str) -> None:
         con.close()
 
 
+# Where an embedded store records artifact locations (absolute ``file:`` URIs): table, its key, the columns.
+ARTIFACT_COLUMNS = (("experiments", "experiment_id", ("artifact_location",)),
+                    ("runs", "run_uuid", ("artifact_uri",)),
+                    ("logged_models", "model_id", ("artifact_location",)),
+                    ("model_versions", "rowid", ("source", "storage_location")))
+
+
+def relocate_artifacts(file: str, artifact_dir: Path) -> list[str]:
+    """Point the embedded store ``file`` at ``artifact_dir`` when its sweep folder was moved or copied; return
+    the artifact roots it pointed at before ([] when nothing was elsewhere).
+
+    MLflow records every artifact location as an absolute URI, fixed when the experiment was made, and has no
+    call to change it: a folder moved (or copied to another machine) would log its artifacts where it used to
+    be -- into the original folder, for a copy -- or fail there.  An old root is an experiment's location named
+    like ``artifact_dir`` (``.../mlartifacts``) but elsewhere; it and every location under it are rewritten,
+    in one transaction of this folder's own database (a store this sweep made: the tables above are MLflow's
+    own schema, checked before use)."""
+    import sqlite3
+
+    new = Path(artifact_dir).resolve().as_uri()
+    con = sqlite3.connect(file, timeout=30)
+    try:
+        olds = [loc for (loc,) in con.execute("SELECT artifact_location FROM experiments")
+                if isinstance(loc, str) and loc.startswith("file://") and loc != new
+                and loc.rstrip("/").rsplit("/", 1)[-1] == Path(artifact_dir).name]
+        if not olds:
+            return []
+        with con:  # one transaction: all moved, or none
+            for table, key, columns in ARTIFACT_COLUMNS:
+                have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+                for col in (c for c in columns if c in have):
+                    for k, value in con.execute(f"SELECT {key}, {col} FROM {table}").fetchall():
+                        moved = _moved(value, olds, new)
+                        if moved is not None:
+                            con.execute(f"UPDATE {table} SET {col} = ? WHERE {key} = ?", (moved, k))
+        return olds
+    finally:
+        con.close()
+
+
+def _moved(value, olds: list[str], new: str) -> str | None:
+    """``value`` with an old artifact root replaced by ``new`` (None: not under any of ``olds``)."""
+    if not isinstance(value, str):
+        return None
+    for old in olds:
+        if value == old or value.startswith(old.rstrip("/") + "/"):
+            return new + value[len(old.rstrip("/")):]
+    return None
+
+
+def _forget_artifact_repos() -> None:
+    """Drop the artifact repositories MLflow keeps per run in this process (they hold the locations from
+    before :func:`relocate_artifacts`)."""
+    from mlflow.tracking._tracking_service import utils
+
+    cache = getattr(utils, "_artifact_repos_cache", None)
+    if cache is not None:
+        cache.clear()
+
+
 def _client(uri: str, artifact_dir: Path | None = None):
+    """An MLflow client on ``uri``; an embedded (sqlite) store is made there when missing, checked when present,
+    and, when it is a sweep folder's own (the database beside ``artifact_dir``), pointed at that folder's
+    artifacts if the folder moved (:func:`relocate_artifacts`; never a store other sweeps may share)."""
     file = _sqlite_file(uri)
     if file is not None and not os.path.exists(file):
         _create_sqlite_store(file, artifact_dir)
     elif file is not None:
         _check_sqlite_file(file)
+        if artifact_dir is not None and Path(file).parent == Path(artifact_dir).resolve().parent:  # the folder's own
+            moved_from = relocate_artifacts(file, artifact_dir)
+            if moved_from:
+                log.info("the sweep folder moved: its MLflow store's artifacts now live in %s (were %s)",
+                         artifact_dir, ", ".join(moved_from))
+                _drop_cached_engines(uri)
+                _forget_artifact_repos()
     _tune_sqlite(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
