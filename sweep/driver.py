@@ -811,23 +811,42 @@ def _taken_payload(result: dict) -> dict:
 def _embedded_auth() -> str | None:
     """Token authentication for the embedded Ray, unless the user chose a mode (``RAY_AUTH_MODE``).
 
-    Ray binds its servers to this machine's network address, so an embedded Ray without authentication
-    would take jobs from anyone who reaches the machine.  A random token, made once per process and kept
-    in this process's environment (the Ray processes it starts inherit it), lets in only them.  Ray
-    reads its auth mode when it is first imported: if that already happened here, the embedded Ray runs
-    without a token and a note says so."""
+    Ray binds its servers to every network address of this machine, so an embedded Ray without
+    authentication would take jobs from anyone who reaches the machine.  A random token, made once per
+    process and kept in this process's environment (the Ray processes it starts inherit it), lets in only
+    them.  Ray reads its auth mode when it is first imported; a Ray imported before (a notebook, a script that
+    imports ray first) is made to read it again (:func:`_ray_reads_auth_again`).  Where that cannot be done the
+    embedded Ray runs without a token and a note says so; a Ray the caller already started is left as it is."""
+    import secrets
     import sys
 
     if "RAY_AUTH_MODE" in os.environ:
         return None
-    if "ray" in sys.modules:
-        os.environ["RAY_AUTH_MODE"] = "disabled"
-        return ("note: Ray was imported before the sweep started Ray, so its embedded Ray runs without token "
-                "authentication; set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN before importing ray to have it")
-    import secrets
-
+    imported = "ray" in sys.modules
+    if imported and sys.modules["ray"].is_initialized():
+        return None  # the caller's own Ray, set up as the caller chose: the sweep starts none
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    if imported and not _ray_reads_auth_again():
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        os.environ.pop("RAY_AUTH_TOKEN")
+        return ("note: Ray was imported before the sweep started Ray and could not be made to read its auth mode "
+                "again, so its embedded Ray runs without token authentication; set RAY_AUTH_MODE=token and "
+                "RAY_AUTH_TOKEN before importing ray to have it")
     return None
+
+
+def _ray_reads_auth_again() -> bool:
+    """Have an imported (not started) Ray read ``RAY_AUTH_MODE`` and its token from the environment again, as
+    Ray's own test utilities do (``ray._private.authentication_test_utils.reset_auth_token_state``): its
+    config first, then the token cache.  False where this Ray has no such calls."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except Exception:  # another Ray: the caller falls back to no token, and says so
+        return False
+    return True
 
 
 def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None, log=print,
