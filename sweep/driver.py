@@ -345,6 +345,7 @@ class _CallbackState:
     beat_due: bool = False  # a trial started or ended since the last heartbeat (written within HEARTBEAT_MIN_S)
     beat_warned: bool = False
     records: dict = field(default_factory=dict)  # trial id -> TrialRecord: the table, kept in memory
+    stopped: dict = field(default_factory=dict)  # trial id -> the ``stopped`` records among them (_apply: O(1))
     front: list = field(default_factory=list)  # the records on the front now (maintained incrementally)
     hv: float | None = None  # the hypervolume of ``front`` (None: not computed since the front changed)
     pending: int = 0  # records appended to the journal since the last compaction
@@ -463,12 +464,17 @@ def _apply(st: _CallbackState, new: list[TrialRecord]) -> set[str]:
     A ``stopped`` record of another trial whose configuration a new record ran again (a trial cut short,
     re-run by ``sweep resume``) is dropped and its id returned: the table then needs one compaction, which
     happens at most once per re-run trial."""
-    stale = _reruns(st.records.values(), new)
+    stale = _reruns(st.stopped.values(), new) if st.stopped else set()  # only resumed sweeps have stopped rows
     for r in new:
         st.records[r.trial_id] = r
         st.pending += 1
+        if r.status == "stopped":
+            st.stopped[r.trial_id] = r
+        else:
+            st.stopped.pop(r.trial_id, None)
     for tid in stale:
         del st.records[tid]
+        st.stopped.pop(tid, None)
     _update_front(st, {r.trial_id for r in new} | stale)
     return stale
 
@@ -1675,6 +1681,7 @@ def _reconciled(st: _CallbackState, records: list[TrialRecord]) -> list[TrialRec
     ``stopped`` records whose configuration already finished (re-run before a hard kill) are dropped."""
     stale = _reruns(records, [r for r in records if r.status != "stopped"]) | _stopped_twice(records)
     st.records = {r.trial_id: r for r in records if r.trial_id not in stale}
+    st.stopped = {tid: r for tid, r in st.records.items() if r.status == "stopped"}
     missing = [r for r in st.records.values() if not r.is_baseline and r.status in FINISHED and r.mlflow_run_id is None]
     if st.mirror is not None and missing:  # finished trials an earlier driver died before mirroring get runs now
         for r in missing:
