@@ -236,8 +236,9 @@ def _books_closed_after_stop(sweep_dir: Path, code: int, out: str, want: int, re
 
 
 def test_ctrl_c_then_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
-    """Ctrl-C mid-sweep, `sweep resume`, SIGTERM (a cluster scheduler's stop) mid-resume, `sweep resume`: each
-    stop closes the books; in the end every trial once, none lost or run again, no run left RUNNING."""
+    """Ctrl-C mid-sweep, `sweep resume`, SIGTERM (a cluster scheduler's stop) mid-resume, the folder moved,
+    `sweep resume`: each stop closes the books; in the end every trial once, none lost or run again, no run left
+    RUNNING, and every run of the moved folder's MLflow store keeps its artefacts in the folder."""
     import pandas as pd
 
     trials = 5  # 2 at a time: a finished trial and a running one in the run and in the first resume
@@ -252,6 +253,10 @@ def test_ctrl_c_then_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
     later = _books_closed_after_stop(sweep_dir, code, out, 143, "terminated (SIGTERM)")
     assert finished < later and len(later) < trials
     before = pd.read_parquet(parquet)
+    old_place, sweep_dir = sweep_dir, tmp_path / "moved 50%" / "itresume"
+    sweep_dir.parent.mkdir()
+    shutil.move(old_place, sweep_dir)
+    parquet = sweep_dir / "trials.parquet"
 
     env = {**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING"}
     res = subprocess.run([sys.executable, "-m", "sweep.cli", "resume", str(sweep_dir)], cwd=tmp_path, env=env,
@@ -271,6 +276,8 @@ def test_ctrl_c_then_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert not [r for r in children if r.info.status == "RUNNING"]
     current = [r for r in children if r.data.tags.get("sweep.superseded") != "true"]
     assert len(current) == trials and all(r.info.status == "FINISHED" for r in current)
+    assert all(r.info.artifact_uri.startswith((sweep_dir / "mlartifacts").as_uri() + "/") for r in [parent, *children])
+    assert not old_place.exists()  # nothing written where it used to be
 
 
 def test_time_budget_ends_the_sweep_normally_with_the_trials_it_has(tmp_path, monkeypatch, capsys):
