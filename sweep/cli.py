@@ -289,7 +289,9 @@ def cmd_resume(args) -> int:
     from .measure import check_device_here
 
     sweep_dir = Path(args.sweep_dir)
-    cfg = SweepFolder(sweep_dir).config()
+    folder = SweepFolder(sweep_dir)
+    cfg = folder.config()
+    folder.tracking_uri()  # its MLflow store can be named (a folder moved to such a path), before Ray starts
     if args.address is None:
         check_device_here(cfg.measure.device, f"{cfg.source}: measure.device")
     _quiet_libraries()

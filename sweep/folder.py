@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -88,19 +89,27 @@ def output_folder(path: Path | str, flag: str, *, empty: bool = False, reuse: st
     return out
 
 
-# characters a ``sqlite:///`` URI cannot carry in a path: SQLAlchemy reads '?' as the start of a query (the
-# store would silently be made elsewhere) and MLflow unquotes '%' (a path with '%20' is not found)
-_URI_UNSAFE = "?%"
+# what a ``sqlite:///`` URI cannot carry in a path: SQLAlchemy reads '?' as the start of a query (the store
+# would silently be made elsewhere: a folder ``b?x`` puts it in a file ``b`` beside it) and unquotes a '%'
+# followed by two hex digits (``a%20b`` names ``a b``, and MLflow retries the missing file for minutes); a lone
+# '%' (``run 50%``) is kept as it is
+_URI_UNSAFE = re.compile(r"\?|%[0-9A-Fa-f]{2}")
+_URI_UNSAFE_SAID = "'?' or a '%' followed by two hex digits"
+
+
+def uri_unsafe(path: Path | str) -> list[str]:
+    """What in ``path`` a ``sqlite:///`` URI would read otherwise (see ``_URI_UNSAFE``), quoted, in order."""
+    return [repr(s) for s in dict.fromkeys(_URI_UNSAFE.findall(str(path)))]
 
 
 def check_embedded_store_path(folder: Path, flag: str) -> None:
     """``folder`` (absolute) can hold the embedded MLflow store, or a :class:`SweepDirError` says why not."""
-    bad = sorted({c for c in str(folder) if c in _URI_UNSAFE})
+    bad = uri_unsafe(folder)
     if bad:
-        raise SweepDirError(f"{flag} must be a path without {' or '.join(repr(c) for c in _URI_UNSAFE)} to hold the "
-                            f"embedded MLflow store (its sqlite URI cannot name such a path), but got {flag}={folder}, "
-                            f"which has {' and '.join(repr(c) for c in bad)}; choose another {flag} or log to a "
-                            f"tracking server with --tracking-uri")
+        raise SweepDirError(f"{flag} must be a path without {_URI_UNSAFE_SAID} to hold the embedded MLflow store "
+                            f"(its sqlite URI cannot name such a path), but got {flag}={folder}, which has "
+                            f"{' and '.join(bad)}; choose another {flag} or log to a tracking server with "
+                            f"--tracking-uri")
 
 
 @contextmanager
@@ -169,21 +178,28 @@ class SweepFolder:
         """The embedded MLflow store: sqlite in the folder (absolute, so it works from any cwd)."""
         return f"sqlite:///{self.path / MLFLOW_DB}"
 
-    def tracking_uri(self, state: dict | None = None) -> str:
+    def tracking_uri(self, state: dict | None = None, hint: str = "") -> str:
         """The MLflow tracking store of this folder's sweep: the one named in ``state.json`` (``state``, read
         when not given), except that a sweep on the embedded store keeps the store in *this* folder.
 
         ``state.json`` holds the URI absolute; a folder moved or copied (to another machine, a backup, a new
         name) would otherwise write its runs into the store where it used to be -- the original's, for a copy.
         The embedded store is recognised by ``embedded_store`` in the state, or, in a state written before
-        that key, by a recorded sqlite file named ``mlflow.db`` while this folder holds its own."""
+        that key, by a recorded sqlite file named ``mlflow.db`` while this folder holds its own.  A folder whose
+        path that store's URI cannot name is a :class:`SweepDirError` (``hint``: the caller's way out, appended)."""
         state = self.state() if state is None else state
         uri = state.get("tracking_uri")
-        if not uri or state.get(EMBEDDED_KEY):
-            return self.default_tracking_uri
-        legacy = (EMBEDDED_KEY not in state and uri.startswith("sqlite:///")
+        legacy = (bool(uri) and EMBEDDED_KEY not in state and uri.startswith("sqlite:///")
                   and Path(uri.removeprefix("sqlite:///")).name == MLFLOW_DB and (self.path / MLFLOW_DB).is_file())
-        return self.default_tracking_uri if legacy else uri
+        if uri and not state.get(EMBEDDED_KEY) and not legacy:
+            return uri
+        bad = uri_unsafe(self.path)
+        if bad:  # moved or copied there: ``sweep run`` refuses to make a sweep at such a path
+            raise SweepDirError(
+                f"the sweep folder must be a path without {_URI_UNSAFE_SAID} to use its embedded MLflow store "
+                f"(its sqlite URI cannot name such a path), but got {self.path}, which has {' and '.join(bad)}; "
+                f"move or rename the folder{hint}")
+        return self.default_tracking_uri
 
     @property
     def store(self) -> TrialStore:

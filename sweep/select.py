@@ -138,6 +138,8 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
     records, meta = folder.results()
     cfg, state = folder.config(), folder.state()
     check_device_here(cfg.measure.device, f"{cfg.source}: measure.device")  # the chosen model is timed here
+    if register:  # the store the model is registered in can be named (before anything is measured or written)
+        folder.tracking_uri(state, hint=", or select with --no-register")
     quality = meta.get("quality", "accuracy")
     budget = sweep_budget(budget, cfg.search.constraints, log, keep_sweep=keep_sweep_budgets)
     ordered = choose(records, budget, quality)

@@ -407,17 +407,51 @@ def test_an_output_folder_that_is_a_file_is_one_line(sweep_dir, tmp_path, capsys
     assert f.read_text() == "mine\n"
 
 
-@pytest.mark.parametrize("name, bad", [("exp?1", "'?'"), ("exp%201", "'%'"), ("a?b%c", "'%' and '?'")])
+@pytest.mark.parametrize("name, bad", [("exp?1", "'?'"), ("exp%201", "'%20'"),
+                                       ("a?b%2c%2C", "'?' and '%2c' and '%2C'")])
 def test_a_sweep_folder_the_embedded_store_cannot_be_named_in_is_one_line_and_nothing_written(tmp_path, capsys,
                                                                                                name, bad):
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE, sort_keys=False))
     out = tmp_path / name
     assert main(["run", str(space), "--out", str(out)]) == 2
-    assert_one_line_error(capsys, f"--out must be a path without '?' or '%' to hold the embedded MLflow store (its "
-                                  f"sqlite URI cannot name such a path), but got --out={out}, which has {bad}; "
-                                  f"choose another --out or log to a tracking server with --tracking-uri")
+    assert_one_line_error(capsys, f"--out must be a path without '?' or a '%' followed by two hex digits to hold "
+                                  f"the embedded MLflow store (its sqlite URI cannot name such a path), but got "
+                                  f"--out={out}, which has {bad}; choose another --out or log to a tracking server "
+                                  f"with --tracking-uri")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]
+
+
+@pytest.mark.parametrize("name, bad", [("b?x", "'?'"), ("d%20e", "'%20'")])
+@pytest.mark.parametrize("command", ["resume", "select"])
+def test_a_sweep_folder_moved_where_its_store_cannot_be_named_is_one_line_and_nothing_written(
+        sweep_dir, tmp_path, capsys, name, bad, command):
+    """A folder on the embedded store, moved to a path its sqlite URI cannot name: `resume` and `select` say so
+    before they start anything; SQLAlchemy would otherwise have made a store elsewhere (``b?x`` -> a file ``b``
+    beside it) or MLflow retried a missing one for minutes."""
+    moved = tmp_path / name
+    sweep_dir.rename(moved)
+    (moved / "state.json").write_text('{"tracking_uri": "sqlite:////gone/mlflow.db", "experiment": "broken", '
+                                      '"embedded_store": true}')
+    before, around = fingerprint(moved), sorted(p.name for p in tmp_path.iterdir())
+    argv = resume_argv(moved) if command == "resume" else ["select", str(moved), "--max-params", "10000000"]
+    assert main(argv) == 2
+    way_out = ", or select with --no-register" if command == "select" else ""
+    assert_one_line_error(capsys, f"the sweep folder must be a path without '?' or a '%' followed by two hex digits "
+                                  f"to use its embedded MLflow store (its sqlite URI cannot name such a path), but "
+                                  f"got {moved}, which has {bad}; move or rename the folder{way_out}")
+    assert fingerprint(moved) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == around
+
+
+@pytest.mark.parametrize("path, bad", [("/data/run 50%", []), ("/data/100%/x", []), ("/a%zz", []),
+                                       ("/a?b?c", ["'?'"]), ("/x%41%41y", ["'%41'"]), ("/q%3f?", ["'%3f'", "'?'"])])
+def test_what_a_sqlite_uri_cannot_name_in_a_path(path, bad):
+    from sweep.folder import check_embedded_store_path, uri_unsafe
+
+    assert uri_unsafe(path) == bad
+    if not bad:
+        check_embedded_store_path(Path(path), "--out")  # a lone '%' is kept as it is: no error
 
 
 @pytest.mark.parametrize("state, own_db, want", [
