@@ -448,6 +448,8 @@ def _positive(kind, least: float | None = None):
             v = kind(f) if kind is int else f
         except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"must be a finite number, but got {s!r}") from None
+        if kind is int and v != f:  # 2.5 trials is no count: not rounded behind the user's back
+            raise argparse.ArgumentTypeError(f"must be a whole number > 0, but got {s!r}")
         if not math.isfinite(v) or v <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, but got {s!r}")
         if least is not None and v < least:

@@ -167,13 +167,16 @@ def test_run_bad_name_flag(cwd, capsys):
 
 
 @pytest.mark.parametrize("flag", ["--trials", "--concurrency"])
-@pytest.mark.parametrize("value", ["0", "-2", "many"])
-def test_run_override_must_be_positive(cwd, capsys, flag, value):
+@pytest.mark.parametrize("value, said", [("0", "must be > 0"), ("-2", "must be > 0"),
+                                         ("many", "must be a finite number"), ("2.5", "must be a whole number > 0"),
+                                         ("0.5", "must be a whole number > 0")])
+def test_run_override_must_be_positive(cwd, capsys, flag, value, said):
     space = write(cwd, GOOD)
     with pytest.raises(SystemExit) as ei:
         main(["run", str(space), flag, value])
     assert ei.value.code == 2
-    assert flag in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"argument {flag}: {said}" in err and repr(value) in err
     assert listing(cwd) == ["space.yaml"]
 
 
