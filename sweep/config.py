@@ -501,11 +501,15 @@ def _unlabeled_source(raw: Any, labels: str, source: str) -> str:
         raise ConfigError(f"unlabeled must be a path to a flat folder of images or a .npy file, but got "
                           f"unlabeled={raw!r} ({where})")
     p = Path(raw).expanduser()
+    looked = [p]
     if not p.is_absolute():
-        p = (Path(source).resolve().parent / p) if not p.exists() else p.resolve()
+        beside = Path(source).resolve().parent / p
+        looked = [Path.cwd() / p, beside]
+        p = beside if not p.exists() else p.resolve()
     if not p.exists():
+        places = " nor ".join(str(q) for q in dict.fromkeys(looked))
         raise ConfigError(f"unlabeled must be an existing folder of images or a .npy file, but got "
-                          f"unlabeled={raw!r} ({where})")
+                          f"unlabeled={raw!r}, which is neither {places} ({where})")
     return str(p)
 
 

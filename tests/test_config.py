@@ -508,3 +508,18 @@ def test_a_distillation_temperature_in_a_supervised_space_is_refused(tmp_path):
     msg = error_of(p)
     _assert_template(msg, p, "finetune.temperature")
     assert "with labels=supervised" in msg
+
+
+@pytest.mark.parametrize("given", ["device_digits.npy", "data/device_digits.npy"])
+def test_a_missing_unlabeled_file_names_both_places_it_was_looked_for(tmp_path, monkeypatch, given):
+    """A relative ``dataset.unlabeled`` is looked for from the working directory, then next to the space: a
+    missing one says both paths, so the user sees where to put it."""
+    monkeypatch.chdir(tmp_path)
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    src = (ROOT / "search_spaces" / "unlabeled_digits.yaml").read_text(encoding="utf-8")
+    p = spaces / "unlabeled_digits.yaml"
+    p.write_text(src.replace("unlabeled: device_digits.npy", f"unlabeled: {given}"), encoding="utf-8")
+    msg = error_of(p)
+    assert msg == (f"unlabeled must be an existing folder of images or a .npy file, but got unlabeled={given!r}, "
+                   f"which is neither {tmp_path / given} nor {spaces / given} ({p}: dataset.unlabeled)")
