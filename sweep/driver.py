@@ -1421,6 +1421,7 @@ def _remeasure(cfg: SweepConfig, folder: SweepFolder, records: list[TrialRecord]
         return with_front(records, objectives)
     splits = load_splits(cfg)
     rounds = 1 if cfg.measure.remeasure == "all" else 3
+    before = sum(r.on_front for r in with_front(records, objectives))
     for _ in range(rounds):
         records = with_front(records, objectives)
         todo = {r.trial_id for r in records if r.status == "ok" and not r.latency_alone and r.model_path
@@ -1444,7 +1445,11 @@ def _remeasure(cfg: SweepConfig, folder: SweepFolder, records: list[TrialRecord]
         with_base = any(r.is_baseline and r.trial_id in todo for r in records)
         log(f"re-measured the latency of {'the baseline and ' if with_base else ''}{len(todo) - with_base} "
             f"trial(s) alone")
-    return with_front(records, objectives)
+    records = with_front(records, objectives)
+    after = sum(r.on_front for r in records)
+    if after != before:  # the progress lines counted the front with the latencies timed beside other trials
+        log(f"the front now holds {after} point(s): {before} with the latencies timed during the sweep")
+    return records
 
 
 def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = Path("reports"),

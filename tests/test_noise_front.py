@@ -156,3 +156,47 @@ def test_old_tables_without_the_new_columns_read(tmp_path):
     pq.write_table(table, tmp_path / "trials.parquet")
     (back,), meta = TrialStore(tmp_path).records()
     assert back.latency_runtime is None and back.on_front_robust is None and back.latency_ms == 1.0
+
+
+def test_the_remeasurement_says_when_the_front_it_leaves_differs_from_the_sweeps(tmp_path, monkeypatch):
+    """The progress lines count the front with latencies timed beside other trials; re-measured alone, a
+    trial that looked dominated may join it: the log says how many points the front holds now."""
+    import yaml
+
+    from sweep import driver, measure
+    from sweep.config import load_config
+    from sweep.folder import SweepFolder
+    from sweep.results.schema import BASELINE_ID
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "remeasured", "model": {"name": "small_cnn"},
+        "dataset": {"name": "synthetic", "num_classes": 3, "input_shape": [1, 8, 8], "n_train": 24, "n_val": 12,
+                    "n_test": 12},
+        "search": {"objectives": ["accuracy", "latency_ms", "params"]}, "measure": {"remeasure": "all"},
+        "methods": {"magnitude": {"ratio": 0.5}}}))
+    cfg = load_config(space)
+
+    def rec(tid, acc, lat, params):
+        return TrialRecord(sweep="remeasured", trial_id=tid, status="ok", method="magnitude", accuracy=acc,
+                           latency_ms=lat, params=params, macs=2 * params, model_path=f"models/{tid}.pt")
+
+    # during the sweep b looked slower than a (same accuracy and params): dominated
+    records = [rec(BASELINE_ID, 0.9, 1.0, 100), rec("a", 0.8, 0.1, 50), rec("b", 0.8, 0.2, 50)]
+    alone = {"baseline": 1.0, "a": 0.2, "b": 0.2}  # alone, the two are equally fast: both on the front
+
+    class Timed:
+        def __init__(self, ms):
+            self.median_ms, self.iqr_ms, self.threads, self.runtime = ms, 0.0, 1, "torch"
+
+    monkeypatch.setattr(SweepFolder, "load_model", lambda self, rel: rel.split("/")[-1].removesuffix(".pt"))
+    monkeypatch.setattr(measure, "measure_latency", lambda tid, *a, **k: Timed(alone[tid]))
+    said: list[str] = []
+    out = driver._remeasure(cfg, SweepFolder(tmp_path / "s"), records, said.append)
+    assert [r.on_front for r in out] == [True, True, True]
+    assert said == ["re-measured the latency of the baseline and 2 trial(s) alone",
+                    "the front now holds 3 point(s): 2 with the latencies timed during the sweep"]
+    # nothing changed: nothing more said
+    said.clear()
+    driver._remeasure(cfg, SweepFolder(tmp_path / "s"), [r.replace(latency_alone=False) for r in out], said.append)
+    assert said == ["re-measured the latency of the baseline and 2 trial(s) alone"]
