@@ -241,7 +241,8 @@ def test_config_resolves_the_path_against_the_yaml_and_names_unlabeled_data_alon
     ({"labels": "supervised", "search": {"objectives": ["accuracy", "params"]}},
      r"label-free: set labels: none, but got labels=supervised with unlabeled='x.npy' \(.*s.yaml: dataset.unlabeled\)"),
     ({"dataset": {"name": "digits", "unlabeled": "missing.npy"}},
-     r"existing folder of images or a .npy file, but got unlabeled='missing.npy' \(.*s.yaml: dataset.unlabeled\)"),
+     r"existing folder of images or a .npy file, but got unlabeled='missing.npy', which is neither \S*/missing.npy "
+     r"nor \S*/missing.npy \(.*s.yaml: dataset.unlabeled\)"),
     ({"dataset": {"name": "digits", "unlabeled": 3}}, r"but got unlabeled=3"),
     ({"dataset": {"unlabeled": "x.npy"}}, r"alone .* needs a teacher .* but got none \(.*s.yaml: baseline\)"),
     ({"dataset": {"unlabeled": "x.npy"}, "baseline": {"cloud_fraction": 0.3}},
