@@ -106,10 +106,14 @@ def check_embedded_store_path(folder: Path, flag: str) -> None:
     """``folder`` (absolute) can hold the embedded MLflow store, or a :class:`SweepDirError` says why not."""
     bad = uri_unsafe(folder)
     if bad:
-        raise SweepDirError(f"{flag} must be a path without {_URI_UNSAFE_SAID} to hold the embedded MLflow store "
-                            f"(its sqlite URI cannot name such a path), but got {flag}={folder}, which has "
-                            f"{' and '.join(bad)}; choose another {flag} or log to a tracking server with "
-                            f"--tracking-uri")
+        raise _unnameable_store(f"{flag} must be", "to hold the", f"{flag}={folder}", bad,
+                                f"choose another {flag} or log to a tracking server with --tracking-uri")
+
+
+def _unnameable_store(subject: str, purpose: str, got: str, bad: list[str], way_out: str) -> SweepDirError:
+    """The one error for a path the embedded store's sqlite URI cannot name (see ``_URI_UNSAFE``)."""
+    return SweepDirError(f"{subject} a path without {_URI_UNSAFE_SAID} {purpose} embedded MLflow store (its sqlite "
+                         f"URI cannot name such a path), but got {got}, which has {' and '.join(bad)}; {way_out}")
 
 
 @contextmanager
@@ -195,10 +199,8 @@ class SweepFolder:
             return uri
         bad = uri_unsafe(self.path)
         if bad:  # moved or copied there: ``sweep run`` refuses to make a sweep at such a path
-            raise SweepDirError(
-                f"the sweep folder must be a path without {_URI_UNSAFE_SAID} to use its embedded MLflow store "
-                f"(its sqlite URI cannot name such a path), but got {self.path}, which has {' and '.join(bad)}; "
-                f"move or rename the folder{hint}")
+            raise _unnameable_store("the sweep folder must be", "to use its", str(self.path), bad,
+                                    f"move or rename the folder{hint}")
         return self.default_tracking_uri
 
     @property
