@@ -60,6 +60,22 @@ def _output_closed(msg: str) -> None:
         ask_stop(OUTPUT_CLOSED)
 
 
+def _listing(lines) -> int:
+    """Print a read-only listing (``sweep status``, ``sweep methods``) on stdout; exit code 0, or 141 when its
+    reader has gone (``sweep methods | head -3``): the listing stops there, as ``ls | head`` does -- nothing
+    is lost by dropping the rest, so unlike a running sweep's log it does not go on on stderr."""
+    for line in lines:
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:
+            # the interpreter flushes stdout at exit: onto /dev/null, not into the closed pipe (another error)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            return 141
+    return 0
+
+
 def _quiet_libraries() -> None:
     import logging
     import warnings
@@ -302,9 +318,7 @@ def cmd_resume(args) -> int:
 def cmd_status(args) -> int:
     from .status import status_lines
 
-    for line in status_lines(Path(args.sweep_dir)):
-        _log(line)
-    return 0
+    return _listing(status_lines(Path(args.sweep_dir)))
 
 
 def cmd_report(args) -> int:
@@ -426,18 +440,22 @@ def _add_flag_knobs(parser) -> None:
 
 
 def cmd_methods(args) -> int:
+    return _listing(_method_lines())
+
+
+def _method_lines():
+    """``sweep methods``: each registered method, then one aligned line per knob."""
     from .methods import METHODS
 
     for name, spec in METHODS.items():
         labels = " [needs training labels]" if spec.needs_labels else " [usable in label-free sweeps]"
-        _log(f"{name}: {spec.summary}{labels}")
+        yield f"{name}: {spec.summary}{labels}"
         # columns as wide as this method's widest range and default (a long list of choices stays aligned)
         defaults = ["unset" if k.default is None else str(k.default) for k in spec.knobs]
         width = max([22] + [len(k.range_text()) for k in spec.knobs])
         dwidth = max([8] + [len(d) for d in defaults])
         for k, default in zip(spec.knobs, defaults):
-            _log(f"    {k.name:<16} {k.kind:<11} {k.range_text():<{width}} default {default:<{dwidth}} {k.help}")
-    return 0
+            yield f"    {k.name:<16} {k.kind:<11} {k.range_text():<{width}} default {default:<{dwidth}} {k.help}"
 
 
 def _positive(kind, least: float | None = None):

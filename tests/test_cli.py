@@ -94,6 +94,24 @@ def test_methods_lists_every_method_with_knobs_and_ranges(capsys):
     assert "{l2, l1, bn_scale, random, l2_latency, l1_latency}" in imp
 
 
+def test_a_listing_whose_reader_has_gone_stops_quietly_with_141():
+    """`sweep methods | head -1`: once the pipe is closed the listing ends there (exit 141) instead of going on
+    on stderr, as a running sweep's log does."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        p = subprocess.run([sys.executable, "-m", "sweep.cli", "methods"], stdout=write, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert p.returncode == 141
+    assert p.stderr == ""
+
+
 def test_no_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as ei:
         main([])
