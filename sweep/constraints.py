@@ -16,12 +16,12 @@ Optuna's TPE, NSGA-II, NSGA-III and GP samplers read from the trials themselves 
 ``constraints_func`` argument is deprecated for it).  :meth:`Constraints.violations` gives one value per budget,
 relative to the budget (``(value - limit) / |limit|`` for a maximum), so that the violations of different
 budgets add up on one scale: Optuna's constrained TPE and NSGA-II rank infeasible trials by their summed
-violation (Optuna docs, ``TPESampler`` / ``NSGAIISampler``, constrained optimisation).  ``sweep select``'s
-:meth:`~sweep.select.Budget.excess` measures the distance to a budget the same way.
+violation (Optuna docs, ``TPESampler`` / ``NSGAIISampler``, constrained optimisation).  ``sweep select``
+measures the distance to its budget the same way (:meth:`Constraints.excess`).
 
-The wording of a broken budget follows :meth:`sweep.select.Budget.broken` (the figure's column, its value,
-the comparison, the limit, numbers formatted alike), with the budget's name added:
-``params 12,000 > max_params 10,000``.
+A broken budget is worded as the figure's column, its value, the comparison and the limit, with the budget's
+name: ``params 12,000 > max_params 10,000``; ``sweep select``'s budgets (:class:`sweep.select.Budget`) are these
+same budgets, worded without the name (its flags say which).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from typing import Any
 from .errors import ConfigError
 
 # budget -> (figure it bounds, comparison); "quality" stands for the sweep's quality column
-# (in the order of sweep.select.LIMITS, so that both list broken budgets alike)
 LIMITS: dict[str, tuple[str, str]] = {
     "max_latency_ms": ("latency_ms", "<="),
     "max_params": ("params", "<="),
@@ -71,16 +70,17 @@ class Constraints:
     def __bool__(self) -> bool:
         return bool(self.items())
 
-    def broken(self, figures: Mapping[str, Any], quality: str = "accuracy") -> list[str]:
+    def broken(self, figures: Mapping[str, Any], quality: str = "accuracy", *, named: bool = True) -> list[str]:
         """Every budget ``figures`` break, in words (``params 12,000 > max_params 10,000``); ``figures`` maps
         column names to values (a dict, a trial record).  A missing or NaN figure breaks its budget
-        (``latency_ms unknown (max_latency_ms 2)``).  ``quality`` names the column ``min_quality`` bounds."""
-        return self._broken(figures, quality, [k for k, _ in self.items()])
+        (``latency_ms unknown (max_latency_ms 2)``).  ``quality`` names the column ``min_quality`` bounds.
+        ``named=False`` leaves out the budgets' names (``params 12,000 > 10,000``, ``latency_ms unknown``)."""
+        return self._broken(figures, quality, [k for k, _ in self.items()], named)
 
     def broken_costs(self, figures: Mapping[str, Any]) -> list[str]:
         """The cost budgets (params, MACs, latency) ``figures`` break: what makes a pruned candidate
         ``infeasible`` before fine-tuning.  ``min_quality`` is not checked (quality is not known yet)."""
-        return self._broken(figures, "accuracy", [k for k, _ in self.items() if k in COST_LIMITS])
+        return self._broken(figures, "accuracy", [k for k, _ in self.items() if k in COST_LIMITS], True)
 
     def violations(self, figures: Mapping[str, Any], quality: str = "accuracy") -> list[float]:
         """One value per budget set (:meth:`items` order), as Optuna's constraint values: ``<= 0`` when
@@ -102,18 +102,25 @@ class Constraints:
         (``min_quality`` is its ``min_accuracy``, which bounds the sweep's quality column)."""
         return {("min_accuracy" if k == "min_quality" else k): v for k, v in self.items()}
 
-    def _broken(self, figures: Mapping[str, Any], quality: str, keys: list[str]) -> list[str]:
+    def excess(self, figures: Mapping[str, Any], quality: str = "accuracy") -> float:
+        """How far outside the budgets ``figures`` lie: the sum of the positive :meth:`violations` (0 inside),
+        infinite when a bounded figure is unknown (never inside a budget)."""
+        values = self.violations(figures, quality)
+        return math.inf if UNKNOWN_VIOLATION in values else sum(max(0.0, v) for v in values)
+
+    def _broken(self, figures: Mapping[str, Any], quality: str, keys: list[str], named: bool) -> list[str]:
         out = []
         for key in keys:
             limit = getattr(self, key)
             col, op = _column(key, quality), LIMITS[key][1]
             v = _value(figures, col)
+            bound = f"{key} {fmt_limit(limit)}" if named else fmt_limit(limit)
             if v is None:
-                out.append(f"{col} unknown ({key} {fmt_limit(limit)})")
+                out.append(f"{col} unknown ({bound})" if named else f"{col} unknown")
             elif op == "<=" and v > limit:
-                out.append(f"{col} {fmt_limit(v)} > {key} {fmt_limit(limit)}")
+                out.append(f"{col} {fmt_limit(v)} > {bound}")
             elif op == ">=" and v < limit:
-                out.append(f"{col} {fmt_limit(v)} < {key} {fmt_limit(limit)}")
+                out.append(f"{col} {fmt_limit(v)} < {bound}")
         return out
 
 

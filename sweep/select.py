@@ -12,22 +12,19 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .constraints import fmt_limit
+from .constraints import Constraints, fmt_limit
 from .errors import BudgetError
 from .folder import SELECTION_FILE, SweepFolder, output_folder, written_whole
 from .results.schema import TrialRecord
 
-# budget flag -> (column, comparison)
-LIMITS = {
-    "max_latency_ms": ("latency_ms", "<="),
-    "max_params": ("params", "<="),
-    "max_macs": ("macs", "<="),
-    "min_accuracy": ("accuracy", ">="),
-}
-
 
 @dataclass(frozen=True)
 class Budget:
+    """``sweep select``'s limits (its flags): the budgets of :class:`~sweep.constraints.Constraints` under the
+    flags' names (``min_accuracy`` is ``min_quality``: it bounds the sweep's quality column, ``agreement`` when
+    label-free), checked and measured by them; broken ones are worded without the budget's name
+    (``latency_ms 3.1 > 2``), since the flag says which."""
+
     max_latency_ms: float | None = None
     max_params: float | None = None
     max_macs: float | None = None
@@ -36,35 +33,17 @@ class Budget:
     def items(self):
         return [(k, v) for k, v in asdict(self).items() if v is not None]
 
-    def broken(self, row: TrialRecord, quality: str = "accuracy") -> list[str]:
-        """The limits a row breaks, each as text (e.g. ``latency_ms 3.1 > 2.0``).
+    def constraints(self) -> Constraints:
+        return Constraints(max_latency_ms=self.max_latency_ms, max_params=self.max_params, max_macs=self.max_macs,
+                           min_quality=self.min_accuracy, where="sweep select")
 
-        ``min_accuracy`` applies to the sweep's quality column (``agreement`` when label-free)."""
-        out = []
-        for flag, limit in self.items():
-            col, op = LIMITS[flag]
-            col = quality if col == "accuracy" else col
-            v = row.get(col)
-            if v is None or (isinstance(v, float) and math.isnan(v)):
-                out.append(f"{col} unknown")
-            elif op == "<=" and v > limit:
-                out.append(f"{col} {fmt_limit(v)} > {fmt_limit(limit)}")
-            elif op == ">=" and v < limit:
-                out.append(f"{col} {fmt_limit(v)} < {fmt_limit(limit)}")
-        return out
+    def broken(self, row: TrialRecord, quality: str = "accuracy") -> list[str]:
+        """The limits a row breaks, each as text (e.g. ``latency_ms 3.1 > 2``; ``latency_ms unknown``)."""
+        return self.constraints().broken(row, quality, named=False)
 
     def excess(self, row: TrialRecord, quality: str = "accuracy") -> float:
-        """Sum of relative violations: how far outside the budget a row lies (0 inside)."""
-        total = 0.0
-        for flag, limit in self.items():
-            col, op = LIMITS[flag]
-            col = quality if col == "accuracy" else col
-            v = row.get(col)
-            if v is None or v != v:  # unknown (None or NaN) is never inside a budget
-                return math.inf
-            rel = (v - limit) / abs(limit) if op == "<=" else (limit - v) / abs(limit)
-            total += max(0.0, rel)
-        return total
+        """Sum of relative violations: how far outside the budget a row lies (0 inside, infinite if unknown)."""
+        return self.constraints().excess(row, quality)
 
 
 NO_LABELS_NOTE = ("no labelled set was given (dataset.unlabeled alone), so accuracy is unknown: the choice is "

@@ -266,18 +266,28 @@ def _prepare_baseline(cfg: SweepConfig, folder: SweepFolder, log) -> TrialRecord
                "model": cfg.model.name, "dataset": cfg.dataset.name, "epochs": epochs,
                "input_shape": list(splits.input_shape), "num_classes": splits.num_classes,
                **({"reference": reference} if reference else {})}
+    return baseline_written(cfg, folder, model, summary, fig, epochs, started, resumable)
+
+
+def baseline_written(cfg: SweepConfig, folder: SweepFolder, model, summary: dict, fig: Figures, epochs: int,
+                     started: float, resumable=None) -> TrialRecord:
+    """Write the dense baseline (its model and ``summary``, the figures of ``baseline/summary.json``), let go
+    of its resumable training, and return its row: the one place a baseline's record is built (a classifier's
+    here, an MBN-taught student's in :mod:`sweep.mbn.teacher`).  ``summary`` gives the quality figures (and
+    ``nmi`` / ``test_nmi`` when present) and agreement, ``fig`` the costs."""
     rel = folder.write_baseline(model.to("cpu"), summary)
     if resumable is not None:
         resumable.clear()
     ended = time.time()
     return TrialRecord(
         sweep=cfg.name, trial_id=BASELINE_ID, status="ok", method="baseline",
-        accuracy=fig.accuracy, test_accuracy=fig.test_accuracy, agreement=1.0,
-        baseline_accuracy=fig.accuracy, baseline_test_accuracy=fig.test_accuracy,
+        accuracy=summary["accuracy"], test_accuracy=summary["test_accuracy"], agreement=summary["agreement"],
+        nmi=summary.get("nmi"), test_nmi=summary.get("test_nmi"),
+        baseline_accuracy=summary["accuracy"], baseline_test_accuracy=summary["test_accuracy"],
         params=fig.params, macs=fig.macs, **_latency_fields(fig.latency),
         params_ratio=1.0, macs_ratio=1.0, latency_ratio=1.0,
         model_path=rel, seed=cfg.seed, finetune_epochs=epochs, wall_s=ended - started,
-        started_at=started, ended_at=ended, info=json.dumps({"summary": summary}))
+        started_at=started, ended_at=ended, info=json.dumps({"summary": summary}, default=str))
 
 
 def baseline_training_key(cfg: SweepConfig) -> str:

@@ -27,7 +27,6 @@ like a network teacher; at the default temperature 4 its softened target puts > 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -167,13 +166,12 @@ def prepare_mbn_baseline(cfg, folder, log: Callable[[str], None] = print):
     from ..data import make_loader
     from ..measure import measure_latency, speed_words
     from ..models import build_model
-    from ..results.schema import BASELINE_ID, TrialRecord
     from ..train import EpochCheckpoint, train
     from ..trial import (
         _baseline_failure,
-        _latency_fields,
         _logged_reference,
         baseline_training_key,
+        baseline_written,
         load_splits,
         measure_all,
         trial_data,
@@ -278,16 +276,4 @@ def prepare_mbn_baseline(cfg, folder, log: Callable[[str], None] = print):
                "model": cfg.model.name, "dataset": cfg.dataset.name, "epochs": b.epochs,
                "input_shape": list(splits.input_shape), "num_classes": tcfg.clusters,
                **({"reference": reference} if reference else {})}
-    rel = folder.write_baseline(model.to("cpu"), summary)
-    if resumable is not None:
-        resumable.clear()
-    ended = time.time()
-    return TrialRecord(
-        sweep=cfg.name, trial_id=BASELINE_ID, status="ok", method="baseline",
-        accuracy=summary["accuracy"], test_accuracy=summary["test_accuracy"], agreement=fig.agreement,
-        nmi=summary["nmi"], test_nmi=summary["test_nmi"],
-        baseline_accuracy=summary["accuracy"], baseline_test_accuracy=summary["test_accuracy"],
-        params=fig.params, macs=fig.macs, **_latency_fields(fig.latency),
-        params_ratio=1.0, macs_ratio=1.0, latency_ratio=1.0,
-        model_path=rel, seed=cfg.seed, finetune_epochs=b.epochs, wall_s=ended - started,
-        started_at=started, ended_at=ended, info=json.dumps({"summary": summary}, default=str))
+    return baseline_written(cfg, folder, model, summary, fig, b.epochs, started, resumable)
