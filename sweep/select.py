@@ -55,9 +55,9 @@ def _acc(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
-def _describe(r: TrialRecord, quality: str = "accuracy") -> str:
+def _describe(r: TrialRecord, quality: str = "accuracy", latency_note: str = "") -> str:
     return (f"trial {r.trial_id} ({r.method}): {quality} {r.get(quality, math.nan):.4f}, latency "
-            f"{r.latency_ms:.3f} ms, params {r.params:,}, MACs {r.macs:,}")
+            f"{r.latency_ms:.3f} ms{latency_note}, params {r.params:,}, MACs {r.macs:,}")
 
 
 def candidates(records: list[TrialRecord], budget: Budget, quality: str = "accuracy") -> list[TrialRecord]:
@@ -127,6 +127,7 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
     splits = load_splits(cfg)
     threads = trial_threads(cfg)
     chosen, rejected_after = None, []
+    tried: list[tuple[TrialRecord, float]] = []  # (re-measured, the sweep's latency) of each rejected
     for r in ordered:
         model = folder.load_model(r.model_path)
         # on the sweep's runtime (measure.runtime), as the trials were timed
@@ -138,13 +139,13 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
         broken = budget.broken(remeasured, quality)
         if broken:
             rejected_after.append({"trial_id": r.trial_id, "why": "re-measured alone: " + ", ".join(broken)})
+            tried.append((remeasured, r.latency_ms))
             log(f"trial {r.trial_id}: re-measured latency {lat.median_ms:.3f} ms breaks the budget; next")
             continue
         chosen, chosen_lat, chosen_model = remeasured, lat, model
         break
     if chosen is None:
-        raise BudgetError(f"no trial meets the budget ({_budget_text(budget)}) once its latency is re-measured "
-                          f"alone; closest: {_describe(ordered[0], quality)}")
+        raise _none_after_remeasure(budget, tried, quality)
 
     from .pareto import front_flags
 
@@ -183,6 +184,17 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
         (out / SELECTION_FILE).write_text(json.dumps(decision, indent=2, default=str))
     decision["out"] = str(out)
     return decision
+
+
+def _none_after_remeasure(budget: Budget, tried: list[tuple[TrialRecord, float]], quality: str) -> BudgetError:
+    """Every candidate inside the budget by the sweep's figures broke it once re-measured alone: name the one
+    that came closest, with the latency it was re-measured at beside the sweep's."""
+    closest, swept = min(tried, key=lambda t: budget.excess(t[0], quality))
+    what = _describe(closest, quality, f" re-measured alone ({swept:.3f} ms in the sweep)")
+    return BudgetError(f"no trial meets the budget ({_budget_text(budget)}) once its latency is re-measured alone "
+                       f"({len(tried)} tried); closest: {what} — breaks {', '.join(budget.broken(closest, quality))}; "
+                       f"latency varies with the machine's load: loosen --max-latency-ms or select on a quieter "
+                       f"machine")
 
 
 def _vs_teacher(teacher, model, input_shape, cfg) -> dict | None:

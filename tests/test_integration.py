@@ -173,6 +173,30 @@ def test_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "closest: trial" in err[0]
 
+    # inside the budget by the sweep's latencies, outside once re-measured (a busier machine): one line naming
+    # the trial that came closest at its re-measured latency, nothing written
+    import dataclasses
+
+    import sweep.measure
+
+    real = sweep.measure.measure_latency
+    def slow(*a, **k):
+        return dataclasses.replace(real(*a, **k), median_ms=1000.0 + 0.001 * len(a[0].state_dict()))
+
+    monkeypatch.setattr(sweep.measure, "measure_latency", slow)
+    before = (sweep_dir / "selected" / "selection.json").read_bytes()
+    capsys.readouterr()
+    budget = repr(float(df.loc[df["status"] == "ok", "latency_ms"].median()))
+    assert main(["select", str(sweep_dir), "--max-latency-ms", budget, "--no-register"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "once its latency is re-measured alone" in err[0], err
+    inside = ((df["status"] == "ok") & (df["latency_ms"] <= float(budget))).sum()  # the baseline's row too
+    assert inside >= 1 and f"({inside} tried)" in err[0], err
+    assert "ms re-measured alone (" in err[0] and "ms in the sweep)" in err[0] and "latency 1000.0" in err[0], err
+    assert f"breaks latency_ms 1000 > {float(budget):.4g}" in err[0], err
+    assert (sweep_dir / "selected" / "selection.json").read_bytes() == before
+    monkeypatch.setattr(sweep.measure, "measure_latency", real)
+
     # the report regenerates from Parquet alone
     (report / "index.html").unlink()
     assert main(["report", str(sweep_dir)]) == 0
