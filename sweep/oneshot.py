@@ -102,6 +102,10 @@ def run_prune(job: PruneJob, log=print) -> dict:
     acc0 = accuracy(model, test, job.device) if test else None
     log(f"{job.model}: {params0:,} params, {macs0:,} MACs"
         + (f", test accuracy {acc0:.4f}" if acc0 is not None else ""))
+    if job.checkpoint is None:  # a criterion on initial weights ranks nothing a trained model would
+        log("note: no --checkpoint: the model keeps the weights its builder gives it (random unless the builder "
+            "loads some), so which channels go and the accuracies say little of a trained model; give its "
+            "state dict with --checkpoint")
 
     knobs = dict(job.knobs) | _absolute_targets(job, spec, macs0, params0)
     mcfg = spec.make_config(knobs, where=f"--method {job.method}")

@@ -307,6 +307,7 @@ def test_prune_writes_a_truthful_summary(cwd, capsys):
     out = cwd / "pruned"
     assert main(["prune", "--model", "small_cnn", "--dataset", "digits", "--ratio", "0.5", "--threads", "1",
                  "--repeats", "6", "--out", str(out)]) == 0
+    assert "note: no --checkpoint: the model keeps the weights its builder gives it" in capsys.readouterr().out
     s = json.loads((out / "summary.json").read_text())
     for key in ("method", "params_before", "params_after", "macs_before", "macs_after", "latency_ms_before",
                 "latency_ms_after", "latency_batch", "threads", "device", "output_shape", "accuracy_before",
@@ -320,6 +321,33 @@ def test_prune_writes_a_truthful_summary(cwd, capsys):
                  "--out", str(out)]) == 2  # never overwrites a finished result
     assert_one_line_error(capsys, f"--out must be a new or empty folder, but got --out={out}, which holds "
                           "other files; choose another --out")
+
+
+def test_prune_starts_from_the_checkpoint_given(cwd, capsys):
+    """With --checkpoint the model pruned is the one saved (its weights decide which channels go), and no note
+    about initial weights is printed."""
+    import json
+
+    import torch
+
+    from sweep.models import build_model
+
+    model = build_model("small_cnn", num_classes=10, in_channels=1, input_size=8)
+    with torch.no_grad():  # weights no builder gives: the two first channels far stronger than the others
+        first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        first.weight.mul_(0.01)[:2].mul_(1e4)
+    torch.save(model.state_dict(), cwd / "trained.pt")
+    out = cwd / "pruned"
+    assert main(["prune", "--model", "small_cnn", "--dataset", "digits", "--ratio", "0.5", "--threads", "1",
+                 "--repeats", "6", "--checkpoint", str(cwd / "trained.pt"), "--out", str(out)]) == 0
+    assert "note: no --checkpoint" not in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["checkpoint"] == str(cwd / "trained.pt")
+    pruned = torch.load(out / "model.pt", weights_only=False)
+    kept = next(m for m in pruned.modules() if isinstance(m, torch.nn.Conv2d)).weight
+    assert kept.shape[0] < first.weight.shape[0]
+    strong = first.weight[:2]
+    assert any(torch.allclose(kept[i], strong[0]) for i in range(kept.shape[0]))  # magnitude kept the strong ones
+    assert any(torch.allclose(kept[i], strong[1]) for i in range(kept.shape[0]))
 
 
 @pytest.mark.parametrize("key, value", [("cpus_per_trial", "1e12"), ("gpus_per_trial", "1e6")])
