@@ -55,6 +55,9 @@ CONSTRAINTS_KEY = "constraints"  # key of a result's search.constraints values (
 # trials.parquet is rewritten (the journal folded in) at most this often while trials run; every finished
 # trial is durable in the journal at once (see sweep.results.store)
 COMPACT_EVERY_S = 10.0
+# on a cluster, how often the driver checks, while no trial runs and trials remain, that an alive node can still
+# run one (all the nodes that could have gone away): one line says so, instead of a silent wait
+STALL_CHECK_S = 10.0
 # how long the driver waits for a finished trial's model from the inbox (it is normally there already)
 MODEL_FETCH_TIMEOUT_S = 120.0
 
@@ -351,6 +354,9 @@ class _CallbackState:
     pending: int = 0  # records appended to the journal since the last compaction
     compacted_at: float = 0.0
     recorder: "_Recorder | None" = None  # makes finished trials durable while Tune runs (see _Recorder)
+    address: str | None = None  # the Ray cluster's (None: the embedded Ray, whose one node cannot go away)
+    stall_checked: float = 0.0  # when :func:`_say_if_stalled` last asked Ray for the alive nodes
+    stalled: bool = False  # it said no alive node can run a trial (said again only after trials ran again)
 
 
 # Why this process was asked to stop (SIGTERM), set by :func:`interrupt`; cleared by each run_sweep.
@@ -689,11 +695,24 @@ def _update_front(st: _CallbackState, changed: set[str]) -> None:
 
 
 def _error_line(trial, limit: int = 200) -> str:
-    """What killed a trial's worker, as Ray Tune has it."""
+    """What killed a trial's worker, as Ray Tune has it, on one line: the trial's error text (its storage copy,
+    else the local file Tune has just written it to, which the storage may not have yet), without Tune's
+    ``Failure # n (occurred at ...)`` header."""
     try:
-        return str(trial.get_error())[:limit]
+        text = trial.get_error()
     except Exception as e:  # the error itself could not be read back from Ray
         return f"its error could not be read: {type(e).__name__}"
+    if not text and getattr(trial, "error_file", None):
+        try:
+            text = Path(trial.error_file).read_text()
+        except OSError:
+            text = None
+    if not text:
+        return "its process or node went away; Ray gave no error"
+    last = str(text).rsplit("Failure # ", 1)[-1]
+    if last is not text and "\n" in last:
+        last = last.split("\n", 1)[1]  # the header's rest: "n (occurred at ...)"
+    return " ".join(line.strip() for line in last.splitlines() if line.strip())[:limit]
 
 
 def _live_state() -> _CallbackState:
@@ -750,7 +769,7 @@ def _make_callback():
             st = _live_state()
             n = st.retried[trial.trial_id] = st.retried.get(trial.trial_id, 0) + 1
             st.progress.running.pop(trial.trial_id, None)
-            st.progress.line(f"{trial.trial_id} lost its worker ({_error_line(trial)}); running it again "
+            st.progress.line(f"{trial.trial_id} lost its worker ({clipped(_error_line(trial), 120)}); running it again "
                              f"({n} of search.retries={st.cfg.search.retries})")
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -792,6 +811,9 @@ def _make_callback():
                 _beat(st)
             if st.pending and now - st.compacted_at >= COMPACT_EVERY_S:
                 _compact(st)
+            if st.address is not None and now - st.stall_checked >= STALL_CHECK_S:
+                st.stall_checked = now
+                _say_if_stalled(st)
             if now - st.progress.last_print > 30:
                 st.progress.line()
 
@@ -876,6 +898,8 @@ def _ray_init(address: str | None, sweep_dir: Path, cpus: int | None, log=print,
     # TUNE_MAX_PENDING_TRIALS_PG stays Ray's "auto": the concurrency limit, so that the first trials of
     # every slot start together (a limit of 1 starts them one placement group after another)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # a trial whose worker died is one line of ours (on_trial_recover / on_trial_error), not Tune's traceback
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     if ray.is_initialized():
         return False
     main = threading.current_thread() is threading.main_thread()
@@ -1121,16 +1145,53 @@ def _check_schedulable(cfg: SweepConfig, address: str | None) -> None:
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         nodes = [{"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}]
     else:
-        import ray
+        nodes = _alive_node_resources()
+    short = _shortfall(cfg, nodes)
+    if short is not None:
+        key, what, asked, most = short
+        raise ConfigError(f"search.{what} must fit on one Ray node (the largest has {most:g} {key}s, "
+                          f"{len(nodes)} node(s) in all), but got {what}={asked:g} "
+                          f"({cfg.source}: search.{what}); lower it there and run again")
 
-        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+
+def _alive_node_resources() -> list[dict]:
+    """The resources of each node of the connected Ray cluster that is alive now."""
+    import ray
+
+    return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def _shortfall(cfg: SweepConfig, nodes: list[dict]) -> tuple[str, str, float, float] | None:
+    """What a trial asks that no node of ``nodes`` (their resources) has: (resource, setting, asked, the most one
+    node has); None when a trial fits on one of them."""
     for key, what, asked in (("CPU", "cpus_per_trial", cfg.search.cpus_per_trial),
                              ("GPU", "gpus_per_trial", cfg.search.gpus_per_trial)):
         most = max((float(n.get(key, 0)) for n in nodes), default=0.0)
         if asked > most:
-            raise ConfigError(f"search.{what} must fit on one Ray node (the largest has {most:g} {key}s, "
-                              f"{len(nodes)} node(s) in all), but got {what}={asked:g} "
-                              f"({cfg.source}: search.{what}); lower it there and run again")
+            return key, what, asked, most
+    return None
+
+
+def _say_if_stalled(st: _CallbackState) -> None:
+    """On a cluster, while no trial runs and trials remain: if no alive node can run one (the nodes that could
+    have gone away), say so once -- Ray Tune waits for resources silently, for ever -- and what to do.  Said
+    again only after trials have run in between."""
+    if st.progress.running or st.progress.closed or st.progress.done >= st.progress.total:
+        st.stalled = False
+        return
+    try:
+        nodes = _alive_node_resources()
+    except Exception:  # the head itself is unreachable: Ray says so its own way
+        return
+    short = _shortfall(st.cfg, nodes)
+    if short is None or st.stalled:
+        return
+    st.stalled = True
+    key, what, asked, most = short
+    st.progress.log(f"waiting: no alive Ray node can run a trial now (a trial needs {asked:g} {key}(s), "
+                    f"search.{what}; the {len(nodes)} alive node(s) have at most {most:g} each); the sweep goes on "
+                    f"when a node that can joins the cluster (`ray start --address ...`), or stop it with "
+                    f"Ctrl-C (`sweep resume` continues)")
 
 
 # how long the driver tries to reach a Ray cluster's head (--address) before saying it cannot
@@ -1533,7 +1594,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
     progress = _Progress(cfg.search.trials, 0, log, cfg.search.concurrency)
     st = _CallbackState(store, cfg, {}, progress, sink, parent_id, folder,
                         mirror=open_mirror(sink, experiment, parent_id, log, _sweep_params(cfg)),
-                        budget_used0=float(state.get(BUDGET_USED) or 0.0))
+                        budget_used0=float(state.get(BUDGET_USED) or 0.0), address=address)
     _beat(st, phase="baseline", outcome=None)
     timing: dict = {}
     try:

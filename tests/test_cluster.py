@@ -216,3 +216,55 @@ def test_a_node_lost_mid_trial_runs_that_trial_again_elsewhere(cluster, tmp_path
     assert (trials["retried"] <= 1).all()
     assert len(runs) == 4 and {r.info.status for r in runs.values()} == {"FINISHED"}
     assert runs[again["trial_id"].iloc[0]].data.tags["sweep.restarted"] == "true"
+
+
+def test_with_every_worker_node_lost_the_sweep_says_it_waits_and_goes_on_when_a_node_joins(cluster, tmp_path):
+    """The last worker node is killed mid-trial (the head has no CPU): Ray Tune alone would wait for resources
+    in silence; the sweep says, once, that no alive node can run a trial and what to do, and finishes once a new
+    node joins.  Runs after the test above (the cluster keeps one worker node)."""
+    import threading
+
+    from sweep.localcluster import kill_node
+
+    c, hidden, groups = cluster
+    alive = [g for g in groups.values() if group_alive(g)]
+    assert len(alive) == 1, groups
+    cmd, sweep_dir = _sweep(c, hidden, tmp_path, "waiting", 40)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**c.env, "MLFLOW_LOGGING_LEVEL": "WARNING"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+
+    def wait_for(test, what: str, timeout: float = 300) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            if test():
+                return
+            time.sleep(0.2)
+        pytest.fail(f"{what} never happened; output so far:\n{''.join(lines)[-3000:]}")
+
+    try:
+        state = sweep_dir / "state.json"
+        wait_for(lambda: state.is_file() and json.loads(state.read_text() or "{}").get("running"),
+                 "a trial running")
+        assert kill_node(alive[0])
+        wait_for(lambda: any(line.startswith("waiting: no alive Ray node can run a trial") for line in lines),
+                 "the waiting line")
+        c.add_worker(cpus=1, private=(hidden,))  # recorded in the cluster's groups: stopped with the others
+        proc.wait(timeout=600)
+        reader.join(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = "".join(lines)
+    assert proc.returncode == 0, out[-4000:]
+    waiting = [line for line in lines if line.startswith("waiting:")]
+    assert len(waiting) == 1 and "a trial needs 1 CPU(s), search.cpus_per_trial" in waiting[0], waiting
+    assert "at most 0 each" in waiting[0] and "`sweep resume` continues" in waiting[0]
+    assert "lost its worker (" in out and "Traceback" not in out  # one line of ours, not Ray Tune's traceback
+    trials, runs = _trials_and_runs(sweep_dir, "waiting")
+    assert len(trials) == 4 and (trials["status"] == "ok").all() and (trials["retried"] <= 1).all()
+    assert not set(trials.loc[trials["retried"] == 1, "node_id"]) & set(groups)  # re-run on the new node
+    assert len(runs) == 4 and {r.info.status for r in runs.values()} == {"FINISHED"}
