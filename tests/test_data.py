@@ -195,8 +195,73 @@ def test_fashion_mnist_missing_root_says_how_to_get_it(tmp_path):
     with pytest.raises(DataError) as e:
         load_dataset("fashion-mnist", {"root": str(tmp_path / "nowhere")}, where="cfg")
     msg = str(e.value)
-    assert "dataset-fashion-mnist" in msg and "download=True" in msg
+    assert "dataset-fashion-mnist" in msg and "set download: true" in msg
     assert str(tmp_path / "nowhere") in msg and "(cfg)" in msg
+
+
+@pytest.fixture
+def fashion_mirror(tmp_path, monkeypatch):
+    """A real HTTP server on 127.0.0.1 serving small Fashion-MNIST-format files, made torchvision's only mirror
+    (with their MD5s); yields the folder it serves.  The server is shut down at the end."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    import torchvision
+
+    served = tmp_path / "mirror"
+    _write_fake_fashion(served, n_train=40, n_test=20)
+    resources = [(f.name, hashlib.md5(f.read_bytes()).hexdigest())
+                 for f in sorted(served.iterdir())]
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [f"http://127.0.0.1:{server.server_port}/"])
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "resources", resources)
+    try:
+        yield served, server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_fashion_mnist_download_fetches_the_files_once_into_the_cache(fashion_mirror, tmp_path, monkeypatch):
+    """``download: true`` with the default root missing: the files come from the mirror (MD5 checked) into the
+    user's cache, whole, and a second load reads them there without the network."""
+    import sweep.data.sources as sources
+
+    _, server = fashion_mirror
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(sources, "DEFAULT_DOWNLOAD_ROOT", str(cache))
+    monkeypatch.setattr(sources, "FASHION_MNIST_ROOT", str(tmp_path / "no-debian-package"))
+    opts = {"root": str(tmp_path / "no-debian-package"), "download": True, "val_fraction": 0.25}
+    s = load_dataset("fashion-mnist", opts, seed=0)
+    assert (len(s.train), len(s.val), len(s.test)) == (30, 10, 20) and s.input_shape == (1, 28, 28)
+    assert sources._find_fashion_files(str(cache)) is not None
+    assert [p.name for p in cache.iterdir()] == ["FashionMNIST"]  # nothing half-way left beside it
+    server.shutdown()  # the network is gone: the cached files serve
+    again = load_dataset("fashion-mnist", opts, seed=0)
+    assert torch.equal(tensors(again, "test")[0], tensors(s, "test")[0])
+
+
+def test_fashion_mnist_download_failure_is_one_data_error_and_leaves_nothing(fashion_mirror, tmp_path,
+                                                                           monkeypatch):
+    import torchvision
+
+    served, _ = fashion_mirror
+    bad = [(name, "0" * 32) for name, _ in torchvision.datasets.FashionMNIST.resources]  # MD5s that cannot match
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "resources", bad)
+    root = tmp_path / "mine"
+    with pytest.raises(DataError) as e:
+        load_dataset("fashion-mnist", {"root": str(root), "download": True}, where="space.yaml: dataset")
+    msg = str(e.value)
+    assert msg.startswith(f"fashion-mnist must download into {root}, but got RuntimeError")
+    assert "(space.yaml: dataset)" in msg and "check the network" in msg and "\n" not in msg
+    assert list(root.iterdir()) == []  # no partial download a later run would take for the data
 
 
 def test_fashion_mnist_corrupt_idx_is_a_data_error(tmp_path):

@@ -129,20 +129,66 @@ def _find_fashion_files(root: str) -> dict[str, str] | None:
     return None
 
 
+def fashion_download_root(root: str) -> str:
+    """Where ``download: true`` puts Fashion-MNIST when ``root`` lacks it: ``root`` itself, or the user's cache
+    (:data:`DEFAULT_DOWNLOAD_ROOT`) for the default root, Debian's system folder, which is not the user's to
+    write."""
+    return os.path.expanduser(DEFAULT_DOWNLOAD_ROOT) if root == FASHION_MNIST_ROOT else root
+
+
+def _downloaded_fashion(root: str, where: str) -> dict[str, str]:
+    """Download Fashion-MNIST into ``root`` with torchvision (its mirrors, each file's MD5 checked), then find
+    its files there.  The files land in a fresh folder inside ``root`` and are moved into place whole, so an
+    interrupted download leaves nothing a later run would take for the data."""
+    import shutil
+    import tempfile
+
+    import torchvision
+
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".fashion-mnist-", dir=root)
+    try:
+        try:
+            torchvision.datasets.FashionMNIST(tmp, train=False, download=True)  # fetches all four files
+        except Exception as e:  # URLError / OSError (no network), RuntimeError (every mirror failed, bad MD5)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise DataError(
+                f"fashion-mnist must download into {root}, but got {type(e).__name__}: {first[:300]}{_loc(where)}; "
+                f"check the network, or get the files with `apt-get install dataset-fashion-mnist` (into "
+                f"{FASHION_MNIST_ROOT}) or copy them into {root}") from None
+        target = os.path.join(root, "FashionMNIST")
+        try:
+            os.replace(os.path.join(tmp, "FashionMNIST"), target)
+        except OSError:  # another process put them there first: theirs are as good
+            if _find_fashion_files(root) is None:
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    files = _find_fashion_files(root)
+    if files is None:  # torchvision's layout changed: say so rather than fail further on
+        raise DataError(f"fashion-mnist files must be in {root}/FashionMNIST/raw after the download, but got "
+                        f"none there{_loc(where)}")
+    return files
+
+
 @_register(
     "fashion-mnist",
-    {"root": Opt("path", FASHION_MNIST_ROOT)},
-    "Fashion-MNIST 1x28x28, 10 classes, from IDX files (Debian dataset-fashion-mnist or torchvision root)",
+    {"root": Opt("path", FASHION_MNIST_ROOT), "download": Opt("bool", False)},
+    "Fashion-MNIST 1x28x28, 10 classes, from IDX files (Debian dataset-fashion-mnist or torchvision root; "
+    f"download: true fetches them once, into {DEFAULT_DOWNLOAD_ROOT} for the default root)",
 )
 def _fashion_mnist(opts: dict[str, Any], seed: int, where: str, stratify: bool = True) -> DataSplits:
     root = opts["root"]
     files = _find_fashion_files(root)
+    if files is None and opts["download"]:
+        root = fashion_download_root(root)
+        files = _find_fashion_files(root) or _downloaded_fashion(root, where)
     if files is None:
         raise DataError(
             f"fashion-mnist root must hold {', '.join(s + '[.gz]' for s in _FMNIST_FILES.values())}, "
             f"but got none (or not all) in {root}, {root}/FashionMNIST/raw or {root}/raw{_loc(where)}; "
-            f"get them with `apt-get install dataset-fashion-mnist` (installs into {FASHION_MNIST_ROOT}) "
-            f"or, where there is a network, `torchvision.datasets.FashionMNIST(root, download=True)`"
+            f"set download: true (fetches them once, into {fashion_download_root(root)}), or get them with "
+            f"`apt-get install dataset-fashion-mnist` (installs into {FASHION_MNIST_ROOT})"
         )
     arrays = {k: read_idx(p) for k, p in files.items()}
     for split in ("train", "test"):
