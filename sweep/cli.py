@@ -98,6 +98,19 @@ def _quiet_libraries() -> None:
         _log(f"warning: could not quiet Optuna's logging: {type(e).__name__}: {e}")
 
 
+def _none_kept_budget(cfg, infeasible: list) -> str:
+    """No trial kept ``search.constraints``: the line that names the candidate that came closest and what it
+    broke, so that the next sweep's budget can be set knowingly."""
+    from .constraints import budget_words
+
+    limits = cfg.search.constraints
+    closest = min(infeasible, key=lambda r: limits.excess(r.to_row(), cfg.quality))
+    broke = "; ".join(limits.broken_costs(closest.to_row())) or (closest.error or "").removeprefix("infeasible: ")
+    return (f"note: no trial kept search.constraints ({budget_words(dict(limits.items()))}); the closest, trial "
+            f"{closest.trial_id} ({closest.method}), broke {broke}: loosen them in {cfg.source} for the next "
+            f"sweep")
+
+
 def _finish(outcome, cfg) -> int:
     from .driver import OUTPUT_CLOSED, SIGTERM
     from .folder import SweepFolder
@@ -114,6 +127,8 @@ def _finish(outcome, cfg) -> int:
     more = "".join(f", {count[k]} {k.replace('_', ' ')}" for k in ("stopped_early", "infeasible") if count[k])
     _log("")
     _log(f"sweep {cfg.name}: {count['ok']} ok, {count['failed']} failed{more} trial(s) in {outcome.wall_s:.0f} s")
+    if count["infeasible"] and not count["ok"]:
+        _log(_none_kept_budget(cfg, [r for r in trials if r.status == "infeasible"]))
     if outcome.stop_reason:  # a budget (time, epochs): a normal end, with the trials it has
         _log(f"{outcome.stop_reason}: {sum(count.values())} of {cfg.search.trials} trials finished; to run the "
              f"rest, raise the budget in {SweepFolder(outcome.sweep_dir).config_path} and `sweep resume "

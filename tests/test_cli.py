@@ -513,3 +513,24 @@ def test_top_level_and_dataset_errors_name_the_file_and_key(cwd, capsys, yaml_te
     space = write(cwd, yaml_text)
     assert main(["run", str(space)]) == 2
     assert_one_line_error(capsys, expected.format(space=space))
+
+
+def test_a_sweep_whose_every_candidate_broke_its_budget_names_the_closest():
+    """No ``ok`` trial and some ``infeasible``: one note naming the candidate nearest the budget (relative
+    excess summed over the budgets) and what it broke."""
+    import yaml
+
+    from sweep.cli import _none_kept_budget
+    from sweep.config import parse_config
+    from sweep.results.schema import TrialRecord
+
+    cfg = parse_config({**yaml.safe_load(GOOD),
+                        "search": {"constraints": {"max_params": 50_000, "max_macs": 1_000_000}}},
+                       source="space.yaml")
+    rows = [TrialRecord(trial_id=t, status="infeasible", method="magnitude", params=p, macs=m,
+                        error=f"infeasible: params {p:,} > max_params 50,000")
+            for t, p, m in (("far", 200_000, 900_000), ("near", 60_000, 1_100_000), ("farther", 90_000, 3_000_000))]
+    line = _none_kept_budget(cfg, rows)
+    assert line == ("note: no trial kept search.constraints (max_params 50,000, max_macs 1,000,000); the closest, "
+                    "trial near (magnitude), broke params 60,000 > max_params 50,000; macs 1,100,000 > max_macs "
+                    "1,000,000: loosen them in space.yaml for the next sweep")
