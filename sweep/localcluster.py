@@ -1,4 +1,10 @@
-"""A real multi-node Ray cluster on one machine: ``ray start`` nodes bound to 127.0.0.1.
+"""A real multi-node Ray cluster on one machine: ``ray start`` nodes with the head's address on 127.0.0.1.
+
+Each node is started with ``--node-ip-address=127.0.0.1``, but Ray's ``ray start`` turns a loopback address
+into the machine's reachable one (``ray._private.services.resolve_ip_for_localhost``), and its gRPC servers
+listen on every interface whatever the node's address (seen with ``ss -ltn`` under Ray 2.60): on a machine
+others can reach, the nodes' ports are reachable too, and token authentication (below) is what keeps other
+processes out.  Drivers connect through ``127.0.0.1:<port>``.
 
 For the cluster tests, the scale benchmark, and anyone who wants to try ``sweep run --address`` before
 a real cluster.  Every node is one ``ray start`` in its own session, so the daemons it leaves behind
