@@ -1177,7 +1177,9 @@ def _say_if_stalled(st: _CallbackState) -> None:
     have gone away), say so once -- Ray Tune waits for resources silently, for ever -- and what to do.  Said
     again only after trials have run in between."""
     if st.progress.running or st.progress.closed or st.progress.done >= st.progress.total:
-        st.stalled = False
+        if st.stalled:  # trials run again
+            st.stalled = False
+            _beat(st, phase="trials")
         return
     try:
         nodes = _alive_node_resources()
@@ -1188,6 +1190,7 @@ def _say_if_stalled(st: _CallbackState) -> None:
         return
     st.stalled = True
     key, what, asked, most = short
+    _beat(st, phase=f"waiting for a Ray node with {asked:g} {key}(s) (none alive can run a trial)")  # sweep status
     st.progress.log(f"waiting: no alive Ray node can run a trial now (a trial needs {asked:g} {key}(s), "
                     f"search.{what}; the {len(nodes)} alive node(s) have at most {most:g} each); the sweep goes on "
                     f"when a node that can joins the cluster (`ray start --address ...`), or stop it with "

@@ -251,6 +251,9 @@ def test_with_every_worker_node_lost_the_sweep_says_it_waits_and_goes_on_when_a_
         assert kill_node(alive[0])
         wait_for(lambda: any(line.startswith("waiting: no alive Ray node can run a trial") for line in lines),
                  "the waiting line")
+        status = subprocess.run([sys.executable, "-m", "sweep.cli", "status", str(sweep_dir)], capture_output=True,
+                                text=True, timeout=120)
+        assert "alive, waiting for a Ray node with 1 CPU(s) (none alive can run a trial)" in status.stdout, status
         c.add_worker(cpus=1, private=(hidden,))  # recorded in the cluster's groups: stopped with the others
         proc.wait(timeout=600)
         reader.join(timeout=30)
