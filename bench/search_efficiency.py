@@ -141,6 +141,8 @@ def space_dict(args, *, seed: int, strategy: str, knobs: dict, baseline: Path | 
             search["scheduler"]["rung0_reduction_factor"] = args.asha_rung0_eta
         if args.asha_epoch_budget:
             search["epoch_budget"] = asha_epoch_budget(args)
+        if args.asha_keep:
+            search["scheduler"]["keep"] = args.asha_keep
     if constraints:
         search["constraints"] = dict(constraints)
     return {
@@ -469,6 +471,8 @@ def main(argv=None) -> int:
                          "judged (rungs 1, 3, 9)")
     ap.add_argument("--asha-rung0-eta", type=int, help="TPE+MO-ASHA's rung0_reduction_factor: keep the top "
                     "⌊n/η₀⌋ + 1 at rung 0 (default: the reduction factor, 3)")
+    ap.add_argument("--asha-keep", choices=("syne_tune", "asha"), help="TPE+MO-ASHA's search.scheduler.keep: how "
+                    "many of a rung's n results go on, ⌊n/η⌋ + 1 (syne_tune, the default) or max(1, ⌊n/η⌋) (asha)")
     ap.add_argument("--asha-epoch-budget", type=float, help="the TPE+MO-ASHA sweeps' search.epoch_budget, as a "
                     "fraction of the TPE sweep's fine-tune epochs (e.g. 1: as many as TPE's; --asha-trials then "
                     "only caps the candidates); default: none, the sweep ends with its trials")
@@ -531,7 +535,7 @@ def main(argv=None) -> int:
           f"{SCHEDULER['reduction_factor']}, min_epochs {SCHEDULER['min_epochs']}, "
           f"{'no rung 0' if args.asha_no_rung0 else 'rung0'}"
           f"{'' if args.asha_rung0_eta is None else f' with rung0_reduction_factor {args.asha_rung0_eta}'}, selection "
-          f"{SCHEDULER['selection']}"
+          f"{SCHEDULER['selection']}{f', keep {args.asha_keep}' if args.asha_keep else ''}"
           f"{'' if not args.asha_epoch_budget else f', epoch_budget {asha_epoch_budget(args)}'}); "
           f"{budget_line}; "
           f"{args.concurrency} at a time, 1 CPU each")

@@ -77,7 +77,7 @@ from .errors import ConfigError
 from .pareto import DIRECTIONS, hypervolume, non_dominated_sort, reference_point, to_minimisation
 
 SCHEDULERS = ("fifo", "mo_asha")
-SCHEDULER_KEYS = ("type", "reduction_factor", "min_epochs", "rung0", "rung0_reduction_factor", "selection")
+SCHEDULER_KEYS = ("type", "reduction_factor", "min_epochs", "rung0", "rung0_reduction_factor", "selection", "keep")
 # how the front that does not fit whole into a rung's top k is cut (module docstring)
 SELECTIONS = ("hypervolume", "crowding")
 
@@ -88,6 +88,10 @@ SELECTIONS = ("hypervolume", "crowding")
 DEFAULT_REDUCTION_FACTOR = 3
 DEFAULT_MIN_EPOCHS = 1
 DEFAULT_SELECTION = "hypervolume"
+# how many of a rung's n results go on (module docstring, rule 2): ``syne_tune`` keeps ⌊n/η⌋ + 1 (Syne Tune's
+# MOASHA), ``asha`` keeps max(1, ⌊n/η⌋) (ASHA's promotable count, Li et al. 2020, Algorithm 2, at least the best)
+KEEPS = {"syne_tune": lambda n, eta: n // eta + 1, "asha": lambda n, eta: max(1, n // eta)}
+DEFAULT_KEEP = "syne_tune"
 # the fallback reference point (no baseline given): the rung's worst values, pushed out by this share of
 # their range (module docstring)
 REFERENCE_MARGIN = 0.1
@@ -113,6 +117,7 @@ class MOASHASettings:
     rung0: bool = False
     selection: str = DEFAULT_SELECTION
     rung0_reduction_factor: int | None = None
+    keep: str = DEFAULT_KEEP
     where: str = field(default="search.scheduler", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -125,6 +130,8 @@ class MOASHASettings:
             if not self.rung0:
                 raise ConfigError(f"rung0_reduction_factor applies to rung 0, which needs rung0: true, but got "
                                   f"rung0={self.rung0!r} ({self.where}.rung0_reduction_factor)")
+        if self.keep not in KEEPS:
+            raise ConfigError(f"keep must be one of {', '.join(KEEPS)}, but got keep={self.keep!r} ({self.where}.keep)")
         if self.selection not in SELECTIONS:
             raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, but got selection={self.selection!r} "
                               f"({self.where}.selection)")
@@ -197,6 +204,7 @@ def parse_scheduler(data: Any, where: str = "search.scheduler", *, max_epochs: i
         rung0=_default(data, "rung0", False),
         rung0_reduction_factor=data.get("rung0_reduction_factor"),
         selection=_default(data, "selection", DEFAULT_SELECTION),
+        keep=_default(data, "keep", DEFAULT_KEEP),
         where=where,
     )
 
@@ -430,7 +438,7 @@ class MOASHA:
         ids = list(recorded)
         n, eta = len(ids), self.settings.eta(rung)
         what = "rung 0 (before fine-tuning)" if rung == 0 else f"rung {rung} ({_epochs(rung)})"
-        k = n // eta + 1
+        k = KEEPS[self.settings.keep](n, eta)
         F = np.stack([recorded[t] for t in ids])
         me = ids.index(trial_id)
         fronts = non_dominated_sort(F)

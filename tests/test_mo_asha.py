@@ -24,9 +24,9 @@ OBJ = ["accuracy", "params"]
 
 
 def sched(eta=2, min_epochs=1, max_epochs=9, rung0=False, objectives=OBJ, selection="hypervolume",
-          reference=None) -> MOASHA:
+          reference=None, keep="syne_tune") -> MOASHA:
     return MOASHA(MOASHASettings(reduction_factor=eta, min_epochs=min_epochs, max_epochs=max_epochs, rung0=rung0,
-                                 selection=selection), objectives, reference)
+                                 selection=selection, keep=keep), objectives, reference)
 
 
 def rep(s: MOASHA, tid: str, epoch: int, acc: float, params: float):
@@ -242,16 +242,29 @@ def test_second_arrival_is_judged(eta, second, want):
     assert d.action == want and d.reached == 2 and d.kept == 2 // eta + 1
 
 
-@pytest.mark.parametrize("eta,n,kept", [(3, 3, 2), (3, 5, 2), (3, 6, 3), (3, 11, 4), (2, 4, 3), (4, 7, 2),
-                                        (4, 8, 3)])
-def test_kept_is_floor_n_over_eta_plus_one(eta, n, kept):
-    s = sched(eta=eta, max_epochs=27)
+@pytest.mark.parametrize("keep,eta,n,kept", [
+    ("syne_tune", 3, 3, 2), ("syne_tune", 3, 5, 2), ("syne_tune", 3, 6, 3), ("syne_tune", 3, 11, 4),
+    ("syne_tune", 2, 4, 3), ("syne_tune", 4, 7, 2), ("syne_tune", 4, 8, 3),
+    ("asha", 3, 2, 1), ("asha", 3, 5, 1), ("asha", 3, 6, 2), ("asha", 3, 11, 3), ("asha", 2, 4, 2), ("asha", 4, 8, 2),
+])
+def test_kept_is_floor_n_over_eta_plus_one_or_asha_s_promotable_count(keep, eta, n, kept):
+    """``keep: syne_tune`` (the default) keeps ⌊n/η⌋ + 1 of a rung's n results, ``keep: asha`` max(1, ⌊n/η⌋)."""
+    s = sched(eta=eta, max_epochs=27, keep=keep)
     for i in range(n - 1):  # each better on both objectives than the ones before
         rep(s, f"t{i}", 1, 0.5 + 0.01 * i, 1000 - i)
     d = rep(s, "last", 1, 0.1, 5000)  # dominated by all
     assert d.reached == n and d.kept == kept and d.action == STOP and d.front == n
     d = rep(s, "best", 1, 0.99, 1)  # dominates all: always kept
-    assert d.action == CONTINUE and d.kept == (n + 1) // eta + 1
+    assert d.action == CONTINUE and d.kept == ((n + 1) // eta + 1 if keep == "syne_tune" else max(1, (n + 1) // eta))
+
+
+@pytest.mark.parametrize("keep,want", [("syne_tune", CONTINUE), ("asha", STOP)])
+def test_the_third_arrival_ranked_second_goes_on_only_under_syne_tune_s_count(keep, want):
+    s = sched(eta=3, max_epochs=27, keep=keep)
+    rep(s, "best", 1, 0.9, 10)
+    rep(s, "worst", 1, 0.1, 1000)
+    d = rep(s, "middle", 1, 0.5, 100)  # dominated by "best" only: second of three
+    assert d.reached == 3 and d.front == 2 and d.action == want
 
 
 def test_rung0_judges_before_fine_tuning():
@@ -308,6 +321,8 @@ def test_parse_scheduler():
     assert s.rungs() == (0, 1, 3)
     assert parse_scheduler("mo_asha", max_epochs=3) == MOASHASettings(3, 1, 3, False)
     assert parse_scheduler("mo_asha").selection == "hypervolume"
+    assert parse_scheduler("mo_asha").keep == "syne_tune"
+    assert parse_scheduler({"type": "mo_asha", "keep": "asha"}, max_epochs=9).keep == "asha"
     s = parse_scheduler({"type": "mo_asha", "rung0": True, "rung0_reduction_factor": 9}, max_epochs=9)
     assert (s.eta(0), s.eta(1), s.eta(3)) == (9, 3, 3) and MOASHASettings(rung0=True).eta(0) == 3
 
@@ -336,6 +351,8 @@ def test_parse_selection(selection):
                                             r"\(x.yaml: search.scheduler.min_epochs\)$"),
     ({"type": "mo_asha", "selection": "epsnet"}, r"^selection must be one of hypervolume, crowding, but got "
                                                  r"selection='epsnet' \(x.yaml: search.scheduler.selection\)$"),
+    ({"type": "mo_asha", "keep": "half"}, r"^keep must be one of syne_tune, asha, but got keep='half' "
+                                           r"\(x.yaml: search.scheduler.keep\)$"),
     ({"type": "hyperband"}, r"^type must be one of fifo, mo_asha, but got type='hyperband' "
                             r"\(x.yaml: search.scheduler.type\)$"),
     ({"type": "mo_asha", "eta": 3}, r"^unknown key 'eta' in x.yaml: search.scheduler; allowed keys: type, "),
