@@ -709,9 +709,9 @@ def _error_line(trial, limit: int = 200) -> str:
             text = None
     if not text:
         return "its process or node went away; Ray gave no error"
-    last = str(text).rsplit("Failure # ", 1)[-1]
-    if last is not text and "\n" in last:
-        last = last.split("\n", 1)[1]  # the header's rest: "n (occurred at ...)"
+    last = str(text)
+    if "Failure # " in last:  # the latest failure only, without its header line "n (occurred at ...)"
+        last = last.rsplit("Failure # ", 1)[1].partition("\n")[2]
     return " ".join(line.strip() for line in last.splitlines() if line.strip())[:limit]
 
 

@@ -828,3 +828,23 @@ def test_progress_eta_once_no_trial_starts_counts_only_those_running():
     assert progress.eta_s(60.0) == pytest.approx(60.0 / 6 * 1)
     progress.ending.add("a")
     assert progress.eta_s(60.0) == 0
+
+
+@pytest.mark.parametrize("stored, local, want", [
+    ("Failure # 1 (occurred at 2026-12-06_14-31-53)\nRayActorError: first\n"
+     "Failure # 2 (occurred at 2026-12-06_14-32-10)\nActorUnavailableError: The actor is unavailable:\n"
+     "  Socket closed\n", None,
+     "ActorUnavailableError: The actor is unavailable: Socket closed"),
+    (None, "Failure # 1 (occurred at 2026-12-06_14-31-53)\nActorDiedError: The actor died\n",
+     "ActorDiedError: The actor died"),  # not in the trial's storage yet: the file Tune has just written
+    (None, None, "its process or node went away; Ray gave no error"),
+])
+def test_what_killed_a_trial_s_worker_is_one_line_of_its_latest_failure(tmp_path, stored, local, want):
+    from sweep.driver import _error_line
+
+    error_file = None
+    if local is not None:
+        error_file = tmp_path / "error.txt"
+        error_file.write_text(local)
+    trial = SimpleNamespace(get_error=lambda: stored, error_file=str(error_file) if error_file else None)
+    assert _error_line(trial) == want
