@@ -11,7 +11,8 @@ The rule, on a report of trial ``t`` at rung ``r``:
 2. with ``n`` trials recorded at ``r`` so far (``t`` included), keep the best ``k = ⌊n / η⌋ + 1`` of them
    and continue only if ``t`` is among them -- i.e. if at most ``n / η`` of the rung's results rank ahead of
    it.  So the first result at a rung continues, the second only if it ranks first, and in the long run
-   about ``1/η`` of a rung's arrivals go on.  A report with a missing or non-finite value stops at once.
+   about ``1/η`` of a rung's arrivals go on.  ``keep: asha`` keeps ``k = max(1, ⌊n / η⌋)`` instead (fewer while
+   ``n`` is small).  A report with a missing or non-finite value stops at once.
 3. "Best" is non-dominated sorting (fronts filled in order); inside the front that does not fit whole, the points
    that add most to the hypervolume (``selection: hypervolume``, the default: the point adding least is
    dropped, one at a time, and the rest re-weighed) or the larger crowding distances (``selection:
@@ -33,7 +34,10 @@ Where each part comes from:
   letting every result through while ``n < η`` and keeping ``⌊n/η⌋`` after (this module's first rule)
   fine-tuned the sweep's first ``η - 1`` trials (TPE's random start-up ones) to the end whatever they
   were, while later ones found the few kept slots held by them; ``max(1, ⌊n/η⌋)`` stopped so much that in
-  one seed of three the sweep spent fewer fine-tune epochs than TPE and ended below TPE's hypervolume.
+  one seed of three the sweep spent fewer fine-tune epochs than TPE and ended below TPE's hypervolume.  That
+  second count is ``keep: asha`` (ASHA's promotable ``⌊|rung|/η⌋``, at least the best one): in a sweep budgeted in
+  fine-tune epochs (``search.epoch_budget``) rather than in trials, a stricter count screens more candidates for
+  the same epochs (bench/README.md, "ASHA's promotable count").
 * Replacing the scalar ranking by non-dominated sorting: MO-ASHA, Schmucker, Donini, Zafar, Salinas &
   Archambeau, "Multi-objective Asynchronous Successive Halving", arXiv 2106.12639 (2021), which extends
   Schmucker, Donini, Perrone & Archambeau, "Multi-objective multi-fidelity hyperparameter optimization
