@@ -12,13 +12,13 @@ import pytest
 # A child process: maybe `import ray` first, then the sweep's embedded Ray; a grandchild without the token
 # (every RAY_AUTH_* variable removed) tries to run a task on it, then one with the sweep's environment does.
 CHILD = r"""
-import os, subprocess, sys, tempfile
+import os, subprocess, sys
 from pathlib import Path
 if sys.argv[1] == "first":
     import ray  # noqa: F401
 from sweep.driver import _ray_init, _ray_shutdown
 notes = []
-started = _ray_init(None, Path(tempfile.mkdtemp()), cpus=1, log=notes.append)
+started = _ray_init(None, Path(sys.argv[2]), cpus=1, log=notes.append)
 import ray
 gcs = ray.get_runtime_context().gcs_address
 code = (f"import ray; ray.init(address='{gcs}', logging_level='ERROR'); "
@@ -40,8 +40,8 @@ _ray_shutdown(started, print)
 def test_the_embedded_ray_lets_in_only_the_sweeps_processes_even_when_ray_was_imported_first(tmp_path, imported):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
     env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token of the user's
-    res = subprocess.run([sys.executable, "-c", CHILD, imported], env=env, capture_output=True, text=True,
-                         timeout=300, cwd=tmp_path)
+    res = subprocess.run([sys.executable, "-c", CHILD, imported, str(tmp_path)], env=env, capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
     line = [ln for ln in res.stdout.splitlines() if ln.startswith("MODE")]
     assert res.returncode == 0 and line, res.stdout[-2000:] + res.stderr[-3000:]
     assert line[0] == "MODE token STRANGER False OWN True NOTES 0"
