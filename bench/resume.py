@@ -25,8 +25,10 @@ finished rows (``ok``, ``failed``, and with successive halving or budgets ``stop
 numbers and configurations among finished rows, finished trials with a second MLflow run (one that an
 earlier driver wrote, superseded by a new one), MLflow runs left RUNNING, the parent run's status,
 finished trials without a run, runs of trials cut short that are neither superseded nor KILLED with a
-``sweep.stopped`` reason, progress lines that counted more done than asked,
-processes left behind.
+``sweep.stopped`` reason, progress lines that counted more done than asked, saved fine-tune states left in
+``progress/``, processes left behind.  Printed besides: how many finished trials went on from a fine-tune epoch
+an earlier, killed run of their configuration had saved (``resumed_at_epoch`` in the row's ``info``), and how
+many epochs that kept from being trained again.
 
     python bench/resume.py                         # quickstart, 40 trials, 10 kills (about 5 min on 2 cores)
     python bench/resume.py --kills 15 --seed 1 --window 30
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import os
 import random
 import re
@@ -140,7 +143,11 @@ def books(sweep_dir: Path, asked: int) -> dict:
     # a trial cut short that has no row (its driver died at once) keeps its run: KILLED, saying why
     unexplained = [r for r in trial_runs if tid(r) not in finished_ids and not superseded(r)
                    and not (r.info.status == "KILLED" and r.data.tags.get("sweep.stopped"))]
+    resumed = [json.loads(r.info).get("resumed_at_epoch", 0) if r.info else 0 for r in done]
+    resumed = [e for e in resumed if isinstance(e, int) and e > 0]
     return {
+        "resumed": len(resumed), "epochs_kept": sum(resumed),
+        "progress_left": len(list((sweep_dir / "progress").glob("*.pt"))),
         "rows": len(rows), "finished": len(done), "stopped": sum(r.status == "stopped" for r in rows),
         "dup_ids": repeated(r.trial_id for r in rows), "dup_seeds": repeated(r.seed for r in done),
         "dup_numbers": repeated(r.trial_number for r in done),
@@ -289,6 +296,7 @@ def main(argv=None) -> int:
         f"{b['trial_runs']} trial runs)": b["unexplained"] == 0,
         f"finished trials with a second MLflow run: {b['doubled_runs']}": b["doubled_runs"] == 0,
         f"progress lines counting past the total: {len(over_count)}": not over_count,
+        f"saved fine-tune states left behind: {b['progress_left']}": b["progress_left"] == 0,
         f"report written: {report}": report,
         f"processes left behind: {len(left)}": not left,
     }
@@ -297,6 +305,8 @@ def main(argv=None) -> int:
         for g in graceful:
             print(f"  {g}")
     print(f"# took {time.time() - t_start:.0f} s, load {load()}")
+    print(f"# trials that went on from a saved fine-tune epoch: {b['resumed']} ({b['epochs_kept']} epochs not "
+          f"trained again)")
     for what, held in checks.items():
         print(f"  {'ok  ' if held else 'FAIL'}  {what}")
     if args.keep:

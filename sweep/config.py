@@ -131,6 +131,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     optimizer: str = "sgd"
     temperature: float = 4.0  # label-free fine-tuning: distillation temperature on the teacher's logits
+    # the training state is kept after every epoch, so that a training cut short (the driver killed, a node
+    # lost) goes on from its last epoch instead of starting over (sweep.train.EpochCheckpoint)
+    checkpoint: bool = True
 
 
 @dataclass(frozen=True)
@@ -410,9 +413,10 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
         teacher=teacher,
         reference=b.bool("reference", False),
     )
-    f = _Section(top.get("finetune"), f"{source}: finetune", ("epochs", "lr", "temperature"))
+    f = _Section(top.get("finetune"), f"{source}: finetune", ("epochs", "lr", "temperature", "checkpoint"))
     finetune = TrainConfig(epochs=f.int("epochs", 3, lo=0), lr=f.float("lr", 0.01, lo=0.0, lo_open=True),
-                           temperature=f.float("temperature", 4.0, lo=0.0, lo_open=True), **common)
+                           temperature=f.float("temperature", 4.0, lo=0.0, lo_open=True),
+                           checkpoint=f.bool("checkpoint", True), **common)
     if f.get("temperature") is not None and labels != "none":  # it would be read by nothing
         raise ConfigError(f"temperature must be left out unless labels is none (label-free fine-tuning distils "
                           f"the teacher at that temperature), but got temperature={f.get('temperature')!r} with "

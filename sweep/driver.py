@@ -156,6 +156,38 @@ class _ShippedIO:
         ray.get(self.inputs.inbox.put.remote(rel, model_bytes(model)))
         return rel
 
+    def progress_slot(self, name: str) -> "_InboxSlot":
+        return _InboxSlot(self.inputs.inbox, name)
+
+
+class _InboxSlot:
+    """A trial configuration's fine-tune state in the driver's sweep folder, reached through the model inbox
+    (the :class:`sweep.durable.FileSlot` interface): a trial on a node without the folder keeps it there."""
+
+    def __init__(self, inbox, name: str):
+        self.inbox, self.name = inbox, name
+
+    def __str__(self) -> str:
+        return f"the saved progress {self.name} (in the sweep folder)"
+
+    def stamp(self) -> int:
+        return 0  # read once per trial: the trial itself is the only one to write it while it runs
+
+    def read(self) -> bytes | None:
+        import ray
+
+        return ray.get(self.inbox.progress.remote(self.name))
+
+    def write(self, data: bytes) -> None:
+        import ray
+
+        ray.get(self.inbox.keep_progress.remote(self.name, data))
+
+    def remove(self) -> None:
+        import ray
+
+        ray.get(self.inbox.drop_progress.remote(self.name))
+
 
 def _trial_seed(base_seed: int, number: int | None, trial_id: str) -> int:
     """Seed of a trial: the sweep seed and the trial's index, so a re-run sweep repeats itself."""
@@ -226,9 +258,10 @@ def _violations(cfg: SweepConfig, rec: TrialRecord) -> list[float]:
     return limits.violations(figures, cfg.quality) if limits else []
 
 
-def _model_inbox():
+def _model_inbox(folder: SweepFolder):
     """An actor on the driver's node that holds each trial's pruned model (bytes) until the driver takes it
-    and writes it into the sweep folder (:class:`sweep.inbox.ModelInbox`); no CPU reserved."""
+    and writes it into the sweep folder, and keeps the trials' fine-tune states in the folder's ``progress/``
+    (:class:`sweep.inbox.ModelInbox`); no CPU reserved."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -241,7 +274,7 @@ def _model_inbox():
     # skips it) nor anything but sweep.inbox
     return ray.remote(num_cpus=0, max_restarts=0)(ModelInbox).options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
-        runtime_env={"env_vars": {ROLE_ENV: INBOX_ROLE}}).remote()
+        runtime_env={"env_vars": {ROLE_ENV: INBOX_ROLE}}).remote(str(folder.progress_dir))
 
 
 def _received(st, rec: TrialRecord) -> TrialRecord:
@@ -518,6 +551,11 @@ class _Recorder:
         """Until every record put so far is durable (or the thread failed)."""
         self.queue.join()
 
+    def _drop_progress(self, stopped_early: list[TrialRecord]) -> None:
+        """A trial the scheduler stopped never ends by itself: its saved fine-tune state goes once its row lasts."""
+        for name in _progress_names(self.st, stopped_early):
+            self.st.folder.progress_slot(name).remove()
+
     def close(self) -> None:
         self.queue.put(None)
         self.thread.join(timeout=MODEL_FETCH_TIMEOUT_S + 30)
@@ -539,6 +577,7 @@ class _Recorder:
                     with self.lock:
                         self.st.store.append_many([rec for rec, _ in got])
                         self.durable.extend(got)
+                    self._drop_progress([rec for rec, _ in got if rec.status == "stopped_early"])
             except BaseException as e:  # raised on Tune's thread by _collect; nothing is written after it
                 self.error = e
             finally:
@@ -644,7 +683,11 @@ def _write_table(st: _CallbackState) -> None:
 
 
 def _config_key(r: TrialRecord) -> tuple:
-    return (r.method, tuple(sorted((k, repr(v)) for k, v in r.knobs.items())))
+    return _knobs_key(r.method, r.knobs)
+
+
+def _knobs_key(method: str, knobs: dict) -> tuple:
+    return (method, tuple(sorted((k, repr(v)) for k, v in knobs.items())))
 
 
 def _reruns(records, new: list[TrialRecord]) -> set[str]:
@@ -1321,19 +1364,20 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
                                                                                r.trial_number or 0))
     finished = [r for r in trials if r.status in FINISHED]
     told = [_told(cfg, r) for r in finished if r.method and r.knobs]
-    rerun = [(r.method, r.knobs) for r in trials if r.status == "stopped" and r.method and r.knobs]
+    again = _run_again(cfg, folder, trials, finished)
+    rerun = [(m, k) for _, m, k in again]
     measured = {r.method for r in finished} | {m for m, _ in rerun}
     first = [p for p in first_points(cfg) if p.get("method") not in measured]
     todo = cfg.search.trials - _finished(records)
     used = [r.trial_number for r in finished if r.trial_number is not None]
-    kw: dict = dict(space=define_by_run(cfg, len(told), used), metric=list(cfg.search.objectives),
-                    mode=[DIRECTIONS[o] for o in cfg.search.objectives])
+    kw: dict = dict(space=define_by_run(cfg, len(told), used, [n for n, _, _ in again]),
+                    metric=list(cfg.search.objectives), mode=[DIRECTIONS[o] for o in cfg.search.objectives])
     constraints = len(budget_names(cfg.search.constraints))
     eta = cfg.search.scheduler.reduction_factor if cfg.search.scheduler is not None else 1
     # the full fine-tunes an epoch budget pays for: with it, the sweep's budget in the sampler's start-up
     cap = cfg.search.epoch_budget // max(1, cfg.finetune.epochs) if cfg.search.epoch_budget else None
     if told or rerun:
-        sampler = make_sampler(cfg.search.sampler, seed=(cfg.seed * 1_000_003 + len(told)) % 2**31,
+        sampler = make_sampler(cfg.search.sampler, seed=_resumed_seed(cfg, len(told), rerun),
                                n_trials=cfg.search.trials, constraints=constraints, reduction_factor=eta, cap=cap)
         storage, name = study_with_history(cfg, told, rerun + [(p["method"], None) for p in first], sampler)
         kw.update(sampler=sampler, storage=storage, study_name=name)
@@ -1348,6 +1392,48 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
                                     max_concurrent_trials=cfg.search.concurrency, reuse_actors=True),
         run_config=run_config,
     )
+
+
+def _resumed_seed(cfg: SweepConfig, told: int, rerun: list) -> int:
+    """The sampler's seed in a resumed sweep: the sweep seed and the number of trials told, and, when trials
+    run again first, which ones.  Their configurations came from the stream of an earlier run, which drew them
+    in the same order (enqueued trials draw nothing): a stream of that seed would draw them once more as new
+    trials, e.g. when nothing had finished yet."""
+    import zlib
+
+    seed = cfg.seed * 1_000_003 + told
+    if rerun:
+        seed += 1 + zlib.crc32(repr(sorted(_knobs_key(m, k) for m, k in rerun)).encode())
+    return seed % 2**31
+
+
+def _run_again(cfg: SweepConfig, folder: SweepFolder, trials: list[TrialRecord],
+               finished: list[TrialRecord]) -> list[tuple[int | None, str, dict]]:
+    """``(number, method, knobs)`` of the trials a resumed sweep runs again first, by number: those cut short
+    (``stopped`` rows), and those a killed driver left mid-fine-tune with a saved state but no row
+    (:func:`sweep.trial.saved_trials`).  Each gets its number back (:class:`sweep.space.DefineByRun`), so its
+    seed, and goes on from its saved fine-tune epoch; a number or configuration that has a finished row is
+    never run again."""
+    from .trial import saved_trials
+
+    done_numbers = {r.trial_number for r in finished if r.trial_number is not None}
+    done_configs = {_config_key(r) for r in finished if r.knobs}
+    out: dict = {}  # configuration -> (number, method, knobs)
+    for r in trials:
+        if r.status == "stopped" and r.method and r.knobs:
+            number = r.trial_number if r.trial_number not in done_numbers else None
+            out[_config_key(r)] = (number, r.method, r.knobs)
+    saved = saved_trials(folder) if cfg.finetune.checkpoint and cfg.finetune.epochs > 0 else []
+    for _, number, method, knobs in saved:
+        key = _knobs_key(method, knobs)
+        if number >= 0 and number not in done_numbers and key not in done_configs and key not in out:
+            out[key] = (number, method, knobs)
+    seen: set[int] = set()
+    again = []
+    for number, method, knobs in sorted(out.values(), key=lambda t: (t[0] is None, t[0] or 0)):
+        again.append((number if number not in seen else None, method, knobs))
+        seen.add(number)
+    return again
 
 
 def _told(cfg: SweepConfig, rec: TrialRecord):
@@ -1602,7 +1688,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
     timing: dict = {}
     try:
         if ray_started or address is not None:  # Ray is up: the inbox's process starts with the baseline
-            st.inbox = _model_inbox()
+            st.inbox = _model_inbox(folder)
         records, _ = store.records()
         if not any(r.is_baseline for r in records) or not folder.has_baseline():
             with _beating(st):  # training it may take hours: `sweep status` must still see a live driver
@@ -1644,7 +1730,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
                 ray_started = _ray_init(None, folder.path, None, log, cfg)
             _ACTIVE["sweep"] = st
             callback = _make_callback()
-            st.inbox = st.inbox or _model_inbox()
+            st.inbox = st.inbox or _model_inbox(folder)
             tuner = _tuner(cfg, folder, callback, records, st.inbox)
             log(f"running {cfg.search.trials - progress.done} trial(s), {cfg.search.concurrency} at a time "
                 f"({cfg.search.sampler} sampler; objectives: {', '.join(cfg.search.objectives)})")
@@ -1673,6 +1759,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
                 _ray_shutdown(ray_started, log)
                 ray_started = False
                 _close_books(st, reason)
+            _drop_spent_progress(st)
             if reason is not None and reason != st.budget_reason:
                 return _interrupted(st, reason, t0, uri, timing)
         else:  # a resumed sweep whose trials had all finished: its end (re-measurement, report) again
@@ -1845,6 +1932,37 @@ def _close_books(st: _CallbackState, reason: str) -> None:
             log(f"closed {n} more MLflow run(s) left RUNNING as KILLED")
     except Exception as e:
         log(f"warning: MLflow runs of the stopped trials could not be closed: {type(e).__name__}: {e}")
+
+
+def _progress_names(st: _CallbackState, records) -> set[str]:
+    """The names the fine-tune states of ``records`` are kept under (:func:`sweep.trial.progress_name`)."""
+    from .trial import progress_name
+
+    if not records or st.folder is None or not st.cfg.finetune.checkpoint or st.cfg.finetune.epochs <= 0:
+        return set()
+    base = st.folder.baseline()
+    return {progress_name(st.cfg, r.method, r.knobs, r.seed, base) for r in records
+            if r.method and r.knobs and r.seed is not None}
+
+
+def _drop_spent_progress(st: _CallbackState) -> None:
+    """Tune is done and the books are closed: the saved fine-tune states no trial will go on from -- their
+    number or configuration has a finished row -- are removed; those of trials cut short stay for the re-run
+    that ``sweep resume`` starts first.  Never raises: a state left behind costs disk, not results."""
+    from .trial import saved_trials
+
+    try:
+        if st.folder is None or not st.folder.progress_names():
+            return
+        finished = [r for r in st.records.values() if r.status in FINISHED and not r.is_baseline]
+        numbers = {r.trial_number for r in finished if r.trial_number is not None}
+        configs = {_config_key(r) for r in finished if r.knobs}
+        for name, number, method, knobs in saved_trials(st.folder):
+            if number in numbers or _knobs_key(method, knobs) in configs:
+                st.folder.progress_slot(name).remove()
+    except Exception as e:
+        st.progress.log(f"warning: saved fine-tune states could not be removed from {st.folder.progress_dir}: "
+                        f"{type(e).__name__}: {e}")
 
 
 def _record_delivered(st: _CallbackState) -> None:

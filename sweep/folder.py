@@ -9,6 +9,8 @@ Layout (the README's "Where things go" table)::
     trials.journal/       finished trials not yet folded into trials.parquet (same module)
     baseline/model.pt     the trained dense model; baseline/summary.json its figures
     models/<trial>.pt     each trial's pruned model
+    progress/<name>.pt    a running trial's fine-tune state after its latest epoch (sweep.trial.progress_name):
+                          a trial cut short goes on from there when it runs again; removed once it has its row
     mlflow.db, mlartifacts/   the embedded MLflow store (default tracking URI) and its artefacts
     ray/                  Ray Tune's working folder (resume reads the table, not this)
     selected/             what ``sweep select`` chose
@@ -16,8 +18,10 @@ Layout (the README's "Where things go" table)::
 Conventions: every JSON file is written atomically (temporary file + rename); saved models are
 whole-module pickles, so they are loaded only from inside the folder that wrote them; the report goes
 to ``reports/<name>/`` outside the folder (:func:`report_dir`).  ``select``, ``report`` and ``cli``
-reach a sweep through this module, never through the Ray driver.  One process writes a sweep folder
-at a time: ``sweep run`` / ``resume`` / ``select`` hold :meth:`SweepFolder.lock` while they write.
+reach a sweep through this module, never through the Ray driver. It imports the standard library alone at its
+top (the model inbox's process writes the trials' progress through it, without pyarrow or torch). One process
+writes a sweep folder at a time: ``sweep run`` / ``resume`` / ``select`` hold :meth:`SweepFolder.lock` while
+they write.
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import SweepDirError
-from .results.store import TrialStore
+
+if TYPE_CHECKING:
+    from .results.store import TrialStore
 
 CONFIG_FILE = "sweep.yaml"
 STATE_FILE = "state.json"
@@ -45,6 +51,7 @@ BASELINE_SUMMARY = "baseline/summary.json"
 # a sweep killed while the baseline trains goes on from there; removed once the baseline is written
 BASELINE_TRAINING = "baseline/training.pt"
 MODELS_DIR = "models"
+PROGRESS_DIR = "progress"
 RAY_DIR = "ray"
 SELECTED_DIR = "selected"
 SELECTION_FILE = "selection.json"  # what `sweep select` decided, in its output folder
@@ -204,7 +211,9 @@ class SweepFolder:
         return self.default_tracking_uri
 
     @property
-    def store(self) -> TrialStore:
+    def store(self) -> "TrialStore":
+        from .results.store import TrialStore  # here, not at the top: the model inbox imports this module alone
+
         return TrialStore(self.path)
 
     @staticmethod
@@ -325,6 +334,29 @@ class SweepFolder:
     def load_baseline_model(self):
         return self.load_model(BASELINE_MODEL)
 
+    # ------------------------------------------------------------------ trials' fine-tune progress
+    @property
+    def progress_dir(self) -> Path:
+        return self.path / PROGRESS_DIR
+
+    def progress_slot(self, name: str):
+        """Where the trial configuration ``name`` (:func:`sweep.trial.progress_name`) keeps its fine-tune state
+        (a :class:`sweep.durable.FileSlot`)."""
+        return progress_slot(self.progress_dir, name)
+
+    def progress_names(self) -> list[str]:
+        """The configurations that have a saved fine-tune state now."""
+        if not self.progress_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.progress_dir.glob("*.pt"))
+
+    def drop_progress(self, keep: set[str] = frozenset()) -> int:
+        """Remove every saved fine-tune state but those of ``keep`` (trials cut short, to run again); how many."""
+        gone = [n for n in self.progress_names() if n not in keep]
+        for n in gone:
+            self.progress_slot(n).remove()
+        return len(gone)
+
     # ------------------------------------------------------------------ models
     def save_model(self, model, rel: str) -> str:
         """Whole-module save inside the folder (pruned shapes differ from any builder's), atomically."""
@@ -333,7 +365,7 @@ class SweepFolder:
     def write_model_bytes(self, rel: str, data: bytes) -> str:
         """Write a model saved by :func:`model_bytes` (e.g. sent by a trial on another node) at ``rel``,
         atomically and durably (the row that names it is written after)."""
-        from .results.store import durable_write
+        from .durable import durable_write
 
         path = (self.path / rel).resolve()
         if self.path.resolve() not in path.parents:
@@ -511,6 +543,15 @@ def _in_use(lock_path: Path, holder: dict | None) -> str:
     return (f"sweep folder must have one writer at a time, but pid {pid} on {holder.get('host', '?')} holds it "
             f"(`{holder.get('command', '?')}` since {holder.get('since', '?')}) ({lock_path}); wait for it to "
             f"end, or stop it first (`kill {pid}`: a stopped sweep continues with `sweep resume`)")
+
+
+def progress_slot(folder: str | Path, name: str):
+    """The file ``<folder>/<name>.pt`` as a :class:`sweep.durable.FileSlot`; ``name`` is a digest, never a path."""
+    from .durable import FileSlot
+
+    if not name or not name.isalnum():
+        raise SweepDirError(f"a progress name must be letters and digits, but got {name!r}")
+    return FileSlot(Path(folder) / f"{name}.pt")
 
 
 def model_bytes(model) -> bytes:

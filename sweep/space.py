@@ -36,13 +36,16 @@ class DefineByRun:
     A class, not a closure: Ray pickles the searcher (with this function) to save its state.
 
     ``TRIAL_NUMBER`` (and so the trial's seed) is the sweep's own index of the trial: for a resumed sweep,
-    whose study starts with ``told`` finished trials, the study's new trials take the numbers no finished
-    trial holds, lowest first -- so a trial cut short and run again (enqueued first) gets its own number
-    back, and no number repeats whatever order trials finished in.
+    whose study starts with ``told`` finished trials and then the trials cut short, enqueued to run again, the
+    enqueued ones get their own numbers back (``reserved``, in enqueue order; None: the next free one), so that
+    a re-run has its seed back and goes on from its saved fine-tune state; the study's new trials take the
+    numbers no finished or re-run trial holds, lowest first.  No number repeats whatever order trials finished in.
     """
 
-    def __init__(self, cfg: SweepConfig, told: int = 0, used=()):
-        self.told, self.used = int(told), sorted(set(int(u) for u in used))
+    def __init__(self, cfg: SweepConfig, told: int = 0, used=(), reserved=()):
+        self.reserved = [None if r is None else int(r) for r in reserved]
+        self.told = int(told)
+        self.used = sorted(set(int(u) for u in used) | {r for r in self.reserved if r is not None})
         self.methods = [m.name for m in cfg.methods]
         self.spaces = {m.name: dict(m.knobs) for m in cfg.methods}
         # by the space's own keys: a stages knob is sampled as its stage knobs (stage_ratio_0, ...)
@@ -69,8 +72,12 @@ class DefineByRun:
 
 
     def sweep_number(self, study_number: int) -> int:
-        """The ``k``-th number no finished trial holds, for the study's ``told + k``-th trial."""
-        n = study_number - self.told
+        """For the study's ``told + k``-th trial: its reserved number, else the ``j``-th number no finished or
+        re-run trial holds (``j``: ``k`` less the reserved numbers before it)."""
+        k = study_number - self.told
+        if 0 <= k < len(self.reserved) and self.reserved[k] is not None:
+            return self.reserved[k]
+        n = k - sum(r is not None for r in self.reserved[:max(k, 0)])
         for u in self.used:  # ascending: each used number at or below the candidate pushes it up one
             if u <= n:
                 n += 1
@@ -79,8 +86,8 @@ class DefineByRun:
         return n
 
 
-def define_by_run(cfg: SweepConfig, told: int = 0, used=()) -> DefineByRun:
-    return DefineByRun(cfg, told, used)
+def define_by_run(cfg: SweepConfig, told: int = 0, used=(), reserved=()) -> DefineByRun:
+    return DefineByRun(cfg, told, used, reserved)
 
 
 def first_points(cfg: SweepConfig) -> list[dict]:

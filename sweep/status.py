@@ -13,9 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 from .constraints import budget_words
+from .durable import pid_alive
 from .folder import HEARTBEAT_EVERY_S, SweepFolder
 from .results.schema import epochs_spent
-from .results.store import pid_alive
 
 # trials listed by a heartbeat older than this are not reported as running (the driver missed 3 beats)
 RECENT_S = 3 * HEARTBEAT_EVERY_S
@@ -79,6 +79,10 @@ def status_lines(sweep_dir: Path, now: float | None = None) -> list[str]:
         lines.append(f"stopped: {len(stopped)} (run again by `sweep resume`): {why}")
     else:
         lines.append("stopped: 0")
+    saved = len(folder.progress_names())
+    if saved:
+        lines.append(f"fine-tune states saved: {saved} (a trial cut short goes on from its latest epoch when it runs "
+                     f"again)")
     if running:
         lines.append(f"running: {len(running)} ({', '.join(running)}; heartbeat {_ago(age)})")
     elif listed and not fresh:

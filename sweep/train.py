@@ -59,36 +59,48 @@ def best_epoch(qualities: Iterable[float]) -> int | None:
 
 
 class EpochCheckpoint:
-    """Where :func:`fit` keeps its state after each epoch (module docstring), at ``path``; ``key`` names the
-    training it belongs to (its settings), so that a checkpoint of other settings is never resumed from.
+    """Where :func:`fit` keeps its state after each epoch (module docstring): a file at ``where`` (a path), or any
+    slot of bytes with ``read()``, ``write(data)``, ``remove()`` and ``stamp()`` as :class:`sweep.durable.FileSlot`
+    has them (a trial on another node keeps its state in the driver's folder through the model inbox).  ``key``
+    names the training it belongs to (its settings), so that a checkpoint of other settings is never resumed
+    from; ``extra`` (plain values) is saved beside the state and read back with it (:meth:`load`).
 
-    Written with :func:`sweep.results.store.durable_write` (all or nothing, fsynced) and read back with
-    ``torch.load(weights_only=True)``: tensors, numbers and lists only, never arbitrary objects.  A file that
-    cannot be read, or belongs to another ``key``, is not used (:attr:`why` says why) and training starts over."""
+    Written durably (all or nothing, fsynced) and read back with ``torch.load(weights_only=True)``: tensors,
+    numbers and lists only, never arbitrary objects.  Bytes that cannot be read, or belong to another ``key``, are
+    not used (:attr:`why` says why) and training starts over."""
 
-    def __init__(self, path: str | Path, key: str):
-        self.path, self.key = Path(path), str(key)
+    def __init__(self, where, key: str, extra: dict | None = None):
+        from .durable import FileSlot
+
+        self.slot = where if hasattr(where, "write") else FileSlot(where)
+        self.key, self.extra = str(key), dict(extra or {})
         self.why: str | None = None
-        self._read: tuple | None = None  # (the file's (mtime, size), what load returned): read once, not twice
+        self._read: tuple | None = None  # (the slot's stamp, what load returned): read once, not twice
+
+    @property
+    def path(self) -> Path | None:
+        """The file, where the state lies in one on this machine."""
+        return getattr(self.slot, "path", None)
 
     def load(self) -> dict | None:
         """The saved state, or None (none saved, or not usable: :attr:`why`)."""
         import torch
 
-        if not self.path.is_file():
+        stamp = self.slot.stamp()
+        if stamp is None:
             return None
-        st = self.path.stat()
-        stamp = (st.st_mtime_ns, st.st_size)
         if self._read is not None and self._read[0] == stamp:
             return self._read[1]
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            self.why = f"{self.path} could not be read ({type(e).__name__})"
-            state = None
-        if state is not None and (not isinstance(state, dict) or state.get("key") != self.key):
-            self.why = f"{self.path} was written for other settings"
-            state = None
+        data = self.slot.read()
+        state = None
+        if data is not None:
+            try:
+                state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            except Exception as e:
+                self.why = f"{self.slot} could not be read ({type(e).__name__})"
+            if state is not None and (not isinstance(state, dict) or state.get("key") != self.key):
+                self.why = f"{self.slot} was written for other settings"
+                state = None
         self._read = (stamp, state)
         return state
 
@@ -100,22 +112,15 @@ class EpochCheckpoint:
     def save(self, state: dict) -> None:
         import torch
 
-        from .results.store import durable_write
-
         buf = io.BytesIO()
-        torch.save({**state, "key": self.key}, buf)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        durable_write(self.path, buf.getvalue())
+        torch.save({**state, **self.extra, "key": self.key}, buf)
+        self.slot.write(buf.getvalue())
         self._read = None
 
     def clear(self) -> None:
         """Remove the saved state (and its folder, if nothing else is in it)."""
-        self.path.unlink(missing_ok=True)
+        self.slot.remove()
         self._read = None
-        try:
-            self.path.parent.rmdir()
-        except OSError:  # holds other files, or is gone
-            pass
 
 
 def fit(model, loader: Iterable, loss_fn: LossFn, *, epochs: int, hp: Mapping[str, Any], device: str = "cpu",
@@ -153,6 +158,9 @@ def fit(model, loader: Iterable, loss_fn: LossFn, *, epochs: int, hp: Mapping[st
     best_state, last_surgery = None, 0  # last_surgery: the epoch (1-based) of the latest surgery
     step = start = 0
     saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None and not same_shapes(model.state_dict(), saved["model"]):
+        # e.g. a pruning whose choice depends on timings pruned otherwise this time: training starts over
+        checkpoint.why, saved = f"{checkpoint.slot} holds a network of other shapes", None
     if saved is not None:
         start, step = min(int(saved["epoch"]), epochs), int(saved["step"])
         model.load_state_dict(saved["model"])
@@ -206,6 +214,12 @@ def fit(model, loader: Iterable, loss_fn: LossFn, *, epochs: int, hp: Mapping[st
         model.load_state_dict(best_state[1])
     model.eval()
     return losses
+
+
+def same_shapes(state: Mapping, other: Mapping) -> bool:
+    """Whether two state dicts have the same entries with the same shapes (one loads into the other's network
+    whole; ``load_state_dict`` would copy the entries that fit before it complains of the others)."""
+    return state.keys() == other.keys() and all(tuple(state[k].shape) == tuple(other[k].shape) for k in state)
 
 
 def trainable(model) -> list:
@@ -325,11 +339,11 @@ def distill(student, teacher, loader: Iterable, *, epochs: int, lr: float, tempe
             momentum: float = 0.9, weight_decay: float = 5e-4, optimizer: str = "sgd", device: str = "cpu",
             feature_weight: float = 0.0, features=None,
             on_epoch: Callable[[int, float], None] | None = None, nesterov: bool | None = None,
-            keep_best: Callable[[Any], float] | None = None) -> list[float]:
+            keep_best: Callable[[Any], float] | None = None, checkpoint: EpochCheckpoint | None = None) -> list[float]:
     """Label-free training of ``student`` on the :func:`distillation` loss from ``teacher``.
 
     Batches are read as ``batch[0]`` only: the loader may (and in label-free sweeps does) carry no labels.
-    ``nesterov`` and ``keep_best`` as for :func:`train`.
+    ``nesterov``, ``keep_best`` and ``checkpoint`` as for :func:`train`.
     """
     if epochs <= 0:
         return []
@@ -338,4 +352,4 @@ def distill(student, teacher, loader: Iterable, *, epochs: int, lr: float, tempe
                            device=device)
     hp = hyper(lr=lr, momentum=momentum, weight_decay=weight_decay, optimizer=optimizer, nesterov=nesterov)
     return fit(student, loader, loss_fn, epochs=epochs, hp=hp, device=device, on_epoch=on_epoch,
-               keep_best=keep_best)
+               keep_best=keep_best, checkpoint=checkpoint)

@@ -301,6 +301,64 @@ def baseline_training_key(cfg: SweepConfig) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def progress_name(cfg: SweepConfig, method: str, knobs: dict, seed: int, base: dict) -> str:
+    """The name a trial's fine-tune state is kept under while it trains (``progress/<name>.pt`` in the sweep
+    folder, :meth:`~sweep.folder.SweepFolder.progress_slot`): a digest of what decides that training -- the
+    baseline's settings (:func:`baseline_training_key`) and figures, the method, its knobs and the trial's seed,
+    the fine-tune settings and rung 0's BatchNorm re-estimate.  The same trial run again (Ray Tune's retry after a
+    lost node, or ``sweep resume``'s re-run of a trial cut short, which gets its number and so its seed back)
+    finds it, whatever its trial id."""
+    import hashlib
+    from dataclasses import asdict
+
+    sched = cfg.search.scheduler
+    what = {"baseline": baseline_training_key(cfg), "figures": [base.get("accuracy"), base.get("params")],
+            "method": method, "knobs": knobs, "seed": int(seed), "finetune": asdict(cfg.finetune),
+            "rung0": bool(sched is not None and sched.rung0)}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=repr).encode()).hexdigest()[:32]
+
+
+def trial_progress(cfg: SweepConfig, spec: TrialSpec, folder, base: dict, number: int | None = None):
+    """Where this trial keeps its fine-tune state after each epoch: a :class:`~sweep.train.EpochCheckpoint`
+    (None with ``finetune.checkpoint: false`` or no fine-tune epochs).  Beside the state it keeps the trial's
+    configuration (``method``, ``knobs`` as JSON, ``number``): a sweep resumed after its driver was killed runs
+    such a trial again first (:func:`saved_trials`)."""
+    from .train import EpochCheckpoint
+
+    if not cfg.finetune.checkpoint or cfg.finetune.epochs <= 0:
+        return None
+    name = progress_name(cfg, spec.method, spec.knobs, spec.seed, base)
+    return EpochCheckpoint(folder.progress_slot(name), name, extra={
+        "method": spec.method, "knobs": json.dumps(spec.knobs, sort_keys=True, default=repr),
+        "number": -1 if number is None else int(number)})
+
+
+def saved_trials(folder: SweepFolder) -> list[tuple[str, int, str, dict]]:
+    """``(name, number, method, knobs)`` of every trial with a saved fine-tune state in ``folder`` (number -1: a
+    trial run without one; unreadable states are left out: a re-run would not use them either)."""
+    import torch
+
+    out = []
+    for name in folder.progress_names():
+        slot = folder.progress_slot(name)
+        try:
+            state = torch.load(slot.path, map_location="cpu", weights_only=True)
+            out.append((name, int(state["number"]), str(state["method"]), json.loads(state["knobs"])))
+        except Exception:
+            continue
+    return out
+
+
+def _cleared(progress) -> None:
+    """The trial ended (it has its row): its saved fine-tune state is of no more use."""
+    if progress is None:
+        return
+    try:
+        progress.clear()
+    except Exception:  # the inbox went with its node: the driver clears what is left at the sweep's end
+        pass
+
+
 def _logged_reference(cfg: SweepConfig, model, splits, data: TrialData, log, judge=None) -> dict | None:
     """:func:`dense_reference`, said in one line; a reference that fails to train is left out, said why."""
     if not cfg.baseline.reference or cfg.finetune.epochs <= 0:
@@ -385,8 +443,9 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: 
     ``log_metric(key, value, step)`` receives the trajectory the method logs (the driver's trainable
     buffers it and sends it with the record; the driver writes it to MLflow).  ``io`` gives the baseline
     and keeps the pruned model: ``baseline()`` (the summary), ``load_baseline_model()``,
-    ``model_rel(trial_id)`` and ``save_model(model, rel)``, as :class:`~sweep.folder.SweepFolder` has them
-    (the default: the folder ``spec.sweep_dir``).  A Ray worker gets them from the driver instead, so it
+    ``model_rel(trial_id)``, ``save_model(model, rel)`` and ``progress_slot(name)`` (where the fine-tune state is
+    kept after each epoch: :func:`trial_progress`), as :class:`~sweep.folder.SweepFolder` has them (the default:
+    the folder ``spec.sweep_dir``).  A Ray worker gets them from the driver instead, so it
     needs no access to the sweep folder.
 
     With ``search.scheduler`` (successive halving), ``report_rung(epochs, record)`` receives, at each rung,
@@ -398,6 +457,7 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: 
     started = time.time()
     folder = io if io is not None else SweepFolder(Path(spec.sweep_dir))
     base = folder.baseline()
+    progress = trial_progress(cfg, spec, folder, base, trial_number)
     common = dict(sweep=cfg.name, trial_id=spec.trial_id, trial_number=trial_number, method=spec.method,
                   seed=spec.seed, knobs=spec.knobs, baseline_accuracy=base["accuracy"],
                   baseline_test_accuracy=base["test_accuracy"], started_at=started)
@@ -417,7 +477,8 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: 
 
     try:
         with threads_kept():  # a trial sets its own threads; a caller running it in-process keeps its own
-            out = _prune_and_measure(cfg, spec, folder, log_metric, rung)
+            out = _prune_and_measure(cfg, spec, folder, log_metric, rung, progress)
+        _cleared(progress)
         if out.status == "infeasible":
             return costed("infeasible", out.costs, 0, error=out.reason, info=json.dumps(out.info, default=str),
                           **{cfg.quality: out.quality})
@@ -435,6 +496,7 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: 
     except Exception as e:  # any other error of this trial's configuration: recorded, sweep goes on
         tb = traceback.format_exc(limit=-3)
         error = f"{type(e).__name__}: {e}\n{tb}"[:4000]
+    _cleared(progress)
     ended = time.time()
     return TrialRecord(**common, status="failed", error=error, finetune_epochs=cfg.finetune.epochs,
                        ended_at=ended, wall_s=ended - started)
@@ -457,7 +519,9 @@ class _Outcome:
 ADAPTIVE_BN_INPUTS = 512
 
 
-def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder, log_metric, rung) -> _Outcome:
+def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder, log_metric, rung, progress=None) -> _Outcome:
+    """Prune, (fine-tune,) measure.  ``progress``: the trial's fine-tune state (:func:`trial_progress`); where it
+    holds epochs, fine-tuning goes on after them, and the rungs already passed are not reported again."""
     import copy
 
     import torch
@@ -501,7 +565,8 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder, log_metric, ru
     if broken:  # a hard budget is broken: fine-tuning would change nothing of it
         return _Outcome("infeasible", info=result.info, costs=costs, quality=pruned_quality,
                         reason="infeasible: " + "; ".join(broken))
-    if sched is not None and sched.rung0 and not tuned_by_method:
+    done = progress.epochs_done() if progress is not None and not tuned_by_method else 0
+    if sched is not None and sched.rung0 and not tuned_by_method and not done:
         rung(0, pruned_quality, costs)
     epochs = 0
     quality = pruned_quality  # the quality of the network as it is now (None: trained since it was measured)
@@ -515,10 +580,13 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder, log_metric, ru
                 if e + 1 in rungs:
                     rung(e + 1, sweep_quality(cfg, model, data, judge), costs)
 
-        ctx.finetune(model, on_epoch=on_epoch)
+        ctx.finetune(model, on_epoch=on_epoch, checkpoint=progress)
         epochs = cfg.finetune.epochs
     elif tuned_by_method:
         epochs = int(result.info.get("epochs", 0)) if isinstance(result.info, dict) else 0
     fig = measure_all(cfg, model, splits, data, threads, teacher=judge, costs=costs, quality=quality)
     rel = folder.save_model(model.to("cpu"), folder.model_rel(spec.trial_id))
-    return _Outcome("ok", fig=fig, info=result.info, rel=rel, epochs=epochs)
+    info = result.info
+    if done:  # said in the row: its first epochs ran in an earlier run of this configuration
+        info = {**(info if isinstance(info, dict) else {"method": info}), "resumed_at_epoch": done}
+    return _Outcome("ok", fig=fig, info=info, rel=rel, epochs=epochs)

@@ -48,3 +48,21 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
+
+
+@pytest.fixture
+def epochs_trained(monkeypatch):
+    """The 0-based epochs every :func:`sweep.train.fit` call trains from now on, in order (a resumed training
+    trains only those after its saved state)."""
+    import sweep.train
+
+    epochs: list[int] = []
+    real_fit = sweep.train.fit
+
+    def counting_fit(*a, **kw):
+        on_epoch = kw.get("on_epoch")
+        kw["on_epoch"] = lambda e, loss: (epochs.append(e), on_epoch and on_epoch(e, loss))
+        return real_fit(*a, **kw)
+
+    monkeypatch.setattr(sweep.train, "fit", counting_fit)
+    return epochs

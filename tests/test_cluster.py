@@ -184,17 +184,19 @@ def test_successive_halving_stops_trials_on_worker_nodes(cluster, tmp_path):
 
 def test_a_node_lost_mid_trial_runs_that_trial_again_elsewhere(cluster, tmp_path):
     """Both worker nodes busy, one is killed (raylet, daemons, workers): the trial it ran is run again on the
-    other node (``retried`` 1), the sweep finishes, and no row is lost or doubled.  Runs after the test
-    above (the cluster keeps one worker node)."""
+    other node (``retried`` 1) from the fine-tune epoch it had saved in the driver's folder through the model
+    inbox, the sweep finishes, and no row is lost or doubled.  Runs after the test above (the cluster keeps one
+    worker node)."""
     c, hidden, groups = cluster
     cmd, sweep_dir = _sweep(c, hidden, tmp_path, "nodelost", 40)  # trials of several seconds
     proc = subprocess.Popen(cmd, cwd=tmp_path, env={**c.env, "MLFLOW_LOGGING_LEVEL": "WARNING"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 300
-        while time.time() < deadline:  # both nodes run a trial: the driver's heartbeat lists two
-            state = sweep_dir / "state.json"
-            if state.is_file() and len(json.loads(state.read_text() or "{}").get("running", [])) == 2:
+        while time.time() < deadline:  # both nodes run a trial (the driver's heartbeat lists two), each with a
+            state = sweep_dir / "state.json"  # fine-tune epoch saved (of 40)
+            if (state.is_file() and len(json.loads(state.read_text() or "{}").get("running", [])) == 2
+                    and len(list((sweep_dir / "progress").glob("*.pt"))) >= 2):
                 break
             time.sleep(0.2)
         else:
@@ -216,6 +218,8 @@ def test_a_node_lost_mid_trial_runs_that_trial_again_elsewhere(cluster, tmp_path
     assert (trials["retried"] <= 1).all()
     assert len(runs) == 4 and {r.info.status for r in runs.values()} == {"FINISHED"}
     assert runs[again["trial_id"].iloc[0]].data.tags["sweep.restarted"] == "true"
+    assert json.loads(again["info"].iloc[0])["resumed_at_epoch"] >= 1
+    assert not (sweep_dir / "progress").exists()
 
 
 def test_with_every_worker_node_lost_the_sweep_says_it_waits_and_goes_on_when_a_node_joins(cluster, tmp_path):

@@ -76,7 +76,7 @@ def run_with(monkeypatch, script, cfg, sweep_dir: Path, tmp_path: Path, resume: 
     import sweep.driver as driver
 
     monkeypatch.setattr(driver, "_ray_init", lambda *a, **k: False)
-    monkeypatch.setattr(driver, "_model_inbox", lambda: None)  # an actor would start a Ray of its own
+    monkeypatch.setattr(driver, "_model_inbox", lambda folder: None)  # an actor would start a Ray of its own
     monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None:
                         FakeTuner(callback, script))
     return driver.run_sweep(cfg, sweep_dir, report_root=tmp_path / "reports", resume=resume, log=lambda m: None)
@@ -263,7 +263,7 @@ def test_sigterm_stops_the_sweep_like_ctrl_c_with_exit_code_143(sweep_dir, tmp_p
         raise AssertionError("SIGTERM did not stop the sweep")
 
     monkeypatch.setattr(driver, "_ray_init", lambda *a, **k: False)
-    monkeypatch.setattr(driver, "_model_inbox", lambda: None)
+    monkeypatch.setattr(driver, "_model_inbox", lambda folder: None)
     monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None:
                         FakeTuner(callback, script))
     before = signal.getsignal(signal.SIGTERM)
@@ -328,7 +328,7 @@ def test_a_closed_output_stops_the_sweep_with_the_books_closed_and_exit_code_141
         reached.append(True)
 
     monkeypatch.setattr(driver, "_ray_init", lambda *a, **k: False)
-    monkeypatch.setattr(driver, "_model_inbox", lambda: None)
+    monkeypatch.setattr(driver, "_model_inbox", lambda folder: None)
     monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None:
                         FakeTuner(callback, script))
     monkeypatch.setattr(cli, "_OUTPUT_CLOSED", [])
@@ -534,7 +534,7 @@ def test_a_lost_or_replaced_tracking_store_is_rebuilt_from_the_table(cfg, sweep_
     monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None:
                         FakeTuner(callback, script))
     monkeypatch.setattr(driver, "_ray_init", lambda *a, **k: False)
-    monkeypatch.setattr(driver, "_model_inbox", lambda: None)
+    monkeypatch.setattr(driver, "_model_inbox", lambda folder: None)
     driver.run_sweep(cfg, sweep_dir, report_root=tmp_path / "reports", resume=True, log=lines.append)
     assert any(f"parent run {old_parent.info.run_id} is not in the tracking store" in x for x in lines), lines
     parent, children = mlflow_runs(sweep_dir)

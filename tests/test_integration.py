@@ -294,6 +294,7 @@ def test_ctrl_c_then_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
     old = before.set_index("trial_id").loc[sorted(later)]
     assert (kept["ended_at"] == old["ended_at"]).all()  # finished trials were not run again
     assert sorted(after["trial_number"].dropna().astype(int)) == list(range(trials))
+    assert not (sweep_dir / "progress").exists()  # each cut trial went on from its state, then it was removed
 
     parent, children = _runs(sweep_dir, "itresume")
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep.ended"] == "finished"
@@ -451,6 +452,9 @@ def test_sigkill_twice_then_resume_gives_exactly_the_trials_asked(tmp_path):
     assert len({r.seed for r in done}) == trials and len({r.trial_number for r in done}) == trials
     assert len({(r.method, tuple(sorted(r.knobs.items()))) for r in done}) == trials
     assert f"[  {trials + 1}/" not in res.stdout  # the progress never shows more done than asked
+    # the trials killed mid-fine-tune ran again first, with their numbers and seeds, from their saved epochs;
+    # once every trial has its row, no saved state is left
+    assert not (sweep_dir / "progress").exists()
     parent, children = _runs(sweep_dir, "itkill")
     assert parent.info.status == "FINISHED"
     assert not [r for r in children if r.info.status == "RUNNING"]

@@ -524,8 +524,8 @@ def test_a_new_embedded_store_appears_whole_or_not_at_all(tmp_path, monkeypatch)
     """MLflow makes a new store's tables with a chain of migrations: a process killed half-way must not leave
     a database that later opens fail on.  The store is made beside its place and renamed in once complete; a
     half-made one of a dead process is removed by the next open."""
+    import sweep.durable as durable
     import sweep.results.mlflow_sink as ms
-    import sweep.results.store as store
     from sweep.results.mlflow_sink import MlflowSink
 
     db = tmp_path / "mlflow.db"
@@ -533,7 +533,7 @@ def test_a_new_embedded_store_appears_whole_or_not_at_all(tmp_path, monkeypatch)
     def killed(src, dst):
         raise KeyboardInterrupt  # the process ends with the tables made but not renamed in
 
-    monkeypatch.setattr(store, "durable_rename", killed)
+    monkeypatch.setattr(durable, "durable_rename", killed)
     with pytest.raises(KeyboardInterrupt):
         MlflowSink(f"sqlite:///{db}", "whole", artifact_dir=tmp_path / "art")
     assert not db.exists()

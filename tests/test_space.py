@@ -337,12 +337,16 @@ def test_no_enqueued_points_for_one_method_or_a_small_budget():
     assert first_points(replace(cfg, search=replace(cfg.search, trials=2))) == []
 
 
-@pytest.mark.parametrize("told, used, expect", [
-    (0, [], [0, 1, 2, 3]),  # a new sweep: the study's numbers
-    (1, [1], [0, 2, 3, 4]),  # trial 1 finished, trial 0 was cut short: 0 comes back first, 1 never again
-    (2, [0, 2], [1, 3, 4, 5]),
-    (3, [0, 1, 2], [3, 4, 5, 6]),
+@pytest.mark.parametrize("told, used, reserved, expect", [
+    (0, [], [], [0, 1, 2, 3]),  # a new sweep: the study's numbers
+    (1, [1], [], [0, 2, 3, 4]),  # trial 1 finished, trial 0 was cut short: 0 comes back first, 1 never again
+    (2, [0, 2], [], [1, 3, 4, 5]),
+    (3, [0, 1, 2], [], [3, 4, 5, 6]),
+    # trials 0 and 2 finished; 3 was cut short (re-run first, its number back); 1 was lost before any row or
+    # saved state: a new trial takes it
+    (2, [0, 2], [3], [3, 1, 4, 5]),
+    (1, [0], [4, None, 2], [4, 1, 2, 3]),  # a re-run whose number a finished trial took gets a free one
 ])
-def test_a_resumed_sweep_numbers_new_trials_with_the_numbers_no_finished_trial_holds(told, used, expect):
-    space = define_by_run(cfg_for({"magnitude": {"ratio": {"low": 0.2, "high": 0.4}}}), told, used)
+def test_a_resumed_sweep_numbers_new_trials_with_the_numbers_no_finished_trial_holds(told, used, reserved, expect):
+    space = define_by_run(cfg_for({"magnitude": {"ratio": {"low": 0.2, "high": 0.4}}}), told, used, reserved)
     assert [space.sweep_number(told + k) for k in range(4)] == expect

@@ -266,7 +266,7 @@ MBN_SPACE = {**SPACE, "labels": "none", "search": {"trials": 2, "objectives": ["
 
 
 @pytest.mark.parametrize("space", [SPACE, MBN_SPACE], ids=["supervised", "mbn-student"])
-def test_a_baseline_killed_while_it_trains_goes_on_from_its_last_epoch(tmp_path, monkeypatch, space):
+def test_a_baseline_killed_while_it_trains_goes_on_from_its_last_epoch(tmp_path, monkeypatch, space, epochs_trained):
     """The driver dies after two of three baseline epochs: the next prepare_baseline says where it goes on,
     trains only the last epoch, and saves the network an uninterrupted run saves; the epoch checkpoint is
     removed once the baseline is written."""
@@ -298,15 +298,8 @@ def test_a_baseline_killed_while_it_trains_goes_on_from_its_last_epoch(tmp_path,
     assert ("baseline: not trained yet; its training state after the latest epoch is saved (a resumed sweep goes on "
             "from there)") in status_lines(folder.path)
 
-    lines, epochs = [], []
-    real_fit = __import__("sweep.train", fromlist=["fit"]).fit
-
-    def counting_fit(*a, **kw):
-        on_epoch = kw.get("on_epoch")
-        kw["on_epoch"] = lambda e, loss: (epochs.append(e), on_epoch and on_epoch(e, loss))
-        return real_fit(*a, **kw)
-
-    monkeypatch.setattr("sweep.train.fit", counting_fit)
+    lines, epochs = [], epochs_trained
+    epochs.clear()  # the trainings above are not this one
     row = prepare_baseline(cfg, folder, log=lines.append)
     assert any("3 epochs (going on after epoch 2, where an interrupted run left it)" in x for x in lines), lines
     assert epochs[:1] == [2]  # the baseline's own training trained its last epoch only (then the reference's)

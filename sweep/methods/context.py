@@ -65,12 +65,13 @@ def build_context(loaders: Loaders | None, *, method: str, labels: bool, teacher
     def finetune(m, epochs: int | None = None, step_offset: int = 0, lr: float | None = None,
                  on_epoch: Callable[[int, float], None] | None = None, *, momentum: float | None = None,
                  weight_decay: float | None = None, optimizer: str | None = None, nesterov: bool | None = None,
-                 keep_best: Callable[[Any], float] | None = None) -> list:
+                 keep_best: Callable[[Any], float] | None = None, checkpoint=None) -> list:
         """The run's fine-tuning: cross-entropy on labels, or distillation from the teacher without.
         ``on_epoch(epoch, loss)`` (0-based) runs after each epoch's loss is logged (e.g. a rung's report).
         ``lr``, ``momentum``, ``weight_decay``, ``optimizer``, ``nesterov``: None = the sweep's settings
         (a method's own recipe overrides them); ``keep_best(model) -> quality``: restore the weights of the
-        best epoch at the end (:func:`sweep.train.fit`; ties keep the earlier epoch)."""
+        best epoch at the end (:func:`sweep.train.fit`; ties keep the earlier epoch); ``checkpoint`` (a
+        :class:`sweep.train.EpochCheckpoint`): the state kept after each epoch, and training goes on from it."""
         from ..train import distill, train
 
         _need(loaders, method, no_data)
@@ -84,7 +85,7 @@ def build_context(loaders: Loaders | None, *, method: str, labels: bool, teacher
                   momentum=ft.momentum if momentum is None else momentum,
                   weight_decay=ft.weight_decay if weight_decay is None else weight_decay,
                   optimizer=optimizer or ft.optimizer, device=device, on_epoch=after_epoch, nesterov=nesterov,
-                  keep_best=keep_best)
+                  keep_best=keep_best, checkpoint=checkpoint)
         if not labels:
             return distill(m, teacher, loaders.train, temperature=ft.temperature, **kw)
         return train(m, loaders.train, **kw)

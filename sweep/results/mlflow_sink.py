@@ -89,7 +89,7 @@ def _create_sqlite_store(file: str, artifact_dir: Path | None) -> None:
 
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    from .store import durable_rename, pid_alive
+    from ..durable import durable_rename, pid_alive
 
     for stale in glob.glob(glob.escape(file) + ".new-*"):
         pid = stale.rsplit("-", 1)[-1]
@@ -174,7 +174,7 @@ def _keep_as_template(made: str, template: Path) -> None:
     import shutil
     import sqlite3
 
-    from .store import durable_rename
+    from ..durable import durable_rename
 
     part = f"{template}.new-{os.getpid()}"
     try:

@@ -19,13 +19,13 @@ Conventions:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..durable import durably
 from ..errors import SweepDirError
 from .schema import COLUMN_NAMES, COLUMN_TYPES, KNOB_PREFIX, TrialRecord
 
@@ -185,44 +185,7 @@ class TrialStore:
 
 
 def _write_durably(table: pa.Table, path: Path) -> None:
-    """A Parquet table at ``path``, all or nothing (see :func:`durable_write`)."""
-    _durably(path, lambda tmp: pq.write_table(table, tmp))
+    """A Parquet table at ``path``, all or nothing (:func:`sweep.durable.durably`)."""
+    durably(path, lambda tmp: pq.write_table(table, tmp))
 
 
-def durable_write(path: Path, data: bytes) -> None:
-    """``data`` at ``path``: temporary file, fsync, rename over ``path``, fsync of the folder -- all or
-    nothing, and it lasts."""
-    _durably(Path(path), lambda tmp: tmp.write_bytes(data))
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (the holder of a sweep folder's lock, the maker of a
-    half-written file)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    return True
-
-
-def durable_rename(src: Path, dst: Path) -> None:
-    """``src`` (a complete file) becomes ``dst``: fsync of the file, rename over ``dst``, fsync of the folder."""
-    fd = os.open(src, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(src, dst)
-    dfd = os.open(Path(dst).parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _durably(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    durable_rename(tmp, path)
