@@ -323,11 +323,12 @@ class _Progress:
         self.ending: set[str] = set()
         self.front = 0
         self.last_print = 0.0
+        self.waiting = False  # no alive node can run a trial (a cluster's): no ETA until one can
 
     def line(self, extra: str = "") -> None:
         el = time.time() - self.t0
         eta = self.eta_s(el)
-        eta_s = _hms(eta) if math.isfinite(eta) else "?"
+        eta_s = "? (waiting for a node)" if self.waiting else _hms(eta) if math.isfinite(eta) else "?"
         msg = (f"[{self.done:>3}/{self.total}] running {self.in_flight()} · failed {self.failed} · "
                f"elapsed {_hms(el)} · ETA {eta_s} · front {self.front}")
         self.log(msg + (f" · {extra}" if extra else ""))
@@ -1221,7 +1222,7 @@ def _say_if_stalled(st: _CallbackState) -> None:
     again only after trials have run in between."""
     if st.progress.running or st.progress.closed or st.progress.done >= st.progress.total:
         if st.stalled:  # trials run again
-            st.stalled = False
+            st.stalled = st.progress.waiting = False
             _beat(st, phase="trials")
         return
     try:
@@ -1231,7 +1232,7 @@ def _say_if_stalled(st: _CallbackState) -> None:
     short = _shortfall(st.cfg, nodes)
     if short is None or st.stalled:
         return
-    st.stalled = True
+    st.stalled = st.progress.waiting = True
     key, what, asked, most = short
     _beat(st, phase=f"waiting for a Ray node with {asked:g} {key}(s) (none alive can run a trial)")  # sweep status
     st.progress.log(f"waiting: no alive Ray node can run a trial now (a trial needs {asked:g} {key}(s), "

@@ -46,6 +46,11 @@ class Budget:
         return self.constraints().excess(row, quality)
 
 
+# candidates re-measured side by side when a latency budget decides between them (the most accurate first; the
+# next ones only if all of these break the budget): enough to take the load's swings out of the choice, few
+# enough that a budget the first one meets costs a few models' timing, not the whole front's
+REMEASURED_TOGETHER = 4
+
 NO_LABELS_NOTE = ("no labelled set was given (dataset.unlabeled alone), so accuracy is unknown: the choice is "
                   "on agreement with the teacher alone")
 
@@ -109,7 +114,7 @@ def sweep_budget(budget: Budget, constraints, log=print, *, keep_sweep: bool = T
 
 def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: bool = True,
            register: bool = True, keep_sweep_budgets: bool = True, log=print) -> dict:
-    from .measure import check_device_here, measure_latency
+    from .measure import check_device_here
     from .trial import load_splits, trial_threads
 
     folder = SweepFolder(sweep_dir)
@@ -128,22 +133,25 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
     threads = trial_threads(cfg)
     chosen, rejected_after = None, []
     tried: list[tuple[TrialRecord, float]] = []  # (re-measured, the sweep's latency) of each rejected
-    for r in ordered:
-        model = folder.load_model(r.model_path)
-        # on the sweep's runtime (measure.runtime), as the trials were timed
-        lat = measure_latency(model, splits.input_shape, batch=cfg.measure.latency_batch,
-                              warmup=cfg.measure.warmup, repeats=max(cfg.measure.repeats, 100),
-                              threads=threads, device=cfg.measure.device, runtime=cfg.measure.runtime)
-        remeasured = r.replace(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, threads=lat.threads,
-                               latency_runtime=lat.runtime)
-        broken = budget.broken(remeasured, quality)
-        if broken:
-            rejected_after.append({"trial_id": r.trial_id, "why": "re-measured alone: " + ", ".join(broken)})
-            tried.append((remeasured, r.latency_ms))
-            log(f"trial {r.trial_id}: re-measured latency {lat.median_ms:.3f} ms breaks the budget; next")
-            continue
-        chosen, chosen_lat, chosen_model = remeasured, lat, model
-        break
+    size = REMEASURED_TOGETHER if budget.max_latency_ms is not None else 1
+    for start in range(0, len(ordered), size):
+        group = ordered[start:start + size]
+        models = [folder.load_model(r.model_path) for r in group]
+        if len(group) > 1:
+            log(f"re-measuring the latency of {len(group)} candidate(s) side by side (the most {quality} first)")
+        for r, model, lat in zip(group, models, _remeasured(models, splits.input_shape, cfg, threads)):
+            remeasured = r.replace(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, threads=lat.threads,
+                                   latency_runtime=lat.runtime)
+            broken = budget.broken(remeasured, quality)
+            if broken:
+                rejected_after.append({"trial_id": r.trial_id, "why": "re-measured alone: " + ", ".join(broken)})
+                tried.append((remeasured, r.latency_ms))
+                log(f"trial {r.trial_id}: re-measured latency {lat.median_ms:.3f} ms breaks the budget; next")
+                continue
+            chosen, chosen_lat, chosen_model = remeasured, lat, model
+            break
+        if chosen is not None:
+            break
     if chosen is None:
         raise _none_after_remeasure(budget, tried, quality)
 
@@ -184,6 +192,20 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
         (out / SELECTION_FILE).write_text(json.dumps(decision, indent=2, default=str))
     decision["out"] = str(out)
     return decision
+
+
+def _remeasured(models: list, input_shape, cfg, threads: int) -> list:
+    """The latency of each of ``models``, with the machine to this process: on the sweep's runtime
+    (``measure.runtime``) as the trials were timed, at least 100 timed runs each, several models interleaved
+    (:func:`sweep.measure.compare_latency`) so that a change of the machine's load hits them alike: the budget
+    never rules out a faster model, or lets in a slower one, for when it happened to be timed."""
+    from .measure import compare_latency, measure_latency
+
+    kw = dict(batch=cfg.measure.latency_batch, warmup=cfg.measure.warmup, repeats=max(cfg.measure.repeats, 100),
+              threads=threads, device=cfg.measure.device, runtime=cfg.measure.runtime)
+    if len(models) == 1:
+        return [measure_latency(models[0], input_shape, **kw)]
+    return compare_latency(models, input_shape, **kw)
 
 
 def _none_after_remeasure(budget: Budget, tried: list[tuple[TrialRecord, float]], quality: str) -> BudgetError:

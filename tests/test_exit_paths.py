@@ -848,3 +848,26 @@ def test_what_killed_a_trial_s_worker_is_one_line_of_its_latest_failure(tmp_path
         error_file.write_text(local)
     trial = SimpleNamespace(get_error=lambda: stored, error_file=str(error_file) if error_file else None)
     assert _error_line(trial) == want
+
+
+def test_while_no_node_can_run_a_trial_the_progress_line_gives_no_eta(cfg, monkeypatch):
+    """A cluster whose nodes able to run a trial are all gone: one waiting line, the progress line says it
+    waits instead of an ETA from before; once trials run again, the ETA is back."""
+    from types import SimpleNamespace
+
+    import sweep.driver as driver
+
+    lines = []
+    progress = driver._Progress(total=4, already_done=1, log=lines.append, concurrency=2)
+    progress.done, progress.trial_walls = 2, [10.0]  # one finished in this run: an ETA from its pace
+    st = SimpleNamespace(cfg=cfg, progress=progress, stalled=False)
+    monkeypatch.setattr(driver, "_alive_node_resources", lambda: [{"CPU": 0.0}])
+    monkeypatch.setattr(driver, "_beat", lambda st, **kw: None)
+    driver._say_if_stalled(st)
+    assert len(lines) == 1 and lines[0].startswith("waiting: no alive Ray node can run a trial now")
+    progress.line()
+    assert "· ETA ? (waiting for a node) ·" in lines[-1]
+    progress.running = {"t9": ("magnitude", 3, {})}
+    driver._say_if_stalled(st)
+    progress.line()
+    assert not st.stalled and "· ETA 0:10 ·" in lines[-1]

@@ -179,11 +179,16 @@ def test_sweep_end_to_end(tmp_path, monkeypatch, capsys):
 
     import sweep.measure
 
-    real = sweep.measure.measure_latency
+    real, real_many = sweep.measure.measure_latency, sweep.measure.compare_latency
     def slow(*a, **k):
         return dataclasses.replace(real(*a, **k), median_ms=1000.0 + 0.001 * len(a[0].state_dict()))
 
+    def slow_many(models, *a, **k):  # several candidates are re-measured side by side
+        return [dataclasses.replace(lat, median_ms=1000.0 + 0.001 * len(m.state_dict()))
+                for m, lat in zip(models, real_many(models, *a, **k))]
+
     monkeypatch.setattr(sweep.measure, "measure_latency", slow)
+    monkeypatch.setattr(sweep.measure, "compare_latency", slow_many)
     before = (sweep_dir / "selected" / "selection.json").read_bytes()
     capsys.readouterr()
     budget = repr(float(df.loc[df["status"] == "ok", "latency_ms"].median()))
@@ -196,6 +201,7 @@ def test_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     assert f"breaks latency_ms 1000 > {float(budget):.4g}" in err[0], err
     assert (sweep_dir / "selected" / "selection.json").read_bytes() == before
     monkeypatch.setattr(sweep.measure, "measure_latency", real)
+    monkeypatch.setattr(sweep.measure, "compare_latency", real_many)
 
     # the report regenerates from Parquet alone
     (report / "index.html").unlink()
