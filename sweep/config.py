@@ -134,6 +134,8 @@ class TrainConfig:
     # the training state is kept after every epoch, so that a training cut short (the driver killed, a node
     # lost) goes on from its last epoch instead of starting over (sweep.train.EpochCheckpoint)
     checkpoint: bool = True
+    # ... saved after the first epoch that ends at least this long after the last save (0: after every epoch)
+    checkpoint_every_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -413,10 +415,12 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
         teacher=teacher,
         reference=b.bool("reference", False),
     )
-    f = _Section(top.get("finetune"), f"{source}: finetune", ("epochs", "lr", "temperature", "checkpoint"))
+    f = _Section(top.get("finetune"), f"{source}: finetune",
+                 ("epochs", "lr", "temperature", "checkpoint", "checkpoint_every_s"))
     finetune = TrainConfig(epochs=f.int("epochs", 3, lo=0), lr=f.float("lr", 0.01, lo=0.0, lo_open=True),
                            temperature=f.float("temperature", 4.0, lo=0.0, lo_open=True),
-                           checkpoint=f.bool("checkpoint", True), **common)
+                           checkpoint=f.bool("checkpoint", True),
+                           checkpoint_every_s=f.float("checkpoint_every_s", 10.0, lo=0.0), **common)
     if f.get("temperature") is not None and labels != "none":  # it would be read by nothing
         raise ConfigError(f"temperature must be left out unless labels is none (label-free fine-tuning distils "
                           f"the teacher at that temperature), but got temperature={f.get('temperature')!r} with "

@@ -16,7 +16,8 @@ Conventions:
   and a non-finite quality never counts as best (:func:`best_epoch`).
 - **Divergence is a trial failure**, never a model full of NaNs: a non-finite loss raises
   :class:`TrialFailure` ("diverged: ...") at once, and so do non-finite weights at the end of an epoch.
-- **Epoch checkpoints** (``checkpoint=EpochCheckpoint(path, key)``, optional): after every epoch the whole
+- **Epoch checkpoints** (``checkpoint=EpochCheckpoint(path, key)``, optional): after every epoch (or, with
+  ``every_s``, after the first epoch that ends that long after the last save) the whole
   training state (weights, optimiser and schedule, the epoch losses and best-epoch bookkeeping, torch's RNG and
   the loader's epoch) is written durably; a later call with a checkpoint of the same ``key`` goes on after its
   last epoch instead of starting over, and ends with the weights an uninterrupted run would have had.  For a
@@ -69,13 +70,24 @@ class EpochCheckpoint:
     numbers and lists only, never arbitrary objects.  Bytes that cannot be read, or belong to another ``key``, are
     not used (:attr:`why` says why) and training starts over."""
 
-    def __init__(self, where, key: str, extra: dict | None = None):
+    def __init__(self, where, key: str, extra: dict | None = None, every_s: float = 0.0):
+        import time
+
         from .durable import FileSlot
 
         self.slot = where if hasattr(where, "write") else FileSlot(where)
-        self.key, self.extra = str(key), dict(extra or {})
+        self.key, self.extra, self.every_s = str(key), dict(extra or {}), float(every_s)
         self.why: str | None = None
         self._read: tuple | None = None  # (the slot's stamp, what load returned): read once, not twice
+        self._saved_at = time.monotonic()
+
+    def due(self) -> bool:
+        """Whether the state is saved after the epoch that just ended: once ``every_s`` seconds have passed since
+        this object was made or last saved (0: after every epoch).  Saving costs a write of the network and its
+        optimiser; an interrupted training loses at most about ``every_s`` seconds of it."""
+        import time
+
+        return time.monotonic() - self._saved_at >= self.every_s
 
     @property
     def path(self) -> Path | None:
@@ -110,12 +122,15 @@ class EpochCheckpoint:
         return int(state["epoch"]) if state else 0
 
     def save(self, state: dict) -> None:
+        import time
+
         import torch
 
         buf = io.BytesIO()
         torch.save({**state, **self.extra, "key": self.key}, buf)
         self.slot.write(buf.getvalue())
         self._read = None
+        self._saved_at = time.monotonic()
 
     def clear(self) -> None:
         """Remove the saved state (and its folder, if nothing else is in it)."""
@@ -142,7 +157,8 @@ def fit(model, loader: Iterable, loss_fn: LossFn, *, epochs: int, hp: Mapping[st
     are restored.  A surgery (``on_step`` -> True) after that epoch changes the shapes: restoring then
     raises a ValueError.
 
-    ``checkpoint`` (an :class:`EpochCheckpoint`): the state is saved after every epoch, and training goes on
+    ``checkpoint`` (an :class:`EpochCheckpoint`): the state is saved after an epoch when it is due
+    (:meth:`EpochCheckpoint.due`: after every epoch, or every ``every_s`` seconds), and training goes on
     after the last saved epoch (``on_epoch`` and ``keep_best`` run for the epochs trained in this call only).
     """
     import torch
@@ -201,7 +217,7 @@ def fit(model, loader: Iterable, loss_fn: LossFn, *, epochs: int, hp: Mapping[st
             model.train()
             if best_epoch(qualities) == epoch:
                 best_state = (epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
-        if checkpoint is not None:
+        if checkpoint is not None and checkpoint.due():
             checkpoint.save({"epoch": epoch + 1, "step": step, "model": model.state_dict(),
                              "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "losses": losses,
                              "qualities": qualities, "best_epoch": best_state[0] if best_state else -1,

@@ -313,14 +313,16 @@ def progress_name(cfg: SweepConfig, method: str, knobs: dict, seed: int, base: d
 
     sched = cfg.search.scheduler
     what = {"baseline": baseline_training_key(cfg), "figures": [base.get("accuracy"), base.get("params")],
-            "method": method, "knobs": knobs, "seed": int(seed), "finetune": asdict(cfg.finetune),
+            "method": method, "knobs": knobs, "seed": int(seed),
+            "finetune": {k: v for k, v in asdict(cfg.finetune).items() if not k.startswith("checkpoint")},
             "rung0": bool(sched is not None and sched.rung0)}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=repr).encode()).hexdigest()[:32]
 
 
 def trial_progress(cfg: SweepConfig, spec: TrialSpec, folder, base: dict, number: int | None = None):
-    """Where this trial keeps its fine-tune state after each epoch: a :class:`~sweep.train.EpochCheckpoint`
-    (None with ``finetune.checkpoint: false`` or no fine-tune epochs).  Beside the state it keeps the trial's
+    """Where this trial keeps its fine-tune state after an epoch (every ``finetune.checkpoint_every_s``
+    seconds at most): a :class:`~sweep.train.EpochCheckpoint` (None with ``finetune.checkpoint: false`` or no
+    fine-tune epochs).  Beside the state it keeps the trial's
     configuration (``method``, ``knobs`` as JSON, ``number``): a sweep resumed after its driver was killed runs
     such a trial again first (:func:`saved_trials`)."""
     from .train import EpochCheckpoint
@@ -330,7 +332,7 @@ def trial_progress(cfg: SweepConfig, spec: TrialSpec, folder, base: dict, number
     name = progress_name(cfg, spec.method, spec.knobs, spec.seed, base)
     return EpochCheckpoint(folder.progress_slot(name), name, extra={
         "method": spec.method, "knobs": json.dumps(spec.knobs, sort_keys=True, default=repr),
-        "number": -1 if number is None else int(number)})
+        "number": -1 if number is None else int(number)}, every_s=cfg.finetune.checkpoint_every_s)
 
 
 def saved_trials(folder: SweepFolder) -> list[tuple[str, int, str, dict]]:

@@ -32,7 +32,7 @@ name: clustered
 model: {name: small_cnn}
 dataset: DATASET
 baseline: {epochs: 2, lr: 0.05}
-finetune: {epochs: 1, lr: 0.01}
+finetune: {epochs: 1, lr: 0.01, checkpoint_every_s: 0}
 search: {trials: 4, concurrency: 2, sampler: random, objectives: [accuracy, latency_ms, params]}
 measure: {repeats: 5, warmup: 1}
 methods:

@@ -26,7 +26,7 @@ name: {name}
 model: {{name: small_cnn}}
 dataset: {{name: digits}}
 baseline: {{epochs: 4, lr: 0.05}}
-finetune: {{epochs: {ft}, lr: 0.01}}
+finetune: {{epochs: {ft}, lr: 0.01, checkpoint_every_s: 0}}
 search: {{trials: {trials}, concurrency: 2, sampler: random, objectives: [accuracy, latency_ms, params]{extra}}}
 measure: {{repeats: 10, warmup: 2}}
 methods:

@@ -16,7 +16,7 @@ SPACE = {
     "dataset": {"name": "synthetic", "num_classes": 3, "input_shape": [1, 8, 8], "n_train": 96,
                 "n_val": 48, "n_test": 48},
     "baseline": {"epochs": 2, "lr": 0.05},
-    "finetune": {"epochs": 3, "lr": 0.01},
+    "finetune": {"epochs": 3, "lr": 0.01, "checkpoint_every_s": 0},  # after every epoch
     "search": {"trials": 2, "objectives": ["accuracy", "params"]},
     "measure": {"repeats": 3, "warmup": 1},
     "methods": {"magnitude": {"ratio": {"low": 0.2, "high": 0.6}}},
@@ -90,9 +90,10 @@ def test_a_trial_cut_short_goes_on_from_its_last_epoch_when_it_runs_again(tmp_pa
 
 @pytest.mark.parametrize("change, saved", [
     ({}, True),
-    ({"finetune": {"epochs": 3, "lr": 0.01, "checkpoint": False}}, False),
-    ({"finetune": {"epochs": 0, "lr": 0.01}}, False),
-], ids=["default", "checkpoint-off", "no-finetune"])
+    ({"finetune": {"epochs": 3, "lr": 0.01}}, False),  # every 10 s by default: these epochs take milliseconds
+    ({"finetune": {"epochs": 3, "lr": 0.01, "checkpoint": False, "checkpoint_every_s": 0}}, False),
+    ({"finetune": {"epochs": 0, "lr": 0.01, "checkpoint_every_s": 0}}, False),
+], ids=["every-epoch", "default-interval", "checkpoint-off", "no-finetune"])
 def test_progress_is_kept_only_where_a_fine_tune_can_be_cut_short(tmp_path, monkeypatch, change, saved):
     from sweep.train import EpochCheckpoint
 
@@ -118,9 +119,12 @@ def test_a_saved_state_of_other_shapes_or_settings_is_not_gone_on_from(tmp_path,
     cfg = parse_config(SPACE, source="tp.yaml")
     folder = _folder(cfg, tmp_path)
     other = parse_config({**SPACE, "finetune": {"epochs": 3, "lr": 0.02}}, source="tp.yaml")
+    less_often = parse_config({**SPACE, "finetune": {"epochs": 3, "lr": 0.01, "checkpoint_every_s": 60}},
+                              source="tp.yaml")
     base = folder.baseline()
     name = progress_name(cfg, "magnitude", KNOBS, 1, base)
     assert name == progress_name(cfg, "magnitude", dict(KNOBS), 1, dict(base))
+    assert name == progress_name(less_often, "magnitude", KNOBS, 1, base)  # how often is no setting of the training
     assert name != progress_name(other, "magnitude", KNOBS, 1, base)
     assert name != progress_name(cfg, "magnitude", {"ratio": 0.4}, 1, base)
     assert name != progress_name(cfg, "magnitude", KNOBS, 2, base)
