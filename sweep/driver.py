@@ -553,9 +553,13 @@ class _Recorder:
         self.queue.join()
 
     def _drop_progress(self, stopped_early: list[TrialRecord]) -> None:
-        """A trial the scheduler stopped never ends by itself: its saved fine-tune state goes once its row lasts."""
-        for name in _progress_names(self.st, stopped_early):
-            self.st.folder.progress_slot(name).remove()
+        """A trial the scheduler stopped never ends by itself: its saved fine-tune state goes once its row lasts.
+        Never raises: the rows are durable already, and a state left behind is removed at the sweep's end."""
+        try:
+            for name in _progress_names(self.st, stopped_early):
+                self.st.folder.progress_slot(name).remove()
+        except Exception:
+            pass
 
     def close(self) -> None:
         self.queue.put(None)
@@ -809,7 +813,8 @@ def _make_callback():
             _collect(st)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
-            # its worker died (node lost, killed for memory): Tune runs it again, from the start
+            # its worker died (node lost, killed for memory): Tune runs it again, from its last saved fine-tune
+            # epoch if it saved one (trial.trial_progress), else from the start
             st = _live_state()
             n = st.retried[trial.trial_id] = st.retried.get(trial.trial_id, 0) + 1
             st.progress.running.pop(trial.trial_id, None)
@@ -1395,6 +1400,14 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
     )
 
 
+def _same_config(a: tuple[str, dict], b: tuple[str, dict]) -> bool:
+    """Whether two ``(method, knobs)`` are one configuration, whatever the type numbers came back as."""
+    def loose(v):
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else repr(v)
+
+    return a[0] == b[0] and a[1].keys() == b[1].keys() and all(loose(a[1][k]) == loose(b[1][k]) for k in a[1])
+
+
 def _resumed_seed(cfg: SweepConfig, told: int, rerun: list) -> int:
     """The sampler's seed in a resumed sweep: the sweep seed and the number of trials told, and, when trials
     run again first, which ones.  Their configurations came from the stream of an earlier run, which drew them
@@ -1419,15 +1432,22 @@ def _run_again(cfg: SweepConfig, folder: SweepFolder, trials: list[TrialRecord],
 
     done_numbers = {r.trial_number for r in finished if r.trial_number is not None}
     done_configs = {_config_key(r) for r in finished if r.knobs}
+    saved = saved_trials(folder) if cfg.finetune.checkpoint and cfg.finetune.epochs > 0 else []
+    # a trial's own knobs, as it ran (the table may give an int knob back as a float: 0 -> 0.0)
+    as_saved = {number: (method, knobs) for _, number, method, knobs in saved if number >= 0}
     out: dict = {}  # configuration -> (number, method, knobs)
     for r in trials:
         if r.status == "stopped" and r.method and r.knobs:
             number = r.trial_number if r.trial_number not in done_numbers else None
-            out[_config_key(r)] = (number, r.method, r.knobs)
-    saved = saved_trials(folder) if cfg.finetune.checkpoint and cfg.finetune.epochs > 0 else []
+            method, knobs = r.method, r.knobs
+            if number in as_saved and _same_config(as_saved[number], (method, knobs)):
+                method, knobs = as_saved[number]
+            out[_knobs_key(method, knobs)] = (number, method, knobs)
+    taken = {n for n, _, _ in out.values()}
     for _, number, method, knobs in saved:
         key = _knobs_key(method, knobs)
-        if number >= 0 and number not in done_numbers and key not in done_configs and key not in out:
+        if (number >= 0 and number not in done_numbers and number not in taken and key not in done_configs
+                and key not in out):
             out[key] = (number, method, knobs)
     seen: set[int] = set()
     again = []
@@ -1764,6 +1784,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
             if reason is not None and reason != st.budget_reason:
                 return _interrupted(st, reason, t0, uri, timing)
         else:  # a resumed sweep whose trials had all finished: its end (re-measurement, report) again
+            _drop_spent_progress(st)
             log(f"all {cfg.search.trials} trials had finished: nothing left to run; the latencies are re-measured "
                 f"where due and the report drawn again")
         _beat(st, phase="remeasure")
@@ -1953,14 +1974,17 @@ def _drop_spent_progress(st: _CallbackState) -> None:
     from .trial import saved_trials
 
     try:
-        if st.folder is None or not st.folder.progress_names():
+        if st.folder is None or not st.folder.progress_dir.is_dir():
             return
         finished = [r for r in st.records.values() if r.status in FINISHED and not r.is_baseline]
         numbers = {r.trial_number for r in finished if r.trial_number is not None}
         configs = {_config_key(r) for r in finished if r.knobs}
+        stopped = {r.trial_number for r in st.records.values() if r.status == "stopped"}
         for name, number, method, knobs in saved_trials(st.folder):
-            if number in numbers or _knobs_key(method, knobs) in configs:
+            if number not in stopped and (number in numbers or _knobs_key(method, knobs) in configs):
                 st.folder.progress_slot(name).remove()
+        for part in st.folder.progress_dir.glob("*.tmp"):  # a write the inbox never finished (no writer now)
+            part.unlink(missing_ok=True)
     except Exception as e:
         st.progress.log(f"warning: saved fine-tune states could not be removed from {st.folder.progress_dir}: "
                         f"{type(e).__name__}: {e}")

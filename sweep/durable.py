@@ -77,8 +77,14 @@ class FileSlot:
             return None
 
     def write(self, data: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        durable_write(self.path, data)
+        for attempt in range(3):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                durable_write(self.path, data)
+                return
+            except FileNotFoundError:  # the folder's last other slot was removed (and the folder) meanwhile
+                if attempt == 2:
+                    raise
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -350,13 +350,6 @@ class SweepFolder:
             return []
         return sorted(p.stem for p in self.progress_dir.glob("*.pt"))
 
-    def drop_progress(self, keep: set[str] = frozenset()) -> int:
-        """Remove every saved fine-tune state but those of ``keep`` (trials cut short, to run again); how many."""
-        gone = [n for n in self.progress_names() if n not in keep]
-        for n in gone:
-            self.progress_slot(n).remove()
-        return len(gone)
-
     # ------------------------------------------------------------------ models
     def save_model(self, model, rel: str) -> str:
         """Whole-module save inside the folder (pruned shapes differ from any builder's), atomically."""

@@ -116,9 +116,13 @@ class EpochCheckpoint:
         self._read = (stamp, state)
         return state
 
-    def epochs_done(self) -> int:
-        """How many epochs the saved state has (0: none usable)."""
+    def epochs_done(self, model=None) -> int:
+        """How many epochs the saved state has (0: none usable; with ``model``, also none whose network has
+        other shapes than ``model``'s, which is then not used at all: :attr:`why`)."""
         state = self.load()
+        if state and model is not None and not same_shapes(model.state_dict(), state["model"]):
+            self.why, state = f"{self.slot} holds a network of other shapes", None
+            self._read = (self._read[0], None) if self._read else None
         return int(state["epoch"]) if state else 0
 
     def save(self, state: dict) -> None:
@@ -186,6 +190,8 @@ def fit(model, loader: Iterable, loss_fn: LossFn, *, epochs: int, hp: Mapping[st
         if saved.get("best") is not None:
             best_state = (int(saved["best_epoch"]), saved["best"])
         torch.set_rng_state(saved["rng"])
+        if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(int(saved["loader_epoch"]))
     for epoch in range(start, epochs):
@@ -218,11 +224,16 @@ def fit(model, loader: Iterable, loss_fn: LossFn, *, epochs: int, hp: Mapping[st
             if best_epoch(qualities) == epoch:
                 best_state = (epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
         if checkpoint is not None and checkpoint.due():
-            checkpoint.save({"epoch": epoch + 1, "step": step, "model": model.state_dict(),
-                             "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "losses": losses,
-                             "qualities": qualities, "best_epoch": best_state[0] if best_state else -1,
-                             "best": best_state[1] if best_state else None, "rng": torch.get_rng_state(),
-                             "loader_epoch": int(getattr(loader, "epoch", epoch + 1))})
+            state = {"epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "schedule": sched.state_dict(), "losses": losses, "qualities": qualities,
+                     "best_epoch": best_state[0] if best_state else -1, "best": best_state[1] if best_state else None,
+                     "rng": torch.get_rng_state(), "loader_epoch": int(getattr(loader, "epoch", epoch + 1))}
+            if torch.cuda.is_available() and str(device).startswith("cuda"):
+                state["cuda_rng"] = torch.cuda.get_rng_state_all()
+            try:
+                checkpoint.save(state)
+            except Exception as e:  # the disk is full, the inbox is gone: the training goes on without it
+                checkpoint.why = f"{checkpoint.slot} could not be saved ({type(e).__name__}: {e})"
     if best_state is not None and best_state[0] != epochs - 1:
         if last_surgery > best_state[0] + 1:
             raise ValueError(f"keep_best must not be combined with a surgery after the best epoch, but got the "

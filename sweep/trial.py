@@ -567,7 +567,7 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder, log_metric, ru
     if broken:  # a hard budget is broken: fine-tuning would change nothing of it
         return _Outcome("infeasible", info=result.info, costs=costs, quality=pruned_quality,
                         reason="infeasible: " + "; ".join(broken))
-    done = progress.epochs_done() if progress is not None and not tuned_by_method else 0
+    done = progress.epochs_done(model) if progress is not None and not tuned_by_method else 0
     if sched is not None and sched.rung0 and not tuned_by_method and not done:
         rung(0, pruned_quality, costs)
     epochs = 0

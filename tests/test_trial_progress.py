@@ -186,17 +186,37 @@ def test_a_resumed_sweep_runs_again_the_trials_a_killed_driver_left_mid_fine_tun
         return name
 
     finished = [row(0, "ok", 0.1), row(2, "stopped_early", 0.3)]
-    trials = finished + [row(3, "stopped", 0.4)]
+    trials = finished + [row(3, "stopped", 0.4), row(6, "stopped", 1.0)]
     orphan = saved(1, 0.2)  # killed mid-fine-tune: no row
     spent = saved(2, 0.3)  # its number has a finished row (written before the state could go)
     same = saved(5, 0.1)  # its configuration has a finished row
     cut = saved(3, 0.4)  # a stopped row's own state: run again once, not twice
-    assert _run_again(cfg, folder, trials, finished) == [(1, "magnitude", {"ratio": 0.2}),
-                                                         (3, "magnitude", {"ratio": 0.4})]
+    whole = saved(6, 1)  # the trial ran with an int knob; its row came back from the table as a float
+    again = _run_again(cfg, folder, trials, finished)
+    assert again == [(1, "magnitude", {"ratio": 0.2}), (3, "magnitude", {"ratio": 0.4}), (6, "magnitude", {"ratio": 1})]
+    assert type(again[-1][2]["ratio"]) is int  # as it ran: the name of its state holds its knobs
     off = parse_config({**SPACE, "finetune": {"epochs": 3, "lr": 0.01, "checkpoint": False}}, source="tp.yaml")
-    assert _run_again(off, folder, trials, finished) == [(3, "magnitude", {"ratio": 0.4})]
+    assert _run_again(off, folder, trials, finished) == [(3, "magnitude", {"ratio": 0.4}),
+                                                         (6, "magnitude", {"ratio": 1.0})]
+    (folder.progress_dir / "half.pt.tmp").write_bytes(b"")  # a write an inbox never finished
 
     st = SimpleNamespace(folder=folder, records={r.trial_id: r for r in trials}, progress=None)
     _drop_spent_progress(st)
-    assert folder.progress_names() == sorted([orphan, cut]) and spent not in folder.progress_names()
-    assert same not in folder.progress_names()
+    assert folder.progress_names() == sorted([orphan, cut, whole]) and spent not in folder.progress_names()
+    assert same not in folder.progress_names() and not (folder.progress_dir / "half.pt.tmp").exists()
+
+
+def test_a_state_that_cannot_be_saved_costs_the_trial_nothing(tmp_path, monkeypatch):
+    """A full disk (or an inbox gone with its node) while saving: the training goes on without its state."""
+    import sweep.durable
+
+    cfg = parse_config(SPACE, source="tp.yaml")
+    folder = _folder(cfg, tmp_path)
+
+    def full(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sweep.durable.FileSlot, "write", full)
+    row = run_trial(cfg, TrialSpec(str(folder.path), "t", "magnitude", KNOBS, seed=1))
+    assert row.status == "ok" and row.finetune_epochs == 3, row.error
+    assert folder.progress_names() == []
