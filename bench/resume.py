@@ -183,6 +183,11 @@ def main(argv=None) -> int:
               f"{args.trials} kills={args.kills} min-delay={args.min_delay} window={args.window} (command line)",
               file=sys.stderr)
         return 2
+    args.space = str(Path(args.space).resolve())  # the sweeps run in a work folder of their own
+    if not Path(args.space).is_file():
+        print(f"resume: --space must be a search-space file, but got space={args.space!r} (command line)",
+              file=sys.stderr)
+        return 2
 
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="bench-resume-"))
