@@ -138,7 +138,7 @@ def select(sweep_dir: Path, budget: Budget, *, out: Path | None = None, export: 
         group = ordered[start:start + size]
         models = [folder.load_model(r.model_path) for r in group]
         if len(group) > 1:
-            log(f"re-measuring the latency of {len(group)} candidate(s) side by side (the most {quality} first)")
+            log(f"re-measuring the latency of {len(group)} candidate(s) side by side (the best {quality} first)")
         for r, model, lat in zip(group, models, _remeasured(models, splits.input_shape, cfg, threads)):
             remeasured = r.replace(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, threads=lat.threads,
                                    latency_runtime=lat.runtime)
