@@ -88,7 +88,8 @@ def status_lines(sweep_dir: Path, now: float | None = None) -> list[str]:
     elif listed and not fresh:
         gone = "its driver is not running" if alive is False or holder is None else "no heartbeat since"
         lines.append(f"running: 0 (the last heartbeat, {_ago(age) if age is not None else 'of unknown age'}, "
-                     f"listed {len(listed)}: {gone}; `sweep resume` runs them again)")
+                     f"listed {len(listed)}: {gone}; `sweep resume` runs again first those that saved a fine-tune "
+                     f"state)")
     else:
         lines.append("running: 0")
     lines.append(f"remaining: {max(total - done, 0)} of {total} trials")

@@ -614,8 +614,8 @@ def test_status_of_a_running_then_killed_sweep(tmp_path, cfg):
         proc.stdout.close()
     rc, facts = status(sweep_dir)
     assert rc == 0
-    assert facts["running"].startswith("0 (the last heartbeat, ") and "listed 1: its driver is not running" in \
-        facts["running"]
+    assert facts["running"].startswith("0 (the last heartbeat, ") and facts["running"].endswith(
+        "listed 1: its driver is not running; `sweep resume` runs again first those that saved a fine-tune state)")
     assert facts["driver"].startswith(f"none: pid {proc.pid} on {socket.gethostname()} (`sweep run` since ")
     assert facts["driver"].endswith("is not running (its lock is stale; the next writer takes it over)")
     assert facts["remaining"] == "3 of 6 trials"
