@@ -570,6 +570,8 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder, log_metric, ru
     done = progress.epochs_done(model) if progress is not None and not tuned_by_method else 0
     if sched is not None and sched.rung0 and not tuned_by_method and not done:
         rung(0, pruned_quality, costs)
+    for e, loss in enumerate(progress.load()["losses"][:done] if done else []):
+        log_metric("train_loss", float(loss), e)  # the epochs an earlier run trained: the trajectory is whole
     epochs = 0
     quality = pruned_quality  # the quality of the network as it is now (None: trained since it was measured)
     if not tuned_by_method and cfg.finetune.epochs > 0:

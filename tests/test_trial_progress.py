@@ -77,8 +77,11 @@ def test_a_trial_cut_short_goes_on_from_its_last_epoch_when_it_runs_again(tmp_pa
     assert folder.progress_names() == [name]  # not its state: left for the trial it belongs to
 
     epochs.clear()
-    again = run_trial(cfg, TrialSpec(str(folder.path), "again", "magnitude", KNOBS, seed=7), trial_number=3)
+    logged = []
+    again = run_trial(cfg, TrialSpec(str(folder.path), "again", "magnitude", KNOBS, seed=7), trial_number=3,
+                      log_metric=lambda k, v, step=0: logged.append((k, step)))
     assert again.status == "ok", again.error
+    assert [step for k, step in logged if k == "train_loss"] == [0, 1, 2]  # the saved epochs' losses, then its own
     assert epochs == [2]  # the third epoch alone
     assert again.finetune_epochs == 3 and json.loads(again.info)["resumed_at_epoch"] == 2
     a = folder.load_model(again.model_path).state_dict()
