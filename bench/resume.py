@@ -270,8 +270,10 @@ def main(argv=None) -> int:
                   f"{killed:>6}  {after}", flush=True)
             if not stopped:
                 if rc != 0:
-                    print(f"resume: `sweep {command}` exited {rc} without being killed; its output ends:\n"
-                          + "\n".join(text.strip().splitlines()[-15:]), file=sys.stderr)
+                    print(f"resume: `sweep {command}` exited {rc} without being killed (its work folder is kept: "
+                          f"{work}); its output ends:\n" + "\n".join(text.strip().splitlines()[-15:]),
+                          file=sys.stderr)
+                    shutil.rmtree(ray_tmp, ignore_errors=True)
                     return 1
                 outcome = "finished"
                 break

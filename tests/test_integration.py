@@ -81,6 +81,9 @@ def test_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     # the embedded Ray's temp folder lands in a folder of this test's own (short: Ray's unix socket paths),
     # where nothing else on the machine puts one
     own_tmp, shared_tmp = Path(tempfile.mkdtemp(prefix="swe", dir="/tmp")), tempfile.tempdir
+    # torch's compile cache takes its folder from the temp folder the first time it is needed and keeps it: not
+    # this one, which goes at the end of the run (the export in `select` below would make it again)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     tempfile.tempdir = str(own_tmp)
     try:
         assert main(["run", str(space)]) == 0
