@@ -1428,11 +1428,11 @@ def _run_again(cfg: SweepConfig, folder: SweepFolder, trials: list[TrialRecord],
     (:func:`sweep.trial.saved_trials`).  Each gets its number back (:class:`sweep.space.DefineByRun`), so its
     seed, and goes on from its saved fine-tune epoch; a number or configuration that has a finished row is
     never run again."""
-    from .trial import saved_trials
+    from .trial import keeps_progress, saved_trials
 
     done_numbers = {r.trial_number for r in finished if r.trial_number is not None}
     done_configs = {_config_key(r) for r in finished if r.knobs}
-    saved = saved_trials(folder) if cfg.finetune.checkpoint and cfg.finetune.epochs > 0 else []
+    saved = saved_trials(folder) if keeps_progress(cfg) else []
     # a trial's own knobs, as it ran (the table may give an int knob back as a float: 0 -> 0.0)
     as_saved = {number: (method, knobs) for _, number, method, knobs in saved if number >= 0}
     out: dict = {}  # configuration -> (number, method, knobs)
@@ -1958,9 +1958,9 @@ def _close_books(st: _CallbackState, reason: str) -> None:
 
 def _progress_names(st: _CallbackState, records) -> set[str]:
     """The names the fine-tune states of ``records`` are kept under (:func:`sweep.trial.progress_name`)."""
-    from .trial import progress_name
+    from .trial import keeps_progress, progress_name
 
-    if not records or st.folder is None or not st.cfg.finetune.checkpoint or st.cfg.finetune.epochs <= 0:
+    if not records or st.folder is None or not keeps_progress(st.cfg):
         return set()
     base = st.folder.baseline()
     return {progress_name(st.cfg, r.method, r.knobs, r.seed, base) for r in records

@@ -319,6 +319,11 @@ def progress_name(cfg: SweepConfig, method: str, knobs: dict, seed: int, base: d
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=repr).encode()).hexdigest()[:32]
 
 
+def keeps_progress(cfg: SweepConfig) -> bool:
+    """Whether the sweep's trials keep their fine-tune state (``finetune.checkpoint``, and epochs to keep)."""
+    return bool(cfg.finetune.checkpoint) and cfg.finetune.epochs > 0
+
+
 def trial_progress(cfg: SweepConfig, spec: TrialSpec, folder, base: dict, number: int | None = None):
     """Where this trial keeps its fine-tune state after an epoch (every ``finetune.checkpoint_every_s``
     seconds at most): a :class:`~sweep.train.EpochCheckpoint` (None with ``finetune.checkpoint: false`` or no
@@ -327,7 +332,7 @@ def trial_progress(cfg: SweepConfig, spec: TrialSpec, folder, base: dict, number
     such a trial again first (:func:`saved_trials`)."""
     from .train import EpochCheckpoint
 
-    if not cfg.finetune.checkpoint or cfg.finetune.epochs <= 0:
+    if not keeps_progress(cfg):
         return None
     name = progress_name(cfg, spec.method, spec.knobs, spec.seed, base)
     return EpochCheckpoint(folder.progress_slot(name), name, extra={
@@ -338,15 +343,14 @@ def trial_progress(cfg: SweepConfig, spec: TrialSpec, folder, base: dict, number
 def saved_trials(folder: SweepFolder) -> list[tuple[str, int, str, dict]]:
     """``(name, number, method, knobs)`` of every trial with a saved fine-tune state in ``folder`` (number -1: a
     trial run without one; unreadable states are left out: a re-run would not use them either)."""
-    import torch
+    from .train import EpochCheckpoint
 
     out = []
     for name in folder.progress_names():
-        slot = folder.progress_slot(name)
+        state = EpochCheckpoint(folder.progress_slot(name), name).load()
         try:
-            state = torch.load(slot.path, map_location="cpu", weights_only=True)
             out.append((name, int(state["number"]), str(state["method"]), json.loads(state["knobs"])))
-        except Exception:
+        except (TypeError, KeyError, ValueError):  # None (unreadable), or a state without its configuration
             continue
     return out
 
