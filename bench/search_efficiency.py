@@ -143,6 +143,8 @@ def space_dict(args, *, seed: int, strategy: str, knobs: dict, baseline: Path | 
             search["epoch_budget"] = asha_epoch_budget(args)
         if args.asha_keep:
             search["scheduler"]["keep"] = args.asha_keep
+        if args.asha_promote:
+            search["scheduler"]["promote"] = True
     if constraints:
         search["constraints"] = dict(constraints)
     return {
@@ -473,6 +475,9 @@ def main(argv=None) -> int:
                     "⌊n/η₀⌋ + 1 at rung 0 (default: the reduction factor, 3)")
     ap.add_argument("--asha-keep", choices=("syne_tune", "asha"), help="TPE+MO-ASHA's search.scheduler.keep: how "
                     "many of a rung's n results go on, ⌊n/η⌋ + 1 (syne_tune, the default) or max(1, ⌊n/η⌋) (asha)")
+    ap.add_argument("--asha-promote", action="store_true", help="TPE+MO-ASHA's search.scheduler.promote: once no "
+                    "candidate is left, the trials stopped at a rung that the grown rung ranks in its top ⌊n/η⌋ go "
+                    "on from there (ASHA's promotions, at the end)")
     ap.add_argument("--asha-epoch-budget", type=float, help="the TPE+MO-ASHA sweeps' search.epoch_budget, as a "
                     "fraction of the TPE sweep's fine-tune epochs (e.g. 1: as many as TPE's; --asha-trials then "
                     "only caps the candidates); default: none, the sweep ends with its trials")
@@ -536,6 +541,7 @@ def main(argv=None) -> int:
           f"{'no rung 0' if args.asha_no_rung0 else 'rung0'}"
           f"{'' if args.asha_rung0_eta is None else f' with rung0_reduction_factor {args.asha_rung0_eta}'}, selection "
           f"{SCHEDULER['selection']}{f', keep {args.asha_keep}' if args.asha_keep else ''}"
+          f"{', promote' if args.asha_promote else ''}"
           f"{'' if not args.asha_epoch_budget else f', epoch_budget {asha_epoch_budget(args)}'}); "
           f"{budget_line}; "
           f"{args.concurrency} at a time, 1 CPU each")

@@ -463,6 +463,10 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
         scheduler=parse_scheduler(s.get("scheduler"), s.loc("scheduler"), max_epochs=finetune.epochs),
         constraints=parse_constraints(s.get("constraints"), s.loc("constraints")),
     )
+    if search.scheduler is not None and search.scheduler.promote and not finetune.checkpoint:
+        raise ConfigError(f"promote must be false unless finetune.checkpoint is true (a promoted trial goes on "
+                          f"from the fine-tune state saved at the rung where it stopped), but got promote=true with "
+                          f"finetune.checkpoint=false ({s.loc('scheduler')}.promote)")
     if search.epoch_budget is not None and finetune.epochs == 0:
         raise ConfigError(f"epoch_budget must be left out when trials fine-tune no epoch (it counts fine-tune "
                           f"epochs), but got epoch_budget={search.epoch_budget} with finetune.epochs=0 "

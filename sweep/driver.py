@@ -582,7 +582,8 @@ class _Recorder:
                     with self.lock:
                         self.st.store.append_many([rec for rec, _ in got])
                         self.durable.extend(got)
-                    self._drop_progress([rec for rec, _ in got if rec.status == "stopped_early"])
+                    if not _promotes(self.st.cfg):  # else kept: a promotion goes on from it
+                        self._drop_progress([rec for rec, _ in got if rec.status == "stopped_early"])
             except BaseException as e:  # raised on Tune's thread by _collect; nothing is written after it
                 self.error = e
             finally:
@@ -1340,14 +1341,15 @@ def _sigint_kept():
             signal.signal(signal.SIGINT, prev)
 
 
-def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialRecord], inbox=None):
+def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialRecord], inbox=None, scheduler=None):
     """A fresh tuner for the trials still missing; the searcher knows every finished trial.
 
     Resuming never restores Ray Tune's own experiment state (saved only now and then, so stale after a
     hard kill): the table is the truth.  Finished trials (ok or failed) are told to the sampler, trials
     that were cut short (``stopped``) are enqueued to run again first, and only ``trials − finished``
     trials are asked for.  Trial numbers, and so seeds, continue after the told ones, and the sampler is
-    seeded from the sweep seed and the number told: no configuration or seed repeats."""
+    seeded from the sweep seed and the number told: no configuration or seed repeats.  ``scheduler``: Ray
+    Tune's scheduler (default :func:`_scheduler` of the finished trials; promotion rounds pass the sweep's)."""
     import ray
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
@@ -1394,10 +1396,59 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
     searcher = _sweep_search(OptunaSearch, budget_names(cfg.search.constraints))(**kw)
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo, scheduler=_scheduler(cfg, finished),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo,
+                                    scheduler=scheduler if scheduler is not None else _scheduler(cfg, finished),
                                     max_concurrent_trials=cfg.search.concurrency, reuse_actors=True),
         run_config=run_config,
     )
+
+
+def _fit(st: _CallbackState, tuner) -> bool:
+    """Run Ray Tune to its end; whether a KeyboardInterrupt ended it (a second Ctrl-C, or no Tune handler to stop
+    gracefully).  Every trial Tune delivered is recorded and counted before it returns."""
+    interrupted = False
+    try:
+        with _sigint_kept(), _trial_actors_on_idle_workers(), _cached_actors_for_new_trials():
+            tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+    _collect(st, wait=True)
+    return interrupted
+
+
+def _promotes(cfg: SweepConfig) -> bool:
+    """Whether the sweep promotes trials stopped early (``search.scheduler.promote``)."""
+    return cfg.search.scheduler is not None and cfg.search.scheduler.promote
+
+
+def _promote(st: _CallbackState, scheduler) -> int:
+    """Successive halving's promotions, once Tune has run every candidate: the ``stopped_early`` rows that their
+    rung, as it stands now, ranks in its top ``⌊n/η⌋`` (:meth:`sweep.mo_asha.MOASHA.promotions`) become
+    ``stopped`` rows, which the next tuner runs again first, with their numbers (so seeds) back, from the
+    fine-tune state saved at their rung; returns how many.  Their epochs leave the epoch budget's count (the
+    re-run's row counts them all again).  None in a resumed sweep: the earlier run's rung results of the trials
+    that went on are not kept, so its rungs cannot be ranked again."""
+    logic = getattr(scheduler, "logic", None)
+    if logic is None or not _promotes(st.cfg) or st.progress.done0:
+        return 0
+    rows, spent = [], 0
+    for tid, rung in logic.promotions():
+        r = st.records.get(tid)
+        if r is None or r.status != "stopped_early" or r.trial_number is None or not r.knobs:
+            continue
+        spent += epochs_spent([r])
+        where = "rung 0 (before fine-tuning)" if rung == 0 else f"rung {rung} ({rung} fine-tune epochs)"
+        rows.append(r.replace(status="stopped", error=f"promoted at {where}: now in the rung's top; runs again from "
+                                                      f"there"))
+        scheduler.promoted[r.trial_number] = rung
+    if not rows:
+        return 0
+    _upsert(st, rows)
+    st.epochs -= spent
+    st.progress.done -= len(rows)
+    st.progress.line(f"promotion: {len(rows)} trial(s) stopped early now rank in their rung's top "
+                     f"(trials {', '.join(str(r.trial_number) for r in rows)}); they go on from there")
+    return len(rows)
 
 
 def _same_config(a: tuple[str, dict], b: tuple[str, dict]) -> bool:
@@ -1543,10 +1594,14 @@ def _sweep_search(base, budgets: tuple[str, ...] = ()):
 
 def _scheduler(cfg: SweepConfig, finished: list[TrialRecord]):
     """Ray Tune's scheduler: FIFO, or multi-objective successive halving (:mod:`sweep.mo_asha` decides; this
-    is its Tune face).  A resumed sweep replays where its early-stopped trials stopped.  The hypervolume
-    reference that cuts a rung's front is the sweep's own (from the dense baseline's figures), taken from the
-    live sweep at the first report: the baseline is trained after the tuner is built."""
+    is its Tune face, with the decisions in ``.logic``).  A resumed sweep replays where its early-stopped trials
+    stopped.  The hypervolume reference that cuts a rung's front is the sweep's own (from the dense baseline's
+    figures), taken from the live sweep at the first report: the baseline is trained after the tuner is built.
+    ``.promoted`` (trial number -> rung) names the trials run again from a rung (:func:`_promote`): their
+    reports up to that rung are not judged again (rung 0 is reported once more: it has no saved state)."""
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    from .space import TRIAL_NUMBER
 
     settings = cfg.search.scheduler
     if settings is None:
@@ -1559,9 +1614,16 @@ def _scheduler(cfg: SweepConfig, finished: list[TrialRecord]):
             logic.record(r.trial_id, r.finetune_epochs, _objective_values(cfg, r))
 
     class MOASHAScheduler(FIFOScheduler):
+        def __init__(self):
+            super().__init__()
+            self.logic = logic
+            self.promoted: dict[int, int] = {}
+
         def on_trial_result(self, tune_controller, trial, result):
             if RUNG not in result or "record_json" in result:
                 return TrialScheduler.CONTINUE
+            if int(result[RUNG]) <= self.promoted.get(trial.config.get(TRIAL_NUMBER), -1):
+                return TrialScheduler.CONTINUE  # a promoted trial passes the rung it was promoted from
             if logic.reference is None:  # stays None where the baseline lacks a figure: the rung's own fallback
                 try:
                     baseline = _live_state().meta.get("baseline")
@@ -1752,21 +1814,21 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
             _ACTIVE["sweep"] = st
             callback = _make_callback()
             st.inbox = st.inbox or _model_inbox(folder)
-            tuner = _tuner(cfg, folder, callback, records, st.inbox)
+            scheduler = _scheduler(cfg, [r for r in records if not r.is_baseline and r.status in FINISHED])
+            tuner = _tuner(cfg, folder, callback, records, st.inbox, scheduler)
             log(f"running {cfg.search.trials - progress.done} trial(s), {cfg.search.concurrency} at a time "
                 f"({cfg.search.sampler} sampler; objectives: {', '.join(cfg.search.objectives)})")
             st.fit_t0 = progress.t0 = time.time()
             _await_warm_workers(log)  # on the trials' clock (time budget, overhead): it is what they wait for
             _stop_if_lost()
             _beat(st, phase="trials")
-            interrupted = False
             st.recorder = _Recorder(st)
-            try:
-                with _sigint_kept(), _trial_actors_on_idle_workers(), _cached_actors_for_new_trials():
-                    tuner.fit()
-            except KeyboardInterrupt:  # a second Ctrl-C, or no Tune handler to stop gracefully
-                interrupted = True
-            _collect(st, wait=True)  # every trial Tune delivered is recorded and counted
+            interrupted = _fit(st, tuner)
+            # successive halving's promotions once the candidates have run out: each round runs again, from
+            # their rungs, the trials stopped early that the grown rungs now rank in their top (mo_asha.promote)
+            while (not interrupted and _STOP.get("reason") is None and st.budget_reason is None
+                   and _promote(st, scheduler)):
+                interrupted = _fit(st, _tuner(cfg, folder, callback, store.records()[0], st.inbox, scheduler))
             timing = _timing(store, cfg, st.fit_t0)
             st.budget_used0, st.fit_t0 = st.budget_used0 + time.time() - st.fit_t0, None
             _settle(st)

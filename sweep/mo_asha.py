@@ -66,6 +66,16 @@ Where each part comes from:
   front -- and then to the earlier arrival, so the same reports always give the same decisions.
 
 Trials already past a rung are never stopped retroactively when later arrivals outrank them (as in ASHA).
+
+**Promotion at the end** (``promote: true``).  A stop on arrival cannot be taken back by the rule above, though
+the rung that judged it may later hold many more results, among which the stopped trial ranks in the top
+``⌊n/η⌋`` -- the trials ASHA's queue would have promoted.  With ``promote``, once the sweep has no new candidate
+left, :meth:`MOASHA.promotions` names them and the driver runs them again from the rung where they stopped
+(their fine-tune state is saved there), judged at the rungs above like any other trial; promoted trials that
+reach a higher rung can make others promotable there, so the driver asks again until none is left.  This is
+ASHA's promotion (Li et al. 2020, Algorithm 2) deferred to the end of the candidates rather than interleaved
+with new ones: Ray Tune's searcher cannot hand out a stopped trial's continuation in place of a new
+configuration.  **Reconstruction**: the deferral is this module's choice, not the paper's.
 """
 
 from __future__ import annotations
@@ -81,7 +91,8 @@ from .errors import ConfigError
 from .pareto import DIRECTIONS, hypervolume, non_dominated_sort, reference_point, to_minimisation
 
 SCHEDULERS = ("fifo", "mo_asha")
-SCHEDULER_KEYS = ("type", "reduction_factor", "min_epochs", "rung0", "rung0_reduction_factor", "selection", "keep")
+SCHEDULER_KEYS = ("type", "reduction_factor", "min_epochs", "rung0", "rung0_reduction_factor", "selection", "keep",
+                  "promote")
 # how the front that does not fit whole into a rung's top k is cut (module docstring)
 SELECTIONS = ("hypervolume", "crowding")
 
@@ -112,8 +123,9 @@ class MOASHASettings:
     :mod:`sweep.engine.adaptive_bn`), where ``rung0_reduction_factor`` (default: ``reduction_factor``) takes
     the place of η -- a rung-0 result costs no fine-tune epoch, so a sweep may screen more candidates there
     and keep fewer of them; ``selection`` cuts the front that does not fit whole into a rung's top
-    (``hypervolume`` contribution or ``crowding`` distance).  Validates itself; ``where`` only names the YAML
-    place in errors."""
+    (``hypervolume`` contribution or ``crowding`` distance); ``promote`` lets trials stopped at a rung go on
+    from it once no new candidate is left and the grown rung ranks them in its top (:meth:`MOASHA.promotions`).
+    Validates itself; ``where`` only names the YAML place in errors."""
 
     reduction_factor: int = DEFAULT_REDUCTION_FACTOR
     min_epochs: int = DEFAULT_MIN_EPOCHS
@@ -122,13 +134,16 @@ class MOASHASettings:
     selection: str = DEFAULT_SELECTION
     rung0_reduction_factor: int | None = None
     keep: str = DEFAULT_KEEP
+    promote: bool = False
     where: str = field(default="search.scheduler", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_int("reduction_factor", self.reduction_factor, 2, self.where)
         _check_int("min_epochs", self.min_epochs, 1, self.where)
-        if not isinstance(self.rung0, bool):
-            raise ConfigError(f"rung0 must be true or false, but got rung0={self.rung0!r} ({self.where}.rung0)")
+        for key in ("rung0", "promote"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key} must be true or false, but got {key}={getattr(self, key)!r} "
+                                  f"({self.where}.{key})")
         if self.rung0_reduction_factor is not None:
             _check_int("rung0_reduction_factor", self.rung0_reduction_factor, 2, self.where)
             if not self.rung0:
@@ -209,6 +224,7 @@ def parse_scheduler(data: Any, where: str = "search.scheduler", *, max_epochs: i
         rung0_reduction_factor=data.get("rung0_reduction_factor"),
         selection=_default(data, "selection", DEFAULT_SELECTION),
         keep=_default(data, "keep", DEFAULT_KEEP),
+        promote=_default(data, "promote", False),
         where=where,
     )
 
@@ -380,6 +396,9 @@ class MOASHA:
         self._rungs = settings.rungs()
         # rung -> {trial_id: objective vector (minimisation)}; dicts keep arrival order
         self._recorded: dict[int, dict[str, np.ndarray]] = {r: {} for r in self._rungs}
+        # trial id -> the rung it was stopped at, by this object's own decisions (not replayed ones): the
+        # trials :meth:`promotions` may let go on
+        self._stopped_at: dict[str, int] = {}
         self._ref: np.ndarray | None = None
         self.reference = reference
 
@@ -451,14 +470,42 @@ class MOASHA:
             return Decision(STOP, rung, n, k, front, f"{what}: a missing or non-finite objective value "
                             f"({', '.join(self.objectives)}); stopped "
                             f"{'before fine-tuning' if rung == 0 else 'after ' + _epochs(rung)}")
-        top = select_top(F, k, F[:, self.objectives.index(self.quality)], selection=self.settings.selection,
-                         ref=self._ref)
+        top = self._top(F, k)
         if me in set(top.tolist()):
             return Decision(CONTINUE, rung, n, k, front, f"{what}: in the top {k} of {n} (front {front}), continues")
+        self._stopped_at[trial_id] = rung
         return Decision(STOP, rung, n, k, front,
                         f"{what}: outside the top {k} of {n} trials by non-dominated sorting of "
                         f"({', '.join(self.objectives)}) (front {front}, then {self.settings.selection}); stopped "
                         f"{'before fine-tuning' if rung == 0 else 'after ' + _epochs(rung)}")
+
+    def promotions(self) -> list[tuple[str, int]]:
+        """``(trial id, rung)`` of the trials stopped at a rung that the rung, as it stands now, ranks in its top
+        ``⌊n / η⌋`` -- ASHA's promotable set (Li et al., MLSys 2020, Algorithm 2, ``get_job``: the top
+        ``⌊|rung|/η⌋`` of a rung not yet promoted) --, best first within a rung, the highest rung first (as
+        ASHA looks for a promotion from the top rung down).  The stop rule decides on arrival against the few
+        results a rung holds then (module docstring); this is the correction once the rungs have grown: the
+        driver runs these trials again from where they stopped when no new candidate is left
+        (``search.scheduler.promote``).  Each is returned once (it is no longer counted as stopped); a trial
+        with a missing value is never promoted; results put by :meth:`record` (a resumed sweep's replay) are
+        ranked with but never promoted, since only this object's own stops are known to have stopped there."""
+        out: list[tuple[str, int]] = []
+        for rung in sorted(self._rungs, reverse=True):
+            recorded = self._recorded[rung]
+            ids = list(recorded)
+            k = len(ids) // self.settings.eta(rung)
+            if not k or not any(self._stopped_at.get(t) == rung for t in ids):
+                continue
+            F = np.stack([recorded[t] for t in ids])
+            for i in self._top(F, k).tolist():
+                if self._stopped_at.get(ids[i]) == rung and not np.isnan(F[i]).any():
+                    out.append((ids[i], rung))
+                    del self._stopped_at[ids[i]]
+        return out
+
+    def _top(self, F: np.ndarray, k: int) -> np.ndarray:
+        return select_top(F, k, F[:, self.objectives.index(self.quality)], selection=self.settings.selection,
+                          ref=self._ref)
 
     def _vector(self, values: Mapping[str, float]) -> np.ndarray:
         raw = [_float(values.get(o)) for o in self.objectives]

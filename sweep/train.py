@@ -70,24 +70,26 @@ class EpochCheckpoint:
     numbers and lists only, never arbitrary objects.  Bytes that cannot be read, or belong to another ``key``, are
     not used (:attr:`why` says why) and training starts over."""
 
-    def __init__(self, where, key: str, extra: dict | None = None, every_s: float = 0.0):
+    def __init__(self, where, key: str, extra: dict | None = None, every_s: float = 0.0, at=()):
         import time
 
         from .durable import FileSlot
 
         self.slot = where if hasattr(where, "write") else FileSlot(where)
         self.key, self.extra, self.every_s = str(key), dict(extra or {}), float(every_s)
+        self.at = frozenset(int(e) for e in at)  # epochs (counted from 1) after which the state is always saved
         self.why: str | None = None
         self._read: tuple | None = None  # (the slot's stamp, what load returned): read once, not twice
         self._saved_at = time.monotonic()
 
-    def due(self) -> bool:
-        """Whether the state is saved after the epoch that just ended: once ``every_s`` seconds have passed since
-        this object was made or last saved (0: after every epoch).  Saving costs a write of the network and its
-        optimiser; an interrupted training loses at most about ``every_s`` seconds of it."""
+    def due(self, epochs: int | None = None) -> bool:
+        """Whether the state is saved after the epoch that just ended (``epochs`` done so far): once ``every_s``
+        seconds have passed since this object was made or last saved (0: after every epoch), and always after
+        the epochs in ``at``.  Saving costs a write of the network and its optimiser; an interrupted training
+        loses at most about ``every_s`` seconds of it."""
         import time
 
-        return time.monotonic() - self._saved_at >= self.every_s
+        return epochs in self.at or time.monotonic() - self._saved_at >= self.every_s
 
     @property
     def path(self) -> Path | None:
@@ -162,8 +164,9 @@ def fit(model, loader: Iterable, loss_fn: LossFn, *, epochs: int, hp: Mapping[st
     raises a ValueError.
 
     ``checkpoint`` (an :class:`EpochCheckpoint`): the state is saved after an epoch when it is due
-    (:meth:`EpochCheckpoint.due`: after every epoch, or every ``every_s`` seconds), and training goes on
-    after the last saved epoch (``on_epoch`` and ``keep_best`` run for the epochs trained in this call only).
+    (:meth:`EpochCheckpoint.due`: after every epoch, or every ``every_s`` seconds, and after the epochs in its
+    ``at``, where ``on_epoch`` then runs after the save and after ``keep_best``), and training goes on after the
+    last saved epoch (``on_epoch`` and ``keep_best`` run for the epochs trained in this call only).
     """
     import torch
 
@@ -216,14 +219,17 @@ def fit(model, loader: Iterable, loss_fn: LossFn, *, epochs: int, hp: Mapping[st
         if not all(bool(torch.isfinite(p).all()) for p in opt.param_groups[0]["params"]):
             raise TrialFailure(f"diverged: non-finite weights after epoch {epoch + 1}")
         losses.append(total / max(n, 1))
-        if on_epoch is not None:
+        # after an epoch in ``checkpoint.at`` the state is saved before ``on_epoch``, whose report there may end
+        # the training for good (a rung where the scheduler stops the trial: it can go on from this state)
+        held = checkpoint is not None and epoch + 1 in checkpoint.at
+        if on_epoch is not None and not held:
             on_epoch(epoch, losses[-1])
         if keep_best is not None:
             qualities.append(float(keep_best(model)))
             model.train()
             if best_epoch(qualities) == epoch:
                 best_state = (epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
-        if checkpoint is not None and checkpoint.due():
+        if checkpoint is not None and checkpoint.due(epoch + 1):
             state = {"epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
                      "schedule": sched.state_dict(), "losses": losses, "qualities": qualities,
                      "best_epoch": best_state[0] if best_state else -1, "best": best_state[1] if best_state else None,
@@ -234,6 +240,8 @@ def fit(model, loader: Iterable, loss_fn: LossFn, *, epochs: int, hp: Mapping[st
                 checkpoint.save(state)
             except Exception as e:  # the disk is full, the inbox is gone: the training goes on without it
                 checkpoint.why = f"{checkpoint.slot} could not be saved ({type(e).__name__}: {e})"
+        if on_epoch is not None and held:
+            on_epoch(epoch, losses[-1])
     if best_state is not None and best_state[0] != epochs - 1:
         if last_surgery > best_state[0] + 1:
             raise ValueError(f"keep_best must not be combined with a surgery after the best epoch, but got the "

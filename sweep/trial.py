@@ -335,9 +335,12 @@ def trial_progress(cfg: SweepConfig, spec: TrialSpec, folder, base: dict, number
     if not keeps_progress(cfg):
         return None
     name = progress_name(cfg, spec.method, spec.knobs, spec.seed, base)
+    sched = cfg.search.scheduler
+    # with promotion a trial stopped at a rung may go on from it later: its state is saved there, before the report
+    at = [r for r in sched.rungs() if r > 0] if sched is not None and sched.promote else ()
     return EpochCheckpoint(folder.progress_slot(name), name, extra={
         "method": spec.method, "knobs": json.dumps(spec.knobs, sort_keys=True, default=repr),
-        "number": -1 if number is None else int(number)}, every_s=cfg.finetune.checkpoint_every_s)
+        "number": -1 if number is None else int(number)}, every_s=cfg.finetune.checkpoint_every_s, at=at)
 
 
 def saved_trials(folder: SweepFolder) -> list[tuple[str, int, str, dict]]:

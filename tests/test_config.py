@@ -413,6 +413,15 @@ def test_epoch_budget_needs_fine_tune_epochs_to_count(tmp_path):
     assert "epoch_budget=30 with finetune.epochs=0" in msg
 
 
+def test_promotion_needs_the_fine_tune_state_kept(tmp_path):
+    sched = "search:\n  scheduler: {type: mo_asha, promote: true}\n"
+    assert load_config(write(tmp_path, BASE + sched)).search.scheduler.promote
+    p = write(tmp_path, BASE + sched + "finetune:\n  checkpoint: false\n")
+    msg = error_of(p)
+    _assert_template(msg, p, "search.scheduler.promote")
+    assert "promote=true with finetune.checkpoint=false" in msg
+
+
 def test_measure_device_checked(tmp_path):
     msg = error_of(write(tmp_path, BASE + "measure:\n  device: tpu\n"))
     assert "device='tpu'" in msg and "measure.device" in msg

@@ -549,3 +549,36 @@ def test_successive_halving_and_budgets_steer_a_real_sweep(tmp_path, monkeypatch
     assert "budget: max-params 20,000 (search.constraints), min-accuracy 0.01 (flag); " in chosen
     picked = chosen.split("chosen: trial ")[1].split(" ")[0]
     assert picked in set(ok["trial_id"]) and int(ok.set_index("trial_id").loc[picked, "params"]) <= 20000
+
+
+def test_trials_stopped_early_are_promoted_once_the_rungs_have_grown(tmp_path, monkeypatch, capsys):
+    """search.scheduler.promote on a real Ray sweep: once every candidate has run, the trials stopped at a rung
+    that the grown rung ranks in its top ⌊n/η⌋ run again from there with their numbers and seeds, and their rows
+    replace the stopped ones: as many rows as trials, no number or seed twice, no MLflow run left RUNNING, no
+    fine-tune state left.  One trial at a time and a seeded random sampler: the same trials stop at every run."""
+    import pandas as pd
+
+    from sweep.cli import main
+
+    extra = ", scheduler: {type: mo_asha, reduction_factor: 3, min_epochs: 1, rung0: true, keep: asha, promote: true}"
+    space = _write_space(tmp_path, "itpromote", trials=10, ft=4, extra=extra)
+    space.write_text(space.read_text().replace("concurrency: 2", "concurrency: 1").replace(
+        "objectives: [accuracy, latency_ms, params]", "objectives: [accuracy, params]"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(space), "--reports", str(tmp_path / "reports")]) == 0
+    out = capsys.readouterr().out
+    promoted = [line for line in out.splitlines() if "promotion: " in line]
+    assert promoted, out
+    numbers = [int(n) for line in promoted for n in line.split("(trials ")[1].split(")")[0].split(", ")]
+    sweep_dir = tmp_path / "runs" / "itpromote"
+    trials = pd.read_parquet(sweep_dir / "trials.parquet").query("trial_id != 'baseline'")
+    assert len(trials) == 10 and trials["trial_number"].is_unique and trials["seed"].is_unique
+    assert set(trials["status"]) <= {"ok", "stopped_early"} and (trials["status"] == "ok").any()
+    again = trials.set_index("trial_number").loc[numbers]
+    assert not again["error"].fillna("").str.startswith("promoted").any()  # each ended again, ok or at a later rung
+    assert (again["status"] == "ok").any() or (again["finetune_epochs"] >= 1).all()
+    assert not (sweep_dir / "progress").exists()
+    parent, children = _runs(sweep_dir, "itpromote")
+    assert parent.info.status == "FINISHED" and not [r for r in children if r.info.status == "RUNNING"]
+    superseded = [r for r in children if r.data.tags.get("sweep.superseded")]
+    assert len(superseded) == len(numbers)  # the stopped runs of the promoted trials, kept and marked

@@ -297,6 +297,38 @@ def test_record_replays_history_without_deciding():
         s.record("x", 5, {"accuracy": 0.9, "params": 10})
 
 
+def test_promotions_are_the_stopped_trials_a_grown_rung_ranks_in_its_top():
+    """ASHA's promotable set, once a rung has grown: the top ⌊n/η⌋ of the rung that were stopped there (not those
+    that went on, nor a stop with a missing value, nor replayed results), best first, each named once."""
+    s = sched(eta=3, max_epochs=27, keep="asha")
+    rep(s, "first", 1, 0.90, 100)  # the first arrival goes on
+    assert rep(s, "good", 1, 0.80, 200).stop  # 2 results: max(1, ⌊2/3⌋) = 1 kept, "first" holds it
+    assert s.promotions() == []  # ⌊2/3⌋ = 0: nothing is promotable yet
+    s.record("replayed", 1, {"accuracy": 0.95, "params": 50})  # a resumed sweep's: ranked, never promoted
+    assert rep(s, "nan", 1, float("nan"), 10).stop
+    for i in range(5):  # dominated by "good": stopped
+        assert rep(s, f"weak{i}", 1, 0.10 + 0.01 * i, 900 - i).stop
+    # 9 results, top 3: "replayed", "good", and "first" (went on): only "good" was stopped there
+    assert s.promotions() == [("good", 1)]
+    assert s.promotions() == []  # named once
+    # a promoted trial goes on to the next rung like any other; its own rung keeps its record
+    assert rep(s, "good", 3, 0.85, 200).action == CONTINUE and "good" in s.recorded(1)
+
+
+def test_promotions_look_from_the_top_rung_down():
+    s = sched(eta=2, max_epochs=27, keep="asha")
+    rep(s, "a", 1, 0.9, 100)
+    assert rep(s, "b", 1, 0.5, 200).stop  # 2 at rung 1: max(1, ⌊2/2⌋) = 1, "a" holds it
+    rep(s, "a", 2, 0.9, 100)
+    assert rep(s, "d", 2, 0.8, 150).stop  # a later arrival at rung 2 (promoted there by then), dominated by "a"
+    rep(s, "e", 2, 0.1, 900)
+    rep(s, "f", 2, 0.2, 800)
+    rep(s, "c", 1, 0.4, 300)
+    rep(s, "g", 1, 0.3, 400)
+    # rung 2 (4 results, top 2: a went on, d stopped) before rung 1 (4 results, top 2: a went on, b stopped)
+    assert s.promotions() == [("d", 2), ("b", 1)]
+
+
 def test_deterministic():
     rng = np.random.default_rng(0)
     reports = [(f"t{i}", int(e), float(rng.random()), float(rng.integers(1, 1000)))
@@ -323,6 +355,8 @@ def test_parse_scheduler():
     assert parse_scheduler("mo_asha").selection == "hypervolume"
     assert parse_scheduler("mo_asha").keep == "syne_tune"
     assert parse_scheduler({"type": "mo_asha", "keep": "asha"}, max_epochs=9).keep == "asha"
+    assert not parse_scheduler("mo_asha").promote
+    assert parse_scheduler({"type": "mo_asha", "promote": True}, max_epochs=9).promote
     s = parse_scheduler({"type": "mo_asha", "rung0": True, "rung0_reduction_factor": 9}, max_epochs=9)
     assert (s.eta(0), s.eta(1), s.eta(3)) == (9, 3, 3) and MOASHASettings(rung0=True).eta(0) == 3
 
@@ -341,6 +375,8 @@ def test_parse_selection(selection):
     ({"type": "mo_asha", "min_epochs": 0}, r"^min_epochs must be an integer >= 1, but got min_epochs=0 "),
     ({"type": "mo_asha", "min_epochs": True}, r"min_epochs must be an integer"),
     ({"type": "mo_asha", "rung0": "yes"}, r"^rung0 must be true or false, but got rung0='yes' "),
+    ({"type": "mo_asha", "promote": 1}, r"^promote must be true or false, but got promote=1 "
+                                        r"\(x.yaml: search.scheduler.promote\)$"),
     ({"type": "mo_asha", "rung0": True, "rung0_reduction_factor": 1},
      r"^rung0_reduction_factor must be an integer >= 2, but got rung0_reduction_factor=1 "
      r"\(x.yaml: search.scheduler.rung0_reduction_factor\)$"),

@@ -223,3 +223,46 @@ def test_a_state_that_cannot_be_saved_costs_the_trial_nothing(tmp_path, monkeypa
     row = run_trial(cfg, TrialSpec(str(folder.path), "t", "magnitude", KNOBS, seed=1))
     assert row.status == "ok" and row.finetune_epochs == 3, row.error
     assert folder.progress_names() == []
+
+
+def test_a_trial_stopped_at_a_rung_is_promoted_from_the_state_saved_there(tmp_path, epochs_trained):
+    """With ``search.scheduler.promote`` the state is saved at every rung before the report (the default
+    interval would not save these quick epochs): a trial whose report at rung 1 ends it (the scheduler's stop)
+    goes on from epoch 1 when promoted, trains the rest only, reports no rung it passed, and ends with the
+    network an uninterrupted run of it ends with."""
+    import torch
+
+    space = {**SPACE, "finetune": {"epochs": 4, "lr": 0.01},
+             "search": {**SPACE["search"], "scheduler": {"type": "mo_asha", "reduction_factor": 3,
+                                                         "promote": True}}}
+    cfg = parse_config(space, source="tp.yaml")
+    whole = _folder(cfg, tmp_path / "whole")
+    uncut = run_trial(cfg, TrialSpec(str(whole.path), "uncut", "magnitude", KNOBS, seed=7), trial_number=3,
+                      report_rung=lambda epochs, row: None)
+    assert uncut.status == "ok", uncut.error
+
+    class Stopped(BaseException):  # not an error of the trial: it is not caught as one
+        pass
+
+    def stop_at_rung_1(epochs, row):
+        if epochs == 1:
+            raise Stopped  # what the trial sees of the scheduler's stop (its worker ends the training there)
+
+    folder = _folder(cfg, tmp_path / "stopped")
+    with pytest.raises(Stopped):
+        run_trial(cfg, TrialSpec(str(folder.path), "first", "magnitude", KNOBS, seed=7), trial_number=3,
+                  report_rung=stop_at_rung_1)
+    name = progress_name(cfg, "magnitude", KNOBS, 7, folder.baseline())
+    assert folder.progress_names() == [name]
+
+    epochs_trained.clear()
+    rungs = []
+    again = run_trial(cfg, TrialSpec(str(folder.path), "promoted", "magnitude", KNOBS, seed=7), trial_number=3,
+                      report_rung=lambda epochs, row: rungs.append(epochs))
+    assert again.status == "ok", again.error
+    assert epochs_trained == [1, 2, 3] and rungs == [3]  # rung 1 passed already; judged at rung 3 only
+    assert json.loads(again.info)["resumed_at_epoch"] == 1
+    a = folder.load_model(again.model_path).state_dict()
+    b = whole.load_model(uncut.model_path).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a) and again.accuracy == uncut.accuracy
+    assert folder.progress_names() == []
