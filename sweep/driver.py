@@ -51,6 +51,7 @@ from .warm import KEEP_IDLE_ENV, PRELOAD_ENV, READY_ENV, marks
 
 EXPERIMENT = "tune"
 RUNG = "rung"  # key of a rung report (fine-tune epochs so far) in the results a trial sends Tune
+PROMOTED = "promoted at "  # how the `stopped` row of a promoted trial's error begins (_promote), until it runs again
 CONSTRAINTS_KEY = "constraints"  # key of a result's search.constraints values (told to Optuna as constraints)
 # trials.parquet is rewritten (the journal folded in) at most this often while trials run; every finished
 # trial is durable in the journal at once (see sweep.results.store)
@@ -1438,8 +1439,7 @@ def _promote(st: _CallbackState, scheduler) -> int:
             continue
         spent += epochs_spent([r])
         where = "rung 0 (before fine-tuning)" if rung == 0 else f"rung {rung} ({rung} fine-tune epochs)"
-        rows.append(r.replace(status="stopped", error=f"promoted at {where}: now in the rung's top; runs again from "
-                                                      f"there"))
+        rows.append(r.replace(status="stopped", error=f"{PROMOTED}{where}: now in the rung's top; runs again"))
         scheduler.promoted[r.trial_number] = rung
     if not rows:
         return 0
@@ -1815,6 +1815,10 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
             callback = _make_callback()
             st.inbox = st.inbox or _model_inbox(folder)
             scheduler = _scheduler(cfg, [r for r in records if not r.is_baseline and r.status in FINISHED])
+            for r in records:  # promoted trials a killed driver left to run again: they pass their rung again
+                if (r.status == "stopped" and (r.error or "").startswith(PROMOTED) and r.trial_number is not None
+                        and hasattr(scheduler, "promoted")):
+                    scheduler.promoted[r.trial_number] = int(r.finetune_epochs or 0)
             tuner = _tuner(cfg, folder, callback, records, st.inbox, scheduler)
             log(f"running {cfg.search.trials - progress.done} trial(s), {cfg.search.concurrency} at a time "
                 f"({cfg.search.sampler} sampler; objectives: {', '.join(cfg.search.objectives)})")
