@@ -237,8 +237,11 @@ def sweep_trial(config: dict, inputs: TrialInputs) -> None:
                      "history_json": json.dumps(history), CONSTRAINTS_KEY: _violations(cfg, partial)})
 
     spec = TrialSpec(inputs.sweep_dir, trial_id, method, knobs, _trial_seed(cfg.seed, number, trial_id))
+    # the state goes once the driver has the row durable (_Recorder), not before: a driver killed in between
+    # runs the trial again from it
     rec = run_trial(cfg, spec, log_metric, trial_number=number, io=_ShippedIO(inputs),
-                    report_rung=report_rung if cfg.search.scheduler is not None else None).replace(**_node())
+                    report_rung=report_rung if cfg.search.scheduler is not None else None,
+                    keep_progress=True).replace(**_node())
     tune.report({**_objective_values(cfg, rec), "record_json": rec.to_json(), "history_json": json.dumps(history),
                  CONSTRAINTS_KEY: _violations(cfg, rec)})
 
@@ -553,11 +556,12 @@ class _Recorder:
         """Until every record put so far is durable (or the thread failed)."""
         self.queue.join()
 
-    def _drop_progress(self, stopped_early: list[TrialRecord]) -> None:
-        """A trial the scheduler stopped never ends by itself: its saved fine-tune state goes once its row lasts.
-        Never raises: the rows are durable already, and a state left behind is removed at the sweep's end."""
+    def _drop_progress(self, records: list[TrialRecord]) -> None:
+        """The saved fine-tune states of trials whose rows are durable now go (a trial leaves its own, and one the
+        scheduler stopped never ends by itself).  Never raises: the rows are durable already, and a state left
+        behind is removed at the sweep's end."""
         try:
-            for name in _progress_names(self.st, stopped_early):
+            for name in _progress_names(self.st, records):
                 self.st.folder.progress_slot(name).remove()
         except Exception:
             pass
@@ -583,8 +587,8 @@ class _Recorder:
                     with self.lock:
                         self.st.store.append_many([rec for rec, _ in got])
                         self.durable.extend(got)
-                    if not _promotes(self.st.cfg):  # else kept: a promotion goes on from it
-                        self._drop_progress([rec for rec, _ in got if rec.status == "stopped_early"])
+                    promotes = _promotes(self.st.cfg)  # a stopped trial's state is kept: a promotion goes on from it
+                    self._drop_progress([rec for rec, _ in got if not (promotes and rec.status == "stopped_early")])
             except BaseException as e:  # raised on Tune's thread by _collect; nothing is written after it
                 self.error = e
             finally:

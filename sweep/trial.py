@@ -358,9 +358,10 @@ def saved_trials(folder: SweepFolder) -> list[tuple[str, int, str, dict]]:
     return out
 
 
-def _cleared(progress) -> None:
-    """The trial ended (it has its row): its saved fine-tune state is of no more use."""
-    if progress is None:
+def _cleared(progress, keep: bool = False) -> None:
+    """The trial ended (it has its row): its saved fine-tune state is of no more use (``keep``: the caller removes
+    it once the row is durable)."""
+    if progress is None or keep:
         return
     try:
         progress.clear()
@@ -446,7 +447,7 @@ def _latency_fields(lat: dict) -> dict:
 
 # ------------------------------------------------------------------------------- one trial
 def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: int | None = None,
-              io=None, report_rung=None) -> TrialRecord:
+              io=None, report_rung=None, keep_progress: bool = False) -> TrialRecord:
     """Run one trial and return its record. Never raises for trial-level failures: they are states.
 
     ``log_metric(key, value, step)`` receives the trajectory the method logs (the driver's trainable
@@ -460,7 +461,11 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: 
     With ``search.scheduler`` (successive halving), ``report_rung(epochs, record)`` receives, at each rung,
     the record the trial would have if it stopped there (status ``stopped_early``); the scheduler stops
     it by not returning.  With ``search.constraints``, a pruned network that breaks a hard budget is not
-    fine-tuned: its record is ``infeasible``, naming what it broke."""
+    fine-tuned: its record is ``infeasible``, naming what it broke.
+
+    The trial's saved fine-tune state is removed when it ends, unless ``keep_progress``: then the caller removes
+    it once the record is durable (the driver's recorder does), so that a driver killed in between still has
+    the state to go on from."""
     import torch
 
     started = time.time()
@@ -487,7 +492,7 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: 
     try:
         with threads_kept():  # a trial sets its own threads; a caller running it in-process keeps its own
             out = _prune_and_measure(cfg, spec, folder, log_metric, rung, progress)
-        _cleared(progress)
+        _cleared(progress, keep_progress)
         if out.status == "infeasible":
             return costed("infeasible", out.costs, 0, error=out.reason, info=json.dumps(out.info, default=str),
                           **{cfg.quality: out.quality})
@@ -505,7 +510,7 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: 
     except Exception as e:  # any other error of this trial's configuration: recorded, sweep goes on
         tb = traceback.format_exc(limit=-3)
         error = f"{type(e).__name__}: {e}\n{tb}"[:4000]
-    _cleared(progress)
+    _cleared(progress, keep_progress)
     ended = time.time()
     return TrialRecord(**common, status="failed", error=error, finetune_epochs=cfg.finetune.epochs,
                        ended_at=ended, wall_s=ended - started)

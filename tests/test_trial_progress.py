@@ -266,3 +266,14 @@ def test_a_trial_stopped_at_a_rung_is_promoted_from_the_state_saved_there(tmp_pa
     b = whole.load_model(uncut.model_path).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a) and again.accuracy == uncut.accuracy
     assert folder.progress_names() == []
+
+
+def test_a_trial_run_by_the_driver_leaves_its_state_until_its_row_is_durable(tmp_path):
+    """``keep_progress``: the trial does not remove its state when it ends (the driver's recorder does once the
+    row is durable; a driver killed before that still has the trial's epochs to go on from)."""
+    cfg = parse_config(SPACE, source="tp.yaml")
+    folder = _folder(cfg, tmp_path)
+    row = run_trial(cfg, TrialSpec(str(folder.path), "t", "magnitude", KNOBS, seed=1), trial_number=0,
+                    keep_progress=True)
+    assert row.status == "ok", row.error
+    assert folder.progress_names() == [progress_name(cfg, "magnitude", KNOBS, 1, folder.baseline())]
