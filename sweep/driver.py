@@ -1436,6 +1436,8 @@ def _promote(st: _CallbackState, scheduler) -> int:
     logic = getattr(scheduler, "logic", None)
     if logic is None or not _promotes(st.cfg) or st.progress.done0:
         return 0
+    if _finished(list(st.records.values())) < st.cfg.search.trials:  # not every candidate has run: no end yet
+        return 0
     rows, spent = [], 0
     for tid, rung in logic.promotions():
         r = st.records.get(tid)
