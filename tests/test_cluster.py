@@ -182,6 +182,22 @@ def test_successive_halving_stops_trials_on_worker_nodes(cluster, tmp_path):
     assert f"sweep halving: {len(ok)} ok, 0 failed, {len(early)} stopped early" in run.stdout
 
 
+def _states_of_unfinished(sweep_dir: Path) -> set[int]:
+    """Trial numbers with a saved fine-tune state and no row yet: trials running now (a finished trial's state
+    stays until the driver has its row durable)."""
+    from sweep.folder import SweepFolder
+    from sweep.trial import saved_trials
+
+    if not (sweep_dir / "progress").is_dir():
+        return set()
+    try:
+        rows = SweepFolder(sweep_dir).store.records()[0]
+    except Exception:  # the table is being written: ask again
+        return set()
+    done = {r.trial_number for r in rows if r.trial_number is not None}
+    return {number for _, number, _, _ in saved_trials(SweepFolder(sweep_dir))} - done
+
+
 def test_a_node_lost_mid_trial_runs_that_trial_again_elsewhere(cluster, tmp_path):
     """Both worker nodes busy, one is killed (raylet, daemons, workers): the trial it ran is run again on the
     other node (``retried`` 1) from the fine-tune epoch it had saved in the driver's folder through the model
@@ -196,7 +212,7 @@ def test_a_node_lost_mid_trial_runs_that_trial_again_elsewhere(cluster, tmp_path
         while time.time() < deadline:  # both nodes run a trial (the driver's heartbeat lists two), each with a
             state = sweep_dir / "state.json"  # fine-tune epoch saved (of 40)
             if (state.is_file() and len(json.loads(state.read_text() or "{}").get("running", [])) == 2
-                    and len(list((sweep_dir / "progress").glob("*.pt"))) >= 2):
+                    and len(_states_of_unfinished(sweep_dir)) >= 2):
                 break
             time.sleep(0.2)
         else:
