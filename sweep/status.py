@@ -76,7 +76,10 @@ def status_lines(sweep_dir: Path, now: float | None = None) -> list[str]:
     if stopped:
         why = "; ".join(f"{n} × {reason}" if n > 1 else reason
                         for reason, n in Counter(r.error or "?" for r in stopped).most_common())
-        lines.append(f"stopped: {len(stopped)} (run again by `sweep resume`): {why}")
+        # a driver running trials re-runs the stopped rows first (a resume, or a promotion round)
+        again = "the running driver runs them again" if fresh and state.get("phase") == "trials" else \
+            "run again by `sweep resume`"
+        lines.append(f"stopped: {len(stopped)} ({again}): {why}")
     else:
         lines.append("stopped: 0")
     saved = len(folder.progress_names())

@@ -603,11 +603,14 @@ def test_status_of_a_running_then_killed_sweep(tmp_path, cfg):
         assert rc == 0
         assert facts["sweep"] == f"exitpaths ({sweep_dir.resolve()})"
         assert facts["done"] == "3 of 6 trials (2 ok, 1 failed)"
-        assert facts["stopped"] == "1 (run again by `sweep resume`): terminated (SIGTERM)"
+        # a live driver running trials runs the stopped rows again (a resume or a promotion round)
+        assert facts["stopped"] == "1 (the running driver runs them again): terminated (SIGTERM)"
         assert facts["running"].startswith("1 (e; heartbeat ")
         assert facts["remaining"] == "3 of 6 trials"
         assert facts["driver"].startswith(f"pid {proc.pid} on {socket.gethostname()} (`sweep run` since ")
         assert facts["driver"].endswith("s ago") and ": alive, trials; heartbeat " in facts["driver"]
+        folder.write_heartbeat(["e"], phase="remeasure", outcome=None)  # past its trials: it runs none again
+        assert status(sweep_dir)[1]["stopped"] == "1 (run again by `sweep resume`): terminated (SIGTERM)"
     finally:
         proc.kill()  # SIGKILL, by pid: no books closed, the lock file still names it
         proc.wait(timeout=30)
@@ -619,6 +622,7 @@ def test_status_of_a_running_then_killed_sweep(tmp_path, cfg):
     assert facts["driver"].startswith(f"none: pid {proc.pid} on {socket.gethostname()} (`sweep run` since ")
     assert facts["driver"].endswith("is not running (its lock is stale; the next writer takes it over)")
     assert facts["remaining"] == "3 of 6 trials"
+    assert facts["stopped"] == "1 (run again by `sweep resume`): terminated (SIGTERM)"
 
 
 def test_status_of_a_folder_that_is_not_a_sweep(tmp_path, capsys):
