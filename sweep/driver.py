@@ -46,7 +46,15 @@ from .folder import (
 from .pareto import DIRECTIONS
 from .results.schema import FINISHED, TrialRecord, epochs_spent, with_front
 from .results.store import TrialStore
-from .trial import TrialSpec, load_splits, prepare_baseline, run_trial, trial_threads, use_shipped_splits
+from .trial import (
+    TrialSpec,
+    load_splits,
+    prepare_baseline,
+    run_trial,
+    rung_qualities,
+    trial_threads,
+    use_shipped_splits,
+)
 from .warm import KEEP_IDLE_ENV, PRELOAD_ENV, READY_ENV, marks
 
 EXPERIMENT = "tune"
@@ -1598,11 +1606,25 @@ def _sweep_search(base, budgets: tuple[str, ...] = ()):
     return SweepOptunaSearch
 
 
+def _replayed_rungs(cfg: SweepConfig, rec: TrialRecord, rungs) -> dict[int, dict]:
+    """What a resumed sweep's scheduler puts back at its ``rungs`` for a finished row: the objective values the
+    trial reported at each rung it reached (its ``rung_quality``, with the row's costs: pruning fixed them), so
+    that new trials are judged against whole rungs, the trials that went on included; for a ``stopped_early``
+    row without it (a table written before the column), its values at the rung it stopped at."""
+    reached = {e: q for e, q in rung_qualities(rec).items() if e in rungs}
+    if not reached and rec.status == "stopped_early" and rec.finetune_epochs in rungs:
+        return {rec.finetune_epochs: _objective_values(cfg, rec)}
+    if rec.status not in ("ok", "stopped_early"):  # failed or infeasible rows never reached a rung's judgement
+        return {}
+    return {e: _objective_values(cfg, rec.replace(**{cfg.quality: q})) for e, q in reached.items()}
+
+
 def _scheduler(cfg: SweepConfig, finished: list[TrialRecord]):
     """Ray Tune's scheduler: FIFO, or multi-objective successive halving (:mod:`sweep.mo_asha` decides; this
-    is its Tune face, with the decisions in ``.logic``).  A resumed sweep replays where its early-stopped trials
-    stopped.  The hypervolume reference that cuts a rung's front is the sweep's own (from the dense baseline's
-    figures), taken from the live sweep at the first report: the baseline is trained after the tuner is built.
+    is its Tune face, with the decisions in ``.logic``).  A resumed sweep replays every rung result its finished
+    trials reported (:func:`_replayed_rungs`).  The hypervolume reference that cuts a rung's front is the
+    sweep's own (from the dense baseline's figures), taken from the live sweep at the first report: the
+    baseline is trained after the tuner is built.
     ``.promoted`` (trial number -> rung) names the trials run again from a rung (:func:`_promote`): their
     reports up to that rung are not judged again (rung 0 is reported once more: it has no saved state)."""
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -1616,8 +1638,8 @@ def _scheduler(cfg: SweepConfig, finished: list[TrialRecord]):
 
     logic = MOASHA(settings, cfg.search.objectives)
     for r in finished:
-        if r.status == "stopped_early" and r.finetune_epochs in logic.rungs:
-            logic.record(r.trial_id, r.finetune_epochs, _objective_values(cfg, r))
+        for rung, values in _replayed_rungs(cfg, r, logic.rungs).items():
+            logic.record(r.trial_id, rung, values)
 
     class MOASHAScheduler(FIFOScheduler):
         def __init__(self):

@@ -7,6 +7,7 @@ Also the baseline itself (trained once per sweep, or loaded from a checkpoint). 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import traceback
@@ -485,9 +486,14 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: 
             latency_ratio=costs["latency"]["median_ms"] / base["latency_ms"], finetune_epochs=epochs,
             ended_at=ended, wall_s=ended - started, **kw)
 
+    reached: dict[int, float] = {}  # the quality at each rung this run of the trial reported (rung_quality)
+
     def rung(epochs: int, quality: float, costs: dict) -> None:
+        if quality is not None and math.isfinite(quality):
+            reached[epochs] = float(quality)
         if report_rung is not None:
-            report_rung(epochs, costed("stopped_early", costs, epochs, **{cfg.quality: quality}))
+            report_rung(epochs, costed("stopped_early", costs, epochs, rung_quality=rung_quality_json(reached),
+                                       **{cfg.quality: quality}))
 
     try:
         with threads_kept():  # a trial sets its own threads; a caller running it in-process keeps its own
@@ -500,7 +506,7 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: 
         return costed("ok", {"params": fig.params, "macs": fig.macs, "latency": fig.latency}, out.epochs,
                       accuracy=fig.accuracy, test_accuracy=fig.test_accuracy, agreement=fig.agreement,
                       nmi=fig.nmi, test_nmi=fig.test_nmi, model_path=out.rel,
-                      info=json.dumps(out.info, default=str))
+                      rung_quality=rung_quality_json(reached), info=json.dumps(out.info, default=str))
     except TrialFailure as e:
         error = str(e)
     except torch.OutOfMemoryError as e:  # type: ignore[attr-defined]
@@ -514,6 +520,21 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: 
     ended = time.time()
     return TrialRecord(**common, status="failed", error=error, finetune_epochs=cfg.finetune.epochs,
                        ended_at=ended, wall_s=ended - started)
+
+
+def rung_quality_json(reached: dict[int, float]) -> str | None:
+    """A trial's ``rung_quality`` column: ``{"<epochs>": quality}`` in rung order, or None (no rung reported)."""
+    return json.dumps({str(e): q for e, q in sorted(reached.items())}) if reached else None
+
+
+def rung_qualities(rec: TrialRecord) -> dict[int, float]:
+    """A row's ``rung_quality`` back as {epochs: quality}; {} where it holds none or cannot be read (a table
+    edited by hand: the scheduler then replays less, and says nothing)."""
+    try:
+        data = json.loads(rec.rung_quality) if rec.rung_quality else {}
+        return {int(e): float(q) for e, q in data.items() if q is not None and math.isfinite(float(q))}
+    except (ValueError, TypeError, AttributeError):
+        return {}
 
 
 @dataclass

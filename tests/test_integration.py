@@ -523,6 +523,14 @@ def test_successive_halving_and_budgets_steer_a_real_sweep(tmp_path, monkeypatch
     assert not early["on_front"].any() and not infeasible["on_front"].any()
     ok = trials[trials["status"] == "ok"]
     assert len(ok) >= 1 and (ok["finetune_epochs"] == 4).all()
+    # each row holds the quality it reported at every rung it reached (what a resumed sweep replays): an ok
+    # trial rungs 0, 1 and 3; a stopped one those up to its own, its quality there the last
+    assert all(list(json.loads(q)) == ["0", "1", "3"] for q in ok["rung_quality"])
+    for _, r in early.iterrows():
+        reached = json.loads(r["rung_quality"])
+        assert list(reached) == [str(e) for e in (0, 1, 3) if e <= r["finetune_epochs"]]
+        assert reached[str(r["finetune_epochs"])] == r["accuracy"]
+    assert infeasible["rung_quality"].isna().all()
     assert "stopped_early: rung" in out and "infeasible: params" in out and "infeasible: infeasible" not in out
     # Optuna was told the stopped ones as PRUNED (no values), the others with their figures
     states = [t.state.name for t in searchers[0]._ot_study.trials]

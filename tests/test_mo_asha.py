@@ -404,3 +404,38 @@ def test_bad_settings_one_line_error(data, match):
 def test_unknown_objective():
     with pytest.raises(ConfigError, match="objectives must be among"):
         MOASHA(MOASHASettings(), ["accuracy", "energy"])
+
+
+# ------------------------------------------------------------------ a resumed sweep's rungs
+def _row(status, epochs, rung_quality, accuracy=0.9, trial_id="t"):
+    from sweep.results.schema import TrialRecord
+
+    return TrialRecord(sweep="s", trial_id=trial_id, trial_number=0, status=status, method="magnitude",
+                       accuracy=accuracy, params=100, macs=200, latency_ms=1.0, finetune_epochs=epochs,
+                       rung_quality=rung_quality)
+
+
+@pytest.mark.parametrize("row,replayed", [
+    # a trial that went the whole way: every rung it reported, with its fixed costs
+    (_row("ok", 9, '{"0": 0.4, "1": 0.6, "3": 0.8}'),
+     {0: {"accuracy": 0.4, "params": 100.0}, 1: {"accuracy": 0.6, "params": 100.0},
+      3: {"accuracy": 0.8, "params": 100.0}}),
+    # stopped at rung 1: the rungs up to there
+    (_row("stopped_early", 1, '{"0": 0.4, "1": 0.5}', accuracy=0.5),
+     {0: {"accuracy": 0.4, "params": 100.0}, 1: {"accuracy": 0.5, "params": 100.0}}),
+    # a table written before the column: where it stopped, as before
+    (_row("stopped_early", 1, None, accuracy=0.5), {1: {"accuracy": 0.5, "params": 100.0}}),
+    (_row("ok", 9, None), {}),
+    (_row("ok", 9, "not json"), {}),                              # edited by hand: nothing replayed
+    (_row("ok", 9, '{"0": 0.4, "5": 0.7}'), {0: {"accuracy": 0.4, "params": 100.0}}),  # 5 is no rung of this sweep
+    (_row("infeasible", 0, None, accuracy=0.3), {}),
+])
+def test_a_resumed_sweep_replays_every_rung_its_finished_trials_reported(row, replayed):
+    from sweep.config import parse_config
+    from sweep.driver import _replayed_rungs
+
+    cfg = parse_config({"name": "s", "model": {"name": "small_cnn"}, "dataset": "digits", "finetune": {"epochs": 9},
+                        "search": {"objectives": OBJ, "scheduler": {"type": "mo_asha", "rung0": True}},
+                        "methods": {"magnitude": {"ratio": {"low": 0.1, "high": 0.9}}}}, source="space.yaml")
+    assert cfg.search.scheduler.rungs() == (0, 1, 3)
+    assert _replayed_rungs(cfg, row, cfg.search.scheduler.rungs()) == replayed

@@ -240,12 +240,14 @@ def test_a_trial_stopped_at_a_rung_is_promoted_from_the_state_saved_there(tmp_pa
     uncut = run_trial(cfg, TrialSpec(str(whole.path), "uncut", "magnitude", KNOBS, seed=7), trial_number=3,
                       report_rung=lambda epochs, row: None)
     assert uncut.status == "ok", uncut.error
+    assert list(json.loads(uncut.rung_quality)) == ["1", "3"]  # the rungs below its 4 epochs
 
     class Stopped(BaseException):  # not an error of the trial: it is not caught as one
         pass
 
     def stop_at_rung_1(epochs, row):
         if epochs == 1:
+            assert json.loads(row.rung_quality) == {"1": row.accuracy}  # the row it would stop with
             raise Stopped  # what the trial sees of the scheduler's stop (its worker ends the training there)
 
     folder = _folder(cfg, tmp_path / "stopped")
@@ -262,6 +264,8 @@ def test_a_trial_stopped_at_a_rung_is_promoted_from_the_state_saved_there(tmp_pa
     assert again.status == "ok", again.error
     assert epochs_trained == [1, 2, 3] and rungs == [3]  # rung 1 passed already; judged at rung 3 only
     assert json.loads(again.info)["resumed_at_epoch"] == 1
+    # this run of it reported rung 3 only, with the quality the uninterrupted run had there
+    assert json.loads(again.rung_quality) == {"3": json.loads(uncut.rung_quality)["3"]}
     a = folder.load_model(again.model_path).state_dict()
     b = whole.load_model(uncut.model_path).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a) and again.accuracy == uncut.accuracy
