@@ -439,3 +439,19 @@ def test_a_resumed_sweep_replays_every_rung_its_finished_trials_reported(row, re
                         "methods": {"magnitude": {"ratio": {"low": 0.1, "high": 0.9}}}}, source="space.yaml")
     assert cfg.search.scheduler.rungs() == (0, 1, 3)
     assert _replayed_rungs(cfg, row, cfg.search.scheduler.rungs()) == replayed
+
+
+def test_the_resumed_scheduler_holds_the_trials_that_went_on_at_their_rungs():
+    from sweep.config import parse_config
+    from sweep.driver import _scheduler
+
+    cfg = parse_config({"name": "s", "model": {"name": "small_cnn"}, "dataset": "digits", "finetune": {"epochs": 9},
+                        "search": {"objectives": OBJ, "scheduler": {"type": "mo_asha", "rung0": True}},
+                        "methods": {"magnitude": {"ratio": {"low": 0.1, "high": 0.9}}}}, source="space.yaml")
+    went_on = _row("ok", 9, '{"0": 0.4, "1": 0.6, "3": 0.8}', trial_id="on")
+    stopped = _row("stopped_early", 1, '{"0": 0.5, "1": 0.55}', accuracy=0.55, trial_id="off")
+    logic = _scheduler(cfg, [went_on, stopped]).logic
+    assert logic.recorded(0) == {"on": {"accuracy": 0.4, "params": 100.0}, "off": {"accuracy": 0.5, "params": 100.0}}
+    assert logic.recorded(1) == {"on": {"accuracy": 0.6, "params": 100.0}, "off": {"accuracy": 0.55, "params": 100.0}}
+    assert logic.recorded(3) == {"on": {"accuracy": 0.8, "params": 100.0}}
+    assert logic.promotions() == []  # replayed results are ranked, never promoted
