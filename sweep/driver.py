@@ -1438,11 +1438,11 @@ def _promote(st: _CallbackState, scheduler) -> int:
     """Successive halving's promotions, once Tune has run every candidate: the ``stopped_early`` rows that their
     rung, as it stands now, ranks in its top ``⌊n/η⌋`` (:meth:`sweep.mo_asha.MOASHA.promotions`) become
     ``stopped`` rows, which the next tuner runs again first, with their numbers (so seeds) back, from the
-    fine-tune state saved at their rung; returns how many.  Their epochs leave the epoch budget's count (the
-    re-run's row counts them all again).  None in a resumed sweep: the earlier run's rung results of the trials
-    that went on are not kept, so its rungs cannot be ranked again."""
+    fine-tune state saved at their rung (where one is left; else from the start); returns how many.  Their
+    epochs leave the epoch budget's count (the re-run's row counts them all again).  In a resumed sweep the
+    earlier runs' stops are among them (:func:`_scheduler` replays their rungs)."""
     logic = getattr(scheduler, "logic", None)
-    if logic is None or not _promotes(st.cfg) or st.progress.done0:
+    if logic is None or not _promotes(st.cfg):
         return 0
     if _finished(list(st.records.values())) < st.cfg.search.trials:  # not every candidate has run: no end yet
         return 0
@@ -1460,6 +1460,8 @@ def _promote(st: _CallbackState, scheduler) -> int:
     _upsert(st, rows)
     st.epochs -= spent
     st.progress.done -= len(rows)
+    # an earlier run's stops promoted in a resumed sweep were counted as done before this run
+    st.progress.done0 = min(st.progress.done0, st.progress.done)
     st.progress.line(f"promotion: {len(rows)} trial(s) stopped early now rank in their rung's top "
                      f"(trials {', '.join(str(r.trial_number) for r in rows)}); they go on from there")
     return len(rows)
@@ -1637,9 +1639,13 @@ def _scheduler(cfg: SweepConfig, finished: list[TrialRecord]):
     from .mo_asha import MOASHA, reference_from_baseline
 
     logic = MOASHA(settings, cfg.search.objectives)
+    # an earlier run's stops may be promoted once its rungs are whole again: every stopped row holds its rung
+    # qualities (a table written before rung_quality does not: its rungs lack the trials that went on)
+    whole = all(r.rung_quality for r in finished if r.status == "stopped_early")
     for r in finished:
         for rung, values in _replayed_rungs(cfg, r, logic.rungs).items():
-            logic.record(r.trial_id, rung, values)
+            stopped = settings.promote and whole and r.status == "stopped_early" and rung == r.finetune_epochs
+            logic.record(r.trial_id, rung, values, stopped=stopped)
 
     class MOASHAScheduler(FIFOScheduler):
         def __init__(self):

@@ -75,7 +75,9 @@ left, :meth:`MOASHA.promotions` names them and the driver runs them again from t
 reach a higher rung can make others promotable there, so the driver asks again until none is left.  This is
 ASHA's promotion (Li et al. 2020, Algorithm 2) deferred to the end of the candidates rather than interleaved
 with new ones: Ray Tune's searcher cannot hand out a stopped trial's continuation in place of a new
-configuration.  **Reconstruction**: the deferral is this module's choice, not the paper's.
+configuration.  **Reconstruction**: the deferral is this module's choice, not the paper's.  A resumed sweep
+replays its earlier runs' rung results (:meth:`MOASHA.record`), their stops marked ``stopped`` so that they are
+promotable too.
 """
 
 from __future__ import annotations
@@ -396,8 +398,8 @@ class MOASHA:
         self._rungs = settings.rungs()
         # rung -> {trial_id: objective vector (minimisation)}; dicts keep arrival order
         self._recorded: dict[int, dict[str, np.ndarray]] = {r: {} for r in self._rungs}
-        # trial id -> the rung it was stopped at, by this object's own decisions (not replayed ones): the
-        # trials :meth:`promotions` may let go on
+        # trial id -> the rung it was stopped at, by this object's own decisions or a replayed stop marked
+        # ``stopped`` (:meth:`record`): the trials :meth:`promotions` may let go on
         self._stopped_at: dict[str, int] = {}
         self._ref: np.ndarray | None = None
         self.reference = reference
@@ -449,12 +451,15 @@ class MOASHA:
         recorded[trial_id] = self._vector(values)
         return self._judge(rung, trial_id)
 
-    def record(self, trial_id: str, rung: int, values: Mapping[str, float]) -> None:
+    def record(self, trial_id: str, rung: int, values: Mapping[str, float], *, stopped: bool = False) -> None:
         """Put a past result at ``rung`` without deciding (a resumed sweep replays its finished trials'
-        rung qualities so that new trials are judged against them)."""
+        rung qualities so that new trials are judged against them).  ``stopped``: the trial was stopped there
+        (an earlier run's ``stopped_early`` row), and :meth:`promotions` may let it go on."""
         if rung not in self._recorded:
             raise ValueError(f"rung must be one of {list(self._rungs)}, but got rung={rung!r}")
         self._recorded[rung][trial_id] = self._vector(values)
+        if stopped:
+            self._stopped_at[trial_id] = rung
 
     def _judge(self, rung: int, trial_id: str) -> Decision:
         recorded = self._recorded[rung]

@@ -592,3 +592,42 @@ def test_trials_stopped_early_are_promoted_once_the_rungs_have_grown(tmp_path, m
     assert parent.info.status == "FINISHED" and not [r for r in children if r.info.status == "RUNNING"]
     superseded = [r for r in children if r.data.tags.get("sweep.superseded")]
     assert len(superseded) == len(numbers)  # the stopped runs of the promoted trials, kept and marked
+
+
+def test_a_resumed_sweep_promotes_the_stops_of_an_earlier_run(tmp_path, monkeypatch, capsys):
+    """A sweep run without promote stops trials for good; resumed with promote and one more candidate, its
+    scheduler replays every rung result the earlier rows hold (rung_quality) and promotes the earlier run's
+    stops that the grown rungs rank in their top: they run again with their numbers and seeds (from the start:
+    no state was kept for them), and the table still holds one row per trial."""
+    import pandas as pd
+    import yaml
+
+    from sweep.cli import main
+
+    extra = ", scheduler: {type: mo_asha, reduction_factor: 3, min_epochs: 1, rung0: true, keep: asha}"
+    space = _write_space(tmp_path, "itrepromote", trials=8, ft=4, extra=extra)
+    space.write_text(space.read_text().replace("concurrency: 2", "concurrency: 1").replace(
+        "objectives: [accuracy, latency_ms, params]", "objectives: [accuracy, params]"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(space), "--reports", str(tmp_path / "reports")]) == 0
+    sweep_dir = tmp_path / "runs" / "itrepromote"
+    first = pd.read_parquet(sweep_dir / "trials.parquet").query("trial_id != 'baseline'")
+    assert "promotion: " not in capsys.readouterr().out and (first["status"] == "stopped_early").any()
+    yaml_path = sweep_dir / "sweep.yaml"
+    settings = yaml.safe_load(yaml_path.read_text())
+    settings["search"]["trials"] = 9
+    settings["search"]["scheduler"]["promote"] = True
+    yaml_path.write_text(yaml.safe_dump(settings))
+    assert main(["resume", str(sweep_dir), "--reports", str(tmp_path / "reports")]) == 0
+    out = capsys.readouterr().out
+    promoted = [line for line in out.splitlines() if "promotion: " in line]
+    numbers = [int(n) for line in promoted for n in line.split("(trials ")[1].split(")")[0].split(", ")]
+    earlier = set(first.loc[first["status"] == "stopped_early", "trial_number"].astype(int))
+    assert numbers and set(numbers) & earlier, out
+    trials = pd.read_parquet(sweep_dir / "trials.parquet").query("trial_id != 'baseline'")
+    assert len(trials) == 9 and trials["trial_number"].is_unique and trials["seed"].is_unique
+    again = trials.set_index("trial_number").loc[numbers]
+    assert not again["error"].fillna("").str.startswith("promoted").any()
+    assert (again["seed"] == first.set_index("trial_number")["seed"].reindex(numbers)).dropna().all()
+    parent, children = _runs(sweep_dir, "itrepromote")
+    assert not [r for r in children if r.info.status == "RUNNING"]

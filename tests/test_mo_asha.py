@@ -305,10 +305,11 @@ def test_promotions_are_the_stopped_trials_a_grown_rung_ranks_in_its_top():
     assert rep(s, "good", 1, 0.80, 200).stop  # 2 results: max(1, ⌊2/3⌋) = 1 kept, "first" holds it
     assert s.promotions() == []  # ⌊2/3⌋ = 0: nothing is promotable yet
     s.record("replayed", 1, {"accuracy": 0.95, "params": 50})  # a resumed sweep's: ranked, never promoted
+    s.record("replayed-stop", 1, {"accuracy": 0.05, "params": 990}, stopped=True)  # promotable, but ranks last
     assert rep(s, "nan", 1, float("nan"), 10).stop
     for i in range(5):  # dominated by "good": stopped
         assert rep(s, f"weak{i}", 1, 0.10 + 0.01 * i, 900 - i).stop
-    # 9 results, top 3: "replayed", "good", and "first" (went on): only "good" was stopped there
+    # 10 results, top 3: "replayed", "good", and "first" (went on): only "good" was stopped there
     assert s.promotions() == [("good", 1)]
     assert s.promotions() == []  # named once
     # a promoted trial goes on to the next rung like any other; its own rung keeps its record
@@ -441,17 +442,35 @@ def test_a_resumed_sweep_replays_every_rung_its_finished_trials_reported(row, re
     assert _replayed_rungs(cfg, row, cfg.search.scheduler.rungs()) == replayed
 
 
-def test_the_resumed_scheduler_holds_the_trials_that_went_on_at_their_rungs():
+def _resumed(promote: bool, rows):
     from sweep.config import parse_config
     from sweep.driver import _scheduler
 
-    cfg = parse_config({"name": "s", "model": {"name": "small_cnn"}, "dataset": "digits", "finetune": {"epochs": 9},
-                        "search": {"objectives": OBJ, "scheduler": {"type": "mo_asha", "rung0": True}},
+    settings = {"type": "mo_asha", "rung0": True, "keep": "asha", "promote": promote}
+    cfg = parse_config({"name": "s", "model": {"name": "small_cnn"}, "dataset": "digits",
+                        "finetune": {"epochs": 9, "checkpoint": True},
+                        "search": {"objectives": OBJ, "scheduler": settings},
                         "methods": {"magnitude": {"ratio": {"low": 0.1, "high": 0.9}}}}, source="space.yaml")
+    return _scheduler(cfg, rows).logic
+
+
+def test_the_resumed_scheduler_holds_the_trials_that_went_on_at_their_rungs():
     went_on = _row("ok", 9, '{"0": 0.4, "1": 0.6, "3": 0.8}', trial_id="on")
     stopped = _row("stopped_early", 1, '{"0": 0.5, "1": 0.55}', accuracy=0.55, trial_id="off")
-    logic = _scheduler(cfg, [went_on, stopped]).logic
+    logic = _resumed(False, [went_on, stopped])
     assert logic.recorded(0) == {"on": {"accuracy": 0.4, "params": 100.0}, "off": {"accuracy": 0.5, "params": 100.0}}
     assert logic.recorded(1) == {"on": {"accuracy": 0.6, "params": 100.0}, "off": {"accuracy": 0.55, "params": 100.0}}
     assert logic.recorded(3) == {"on": {"accuracy": 0.8, "params": 100.0}}
-    assert logic.promotions() == []  # replayed results are ranked, never promoted
+    assert logic.promotions() == []  # without promote, replayed stops are ranked, never promoted
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_a_resumed_sweep_may_promote_an_earlier_runs_stop_once_its_rungs_are_whole(whole):
+    """Under promote, an earlier run's stop is promotable when the rung, grown, ranks it in its top ⌊n/η⌋ --
+    but only where every stopped row holds its rung qualities (a table written before the column holds just
+    the stops at their rungs, none of the trials that went on: ranking there would promote the stops)."""
+    went_on = [_row("ok", 9, '{"0": 0.3, "1": 0.5, "3": 0.7}', accuracy=0.8, trial_id=f"on{i}") for i in range(2)]
+    stopped = [_row("stopped_early", 0, '{"0": 0.6}' if whole else None, accuracy=0.6, trial_id="best")]
+    stopped += [_row("stopped_early", 0, '{"0": 0.1}', accuracy=0.1, trial_id=f"weak{i}") for i in range(3)]
+    # rung 0 holds 6 results, top 2: "best" (0.6) and one of the same-cost trials that went on (0.3)
+    assert _resumed(True, went_on + stopped).promotions() == ([("best", 0)] if whole else [])
