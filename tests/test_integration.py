@@ -41,6 +41,14 @@ def _write_space(tmp_path: Path, name: str, trials: int, ft: int = 1, extra: str
     return p
 
 
+def _one_at_a_time(space: Path) -> Path:
+    """The space, one trial at a time and without the latency objective: with a seeded random sampler the same
+    trials stop at every run (latency timed on a loaded machine would decide who stops)."""
+    space.write_text(space.read_text().replace("concurrency: 2", "concurrency: 1").replace(
+        "objectives: [accuracy, latency_ms, params]", "objectives: [accuracy, params]"))
+    return space
+
+
 def _runs(sweep_dir: Path, name: str):
     """(parent run, trial runs) of a sweep's embedded MLflow store."""
     from mlflow.tracking import MlflowClient
@@ -485,10 +493,7 @@ def test_successive_halving_and_budgets_steer_a_real_sweep(tmp_path, monkeypatch
     # near the top to go on; 10 trials leave enough feasible ones for a stop at every run
     extra = (", scheduler: {type: mo_asha, reduction_factor: 3, min_epochs: 1, rung0: true}, "
              "constraints: {max_params: 20000}")
-    space = _write_space(tmp_path, "ithalving", trials=10, ft=4, extra=extra)
-    # latency is no objective here: timed on a loaded machine it would decide who stops, run to run
-    space.write_text(space.read_text().replace("concurrency: 2", "concurrency: 1").replace(
-        "objectives: [accuracy, latency_ms, params]", "objectives: [accuracy, params]"))
+    space = _one_at_a_time(_write_space(tmp_path, "ithalving", trials=10, ft=4, extra=extra))
     monkeypatch.chdir(tmp_path)
     import sweep.driver as driver
 
@@ -571,9 +576,7 @@ def test_trials_stopped_early_are_promoted_once_the_rungs_have_grown(tmp_path, m
     from sweep.cli import main
 
     extra = ", scheduler: {type: mo_asha, reduction_factor: 3, min_epochs: 1, rung0: true, keep: asha, promote: true}"
-    space = _write_space(tmp_path, "itpromote", trials=10, ft=4, extra=extra)
-    space.write_text(space.read_text().replace("concurrency: 2", "concurrency: 1").replace(
-        "objectives: [accuracy, latency_ms, params]", "objectives: [accuracy, params]"))
+    space = _one_at_a_time(_write_space(tmp_path, "itpromote", trials=10, ft=4, extra=extra))
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(space), "--reports", str(tmp_path / "reports")]) == 0
     out = capsys.readouterr().out
@@ -605,9 +608,7 @@ def test_a_resumed_sweep_promotes_the_stops_of_an_earlier_run(tmp_path, monkeypa
     from sweep.cli import main
 
     extra = ", scheduler: {type: mo_asha, reduction_factor: 3, min_epochs: 1, rung0: true, keep: asha}"
-    space = _write_space(tmp_path, "itrepromote", trials=8, ft=4, extra=extra)
-    space.write_text(space.read_text().replace("concurrency: 2", "concurrency: 1").replace(
-        "objectives: [accuracy, latency_ms, params]", "objectives: [accuracy, params]"))
+    space = _one_at_a_time(_write_space(tmp_path, "itrepromote", trials=8, ft=4, extra=extra))
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(space), "--reports", str(tmp_path / "reports")]) == 0
     sweep_dir = tmp_path / "runs" / "itrepromote"
