@@ -1613,12 +1613,14 @@ def _replayed_rungs(cfg: SweepConfig, rec: TrialRecord, rungs) -> dict[int, dict
     trial reported at each rung it reached (its ``rung_quality``, with the row's costs: pruning fixed them), so
     that new trials are judged against whole rungs, the trials that went on included; for a ``stopped_early``
     row without it (a table written before the column), its values at the rung it stopped at."""
-    reached = {e: q for e, q in rung_qualities(rec).items() if e in rungs}
-    if not reached and rec.status == "stopped_early" and rec.finetune_epochs in rungs:
-        return {rec.finetune_epochs: _objective_values(cfg, rec)}
     if rec.status not in ("ok", "stopped_early"):  # failed or infeasible rows never reached a rung's judgement
         return {}
-    return {e: _objective_values(cfg, rec.replace(**{cfg.quality: q})) for e, q in reached.items()}
+    reached = {e: q for e, q in rung_qualities(rec).items() if e in rungs}
+    if reached:
+        return {e: _objective_values(cfg, rec.replace(**{cfg.quality: q})) for e, q in reached.items()}
+    if rec.status == "stopped_early" and rec.finetune_epochs in rungs:
+        return {rec.finetune_epochs: _objective_values(cfg, rec)}
+    return {}
 
 
 def _scheduler(cfg: SweepConfig, finished: list[TrialRecord]):

@@ -431,27 +431,29 @@ def _row(status, epochs, rung_quality, accuracy=0.9, trial_id="t"):
     (_row("ok", 9, '{"0": 0.4, "5": 0.7}'), {0: {"accuracy": 0.4, "params": 100.0}}),  # 5 is no rung of this sweep
     (_row("infeasible", 0, None, accuracy=0.3), {}),
 ])
-def test_a_resumed_sweep_replays_every_rung_its_finished_trials_reported(row, replayed):
+def _halving_cfg(promote: bool = False):
+    """A sweep with rungs 0, 1 and 3 (9 fine-tune epochs, η 3, rung 0)."""
     from sweep.config import parse_config
+
+    settings = {"type": "mo_asha", "rung0": True, "keep": "asha", "promote": promote}
+    return parse_config({"name": "s", "model": {"name": "small_cnn"}, "dataset": "digits",
+                         "finetune": {"epochs": 9, "checkpoint": True},
+                         "search": {"objectives": OBJ, "scheduler": settings},
+                         "methods": {"magnitude": {"ratio": {"low": 0.1, "high": 0.9}}}}, source="space.yaml")
+
+
+def test_a_resumed_sweep_replays_every_rung_its_finished_trials_reported(row, replayed):
     from sweep.driver import _replayed_rungs
 
-    cfg = parse_config({"name": "s", "model": {"name": "small_cnn"}, "dataset": "digits", "finetune": {"epochs": 9},
-                        "search": {"objectives": OBJ, "scheduler": {"type": "mo_asha", "rung0": True}},
-                        "methods": {"magnitude": {"ratio": {"low": 0.1, "high": 0.9}}}}, source="space.yaml")
+    cfg = _halving_cfg()
     assert cfg.search.scheduler.rungs() == (0, 1, 3)
     assert _replayed_rungs(cfg, row, cfg.search.scheduler.rungs()) == replayed
 
 
 def _resumed(promote: bool, rows):
-    from sweep.config import parse_config
     from sweep.driver import _scheduler
 
-    settings = {"type": "mo_asha", "rung0": True, "keep": "asha", "promote": promote}
-    cfg = parse_config({"name": "s", "model": {"name": "small_cnn"}, "dataset": "digits",
-                        "finetune": {"epochs": 9, "checkpoint": True},
-                        "search": {"objectives": OBJ, "scheduler": settings},
-                        "methods": {"magnitude": {"ratio": {"low": 0.1, "high": 0.9}}}}, source="space.yaml")
-    return _scheduler(cfg, rows).logic
+    return _scheduler(_halving_cfg(promote), rows).logic
 
 
 def test_the_resumed_scheduler_holds_the_trials_that_went_on_at_their_rungs():
