@@ -416,6 +416,17 @@ def _row(status, epochs, rung_quality, accuracy=0.9, trial_id="t"):
                        rung_quality=rung_quality)
 
 
+def _halving_cfg(promote: bool = False):
+    """A sweep with rungs 0, 1 and 3 (9 fine-tune epochs, η 3, rung 0)."""
+    from sweep.config import parse_config
+
+    settings = {"type": "mo_asha", "rung0": True, "keep": "asha", "promote": promote}
+    return parse_config({"name": "s", "model": {"name": "small_cnn"}, "dataset": "digits",
+                         "finetune": {"epochs": 9, "checkpoint": True},
+                         "search": {"objectives": OBJ, "scheduler": settings},
+                         "methods": {"magnitude": {"ratio": {"low": 0.1, "high": 0.9}}}}, source="space.yaml")
+
+
 @pytest.mark.parametrize("row,replayed", [
     # a trial that went the whole way: every rung it reported, with its fixed costs
     (_row("ok", 9, '{"0": 0.4, "1": 0.6, "3": 0.8}'),
@@ -431,17 +442,6 @@ def _row(status, epochs, rung_quality, accuracy=0.9, trial_id="t"):
     (_row("ok", 9, '{"0": 0.4, "5": 0.7}'), {0: {"accuracy": 0.4, "params": 100.0}}),  # 5 is no rung of this sweep
     (_row("infeasible", 0, None, accuracy=0.3), {}),
 ])
-def _halving_cfg(promote: bool = False):
-    """A sweep with rungs 0, 1 and 3 (9 fine-tune epochs, η 3, rung 0)."""
-    from sweep.config import parse_config
-
-    settings = {"type": "mo_asha", "rung0": True, "keep": "asha", "promote": promote}
-    return parse_config({"name": "s", "model": {"name": "small_cnn"}, "dataset": "digits",
-                         "finetune": {"epochs": 9, "checkpoint": True},
-                         "search": {"objectives": OBJ, "scheduler": settings},
-                         "methods": {"magnitude": {"ratio": {"low": 0.1, "high": 0.9}}}}, source="space.yaml")
-
-
 def test_a_resumed_sweep_replays_every_rung_its_finished_trials_reported(row, replayed):
     from sweep.driver import _replayed_rungs
 
