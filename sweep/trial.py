@@ -325,6 +325,9 @@ def keeps_progress(cfg: SweepConfig) -> bool:
     return bool(cfg.finetune.checkpoint) and cfg.finetune.epochs > 0
 
 
+RUNG_QUALITY = "rung_quality"  # beside a trial's fine-tune state: the rungs it reached (rung_quality_json)
+
+
 def trial_progress(cfg: SweepConfig, spec: TrialSpec, folder, base: dict, number: int | None = None):
     """Where this trial keeps its fine-tune state after an epoch (every ``finetune.checkpoint_every_s``
     seconds at most): a :class:`~sweep.train.EpochCheckpoint` (None with ``finetune.checkpoint: false`` or no
@@ -486,12 +489,16 @@ def run_trial(cfg: SweepConfig, spec: TrialSpec, log_metric=None, trial_number: 
             latency_ratio=costs["latency"]["median_ms"] / base["latency_ms"], finetune_epochs=epochs,
             ended_at=ended, wall_s=ended - started, **kw)
 
-    reached: dict[int, float] = {}  # the quality at each rung this run of the trial reported (rung_quality)
+    # the quality at each rung the trial reached (rung_quality), this run's and, where it went on from a saved
+    # fine-tune state, those the state kept: saved with the state, so a run that goes on from it has them all
+    reached: dict[int, float] = {}
 
-    def rung(epochs: int, quality: float, costs: dict) -> None:
+    def rung(epochs: int, quality: float, costs: dict | None, report: bool = True) -> None:
         if quality is not None and math.isfinite(quality):
             reached[epochs] = float(quality)
-        if report_rung is not None:
+            if progress is not None:
+                progress.extra[RUNG_QUALITY] = rung_quality_json(reached)
+        if report and report_rung is not None:
             report_rung(epochs, costed("stopped_early", costs, epochs, rung_quality=rung_quality_json(reached),
                                        **{cfg.quality: quality}))
 
@@ -530,11 +537,32 @@ def rung_quality_json(reached: dict[int, float]) -> str | None:
 def rung_qualities(rec: TrialRecord) -> dict[int, float]:
     """A row's ``rung_quality`` back as {epochs: quality}; {} where it holds none or cannot be read (a table
     edited by hand: the scheduler then replays less, and says nothing)."""
+    return _rung_quality_read(rec.rung_quality)
+
+
+def _rung_quality_read(text) -> dict[int, float]:
+    """:func:`rung_quality_json` read back; {} for None or what cannot be read."""
     try:
-        data = json.loads(rec.rung_quality) if rec.rung_quality else {}
+        data = json.loads(text) if text else {}
         return {int(e): float(q) for e, q in data.items() if q is not None and math.isfinite(float(q))}
     except (ValueError, TypeError, AttributeError):
         return {}
+
+
+def _rungs_passed(cfg: SweepConfig, progress, done: int, model, quality) -> dict[int, float]:
+    """The rungs at or below ``done`` epochs (a run going on from the state saved after them) and the quality the
+    trial had at each: those the state kept (saved beside it by the trial's rung reports), and the rung at
+    ``done`` itself measured again on the saved network where the state was saved before that rung's report
+    (a rung of ``search.scheduler.promote``: :func:`trial_progress`).  ``quality(model)``: the sweep's quality."""
+    sched = cfg.search.scheduler
+    if sched is None or not done:
+        return {}
+    state = progress.load() or {}
+    passed = {e: q for e, q in _rung_quality_read(state.get(RUNG_QUALITY)).items() if e <= done}
+    if done in sched.rungs() and done not in passed and "model" in state:
+        model.load_state_dict(state["model"])  # the state fine-tuning goes on from: loaded again there
+        passed[done] = float(quality(model))
+    return passed
 
 
 @dataclass
@@ -556,7 +584,8 @@ ADAPTIVE_BN_INPUTS = 512
 
 def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder, log_metric, rung, progress=None) -> _Outcome:
     """Prune, (fine-tune,) measure.  ``progress``: the trial's fine-tune state (:func:`trial_progress`); where it
-    holds epochs, fine-tuning goes on after them, and the rungs already passed are not reported again."""
+    holds epochs, fine-tuning goes on after them, and the rungs already passed are not reported again (their
+    qualities are kept: :func:`_rungs_passed`)."""
     import copy
 
     import torch
@@ -603,6 +632,8 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder, log_metric, ru
     done = progress.epochs_done(model) if progress is not None and not tuned_by_method else 0
     if sched is not None and sched.rung0 and not tuned_by_method and not done:
         rung(0, pruned_quality, costs)
+    for e, q in _rungs_passed(cfg, progress, done, model, lambda m: sweep_quality(cfg, m, data, judge)).items():
+        rung(e, q, costs, report=False)  # passed in an earlier run: kept in the row, not judged again
     for e, loss in enumerate(progress.load()["losses"][:done] if done else []):
         log_metric("train_loss", float(loss), e)  # the epochs an earlier run trained: the trajectory is whole
     epochs = 0

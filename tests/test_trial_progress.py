@@ -264,12 +264,35 @@ def test_a_trial_stopped_at_a_rung_is_promoted_from_the_state_saved_there(tmp_pa
     assert again.status == "ok", again.error
     assert epochs_trained == [1, 2, 3] and rungs == [3]  # rung 1 passed already; judged at rung 3 only
     assert json.loads(again.info)["resumed_at_epoch"] == 1
-    # this run of it reported rung 3 only, with the quality the uninterrupted run had there
-    assert json.loads(again.rung_quality) == {"3": json.loads(uncut.rung_quality)["3"]}
+    # its row holds both rungs as the uninterrupted run's does: rung 1 measured again on the state saved there
+    # (saved before rung 1's report), rung 3 reported by this run
+    assert json.loads(again.rung_quality) == json.loads(uncut.rung_quality)
     a = folder.load_model(again.model_path).state_dict()
     b = whole.load_model(uncut.model_path).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a) and again.accuracy == uncut.accuracy
     assert folder.progress_names() == []
+
+
+@pytest.mark.parametrize("cut_after", [1, 2, 3])
+def test_a_trial_cut_short_under_successive_halving_keeps_the_rungs_it_passed(tmp_path, monkeypatch, cut_after):
+    """Rungs at 1 and 3 of 4 epochs, the state saved after every epoch: cut after any epoch and run again, the
+    trial reports only the rungs still ahead, yet its row holds every rung with the quality an uninterrupted
+    run has there (the passed ones from its saved state)."""
+    space = {**SPACE, "finetune": {**SPACE["finetune"], "epochs": 4},
+             "search": {**SPACE["search"], "scheduler": {"type": "mo_asha", "reduction_factor": 3}}}
+    cfg = parse_config(space, source="tp.yaml")
+    whole = _folder(cfg, tmp_path / "whole")
+    uncut = run_trial(cfg, TrialSpec(str(whole.path), "uncut", "magnitude", KNOBS, seed=7), trial_number=3)
+    assert uncut.status == "ok" and list(json.loads(uncut.rung_quality)) == ["1", "3"], uncut.error
+
+    folder = _folder(cfg, tmp_path / "cut")
+    _killed_after_epoch(cfg, folder, monkeypatch, epoch=cut_after, seed=7)
+    rungs = []
+    again = run_trial(cfg, TrialSpec(str(folder.path), "again", "magnitude", KNOBS, seed=7), trial_number=3,
+                      report_rung=lambda epochs, row: rungs.append(epochs))
+    assert again.status == "ok" and json.loads(again.info)["resumed_at_epoch"] == cut_after, again.error
+    assert rungs == [r for r in (1, 3) if r > cut_after]
+    assert json.loads(again.rung_quality) == json.loads(uncut.rung_quality)
 
 
 def test_a_trial_run_by_the_driver_leaves_its_state_until_its_row_is_durable(tmp_path):
