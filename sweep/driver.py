@@ -1676,14 +1676,23 @@ def _scheduler(cfg: SweepConfig, finished: list[TrialRecord]):
     return MOASHAScheduler()
 
 
+# models re-measured side by side after a sweep (their timed runs interleaved): held in memory at once, each with its
+# runtime session
+REMEASURED_TOGETHER = 8
+
+
 def _remeasure(cfg: SweepConfig, folder: SweepFolder, records: list[TrialRecord], log) -> list[TrialRecord]:
-    """Latency taken while other trials shared the machine is noisy: re-measure it alone.
+    """Latency taken while other trials shared the machine is noisy: re-measure it alone, the models side by
+    side (:func:`sweep.measure.compare_latency`, in groups of :data:`REMEASURED_TOGETHER`: their timed runs
+    interleaved), so that a change of the machine's speed while they are timed hits them alike instead of the
+    one model timed then (on a shared 2-core machine one model of a front timed one after another came out at
+    1.8x its figure timed beside the others).
 
     ``measure.remeasure: all`` re-measures every ok trial (a noisy point may look dominated as easily
     as it may look good); ``front`` re-measures front members, recomputes the front and repeats for
     newcomers (at most 3 rounds); ``none`` keeps the figures taken during the sweep.
     """
-    from .measure import measure_latency
+    from .measure import compare_latency
 
     objectives = list(cfg.search.objectives)
     if "latency_ms" not in objectives or cfg.measure.remeasure == "none":
@@ -1698,13 +1707,17 @@ def _remeasure(cfg: SweepConfig, folder: SweepFolder, records: list[TrialRecord]
         if not todo:
             break
         fresh = {}
-        for r in sorted((r for r in records if r.trial_id in todo), key=lambda r: not r.on_front):
-            lat = measure_latency(folder.load_model(r.model_path), splits.input_shape,
-                                  batch=cfg.measure.latency_batch, warmup=cfg.measure.warmup,
-                                  repeats=cfg.measure.repeats, threads=trial_threads(cfg), device=cfg.measure.device,
-                                  runtime=cfg.measure.runtime)  # the runtime the trials were timed on
-            fresh[r.trial_id] = dict(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, threads=lat.threads,
-                                     latency_runtime=lat.runtime, latency_alone=True)
+        ordered = sorted((r for r in records if r.trial_id in todo), key=lambda r: not r.on_front)
+        for i in range(0, len(ordered), REMEASURED_TOGETHER):
+            group = ordered[i:i + REMEASURED_TOGETHER]
+            lats = compare_latency([folder.load_model(r.model_path) for r in group], splits.input_shape,
+                                   batch=cfg.measure.latency_batch, warmup=cfg.measure.warmup,
+                                   repeats=cfg.measure.repeats, threads=trial_threads(cfg),
+                                   device=cfg.measure.device, runtime=cfg.measure.runtime)  # as the trials were
+            for r, lat in zip(group, lats):
+                fresh[r.trial_id] = dict(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, threads=lat.threads,
+                                         latency_repeats=lat.repeats, latency_runtime=lat.runtime,
+                                         latency_alone=True)
         records = [r.replace(**fresh[r.trial_id]) if r.trial_id in fresh else r for r in records]
         # ratios against the baseline's figure in the table (its own re-measurement where it had one: 1.0)
         base_lat = next(r for r in records if r.is_baseline).latency_ms

@@ -187,13 +187,23 @@ def test_the_remeasurement_says_when_the_front_it_leaves_differs_from_the_sweeps
 
     class Timed:
         def __init__(self, ms):
-            self.median_ms, self.iqr_ms, self.threads, self.runtime = ms, 0.0, 1, "torch"
+            self.median_ms, self.iqr_ms, self.threads, self.runtime, self.repeats = ms, 0.0, 1, "torch", 30
+
+    groups = []  # the models timed side by side, call by call
+
+    def side_by_side(models, *a, **k):
+        groups.append(list(models))
+        return [Timed(alone[tid]) for tid in models]
 
     monkeypatch.setattr(SweepFolder, "load_model", lambda self, rel: rel.split("/")[-1].removesuffix(".pt"))
-    monkeypatch.setattr(measure, "measure_latency", lambda tid, *a, **k: Timed(alone[tid]))
+    monkeypatch.setattr(measure, "compare_latency", side_by_side)
+    monkeypatch.setattr(driver, "REMEASURED_TOGETHER", 2)
     said: list[str] = []
     out = driver._remeasure(cfg, SweepFolder(tmp_path / "s"), records, said.append)
     assert [r.on_front for r in out] == [True, True, True]
+    assert [r.latency_repeats for r in out] == [30, 30, 30] and all(r.latency_alone for r in out)
+    # timed side by side, at most REMEASURED_TOGETHER at once, the sweep's front first: each model once
+    assert groups == [["baseline", "a"], ["b"]]
     assert said == ["re-measured the latency of the baseline and 2 trial(s) alone",
                     "the front now holds 3 point(s): 2 with the latencies timed during the sweep"]
     # nothing changed: nothing more said
