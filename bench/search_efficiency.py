@@ -145,6 +145,8 @@ def space_dict(args, *, seed: int, strategy: str, knobs: dict, baseline: Path | 
             search["scheduler"]["keep"] = args.asha_keep
         if args.asha_promote:
             search["scheduler"]["promote"] = True
+        if args.asha_brackets:
+            search["scheduler"]["brackets"] = args.asha_brackets
     if constraints:
         search["constraints"] = dict(constraints)
     return {
@@ -478,6 +480,9 @@ def main(argv=None) -> int:
     ap.add_argument("--asha-promote", action="store_true", help="TPE+MO-ASHA's search.scheduler.promote: once no "
                     "candidate is left, the trials stopped at a rung that the grown rung ranks in its top ⌊n/η⌋ go "
                     "on from there (ASHA's promotions, at the end)")
+    ap.add_argument("--asha-brackets", type=int, help="TPE+MO-ASHA's search.scheduler.brackets: the trials spread "
+                    "over Hyperband's brackets, bracket b judged from the b-th rung on (default 1: every trial from "
+                    "the first rung)")
     ap.add_argument("--asha-epoch-budget", type=float, help="the TPE+MO-ASHA sweeps' search.epoch_budget, as a "
                     "fraction of the TPE sweep's fine-tune epochs (e.g. 1: as many as TPE's; --asha-trials then "
                     "only caps the candidates); default: none, the sweep ends with its trials")
@@ -542,6 +547,7 @@ def main(argv=None) -> int:
           f"{'' if args.asha_rung0_eta is None else f' with rung0_reduction_factor {args.asha_rung0_eta}'}, selection "
           f"{SCHEDULER['selection']}{f', keep {args.asha_keep}' if args.asha_keep else ''}"
           f"{', promote' if args.asha_promote else ''}"
+          f"{f', brackets {args.asha_brackets}' if args.asha_brackets else ''}"
           f"{'' if not args.asha_epoch_budget else f', epoch_budget {asha_epoch_budget(args)}'}); "
           f"{budget_line}; "
           f"{args.concurrency} at a time, 1 CPU each")

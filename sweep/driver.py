@@ -1647,7 +1647,7 @@ def _scheduler(cfg: SweepConfig, finished: list[TrialRecord]):
     for r in finished:
         for rung, values in _replayed_rungs(cfg, r, logic.rungs).items():
             stopped = settings.promote and whole and r.status == "stopped_early" and rung == r.finetune_epochs
-            logic.record(r.trial_id, rung, values, stopped=stopped)
+            logic.record(r.trial_id, rung, values, stopped=stopped, number=r.trial_number)  # in its bracket
 
     class MOASHAScheduler(FIFOScheduler):
         def __init__(self):
@@ -1667,7 +1667,8 @@ def _scheduler(cfg: SweepConfig, finished: list[TrialRecord]):
                     baseline = None
                 logic.reference = reference_from_baseline(cfg.search.objectives, baseline)
             decision = logic.report(trial.trial_id, int(result[RUNG]),
-                                    {o: result.get(o) for o in cfg.search.objectives})
+                                    {o: result.get(o) for o in cfg.search.objectives},
+                                    number=trial.config.get(TRIAL_NUMBER))
             if not decision.stop:
                 return TrialScheduler.CONTINUE
             _live_state().stopped_early[trial.trial_id] = decision.reason

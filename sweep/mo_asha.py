@@ -67,6 +67,18 @@ Where each part comes from:
 
 Trials already past a rung are never stopped retroactively when later arrivals outrank them (as in ASHA).
 
+**Brackets** (``brackets: B``, default 1).  Successive halving judges every candidate first at its lowest rung,
+so a candidate that the lowest rung underrates never gets the epochs that would show its worth -- and rung 0,
+judged before any fine-tuning, underrates the most heavily pruned networks (bench/README.md, "Promotions at the
+end": a stage pruned hard scores 0.39-0.64 there, where the same corner of the space reaches 0.82 after nine
+epochs).  Hyperband (Li, Jamieson, DeSalvo, Rostamizadeh & Talwalkar, JMLR 18(185), 2018, Sec. 3) hedges against
+such a misleading low fidelity by running brackets of successive halving that each start at a higher budget; the
+least aggressive one is plain full-budget evaluation.  Here bracket ``b`` is judged only from the ``b``-th rung on
+(:meth:`MOASHASettings.bracket_rungs`), each bracket's rungs hold only its own trials, and the trials are spread
+over the brackets in Hyperband's proportions (:meth:`MOASHASettings.bracket_weights`), by trial number
+(:meth:`MOASHASettings.bracket_of`).  Ray Tune's ``AsyncHyperBandScheduler`` (``brackets``) runs ASHA's brackets
+the same way, asynchronously.
+
 **Promotion at the end** (``promote: true``).  A stop on arrival cannot be taken back by the rule above, though
 the rung that judged it may later hold many more results, among which the stopped trial ranks in the top
 ``⌊n/η⌋`` -- the trials ASHA's queue would have promoted.  With ``promote``, once the sweep has no new candidate
@@ -94,7 +106,7 @@ from .pareto import DIRECTIONS, hypervolume, non_dominated_sort, reference_point
 
 SCHEDULERS = ("fifo", "mo_asha")
 SCHEDULER_KEYS = ("type", "reduction_factor", "min_epochs", "rung0", "rung0_reduction_factor", "selection", "keep",
-                  "promote")
+                  "promote", "brackets")
 # how the front that does not fit whole into a rung's top k is cut (module docstring)
 SELECTIONS = ("hypervolume", "crowding")
 
@@ -115,6 +127,7 @@ REFERENCE_MARGIN = 0.1
 
 CONTINUE = "continue"
 STOP = "stop"
+GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # φ - 1: the step of MOASHASettings.bracket_of's low-discrepancy sequence
 
 
 # --------------------------------------------------------------------------- settings
@@ -126,8 +139,9 @@ class MOASHASettings:
     the place of η -- a rung-0 result costs no fine-tune epoch, so a sweep may screen more candidates there
     and keep fewer of them; ``selection`` cuts the front that does not fit whole into a rung's top
     (``hypervolume`` contribution or ``crowding`` distance); ``promote`` lets trials stopped at a rung go on
-    from it once no new candidate is left and the grown rung ranks them in its top (:meth:`MOASHA.promotions`).
-    Validates itself; ``where`` only names the YAML place in errors."""
+    from it once no new candidate is left and the grown rung ranks them in its top (:meth:`MOASHA.promotions`);
+    ``brackets`` (default 1) spreads the trials over Hyperband's brackets, each judged from a later rung on
+    (:meth:`bracket_rungs`, :meth:`bracket_of`).  Validates itself; ``where`` only names the YAML place in errors."""
 
     reduction_factor: int = DEFAULT_REDUCTION_FACTOR
     min_epochs: int = DEFAULT_MIN_EPOCHS
@@ -137,6 +151,7 @@ class MOASHASettings:
     rung0_reduction_factor: int | None = None
     keep: str = DEFAULT_KEEP
     promote: bool = False
+    brackets: int = 1
     where: str = field(default="search.scheduler", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -156,6 +171,7 @@ class MOASHASettings:
         if self.selection not in SELECTIONS:
             raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, but got selection={self.selection!r} "
                               f"({self.where}.selection)")
+        _check_int("brackets", self.brackets, 1, self.where)
         if self.max_epochs is not None:
             if isinstance(self.max_epochs, bool) or not isinstance(self.max_epochs, int):
                 raise ConfigError(f"max_epochs (finetune.epochs) must be an integer, but got "
@@ -164,6 +180,10 @@ class MOASHASettings:
                 raise ConfigError(f"the full fine-tune must last at least min_epochs={self.min_epochs} epochs for "
                                   f"successive halving to have a rung, but got finetune.epochs={self.max_epochs} "
                                   f"({self.where}.min_epochs)")
+            most = len(self.rungs()) + 1
+            if self.brackets > most:
+                raise ConfigError(f"brackets must be at most {most} (one per rung, {list(self.rungs())}, and one "
+                                  f"judged at none), but got brackets={self.brackets} ({self.where}.brackets)")
 
     def eta(self, rung: int) -> int:
         """η at ``rung`` (epochs): ``rung0_reduction_factor`` at rung 0 where set, else ``reduction_factor``."""
@@ -183,6 +203,38 @@ class MOASHASettings:
             r *= self.reduction_factor
         return tuple(out)
 
+    def bracket_rungs(self, bracket: int) -> tuple[int, ...]:
+        """The rungs a trial of ``bracket`` is judged at: bracket 0 at every rung, bracket ``b`` from the
+        ``b``-th rung on (Hyperband's bracket ``s_max - b``: its first judgement after more epochs), the last
+        of ``len(rungs) + 1`` brackets at none (its trials fine-tune fully)."""
+        return self.rungs()[bracket:]
+
+    def bracket_weights(self) -> tuple[float, ...]:
+        """The share of trials in each bracket (bracket 0 first): Hyperband's allocation, bracket ``s`` of
+        ``s_max + 1`` starting ``⌈(s_max + 1) / (s + 1) · η^s⌉`` configurations (Li, Jamieson, DeSalvo,
+        Rostamizadeh & Talwalkar, "Hyperband", JMLR 18(185), 2018, Algorithm 1, ``n``), ``s = s_max`` the most
+        aggressive, η the ``reduction_factor``.  Brackets of 2: 3 : 2; of 4: 27 : 12 : 6 : 4."""
+        top = self.brackets - 1
+        n = [math.ceil(self.brackets / (s + 1) * self.reduction_factor ** s) for s in range(top, -1, -1)]
+        return tuple(v / sum(n) for v in n)
+
+    def bracket_of(self, number: int | None) -> int:
+        """The bracket of trial ``number`` (its number in the sweep; None: bracket 0): the same trial is in the
+        same bracket in every run of the sweep (a re-run, a promotion, a resumed sweep's replay), and the
+        brackets' shares hold from the first trials on -- the golden-ratio sequence ``frac((number + 1/2)·φ)``
+        placed on the cumulative :meth:`bracket_weights` (a low-discrepancy sequence; **reconstruction**:
+        Hyperband runs its brackets one after another, Ray Tune's ``AsyncHyperBandScheduler`` draws each trial's
+        at random; this deterministic spread is ours)."""
+        if self.brackets == 1 or number is None or number < 0:
+            return 0
+        u = ((int(number) + 0.5) * GOLDEN) % 1.0
+        acc = 0.0
+        for b, w in enumerate(self.bracket_weights()):
+            acc += w
+            if u < acc:
+                return b
+        return self.brackets - 1
+
 
 def _check_int(key: str, v: Any, lo: int, where: str) -> None:
     if isinstance(v, bool) or not isinstance(v, int):
@@ -197,7 +249,7 @@ def parse_scheduler(data: Any, where: str = "search.scheduler", *, max_epochs: i
 
     ``None``, ``fifo`` or ``{type: fifo}`` give None (every trial fine-tunes fully); ``mo_asha`` or
     ``{type: mo_asha, reduction_factor: 3, min_epochs: 1, rung0: true, rung0_reduction_factor: 9, selection:
-    hypervolume}`` give
+    hypervolume, brackets: 2}`` give
     :class:`MOASHASettings`.
     ``max_epochs`` is the sweep's ``finetune.epochs``.  ``where`` names the place (``file: search.scheduler``)."""
     if data is None:
@@ -227,6 +279,7 @@ def parse_scheduler(data: Any, where: str = "search.scheduler", *, max_epochs: i
         selection=_default(data, "selection", DEFAULT_SELECTION),
         keep=_default(data, "keep", DEFAULT_KEEP),
         promote=_default(data, "promote", False),
+        brackets=_default(data, "brackets", 1),
         where=where,
     )
 
@@ -396,8 +449,11 @@ class MOASHA:
         # the objective fine-tuning changes (the first maximised one): the tie break after crowding
         self.quality = next((o for o in objectives if DIRECTIONS[o] == "max"), objectives[0])
         self._rungs = settings.rungs()
-        # rung -> {trial_id: objective vector (minimisation)}; dicts keep arrival order
-        self._recorded: dict[int, dict[str, np.ndarray]] = {r: {} for r in self._rungs}
+        # (bracket, rung) -> {trial_id: objective vector (minimisation)}; dicts keep arrival order.  Each
+        # bracket's rungs are judged on their own (Hyperband's brackets share no rung)
+        self._recorded: dict[tuple[int, int], dict[str, np.ndarray]] = {
+            (b, r): {} for b in range(settings.brackets) for r in settings.bracket_rungs(b)}
+        self._bracket: dict[str, int] = {}  # trial id -> its bracket (settings.bracket_of its number)
         # trial id -> the rung it was stopped at, by this object's own decisions or a replayed stop marked
         # ``stopped`` (:meth:`record`): the trials :meth:`promotions` may let go on
         self._stopped_at: dict[str, int] = {}
@@ -424,48 +480,68 @@ class MOASHA:
     def rungs(self) -> tuple[int, ...]:
         return self._rungs
 
-    def recorded(self, rung: int) -> dict[str, dict[str, float]]:
-        """The values recorded at ``rung`` (epochs), per trial id, in arrival order (original directions)."""
-        return {tid: dict(zip(self.objectives, self._raw(v))) for tid, v in self._recorded.get(rung, {}).items()}
+    def recorded(self, rung: int, bracket: int = 0) -> dict[str, dict[str, float]]:
+        """The values recorded at ``rung`` (epochs) of ``bracket``, per trial id, in arrival order (original
+        directions)."""
+        return {tid: dict(zip(self.objectives, self._raw(v)))
+                for tid, v in self._recorded.get((bracket, rung), {}).items()}
 
-    def rung_for(self, trial_id: str, epoch: int) -> int | None:
-        """The rung a report after ``epoch`` fine-tune epochs is judged at: the highest rung ``<= epoch``,
-        provided the trial has recorded neither it nor a higher one; else None.  Reports come after every
-        epoch, so normally ``epoch`` is the rung itself; a skipped epoch is judged at the rung it passed."""
+    def bracket(self, trial_id: str, number: int | None = None) -> int:
+        """The bracket of ``trial_id``: where it was seen first, else that of its trial ``number``
+        (:meth:`MOASHASettings.bracket_of`), which it keeps from then on."""
+        if trial_id not in self._bracket:
+            self._bracket[trial_id] = self.settings.bracket_of(number)
+        return self._bracket[trial_id]
+
+    def rung_for(self, trial_id: str, epoch: int, number: int | None = None) -> int | None:
+        """The rung a report after ``epoch`` fine-tune epochs is judged at: the highest rung of the trial's
+        bracket ``<= epoch``, provided the trial has recorded neither it nor a higher one; else None.  Reports
+        come after every epoch, so normally ``epoch`` is the rung itself; a skipped epoch is judged at the rung
+        it passed."""
         if self.settings.max_epochs is not None and epoch >= self.settings.max_epochs:
             return None  # the full fine-tune is done: nothing left to save
-        below = [r for r in self._rungs if r <= epoch]
+        b = self.bracket(trial_id, number)
+        rungs = self.settings.bracket_rungs(b)
+        below = [r for r in rungs if r <= epoch]
         if not below:
             return None
         rung = below[-1]
-        if any(trial_id in self._recorded[r] for r in self._rungs if r >= rung):
+        if any(trial_id in self._recorded[(b, r)] for r in rungs if r >= rung):
             return None
         return rung
 
-    def report(self, trial_id: str, epoch: int, values: Mapping[str, float]) -> Decision:
-        """Record a trial's report after ``epoch`` fine-tune epochs (0: before any) and decide."""
-        rung = self.rung_for(trial_id, int(epoch))
+    def report(self, trial_id: str, epoch: int, values: Mapping[str, float], number: int | None = None) -> Decision:
+        """Record a trial's report after ``epoch`` fine-tune epochs (0: before any) and decide; ``number``
+        (the trial's number in the sweep) places it in its bracket the first time it is seen."""
+        rung = self.rung_for(trial_id, int(epoch), number)
         if rung is None:
             return Decision(CONTINUE)
-        recorded = self._recorded[rung]
-        recorded[trial_id] = self._vector(values)
+        self._recorded[(self._bracket[trial_id], rung)][trial_id] = self._vector(values)
         return self._judge(rung, trial_id)
 
-    def record(self, trial_id: str, rung: int, values: Mapping[str, float], *, stopped: bool = False) -> None:
+    def record(self, trial_id: str, rung: int, values: Mapping[str, float], *, stopped: bool = False,
+               number: int | None = None) -> None:
         """Put a past result at ``rung`` without deciding (a resumed sweep replays its finished trials'
         rung qualities so that new trials are judged against them).  ``stopped``: the trial was stopped there
-        (an earlier run's ``stopped_early`` row), and :meth:`promotions` may let it go on."""
-        if rung not in self._recorded:
+        (an earlier run's ``stopped_early`` row), and :meth:`promotions` may let it go on.  A rung outside the
+        bracket of trial ``number`` is not one it was judged at: nothing is put."""
+        if rung not in self._rungs:
             raise ValueError(f"rung must be one of {list(self._rungs)}, but got rung={rung!r}")
-        self._recorded[rung][trial_id] = self._vector(values)
+        b = self.bracket(trial_id, number)
+        if (b, rung) not in self._recorded:
+            return
+        self._recorded[(b, rung)][trial_id] = self._vector(values)
         if stopped:
             self._stopped_at[trial_id] = rung
 
     def _judge(self, rung: int, trial_id: str) -> Decision:
-        recorded = self._recorded[rung]
+        b = self._bracket[trial_id]
+        recorded = self._recorded[(b, rung)]
         ids = list(recorded)
         n, eta = len(ids), self.settings.eta(rung)
         what = "rung 0 (before fine-tuning)" if rung == 0 else f"rung {rung} ({_epochs(rung)})"
+        if self.settings.brackets > 1:
+            what += f" of bracket {b}"
         k = KEEPS[self.settings.keep](n, eta)
         F = np.stack([recorded[t] for t in ids])
         me = ids.index(trial_id)
@@ -493,10 +569,11 @@ class MOASHA:
         driver runs these trials again from where they stopped when no new candidate is left
         (``search.scheduler.promote``).  Each is returned once (it is no longer counted as stopped); a trial
         with a missing value is never promoted; results put by :meth:`record` (a resumed sweep's replay) are
-        ranked with but never promoted, since only this object's own stops are known to have stopped there."""
+        ranked with but promoted only where marked ``stopped`` there.  With brackets, each bracket's rungs
+        promote on their own."""
         out: list[tuple[str, int]] = []
-        for rung in sorted(self._rungs, reverse=True):
-            recorded = self._recorded[rung]
+        for b, rung in sorted(self._recorded, key=lambda br: (-br[1], br[0])):
+            recorded = self._recorded[(b, rung)]
             ids = list(recorded)
             k = len(ids) // self.settings.eta(rung)
             if not k or not any(self._stopped_at.get(t) == rung for t in ids):

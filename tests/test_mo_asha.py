@@ -24,9 +24,9 @@ OBJ = ["accuracy", "params"]
 
 
 def sched(eta=2, min_epochs=1, max_epochs=9, rung0=False, objectives=OBJ, selection="hypervolume",
-          reference=None, keep="syne_tune") -> MOASHA:
+          reference=None, keep="syne_tune", brackets=1) -> MOASHA:
     return MOASHA(MOASHASettings(reduction_factor=eta, min_epochs=min_epochs, max_epochs=max_epochs, rung0=rung0,
-                                 selection=selection, keep=keep), objectives, reference)
+                                 selection=selection, keep=keep, brackets=brackets), objectives, reference)
 
 
 def rep(s: MOASHA, tid: str, epoch: int, acc: float, params: float):
@@ -344,6 +344,59 @@ def test_deterministic():
     assert 0.2 < sum(d.stop for d in stops) / len(stops) < 0.9
 
 
+# ------------------------------------------------------------------ brackets
+@pytest.mark.parametrize("brackets,weights,rungs", [
+    (1, (1.0,), [(0, 1, 3)]),
+    (2, (3 / 5, 2 / 5), [(0, 1, 3), (1, 3)]),
+    (4, (27 / 49, 12 / 49, 6 / 49, 4 / 49), [(0, 1, 3), (1, 3), (3,), ()]),  # Hyperband's n per bracket, η = 3
+])
+def test_brackets_start_at_later_rungs_in_hyperbands_proportions(brackets, weights, rungs):
+    s = MOASHASettings(reduction_factor=3, max_epochs=9, rung0=True, brackets=brackets)
+    assert s.bracket_weights() == pytest.approx(weights)
+    assert [s.bracket_rungs(b) for b in range(brackets)] == rungs
+    for n in (10, 48, 200):  # the shares hold from the first trials on
+        got = [s.bracket_of(i) for i in range(n)]
+        assert all(abs(got.count(b) / n - w) <= 1.5 / n + 0.03 for b, w in enumerate(weights)), (n, got)
+    assert [s.bracket_of(i) for i in range(48)] == [s.bracket_of(i) for i in range(48)]  # by number, every time
+    assert s.bracket_of(None) == 0
+
+
+def test_each_bracket_is_judged_from_its_own_first_rung_against_its_own_trials():
+    """Two brackets over rungs 0, 1, 3 (η 3): bracket 1 is not judged at rung 0; its rung 1 holds only its trials,
+    so a result that bracket 0 stops there goes on in bracket 1, where it arrives first."""
+    s = sched(eta=3, max_epochs=9, rung0=True, brackets=2)
+    b0 = [n for n in range(20) if s.settings.bracket_of(n) == 0][:2]
+    late = next(n for n in range(20) if s.settings.bracket_of(n) == 1)
+    assert s.report("b0-0", 1, {"accuracy": 0.9, "params": 100}, number=b0[0]).action == CONTINUE
+    assert s.report("b0-1", 1, {"accuracy": 0.2, "params": 100}, number=b0[1]).stop  # 2nd at rung 1, ranked behind
+    # a trial of bracket 1: rung 0 is none of its rungs, whatever it scores there
+    d = s.report("b1", 0, {"accuracy": 0.01, "params": 100}, number=late)
+    assert d.action == CONTINUE and d.rung is None
+    d = s.report("b1", 1, {"accuracy": 0.2, "params": 100}, number=late)  # b0-1's figures: the first of its bracket
+    assert d.action == CONTINUE and d.rung == 1 and d.reached == 1
+    assert d.reason.startswith("rung 1 (1 fine-tune epoch) of bracket 1: in the top 1 of 1")
+    assert set(s.recorded(1)) == {"b0-0", "b0-1"} and set(s.recorded(1, bracket=1)) == {"b1"}
+    assert s.recorded(0, bracket=1) == {}
+    assert s.bracket("b1", number=b0[0]) == 1  # a trial keeps the bracket it was first seen in
+
+
+def test_a_replayed_result_lands_in_its_trials_bracket_and_brackets_promote_on_their_own():
+    s = sched(eta=2, max_epochs=9, brackets=2, keep="asha")  # rungs 1, 2, 4; bracket 1 from rung 2 on
+    b0 = [n for n in range(40) if s.settings.bracket_of(n) == 0]
+    b1 = [n for n in range(40) if s.settings.bracket_of(n) == 1]
+    s.record("old", 1, {"accuracy": 0.9, "params": 10}, number=b1[0])  # rung 1 is none of bracket 1's: not put
+    assert s.recorded(1) == {} and s.recorded(1, bracket=1) == {}
+    s.record("old", 2, {"accuracy": 0.9, "params": 10}, number=b1[0])
+    assert set(s.recorded(2, bracket=1)) == {"old"}
+    assert s.report("x", 2, {"accuracy": 0.5, "params": 20}, number=b1[1]).stop  # judged against "old" alone
+    assert s.report("y", 1, {"accuracy": 0.5, "params": 20}, number=b0[0]).action == CONTINUE  # bracket 0: first
+    assert s.report("z", 1, {"accuracy": 0.4, "params": 30}, number=b0[1]).stop
+    s.record("w", 2, {"accuracy": 0.1, "params": 90}, number=b1[2])
+    s.record("v", 2, {"accuracy": 0.1, "params": 95}, number=b1[3])
+    # bracket 1's rung 2: 4 results, top 2 "old" and "x" (x stopped there); bracket 0's rung 1: 2, top 1 "y" (went on)
+    assert s.promotions() == [("x", 2)]
+
+
 # ------------------------------------------------------------------ settings
 def test_parse_scheduler():
     assert parse_scheduler(None) is None
@@ -358,6 +411,8 @@ def test_parse_scheduler():
     assert parse_scheduler({"type": "mo_asha", "keep": "asha"}, max_epochs=9).keep == "asha"
     assert not parse_scheduler("mo_asha").promote
     assert parse_scheduler({"type": "mo_asha", "promote": True}, max_epochs=9).promote
+    assert parse_scheduler("mo_asha").brackets == 1
+    assert parse_scheduler({"type": "mo_asha", "brackets": 3}, max_epochs=9).brackets == 3
     s = parse_scheduler({"type": "mo_asha", "rung0": True, "rung0_reduction_factor": 9}, max_epochs=9)
     assert (s.eta(0), s.eta(1), s.eta(3)) == (9, 3, 3) and MOASHASettings(rung0=True).eta(0) == 3
 
@@ -390,6 +445,10 @@ def test_parse_selection(selection):
                                                  r"selection='epsnet' \(x.yaml: search.scheduler.selection\)$"),
     ({"type": "mo_asha", "keep": "half"}, r"^keep must be one of syne_tune, asha, but got keep='half' "
                                            r"\(x.yaml: search.scheduler.keep\)$"),
+    ({"type": "mo_asha", "brackets": 0}, r"^brackets must be an integer >= 1, but got brackets=0 "
+                                         r"\(x.yaml: search.scheduler.brackets\)$"),
+    ({"type": "mo_asha", "brackets": 4}, r"^brackets must be at most 3 \(one per rung, \[1, 3\], and one judged at "
+                                         r"none\), but got brackets=4 \(x.yaml: search.scheduler.brackets\)$"),
     ({"type": "hyperband"}, r"^type must be one of fifo, mo_asha, but got type='hyperband' "
                             r"\(x.yaml: search.scheduler.type\)$"),
     ({"type": "mo_asha", "eta": 3}, r"^unknown key 'eta' in x.yaml: search.scheduler; allowed keys: type, "),
@@ -408,19 +467,19 @@ def test_unknown_objective():
 
 
 # ------------------------------------------------------------------ a resumed sweep's rungs
-def _row(status, epochs, rung_quality, accuracy=0.9, trial_id="t"):
+def _row(status, epochs, rung_quality, accuracy=0.9, trial_id="t", number=0):
     from sweep.results.schema import TrialRecord
 
-    return TrialRecord(sweep="s", trial_id=trial_id, trial_number=0, status=status, method="magnitude",
+    return TrialRecord(sweep="s", trial_id=trial_id, trial_number=number, status=status, method="magnitude",
                        accuracy=accuracy, params=100, macs=200, latency_ms=1.0, finetune_epochs=epochs,
                        rung_quality=rung_quality)
 
 
-def _halving_cfg(promote: bool = False):
+def _halving_cfg(promote: bool = False, brackets: int = 1):
     """A sweep with rungs 0, 1 and 3 (9 fine-tune epochs, η 3, rung 0)."""
     from sweep.config import parse_config
 
-    settings = {"type": "mo_asha", "rung0": True, "keep": "asha", "promote": promote}
+    settings = {"type": "mo_asha", "rung0": True, "keep": "asha", "promote": promote, "brackets": brackets}
     return parse_config({"name": "s", "model": {"name": "small_cnn"}, "dataset": "digits",
                          "finetune": {"epochs": 9, "checkpoint": True},
                          "search": {"objectives": OBJ, "scheduler": settings},
@@ -464,6 +523,18 @@ def test_the_resumed_scheduler_holds_the_trials_that_went_on_at_their_rungs():
     assert logic.recorded(1) == {"on": {"accuracy": 0.6, "params": 100.0}, "off": {"accuracy": 0.55, "params": 100.0}}
     assert logic.recorded(3) == {"on": {"accuracy": 0.8, "params": 100.0}}
     assert logic.promotions() == []  # without promote, replayed stops are ranked, never promoted
+
+
+def test_a_resumed_sweep_replays_each_trial_in_its_bracket():
+    from sweep.driver import _scheduler
+
+    cfg = _halving_cfg(brackets=2)
+    numbers = {b: next(n for n in range(10) if cfg.search.scheduler.bracket_of(n) == b) for b in (0, 1)}
+    rows = [_row("ok", 9, '{"0": 0.4, "1": 0.6, "3": 0.8}', trial_id=f"in{b}", number=n) for b, n in numbers.items()]
+    logic = _scheduler(cfg, rows).logic
+    assert list(logic.recorded(0)) == list(logic.recorded(1)) == list(logic.recorded(3)) == ["in0"]
+    assert logic.recorded(0, bracket=1) == {} and list(logic.recorded(1, bracket=1)) == ["in1"]
+    assert list(logic.recorded(3, bracket=1)) == ["in1"]
 
 
 @pytest.mark.parametrize("whole", [True, False])
