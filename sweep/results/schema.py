@@ -98,9 +98,10 @@ class TrialRecord:
                                            "for memory; search.retries)")
     seed: int | None = _col(pa.int64(), "random seed of the trial")
     finetune_epochs: int | None = _col(pa.int64(), "fine-tuning epochs after pruning")
-    rung_quality: str | None = _col(pa.string(), "successive halving: the quality the trial reported at each rung "
-                                                 "this run of it reached, as JSON {fine-tune epochs: value} (what a "
-                                                 "resumed sweep's scheduler replays); null without search.scheduler")
+    rung_quality: str | None = _col(pa.string(), "successive halving: the quality the trial had at each rung it "
+                                                 "reached (also those passed before it went on from a saved state), "
+                                                 "as JSON {fine-tune epochs: value} (what a resumed sweep's scheduler "
+                                                 "replays); null without search.scheduler")
     wall_s: float | None = _col(pa.float64(), "wall-clock seconds of the trial")
     started_at: datetime | None = _col(pa.timestamp("us", tz="UTC"), "start time")
     ended_at: datetime | None = _col(pa.timestamp("us", tz="UTC"), "end time")
