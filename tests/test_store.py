@@ -289,26 +289,38 @@ def test_compaction_folds_the_journal_in_and_never_applies_a_part_twice(tmp_path
     assert {r.trial_id: r.latency_ms for r in store.records()[0]}["t_0001"] == 0.6
 
 
-def test_a_reader_beside_a_compacting_driver_reads_every_trial(tmp_path, monkeypatch):
-    """`sweep status` reads while the driver compacts: a journal part listed, then folded into the table and
-    deleted before it is read, sends the reader back to the new table, not to an error."""
+@pytest.mark.parametrize("moment", ["part listed", "table read"])
+def test_a_reader_beside_a_compacting_driver_reads_every_trial(tmp_path, monkeypatch, moment):
+    """`sweep status` reads while the driver compacts: the journal parts folded into the table and deleted after
+    the reader listed one (before reading it), or after it read the old table (before listing the parts, which
+    are then gone), send the reader back to the new table -- neither an error nor rows missing."""
     writer = TrialStore(tmp_path)
     writer.write(records()[:1], META)
     for r in records()[1:]:
         writer.append(r)
     reader = TrialStore(tmp_path)
-    real = TrialStore._read
+    real_read, real_parts = TrialStore._read, TrialStore._parts
     compacted = []
 
-    def read(self, path):
-        if self is reader and path != self.path and not compacted:  # listed; the driver compacts right now
-            compacted.append(path)
+    def compact_once():
+        if not compacted:
+            compacted.append(real_parts(writer))
             writer.write(*writer.records())
-        return real(self, path)
+
+    def read(self, path):
+        if self is reader and path != self.path and moment == "part listed":
+            compact_once()
+        return real_read(self, path)
+
+    def parts(self):
+        if self is reader and moment == "table read":
+            compact_once()
+        return real_parts(self)
 
     monkeypatch.setattr(TrialStore, "_read", read)
+    monkeypatch.setattr(TrialStore, "_parts", parts)
     recs, meta = reader.records()
-    assert compacted and not compacted[0].exists()
+    assert compacted and compacted[0] and not any(p.exists() for _, p in compacted[0])
     assert sorted(r.trial_id for r in recs) == sorted(r.trial_id for r in records()) and meta["name"] == "demo"
 
 

@@ -19,6 +19,7 @@ Conventions:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -95,7 +96,9 @@ class TrialStore:
 
         Safe beside a live driver (``sweep status``, a report while the sweep runs): each file is read through
         one open handle, so a table renamed into place meanwhile is read whole, old or new; a journal part
-        that a compaction deleted after it was listed means the table now holds it, so the read starts again."""
+        that a compaction deleted after it was listed means the table now holds it, so the read starts again --
+        as it does when the table was replaced while its journal was read (a compaction that deleted parts
+        before they were listed: the old table without them would lose their rows)."""
         for _ in range(READ_TRIES - 1):
             try:
                 return self._records_once()
@@ -104,13 +107,24 @@ class TrialStore:
         return self._records_once()
 
     def _records_once(self) -> tuple[list[TrialRecord], dict]:
+        before = self._stamp()
         table = self._table()
         meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}")) if table is not None else {}
         records = [TrialRecord.from_row(r) for r in table.to_pylist()] if table is not None else []
         for _, part in self._parts_after(meta):
             records = replace_by_id(records, [TrialRecord.from_row(r) for r in self._read(part).to_pylist()])
+        if self._stamp() != before:  # compacted meanwhile: the parts listed may lack some the table read lacks
+            raise _PartGone(self.path)
         meta.pop(JOURNAL_KEY, None)
         return records, meta
+
+    def _stamp(self) -> tuple | None:
+        """Which table file is at the path now (a compaction renames a new one over it), None without one."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
 
     def append(self, record: TrialRecord) -> None:
         """Add or replace one trial's record in O(1): one small durable part in the journal."""
