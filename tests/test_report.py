@@ -667,3 +667,21 @@ def test_a_report_of_another_sweep_folder_is_not_replaced_without_a_word(tmp_pat
     report.build_report(tmp_path / "b", out, log=said.append)
     assert said == [f"note: {out} held the report of {(tmp_path / 'a').resolve()}; it now holds this sweep's "
                     f"(`sweep report {(tmp_path / 'a').resolve()} --out DIR` draws that one again)"]
+
+
+def test_projection_legend_sits_beside_the_axes_not_over_a_point(tmp_path: Path) -> None:
+    """A legend inside a scatter (even loc="best") can hide a trial; beside the axes it hides none."""
+    from sweep.report import plots
+
+    fig, ax = plots._new_axes((9.5, 5))
+    grid = np.linspace(0, 1, 12)
+    for name in ("magnitude", "sr_init", "lnpt", "cat"):  # points in every corner, so no inside spot is free
+        ax.scatter(*np.meshgrid(grid, grid), s=20, label=name)
+    legend = plots.legend_beside(ax)
+    plots._save(fig, tmp_path / "p.png", left=0.09, bottom=0.12, top=0.92, right=0.74)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    box, axes = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert box.x0 >= axes.x1  # wholly right of the axes
+    assert box.x1 <= fig.bbox.x1  # and inside the figure, not cut off

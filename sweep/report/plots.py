@@ -75,6 +75,12 @@ def _save(fig: Any, path: Path, left: float, bottom: float, top: float, right: f
     fig.savefig(path, format="png")
 
 
+def legend_beside(ax: Any, fontsize: int = 8) -> Any:
+    """The axes' legend outside them, to the right: a scatter's legend placed inside (even ``loc="best"``)
+    can cover a point, and every point of a projection is a trial someone may look for."""
+    return ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
 def is_log_scale(x: np.ndarray) -> bool:
     """Whether positive values ``x`` span more than a factor of 10 (drawn on a log axis then)."""
     x = x[np.isfinite(x) & (x > 0)]
@@ -175,7 +181,7 @@ def plot_projection(
     """Write ``quality`` against ``cost``: trials per method, the view's staircase, the sweep's front
     ringed, the baseline starred, an MBN ``teacher`` as a reference, the hard ``budgets`` (search.constraints,
     budget -> limit) of these axes as dotted lines; return the staircase rows."""
-    fig, ax = _new_axes((7.5, 5))
+    fig, ax = _new_axes((9.5, 5))
     points = projection_points(df, quality, cost)
     y = points[quality].to_numpy(dtype=float)
     x = points[cost].to_numpy(dtype=float)
@@ -217,12 +223,12 @@ def plot_projection(
             from matplotlib.ticker import EngFormatter
 
             ax.xaxis.set_major_formatter(EngFormatter())  # 200k, 1M rather than an offset "1e6"
-        ax.legend(fontsize=8, loc="best")
+        legend_beside(ax)
     ax.set_xlabel(AXIS_LABELS[cost])
     ax.set_ylabel(QUALITY_LABELS[quality])
     ax.set_title(f"{quality} vs {AXIS_LABELS[cost]}")
     ax.grid(True, alpha=0.3)
-    _save(fig, path, left=0.11, bottom=0.12, top=0.92)
+    _save(fig, path, left=0.09, bottom=0.12, top=0.92, right=0.74)
     return stairs
 
 
