@@ -1687,7 +1687,9 @@ def _remeasure(cfg: SweepConfig, folder: SweepFolder, records: list[TrialRecord]
     side (:func:`sweep.measure.compare_latency`, in groups of :data:`REMEASURED_TOGETHER`: their timed runs
     interleaved), so that a change of the machine's speed while they are timed hits them alike instead of the
     one model timed then (on a shared 2-core machine one model of a front timed one after another came out at
-    1.8x its figure timed beside the others).
+    1.8x its figure timed beside the others).  The dense baseline is timed in every group, and each trial's
+    ``latency_ratio`` is taken against the baseline of its own group; the baseline's row keeps its first
+    timing (the sweep's metadata takes it too: :func:`_with_remeasured_baseline`).
 
     ``measure.remeasure: all`` re-measures every ok trial (a noisy point may look dominated as easily
     as it may look good); ``front`` re-measures front members, recomputes the front and repeats for
@@ -1701,38 +1703,56 @@ def _remeasure(cfg: SweepConfig, folder: SweepFolder, records: list[TrialRecord]
     splits = load_splits(cfg)
     rounds = 1 if cfg.measure.remeasure == "all" else 3
     before = sum(r.on_front for r in with_front(records, objectives))
+    base = next((r for r in records if r.is_baseline and r.model_path), None)
     for _ in range(rounds):
         records = with_front(records, objectives)
         todo = {r.trial_id for r in records if r.status == "ok" and not r.latency_alone and r.model_path
-                and (cfg.measure.remeasure == "all" or r.on_front)}
-        if not todo:
+                and not r.is_baseline and (cfg.measure.remeasure == "all" or r.on_front)}
+        with_base = base is not None and not next(r for r in records if r.is_baseline).latency_alone
+        if not todo and not with_base:
             break
-        fresh = {}
+        fresh: dict[str, dict] = {}
         ordered = sorted((r for r in records if r.trial_id in todo), key=lambda r: not r.on_front)
-        for i in range(0, len(ordered), REMEASURED_TOGETHER):
-            group = ordered[i:i + REMEASURED_TOGETHER]
+        size = REMEASURED_TOGETHER - (base is not None)
+        for i in range(0, max(len(ordered), 1), size):
+            group = ([base] if base is not None else []) + ordered[i:i + size]
             lats = compare_latency([folder.load_model(r.model_path) for r in group], splits.input_shape,
                                    batch=cfg.measure.latency_batch, warmup=cfg.measure.warmup,
                                    repeats=cfg.measure.repeats, threads=trial_threads(cfg),
                                    device=cfg.measure.device, runtime=cfg.measure.runtime)  # as the trials were
+            base_ms = lats[0].median_ms if base is not None else None
             for r, lat in zip(group, lats):
+                if r.is_baseline and (not with_base or r.trial_id in fresh):  # the baseline keeps its first timing
+                    continue
                 fresh[r.trial_id] = dict(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, threads=lat.threads,
                                          latency_repeats=lat.repeats, latency_runtime=lat.runtime,
-                                         latency_alone=True)
+                                         latency_alone=True,
+                                         latency_ratio=lat.median_ms / base_ms if base_ms else None)
         records = [r.replace(**fresh[r.trial_id]) if r.trial_id in fresh else r for r in records]
-        # ratios against the baseline's figure in the table (its own re-measurement where it had one: 1.0)
+        # rows not timed now (off the front): their sweep-time figures against the baseline's in the table
         base_lat = next(r for r in records if r.is_baseline).latency_ms
         if base_lat:
-            records = [r.replace(latency_ratio=r.latency_ms / base_lat) if r.latency_ms is not None else r
+            records = [r.replace(latency_ratio=r.latency_ms / base_lat)
+                       if r.latency_ms is not None and r.trial_id not in fresh and not r.latency_alone else r
                        for r in records]
-        with_base = any(r.is_baseline and r.trial_id in todo for r in records)
-        log(f"re-measured the latency of {'the baseline and ' if with_base else ''}{len(todo) - with_base} "
-            f"trial(s) alone")
+        log(f"re-measured the latency of {'the baseline and ' if with_base else ''}{len(todo)} trial(s) alone"
+            + (" (beside the baseline)" if base is not None and not with_base else ""))
     records = with_front(records, objectives)
     after = sum(r.on_front for r in records)
     if after != before:  # the progress lines counted the front with the latencies timed beside other trials
         log(f"the front now holds {after} point(s): {before} with the latencies timed during the sweep")
     return records
+
+
+def _with_remeasured_baseline(meta: dict, records: list[TrialRecord]) -> dict:
+    """``meta`` with the dense baseline's latency re-measured after the sweep (:func:`_remeasure`) in place of
+    the one timed when the baseline was trained: the hypervolume divides each trial's latency by the
+    baseline's, and after the re-measurement the trials' latencies are from that timing, not the first (on a
+    shared machine the two differed by 1.8x, which put every trial beyond the reference point)."""
+    base = next((r for r in records if r.is_baseline), None)
+    if base is None or not base.latency_alone or not base.latency_ms:
+        return meta
+    return {**meta, "baseline": {**meta["baseline"], "latency_ms": base.latency_ms}}
 
 
 def run_sweep(cfg: SweepConfig, sweep_dir: Path, *, report_root: Path | None = Path("reports"),
@@ -1908,6 +1928,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
         ray_started = False
         records, _ = store.records()
         records = _remeasure(cfg, folder, records, log)
+        meta = st.meta = _with_remeasured_baseline(meta, records)
         store.write(records, meta)
         st.mirror.remeasured([r for r in records if r.latency_alone and not r.is_baseline])
         out_dir = None
@@ -1916,7 +1937,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
 
             out_dir = report_dir(cfg.name, report_root)
             build_report(folder.path, out_dir, log=log)
-        _log_parent_artifacts(sink, parent_id, records, cfg, base, out_dir, log)
+        _log_parent_artifacts(sink, parent_id, records, cfg, meta["baseline"], out_dir, log)
         _end_parent(st, "FINISHED", reason or "finished")
         _beat(st, phase="done", outcome=reason or "finished")
         return SweepOutcome(folder.path, out_dir, records, False, time.time() - t0, tracking_uri=uri,

@@ -118,6 +118,10 @@ def test_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     base_lat = df.loc[df["trial_id"] == "baseline", "latency_ms"].iloc[0]
     assert df["latency_ratio"].to_numpy() == pytest.approx((df["latency_ms"] / base_lat).to_numpy())
     assert df.loc[df["trial_id"] == "baseline", "latency_ratio"].iloc[0] == 1.0
+    # the sweep's hypervolume divides by that same figure (the metadata's baseline)
+    from sweep.results.store import TrialStore
+
+    assert TrialStore(sweep_dir).records()[1]["baseline"]["latency_ms"] == base_lat
     for p in trials["model_path"]:
         assert (sweep_dir / p).is_file()
 

@@ -158,9 +158,10 @@ def test_old_tables_without_the_new_columns_read(tmp_path):
     assert back.latency_runtime is None and back.on_front_robust is None and back.latency_ms == 1.0
 
 
-def test_the_remeasurement_says_when_the_front_it_leaves_differs_from_the_sweeps(tmp_path, monkeypatch):
-    """The progress lines count the front with latencies timed beside other trials; re-measured alone, a
-    trial that looked dominated may join it: the log says how many points the front holds now."""
+def _remeasurement(tmp_path, monkeypatch, speeds=(1.0,)):
+    """A sweep's config, its rows (the baseline, then a and b: during the sweep b looked slower than a, at the
+    same accuracy and params, so dominated), and the models timed side by side call by call, the machine at
+    ``speeds[i]`` (a factor on every figure) during the i-th call."""
     import yaml
 
     from sweep import driver, measure
@@ -181,7 +182,6 @@ def test_the_remeasurement_says_when_the_front_it_leaves_differs_from_the_sweeps
         return TrialRecord(sweep="remeasured", trial_id=tid, status="ok", method="magnitude", accuracy=acc,
                            latency_ms=lat, params=params, macs=2 * params, model_path=f"models/{tid}.pt")
 
-    # during the sweep b looked slower than a (same accuracy and params): dominated
     records = [rec(BASELINE_ID, 0.9, 1.0, 100), rec("a", 0.8, 0.1, 50), rec("b", 0.8, 0.2, 50)]
     alone = {"baseline": 1.0, "a": 0.2, "b": 0.2}  # alone, the two are equally fast: both on the front
 
@@ -192,21 +192,56 @@ def test_the_remeasurement_says_when_the_front_it_leaves_differs_from_the_sweeps
     groups = []  # the models timed side by side, call by call
 
     def side_by_side(models, *a, **k):
+        speed = speeds[min(len(groups), len(speeds) - 1)]
         groups.append(list(models))
-        return [Timed(alone[tid]) for tid in models]
+        return [Timed(alone[tid] * speed) for tid in models]
 
     monkeypatch.setattr(SweepFolder, "load_model", lambda self, rel: rel.split("/")[-1].removesuffix(".pt"))
     monkeypatch.setattr(measure, "compare_latency", side_by_side)
     monkeypatch.setattr(driver, "REMEASURED_TOGETHER", 2)
+    return cfg, SweepFolder(tmp_path / "s"), records, groups
+
+
+def test_the_remeasurement_says_when_the_front_it_leaves_differs_from_the_sweeps(tmp_path, monkeypatch):
+    """The progress lines count the front with latencies timed beside other trials; re-measured alone, a
+    trial that looked dominated may join it: the log says how many points the front holds now."""
+    from sweep import driver
+
+    cfg, folder, records, groups = _remeasurement(tmp_path, monkeypatch)
     said: list[str] = []
-    out = driver._remeasure(cfg, SweepFolder(tmp_path / "s"), records, said.append)
+    out = driver._remeasure(cfg, folder, records, said.append)
     assert [r.on_front for r in out] == [True, True, True]
     assert [r.latency_repeats for r in out] == [30, 30, 30] and all(r.latency_alone for r in out)
-    # timed side by side, at most REMEASURED_TOGETHER at once, the sweep's front first: each model once
-    assert groups == [["baseline", "a"], ["b"]]
+    # timed side by side, at most REMEASURED_TOGETHER at once, the baseline in every group, the sweep's front
+    # first: each trial once
+    assert groups == [["baseline", "a"], ["baseline", "b"]]
     assert said == ["re-measured the latency of the baseline and 2 trial(s) alone",
                     "the front now holds 3 point(s): 2 with the latencies timed during the sweep"]
     # nothing changed: nothing more said
     said.clear()
-    driver._remeasure(cfg, SweepFolder(tmp_path / "s"), [r.replace(latency_alone=False) for r in out], said.append)
+    driver._remeasure(cfg, folder, [r.replace(latency_alone=False) for r in out], said.append)
     assert said == ["re-measured the latency of the baseline and 2 trial(s) alone"]
+
+
+def test_remeasured_ratios_are_against_the_baseline_timed_beside_them(tmp_path, monkeypatch):
+    """The machine runs twice as slow while the second group is timed: each trial's ratio is taken against
+    the baseline of its own group, so both trials come out at the ratio they have; the baseline keeps its
+    first timing, and the sweep's metadata takes it (its hypervolume divides by it)."""
+    from sweep import driver, pareto
+
+    cfg, folder, records, groups = _remeasurement(tmp_path, monkeypatch, speeds=(1.0, 2.0))
+    out = driver._remeasure(cfg, folder, records, lambda line: None)
+    figures = {r.trial_id: (r.latency_ms, r.latency_ratio) for r in out}
+    assert figures == {"baseline": (1.0, 1.0), "a": (0.2, 0.2), "b": (0.4, 0.2)}
+    # the metadata's baseline latency: the one the trials' latencies were timed beside, not the sweep's first
+    meta = {"objectives": ["accuracy", "latency_ms", "params"],
+            "baseline": {"accuracy": 0.9, "latency_ms": 0.1, "params": 100}}
+    new = driver._with_remeasured_baseline(meta, out)
+    assert new["baseline"] == {"accuracy": 0.9, "latency_ms": 1.0, "params": 100}
+    assert meta["baseline"]["latency_ms"] == 0.1  # not changed in place
+    # with the first timing every trial lies beyond the reference point (1.1x the baseline's latency): no volume
+    assert pareto.records_hypervolume(out, meta["objectives"], meta["baseline"]) == 0.0
+    assert pareto.records_hypervolume(out, meta["objectives"], new["baseline"]) > 0.0
+    # a baseline not re-measured leaves the metadata as it is
+    kept = [r.replace(latency_alone=False) if r.is_baseline else r for r in out]
+    assert driver._with_remeasured_baseline(meta, kept) is meta

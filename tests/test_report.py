@@ -675,7 +675,8 @@ def test_projection_legend_sits_beside_the_axes_not_over_a_point(tmp_path: Path)
 
     fig, ax = plots._new_axes((9.5, 5))
     grid = np.linspace(0, 1, 12)
-    for name in ("magnitude", "sr_init", "lnpt", "cat"):  # points in every corner, so no inside spot is free
+    # points in every corner, so no inside spot is free; the report's longest label too
+    for name in ("magnitude", "sr_init", "lnpt", plots.APART_STYLE["infeasible"][1]):
         ax.scatter(*np.meshgrid(grid, grid), s=20, label=name)
     legend = plots.legend_beside(ax)
     plots._save(fig, tmp_path / "p.png", left=0.09, bottom=0.12, top=0.92, right=0.74)

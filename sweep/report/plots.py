@@ -75,10 +75,19 @@ def _save(fig: Any, path: Path, left: float, bottom: float, top: float, right: f
     fig.savefig(path, format="png")
 
 
+LEGEND_WRAP = 28  # characters per line of a legend label beside the axes
+
+
 def legend_beside(ax: Any, fontsize: int = 8) -> Any:
     """The axes' legend outside them, to the right: a scatter's legend placed inside (even ``loc="best"``)
     can cover a point, and every point of a projection is a trial someone may look for."""
-    return ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    import textwrap
+
+    handles, labels = ax.get_legend_handles_labels()
+    # long labels wrapped, so the legend fits in the figure's right margin (_save's right=0.74 at 9.5 in)
+    labels = [textwrap.fill(label, LEGEND_WRAP) for label in labels]
+    return ax.legend(handles, labels, fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                     borderaxespad=0.0)
 
 
 def is_log_scale(x: np.ndarray) -> bool:
