@@ -139,6 +139,8 @@ def space_dict(args, *, seed: int, strategy: str, knobs: dict, baseline: Path | 
         search["scheduler"] = {**SCHEDULER, "rung0": not args.asha_no_rung0}
         if args.asha_rung0_eta is not None:
             search["scheduler"]["rung0_reduction_factor"] = args.asha_rung0_eta
+        if args.asha_rung0_front:
+            search["scheduler"]["rung0_keeps_front"] = True
         if args.asha_epoch_budget:
             search["epoch_budget"] = asha_epoch_budget(args)
         if args.asha_keep:
@@ -475,6 +477,8 @@ def main(argv=None) -> int:
                          "judged (rungs 1, 3, 9)")
     ap.add_argument("--asha-rung0-eta", type=int, help="TPE+MO-ASHA's rung0_reduction_factor: keep the top "
                     "⌊n/η₀⌋ + 1 at rung 0 (default: the reduction factor, 3)")
+    ap.add_argument("--asha-rung0-front", action="store_true", help="TPE+MO-ASHA's rung0_keeps_front: every "
+                    "trial on rung 0's first front goes on, so rung 0 stops only dominated trials")
     ap.add_argument("--asha-keep", choices=("syne_tune", "asha"), help="TPE+MO-ASHA's search.scheduler.keep: how "
                     "many of a rung's n results go on, ⌊n/η⌋ + 1 (syne_tune, the default) or max(1, ⌊n/η⌋) (asha)")
     ap.add_argument("--asha-promote", action="store_true", help="TPE+MO-ASHA's search.scheduler.promote: once no "
@@ -544,7 +548,8 @@ def main(argv=None) -> int:
           f"TPE+MO-ASHA {args.asha_trials} (reduction_factor "
           f"{SCHEDULER['reduction_factor']}, min_epochs {SCHEDULER['min_epochs']}, "
           f"{'no rung 0' if args.asha_no_rung0 else 'rung0'}"
-          f"{'' if args.asha_rung0_eta is None else f' with rung0_reduction_factor {args.asha_rung0_eta}'}, selection "
+          f"{'' if args.asha_rung0_eta is None else f' with rung0_reduction_factor {args.asha_rung0_eta}'}"
+          f"{', rung0_keeps_front' if args.asha_rung0_front else ''}, selection "
           f"{SCHEDULER['selection']}{f', keep {args.asha_keep}' if args.asha_keep else ''}"
           f"{', promote' if args.asha_promote else ''}"
           f"{f', brackets {args.asha_brackets}' if args.asha_brackets else ''}"

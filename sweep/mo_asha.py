@@ -67,6 +67,17 @@ Where each part comes from:
 
 Trials already past a rung are never stopped retroactively when later arrivals outrank them (as in ASHA).
 
+**Rung 0 by dominance** (``rung0_keeps_front: true``, default false).  Adaptive BN ranks candidates of one
+cost well -- EagleEye (Li, Wu, Su, Wang & Lin, ECCV 2020, Sec. 3) ranks candidates pruned to one FLOPs target
+by it -- but
+across costs it underrates the most heavily pruned ones, which fine-tuning lifts the most (bench/README.md,
+"Promotions at the end": a stage pruned hard scores 0.39-0.64 at rung 0, the same corner 0.82 after nine
+epochs).  The cut inside a front compares candidates of different costs by their rung-0 quality (hypervolume
+contribution or crowding), which is where that bias decides; dominance compares a candidate only with one that
+is both cheaper and better even before fine-tuning.  With this setting a trial on rung 0's first front goes on
+whatever the cut, so rung 0 stops only dominated trials (beyond the top ``k``, as before).  **Reconstruction**:
+this rule is ours, not the papers'.
+
 **Brackets** (``brackets: B``, default 1).  Successive halving judges every candidate first at its lowest rung,
 so a candidate that the lowest rung underrates never gets the epochs that would show its worth -- and rung 0,
 judged before any fine-tuning, underrates the most heavily pruned networks (bench/README.md, "Promotions at the
@@ -105,8 +116,8 @@ from .errors import ConfigError
 from .pareto import DIRECTIONS, hypervolume, non_dominated_sort, reference_point, to_minimisation
 
 SCHEDULERS = ("fifo", "mo_asha")
-SCHEDULER_KEYS = ("type", "reduction_factor", "min_epochs", "rung0", "rung0_reduction_factor", "selection", "keep",
-                  "promote", "brackets")
+SCHEDULER_KEYS = ("type", "reduction_factor", "min_epochs", "rung0", "rung0_reduction_factor", "rung0_keeps_front",
+                  "selection", "keep", "promote", "brackets")
 # how the front that does not fit whole into a rung's top k is cut (module docstring)
 SELECTIONS = ("hypervolume", "crowding")
 
@@ -137,9 +148,11 @@ class MOASHASettings:
     ``rung0`` adds a rung before any fine-tuning (quality after adaptive BN, see
     :mod:`sweep.engine.adaptive_bn`), where ``rung0_reduction_factor`` (default: ``reduction_factor``) takes
     the place of η -- a rung-0 result costs no fine-tune epoch, so a sweep may screen more candidates there
-    and keep fewer of them; ``selection`` cuts the front that does not fit whole into a rung's top
-    (``hypervolume`` contribution or ``crowding`` distance); ``promote`` lets trials stopped at a rung go on
-    from it once no new candidate is left and the grown rung ranks them in its top (:meth:`MOASHA.promotions`);
+    and keep fewer of them; ``rung0_keeps_front`` lets every trial on rung 0's first front go on (rung 0 stops
+    only dominated trials: module docstring, "Rung 0 by dominance"); ``selection`` cuts the front that does not
+    fit whole into a rung's top (``hypervolume`` contribution or ``crowding`` distance); ``promote`` lets trials
+    stopped at a rung go on from it once no new candidate is left and the grown rung ranks them in its top
+    (:meth:`MOASHA.promotions`);
     ``brackets`` (default 1) spreads the trials over Hyperband's brackets, each judged from a later rung on
     (:meth:`bracket_rungs`, :meth:`bracket_of`).  Validates itself; ``where`` only names the YAML place in errors."""
 
@@ -149,6 +162,7 @@ class MOASHASettings:
     rung0: bool = False
     selection: str = DEFAULT_SELECTION
     rung0_reduction_factor: int | None = None
+    rung0_keeps_front: bool = False
     keep: str = DEFAULT_KEEP
     promote: bool = False
     brackets: int = 1
@@ -157,15 +171,16 @@ class MOASHASettings:
     def __post_init__(self) -> None:
         _check_int("reduction_factor", self.reduction_factor, 2, self.where)
         _check_int("min_epochs", self.min_epochs, 1, self.where)
-        for key in ("rung0", "promote"):
+        for key in ("rung0", "rung0_keeps_front", "promote"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key} must be true or false, but got {key}={getattr(self, key)!r} "
                                   f"({self.where}.{key})")
         if self.rung0_reduction_factor is not None:
             _check_int("rung0_reduction_factor", self.rung0_reduction_factor, 2, self.where)
-            if not self.rung0:
-                raise ConfigError(f"rung0_reduction_factor applies to rung 0, which needs rung0: true, but got "
-                                  f"rung0={self.rung0!r} ({self.where}.rung0_reduction_factor)")
+        for key in ("rung0_reduction_factor", "rung0_keeps_front"):
+            if getattr(self, key) not in (None, False) and not self.rung0:
+                raise ConfigError(f"{key} applies to rung 0, which needs rung0: true, but got "
+                                  f"rung0={self.rung0!r} ({self.where}.{key})")
         if self.keep not in KEEPS:
             raise ConfigError(f"keep must be one of {', '.join(KEEPS)}, but got keep={self.keep!r} ({self.where}.keep)")
         if self.selection not in SELECTIONS:
@@ -248,8 +263,8 @@ def parse_scheduler(data: Any, where: str = "search.scheduler", *, max_epochs: i
     """The YAML ``search.scheduler`` value -> settings, or None for no early stopping.
 
     ``None``, ``fifo`` or ``{type: fifo}`` give None (every trial fine-tunes fully); ``mo_asha`` or
-    ``{type: mo_asha, reduction_factor: 3, min_epochs: 1, rung0: true, rung0_reduction_factor: 9, selection:
-    hypervolume, brackets: 2}`` give
+    ``{type: mo_asha, reduction_factor: 3, min_epochs: 1, rung0: true, rung0_reduction_factor: 9,
+    rung0_keeps_front: true, selection: hypervolume, brackets: 2}`` give
     :class:`MOASHASettings`.
     ``max_epochs`` is the sweep's ``finetune.epochs``.  ``where`` names the place (``file: search.scheduler``)."""
     if data is None:
@@ -276,6 +291,7 @@ def parse_scheduler(data: Any, where: str = "search.scheduler", *, max_epochs: i
         max_epochs=max_epochs,
         rung0=_default(data, "rung0", False),
         rung0_reduction_factor=data.get("rung0_reduction_factor"),
+        rung0_keeps_front=_default(data, "rung0_keeps_front", False),
         selection=_default(data, "selection", DEFAULT_SELECTION),
         keep=_default(data, "keep", DEFAULT_KEEP),
         promote=_default(data, "promote", False),
@@ -554,6 +570,9 @@ class MOASHA:
         top = self._top(F, k)
         if me in set(top.tolist()):
             return Decision(CONTINUE, rung, n, k, front, f"{what}: in the top {k} of {n} (front {front}), continues")
+        if rung == 0 and front == 1 and self.settings.rung0_keeps_front:
+            return Decision(CONTINUE, rung, n, k, front, f"{what}: outside the top {k} of {n} but on the rung's first "
+                            f"front (no trial there is both cheaper and better; rung0_keeps_front), continues")
         self._stopped_at[trial_id] = rung
         return Decision(STOP, rung, n, k, front,
                         f"{what}: outside the top {k} of {n} trials by non-dominated sorting of "

@@ -289,6 +289,24 @@ def test_rung0_may_keep_fewer_and_later_rungs_keep_their_eta(rung0_eta, kept_at_
     assert (d.kept, d.stop) == (2, False)
 
 
+@pytest.mark.parametrize("keeps_front", [False, True])
+def test_rung0_keeps_front_stops_only_dominated_trials_there(keeps_front):
+    """With η = 3 and k = 1 (keep: asha) the in-front cut keeps one of three non-dominated results at rung 0;
+    rung0_keeps_front lets every one of them go on and stops only the dominated; rung 1 cuts as before."""
+    s = MOASHA(MOASHASettings(reduction_factor=3, max_epochs=9, rung0=True, rung0_keeps_front=keeps_front,
+                              keep="asha"), OBJ)
+    rep(s, "accurate", 0, 0.9, 300)
+    rep(s, "middle", 0, 0.6, 200)
+    cheap = rep(s, "cheap", 0, 0.3, 50)  # the cheapest, scoring low before any fine-tuning: on the first front
+    dominated = rep(s, "dominated", 0, 0.5, 250)  # "middle" is cheaper and better
+    assert (cheap.front, cheap.kept, cheap.stop) == (1, 1, not keeps_front)
+    assert "rung0_keeps_front" in cheap.reason if keeps_front else "outside the top 1 of 3" in cheap.reason
+    assert (dominated.front, dominated.stop) == (2, True)
+    rep(s, "accurate", 1, 0.9, 300)
+    rep(s, "middle", 1, 0.6, 200)
+    assert rep(s, "cheap", 1, 0.3, 50).stop  # a later rung's cut is its own
+
+
 def test_record_replays_history_without_deciding():
     s = sched(eta=3)
     s.record("old", 1, {"accuracy": 0.9, "params": 10})
@@ -415,6 +433,8 @@ def test_parse_scheduler():
     assert parse_scheduler({"type": "mo_asha", "brackets": 3}, max_epochs=9).brackets == 3
     s = parse_scheduler({"type": "mo_asha", "rung0": True, "rung0_reduction_factor": 9}, max_epochs=9)
     assert (s.eta(0), s.eta(1), s.eta(3)) == (9, 3, 3) and MOASHASettings(rung0=True).eta(0) == 3
+    assert not parse_scheduler("mo_asha").rung0_keeps_front
+    assert parse_scheduler({"type": "mo_asha", "rung0": True, "rung0_keeps_front": True}).rung0_keeps_front
 
 
 @pytest.mark.parametrize("selection", ["hypervolume", "crowding"])
@@ -439,6 +459,12 @@ def test_parse_selection(selection):
     ({"type": "mo_asha", "rung0_reduction_factor": 9}, r"^rung0_reduction_factor applies to rung 0, which needs "
                                                        r"rung0: true, but got rung0=False \(x.yaml: search.scheduler"
                                                        r".rung0_reduction_factor\)$"),
+    ({"type": "mo_asha", "rung0_keeps_front": True}, r"^rung0_keeps_front applies to rung 0, which needs rung0: "
+                                                     r"true, but got rung0=False \(x.yaml: search.scheduler"
+                                                     r".rung0_keeps_front\)$"),
+    ({"type": "mo_asha", "rung0": True, "rung0_keeps_front": "yes"},
+     r"^rung0_keeps_front must be true or false, but got rung0_keeps_front='yes' \(x.yaml: search.scheduler"
+     r".rung0_keeps_front\)$"),
     ({"type": "mo_asha", "min_epochs": 20}, r"at least min_epochs=20 epochs .* but got finetune.epochs=9 "
                                             r"\(x.yaml: search.scheduler.min_epochs\)$"),
     ({"type": "mo_asha", "selection": "epsnet"}, r"^selection must be one of hypervolume, crowding, but got "
