@@ -54,9 +54,10 @@ Where each part comes from:
   -- often a trial already past the rung -- and stopped the cheap candidates that the sweep's hypervolume
   gains most from (seen in ``bench/search_efficiency.py``).  The reference point is the sweep's own
   (:func:`reference_from_baseline`: quality 0, costs 1.1x the dense baseline's, as
-  :func:`sweep.pareto.reference_point`), so the scheduler keeps what the sweep's figure of merit values; where
-  no baseline is given, the rung's worst recorded values pushed out by a tenth of their range (a common
-  choice; Ishibuchi, Imada, Setoguchi & Nojima, "How to specify a reference point in hypervolume calculation
+  :func:`sweep.pareto.reference_point`), so the scheduler keeps what the sweep's figure of merit values (pushed
+  out in an objective where a rung's value lies beyond it, :func:`reference_beyond`: a latency timed beside other
+  trials can); where no baseline is given, the rung's worst recorded values pushed out by a tenth of their range
+  (a common choice; Ishibuchi, Imada, Setoguchi & Nojima, "How to specify a reference point in hypervolume calculation
   for fair performance comparison", Evolutionary Computation 26(3), 2018, discuss it).
 * Crowding distance inside the cut front (``selection: crowding``): NSGA-II, Deb, Pratap, Agarwal &
   Meyarivan, IEEE TEVC 6(2) 2002, Sec. III-B (per objective, normalised by the front's range; boundary
@@ -406,6 +407,23 @@ def _cut_by_hypervolume(F: np.ndarray, members: np.ndarray, slots: int, q: np.nd
         keep.remove(int(idx[order[-1]]))
 
 
+def reference_beyond(F: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """``ref`` (minimisation), pushed out in each objective where some finite row of ``F`` lies on or beyond it,
+    to that column's :func:`fallback_reference`: a point beyond the reference point adds no hypervolume, whatever
+    it trades, so a cut among such points would fall to the quality tie-break alone.  Pruning never raises
+    params or MACs above the dense baseline's, but a latency timed while other trials share the machine can lie
+    beyond 1.1x the baseline's (timed alone before the trials).  Where every row lies inside, ``ref`` as it is."""
+    F = np.asarray(F, dtype=float)
+    finite = F[~np.isnan(F).any(axis=1)] if len(F) else F
+    if len(finite) == 0:
+        return ref
+    out = np.asarray(ref, dtype=float).copy()
+    beyond = (finite >= out).any(axis=0)
+    if beyond.any():
+        out[beyond] = np.maximum(out[beyond], fallback_reference(finite)[beyond])
+    return out
+
+
 def reference_from_baseline(objectives: Sequence[str], baseline: Mapping[str, float] | None) -> dict[str, float] | None:
     """The sweep's hypervolume reference point in the objectives' own units (:func:`sweep.pareto.reference_point`
     scaled back by the dense baseline's figures: quality 0, each cost 1.1x the baseline's); None when the
@@ -605,8 +623,9 @@ class MOASHA:
         return out
 
     def _top(self, F: np.ndarray, k: int) -> np.ndarray:
+        ref = None if self._ref is None else reference_beyond(F, self._ref)
         return select_top(F, k, F[:, self.objectives.index(self.quality)], selection=self.settings.selection,
-                          ref=self._ref)
+                          ref=ref)
 
     def _vector(self, values: Mapping[str, float]) -> np.ndarray:
         raw = [_float(values.get(o)) for o in self.objectives]

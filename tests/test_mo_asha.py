@@ -16,6 +16,7 @@ from sweep.mo_asha import (
     fallback_reference,
     hv_contributions,
     parse_scheduler,
+    reference_beyond,
     reference_from_baseline,
     select_top,
 )
@@ -573,3 +574,24 @@ def test_a_resumed_sweep_may_promote_an_earlier_runs_stop_once_its_rungs_are_who
     stopped += [_row("stopped_early", 0, '{"0": 0.1}', accuracy=0.1, trial_id=f"weak{i}") for i in range(3)]
     # rung 0 holds 6 results, top 2: "best" (0.6) and one of the same-cost trials that went on (0.3)
     assert _resumed(True, went_on + stopped).promotions() == ([("best", 0)] if whole else [])
+
+
+def test_a_latency_beyond_the_sweeps_reference_is_cut_by_its_contribution_not_by_quality_alone():
+    """Latencies timed beside other trials can lie beyond 1.1x the baseline's (timed alone): beyond the reference
+    point they add no hypervolume, and the cut fell to the quality tie-break (B, the middle point, dropped).  With
+    the reference pushed out there, the point adding least goes: A, the slowest, barely more accurate than B."""
+    s = MOASHA(MOASHASettings(reduction_factor=2, max_epochs=9), ["accuracy", "latency_ms"],
+               reference={"accuracy": 0.0, "latency_ms": 1.1})
+    s.report("A", 1, {"accuracy": 0.9, "latency_ms": 1.5})
+    s.report("C", 1, {"accuracy": 0.5, "latency_ms": 0.5})
+    F = np.stack(list(s._recorded[(0, 1)].values()) + [s._vector({"accuracy": 0.8, "latency_ms": 1.2})])
+    pushed = reference_beyond(F, s._ref)
+    assert pushed[0] == 0.0 and pushed[1] == pytest.approx(1.5 + 0.1 * 1.0)  # quality's stays: every point inside
+    # rows: A, C, B.  Against the sweep's own reference A and B add nothing and B goes by quality
+    assert set(select_top(F, 2, F[:, 0], selection="hypervolume", ref=s._ref).tolist()) == {0, 1}
+    assert set(s._top(F, 2).tolist()) == {1, 2}  # pushed out: C and B, A adds least
+    d = s.report("B", 1, {"accuracy": 0.8, "latency_ms": 1.2})
+    assert (d.kept, d.stop) == (2, False)
+    # every point inside the reference: it is used as it is
+    inside = np.array([[-0.9, 1.0], [-0.5, 0.5]])
+    assert list(reference_beyond(inside, s._ref)) == list(s._ref)
