@@ -70,8 +70,7 @@ Trials already past a rung are never stopped retroactively when later arrivals o
 
 **Rung 0 by dominance** (``rung0_keeps_front: true``, default false).  Adaptive BN ranks candidates of one
 cost well -- EagleEye (Li, Wu, Su, Wang & Lin, ECCV 2020, Sec. 3) ranks candidates pruned to one FLOPs target
-by it -- but
-across costs it underrates the most heavily pruned ones, which fine-tuning lifts the most (bench/README.md,
+by it -- but across costs it underrates the most heavily pruned ones, which fine-tuning lifts the most (bench/README.md,
 "Promotions at the end": a stage pruned hard scores 0.39-0.64 at rung 0, the same corner 0.82 after nine
 epochs).  The cut inside a front compares candidates of different costs by their rung-0 quality (hypervolume
 contribution or crowding), which is where that bias decides; dominance compares a candidate only with one that
