@@ -1687,9 +1687,15 @@ def _remeasure(cfg: SweepConfig, folder: SweepFolder, records: list[TrialRecord]
     side (:func:`sweep.measure.compare_latency`, in groups of :data:`REMEASURED_TOGETHER`: their timed runs
     interleaved), so that a change of the machine's speed while they are timed hits them alike instead of the
     one model timed then (on a shared 2-core machine one model of a front timed one after another came out at
-    1.8x its figure timed beside the others).  The dense baseline is timed in every group, and each trial's
-    ``latency_ratio`` is taken against the baseline of its own group; the baseline's row keeps its first
-    timing (the sweep's metadata takes it too: :func:`_with_remeasured_baseline`).
+    1.8x its figure timed beside the others).
+
+    Convention: the dense baseline is timed in every group, and every re-measured trial is put on one scale,
+    the baseline's: ``latency_ratio`` is its median over the baseline's median in its own group, and
+    ``latency_ms`` (and ``latency_iqr_ms``) that ratio times the baseline's re-measured latency, so that trials
+    timed in different groups, or in different runs of a resumed sweep, compare as their ratios do (this
+    machine switches between speeds that differ by 2x).  The baseline's row keeps the first timing it gets
+    alone (the sweep's metadata takes it too: :func:`_with_remeasured_baseline`); a resumed sweep's new trials
+    are put on that scale by the baseline timed beside them.
 
     ``measure.remeasure: all`` re-measures every ok trial (a noisy point may look dominated as easily
     as it may look good); ``front`` re-measures front members, recomputes the front and repeats for
@@ -1704,11 +1710,18 @@ def _remeasure(cfg: SweepConfig, folder: SweepFolder, records: list[TrialRecord]
     rounds = 1 if cfg.measure.remeasure == "all" else 3
     before = sum(r.on_front for r in with_front(records, objectives))
     base = next((r for r in records if r.is_baseline and r.model_path), None)
+    row = next((r for r in records if r.is_baseline), None)
+    # the scale every re-measured trial is put on: the baseline's latency timed alone (None: not yet)
+    scale_ms = row.latency_ms if row is not None and row.latency_alone and row.latency_ms else None
+    # a baseline not yet timed alone (a sweep's first end, or a folder written before the scale): every trial
+    # is timed again beside it, so that none stays on the scale of an earlier timing
+    again = base is not None and scale_ms is None
     for _ in range(rounds):
         records = with_front(records, objectives)
-        todo = {r.trial_id for r in records if r.status == "ok" and not r.latency_alone and r.model_path
+        todo = {r.trial_id for r in records if r.status == "ok" and (again or not r.latency_alone) and r.model_path
                 and not r.is_baseline and (cfg.measure.remeasure == "all" or r.on_front)}
-        with_base = base is not None and not next(r for r in records if r.is_baseline).latency_alone
+        again = False
+        with_base = base is not None and scale_ms is None
         if not todo and not with_base:
             break
         fresh: dict[str, dict] = {}
@@ -1720,28 +1733,40 @@ def _remeasure(cfg: SweepConfig, folder: SweepFolder, records: list[TrialRecord]
                                    batch=cfg.measure.latency_batch, warmup=cfg.measure.warmup,
                                    repeats=cfg.measure.repeats, threads=trial_threads(cfg),
                                    device=cfg.measure.device, runtime=cfg.measure.runtime)  # as the trials were
-            base_ms = lats[0].median_ms if base is not None else None
+            base_ms = lats[0].median_ms if base is not None and lats[0].median_ms > 0 else None
+            if base_ms is not None and scale_ms is None:  # the baseline's first timing alone: the scale
+                scale_ms = base_ms
+                fresh[base.trial_id] = _timed(lats[0], 1.0, 1.0)
             for r, lat in zip(group, lats):
-                if r.is_baseline and (not with_base or r.trial_id in fresh):  # the baseline keeps its first timing
+                if r.is_baseline:
                     continue
-                fresh[r.trial_id] = dict(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, threads=lat.threads,
-                                         latency_repeats=lat.repeats, latency_runtime=lat.runtime,
-                                         latency_alone=True,
-                                         latency_ratio=lat.median_ms / base_ms if base_ms else None)
+                if base_ms is None:  # nothing to put it on a scale with: as timed
+                    fresh[r.trial_id] = _timed(lat, 1.0, None)
+                else:
+                    fresh[r.trial_id] = _timed(lat, scale_ms / base_ms, lat.median_ms / base_ms)
         records = [r.replace(**fresh[r.trial_id]) if r.trial_id in fresh else r for r in records]
         # rows not timed now (off the front): their sweep-time figures against the baseline's in the table
-        base_lat = next(r for r in records if r.is_baseline).latency_ms
+        base_lat = next((r.latency_ms for r in records if r.is_baseline), None)
         if base_lat:
             records = [r.replace(latency_ratio=r.latency_ms / base_lat)
-                       if r.latency_ms is not None and r.trial_id not in fresh and not r.latency_alone else r
+                       if r.latency_ms is not None and (r.latency_ratio is None or not r.latency_alone) else r
                        for r in records]
-        log(f"re-measured the latency of {'the baseline and ' if with_base else ''}{len(todo)} trial(s) alone"
+        timed = [f"{len(todo)} trial(s)"] if todo else []
+        log(f"re-measured the latency of {' and '.join((['the baseline'] if with_base else []) + timed)} alone"
             + (" (beside the baseline)" if base is not None and not with_base else ""))
     records = with_front(records, objectives)
     after = sum(r.on_front for r in records)
-    if after != before:  # the progress lines counted the front with the latencies timed beside other trials
+    if after != before:  # the progress lines counted the front with the latencies timed during the sweep
         log(f"the front now holds {after} point(s): {before} with the latencies timed during the sweep")
     return records
+
+
+def _timed(lat, scale: float, ratio: float | None) -> dict:
+    """A re-measured row's latency columns: ``lat`` (a :class:`sweep.measure.Latency`) with its median and
+    spread multiplied by ``scale`` (onto the baseline's scale, :func:`_remeasure`), and ``ratio`` to the
+    baseline timed beside it."""
+    return dict(latency_ms=lat.median_ms * scale, latency_iqr_ms=lat.iqr_ms * scale, threads=lat.threads,
+                latency_repeats=lat.repeats, latency_runtime=lat.runtime, latency_alone=True, latency_ratio=ratio)
 
 
 def _with_remeasured_baseline(meta: dict, records: list[TrialRecord]) -> dict:
@@ -2186,7 +2211,10 @@ def _log_parent_artifacts(sink, parent_id, records: list[TrialRecord], cfg, base
                 if p.is_file():
                     sink.log_artifact(parent_id, p, "report")
         hv = _hypervolume(records, cfg.search.objectives, base)
-        sink.log_metrics(parent_id, {"final_hypervolume": hv, "final_front_size": len(front)})
+        final = {"final_hypervolume": hv, "final_front_size": len(front)}
+        if base.get("latency_ms"):  # the one the final hypervolume divides by (re-measured: _with_remeasured_baseline)
+            final["final_baseline_latency_ms"] = base["latency_ms"]
+        sink.log_metrics(parent_id, final)
     except Exception as e:  # whatever the store raises (an HTTP error, a locked database)
         log(f"warning: the front and report could not be logged to the MLflow parent run: {type(e).__name__}: "
             f"{' '.join(str(e).split())[:300]}; trials.parquet and the report hold them")

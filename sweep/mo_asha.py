@@ -407,7 +407,7 @@ def _cut_by_hypervolume(F: np.ndarray, members: np.ndarray, slots: int, q: np.nd
 
 
 def reference_beyond(F: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """``ref`` (minimisation), pushed out in each objective where some finite row of ``F`` lies on or beyond it,
+    """``ref`` (minimisation), pushed out in each objective where some finite row of ``F`` lies beyond it,
     to that column's :func:`fallback_reference`: a point beyond the reference point adds no hypervolume, whatever
     it trades, so a cut among such points would fall to the quality tie-break alone.  Pruning never raises
     params or MACs above the dense baseline's, but a latency timed while other trials share the machine can lie
@@ -417,7 +417,7 @@ def reference_beyond(F: np.ndarray, ref: np.ndarray) -> np.ndarray:
     if len(finite) == 0:
         return ref
     out = np.asarray(ref, dtype=float).copy()
-    beyond = (finite >= out).any(axis=0)
+    beyond = (finite > out).any(axis=0)  # strictly: a quality of exactly 0 sits on its reference, adding nothing
     if beyond.any():
         out[beyond] = np.maximum(out[beyond], fallback_reference(finite)[beyond])
     return out

@@ -134,6 +134,14 @@ def test_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     assert len(parents) == 1 and len(children) == 3
     pid = parents[0].info.run_id
     assert all(c.data.tags["mlflow.parentRunId"] == pid for c in children)
+    # the parent's final figures: the hypervolume the report shows, and the baseline latency it divides by
+    from sweep.pareto import records_hypervolume
+
+    records, meta = TrialStore(sweep_dir).records()
+    final = parents[0].data.metrics
+    assert final["final_baseline_latency_ms"] == pytest.approx(base_lat)
+    assert final["final_hypervolume"] == pytest.approx(records_hypervolume(records, meta["objectives"],
+                                                                           meta["baseline"]))
     assert all("magnitude.ratio" in c.data.params or "ratio" in c.data.params for c in children)
     assert all("accuracy" in c.data.metrics and "latency_ms" in c.data.metrics for c in children)
     assert set(trials["mlflow_run_id"]) == {c.info.run_id for c in children}

@@ -595,3 +595,5 @@ def test_a_latency_beyond_the_sweeps_reference_is_cut_by_its_contribution_not_by
     # every point inside the reference: it is used as it is
     inside = np.array([[-0.9, 1.0], [-0.5, 0.5]])
     assert list(reference_beyond(inside, s._ref)) == list(s._ref)
+    # a quality of exactly 0 sits on its reference (it adds nothing there): not a reason to push it out
+    assert list(reference_beyond(np.array([[-0.0, 0.4], [-0.5, 0.5]]), s._ref)) == list(s._ref)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from sweep import pareto
 from sweep.results.schema import TrialRecord, with_front
@@ -225,14 +226,15 @@ def test_the_remeasurement_says_when_the_front_it_leaves_differs_from_the_sweeps
 
 def test_remeasured_ratios_are_against_the_baseline_timed_beside_them(tmp_path, monkeypatch):
     """The machine runs twice as slow while the second group is timed: each trial's ratio is taken against
-    the baseline of its own group, so both trials come out at the ratio they have; the baseline keeps its
-    first timing, and the sweep's metadata takes it (its hypervolume divides by it)."""
+    the baseline of its own group and its latency put on the baseline's scale, so both trials come out as
+    fast as they are (and both on the front); the baseline keeps its first timing, and the sweep's metadata
+    takes it (its hypervolume divides by it)."""
     from sweep import driver, pareto
 
     cfg, folder, records, groups = _remeasurement(tmp_path, monkeypatch, speeds=(1.0, 2.0))
     out = driver._remeasure(cfg, folder, records, lambda line: None)
-    figures = {r.trial_id: (r.latency_ms, r.latency_ratio) for r in out}
-    assert figures == {"baseline": (1.0, 1.0), "a": (0.2, 0.2), "b": (0.4, 0.2)}
+    figures = {r.trial_id: (r.latency_ms, r.latency_ratio, r.on_front) for r in out}
+    assert figures == {"baseline": (1.0, 1.0, True), "a": (0.2, 0.2, True), "b": (0.2, 0.2, True)}
     # the metadata's baseline latency: the one the trials' latencies were timed beside, not the sweep's first
     meta = {"objectives": ["accuracy", "latency_ms", "params"],
             "baseline": {"accuracy": 0.9, "latency_ms": 0.1, "params": 100}}
@@ -245,3 +247,44 @@ def test_remeasured_ratios_are_against_the_baseline_timed_beside_them(tmp_path, 
     # a baseline not re-measured leaves the metadata as it is
     kept = [r.replace(latency_alone=False) if r.is_baseline else r for r in out]
     assert driver._with_remeasured_baseline(meta, kept) is meta
+
+
+@pytest.mark.parametrize("speed", [0.5, 3.0])
+def test_a_resumed_sweeps_new_trials_go_on_the_scale_of_the_baseline_timed_before(tmp_path, monkeypatch, speed):
+    """A resumed sweep's new trial is timed beside the baseline at whatever speed the machine has now; the
+    baseline keeps the timing of the sweep's first end, and the new trial's latency is its ratio times that."""
+    from sweep import driver
+
+    cfg, folder, records, groups = _remeasurement(tmp_path, monkeypatch, speeds=(1.0, speed))
+    first = driver._remeasure(cfg, folder, records[:2], lambda line: None)  # the sweep's first end: baseline, a
+    said: list[str] = []
+    out = driver._remeasure(cfg, folder, first + records[2:], said.append)  # resumed: b is new
+    assert groups[-1] == ["baseline", "b"]
+    figures = {r.trial_id: (r.latency_ms, r.latency_ratio) for r in out}
+    assert figures == {"baseline": (1.0, 1.0), "a": (0.2, 0.2), "b": (pytest.approx(0.2), pytest.approx(0.2))}
+    assert said[0] == "re-measured the latency of 1 trial(s) alone (beside the baseline)"
+
+
+def test_a_baseline_not_yet_timed_alone_has_every_trial_timed_again_beside_it(tmp_path, monkeypatch):
+    """A folder whose trials were re-measured but whose baseline was not (written before the baseline's
+    scale): the baseline is timed now, and so is every trial, so that none stays on an earlier timing's
+    scale."""
+    from sweep import driver
+
+    cfg, folder, records, groups = _remeasurement(tmp_path, monkeypatch, speeds=(2.0,))
+    old = [r if r.is_baseline else r.replace(latency_alone=True, latency_ms=0.9) for r in records]
+    said: list[str] = []
+    out = driver._remeasure(cfg, folder, old, said.append)
+    assert groups == [["baseline", "a"], ["baseline", "b"]]
+    assert {r.trial_id: r.latency_ms for r in out} == {"baseline": 2.0, "a": 0.4, "b": 0.4}
+    assert said[0] == "re-measured the latency of the baseline and 2 trial(s) alone"
+
+
+def test_only_the_baseline_left_to_time_says_so(tmp_path, monkeypatch):
+    from sweep import driver
+
+    cfg, folder, records, groups = _remeasurement(tmp_path, monkeypatch)
+    said: list[str] = []
+    out = driver._remeasure(cfg, folder, records[:1], said.append)
+    assert groups == [["baseline"]] and out[0].latency_alone and out[0].latency_ratio == 1.0
+    assert said == ["re-measured the latency of the baseline alone"]
