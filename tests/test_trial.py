@@ -123,6 +123,33 @@ def test_a_trial_measures_its_validation_quality_once_per_network(swept, monkeyp
     assert row["accuracy"] == pytest.approx(real(final, val, "cpu"), abs=1e-12)
 
 
+@pytest.mark.parametrize("budget, status", [(0.8, "ok"), (0.5, "infeasible")])
+def test_a_latency_budget_is_judged_beside_the_dense_network(swept, monkeypatch, budget, status):
+    """Other trials share the machine while a trial times its network: here everything runs at half speed.
+    Alone the pruned network would time at 1.2x the baseline's latency and break a budget of 0.8x; timed
+    beside the dense network (2x) it is 0.6x of it, and only a budget below that breaks."""
+    from sweep import measure
+
+    _, d, _ = swept
+    base_ms = SweepFolder(d).baseline()["latency_ms"]
+    cfg = parse_config({**SPACE, "search": {**SPACE["search"], "constraints": {"max_latency_ms": budget * base_ms}}},
+                       source="t.yaml")
+    timed = []
+
+    def side_by_side(models, *a, **k):
+        timed.append([sum(p.numel() for p in m.parameters()) for m in models])
+        return [measure.Latency(f * base_ms, 0.1 * f * base_ms, 1, 3, 1, "cpu", "torch") for f in (2.0, 1.2)]
+
+    monkeypatch.setattr(measure, "compare_latency", side_by_side)
+    monkeypatch.setattr(measure, "measure_latency", lambda *a, **k: pytest.fail("timed alone"))
+    row = run_trial(cfg, TrialSpec(str(d), f"lat{budget}", "magnitude", {"ratio": 0.5}, seed=1))
+    assert row["status"] == status, row["error"]
+    assert len(timed) == 1 and timed[0][0] == SweepFolder(d).baseline()["params"] > timed[0][1] == row["params"]
+    assert row["latency_ms"] == pytest.approx(0.6 * base_ms) and row["latency_ratio"] == pytest.approx(0.6)
+    assert row["latency_iqr_ms"] == pytest.approx(0.06 * base_ms)
+    assert row["finetune_epochs"] == (1 if status == "ok" else 0)
+
+
 def test_diverging_trial_is_a_failed_row(swept):
     cfg, d, _ = swept
     bad = replace(cfg, finetune=replace(cfg.finetune, lr=1e30))
