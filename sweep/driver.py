@@ -1745,12 +1745,7 @@ def _remeasure(cfg: SweepConfig, folder: SweepFolder, records: list[TrialRecord]
                 else:
                     fresh[r.trial_id] = _timed(lat, scale_ms / base_ms, lat.median_ms / base_ms)
         records = [r.replace(**fresh[r.trial_id]) if r.trial_id in fresh else r for r in records]
-        # rows not timed now (off the front): their sweep-time figures against the baseline's in the table
-        base_lat = next((r.latency_ms for r in records if r.is_baseline), None)
-        if base_lat:
-            records = [r.replace(latency_ratio=r.latency_ms / base_lat)
-                       if r.latency_ms is not None and (r.latency_ratio is None or not r.latency_alone) else r
-                       for r in records]
+        records = _on_the_baseline_scale(records)
         timed = [f"{len(todo)} trial(s)"] if todo else []
         log(f"re-measured the latency of {' and '.join((['the baseline'] if with_base else []) + timed)} alone"
             + (" (beside the baseline)" if base is not None and not with_base else ""))
@@ -1759,6 +1754,29 @@ def _remeasure(cfg: SweepConfig, folder: SweepFolder, records: list[TrialRecord]
     if after != before:  # the progress lines counted the front with the latencies timed during the sweep
         log(f"the front now holds {after} point(s): {before} with the latencies timed during the sweep")
     return records
+
+
+def _on_the_baseline_scale(records: list[TrialRecord]) -> list[TrialRecord]:
+    """Rows whose latency was not timed again after the sweep (stopped early, infeasible, off the front under
+    ``remeasure: front``) keep the ratio they were timed at during the sweep (against the baseline's latency
+    when it was trained), and their ``latency_ms`` (and spread) is put on the scale of the baseline's latency
+    in the table, as the re-measured rows' are (:func:`_remeasure`): so every row of a plot's latency axis is
+    on one scale.  A row without a ratio gets one against that latency.  The same result however often it is
+    applied."""
+    base_lat = next((r.latency_ms for r in records if r.is_baseline), None)
+    if not base_lat:
+        return records
+    out = []
+    for r in records:
+        if r.is_baseline or r.latency_alone or r.latency_ms is None:
+            out.append(r)
+        elif r.latency_ratio is None or not r.latency_ms > 0:
+            out.append(r.replace(latency_ratio=r.latency_ms / base_lat))
+        else:
+            factor = r.latency_ratio * base_lat / r.latency_ms
+            out.append(r.replace(latency_ms=r.latency_ratio * base_lat, latency_iqr_ms=(
+                None if r.latency_iqr_ms is None else r.latency_iqr_ms * factor)))
+    return out
 
 
 def _timed(lat, scale: float, ratio: float | None) -> dict:
@@ -1955,7 +1973,7 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
         records = _remeasure(cfg, folder, records, log)
         meta = st.meta = _with_remeasured_baseline(meta, records)
         store.write(records, meta)
-        st.mirror.remeasured([r for r in records if r.latency_alone and not r.is_baseline])
+        st.mirror.remeasured([r for r in records if r.latency_ms is not None and not r.is_baseline])
         out_dir = None
         if report_root is not None:
             from .report import build_report

@@ -126,7 +126,8 @@ def measure_costs(cfg: SweepConfig, model, splits, threads: int, beside: tuple |
     in the dict).  A trial times its network while other trials share the machine, whose speed may also have
     changed since the baseline was timed (2x on a shared 2-core machine); a hard ``max_latency_ms`` judged on
     the figure timed alone would call a network that keeps the budget infeasible, and it is never
-    fine-tuned.  Timed beside the dense network, both are slowed alike."""
+    fine-tuned, and a rung's cut would rank candidates by the moment they were timed.  Timed beside the dense
+    network, both are slowed alike."""
     from .measure import compare_latency, count_macs, count_params, measure_latency
 
     cpu_model = model.to("cpu").eval()
@@ -148,10 +149,13 @@ def measure_costs(cfg: SweepConfig, model, splits, threads: int, beside: tuple |
 
 
 def latency_judged_beside_baseline(cfg: SweepConfig, base: dict) -> bool:
-    """Whether a trial times its network beside the dense one (:func:`measure_costs`): where a hard latency
-    budget is judged in the trial, and the baseline has a latency to put it on the scale of."""
-    limits = cfg.search.constraints
-    return bool(limits and limits.max_latency_ms is not None and base.get("latency_ms"))
+    """Whether a trial times its network beside the dense one (:func:`measure_costs`): where its latency decides
+    something while the sweep runs -- a hard ``max_latency_ms`` budget, or successive halving's cut at each rung
+    with latency among the objectives -- and the baseline has a latency to put it on the scale of."""
+    limits, sched = cfg.search.constraints, cfg.search.scheduler
+    judged = (limits is not None and limits.max_latency_ms is not None) or (
+        sched is not None and "latency_ms" in cfg.search.objectives)
+    return bool(judged and base.get("latency_ms"))
 
 
 def cost_figures(costs: dict) -> dict:

@@ -288,3 +288,22 @@ def test_only_the_baseline_left_to_time_says_so(tmp_path, monkeypatch):
     out = driver._remeasure(cfg, folder, records[:1], said.append)
     assert groups == [["baseline"]] and out[0].latency_alone and out[0].latency_ratio == 1.0
     assert said == ["re-measured the latency of the baseline alone"]
+
+
+def test_rows_not_timed_again_keep_their_ratio_on_the_re_measured_baselines_scale():
+    """A stopped-early row was timed during the sweep at 0.6x the baseline's latency when it was trained
+    (0.5 ms); the baseline re-measured after the sweep reads 1.0 ms: the row's latency goes on that scale
+    (0.6 ms, its spread alike), keeping its ratio, whatever times it is applied; re-measured rows stay."""
+    from sweep import driver
+
+    ok = dict(status="ok", accuracy=0.9, params=10, macs=20)
+    base = TrialRecord(trial_id="baseline", latency_ms=1.0, latency_ratio=1.0, latency_alone=True, **ok)
+    stopped = TrialRecord(trial_id="s", status="stopped_early", latency_ms=0.3, latency_iqr_ms=0.03, latency_ratio=0.6)
+    alone = TrialRecord(trial_id="a", latency_ms=0.4, latency_ratio=0.4, latency_alone=True, **ok)
+    bare = TrialRecord(trial_id="b", status="infeasible", latency_ms=0.8)  # no ratio: one against the baseline's
+    out = driver._on_the_baseline_scale([base, stopped, alone, bare])
+    assert [(r.latency_ms, r.latency_ratio) for r in out] == [(1.0, 1.0), (pytest.approx(0.6), 0.6), (0.4, 0.4),
+                                                              (0.8, 0.8)]
+    assert out[1].latency_iqr_ms == pytest.approx(0.06) and not out[1].latency_alone
+    again = driver._on_the_baseline_scale(out)
+    assert [(r.latency_ms, r.latency_ratio) for r in again] == [(r.latency_ms, r.latency_ratio) for r in out]

@@ -150,6 +150,21 @@ def test_a_latency_budget_is_judged_beside_the_dense_network(swept, monkeypatch,
     assert row["finetune_epochs"] == (1 if status == "ok" else 0)
 
 
+@pytest.mark.parametrize("search, beside", [
+    ({"objectives": ["accuracy", "latency_ms"]}, False),  # judged after the sweep, re-measured alone
+    ({"objectives": ["accuracy", "params"], "constraints": {"max_latency_ms": 1.0}}, True),
+    ({"objectives": ["accuracy", "latency_ms"], "scheduler": {"type": "mo_asha", "min_epochs": 1}}, True),
+    ({"objectives": ["accuracy", "params"], "scheduler": {"type": "mo_asha", "min_epochs": 1}}, False),
+    ({"objectives": ["accuracy", "params"], "constraints": {"max_params": 10}}, False),
+])
+def test_a_trial_times_its_network_beside_the_dense_one_where_its_latency_decides_in_the_sweep(search, beside):
+    from sweep.trial import latency_judged_beside_baseline
+
+    cfg = parse_config({**SPACE, "finetune": {"epochs": 3}, "search": {"trials": 2, **search}}, source="t.yaml")
+    assert latency_judged_beside_baseline(cfg, {"latency_ms": 0.5}) is beside
+    assert latency_judged_beside_baseline(cfg, {"latency_ms": None}) is False  # no scale to put it on
+
+
 def test_diverging_trial_is_a_failed_row(swept):
     cfg, d, _ = swept
     bad = replace(cfg, finetune=replace(cfg.finetune, lr=1e30))

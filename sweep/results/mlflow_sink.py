@@ -525,7 +525,8 @@ class TrialMirror:
 
     def remeasured(self, records) -> None:
         """Overwrite the latency metrics of these trials' runs with their figures re-measured alone (the
-        ones the table, the front and the report use), tagged ``sweep.latency: re-measured alone``."""
+        ones the table, the front and the report use), tagged ``sweep.latency: re-measured alone``, or, for
+        rows not timed again, put on the re-measured baseline's scale (tagged so)."""
         self._q.put((self._remeasured, (list(records),)))
 
     def parent_metrics(self, metrics: dict, step: int = 0) -> None:
@@ -751,7 +752,8 @@ class TrialMirror:
                 continue
             self.sink.log_batch(run_id, metrics=_metrics({k: r.get(k) for k in ("latency_ms", "latency_iqr_ms",
                                                                                "latency_ratio")}, step=1),
-                                tags={"sweep.latency": "re-measured alone",
+                                tags={"sweep.latency": "re-measured alone" if r.latency_alone else
+                                      "timed during the sweep, put on the re-measured baseline's scale",
                                       **({"sweep.latency_runtime": r.latency_runtime} if r.latency_runtime else {})})
 
     def _stop(self, trial_ids: list, reason: str) -> None:
