@@ -585,7 +585,7 @@ def compare_latency(models, input_shape, *, batch: int = 1, warmup: int = 10, re
         for r, t in zip(runners, times):
             med, iqr = _stats(t)
             out.append(Latency(median_ms=med, iqr_ms=iqr, batch=batch, repeats=len(t), threads=r.threads,
-                               device=device, runtime=r.label))
+                               device=device_label(device), runtime=r.label))
         return out
 
 

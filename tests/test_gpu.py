@@ -16,11 +16,16 @@ pytestmark = [pytest.mark.gpu,
 
 
 def test_latency_on_cuda_is_timed_by_events_and_names_the_gpu():
-    from sweep.measure import measure_latency
+    from sweep.measure import compare_latency, measure_latency
 
     lat = measure_latency(PlainCNN(), SHAPE, batch=4, warmup=3, repeats=10, device="cuda", runtime="torch")
     assert lat.median_ms > 0 and lat.repeats == 10
-    assert lat.device == f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
+    name = f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
+    assert lat.device == name
+    # side by side (a re-measurement, a latency budget judged beside the dense network): recorded alike
+    both = compare_latency([PlainCNN(), PlainCNN()], SHAPE, batch=4, warmup=1, repeats=10, device="cuda",
+                           runtime="torch")
+    assert [b.device for b in both] == [name, name] and all(b.median_ms > 0 for b in both)
 
 
 def test_finetuning_on_cuda_trains_there():
