@@ -181,6 +181,12 @@ def test_trial_mirror_writes_each_trial_in_order_off_the_callers_thread(sink, ma
     r1 = sink.client.get_run(mirror.run_ids["t1"])
     assert r1.data.metrics["latency_ms"] == 0.25 and r1.data.tags["sweep.latency"] == "re-measured alone"
     assert [m.value for m in sink.client.get_metric_history(r1.info.run_id, "latency_ms")] == [0.5, 0.25]
+    # a row not timed again, put on the re-measured baseline's scale: its figure, tagged as what it is
+    mirror.remeasured([_record("t2", status="ok").replace(latency_ms=0.4)])
+    assert mirror.flush()
+    r2 = sink.client.get_run(mirror.run_ids["t2"])
+    assert r2.data.metrics["latency_ms"] == 0.4
+    assert r2.data.tags["sweep.latency"] == "timed during the sweep, put on the re-measured baseline's scale"
     mirror.close()
 
 
