@@ -124,10 +124,10 @@ def measure_costs(cfg: SweepConfig, model, splits, threads: int, beside: tuple |
     network (:func:`sweep.measure.compare_latency`, their runs interleaved) and put on the baseline's scale:
     the ratio of the two medians times the baseline's latency, the spread scaled alike (``beside_baseline``
     in the dict).  A trial times its network while other trials share the machine, whose speed may also have
-    changed since the baseline was timed (2x on a shared 2-core machine); a hard ``max_latency_ms`` judged on
-    the figure timed alone would call a network that keeps the budget infeasible, and it is never
-    fine-tuned, and a rung's cut would rank candidates by the moment they were timed.  Timed beside the dense
-    network, both are slowed alike."""
+    changed since the baseline was timed (2x on a shared 2-core machine).  Judged on the figure timed alone, a
+    hard ``max_latency_ms`` would call networks that keep it infeasible (never fine-tuned), and a rung's cut
+    would rank candidates by the moment they were timed.  Timed beside the dense network, both are slowed
+    alike.  A dense timing of 0 (no clock resolution) leaves the figure as timed."""
     from .measure import compare_latency, count_macs, count_params, measure_latency
 
     cpu_model = model.to("cpu").eval()
@@ -138,9 +138,11 @@ def measure_costs(cfg: SweepConfig, model, splits, threads: int, beside: tuple |
         dense_lat, pruned = compare_latency([dense.to(cfg.measure.device).eval(), cpu_model.to(cfg.measure.device)],
                                             splits.input_shape, **timing)
         dense.to("cpu")
-        scale = base_ms / dense_lat.median_ms
-        lat = {**pruned.to_dict(), "median_ms": pruned.median_ms * scale, "iqr_ms": pruned.iqr_ms * scale,
-               "beside_baseline": pruned.median_ms / dense_lat.median_ms}
+        lat = pruned.to_dict()
+        if dense_lat.median_ms > 0:
+            scale = base_ms / dense_lat.median_ms
+            lat.update(median_ms=pruned.median_ms * scale, iqr_ms=pruned.iqr_ms * scale,
+                       beside_baseline=pruned.median_ms / dense_lat.median_ms)
     else:
         lat = measure_latency(cpu_model.to(cfg.measure.device), splits.input_shape, **timing).to_dict()
     cpu_model = cpu_model.to("cpu")
