@@ -37,6 +37,7 @@ import logging
 import os
 import random
 import re
+import secrets
 import shutil
 import signal
 import statistics
@@ -263,10 +264,18 @@ def start_local_ray(cpus: int) -> tuple[float, str]:
     """A fresh embedded Ray, as sweep starts it; (seconds ``ray.init`` took, its temp dir)."""
     import ray
 
+    from sweep.driver import _ray_reads_auth_again
+
     os.environ.update(TUNE_ENV)
-    os.environ["RAY_AUTH_MODE"] = "disabled"
     if ray.is_initialized():
         ray.shutdown()
+    # token authentication, as sweep's embedded Ray has it (ours, run first in this process, left its token in
+    # the environment; via the CLI a fresh one).  Ray read its auth mode when first imported, so it reads it again:
+    # a Ray that caches token mode while the environment says otherwise starts workers no trial actor reaches
+    if os.environ.get("RAY_AUTH_MODE") != "token" or not os.environ.get("RAY_AUTH_TOKEN"):
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    if not _ray_reads_auth_again():
+        raise SystemExit("this Ray cannot be made to read its auth mode again: raw Ray Tune would not start")
     tmp = tempfile.mkdtemp(prefix="bench-ray-")
     t0 = time.time()
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
@@ -299,7 +308,14 @@ def run_raw(work: Path, durations: list[float], trials: int, conc: int, sampler:
         if "t_start" in m and r.error is None:
             spans.append((m["t_start"], m["t_end"]))
     return dict(fit_s=fit_s, trial_s=sum(e - s for s, e in spans), trials_run=len(spans), concurrency=conc,
-                spans=spans, fit_t0=t0, errors=sum(1 for r in results if r.error is not None))
+                spans=spans, fit_t0=t0, errors=sum(1 for r in results if r.error is not None),
+                first_error=next((_last_line(r.error) for r in results if r.error is not None), None))
+
+
+def _last_line(error) -> str:
+    """The last line of an error's text (a traceback ends with the exception), without terminal colours."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else type(error).__name__
 
 
 # ------------------------------------------------------------------------------------------ cold start
@@ -410,6 +426,11 @@ def main(argv=None) -> int:
         ray.shutdown()
         shutil.rmtree(ray_tmp, ignore_errors=True)
     load_end = load()
+    if raw["errors"]:  # a comparison with a raw side that did not run its trials means nothing
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        raise SystemExit(f"raw Ray Tune: {raw['errors']} of {args.trials} trial(s) errored, first: "
+                         f"{raw['first_error']}; no overhead figure")
 
     o_slot, o_wall = overhead(ours["fit_s"], ours["trial_s"], ours["trials_run"], ours["concurrency"])
     r_slot, r_wall = overhead(raw["fit_s"], raw["trial_s"], raw["trials_run"], raw["concurrency"])
