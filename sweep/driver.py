@@ -1783,7 +1783,8 @@ def _timed(lat, scale: float, ratio: float | None) -> dict:
     """A re-measured row's latency columns: ``lat`` (a :class:`sweep.measure.Latency`) with its median and
     spread multiplied by ``scale`` (onto the baseline's scale, :func:`_remeasure`), and ``ratio`` to the
     baseline timed beside it."""
-    return dict(latency_ms=lat.median_ms * scale, latency_iqr_ms=lat.iqr_ms * scale, threads=lat.threads,
+    lat = lat.scaled(scale)
+    return dict(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, threads=lat.threads,
                 latency_repeats=lat.repeats, latency_runtime=lat.runtime, latency_alone=True, latency_ratio=ratio)
 
 

@@ -44,7 +44,7 @@ import sys
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 from .errors import ConfigError, TrialFailure
@@ -67,6 +67,11 @@ class Latency:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def scaled(self, factor: float) -> "Latency":
+        """The same timing with its median and spread multiplied by ``factor``: put on another timing's scale
+        (a ratio to the dense network timed beside it, times the baseline's latency)."""
+        return replace(self, median_ms=self.median_ms * factor, iqr_ms=self.iqr_ms * factor)
 
 
 def count_params(model) -> int:

@@ -140,9 +140,8 @@ def measure_costs(cfg: SweepConfig, model, splits, threads: int, beside: tuple |
         dense.to("cpu")
         lat = pruned.to_dict()
         if dense_lat.median_ms > 0:
-            scale = base_ms / dense_lat.median_ms
-            lat.update(median_ms=pruned.median_ms * scale, iqr_ms=pruned.iqr_ms * scale,
-                       beside_baseline=pruned.median_ms / dense_lat.median_ms)
+            lat = {**pruned.scaled(base_ms / dense_lat.median_ms).to_dict(),
+                   "beside_baseline": pruned.median_ms / dense_lat.median_ms}
     else:
         lat = measure_latency(cpu_model.to(cfg.measure.device), splits.input_shape, **timing).to_dict()
     cpu_model = cpu_model.to("cpu")

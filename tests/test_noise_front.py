@@ -186,16 +186,15 @@ def _remeasurement(tmp_path, monkeypatch, speeds=(1.0,)):
     records = [rec(BASELINE_ID, 0.9, 1.0, 100), rec("a", 0.8, 0.1, 50), rec("b", 0.8, 0.2, 50)]
     alone = {"baseline": 1.0, "a": 0.2, "b": 0.2}  # alone, the two are equally fast: both on the front
 
-    class Timed:
-        def __init__(self, ms):
-            self.median_ms, self.iqr_ms, self.threads, self.runtime, self.repeats = ms, 0.0, 1, "torch", 30
+    def timed(ms):
+        return measure.Latency(ms, 0.0, 1, 30, 1, "cpu", "torch")
 
     groups = []  # the models timed side by side, call by call
 
     def side_by_side(models, *a, **k):
         speed = speeds[min(len(groups), len(speeds) - 1)]
         groups.append(list(models))
-        return [Timed(alone[tid] * speed) for tid in models]
+        return [timed(alone[tid] * speed) for tid in models]
 
     monkeypatch.setattr(SweepFolder, "load_model", lambda self, rel: rel.split("/")[-1].removesuffix(".pt"))
     monkeypatch.setattr(measure, "compare_latency", side_by_side)

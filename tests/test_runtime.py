@@ -61,6 +61,14 @@ def test_ort_latency_records_runtime_version_and_threads():
     assert eager.runtime == f"torch {torch.__version__}"
 
 
+def test_a_latency_put_on_another_scale_keeps_what_was_timed_with_it():
+    lat = measure.Latency(0.4, 0.08, 2, 5, 1, "cpu", "onnxruntime 1.0")
+    half = lat.scaled(0.5)
+    assert (half.median_ms, half.iqr_ms) == pytest.approx((0.2, 0.04))
+    assert (half.batch, half.repeats, half.threads, half.device, half.runtime) == (2, 5, 1, "cpu", "onnxruntime 1.0")
+    assert lat.median_ms == 0.4  # a new figure: the timing itself is left as it was
+
+
 def test_compare_latency_times_every_model_on_one_runtime():
     a, b = pruned(nets.PlainCNN), copy.deepcopy(nets.PlainCNN()).eval()
     out = measure.compare_latency([a, b], nets.SHAPE, warmup=1, repeats=4, rounds=2, threads=1,
