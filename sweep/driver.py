@@ -18,6 +18,7 @@ trial more, the running ones finish, and the sweep ends as with the time budget.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -135,6 +136,7 @@ class TrialInputs:
     inbox: object  # the :func:`_model_inbox` actor
     teacher: dict | None = None  # an MBN teacher's state (plain tensors), when the space names one
     splits: object = None  # a Ray ObjectRef of the driver's DataSplits (trial.use_shipped_splits)
+    baseline_digest: str = ""  # SHA-256 of baseline_model: the baseline's key in a worker (trial.run_trial's io)
 
 
 class _ShippedIO:
@@ -156,6 +158,9 @@ class _ShippedIO:
         from .folder import load_model_bytes
 
         return load_model_bytes(self.inputs.baseline_model)  # bytes the driver read from its own folder
+
+    def baseline_key(self) -> str:
+        return f"sha256:{self.inputs.baseline_digest}"
 
     def save_model(self, model, rel: str) -> str:
         import ray
@@ -1372,8 +1377,9 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
 
     # the data goes once into Ray's object store, fetched once per worker process: no worker re-reads the
     # dataset (or needs its files on its node)
-    inputs = TrialInputs(str(folder.path), cfg, folder.baseline(), folder.read_model_bytes(BASELINE_MODEL), inbox,
-                         teacher_state(folder), ray.put(load_splits(cfg)))
+    dense = folder.read_model_bytes(BASELINE_MODEL)
+    inputs = TrialInputs(str(folder.path), cfg, folder.baseline(), dense, inbox, teacher_state(folder),
+                         ray.put(load_splits(cfg)), hashlib.sha256(dense).hexdigest())
     trainable = tune.with_resources(
         tune.with_parameters(sweep_trial, inputs=inputs),
         {"cpu": cfg.search.cpus_per_trial, **({"gpu": cfg.search.gpus_per_trial} if cfg.search.gpus_per_trial else {})})

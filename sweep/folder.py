@@ -334,6 +334,12 @@ class SweepFolder:
     def load_baseline_model(self):
         return self.load_model(BASELINE_MODEL)
 
+    def baseline_key(self) -> str:
+        """A key that changes whenever the dense model saved here does (its file's identity, size and time of
+        writing): what a process keeps that model's timing runner under (:func:`sweep.measure.kept_runner`)."""
+        st = (self.path / BASELINE_MODEL).stat()
+        return f"{self.path.resolve() / BASELINE_MODEL}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
     # ------------------------------------------------------------------ trials' fine-tune progress
     @property
     def progress_dir(self) -> Path:

@@ -32,7 +32,9 @@ remembers the count of each :func:`architecture_key` in this process: a trial co
 before pruning, the pruned one after, and the sweep's other trials meet the same architectures again.
 Likewise the ONNX graph a latency is timed on: :func:`export_onnx` with ``remember=True`` traces an
 architecture once per process, and a later network of the same architecture gets that graph with its own
-weights put in (checked like a fresh export); see :func:`export_onnx`.
+weights put in (checked like a fresh export); see :func:`export_onnx`. A network timed again and again as it
+is -- the dense baseline every trial times its pruned network beside -- keeps its whole runner (graph and
+session) under a key its caller gives (:func:`kept_runner`).
 """
 
 from __future__ import annotations
@@ -454,6 +456,37 @@ class Runner:
     cuda: bool = False  # timed with CUDA events (the GPU's own clock), not the host's
 
 
+_KEPT_RUNNERS: OrderedDict = OrderedDict()  # kept_runner's: (key, settings) -> Runner, most recently used last
+KEPT_RUNNERS = 2  # a worker process runs one sweep's trials at a time: its dense baseline, and room for a next
+
+
+def kept_runner(key, model, input_shape, *, batch: int, threads: int, device: str = "cpu",
+                runtime: str | None = None) -> Runner:
+    """The runner of ``model`` kept in this process under ``key`` with these settings, made on first use: for a
+    network timed again and again exactly as it is (the dense baseline each trial is timed beside).  ``key``
+    must change whenever the network's weights or architecture do (:meth:`sweep.folder.SweepFolder.baseline_key`);
+    ``model`` is only read when the runner is made."""
+    import torch
+
+    runtime = resolve_runtime(runtime, device)
+    threads = int(threads) if threads else torch.get_num_threads()
+    full = (key, tuple(input_shape), batch, threads, device, runtime)
+    if full in _KEPT_RUNNERS:
+        _KEPT_RUNNERS.move_to_end(full)
+        return _KEPT_RUNNERS[full]
+    if runtime != "onnxruntime":  # an eager or compiled runner holds the module itself: a copy of its own
+        import copy
+
+        model = copy.deepcopy(model)
+    with threads_kept():
+        torch.set_num_threads(threads)
+        runner = make_runner(model, input_shape, batch=batch, threads=threads, device=device, runtime=runtime)
+    _KEPT_RUNNERS[full] = runner
+    while len(_KEPT_RUNNERS) > KEPT_RUNNERS:
+        _KEPT_RUNNERS.popitem(last=False)
+    return runner
+
+
 def make_runner(model, input_shape, *, batch: int, threads: int, device: str = "cpu", runtime: str = "torch",
                 onnx_model: bytes | None = None, check: bool = True) -> Runner:
     """``model`` ready to time on ``runtime`` (a name of :data:`RUNTIMES`) on a random batch: exported and
@@ -563,14 +596,16 @@ def compare_latency(models, input_shape, *, batch: int = 1, warmup: int = 10, re
                     runtime: str | None = None) -> list[Latency]:
     """Latency of several models measured side by side on one runtime: their timed runs are interleaved
     in ``rounds`` rounds (A, B, A, B, ...), so drift and load changes on the machine hit all of them
-    alike and their ratio is honest even when each figure alone is noisy."""
+    alike and their ratio is honest even when each figure alone is noisy.  A :class:`Runner` among
+    ``models`` (made with the same settings: :func:`kept_runner`) is timed as it is."""
     import torch
 
     runtime = resolve_runtime(runtime, device)
     threads = int(threads) if threads else torch.get_num_threads()
     with threads_kept():
         torch.set_num_threads(threads)
-        runners = [make_runner(m, input_shape, batch=batch, threads=threads, device=device, runtime=runtime)
+        runners = [m if isinstance(m, Runner) else
+                   make_runner(m, input_shape, batch=batch, threads=threads, device=device, runtime=runtime)
                    for m in models]
         times: list[list[float]] = [[] for _ in runners]
         per_round = max(1, repeats // rounds)

@@ -69,6 +69,27 @@ def test_a_latency_put_on_another_scale_keeps_what_was_timed_with_it():
     assert lat.median_ms == 0.4  # a new figure: the timing itself is left as it was
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
+def test_a_kept_runner_is_made_once_per_key_and_times_the_network_as_it_was(runtime, monkeypatch):
+    monkeypatch.setattr(measure, "_KEPT_RUNNERS", type(measure._KEPT_RUNNERS)())
+    net = pruned(nets.PlainCNN)
+    kw = dict(batch=1, threads=1, runtime=runtime)
+    first = measure.kept_runner("a", net, nets.SHAPE, **kw)
+    assert measure.kept_runner("a", None, nets.SHAPE, **kw) is first  # kept: the network is not read again
+    assert measure.kept_runner("a", net, nets.SHAPE, batch=2, threads=1, runtime=runtime) is not first
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()  # the caller's network changes after: the kept runner times the one it was made of
+    with torch.inference_mode():
+        assert torch.count_nonzero(torch.as_tensor(np.asarray(first.run()))) > 0
+    for key in "bc":
+        measure.kept_runner(key, net, nets.SHAPE, **kw)
+    assert len(measure._KEPT_RUNNERS) == measure.KEPT_RUNNERS  # the least recently used went
+    assert measure.kept_runner("a", net, nets.SHAPE, **kw) is not first
+    out = measure.compare_latency([first, net], nets.SHAPE, warmup=1, repeats=4, rounds=2, threads=1, runtime=runtime)
+    assert [r.runtime.split()[0] for r in out] == [runtime, runtime] and all(r.repeats == 4 for r in out)
+
+
 def test_compare_latency_times_every_model_on_one_runtime():
     a, b = pruned(nets.PlainCNN), copy.deepcopy(nets.PlainCNN()).eval()
     out = measure.compare_latency([a, b], nets.SHAPE, warmup=1, repeats=4, rounds=2, threads=1,

@@ -137,21 +137,22 @@ def test_a_latency_budget_is_judged_beside_the_dense_network(swept, monkeypatch,
     timed = []
 
     def side_by_side(models, *a, **k):
-        timed.append([sum(p.numel() for p in m.parameters()) for m in models])
+        timed.append([m if isinstance(m, measure.Runner) else sum(p.numel() for p in m.parameters()) for m in models])
         return [measure.Latency(f * base_ms, 0.1 * f * base_ms, 1, 3, 1, "cpu", "torch") for f in (2.0, 1.2)]
 
     monkeypatch.setattr(measure, "compare_latency", side_by_side)
     monkeypatch.setattr(measure, "measure_latency", lambda *a, **k: pytest.fail("timed alone"))
     row = run_trial(cfg, TrialSpec(str(d), f"lat{budget}", "magnitude", {"ratio": 0.5}, seed=1))
     assert row["status"] == status, row["error"]
-    assert len(timed) == 1 and timed[0][0] == SweepFolder(d).baseline()["params"] > timed[0][1] == row["params"]
+    assert len(timed) == 1 and isinstance(timed[0][0], measure.Runner)  # the dense network's, kept: made once
+    assert SweepFolder(d).baseline()["params"] > timed[0][1] == row["params"]
     assert row["latency_ms"] == pytest.approx(0.6 * base_ms) and row["latency_ratio"] == pytest.approx(0.6)
     assert row["latency_iqr_ms"] == pytest.approx(0.06 * base_ms)
     assert row["finetune_epochs"] == (1 if status == "ok" else 0)
 
 
 @pytest.mark.parametrize("search, beside", [
-    ({"objectives": ["accuracy", "latency_ms"]}, False),  # judged after the sweep, re-measured alone
+    ({"objectives": ["accuracy", "latency_ms"]}, True),  # what the sampler is told, and the live hypervolume
     ({"objectives": ["accuracy", "params"], "constraints": {"max_latency_ms": 1.0}}, True),
     ({"objectives": ["accuracy", "latency_ms"], "scheduler": {"type": "mo_asha", "min_epochs": 1}}, True),
     ({"objectives": ["accuracy", "params"], "scheduler": {"type": "mo_asha", "min_epochs": 1}}, False),
@@ -163,6 +164,41 @@ def test_a_trial_times_its_network_beside_the_dense_one_where_its_latency_decide
     cfg = parse_config({**SPACE, "finetune": {"epochs": 3}, "search": {"trials": 2, **search}}, source="t.yaml")
     assert latency_judged_beside_baseline(cfg, {"latency_ms": 0.5}) is beside
     assert latency_judged_beside_baseline(cfg, {"latency_ms": None}) is False  # no scale to put it on
+
+
+def test_the_dense_network_a_trial_is_timed_beside_is_made_ready_once_per_process(swept, monkeypatch):
+    """Its export and session are kept under the baseline's key: a second trial times the same runner, and a
+    baseline written again (another key) gets a runner of its own."""
+    from sweep import measure
+
+    _, d, _ = swept
+    cfg = parse_config({**SPACE, "search": {**SPACE["search"], "objectives": ["accuracy", "latency_ms"]}},
+                       source="t.yaml")
+    made, timed = [], []
+    real_make, real_compare = measure.make_runner, measure.compare_latency
+
+    def counted(model, *a, **k):
+        made.append(sum(p.numel() for p in model.parameters()))
+        return real_make(model, *a, **k)
+
+    def compared(models, *a, **k):
+        timed.append(models[0])
+        return real_compare(models, *a, **k)
+
+    monkeypatch.setattr(measure, "make_runner", counted)
+    monkeypatch.setattr(measure, "compare_latency", compared)
+    monkeypatch.setattr(measure, "_KEPT_RUNNERS", type(measure._KEPT_RUNNERS)())
+    dense = SweepFolder(d).baseline()["params"]
+    rows = [run_trial(cfg, TrialSpec(str(d), f"k{i}", "magnitude", {"ratio": 0.5}, seed=i)) for i in range(2)]
+    assert [r["status"] for r in rows] == ["ok", "ok"] and rows[0]["latency_ratio"] > 0
+    assert made.count(dense) == 1 and len(made) == 3  # the dense network once, each pruned one once
+    assert isinstance(timed[0], measure.Runner) and timed[1] is timed[0]
+    key = SweepFolder(d).baseline_key()
+    folder = SweepFolder(d)  # the same bytes written again (atomically: another file), another key
+    folder.write_model_bytes("baseline/model.pt", folder.read_model_bytes("baseline/model.pt"))
+    assert SweepFolder(d).baseline_key() != key
+    run_trial(cfg, TrialSpec(str(d), "k2", "magnitude", {"ratio": 0.5}, seed=2))
+    assert made.count(dense) == 2 and timed[2] is not timed[0]
 
 
 def test_diverging_trial_is_a_failed_row(swept):
