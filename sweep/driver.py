@@ -160,7 +160,8 @@ class _ShippedIO:
         return load_model_bytes(self.inputs.baseline_model)  # bytes the driver read from its own folder
 
     def baseline_key(self) -> str:
-        return f"sha256:{self.inputs.baseline_digest}"
+        digest = self.inputs.baseline_digest or hashlib.sha256(self.inputs.baseline_model).hexdigest()
+        return f"sha256:{digest}"
 
     def save_model(self, model, rel: str) -> str:
         import ray

@@ -157,9 +157,9 @@ def latency_judged_beside_baseline(cfg: SweepConfig, base: dict) -> bool:
     """Whether a trial times its network beside the dense one (:func:`measure_costs`): where its latency decides
     something while the sweep runs -- a hard ``max_latency_ms`` budget, or latency among the objectives (what
     the sampler is told and learns from, successive halving's cut at each rung, the live hypervolume) -- and
-    the baseline has a latency to put it on the scale of.  Timed alone, the same network read 0.31-0.53x the
-    baseline in one run of 40 trials and 0.57-0.72x in the next on a shared 2-core machine (its speed changes
-    between the baseline's timing and the trials'): the sampler would learn the machine's mood."""
+    the baseline has a latency to put it on the scale of.  Timed alone, the same 40 trials of ``bench/scale.py``'s
+    space read 0.26-0.39x the baseline in one run and 0.53-1.21x in the next on a shared 2-core machine (its speed
+    changes between the baseline's timing and the trials'): the sampler would learn the machine's mood."""
     limits = cfg.search.constraints
     judged = (limits is not None and limits.max_latency_ms is not None) or "latency_ms" in cfg.search.objectives
     return bool(judged and base.get("latency_ms"))
@@ -652,7 +652,8 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder, log_metric, ru
     judge = load_teacher(folder, cfg.measure.device) or teacher
     sched, limits = cfg.search.scheduler, cfg.search.constraints
     tuned_by_method = bool(result.finetuned)
-    # pruning fixed the costs: measured now when a budget or the scheduler needs them, reused at the end
+    # pruning fixed the costs: measured now when a budget or the scheduler needs them, or the latency is timed
+    # beside the dense network (the architecture is fixed: fine-tuning changes no cost), and reused at the end
     base = folder.baseline()
     beside = (teacher, base["latency_ms"], folder.baseline_key()) if latency_judged_beside_baseline(cfg, base) else None
     costs = measure_costs(cfg, model, splits, threads, beside) if (sched is not None or limits or beside) else None

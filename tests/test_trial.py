@@ -201,6 +201,17 @@ def test_the_dense_network_a_trial_is_timed_beside_is_made_ready_once_per_proces
     assert made.count(dense) == 2 and timed[2] is not timed[0]
 
 
+def test_a_worker_keys_the_baseline_by_its_bytes():
+    import hashlib
+
+    from sweep.driver import TrialInputs, _ShippedIO
+
+    def key(data: bytes, digest: str = "") -> str:
+        return _ShippedIO(TrialInputs("s", None, {}, data, None, baseline_digest=digest)).baseline_key()
+
+    assert key(b"dense") == key(b"dense", hashlib.sha256(b"dense").hexdigest()) != key(b"other")
+
+
 def test_diverging_trial_is_a_failed_row(swept):
     cfg, d, _ = swept
     bad = replace(cfg, finetune=replace(cfg.finetune, lr=1e30))
