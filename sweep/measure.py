@@ -465,7 +465,7 @@ def kept_runner(key, model, input_shape, *, batch: int, threads: int, device: st
     """The runner of ``model`` kept in this process under ``key`` with these settings, made on first use: for a
     network timed again and again exactly as it is (the dense baseline each trial is timed beside).  ``key``
     must change whenever the network's weights or architecture do (:meth:`sweep.folder.SweepFolder.baseline_key`);
-    ``model`` is only read when the runner is made."""
+    ``model`` is only read (copied) when the runner is made, never moved or changed."""
     import torch
 
     runtime = resolve_runtime(runtime, device)
@@ -474,10 +474,10 @@ def kept_runner(key, model, input_shape, *, batch: int, threads: int, device: st
     if full in _KEPT_RUNNERS:
         _KEPT_RUNNERS.move_to_end(full)
         return _KEPT_RUNNERS[full]
-    if runtime != "onnxruntime":  # an eager or compiled runner holds the module itself: a copy of its own
-        import copy
+    import copy
 
-        model = copy.deepcopy(model)
+    # a copy of its own, on the device: an eager or compiled runner holds the module, and the caller's stays as it is
+    model = copy.deepcopy(model).to(device).eval()
     with threads_kept():
         torch.set_num_threads(threads)
         runner = make_runner(model, input_shape, batch=batch, threads=threads, device=device, runtime=runtime)

@@ -137,9 +137,8 @@ def measure_costs(cfg: SweepConfig, model, splits, threads: int, beside: tuple |
                   threads=threads, device=cfg.measure.device, runtime=cfg.measure.runtime)
     if beside is not None:
         dense, base_ms, dense_key = beside
-        dense_runner = kept_runner(dense_key, dense.to(cfg.measure.device).eval(), splits.input_shape,
+        dense_runner = kept_runner(dense_key, dense, splits.input_shape,
                                    **{k: timing[k] for k in ("batch", "threads", "device", "runtime")})
-        dense.to("cpu")
         dense_lat, pruned = compare_latency([dense_runner, cpu_model.to(cfg.measure.device)], splits.input_shape,
                                             **timing)
         lat = pruned.to_dict()
