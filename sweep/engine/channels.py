@@ -122,6 +122,16 @@ def rounding_unit(channels: int, round_to: int | str | AutoGrid | None) -> int:
     return max(1, int(round_to))
 
 
+def fallback_grids(round_to: int | str | None) -> list:
+    """The grids a measured target is tried on, in turn, until one lands within tolerance: with
+    ``round_to="auto"`` the CPU's vector width, then 8 where that is wider, then none (a grid too coarse for
+    the net cannot meet a 4x MACs cut of 64-channel groups on a grid of 16); any other ``round_to`` alone."""
+    if round_to not in (AUTO, 0):
+        return [round_to]
+    lanes = round_wide()
+    return [AutoGrid(lanes)] + [AutoGrid(u) for u in (ROUND_WIDE_AVX2,) if u < lanes] + [None]
+
+
 def _given_score(group, scores: Mapping[str, Any]):
     """A method's precomputed scores of ``group`` (one per unit) as a float CPU tensor, or None."""
     import torch
@@ -457,10 +467,7 @@ def solve_for_target(graph: ChannelGraph, *, target: str, value: float, importan
     alone), leave :attr:`Solution.figures` None instead of measuring a pruned copy: the caller measures
     the model it prunes (:meth:`Solution.measured`), one copy and one MACs count fewer.
     """
-    grids = [round_to]
-    if round_to in (AUTO, 0) and target in TARGETS[1:]:
-        lanes = round_wide()
-        grids = [AutoGrid(lanes)] + [AutoGrid(u) for u in (ROUND_WIDE_AVX2,) if u < lanes] + [None]
+    grids = fallback_grids(round_to) if target in TARGETS[1:] else [round_to]
     best = None
     for grid in grids:
         sol = _solve_on_grid(graph, target=target, value=value, importance=importance, scores=scores,

@@ -40,6 +40,7 @@ Where the gates act (chosen so that a gate at 0 is *exactly* the removed structu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,7 @@ from torch import nn
 CONV = nn.modules.conv._ConvNd
 BN = nn.modules.batchnorm._BatchNorm
 LINEAR = nn.Linear
+OWN_GRID = object()  # GatedNet.units_on: the net's own round_to (None there means no rounding)
 
 
 @dataclass
@@ -61,6 +63,7 @@ class GroupGate:
     block: int  # index of the gated block that holds every layer of the group, else -1
     outs: list  # [(module, idxs LongTensor, units LongTensor)] for the out members (conv/linear/BN)
     ins: list  # [(module, idxs, units)] for the in members (conv/linear consumers)
+    width0: int = 0  # the group's units in the input network: what its rounding grid is taken from
 
 
 @dataclass
@@ -96,8 +99,12 @@ class GatedNet:
     """A live model with channel and block gates attached (see the module docstring)."""
 
     def __init__(self, model: nn.Module, example_inputs, ignored_layers, *, channel_gates: bool,
-                 block_gates: bool, init: float, device: str = "cpu", norm: tuple | None = None):
+                 block_gates: bool, init: float, device: str = "cpu", norm: tuple | None = None,
+                 round_to: int | str | None = None):
         self.model = model
+        # the grid kept channel counts go on (:meth:`units_on`): ``round_to`` as for the engine's solver
+        self.round_to = round_to
+        self._width0: dict[int, tuple] = {}  # id(out module) -> (module, its group's units when first gated)
         self.example_inputs = example_inputs
         self._ignored = list(ignored_layers)
         self.channel_gates = channel_gates
@@ -181,7 +188,7 @@ class GatedNet:
                         t, lo, v = state.channels[id(mod)]
                         theta[units], low[units], vel[units] = t[idxs], lo[idxs], v[idxs]
                         break
-            self.groups.append(GroupGate(g, offset, size, block, outs, ins))
+            self.groups.append(GroupGate(g, offset, size, block, outs, ins, self._first_width(outs, size)))
             thetas.append(theta)
             lows.append(low)
             vels.append(vel)
@@ -194,6 +201,16 @@ class GatedNet:
         self.velb = velb.to(self.device)
         self._build_cost(inside)
         self._attach()
+
+    def _first_width(self, outs: list, size: int) -> int:
+        """The group's units when the network was first gated (the modules that write it are kept across
+        surgeries); ``size`` for a group seen the first time."""
+        for mod, _, _ in outs:
+            if id(mod) in self._width0:
+                return self._width0[id(mod)][1]
+        for mod, _, _ in outs:
+            self._width0[id(mod)] = (mod, size)  # the module itself is held, so that its id is never reused
+        return size
 
     def _build_cost(self, inside: dict) -> None:
         """Layer records for the expected cost; output positions H·W traced once on the example input."""
@@ -402,13 +419,43 @@ class GatedNet:
         return len(block_names(self.model)) - int((self.phi.detach().cpu() < eps).sum())
 
     # ------------------------------------------------------------------ decisions and surgery
-    def decide(self, off: torch.Tensor, off_blocks: torch.Tensor) -> tuple[dict, list]:
+    def units_on(self, round_to: Any = OWN_GRID) -> list[int]:
+        """Per group, the multiple its kept count keeps on the grid ``round_to`` (the engine's
+        :func:`~sweep.engine.channels.rounding_unit` of the group's width in the input network; a grouped
+        conv's chunks are not rounded), at most that width; by default on this net's own grid."""
+        from ..engine.channels import rounding_unit
+
+        grid = self.round_to if round_to is OWN_GRID else round_to
+        return [min(gg.width0, rounding_unit(gg.width0, grid)) if gg.group.ch_groups == 1 else 1
+                for gg in self.groups]
+
+    def unit_order(self, gi: int) -> torch.Tensor:
+        """Group ``gi``'s units, the most worth keeping first: highest θ, ties (committed gates sit at exactly
+        0 or 1) broken by the larger weight magnitude (Torch-Pruning's group L2 score)."""
+        gg = self.groups[gi]
+        theta = self.theta.detach().cpu()[gg.offset:gg.offset + gg.size].double()
+        score = gg.group.score("l2")
+        if score is None or score.numel() != gg.size:
+            score = torch.zeros(gg.size)
+        by_score = torch.argsort(score.detach().cpu().double(), descending=True, stable=True)
+        return by_score[torch.argsort(theta[by_score], descending=True, stable=True)]  # stable: θ, then score
+
+    def decide(self, off: torch.Tensor, off_blocks: torch.Tensor, grid: str | None = None,
+               units_on: list | None = None) -> tuple[dict, list]:
         """Which units and blocks go, given per-structure "off" flags, with the safeguards:
         a group never loses every unit — unless it lies inside a gated residual block, which then goes
-        (its shortcut carries the signal) — else its most probable unit stays."""
+        (its shortcut carries the signal) — else its most probable unit stays.
+
+        ``grid`` puts each remaining group's kept count on its grid (``units_on``, default
+        :meth:`units_on`: multiples of the unit, at least one unit, at most the group's present units):
+        ``"up"`` rounds it up, keeping the most worth keeping of the units flagged off
+        (:meth:`unit_order`; removals during training, which may defer a removal but never make one the
+        flags did not ask for), ``"nearest"`` to the nearest multiple (the final decision), dropping the
+        least worth keeping of the units kept or keeping the best of those flagged off."""
         off = off.clone().bool()
         off_blocks = off_blocks.clone().bool()
         theta = self.theta.detach().cpu()
+        per_unit = (units_on if units_on is not None else self.units_on()) if grid else [1] * len(self.groups)
         for gg in self.groups:
             if gg.block >= 0 and bool(off[gg.offset:gg.offset + gg.size].all()):
                 off_blocks[gg.block] = True
@@ -419,10 +466,30 @@ class GatedNet:
             o = off[gg.offset:gg.offset + gg.size].clone()
             if bool(o.all()):
                 o[int(theta[gg.offset:gg.offset + gg.size].argmax())] = False
+            if per_unit[i] > 1:
+                o = self._on_grid(i, o, per_unit[i], grid)
             if bool(o.any()):
                 units[i] = [int(u) for u in o.nonzero().flatten()]
         blocks = [int(b) for b in off_blocks.nonzero().flatten()]
         return units, blocks
+
+    def _on_grid(self, gi: int, off: torch.Tensor, unit: int, how: str) -> torch.Tensor:
+        """``off`` (group ``gi``'s flags) with the kept count on the grid of ``unit`` (see :meth:`decide`)."""
+        size = self.groups[gi].size
+        kept = size - int(off.sum())
+        steps = math.ceil(kept / unit) if how == "up" else math.floor(kept / unit + 0.5)
+        want = min(size, max(unit, steps * unit))
+        if want == kept:
+            return off
+        off = off.clone()
+        order = [int(u) for u in self.unit_order(gi)]
+        if want > kept:  # keep the best of the units flagged off
+            for u in [u for u in order if bool(off[u])][:want - kept]:
+                off[u] = False
+        else:  # drop the least worth keeping of the units kept
+            for u in [u for u in order if not bool(off[u])][want - kept:]:
+                off[u] = True
+        return off
 
     def remove(self, units: dict, blocks: list, rebuild: bool = True) -> None:
         """Remove ``units`` ({group index: unit indices}) and ``blocks`` (block gate indices) from the
