@@ -72,15 +72,22 @@ design ("ours" where it is not in an abstract); each piece names what it rests o
   (``threshold``) of 0 or 1 when it ran is logged and stored as ``info["undecided_at_rounding"]``
   (of ``info["gates_at_rounding"]``).  ``settle: 0`` rounds after the last step.
 - **Kept counts on the engine's grid** (ours; nothing of it is in the abstracts): vectorised kernels work
-  on whole vectors of channels, so an odd width costs the time of the next multiple (measured: a CAT
-  network at 0.89x the MACs with widths 63 / 61 / 29 ran 1.33x slower than the dense one on ONNX Runtime).
-  ``round_to`` (unset: ``"auto"``, as :mod:`sweep.engine.channels` rounds: the CPU's vector width on
-  groups of 32 channels or more, none below) keeps each group's count a multiple of its unit: the safety
-  rounding takes the nearest multiple (at least one unit), keeping the units of highest θ (ties: weight
-  magnitude); a removal during training rounds the count up (the units past the grid stay, gated, until
-  the rounding); the MACs-target correction moves a group by whole units.  With a MACs target, where no
-  network on the grid lands within 3 % (checked with the measure's counter on a pruned copy), the
-  engine's finer grids are tried in turn (8, then none).  ``round_to: 1`` gates every unit on its own.
+  on whole vectors of channels, so an odd width costs about the time of the next multiple (measured with
+  ``bench/cat_grid.py``: unrounded, λ = 1 left widths such as 53 / 35 / 22 of 64 and networks with 0.59-0.63
+  of the dense MACs ran at 0.96-1.0x its batch-1 latency on ONNX Runtime).  ``round_to`` (unset:
+  ``"auto"``, as :mod:`sweep.engine.channels` rounds: the CPU's vector width on groups of 32 channels or
+  more, none below) keeps each group's count a multiple of its unit (at least one unit), keeping the units
+  of highest θ (ties: weight magnitude):
+  - a removal during training rounds the count up (the units past the grid stay, gated, until the
+    rounding);
+  - where λ alone decides, the safety rounding rounds up: the gates' choice is kept whole and the grid
+    only adds the best units they let go (λ = 1, two seeds: test accuracy 0.751 / 0.762 against 0.735 /
+    0.762 unrounded, batch-1 latency 0.87-0.88x of the unrounded network's at 0.68 against 0.60 of the
+    MACs; rounding to the nearest multiple instead lost 1.7 and 5.5 points);
+  - with a MACs target it rounds to the nearest multiple and the correction moves a group by whole units;
+    where no network on the grid lands within 3 % (checked with the measure's counter on a pruned copy),
+    the engine's finer grids are tried in turn (8, then none).
+  ``round_to: 1`` gates every unit on its own.
 - **Structures at 0 are permanently inactive, saving compute during training** (abstract): a
   structure whose probability stays under ``threshold`` ε for ``patience`` consecutive steps is
   removed *physically during training* (channels via ``ChannelGraph.prune``, blocks via
@@ -364,9 +371,11 @@ def _out_channels(m) -> int:
 
 def finalise(gated, target: float | None = None, tol: float = CORRECT_TOL,
              accept=None) -> tuple[dict, list, dict | None]:
-    """Round every gate (θ ≥ 0.5 -> 1), each group's kept count to the nearest multiple of its grid unit
-    (:meth:`~sweep.methods.cat_gates.GatedNet.decide`, ``grid="nearest"``: vectorised kernels waste the rest
-    of a partial vector, so an odd width costs the time of the next multiple), apply the safeguards, with
+    """Round every gate (θ ≥ 0.5 -> 1), each group's kept count onto its grid
+    (:meth:`~sweep.methods.cat_gates.GatedNet.decide`: vectorised kernels waste the rest of a partial
+    vector, so an odd width costs the time of the next multiple) -- up to the next multiple where λ alone
+    decided (the gates' choice is kept whole, the grid only adds the best units they let go), to the
+    nearest one with a MACs ``target`` --, apply the safeguards, with
     ``target`` (a fraction of the full network's MACs) bring the rounded network within ``tol`` of it where
     the granularity allows (:func:`correct_to_target`, whole grid units at a time), set the hooks to these
     0/1 values and return what goes: ({group index: units}, [block gate indices], the correction's record
@@ -382,7 +391,7 @@ def finalise(gated, target: float | None = None, tol: float = CORRECT_TOL,
     best = None
     for grid in fallback_grids(gated.round_to) if target is not None else [gated.round_to]:
         per_unit = gated.units_on(grid)
-        units, blocks = gated.decide(off, off_b, grid="nearest", units_on=per_unit)
+        units, blocks = gated.decide(off, off_b, grid="nearest" if target is not None else "up", units_on=per_unit)
         z, zb = _gate_values(gated, units, blocks)
         record = None
         if target is not None:
