@@ -74,16 +74,16 @@ design ("ours" where it is not in an abstract); each piece names what it rests o
 - **Kept counts on the engine's grid** (ours; nothing of it is in the abstracts): vectorised kernels work
   on whole vectors of channels, so an odd width costs about the time of the next multiple (measured with
   ``bench/cat_grid.py``: unrounded, λ = 1 left widths such as 53 / 35 / 22 of 64 and networks with 0.59-0.63
-  of the dense MACs ran at 0.96-1.0x its batch-1 latency on ONNX Runtime).  ``round_to`` (unset:
+  of the dense MACs ran at 0.95-0.97x its batch-1 latency on ONNX Runtime).  ``round_to`` (unset:
   ``"auto"``, as :mod:`sweep.engine.channels` rounds: the CPU's vector width on groups of 32 channels or
   more, none below) keeps each group's count a multiple of its unit (at least one unit), keeping the units
   of highest θ (ties: weight magnitude):
   - a removal during training rounds the count up (the units past the grid stay, gated, until the
     rounding);
   - where λ alone decides, the safety rounding rounds up: the gates' choice is kept whole and the grid
-    only adds the best units they let go (λ = 1, two seeds: test accuracy 0.751 / 0.762 against 0.735 /
-    0.762 unrounded, batch-1 latency 0.87-0.88x of the unrounded network's at 0.68 against 0.60 of the
-    MACs; rounding to the nearest multiple instead lost 1.7 and 5.5 points);
+    only adds the best units they let go (λ = 1, three seeds: test accuracy 0.751 / 0.762 / 0.776 against
+    0.735 / 0.762 / 0.770 unrounded, batch-1 latency 0.89-0.93x of the unrounded network's at 0.68 against
+    0.59-0.63 of the MACs; rounding to the nearest multiple instead lost 1.7 and 5.5 points in two seeds);
   - with a MACs target it rounds to the nearest multiple and the correction moves a group by whole units;
     where no network on the grid lands within 3 % (checked with the measure's counter on a pruned copy),
     the engine's finer grids are tried in turn (8, then none).
