@@ -761,3 +761,28 @@ def test_cat_keeps_wide_layers_on_the_engine_grid(values):
     if "macs_fraction" in values:
         mt = res.info["macs_target"]
         assert mt["target_reached"] and mt["round_unit"] in (8, 16)
+
+
+def test_block_brought_back_by_the_correction_keeps_its_groups_on_the_grid():
+    """Below the band with no unit left: a block removed by the rounding comes back with its units as rounded,
+    each of its groups' counts rounded up onto the grid (the best θ added), the block's gate first in the list."""
+    from sweep.methods.cat import _block_back
+
+    gated = gridded()
+    inner = [(gi, gg) for gi, gg in enumerate(gated.groups) if gg.block >= 0 and gg.size >= 32]
+    gi, gg = inner[0]
+    g = torch.Generator().manual_seed(3)
+    theta = torch.rand(gated.theta.shape, generator=g)
+    sl = slice(gg.offset, gg.offset + gg.size)
+    theta[sl] = torch.linspace(0.0, 0.99, gg.size)  # 13 of 32 (or 26 of 64) at >= 0.5: off the grid of 8
+    z, zb = torch.ones(gated.theta.numel()), torch.ones(gated.phi.numel())
+    zb[gg.block] = 0.0
+    z[sl] = 0.0
+    live_block = torch.ones(gated.theta.numel(), dtype=torch.bool)
+    live_block[sl] = False
+    changed = _block_back(gated, z, zb, gated.phi.detach(), theta, float("inf"), live_block, gated.units_on())
+    assert changed[0] == gated.theta.numel() and float(zb[gg.block]) == 1.0 and bool(live_block[sl].all())
+    kept = z[sl] == 1
+    assert int(kept.sum()) % 8 == 0 and bool(kept[theta[sl] >= 0.5].all())  # the rounding's units, and on the grid
+    assert float(theta[sl][kept].min()) >= float(theta[sl][~kept].max())
+    assert set(changed[1:]) >= {gg.offset + int(u) for u in (kept & (theta[sl] < 0.5)).nonzero().flatten()}

@@ -549,7 +549,7 @@ def correct_to_target(gated, z, zb, target: float, tol: float = CORRECT_TOL, uni
                 pick = chunk
                 break
             if pick is None and direction == "on":
-                pick = _block_back(gated, zz, zzb, phi, theta, hi, alive)
+                pick = _block_back(gated, zz, zzb, phi, theta, hi, alive, per_unit)
                 if pick is not None:
                     flips.extend(pick)
                     continue
@@ -602,26 +602,30 @@ def unit_magnitudes(gated):
     return out
 
 
-def _block_back(gated, z, zb, phi, theta, hi: float, live_block) -> list | None:
+def _block_back(gated, z, zb, phi, theta, hi: float, live_block, units_on: list | None = None) -> list | None:
     """Below the band with no unit left to switch on: bring back the block removed by the rounding with
     the highest φ whose return (its units as rounded, and the best unit of each emptied group
-    inside) stays under ``hi``
+    inside; each group's count rounded up onto its grid, ``units_on``) stays under ``hi``
     (absolute MACs); updates z, zb, live_block in place; returns the re-decided gates, or None."""
     import torch
+
+    per_unit = units_on if units_on is not None else [1] * len(gated.groups)
 
     for b in sorted((int(i) for i in (zb == 0).nonzero().flatten()), key=lambda i: -float(phi[i])):
         z2, zb2 = z.clone(), zb.clone()
         zb2[b] = 1.0
         changed = [len(z)]  # the block gate, then units (len(z) stands for "a block")
-        for gg in gated.groups:
+        for gi, gg in enumerate(gated.groups):
             sl = slice(gg.offset, gg.offset + gg.size)
             if gg.block != b:
                 continue
             z2[sl] = (theta[sl] >= HARD).float()  # the rounding's decision (the block hid it)
+            before = z2[sl].clone()
             if not bool(z2[sl].any()):
-                u = gg.offset + int(theta[sl].argmax())
-                z2[u] = 1.0
-                changed.append(u)
+                z2[gg.offset + int(theta[sl].argmax())] = 1.0
+            if per_unit[gi] > 1:
+                z2[sl] = (~gated._on_grid(gi, z2[sl] == 0, per_unit[gi], "up")).float()
+            changed.extend(gg.offset + int(u) for u in ((z2[sl] == 1) & (before == 0)).nonzero().flatten())
         with torch.no_grad():
             macs = float(gated.expected(z2.to(gated.device), zb2.to(gated.device))[0])
         if macs <= hi:
