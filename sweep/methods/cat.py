@@ -430,7 +430,7 @@ def counted_after(gated, units: dict, blocks: list) -> int | None:
         m._forward_hooks.clear()
         m._forward_pre_hooks.clear()
     mods = dict(twin.named_modules())
-    ignored = [mods[names[id(m)]] for m in gated._ignored if id(m) in names]
+    ignored = [mods[names[id(m)]] for m in gated.ignored_layers if id(m) in names]
     twin_gated = GatedNet(twin, gated.example_inputs, ignored, channel_gates=gated.channel_gates,
                           block_gates=gated.block_gates, init=1.0, device=gated.device,
                           norm=(gated.macs0, gated.params0))
@@ -624,7 +624,7 @@ def _block_back(gated, z, zb, phi, theta, hi: float, live_block, units_on: list 
             if not bool(z2[sl].any()):
                 z2[gg.offset + int(theta[sl].argmax())] = 1.0
             if per_unit[gi] > 1:
-                z2[sl] = (~gated._on_grid(gi, z2[sl] == 0, per_unit[gi], "up")).float()
+                z2[sl] = (~gated.on_grid(gi, z2[sl] == 0, per_unit[gi], "up")).float()
             changed.extend(gg.offset + int(u) for u in ((z2[sl] == 1) & (before == 0)).nonzero().flatten())
         with torch.no_grad():
             macs = float(gated.expected(z2.to(gated.device), zb2.to(gated.device))[0])

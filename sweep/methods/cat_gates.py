@@ -419,6 +419,11 @@ class GatedNet:
         return len(block_names(self.model)) - int((self.phi.detach().cpu() < eps).sum())
 
     # ------------------------------------------------------------------ decisions and surgery
+    @property
+    def ignored_layers(self) -> list:
+        """The layers this net was told to leave ungated (as given; those no longer in the model included)."""
+        return list(self._ignored)
+
     def units_on(self, round_to: Any = OWN_GRID) -> list[int]:
         """Per group, the multiple its kept count keeps on the grid ``round_to`` (the engine's
         :func:`~sweep.engine.channels.rounding_unit` of the group's width in the input network; a grouped
@@ -467,13 +472,13 @@ class GatedNet:
             if bool(o.all()):
                 o[int(theta[gg.offset:gg.offset + gg.size].argmax())] = False
             if per_unit[i] > 1:
-                o = self._on_grid(i, o, per_unit[i], grid)
+                o = self.on_grid(i, o, per_unit[i], grid)
             if bool(o.any()):
                 units[i] = [int(u) for u in o.nonzero().flatten()]
         blocks = [int(b) for b in off_blocks.nonzero().flatten()]
         return units, blocks
 
-    def _on_grid(self, gi: int, off: torch.Tensor, unit: int, how: str) -> torch.Tensor:
+    def on_grid(self, gi: int, off: torch.Tensor, unit: int, how: str) -> torch.Tensor:
         """``off`` (group ``gi``'s flags) with the kept count on the grid of ``unit`` (see :meth:`decide`)."""
         size = self.groups[gi].size
         kept = size - int(off.sum())
