@@ -620,8 +620,6 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder, log_metric, ru
     """Prune, (fine-tune,) measure.  ``progress``: the trial's fine-tune state (:func:`trial_progress`); where it
     holds epochs, fine-tuning goes on after them, and the rungs already passed are not reported again (their
     qualities are kept: :func:`_rungs_passed`)."""
-    import copy
-
     import torch
 
     from .mbn.teacher import load_teacher
@@ -635,7 +633,7 @@ def _prune_and_measure(cfg: SweepConfig, spec: TrialSpec, folder, log_metric, ru
     splits = load_splits(cfg)
     data = trial_data(cfg, splits, spec.seed)
     model = folder.load_baseline_model().to("cpu").eval()
-    teacher = copy.deepcopy(model).eval()
+    teacher = folder.load_baseline_model().to("cpu").eval()  # a copy of its own: loading is cheaper than deepcopy
     for p in teacher.parameters():
         p.requires_grad_(False)
     example = splits.example_input(1)
