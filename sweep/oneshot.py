@@ -65,6 +65,9 @@ def run_prune(job: PruneJob, log=print) -> dict:
 
     out = output_folder(job.out, "--out", empty=True)
     spec = get_method(job.method, where="--method")
+    # the knobs as given are checked before the model is built or the data read (either may take long); the
+    # absolute targets join them once the model's MACs and params are counted
+    spec.make_config(dict(job.knobs), where=f"--method {job.method}")
     torch.manual_seed(job.seed)
     splits = None
     if job.dataset:

@@ -323,6 +323,24 @@ def test_prune_writes_a_truthful_summary(cwd, capsys):
                           "other files; choose another --out")
 
 
+@pytest.mark.parametrize("flags, expected", [
+    (["--macs-fraction", "1.5"], "macs_fraction must be in (0, 1], but got macs_fraction=1.5 (--method magnitude"),
+    (["--knob", "bogus=1"], "'bogus'"),
+])
+def test_prune_checks_its_knobs_before_building_the_model_or_reading_data(cwd, capsys, monkeypatch, flags, expected):
+    import sweep.data
+    import sweep.models
+
+    def never(*a, **k):
+        raise AssertionError("built or read before the knobs were checked")
+
+    monkeypatch.setattr(sweep.models, "build_model", never)
+    monkeypatch.setattr(sweep.data, "load_dataset", never)
+    assert main(["prune", "--model", "small_cnn", "--dataset", "digits", *flags, "--out", str(cwd / "p")]) == 2
+    assert_one_line_error(capsys, expected)
+    assert not (cwd / "p").exists()
+
+
 def test_prune_starts_from_the_checkpoint_given(cwd, capsys):
     """With --checkpoint the model pruned is the one saved (its weights decide which channels go), and no note
     about initial weights is printed."""
