@@ -677,6 +677,12 @@ def _counted(st: _CallbackState, rec: TrialRecord, history: list) -> None:
     progress.line(what)
 
 
+def _last_in_flight(progress: _Progress) -> bool:
+    """Whether no trial is computing any more and none is left to start: every trial of the run has ended,
+    though the last may not be durable yet (its result delivered, its row being written)."""
+    return progress.in_flight() == 0 and (progress.closed or progress.done + len(progress.ending) >= progress.total)
+
+
 def clipped(text: str, n: int) -> str:
     """The first line of ``text`` in at most about ``n`` characters, for a progress line: cut at the last word
     boundary before ``n``, with an ellipsis (the table keeps the whole text)."""
@@ -833,7 +839,9 @@ def _make_callback():
             st.progress.ending.add(trial.trial_id)
             st.recorder.put(rec.replace(retried=st.retried.get(trial.trial_id, 0)),
                             json.loads(payload["history_json"] or "[]"))
-            _collect(st)
+            # the run's last trial is counted at once (its line printed, its row in the table), before Ray Tune's
+            # end-of-run work (the final save of its experiment state, O(trials)) rather than after it
+            _collect(st, wait=_last_in_flight(st.progress))
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             # its worker died (node lost, killed for memory): Tune runs it again, from its last saved fine-tune
