@@ -875,3 +875,19 @@ def test_while_no_node_can_run_a_trial_the_progress_line_gives_no_eta(cfg, monke
     driver._say_if_stalled(st)
     progress.line()
     assert not st.stalled and "· ETA 0:10 ·" in lines[-1]
+
+
+@pytest.mark.parametrize("done, running, ending, closed, last", [
+    (3, {"t3": 0}, {"t3"}, False, True),  # the 4th of 4 delivered, nothing else computing: the run's last
+    (2, {"t2": 0, "t3": 0}, {"t3"}, False, False),  # another trial still computing
+    (2, {"t3": 0}, {"t3"}, False, False),  # one trial still to start
+    (1, {"t3": 0}, {"t3"}, True, True),  # no trial starts any more (the epoch budget is spent)
+    (4, {}, set(), False, True),  # every trial counted already
+])
+def test_the_runs_last_trial_is_the_one_after_which_nothing_computes_or_starts(done, running, ending, closed, last):
+    """What makes the driver count a delivered trial at once, before Ray Tune's end-of-run work."""
+    import sweep.driver as driver
+
+    progress = driver._Progress(total=4, already_done=0, log=lambda line: None, concurrency=2)
+    progress.done, progress.running, progress.ending, progress.closed = done, dict(running), set(ending), closed
+    assert driver._last_in_flight(progress) is last
