@@ -479,8 +479,9 @@ def main(argv=None) -> int:
                     "⌊n/η₀⌋ + 1 at rung 0 (default: the reduction factor, 3)")
     ap.add_argument("--asha-rung0-front", action="store_true", help="TPE+MO-ASHA's rung0_keeps_front: every "
                     "trial on rung 0's first front goes on, so rung 0 stops only dominated trials")
-    ap.add_argument("--asha-keep", choices=("syne_tune", "asha"), help="TPE+MO-ASHA's search.scheduler.keep: how "
-                    "many of a rung's n results go on, ⌊n/η⌋ + 1 (syne_tune, the default) or max(1, ⌊n/η⌋) (asha)")
+    ap.add_argument("--asha-keep", choices=("syne_tune", "asha", "promotable"), help="TPE+MO-ASHA's "
+                    "search.scheduler.keep: how many of a rung's n results go on, ⌊n/η⌋ + 1 (syne_tune, the "
+                    "default), max(1, ⌊n/η⌋) (asha) or ⌊n/η⌋ (promotable, meant with --asha-promote)")
     ap.add_argument("--asha-promote", action="store_true", help="TPE+MO-ASHA's search.scheduler.promote: once no "
                     "candidate is left, the trials stopped at a rung that the grown rung ranks in its top ⌊n/η⌋ go "
                     "on from there (ASHA's promotions, at the end)")

@@ -12,7 +12,8 @@ The rule, on a report of trial ``t`` at rung ``r``:
    and continue only if ``t`` is among them -- i.e. if at most ``n / η`` of the rung's results rank ahead of
    it.  So the first result at a rung continues, the second only if it ranks first, and in the long run
    about ``1/η`` of a rung's arrivals go on.  ``keep: asha`` keeps ``k = max(1, ⌊n / η⌋)`` instead (fewer while
-   ``n`` is small).  A report with a missing or non-finite value stops at once.
+   ``n`` is small), and ``keep: promotable`` keeps ``k = ⌊n / η⌋`` (none of a rung's first ``η - 1``
+   arrivals goes on: ASHA's count, meant with ``promote``).  A report with a missing or non-finite value stops at once.
 3. "Best" is non-dominated sorting (fronts filled in order); inside the front that does not fit whole, the points
    that add most to the hypervolume (``selection: hypervolume``, the default: the point adding least is
    dropped, one at a time, and the rest re-weighed) or the larger crowding distances (``selection:
@@ -129,8 +130,11 @@ DEFAULT_REDUCTION_FACTOR = 3
 DEFAULT_MIN_EPOCHS = 1
 DEFAULT_SELECTION = "hypervolume"
 # how many of a rung's n results go on (module docstring, rule 2): ``syne_tune`` keeps ⌊n/η⌋ + 1 (Syne Tune's
-# MOASHA), ``asha`` keeps max(1, ⌊n/η⌋) (ASHA's promotable count, Li et al. 2020, Algorithm 2, at least the best)
-KEEPS = {"syne_tune": lambda n, eta: n // eta + 1, "asha": lambda n, eta: max(1, n // eta)}
+# MOASHA), ``asha`` keeps max(1, ⌊n/η⌋) (ASHA's promotable count, Li et al. 2020, Algorithm 2, at least the best),
+# ``promotable`` keeps ⌊n/η⌋ itself (none while n < η: ASHA's queue promotes nobody from such a rung yet; with
+# ``promote`` the stopped ones go on at the end if the grown rung ranks them in its top, as ASHA's queue would)
+KEEPS = {"syne_tune": lambda n, eta: n // eta + 1, "asha": lambda n, eta: max(1, n // eta),
+         "promotable": lambda n, eta: n // eta}
 DEFAULT_KEEP = "syne_tune"
 # the fallback reference point (no baseline given): the rung's worst values, pushed out by this share of
 # their range (module docstring)
@@ -183,6 +187,11 @@ class MOASHASettings:
                                   f"rung0={self.rung0!r} ({self.where}.{key})")
         if self.keep not in KEEPS:
             raise ConfigError(f"keep must be one of {', '.join(KEEPS)}, but got keep={self.keep!r} ({self.where}.keep)")
+        if self.keep == "promotable" and not self.promote:
+            # without promotions a rung's first η - 1 arrivals would never go on: a sweep of fewer than η
+            # candidates would fine-tune none to the end
+            raise ConfigError(f"keep: promotable stops a rung's first arrivals until promotions let them go on, so it "
+                              f"must come with promote: true, but got promote={self.promote!r} ({self.where}.keep)")
         if self.selection not in SELECTIONS:
             raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, but got selection={self.selection!r} "
                               f"({self.where}.selection)")

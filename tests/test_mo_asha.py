@@ -27,7 +27,8 @@ OBJ = ["accuracy", "params"]
 def sched(eta=2, min_epochs=1, max_epochs=9, rung0=False, objectives=OBJ, selection="hypervolume",
           reference=None, keep="syne_tune", brackets=1) -> MOASHA:
     return MOASHA(MOASHASettings(reduction_factor=eta, min_epochs=min_epochs, max_epochs=max_epochs, rung0=rung0,
-                                 selection=selection, keep=keep, brackets=brackets), objectives, reference)
+                                 selection=selection, keep=keep, promote=keep == "promotable", brackets=brackets),
+                  objectives, reference)
 
 
 def rep(s: MOASHA, tid: str, epoch: int, acc: float, params: float):
@@ -247,19 +248,24 @@ def test_second_arrival_is_judged(eta, second, want):
     ("syne_tune", 3, 3, 2), ("syne_tune", 3, 5, 2), ("syne_tune", 3, 6, 3), ("syne_tune", 3, 11, 4),
     ("syne_tune", 2, 4, 3), ("syne_tune", 4, 7, 2), ("syne_tune", 4, 8, 3),
     ("asha", 3, 2, 1), ("asha", 3, 5, 1), ("asha", 3, 6, 2), ("asha", 3, 11, 3), ("asha", 2, 4, 2), ("asha", 4, 8, 2),
+    ("promotable", 3, 2, 0), ("promotable", 3, 5, 1), ("promotable", 3, 6, 2), ("promotable", 2, 4, 2),
+    ("promotable", 4, 7, 1),
 ])
 def test_kept_is_floor_n_over_eta_plus_one_or_asha_s_promotable_count(keep, eta, n, kept):
-    """``keep: syne_tune`` (the default) keeps ⌊n/η⌋ + 1 of a rung's n results, ``keep: asha`` max(1, ⌊n/η⌋)."""
+    """``keep: syne_tune`` (the default) keeps ⌊n/η⌋ + 1 of a rung's n results, ``keep: asha`` max(1, ⌊n/η⌋),
+    ``keep: promotable`` ⌊n/η⌋."""
     s = sched(eta=eta, max_epochs=27, keep=keep)
     for i in range(n - 1):  # each better on both objectives than the ones before
         rep(s, f"t{i}", 1, 0.5 + 0.01 * i, 1000 - i)
     d = rep(s, "last", 1, 0.1, 5000)  # dominated by all
     assert d.reached == n and d.kept == kept and d.action == STOP and d.front == n
     d = rep(s, "best", 1, 0.99, 1)  # dominates all: always kept
-    assert d.action == CONTINUE and d.kept == ((n + 1) // eta + 1 if keep == "syne_tune" else max(1, (n + 1) // eta))
+    m = n + 1
+    assert d.kept == {"syne_tune": m // eta + 1, "asha": max(1, m // eta), "promotable": m // eta}[keep]
+    assert d.action == (CONTINUE if d.kept else STOP)
 
 
-@pytest.mark.parametrize("keep,want", [("syne_tune", CONTINUE), ("asha", STOP)])
+@pytest.mark.parametrize("keep,want", [("syne_tune", CONTINUE), ("asha", STOP), ("promotable", STOP)])
 def test_the_third_arrival_ranked_second_goes_on_only_under_syne_tune_s_count(keep, want):
     s = sched(eta=3, max_epochs=27, keep=keep)
     rep(s, "best", 1, 0.9, 10)
@@ -428,6 +434,8 @@ def test_parse_scheduler():
     assert parse_scheduler("mo_asha").selection == "hypervolume"
     assert parse_scheduler("mo_asha").keep == "syne_tune"
     assert parse_scheduler({"type": "mo_asha", "keep": "asha"}, max_epochs=9).keep == "asha"
+    promotable = {"type": "mo_asha", "keep": "promotable", "promote": True}
+    assert parse_scheduler(promotable, max_epochs=9).keep == "promotable"
     assert not parse_scheduler("mo_asha").promote
     assert parse_scheduler({"type": "mo_asha", "promote": True}, max_epochs=9).promote
     assert parse_scheduler("mo_asha").brackets == 1
@@ -470,8 +478,11 @@ def test_parse_selection(selection):
                                             r"\(x.yaml: search.scheduler.min_epochs\)$"),
     ({"type": "mo_asha", "selection": "epsnet"}, r"^selection must be one of hypervolume, crowding, but got "
                                                  r"selection='epsnet' \(x.yaml: search.scheduler.selection\)$"),
-    ({"type": "mo_asha", "keep": "half"}, r"^keep must be one of syne_tune, asha, but got keep='half' "
+    ({"type": "mo_asha", "keep": "half"}, r"^keep must be one of syne_tune, asha, promotable, but got keep='half' "
                                            r"\(x.yaml: search.scheduler.keep\)$"),
+    ({"type": "mo_asha", "keep": "promotable"}, r"^keep: promotable stops a rung's first arrivals until promotions "
+                                                r"let them go on, so it must come with promote: true, but got "
+                                                r"promote=False \(x.yaml: search.scheduler.keep\)$"),
     ({"type": "mo_asha", "brackets": 0}, r"^brackets must be an integer >= 1, but got brackets=0 "
                                          r"\(x.yaml: search.scheduler.brackets\)$"),
     ({"type": "mo_asha", "brackets": 4}, r"^brackets must be at most 3 \(one per rung, \[1, 3\], and one judged at "
@@ -597,3 +608,16 @@ def test_a_latency_beyond_the_sweeps_reference_is_cut_by_its_contribution_not_by
     assert list(reference_beyond(inside, s._ref)) == list(s._ref)
     # a quality of exactly 0 sits on its reference (it adds nothing there): not a reason to push it out
     assert list(reference_beyond(np.array([[-0.0, 0.4], [-0.5, 0.5]]), s._ref)) == list(s._ref)
+
+
+def test_under_the_promotable_count_a_rung_s_first_arrivals_stop_and_the_best_is_promoted_once_it_has_grown():
+    """``keep: promotable`` is ASHA's ⌊n/η⌋: nobody goes on from a rung of fewer than η results, not even the best
+    of them; once the rung has grown, :meth:`MOASHA.promotions` lets the best stopped one go on."""
+    s = sched(eta=3, max_epochs=27, keep="promotable")
+    assert rep(s, "best", 1, 0.90, 100).stop  # 1 result: ⌊1/3⌋ = 0 kept
+    assert rep(s, "worse", 1, 0.50, 200).stop
+    assert s.promotions() == []  # ⌊2/3⌋ = 0: nothing promotable yet
+    d = rep(s, "worst", 1, 0.10, 300)  # ⌊3/3⌋ = 1 kept, "best" holds it
+    assert d.stop and d.kept == 1
+    assert s.promotions() == [("best", 1)]
+    assert rep(s, "newcomer", 1, 0.95, 50).action == CONTINUE  # best of 4: in the top ⌊4/3⌋ = 1 on arrival
