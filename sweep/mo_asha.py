@@ -96,7 +96,9 @@ the rung that judged it may later hold many more results, among which the stoppe
 ``⌊n/η⌋`` -- the trials ASHA's queue would have promoted.  With ``promote``, once the sweep has no new candidate
 left, :meth:`MOASHA.promotions` names them and the driver runs them again from the rung where they stopped
 (their fine-tune state is saved there), judged at the rungs above like any other trial; promoted trials that
-reach a higher rung can make others promotable there, so the driver asks again until none is left.  This is
+reach a higher rung can make others promotable there, so the driver asks again until none is left.  A rung from
+which no trial went on carries its best one up even below η results, so at least one candidate gets the full
+fine-tune.  This is
 ASHA's promotion (Li et al. 2020, Algorithm 2) deferred to the end of the candidates rather than interleaved
 with new ones: Ray Tune's searcher cannot hand out a stopped trial's continuation in place of a new
 configuration.  **Reconstruction**: the deferral is this module's choice, not the paper's.  A resumed sweep
@@ -615,15 +617,24 @@ class MOASHA:
         (``search.scheduler.promote``).  Each is returned once (it is no longer counted as stopped); a trial
         with a missing value is never promoted; results put by :meth:`record` (a resumed sweep's replay) are
         ranked with but promoted only where marked ``stopped`` there.  With brackets, each bracket's rungs
-        promote on their own."""
+        promote on their own.
+
+        A rung from which no trial has gone on promotes its best stopped one even where ``⌊n / η⌋`` is 0: the
+        sweep has no new candidate to grow the rung with, and successive halving carries at least one survivor
+        to the full budget (Hyperband sizes its brackets so that the last rung holds at least one, Li et al., JMLR 2018,
+        Algorithm 1).  Under ``keep: promotable`` a rung's first arrivals all stop, so without this a small
+        sweep would fine-tune no candidate to the end."""
         out: list[tuple[str, int]] = []
         for b, rung in sorted(self._recorded, key=lambda br: (-br[1], br[0])):
             recorded = self._recorded[(b, rung)]
             ids = list(recorded)
-            k = len(ids) // self.settings.eta(rung)
-            if not k or not any(self._stopped_at.get(t) == rung for t in ids):
+            if not any(self._stopped_at.get(t) == rung for t in ids):
                 continue
             F = np.stack([recorded[t] for t in ids])
+            k = len(ids) // self.settings.eta(rung)
+            went_on = any(self._stopped_at.get(t) != rung and not np.isnan(F[i]).any() for i, t in enumerate(ids))
+            if not k and not went_on:
+                k = 1
             for i in self._top(F, k).tolist():
                 if self._stopped_at.get(ids[i]) == rung and not np.isnan(F[i]).any():
                     out.append((ids[i], rung))

@@ -612,12 +612,26 @@ def test_a_latency_beyond_the_sweeps_reference_is_cut_by_its_contribution_not_by
 
 def test_under_the_promotable_count_a_rung_s_first_arrivals_stop_and_the_best_is_promoted_once_it_has_grown():
     """``keep: promotable`` is ASHA's ⌊n/η⌋: nobody goes on from a rung of fewer than η results, not even the best
-    of them; once the rung has grown, :meth:`MOASHA.promotions` lets the best stopped one go on."""
+    of them; once the rung has grown, :meth:`MOASHA.promotions` lets the best stopped ones go on."""
     s = sched(eta=3, max_epochs=27, keep="promotable")
     assert rep(s, "best", 1, 0.90, 100).stop  # 1 result: ⌊1/3⌋ = 0 kept
     assert rep(s, "worse", 1, 0.50, 200).stop
-    assert s.promotions() == []  # ⌊2/3⌋ = 0: nothing promotable yet
     d = rep(s, "worst", 1, 0.10, 300)  # ⌊3/3⌋ = 1 kept, "best" holds it
     assert d.stop and d.kept == 1
-    assert s.promotions() == [("best", 1)]
     assert rep(s, "newcomer", 1, 0.95, 50).action == CONTINUE  # best of 4: in the top ⌊4/3⌋ = 1 on arrival
+    for i in range(2):
+        assert rep(s, f"weak{i}", 1, 0.05, 900 + i).stop
+    assert s.promotions() == [("best", 1)]  # 6 results, top ⌊6/3⌋ = 2: "newcomer" went on, "best" was stopped
+    assert s.promotions() == []
+
+
+@pytest.mark.parametrize("keep,went_on", [("promotable", False), ("asha", True), ("syne_tune", True)])
+def test_a_rung_nobody_went_on_from_promotes_its_best_at_the_end_even_below_eta_results(keep, went_on):
+    """At the end a rung of fewer than η results from which no trial went on still carries its best stopped one
+    up (successive halving's last survivor), once; where a trial went on from it, ⌊n/η⌋ = 0 promotes nobody.  A
+    trial stopped for a missing value does not count as gone on, and is never carried."""
+    s = sched(eta=3, max_epochs=27, keep=keep)
+    assert rep(s, "nan", 3, float("nan"), 10).stop
+    assert rep(s, "only", 3, 0.60, 100).action == (CONTINUE if went_on else STOP)  # 2 results: ⌊2/3⌋ = 0
+    assert s.promotions() == ([] if went_on else [("only", 3)])
+    assert s.promotions() == []  # "only" went on now: nobody else is carried
