@@ -147,6 +147,8 @@ def space_dict(args, *, seed: int, strategy: str, knobs: dict, baseline: Path | 
             search["scheduler"]["keep"] = args.asha_keep
         if args.asha_promote:
             search["scheduler"]["promote"] = True
+        if args.asha_promote_every:
+            search["scheduler"]["promote_every"] = args.asha_promote_every
         if args.asha_brackets:
             search["scheduler"]["brackets"] = args.asha_brackets
     if constraints:
@@ -485,6 +487,8 @@ def main(argv=None) -> int:
     ap.add_argument("--asha-promote", action="store_true", help="TPE+MO-ASHA's search.scheduler.promote: once no "
                     "candidate is left, the trials stopped at a rung that the grown rung ranks in its top ⌊n/η⌋ go "
                     "on from there (ASHA's promotions, at the end)")
+    ap.add_argument("--asha-promote-every", type=int, help="TPE+MO-ASHA's search.scheduler.promote_every (with "
+                    "--asha-promote): promotions run after every that many new candidates, not only at the end")
     ap.add_argument("--asha-brackets", type=int, help="TPE+MO-ASHA's search.scheduler.brackets: the trials spread "
                     "over Hyperband's brackets, bracket b judged from the b-th rung on (default 1: every trial from "
                     "the first rung)")
@@ -553,6 +557,7 @@ def main(argv=None) -> int:
           f"{', rung0_keeps_front' if args.asha_rung0_front else ''}, selection "
           f"{SCHEDULER['selection']}{f', keep {args.asha_keep}' if args.asha_keep else ''}"
           f"{', promote' if args.asha_promote else ''}"
+          f"{f' every {args.asha_promote_every} candidates' if args.asha_promote_every else ''}"
           f"{f', brackets {args.asha_brackets}' if args.asha_brackets else ''}"
           f"{'' if not args.asha_epoch_budget else f', epoch_budget {asha_epoch_budget(args)}'}); "
           f"{budget_line}; "

@@ -1375,8 +1375,10 @@ def _sigint_kept():
             signal.signal(signal.SIGINT, prev)
 
 
-def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialRecord], inbox=None, scheduler=None):
-    """A fresh tuner for the trials still missing; the searcher knows every finished trial.
+def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialRecord], inbox=None, scheduler=None,
+           new: int | None = None):
+    """A fresh tuner for the trials still missing (at most ``new`` new candidates beside those run again, where
+    given: :func:`_promote_every`); the searcher knows every finished trial.
 
     Resuming never restores Ray Tune's own experiment state (saved only now and then, so stale after a
     hard kill): the table is the truth.  Finished trials (ok or failed) are told to the sampler, trials
@@ -1412,6 +1414,8 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
     measured = {r.method for r in finished} | {m for m, _ in rerun}
     first = [p for p in first_points(cfg) if p.get("method") not in measured]
     todo = cfg.search.trials - _finished(records)
+    if new is not None:
+        todo = min(todo, len(again) + new)
     used = [r.trial_number for r in finished if r.trial_number is not None]
     kw: dict = dict(space=define_by_run(cfg, len(told), used, [n for n, _, _ in again]),
                     metric=list(cfg.search.objectives), mode=[DIRECTIONS[o] for o in cfg.search.objectives])
@@ -1456,8 +1460,15 @@ def _promotes(cfg: SweepConfig) -> bool:
     return cfg.search.scheduler is not None and cfg.search.scheduler.promote
 
 
+def _promote_every(cfg: SweepConfig) -> int | None:
+    """How many new candidates each of the sweep's tuners asks for before promotions run
+    (``search.scheduler.promote_every``); None: one tuner for them all, promotions at the end."""
+    return cfg.search.scheduler.promote_every if _promotes(cfg) else None
+
+
 def _promote(st: _CallbackState, scheduler) -> int:
-    """Successive halving's promotions, once Tune has run every candidate: the ``stopped_early`` rows that their
+    """Successive halving's promotions, once Tune has run every candidate (or a round of ``promote_every`` of
+    them, :func:`_promote_every`): the ``stopped_early`` rows that their
     rung, as it stands now, ranks in its top ``⌊n/η⌋`` (:meth:`sweep.mo_asha.MOASHA.promotions`) become
     ``stopped`` rows, which the next tuner runs again first, with their numbers (so seeds) back, from the
     fine-tune state saved at their rung (where one is left; else from the start); returns how many.  Their
@@ -1466,10 +1477,12 @@ def _promote(st: _CallbackState, scheduler) -> int:
     logic = getattr(scheduler, "logic", None)
     if logic is None or not _promotes(st.cfg):
         return 0
-    if _finished(list(st.records.values())) < st.cfg.search.trials:  # not every candidate has run: no end yet
+    # not every candidate has run: no end yet, unless the sweep runs its candidates in rounds (promote_every)
+    at_end = _finished(list(st.records.values())) >= st.cfg.search.trials
+    if _promote_every(st.cfg) is None and not at_end:
         return 0
     rows, spent = [], 0
-    for tid, rung in logic.promotions():
+    for tid, rung in logic.promotions(at_end=at_end):
         r = st.records.get(tid)
         if r is None or r.status != "stopped_early" or r.trial_number is None or not r.knobs:
             continue
@@ -1955,7 +1968,8 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
                 if (r.status == "stopped" and (r.error or "").startswith(PROMOTED) and r.trial_number is not None
                         and hasattr(scheduler, "promoted")):
                     scheduler.promoted[r.trial_number] = int(r.finetune_epochs or 0)
-            tuner = _tuner(cfg, folder, callback, records, st.inbox, scheduler)
+            every = _promote_every(cfg)
+            tuner = _tuner(cfg, folder, callback, records, st.inbox, scheduler, new=every)
             log(f"running {cfg.search.trials - progress.done} trial(s), {cfg.search.concurrency} at a time "
                 f"({cfg.search.sampler} sampler; objectives: {', '.join(cfg.search.objectives)})")
             st.fit_t0 = progress.t0 = time.time()
@@ -1964,11 +1978,18 @@ def _run_with_ray(cfg: SweepConfig, folder: SweepFolder, *, report_root: Path | 
             _beat(st, phase="trials")
             st.recorder = _Recorder(st)
             interrupted = _fit(st, tuner)
-            # successive halving's promotions once the candidates have run out: each round runs again, from
-            # their rungs, the trials stopped early that the grown rungs now rank in their top (mo_asha.promote)
-            while (not interrupted and _STOP.get("reason") is None and st.budget_reason is None
-                   and _promote(st, scheduler)):
-                interrupted = _fit(st, _tuner(cfg, folder, callback, store.records()[0], st.inbox, scheduler))
+            # successive halving's promotions once the candidates have run out (or after every `promote_every`
+            # of them): each round runs again, from their rungs, the trials stopped early that the grown rungs now
+            # rank in their top (mo_asha.promote), beside the next round's new candidates
+            done_before = None
+            while not interrupted and _STOP.get("reason") is None and st.budget_reason is None:
+                promoted, done = _promote(st, scheduler), _finished(store.records()[0])
+                # a round that finished no trial (e.g. every one of them cut short) is not started again
+                if not promoted and (every is None or done >= cfg.search.trials or done == done_before):
+                    break
+                done_before = done
+                interrupted = _fit(st, _tuner(cfg, folder, callback, store.records()[0], st.inbox, scheduler,
+                                              new=every))
             timing = _timing(store, cfg, st.fit_t0)
             st.budget_used0, st.fit_t0 = st.budget_used0 + time.time() - st.fit_t0, None
             _settle(st)

@@ -101,9 +101,12 @@ which no trial went on carries its best one up even below η results, so at leas
 fine-tune.  This is
 ASHA's promotion (Li et al. 2020, Algorithm 2) deferred to the end of the candidates rather than interleaved
 with new ones: Ray Tune's searcher cannot hand out a stopped trial's continuation in place of a new
-configuration.  **Reconstruction**: the deferral is this module's choice, not the paper's.  A resumed sweep
-replays its earlier runs' rung results (:meth:`MOASHA.record`), their stops marked ``stopped`` so that they are
-promotable too.
+configuration.  **Reconstruction**: the deferral is this module's choice, not the paper's.  ``promote_every: M``
+brings it closer to ASHA's interleaving: the driver asks Tune for ``M`` new candidates at a time and runs the
+promotions between (the promoted trials go first, beside the next ``M``), so a stop that the grown rung takes
+back is not left to the sweep's end; each round waits for its last trial, which costs wall time, not epochs.
+A resumed sweep replays its earlier runs' rung results (:meth:`MOASHA.record`), their stops marked ``stopped``
+so that they are promotable too.
 """
 
 from __future__ import annotations
@@ -120,7 +123,7 @@ from .pareto import DIRECTIONS, hypervolume, non_dominated_sort, reference_point
 
 SCHEDULERS = ("fifo", "mo_asha")
 SCHEDULER_KEYS = ("type", "reduction_factor", "min_epochs", "rung0", "rung0_reduction_factor", "rung0_keeps_front",
-                  "selection", "keep", "promote", "brackets")
+                  "selection", "keep", "promote", "promote_every", "brackets")
 # how the front that does not fit whole into a rung's top k is cut (module docstring)
 SELECTIONS = ("hypervolume", "crowding")
 
@@ -158,7 +161,8 @@ class MOASHASettings:
     only dominated trials: module docstring, "Rung 0 by dominance"); ``selection`` cuts the front that does not
     fit whole into a rung's top (``hypervolume`` contribution or ``crowding`` distance); ``promote`` lets trials
     stopped at a rung go on from it once no new candidate is left and the grown rung ranks them in its top
-    (:meth:`MOASHA.promotions`);
+    (:meth:`MOASHA.promotions`), and ``promote_every`` (with ``promote``) runs those promotions after every that
+    many new candidates too, not only at the end;
     ``brackets`` (default 1) spreads the trials over Hyperband's brackets, each judged from a later rung on
     (:meth:`bracket_rungs`, :meth:`bracket_of`).  Validates itself; ``where`` only names the YAML place in errors."""
 
@@ -171,6 +175,7 @@ class MOASHASettings:
     rung0_keeps_front: bool = False
     keep: str = DEFAULT_KEEP
     promote: bool = False
+    promote_every: int | None = None
     brackets: int = 1
     where: str = field(default="search.scheduler", compare=False, repr=False)
 
@@ -198,6 +203,11 @@ class MOASHASettings:
             raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, but got selection={self.selection!r} "
                               f"({self.where}.selection)")
         _check_int("brackets", self.brackets, 1, self.where)
+        if self.promote_every is not None:
+            _check_int("promote_every", self.promote_every, 1, self.where)
+            if not self.promote:
+                raise ConfigError(f"promote_every sets how often promotions run, which needs promote: true, but got "
+                                  f"promote={self.promote!r} ({self.where}.promote_every)")
         if self.max_epochs is not None:
             if isinstance(self.max_epochs, bool) or not isinstance(self.max_epochs, int):
                 raise ConfigError(f"max_epochs (finetune.epochs) must be an integer, but got "
@@ -306,6 +316,7 @@ def parse_scheduler(data: Any, where: str = "search.scheduler", *, max_epochs: i
         selection=_default(data, "selection", DEFAULT_SELECTION),
         keep=_default(data, "keep", DEFAULT_KEEP),
         promote=_default(data, "promote", False),
+        promote_every=data.get("promote_every"),
         brackets=_default(data, "brackets", 1),
         where=where,
     )
@@ -607,7 +618,7 @@ class MOASHA:
                         f"({', '.join(self.objectives)}) (front {front}, then {self.settings.selection}); stopped "
                         f"{'before fine-tuning' if rung == 0 else 'after ' + _epochs(rung)}")
 
-    def promotions(self) -> list[tuple[str, int]]:
+    def promotions(self, at_end: bool = True) -> list[tuple[str, int]]:
         """``(trial id, rung)`` of the trials stopped at a rung that the rung, as it stands now, ranks in its top
         ``⌊n / η⌋`` -- ASHA's promotable set (Li et al., MLSys 2020, Algorithm 2, ``get_job``: the top
         ``⌊|rung|/η⌋`` of a rung not yet promoted) --, best first within a rung, the highest rung first (as
@@ -619,8 +630,9 @@ class MOASHA:
         ranked with but promoted only where marked ``stopped`` there.  With brackets, each bracket's rungs
         promote on their own.
 
-        A rung from which no trial has gone on promotes its best stopped one even where ``⌊n / η⌋`` is 0: the
-        sweep has no new candidate to grow the rung with, and successive halving carries at least one survivor
+        At the end (``at_end``; not between rounds of ``promote_every``, where new candidates still grow the
+        rungs), a rung from which no trial has gone on promotes its best stopped one even where ``⌊n / η⌋`` is 0:
+        the sweep has no new candidate to grow the rung with, and successive halving carries at least one survivor
         to the full budget (Hyperband sizes its brackets so that the last rung holds at least one, Li et al., JMLR 2018,
         Algorithm 1).  Under ``keep: promotable`` a rung's first arrivals all stop, so without this a small
         sweep would fine-tune no candidate to the end."""
@@ -633,7 +645,7 @@ class MOASHA:
             F = np.stack([recorded[t] for t in ids])
             k = len(ids) // self.settings.eta(rung)
             went_on = any(self._stopped_at.get(t) != rung and not np.isnan(F[i]).any() for i, t in enumerate(ids))
-            if not k and not went_on:
+            if not k and not went_on and at_end:
                 k = 1
             for i in self._top(F, k).tolist():
                 if self._stopped_at.get(ids[i]) == rung and not np.isnan(F[i]).any():

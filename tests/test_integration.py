@@ -578,16 +578,19 @@ def test_successive_halving_and_budgets_steer_a_real_sweep(tmp_path, monkeypatch
     assert picked in set(ok["trial_id"]) and int(ok.set_index("trial_id").loc[picked, "params"]) <= 20000
 
 
-def test_trials_stopped_early_are_promoted_once_the_rungs_have_grown(tmp_path, monkeypatch, capsys):
-    """search.scheduler.promote on a real Ray sweep: once every candidate has run, the trials stopped at a rung
-    that the grown rung ranks in its top ⌊n/η⌋ run again from there with their numbers and seeds, and their rows
-    replace the stopped ones: as many rows as trials, no number or seed twice, no MLflow run left RUNNING, no
-    fine-tune state left.  One trial at a time and a seeded random sampler: the same trials stop at every run."""
+@pytest.mark.parametrize("settings,rounds", [("keep: asha, promote: true", False),
+                                             ("keep: promotable, promote: true, promote_every: 4", True)])
+def test_trials_stopped_early_are_promoted_once_the_rungs_have_grown(tmp_path, monkeypatch, capsys, settings, rounds):
+    """search.scheduler.promote on a real Ray sweep: once every candidate has run (or, with promote_every, after
+    each round of that many), the trials stopped at a rung that the grown rung ranks in its top ⌊n/η⌋ run again
+    from there with their numbers and seeds, and their rows replace the stopped ones: as many rows as trials, no
+    number or seed twice, no MLflow run left RUNNING, no fine-tune state left.  One trial at a time and a seeded
+    random sampler: the same trials stop at every run."""
     import pandas as pd
 
     from sweep.cli import main
 
-    extra = ", scheduler: {type: mo_asha, reduction_factor: 3, min_epochs: 1, rung0: true, keep: asha, promote: true}"
+    extra = f", scheduler: {{type: mo_asha, reduction_factor: 3, min_epochs: 1, rung0: true, {settings}}}"
     space = _one_at_a_time(_write_space(tmp_path, "itpromote", trials=10, ft=4, extra=extra))
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(space), "--reports", str(tmp_path / "reports")]) == 0
@@ -602,6 +605,9 @@ def test_trials_stopped_early_are_promoted_once_the_rungs_have_grown(tmp_path, m
     again = trials.set_index("trial_number").loc[numbers]
     assert not again["error"].fillna("").str.startswith("promoted").any()  # each ended again, ok or at a later rung
     assert (again["status"] == "ok").any() or (again["finetune_epochs"] >= 1).all()
+    last_new = trials.loc[trials["trial_number"] == trials["trial_number"].max(), "started_at"].iloc[0]
+    # in rounds, a promoted trial ran again before the last new candidate started; at the end, all after it
+    assert (again["started_at"].min() < last_new) == rounds, (again["started_at"].min(), last_new)
     assert not (sweep_dir / "progress").exists()
     parent, children = _runs(sweep_dir, "itpromote")
     assert parent.info.status == "FINISHED" and not [r for r in children if r.info.status == "RUNNING"]

@@ -436,6 +436,8 @@ def test_parse_scheduler():
     assert parse_scheduler({"type": "mo_asha", "keep": "asha"}, max_epochs=9).keep == "asha"
     promotable = {"type": "mo_asha", "keep": "promotable", "promote": True}
     assert parse_scheduler(promotable, max_epochs=9).keep == "promotable"
+    assert parse_scheduler("mo_asha").promote_every is None
+    assert parse_scheduler({**promotable, "promote_every": 12}, max_epochs=9).promote_every == 12
     assert not parse_scheduler("mo_asha").promote
     assert parse_scheduler({"type": "mo_asha", "promote": True}, max_epochs=9).promote
     assert parse_scheduler("mo_asha").brackets == 1
@@ -483,6 +485,12 @@ def test_parse_selection(selection):
     ({"type": "mo_asha", "keep": "promotable"}, r"^keep: promotable stops a rung's first arrivals until promotions "
                                                 r"let them go on, so it must come with promote: true, but got "
                                                 r"promote=False \(x.yaml: search.scheduler.keep\)$"),
+    ({"type": "mo_asha", "promote": True, "promote_every": 0}, r"^promote_every must be an integer >= 1, but got "
+                                                               r"promote_every=0 \(x.yaml: search.scheduler"
+                                                               r".promote_every\)$"),
+    ({"type": "mo_asha", "promote_every": 12}, r"^promote_every sets how often promotions run, which needs promote: "
+                                               r"true, but got promote=False \(x.yaml: search.scheduler"
+                                               r".promote_every\)$"),
     ({"type": "mo_asha", "brackets": 0}, r"^brackets must be an integer >= 1, but got brackets=0 "
                                          r"\(x.yaml: search.scheduler.brackets\)$"),
     ({"type": "mo_asha", "brackets": 4}, r"^brackets must be at most 3 \(one per rung, \[1, 3\], and one judged at "
@@ -633,5 +641,6 @@ def test_a_rung_nobody_went_on_from_promotes_its_best_at_the_end_even_below_eta_
     s = sched(eta=3, max_epochs=27, keep=keep)
     assert rep(s, "nan", 3, float("nan"), 10).stop
     assert rep(s, "only", 3, 0.60, 100).action == (CONTINUE if went_on else STOP)  # 2 results: ⌊2/3⌋ = 0
+    assert s.promotions(at_end=False) == []  # between rounds (promote_every) new candidates may still grow it
     assert s.promotions() == ([] if went_on else [("only", 3)])
     assert s.promotions() == []  # "only" went on now: nobody else is carried
