@@ -77,7 +77,7 @@ def run_with(monkeypatch, script, cfg, sweep_dir: Path, tmp_path: Path, resume: 
 
     monkeypatch.setattr(driver, "_ray_init", lambda *a, **k: False)
     monkeypatch.setattr(driver, "_model_inbox", lambda folder: None)  # an actor would start a Ray of its own
-    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None, scheduler=None:
+    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None, scheduler=None, new=None:
                         FakeTuner(callback, script))
     return driver.run_sweep(cfg, sweep_dir, report_root=tmp_path / "reports", resume=resume, log=lambda m: None)
 
@@ -264,7 +264,7 @@ def test_sigterm_stops_the_sweep_like_ctrl_c_with_exit_code_143(sweep_dir, tmp_p
 
     monkeypatch.setattr(driver, "_ray_init", lambda *a, **k: False)
     monkeypatch.setattr(driver, "_model_inbox", lambda folder: None)
-    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None, scheduler=None:
+    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None, scheduler=None, new=None:
                         FakeTuner(callback, script))
     before = signal.getsignal(signal.SIGTERM)
     assert main(["resume", str(sweep_dir), "--reports", str(tmp_path / "reports")]) == 143
@@ -329,7 +329,7 @@ def test_a_closed_output_stops_the_sweep_with_the_books_closed_and_exit_code_141
 
     monkeypatch.setattr(driver, "_ray_init", lambda *a, **k: False)
     monkeypatch.setattr(driver, "_model_inbox", lambda folder: None)
-    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None, scheduler=None:
+    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None, scheduler=None, new=None:
                         FakeTuner(callback, script))
     monkeypatch.setattr(cli, "_OUTPUT_CLOSED", [])
     capsys.readouterr()
@@ -531,7 +531,7 @@ def test_a_lost_or_replaced_tracking_store_is_rebuilt_from_the_table(cfg, sweep_
 
     import sweep.driver as driver
 
-    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None, scheduler=None:
+    monkeypatch.setattr(driver, "_tuner", lambda cfg, folder, callback, records, inbox=None, scheduler=None, new=None:
                         FakeTuner(callback, script))
     monkeypatch.setattr(driver, "_ray_init", lambda *a, **k: False)
     monkeypatch.setattr(driver, "_model_inbox", lambda folder: None)
