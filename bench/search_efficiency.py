@@ -135,6 +135,8 @@ def space_dict(args, *, seed: int, strategy: str, knobs: dict, baseline: Path | 
                          "tpe+budget": args.trials}[strategy],
               "concurrency": args.concurrency, "sampler": "random" if strategy == "random" else "tpe",
               "objectives": list(OBJECTIVES), "cpus_per_trial": 1}
+    if args.reproducible:
+        search["reproducible"] = True
     if strategy == "tpe+asha":
         search["scheduler"] = {**SCHEDULER, "rung0": not args.asha_no_rung0}
         if args.asha_rung0_eta is not None:
@@ -495,6 +497,9 @@ def main(argv=None) -> int:
     ap.add_argument("--asha-epoch-budget", type=float, help="the TPE+MO-ASHA sweeps' search.epoch_budget, as a "
                     "fraction of the TPE sweep's fine-tune epochs (e.g. 1: as many as TPE's; --asha-trials then "
                     "only caps the candidates); default: none, the sweep ends with its trials")
+    ap.add_argument("--reproducible", action="store_true", help="every sweep with search.reproducible: its "
+                    "sampler sees the trials in the order it drew them, concurrency behind, so its draws do not "
+                    "depend on the machine's load (which rung stops a trial under MO-ASHA still may)")
     ap.add_argument("--budget", type=float, default=BUDGET_MACS_FRACTION,
                     help="the budget sweep's max_macs as a fraction of the dense baseline's MACs "
                          f"(default {BUDGET_MACS_FRACTION}); 0: no budget sweep")
@@ -561,7 +566,7 @@ def main(argv=None) -> int:
           f"{f', brackets {args.asha_brackets}' if args.asha_brackets else ''}"
           f"{'' if not args.asha_epoch_budget else f', epoch_budget {asha_epoch_budget(args)}'}); "
           f"{budget_line}; "
-          f"{args.concurrency} at a time, 1 CPU each")
+          f"{args.concurrency} at a time, 1 CPU each{', reproducible draws' if args.reproducible else ''}")
     print(f"# load avg (1/5/15 min) at start {load_start}", flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="bench-search-"))

@@ -171,6 +171,9 @@ class SearchConfig:
     gpus_per_trial: float = 0.0  # Ray GPUs per trial; fractions pack several trials on one GPU (0.25: four)
     scheduler: Any = None  # sweep.mo_asha.MOASHASettings (search.scheduler: {type: mo_asha, ...}); None: FIFO
     constraints: Any = None  # sweep.constraints.Constraints (hard budgets; empty: none)
+    # the sampler sees the trials in the order it drew them, `concurrency` behind each draw: a seed draws the
+    # same candidates whatever the load (driver._sweep_search); off: each draw sees every trial finished so far
+    reproducible: bool = False
 
 
 @dataclass(frozen=True)
@@ -428,7 +431,7 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
 
     s = _Section(top.get("search"), f"{source}: search",
                  ("trials", "concurrency", "sampler", "objectives", "cpus_per_trial", "time_budget_s", "retries",
-                  "gpus_per_trial", "scheduler", "constraints", "epoch_budget"))
+                  "gpus_per_trial", "scheduler", "constraints", "epoch_budget", "reproducible"))
     quality = "agreement" if labels == "none" else "accuracy"
     objectives = s.get("objectives", [quality, "latency_ms"])
     if not isinstance(objectives, list) or not objectives:
@@ -462,6 +465,7 @@ def parse_config(data: Any, *, source: str = "<config>") -> SweepConfig:
         gpus_per_trial=s.float("gpus_per_trial", 0.0, lo=0.0),
         scheduler=parse_scheduler(s.get("scheduler"), s.loc("scheduler"), max_epochs=finetune.epochs),
         constraints=parse_constraints(s.get("constraints"), s.loc("constraints")),
+        reproducible=s.bool("reproducible", False),
     )
     if search.scheduler is not None and search.scheduler.promote and not finetune.checkpoint:
         raise ConfigError(f"promote must be false unless finetune.checkpoint is true (a promoted trial goes on "

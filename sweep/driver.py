@@ -1432,7 +1432,8 @@ def _tuner(cfg: SweepConfig, folder: SweepFolder, callback, records: list[TrialR
         kw.update(sampler=make_sampler(cfg.search.sampler, seed=cfg.seed, n_trials=cfg.search.trials,
                                        constraints=constraints, reduction_factor=eta, cap=cap),
                   points_to_evaluate=first or None)
-    searcher = _sweep_search(OptunaSearch, budget_names(cfg.search.constraints))(**kw)
+    lag = cfg.search.concurrency if cfg.search.reproducible else None
+    searcher = _sweep_search(OptunaSearch, budget_names(cfg.search.constraints), lag=lag)(**kw)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo,
@@ -1594,9 +1595,10 @@ def _stopped_at_rung(result: dict | None) -> bool:
     return bool(result) and RUNG in result and "record_json" not in result
 
 
-def _sweep_search(base, budgets: tuple[str, ...] = ()):
+def _sweep_search(base, budgets: tuple[str, ...] = (), lag: int | None = None):
     """Ray's OptunaSearch as the sweep tells it finished trials (``budgets``: the names of the sweep's
-    ``search.constraints``, in :meth:`~sweep.constraints.Constraints.items` order):
+    ``search.constraints``, in :meth:`~sweep.constraints.Constraints.items` order; ``lag``: the sweep's
+    concurrency where ``search.reproducible`` holds, else None):
 
     - each trial's ``search.constraints`` values go to Optuna as the trial's constraints
       (:func:`sweep.constraints.tell_constraints`, one per budget in ``budgets``), so constrained TPE /
@@ -1607,7 +1609,12 @@ def _sweep_search(base, budgets: tuple[str, ...] = ()):
       a finished point of the front.  Optuna's own pruners leave such trials PRUNED; TPE ranks them below
       every completed trial, NSGA-II leaves them out of its population;
     - a trial that errored is FAIL (Ray's would be COMPLETE with its last report, when it sent one), as a
-      resumed sweep tells its ``failed`` row."""
+      resumed sweep tells its ``failed`` row;
+    - with ``lag`` (c), draws are told in the order they were drawn and the k-th draw sees exactly draws
+      0 .. k - c: it waits (Tune asks again) until those have finished, and a trial that finished sooner
+      waits to be told.  What the sampler knows at each draw is then fixed by the seed, whatever the load or
+      the order trials finish in; without it, which of c running trials finishes first decides what the next
+      draw sees.  The cost: a slot idles while the oldest running trial is slower than the others."""
     import logging
 
     import optuna
@@ -1616,12 +1623,49 @@ def _sweep_search(base, budgets: tuple[str, ...] = ()):
     from .constraints import tell_constraints
 
     class SweepOptunaSearch(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._drawn: list[str] = []  # trial ids in the order they were drawn (with lag)
+            self._held: dict[str, tuple[dict | None, bool]] = {}  # finished, not yet told (with lag)
+            self._told_n = 0  # draws told so far, in draw order (with lag)
+            self._waiting: set[str] = set()  # drawn, not yet finished (with lag)
+
         def suggest(self, trial_id):
             if _epoch_budget_spent():  # no trial starts; Tune ends once the running ones have finished
                 return Searcher.FINISHED
-            return super().suggest(trial_id)
+            new = lag is not None and trial_id not in self._ot_trials
+            if new and not self._caught_up():
+                return None  # an older draw is still running: Tune asks again
+            out = super().suggest(trial_id)
+            if new and isinstance(out, dict):
+                self._drawn.append(trial_id)
+                self._waiting.add(trial_id)
+            return out
+
+        def _caught_up(self) -> bool:
+            """Tell the finished draws the next draw must see (those ``lag`` or more before it), in draw order;
+            whether all of them had finished."""
+            while self._told_n <= len(self._drawn) - lag:
+                tid = self._drawn[self._told_n]
+                if tid not in self._held:
+                    return False
+                self._tell(tid, *self._held.pop(tid))
+                self._told_n += 1
+            return True
 
         def on_trial_complete(self, trial_id, result=None, error=False):
+            if trial_id in self._waiting:
+                self._waiting.discard(trial_id)
+                # kept small: the sweep's callback takes the trial's texts out of Tune's result later
+                wanted = {*(self._metric if isinstance(self._metric, list) else [self._metric]), CONSTRAINTS_KEY,
+                          RUNG, "record_json"}
+                kept = None if result is None else {k: ("" if k == "record_json" else v)
+                                                    for k, v in result.items() if k in wanted}
+                self._held[trial_id] = (kept, error)
+                return
+            self._tell(trial_id, result, error)
+
+        def _tell(self, trial_id, result, error):
             ot = self._ot_trials.get(trial_id)
             if ot is None or trial_id in self._completed_trials:
                 return super().on_trial_complete(trial_id, result=result, error=error)

@@ -392,6 +392,7 @@ def test_unknown_sampler(tmp_path):
     ("search", "epoch_budget", 0),
     ("search", "epoch_budget", 2.5),
     ("search", "epoch_budget", "true"),
+    ("search", "reproducible", 1),
     ("finetune", "lr", 0),
     ("finetune", "epochs", -1),
     ("train", "momentum", 1.5),
@@ -402,6 +403,11 @@ def test_numeric_section_values_follow_template(tmp_path, section, key, value):
     msg = error_of(p)
     _assert_template(msg, p, f"{section}.{key}")
     assert f"{key}=" in msg
+
+
+@pytest.mark.parametrize("text,expected", [("", False), ("search:\n  reproducible: true\n", True)])
+def test_reproducible_draws_are_asked_for(tmp_path, text, expected):
+    assert load_config(write(tmp_path, BASE + text)).search.reproducible is expected
 
 
 def test_epoch_budget_needs_fine_tune_epochs_to_count(tmp_path):

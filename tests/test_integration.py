@@ -511,8 +511,8 @@ def test_successive_halving_and_budgets_steer_a_real_sweep(tmp_path, monkeypatch
 
     searchers = []  # the live searcher, to read what Optuna was told
 
-    def keep(base, budgets, make=driver._sweep_search):
-        cls = make(base, budgets)
+    def keep(base, budgets, make=driver._sweep_search, **kw):
+        cls = make(base, budgets, **kw)
 
         class Kept(cls):
             def __init__(self, *a, **kw):

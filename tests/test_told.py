@@ -25,9 +25,9 @@ def _space(trial):
     trial.suggest_float("x", 0.0, 1.0)
 
 
-def searcher(sampler=None, budgets=()):
-    return _sweep_search(OptunaSearch, budgets)(space=_space, metric=OBJECTIVES, mode=["max", "min"],
-                                                sampler=sampler or optuna.samplers.RandomSampler(seed=0))
+def searcher(sampler=None, budgets=(), lag=None):
+    return _sweep_search(OptunaSearch, budgets, lag=lag)(space=_space, metric=OBJECTIVES, mode=["max", "min"],
+                                                         sampler=sampler or optuna.samplers.RandomSampler(seed=0))
 
 
 RUNG_REPORT = {RUNG: 1, "accuracy": 0.3, "params": 10.0, "partial_json": "{}"}
@@ -41,11 +41,15 @@ FINAL = {RUNG: 3, "accuracy": 0.9, "params": 10.0, "record_json": "{}"}
     (RUNG_REPORT, True, S.FAIL, None),                                  # a crash after a rung is a failure
     (None, True, S.FAIL, None),
 ])
-def test_live_states(result, error, state, values):
-    s = searcher()
+@pytest.mark.parametrize("lag", [None, 1])
+def test_live_states(result, error, state, values, lag):
+    s = searcher(lag=lag)
     s.suggest("t1")
     s.on_trial_complete("t1", result=result, error=error)
-    (t,) = s._ot_study.trials
+    if lag is not None:  # held until the next draw, which must see it
+        assert s._ot_study.trials[0].state == S.RUNNING
+        assert s.suggest("t2") is not None
+    t = s._ot_study.trials[0]
     assert t.state == state
     assert t.values == values
 
@@ -138,3 +142,44 @@ def test_a_result_whose_texts_the_callback_took_is_told_the_same(result, state):
     s.suggest("t1")
     s.on_trial_complete("t1", result=kept)
     assert s._ot_study.trials[0].state == state
+
+
+def test_with_a_lag_a_draw_waits_for_the_draws_it_must_see_and_sees_no_later_one():
+    s = searcher(lag=2)
+    assert s.suggest("a") and s.suggest("b")  # the first two draws see nothing
+    s.on_trial_complete("b", result={**FINAL, "accuracy": 0.7})  # finished first: not told yet
+    assert s.suggest("c") is None  # the third draw must see "a", still running: Tune asks again
+    s.on_trial_complete("a", result=FINAL)
+    assert s.suggest("d") is not None
+    assert [t.state for t in s._ot_study.trials] == [S.COMPLETE, S.RUNNING, S.RUNNING]  # "b" waits for the next
+    s.on_trial_complete("d", result=RUNG_REPORT)
+    assert s.suggest("e") is not None  # sees "a" and "b", not "d"
+    assert [t.state for t in s._ot_study.trials] == [S.COMPLETE, S.COMPLETE, S.RUNNING, S.RUNNING]
+    assert s._ot_study.trials[1].values == [0.7, 10.0]
+
+
+def _draws(finish_order: list[int], lag, n: int = 12) -> list[float]:
+    """The ``x`` each of ``n`` draws of a seeded TPE got, two running at a time, where ``finish_order`` says
+    which of the two running trials finishes first at each step (0: the older)."""
+    s = searcher(optuna.samplers.TPESampler(seed=3, n_startup_trials=3), lag=lag)
+    running, xs, asked, steps = [], [], 0, iter(finish_order)
+    while len(xs) < n:
+        while len(running) < 2 and asked < n:
+            tid = f"t{asked}"
+            cfg = s.suggest(tid)
+            if cfg is None:
+                break
+            running.append((tid, cfg["x"]))
+            xs.append(cfg["x"])
+            asked += 1
+        if not running:
+            break
+        tid, x = running.pop(min(next(steps, 0), len(running) - 1))
+        s.on_trial_complete(tid, result={"accuracy": 1.0 - (x - 0.3) ** 2, "params": 10.0 * x, "record_json": ""})
+    return xs
+
+
+@pytest.mark.parametrize("order", [[1, 0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0], [1] * 12, [0, 1] * 6])
+def test_with_a_lag_the_draws_do_not_depend_on_which_trial_finishes_first(order):
+    assert _draws(order, lag=2) == _draws([0] * 12, lag=2)
+    assert _draws(order, lag=None) != _draws([0] * 12, lag=None)  # without it they do (this seed, these orders)
