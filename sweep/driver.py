@@ -1165,6 +1165,9 @@ def _trial_actors_on_idle_workers():
 
 # what Ray Tune's controller must have for :func:`_cached_actors_for_new_trials` (otherwise: left as it is)
 _CONTROLLER_FIELDS = ("_trial_to_actor", "_started_actors", "_resetting_trials", "_search_alg", "_pending_trials")
+# while a reproducible sweep's searcher holds a draw back (``search.reproducible``, :func:`_sweep_search`): how many
+# finished trial actors Tune keeps for the draws to come (its lag); 0 while it holds nothing back
+_HELD_BACK = {"lag": 0}
 
 
 @contextmanager
@@ -1196,13 +1199,63 @@ def _cached_actors_for_new_trials():
     def maybe_reuse_cached_actor(self, trial):
         if all(hasattr(self, f) for f in _CONTROLLER_FIELDS) and _waits_for_own_actor(self, trial):
             return False
-        return original(self, trial)
+        reused = original(self, trial)
+        if reused:
+            _kept_taken(self, trial)
+        return reused
+
+    original_cache = getattr(TuneController, "_maybe_cache_trial_actor", None)
+
+    def maybe_cache_trial_actor(self, trial):
+        return original_cache(self, trial) or _kept_for_held_draws(self, trial, original_cache)
 
     TuneController._maybe_reuse_cached_actor = maybe_reuse_cached_actor
+    if original_cache is not None:
+        TuneController._maybe_cache_trial_actor = maybe_cache_trial_actor
+    _HELD_BACK["lag"] = 0
     try:
         yield
     finally:
         TuneController._maybe_reuse_cached_actor = original
+        if original_cache is not None:
+            TuneController._maybe_cache_trial_actor = original_cache
+        _HELD_BACK["lag"] = 0
+
+
+def _kept_for_held_draws(controller, trial, cache) -> bool:
+    """Whether a finished trial's actor that Tune would drop is kept for the draws a reproducible sweep holds back:
+    Tune keeps finished actors only for trials already waiting to start (and one more), so when the searcher
+    holds its next draws until an older trial finishes, both slots free up with no trial waiting and the second
+    actor would go; the next draw would then wait for a fresh worker (measured on the quickstart: 2-7 s per pair
+    of trials).  At most the lag's number of actors are kept; each counts as a waiting trial in Tune's actor
+    cache until a trial takes one (:func:`_kept_taken`)."""
+    lag = _HELD_BACK["lag"]
+    actors = getattr(controller, "_actor_cache", None)
+    if (not lag or actors is None or not all(hasattr(controller, f) for f in _CONTROLLER_FIELDS)
+            or controller._search_alg.is_finished() or actors.num_cached_objects >= lag):
+        return False
+    key = trial.placement_group_factory
+    # room for every actor cached now and this one (Tune counts a cached actor beyond its waiting trials as extra)
+    by = max(1, actors.num_cached_objects + 1 - actors.total_max_objects)
+    actors.increase_max(key, by)
+    if cache(controller, trial):
+        kept = controller.__dict__.setdefault("_sweep_kept", {})
+        kept[key] = kept.get(key, 0) + by
+        return True
+    actors.decrease_max(key, by)
+    return False
+
+
+def _kept_taken(controller, trial) -> None:
+    """A trial took a cached actor: one actor kept for held draws (:func:`_kept_for_held_draws`) no longer
+    counts as a waiting trial in Tune's actor cache."""
+    kept = getattr(controller, "__dict__", {}).get("_sweep_kept")
+    if not kept:
+        return
+    key = trial.placement_group_factory
+    if kept.get(key, 0) > 0:
+        kept[key] -= 1
+        controller._actor_cache.decrease_max(key)
 
 
 def _waits_for_own_actor(controller, trial) -> bool:
@@ -1635,7 +1688,9 @@ def _sweep_search(base, budgets: tuple[str, ...] = (), lag: int | None = None):
                 return Searcher.FINISHED
             new = lag is not None and trial_id not in self._ot_trials
             if new and not self._caught_up():
+                _HELD_BACK["lag"] = lag  # Tune keeps the finished trials' actors for the draws to come
                 return None  # an older draw is still running: Tune asks again
+            _HELD_BACK["lag"] = 0
             out = super().suggest(trial_id)
             if new and isinstance(out, dict):
                 self._drawn.append(trial_id)

@@ -67,13 +67,16 @@ def test_a_trial_waits_for_its_own_actor_only_while_another_trial_can_take_the_f
 def test_tunes_controller_is_patched_only_while_the_sweep_runs():
     from ray.tune.execution.tune_controller import TuneController
 
-    original = TuneController._maybe_reuse_cached_actor
+    original = TuneController._maybe_reuse_cached_actor, TuneController._maybe_cache_trial_actor
     with driver._cached_actors_for_new_trials():
-        assert TuneController._maybe_reuse_cached_actor is not original
-    assert TuneController._maybe_reuse_cached_actor is original
+        assert TuneController._maybe_reuse_cached_actor is not original[0]
+        assert TuneController._maybe_cache_trial_actor is not original[1]
+    assert (TuneController._maybe_reuse_cached_actor, TuneController._maybe_cache_trial_actor) == original
     with pytest.raises(RuntimeError), driver._cached_actors_for_new_trials():
+        driver._HELD_BACK["lag"] = 2
         raise RuntimeError("Tune failed")
-    assert TuneController._maybe_reuse_cached_actor is original
+    assert (TuneController._maybe_reuse_cached_actor, TuneController._maybe_cache_trial_actor) == original
+    assert driver._HELD_BACK["lag"] == 0
 
 
 def test_a_controller_without_the_fields_it_reads_keeps_tunes_own_rule(monkeypatch):
@@ -140,3 +143,51 @@ def test_both_slots_run_trials_when_a_worker_starts_slower_than_a_trial(tmp_path
     pids = {m["pid"] for m in trials}
     overlapping = [a for a in trials for b in trials if a is not b and a["t0"] < b["t1"] and b["t0"] < a["t1"]]
     assert len(pids) == 2 and overlapping, f"the second slot never ran: pids {pids}"
+
+
+def _caching_controller(cached: int, search_over=False):
+    """Tune's controller as the actor-keeping rule sees it: its actor cache (Ray's own) with ``cached`` actors
+    already in it (Tune keeps one finished actor even with no trial waiting), and Tune's own caching step."""
+    from ray.tune.utils.object_cache import _ObjectCache  # what TuneController keeps its actors in
+
+    cache = _ObjectCache(may_keep_one=True)
+    cache.increase_max("1 CPU", cached)
+    for i in range(cached):
+        assert cache.cache_object("1 CPU", f"cached {i}")
+    cache.decrease_max("1 CPU", cached)
+    controller = SimpleNamespace(_trial_to_actor={}, _started_actors=set(), _resetting_trials=set(),
+                                 _pending_trials=set(), _actor_cache=cache,
+                                 _search_alg=SimpleNamespace(is_finished=lambda: search_over))
+
+    def tunes_own(c, trial):  # TuneController._maybe_cache_trial_actor, reduced to its cache call
+        return c._actor_cache.cache_object(trial.placement_group_factory, f"actor of {id(trial)}")
+    return controller, tunes_own
+
+
+@pytest.mark.parametrize("lag, cached, search_over, kept", [
+    (2, 1, False, True),    # a held draw is coming: the second slot's actor stays
+    (0, 1, False, False),   # nothing held back: Tune's own rule (it drops it)
+    (2, 2, False, False),   # as many kept as the lag already
+    (2, 1, True, False),    # the search is over: no draw is coming
+])
+def test_a_finished_actor_is_kept_for_held_draws_and_given_back_once_taken(monkeypatch, lag, cached, search_over,
+                                                                          kept):
+    monkeypatch.setitem(driver._HELD_BACK, "lag", lag)
+    controller, tunes_own = _caching_controller(cached, search_over)
+    trial = _Trial("1 CPU")
+    assert not tunes_own(controller, _Trial("1 CPU"))  # what Tune alone does with a second actor
+    assert driver._kept_for_held_draws(controller, trial, tunes_own) is kept
+    cache = controller._actor_cache
+    assert cache.num_cached_objects == cached + kept
+    if not kept:
+        assert cache.total_max_objects == 0  # Tune's own counts, untouched
+        return
+    assert list(cache.flush_cached_objects()) == []  # Tune's cleanup after each step evicts none of them
+    for _ in range(cache.num_cached_objects):  # trials take them: each gives back what it counted as
+        cache.increase_max("1 CPU")  # Tune stages the trial...
+        assert cache.pop_cached_object("1 CPU") is not None
+        cache.decrease_max("1 CPU")  # ...and unstages it once it has an actor
+        driver._kept_taken(controller, _Trial("1 CPU"))
+    assert cache.total_max_objects == 0 and cache.num_cached_objects == 0
+    driver._kept_taken(controller, _Trial("1 CPU"))  # one more changes nothing
+    assert cache.total_max_objects == 0
